@@ -1,0 +1,6 @@
+//! Host-independent logic shared by the Tollgate filters, the key service and the CLI.
+//!
+//! Nothing here talks to Envoy or the network: decisions are plain functions over plain data
+//! with the clock passed in, so they are tested natively.
+
+pub mod key;
