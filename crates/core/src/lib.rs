@@ -3,4 +3,9 @@
 //! Nothing here talks to Envoy or the network: decisions are plain functions over plain data
 //! with the clock passed in, so they are tested natively.
 
+pub mod duration;
+pub mod error;
 pub mod key;
+pub mod key_auth;
+pub mod route;
+pub mod secret;

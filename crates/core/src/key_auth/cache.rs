@@ -1,0 +1,505 @@
+//! The verified-key cache kept in proxy-wasm shared data, shared by every worker of one Envoy.
+//!
+//! Shared data has no delete and no per-key expiry, so the cache is a fixed array of slots:
+//! a key's slot is its SHA-256 modulo the slot count. A slot holds one entry carrying the full
+//! hash, so a collision only evicts (the newer answer overwrites the older one) and can never
+//! hand one key's identity to another. Memory is bounded by `slots × entry size`.
+//!
+//! Revocations and updates arrive through the key service's change feed as key ids. A second,
+//! fixed array of "invalidation" slots maps a key id to the highest change sequence seen for
+//! any key id in that slot; an entry fetched at an older sequence is treated as a miss. Two key
+//! ids sharing an invalidation slot only cause an extra lookup, never a stale answer.
+
+use std::time::Duration;
+
+use super::config::CacheConfig;
+
+/// Number of invalidation slots.
+pub const INVALIDATION_SLOTS: u32 = 4096;
+
+const ENTRY_VERSION: u8 = 1;
+/// Bound on decoded strings and lists, so a corrupt entry cannot make us allocate much.
+const MAX_STR: usize = 1024;
+const MAX_LIST: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Valid = 1,
+    NotFound = 2,
+    Revoked = 3,
+    Expired = 4,
+}
+
+impl KeyState {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Valid,
+            2 => Self::NotFound,
+            3 => Self::Revoked,
+            4 => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// One rate limit of a key's tier: `rate` per `period_secs`, bursting to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub rate: u64,
+    pub period_secs: u64,
+    pub burst: u64,
+}
+
+/// What the key service said about one key, as cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub hash: [u8; 32],
+    pub state: KeyState,
+    /// When the answer was received (host clock, ms since the Unix epoch).
+    pub fetched_at_ms: u64,
+    /// When the key (or this secret, during a rotation grace) stops working; 0 = never.
+    pub expires_at_s: i64,
+    /// The change-feed head when the key service answered.
+    pub feed_seq: u64,
+    pub key_id: String,
+    pub consumer_id: String,
+    pub display_prefix: String,
+    pub scopes: Vec<String>,
+    pub tier: String,
+    pub limits: Vec<Limit>,
+}
+
+impl Entry {
+    /// A negative entry ("no such key").
+    pub fn not_found(hash: [u8; 32], now_ms: u64, feed_seq: u64) -> Self {
+        Self {
+            hash,
+            state: KeyState::NotFound,
+            fetched_at_ms: now_ms,
+            expires_at_s: 0,
+            feed_seq,
+            key_id: String::new(),
+            consumer_id: String::new(),
+            display_prefix: String::new(),
+            scopes: Vec::new(),
+            tier: String::new(),
+            limits: Vec::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + self.key_id.len() + self.consumer_id.len());
+        out.push(ENTRY_VERSION);
+        out.extend_from_slice(&self.hash);
+        out.push(self.state as u8);
+        out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.expires_at_s.to_le_bytes());
+        out.extend_from_slice(&self.feed_seq.to_le_bytes());
+        put_str(&mut out, &self.key_id);
+        put_str(&mut out, &self.consumer_id);
+        put_str(&mut out, &self.display_prefix);
+        put_len(&mut out, self.scopes.len().min(MAX_LIST));
+        for s in self.scopes.iter().take(MAX_LIST) {
+            put_str(&mut out, s);
+        }
+        put_str(&mut out, &self.tier);
+        put_len(&mut out, self.limits.len().min(MAX_LIST));
+        for l in self.limits.iter().take(MAX_LIST) {
+            out.extend_from_slice(&l.rate.to_le_bytes());
+            out.extend_from_slice(&l.period_secs.to_le_bytes());
+            out.extend_from_slice(&l.burst.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes an entry; `None` for anything malformed (treated as a miss).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.u8()? != ENTRY_VERSION {
+            return None;
+        }
+        let hash: [u8; 32] = r.take(32)?.try_into().ok()?;
+        let state = KeyState::from_u8(r.u8()?)?;
+        let fetched_at_ms = r.u64()?;
+        let expires_at_s = r.u64()? as i64;
+        let feed_seq = r.u64()?;
+        let key_id = r.str()?;
+        let consumer_id = r.str()?;
+        let display_prefix = r.str()?;
+        let n = r.len()?;
+        let mut scopes = Vec::with_capacity(n);
+        for _ in 0..n {
+            scopes.push(r.str()?);
+        }
+        let tier = r.str()?;
+        let n = r.len()?;
+        let mut limits = Vec::with_capacity(n);
+        for _ in 0..n {
+            limits.push(Limit { rate: r.u64()?, period_secs: r.u64()?, burst: r.u64()? });
+        }
+        if r.pos != bytes.len() {
+            return None;
+        }
+        Some(Self {
+            hash,
+            state,
+            fetched_at_ms,
+            expires_at_s,
+            feed_seq,
+            key_id,
+            consumer_id,
+            display_prefix,
+            scopes,
+            tier,
+            limits,
+        })
+    }
+
+    /// Whether the key may be used at `now_s`: valid and not past its expiry.
+    pub fn usable_at(&self, now_s: i64) -> Result<(), KeyState> {
+        match self.state {
+            KeyState::Valid if self.expires_at_s == 0 || now_s < self.expires_at_s => Ok(()),
+            KeyState::Valid => Err(KeyState::Expired),
+            other => Err(other),
+        }
+    }
+
+    /// Whether every one of `required` is among the key's scopes.
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.scopes.iter().any(|s| s == r))
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n.min(usize::from(u16::MAX)) as u16).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Strings from the key service are far below the cap; cut at a char boundary otherwise.
+    let mut end = s.len().min(MAX_STR);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_len(out, end);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn len(&mut self) -> Option<usize> {
+        let n = usize::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?));
+        (n <= MAX_STR).then_some(n)
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.len()?;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+/// The slot of a key hash among `slots` cache slots.
+pub fn cache_slot(hash: &[u8; 32], slots: u32) -> u32 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    (u64::from_le_bytes(first) % u64::from(slots.max(1))) as u32
+}
+
+/// The invalidation slot of a key id (FNV-1a).
+pub fn invalidation_slot(key_id: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(INVALIDATION_SLOTS)) as u32
+}
+
+/// How a cached entry may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Within its TTL and not invalidated: use it.
+    Fresh(Entry),
+    /// Past its TTL but within the stale window: ask the key service; if it cannot answer,
+    /// this entry may still be used.
+    Stale(Entry),
+    /// Nothing usable: ask the key service.
+    Miss,
+}
+
+/// Facts from the change feed that bear on one entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// The highest change sequence seen for the entry's invalidation slot.
+    pub invalidated_at: u64,
+    /// Entries fetched before this sequence predate what the feed consumer has seen and are
+    /// re-checked (set when the consumer starts or skips ahead).
+    pub base: u64,
+}
+
+/// Decides how the entry found in a key's slot may be used at `now_ms`.
+pub fn classify(entry: Option<Entry>, hash: &[u8; 32], now_ms: u64, freshness: Freshness, cfg: &CacheConfig) -> Lookup {
+    let Some(entry) = entry else { return Lookup::Miss };
+    if entry.hash != *hash {
+        return Lookup::Miss;
+    }
+    let stale_by_feed = !entry.key_id.is_empty()
+        && (freshness.invalidated_at > entry.feed_seq || entry.feed_seq < freshness.base);
+    if stale_by_feed {
+        // Something changed about this key (perhaps a revocation): never serve it stale.
+        return Lookup::Miss;
+    }
+    let ttl = match entry.state {
+        KeyState::NotFound => cfg.negative_ttl,
+        _ => cfg.ttl,
+    };
+    // A clock that went backwards makes the entry younger, never older than its TTL.
+    let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
+    if age < ttl {
+        Lookup::Fresh(entry)
+    } else if entry.state == KeyState::Valid && age < ttl + cfg.stale_window {
+        Lookup::Stale(entry)
+    } else {
+        Lookup::Miss
+    }
+}
+
+/// The change-feed consumer's state, one record shared by all workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedState {
+    /// The last change sequence applied; 0 = not started.
+    pub cursor: u64,
+    /// See [`Freshness::base`].
+    pub base: u64,
+    /// A worker is polling until this time (ms); others skip their turn.
+    pub busy_until_ms: u64,
+}
+
+impl FeedState {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.cursor.to_le_bytes());
+        out[8..16].copy_from_slice(&self.base.to_le_bytes());
+        out[16..].copy_from_slice(&self.busy_until_ms.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 24 {
+            return None;
+        }
+        let word = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
+        Some(Self { cursor: word(0)?, base: word(8)?, busy_until_ms: word(16)? })
+    }
+}
+
+/// What the feed consumer should do with a page of changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedStep {
+    /// (invalidation slot, sequence) pairs to raise.
+    pub invalidate: Vec<(u32, u64)>,
+    pub next: FeedState,
+}
+
+/// Largest backlog the consumer works through change by change; beyond it, it skips to the
+/// head and re-checks every cached entry instead.
+pub const MAX_BACKLOG: u64 = 10_000;
+
+/// Applies one ListChanges answer (`changes` as (seq, key id), `head` the service's newest
+/// sequence) to the consumer state.
+pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> FeedStep {
+    let mut next = FeedState { busy_until_ms: 0, ..state };
+    if state.cursor == 0 || head < state.cursor || head - state.cursor > MAX_BACKLOG {
+        // First start, a key service whose feed was reset, or a backlog too long to replay:
+        // start at the head and treat everything cached before it as needing a re-check.
+        next.cursor = head;
+        next.base = head;
+        return FeedStep { invalidate: Vec::new(), next };
+    }
+    let mut invalidate = Vec::new();
+    for (seq, key_id) in changes {
+        if *seq <= state.cursor {
+            continue;
+        }
+        if !key_id.is_empty() {
+            invalidate.push((invalidation_slot(key_id), *seq));
+        }
+        next.cursor = next.cursor.max(*seq);
+    }
+    FeedStep { invalidate, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            stale_window: Duration::from_secs(300),
+            slots: 1024,
+        }
+    }
+
+    fn valid(hash: [u8; 32], fetched_at_ms: u64) -> Entry {
+        Entry {
+            hash,
+            state: KeyState::Valid,
+            fetched_at_ms,
+            expires_at_s: 0,
+            feed_seq: 10,
+            key_id: "key_abc".into(),
+            consumer_id: "alice".into(),
+            display_prefix: "tgk_abcdef".into(),
+            scopes: vec!["read".into(), "write".into()],
+            tier: "gold".into(),
+            limits: vec![Limit { rate: 10, period_secs: 1, burst: 20 }],
+        }
+    }
+
+    #[test]
+    fn entry_round_trips() {
+        let e = valid([7; 32], 1234);
+        assert_eq!(Entry::decode(&e.encode()), Some(e));
+        let n = Entry::not_found([1; 32], 5, 3);
+        assert_eq!(Entry::decode(&n.encode()), Some(n));
+    }
+
+    #[test]
+    fn corrupt_entries_decode_to_none() {
+        let bytes = valid([7; 32], 1234).encode();
+        for cut in 0..bytes.len() {
+            assert_eq!(Entry::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Entry::decode(&longer), None);
+        let mut bad_version = bytes.clone();
+        bad_version[0] = 9;
+        assert_eq!(Entry::decode(&bad_version), None);
+        let mut bad_state = bytes;
+        bad_state[33] = 0;
+        assert_eq!(Entry::decode(&bad_state), None);
+    }
+
+    #[test]
+    fn fresh_within_ttl_then_stale_then_miss() {
+        let e = valid([1; 32], 1_000_000);
+        let f = Freshness::default();
+        assert!(matches!(classify(Some(e.clone()), &[1; 32], 1_000_000 + 59_999, f, &cfg()), Lookup::Fresh(_)));
+        assert!(matches!(classify(Some(e.clone()), &[1; 32], 1_000_000 + 60_000, f, &cfg()), Lookup::Stale(_)));
+        assert_eq!(classify(Some(e), &[1; 32], 1_000_000 + 360_000, f, &cfg()), Lookup::Miss);
+    }
+
+    #[test]
+    fn negative_entries_use_the_short_ttl_and_are_never_stale() {
+        let n = Entry::not_found([2; 32], 1_000, 0);
+        let f = Freshness::default();
+        assert!(matches!(classify(Some(n.clone()), &[2; 32], 5_999, f, &cfg()), Lookup::Fresh(_)));
+        assert_eq!(classify(Some(n), &[2; 32], 6_000, f, &cfg()), Lookup::Miss);
+    }
+
+    #[test]
+    fn slot_collision_is_a_miss_not_another_keys_identity() {
+        let e = valid([1; 32], 0);
+        assert_eq!(classify(Some(e), &[9; 32], 1, Freshness::default(), &cfg()), Lookup::Miss);
+    }
+
+    #[test]
+    fn a_newer_change_for_the_key_invalidates_even_within_ttl() {
+        let e = valid([1; 32], 0); // feed_seq 10
+        let newer = Freshness { invalidated_at: 11, base: 0 };
+        assert_eq!(classify(Some(e.clone()), &[1; 32], 1, newer, &cfg()), Lookup::Miss);
+        let older = Freshness { invalidated_at: 10, base: 0 };
+        assert!(matches!(classify(Some(e.clone()), &[1; 32], 1, older, &cfg()), Lookup::Fresh(_)));
+        let rebased = Freshness { invalidated_at: 0, base: 11 };
+        assert_eq!(classify(Some(e), &[1; 32], 1, rebased, &cfg()), Lookup::Miss);
+    }
+
+    #[test]
+    fn clock_going_backwards_keeps_the_entry_fresh() {
+        let e = valid([1; 32], 10_000);
+        assert!(matches!(classify(Some(e), &[1; 32], 5_000, Freshness::default(), &cfg()), Lookup::Fresh(_)));
+    }
+
+    #[test]
+    fn expired_key_is_rejected_even_when_cached() {
+        let mut e = valid([1; 32], 0);
+        e.expires_at_s = 100;
+        assert_eq!(e.usable_at(99), Ok(()));
+        assert_eq!(e.usable_at(100), Err(KeyState::Expired));
+        let mut r = valid([1; 32], 0);
+        r.state = KeyState::Revoked;
+        assert_eq!(r.usable_at(0), Err(KeyState::Revoked));
+    }
+
+    #[test]
+    fn scopes_must_all_be_present() {
+        let e = valid([1; 32], 0);
+        assert!(e.has_scopes(&[]));
+        assert!(e.has_scopes(&["read".into()]));
+        assert!(e.has_scopes(&["read".into(), "write".into()]));
+        assert!(!e.has_scopes(&["admin".into()]));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000u32 {
+            let hash = crate::key::key_hash(&i.to_string());
+            let s = cache_slot(&hash, 64);
+            assert!(s < 64);
+            seen.insert(s);
+        }
+        assert_eq!(seen.len(), 64);
+        assert!(invalidation_slot("key_x") < INVALIDATION_SLOTS);
+        assert_eq!(invalidation_slot("key_x"), invalidation_slot("key_x"));
+    }
+
+    #[test]
+    fn feed_starts_at_head_and_rebases() {
+        let step = feed_step(FeedState::default(), &[], 42);
+        assert_eq!(step.next, FeedState { cursor: 42, base: 42, busy_until_ms: 0 });
+        assert!(step.invalidate.is_empty());
+    }
+
+    #[test]
+    fn feed_applies_changes_in_order_and_skips_seen_ones() {
+        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 99 };
+        let changes = vec![(5, "key_old".to_owned()), (6, "key_a".to_owned()), (7, String::new()), (8, "key_b".to_owned())];
+        let step = feed_step(state, &changes, 8);
+        assert_eq!(step.next, FeedState { cursor: 8, base: 1, busy_until_ms: 0 });
+        assert_eq!(step.invalidate, vec![(invalidation_slot("key_a"), 6), (invalidation_slot("key_b"), 8)]);
+    }
+
+    #[test]
+    fn feed_skips_ahead_on_a_long_backlog_or_a_reset_service() {
+        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 0 };
+        let step = feed_step(state, &[(6, "key_a".to_owned())], 5 + MAX_BACKLOG + 1);
+        assert_eq!(step.next.base, 5 + MAX_BACKLOG + 1);
+        let step = feed_step(state, &[], 3);
+        assert_eq!(step.next, FeedState { cursor: 3, base: 3, busy_until_ms: 0 });
+    }
+
+    #[test]
+    fn feed_state_round_trips() {
+        let s = FeedState { cursor: 1, base: 2, busy_until_ms: 3 };
+        assert_eq!(FeedState::decode(&s.encode()), Some(s));
+        assert_eq!(FeedState::decode(&[0; 23]), None);
+    }
+}
