@@ -1,1 +1,102 @@
-//! Host glue.
+//! proxy-wasm host glue shared by the Tollgate filters.
+//!
+//! Filter logic talks to the host only through [`Host`]. [`EnvoyHost`] implements it over
+//! `proxy_wasm::hostcalls` (which return `Result`; the SDK's trait helpers unwrap and would
+//! panic inside Envoy), and [`mock::MockHost`] implements it in memory for native tests.
+
+use std::time::Duration;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
+#[cfg(target_arch = "wasm32")]
+mod envoy;
+#[cfg(target_arch = "wasm32")]
+pub use envoy::{EnvoyHost, install_panic_hook};
+
+pub use proxy_wasm::types::LogLevel;
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    /// Someone else wrote the key since it was read: read again and retry.
+    CasMismatch,
+    /// Any other host failure.
+    Failed,
+}
+
+/// Everything the filters need from the proxy. Methods never panic; failures are values.
+pub trait Host {
+    /// Host clock, milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    fn log(&self, level: LogLevel, message: &str);
+
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&self, name: &str, value: Option<&str>);
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool;
+
+    /// A shared-data value and its CAS token.
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
+
+    /// Starts a unary gRPC call on an Envoy cluster; returns its token.
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, ()>;
+    /// The body of the gRPC response being delivered.
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// The status message of the gRPC response being delivered.
+    fn grpc_status_message(&self) -> Option<String>;
+
+    /// Sends a local reply and stops the request.
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool;
+    /// Resumes a request paused in `on_http_request_headers`.
+    fn resume_request(&self) -> bool;
+    /// Makes later calls act on another context (to finish a request that waited on this one).
+    fn set_effective_context(&self, context_id: u32) -> bool;
+
+    fn set_tick_period(&self, period: Duration);
+    /// The plugin's configuration bytes (in `on_configure`).
+    fn plugin_configuration(&self) -> Option<Vec<u8>>;
+
+    /// Defines (or finds) a counter; `None` if the host refuses.
+    fn define_counter(&self, name: &str) -> Option<u32>;
+    fn increment_counter(&self, id: u32, by: i64);
+}
+
+/// A set of counters named `<prefix>.<name>`, defined once per VM.
+#[derive(Debug, Default)]
+pub struct Counters {
+    ids: Vec<(&'static str, Option<u32>)>,
+}
+
+impl Counters {
+    pub fn define<H: Host + ?Sized>(host: &H, prefix: &str, names: &[&'static str]) -> Self {
+        let ids = names.iter().map(|n| (*n, host.define_counter(&format!("{prefix}.{n}")))).collect();
+        Self { ids }
+    }
+
+    /// Adds one to `name`; unknown names are ignored (a stat must never fail a request).
+    pub fn inc<H: Host + ?Sized>(&self, host: &H, name: &str) {
+        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
+            host.increment_counter(*id, 1);
+        }
+    }
+}
+
+/// gRPC status codes the filters act on.
+pub mod grpc_status {
+    pub const OK: u32 = 0;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const NOT_FOUND: u32 = 5;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
+}

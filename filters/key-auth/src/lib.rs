@@ -1,1 +1,26 @@
-//! key-auth.
+//! key-auth: API keys checked against the Tollgate key service, cached in shared data.
+//!
+//! Request path: identity headers sent by the client are removed; the key is read from the
+//! configured sources and its format and checksum checked (a malformed key costs no lookup);
+//! the cache in shared data answers most requests; a miss makes one VerifyKey call per key per
+//! worker (later requests for the same key wait on it). The root context polls the key
+//! service's change feed so revocations reach every worker within a poll interval.
+
+mod http;
+mod root;
+mod store;
+mod worker;
+
+pub use http::KeyAuthHttp;
+pub use root::KeyAuthRoot;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    tollgate_host::install_panic_hook();
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(KeyAuthRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
+    });
+}}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+//! An in-memory [`Host`] for native tests of the filters' contexts.
+//!
+//! One `MockHost` stands for one Envoy worker; [`MockHost::sharing_with`] makes another worker
+//! that shares the first one's shared data, as Envoy's workers do. Per-request state (headers,
+//! local replies, resumption) is kept per context id; [`MockHost::enter`] says which context
+//! the next calls act for, as Envoy does before each callback.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::{Host, LogLevel, SharedError};
+
+/// A gRPC call a context started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub context_id: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub metadata: Vec<(String, Vec<u8>)>,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// A local reply a context sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct RequestState {
+    headers: BTreeMap<String, String>,
+    reply: Option<LocalReply>,
+    resumed: u32,
+    properties: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    data: HashMap<String, (Vec<u8>, u32)>,
+    /// Make the next N CAS writes fail, to test retry loops.
+    fail_cas: u32,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct MockHost {
+    now_ms: Cell<u64>,
+    current: Cell<u32>,
+    shared: Rc<RefCell<Shared>>,
+    requests: RefCell<HashMap<u32, RequestState>>,
+    /// Contexts that are gone: `set_effective_context` to them fails.
+    gone: RefCell<Vec<u32>>,
+    calls: RefCell<Vec<GrpcCall>>,
+    next_token: Cell<u32>,
+    refuse_calls: Cell<bool>,
+    grpc_body: RefCell<Option<Vec<u8>>>,
+    grpc_message: RefCell<Option<String>>,
+    global_properties: RefCell<HashMap<String, Vec<u8>>>,
+    counters: RefCell<BTreeMap<String, i64>>,
+    counter_names: RefCell<Vec<String>>,
+    logs: RefCell<Vec<(LogLevel, String)>>,
+    tick: Cell<Option<Duration>>,
+    configuration: RefCell<Option<Vec<u8>>>,
+}
+
+impl Default for MockHost {
+    fn default() -> Self {
+        Self {
+            now_ms: Cell::new(1_700_000_000_000),
+            current: Cell::new(0),
+            shared: Rc::default(),
+            requests: RefCell::default(),
+            gone: RefCell::default(),
+            calls: RefCell::default(),
+            next_token: Cell::new(1),
+            refuse_calls: Cell::new(false),
+            grpc_body: RefCell::default(),
+            grpc_message: RefCell::default(),
+            global_properties: RefCell::default(),
+            counters: RefCell::default(),
+            counter_names: RefCell::default(),
+            logs: RefCell::default(),
+            tick: Cell::new(None),
+            configuration: RefCell::default(),
+        }
+    }
+}
+
+impl MockHost {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Another worker of the same proxy: separate contexts, same shared data and clock start.
+    pub fn sharing_with(other: &MockHost) -> Rc<Self> {
+        let host = Self { shared: other.shared.clone(), ..Self::default() };
+        host.now_ms.set(other.now_ms.get());
+        Rc::new(host)
+    }
+
+    // --- driving the mock -------------------------------------------------------------
+
+    /// The next calls act for `context_id`.
+    pub fn enter(&self, context_id: u32) {
+        self.current.set(context_id);
+    }
+
+    pub fn set_now_ms(&self, ms: u64) {
+        self.now_ms.set(ms);
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.now_ms.set(self.now_ms.get() + d.as_millis() as u64);
+    }
+
+    /// Sets a request header of `context_id`.
+    pub fn with_header(&self, context_id: u32, name: &str, value: &str) {
+        self.requests
+            .borrow_mut()
+            .entry(context_id)
+            .or_default()
+            .headers
+            .insert(name.to_ascii_lowercase(), value.to_owned());
+    }
+
+    /// Sets a property every context sees (e.g. `route_name`).
+    pub fn with_property(&self, path: &[&str], value: &[u8]) {
+        self.global_properties.borrow_mut().insert(path.join("."), value.to_vec());
+    }
+
+    /// The next gRPC response body (what `grpc_response_body` returns).
+    pub fn set_grpc_response(&self, body: Option<Vec<u8>>, message: Option<&str>) {
+        *self.grpc_body.borrow_mut() = body;
+        *self.grpc_message.borrow_mut() = message.map(str::to_owned);
+    }
+
+    /// The plugin configuration `on_configure` reads.
+    pub fn with_configuration(&self, config: &str) {
+        *self.configuration.borrow_mut() = Some(config.as_bytes().to_vec());
+    }
+
+    /// Makes `grpc_call` fail, as when the cluster does not exist.
+    pub fn refuse_calls(&self, refuse: bool) {
+        self.refuse_calls.set(refuse);
+    }
+
+    /// Makes the next `n` CAS-guarded writes fail with a mismatch.
+    pub fn fail_next_cas(&self, n: u32) {
+        self.shared.borrow_mut().fail_cas = n;
+    }
+
+    /// Marks a context as destroyed.
+    pub fn destroy(&self, context_id: u32) {
+        self.gone.borrow_mut().push(context_id);
+    }
+
+    // --- inspecting ---------------------------------------------------------------------
+
+    pub fn header(&self, context_id: u32, name: &str) -> Option<String> {
+        self.requests.borrow().get(&context_id).and_then(|r| r.headers.get(name).cloned())
+    }
+
+    pub fn reply(&self, context_id: u32) -> Option<LocalReply> {
+        self.requests.borrow().get(&context_id).and_then(|r| r.reply.clone())
+    }
+
+    pub fn resumed(&self, context_id: u32) -> u32 {
+        self.requests.borrow().get(&context_id).map_or(0, |r| r.resumed)
+    }
+
+    pub fn request_property(&self, context_id: u32, path: &[&str]) -> Option<Vec<u8>> {
+        self.requests.borrow().get(&context_id).and_then(|r| r.properties.get(&path.join(".")).cloned())
+    }
+
+    pub fn calls(&self) -> Vec<GrpcCall> {
+        self.calls.borrow().clone()
+    }
+
+    pub fn counter(&self, name: &str) -> i64 {
+        self.counters.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    pub fn logs(&self) -> Vec<(LogLevel, String)> {
+        self.logs.borrow().clone()
+    }
+
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.tick.get()
+    }
+
+    pub fn shared_keys(&self) -> usize {
+        self.shared.borrow().data.len()
+    }
+
+    fn with_request<R>(&self, f: impl FnOnce(&mut RequestState) -> R) -> R {
+        f(self.requests.borrow_mut().entry(self.current.get()).or_default())
+    }
+}
+
+impl Host for MockHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_owned()));
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.with_request(|r| r.headers.get(&name.to_ascii_lowercase()).cloned())
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.with_request(|r| match value {
+            Some(v) => {
+                r.headers.insert(name.to_ascii_lowercase(), v.to_owned());
+            }
+            None => {
+                r.headers.remove(&name.to_ascii_lowercase());
+            }
+        });
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key = path.join(".");
+        self.with_request(|r| r.properties.get(&key).cloned())
+            .or_else(|| self.global_properties.borrow().get(&key).cloned())
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        self.with_request(|r| r.properties.insert(path.join("."), value.to_vec()));
+        true
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.borrow().data.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        let mut shared = self.shared.borrow_mut();
+        if cas.is_some() && shared.fail_cas > 0 {
+            shared.fail_cas -= 1;
+            return Err(SharedError::CasMismatch);
+        }
+        let current = shared.data.get(key).map(|(_, c)| *c);
+        if let (Some(expected), Some(actual)) = (cas, current) {
+            if expected != actual {
+                return Err(SharedError::CasMismatch);
+            }
+        }
+        let next = current.unwrap_or(0).wrapping_add(1).max(1);
+        shared.data.insert(key.to_owned(), (value.to_vec(), next));
+        Ok(())
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, ()> {
+        if self.refuse_calls.get() {
+            return Err(());
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.calls.borrow_mut().push(GrpcCall {
+            token,
+            context_id: self.current.get(),
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            metadata: metadata.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect(),
+            message: message.to_vec(),
+            timeout,
+        });
+        Ok(token)
+    }
+
+    fn grpc_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        self.grpc_body.borrow().clone()
+    }
+
+    fn grpc_status_message(&self) -> Option<String> {
+        self.grpc_message.borrow().clone()
+    }
+
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        let reply = LocalReply {
+            status,
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            body: body.to_vec(),
+        };
+        self.with_request(|r| r.reply = Some(reply));
+        true
+    }
+
+    fn resume_request(&self) -> bool {
+        self.with_request(|r| r.resumed += 1);
+        true
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        if self.gone.borrow().contains(&context_id) {
+            return false;
+        }
+        self.current.set(context_id);
+        true
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        self.tick.set(Some(period));
+    }
+
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.configuration.borrow().clone()
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut names = self.counter_names.borrow_mut();
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return Some(i as u32);
+        }
+        names.push(name.to_owned());
+        self.counters.borrow_mut().insert(name.to_owned(), 0);
+        Some(names.len() as u32 - 1)
+    }
+
+    fn increment_counter(&self, id: u32, by: i64) {
+        let name = self.counter_names.borrow().get(id as usize).cloned();
+        if let Some(name) = name {
+            *self.counters.borrow_mut().entry(name).or_default() += by;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cas_rejects_a_stale_token_and_workers_share_data() {
+        let a = MockHost::new();
+        let b = MockHost::sharing_with(&a);
+        a.shared_set("k", b"1", None).unwrap();
+        let (v, cas) = b.shared_get("k");
+        assert_eq!(v.as_deref(), Some(&b"1"[..]));
+        a.shared_set("k", b"2", cas).unwrap();
+        assert_eq!(b.shared_set("k", b"3", cas), Err(SharedError::CasMismatch));
+        assert_eq!(b.shared_get("k").0.as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn request_state_is_per_context() {
+        let h = MockHost::new();
+        h.with_header(1, "x-a", "one");
+        h.enter(2);
+        assert_eq!(h.request_header("x-a"), None);
+        h.enter(1);
+        assert_eq!(h.request_header("X-A").as_deref(), Some("one"));
+        h.destroy(1);
+        assert!(!h.set_effective_context(1));
+    }
+
+    #[test]
+    fn counters_count() {
+        let h = MockHost::new();
+        let c = crate::Counters::define(&*h, "p", &["a", "b"]);
+        c.inc(&*h, "a");
+        c.inc(&*h, "a");
+        c.inc(&*h, "zzz");
+        assert_eq!(h.counter("p.a"), 2);
+        assert_eq!(h.counter("p.b"), 0);
+    }
+}

@@ -1,0 +1,295 @@
+//! The per-request context: find the key, consult the cache, look it up once, decide.
+
+use std::rc::Rc;
+
+use prost::Message;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use tollgate_core::error::ErrorBody;
+use tollgate_core::key;
+use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
+use tollgate_core::key_auth::config::{Config, FailureMode, Source};
+use tollgate_core::key_auth::{self as ka, Deny};
+use tollgate_core::route::{self, RequestFacts};
+use tollgate_host::{Host, LogLevel, grpc_status};
+use tollgate_proto::v1;
+
+use crate::store;
+use crate::worker::{Flight, Outcome, Shared, Waiter, Worker, entry_from_reply};
+
+pub struct KeyAuthHttp<H: Host> {
+    host: Rc<H>,
+    worker: Shared,
+    context_id: u32,
+    /// The key hash this context is waiting on, and whether it made the call.
+    waiting: Option<[u8; 32]>,
+    leading: bool,
+}
+
+impl<H: Host> KeyAuthHttp<H> {
+    pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
+        Self { host, worker, context_id, waiting: None, leading: false }
+    }
+
+    fn on_request(&mut self) -> Action {
+        let host = &*self.host;
+        // Identity headers are ours to set: never let a client send them upstream.
+        for name in ka::IDENTITY_HEADERS {
+            host.set_request_header(name, None);
+        }
+        let path = host.request_header(":path").unwrap_or_default();
+        let method = host.request_header(":method").unwrap_or_default();
+        let request_id = host.request_header("x-request-id").unwrap_or_default();
+        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
+        let (path_only, query) = route::split_path(&path);
+
+        let mut worker = self.worker.borrow_mut();
+        let config = &worker.config;
+        let header_values: Vec<(String, String)> = config
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Header { name, .. } => host.request_header(name).map(|v| (name.clone(), v)),
+                Source::Query { .. } => None,
+            })
+            .collect();
+        let found = ka::find_key(
+            &config.sources,
+            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
+            query,
+        );
+        let key = match found {
+            Ok(key) => key,
+            Err(deny) => {
+                respond_denied(host, &worker, deny, &request_id, "-");
+                return Action::Pause;
+            }
+        };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
+        let waiter = Waiter {
+            context_id: self.context_id,
+            required_scopes: config.required_scopes(&facts).to_vec(),
+            request_id,
+        };
+        if config.hide_credentials {
+            hide_credentials(host, config, &key, &header_values, path_only, query);
+        }
+
+        let hash = key::key_hash(&key);
+        let stale = match store::lookup(host, &worker.keys, &worker.config, &hash) {
+            Lookup::Fresh(entry) => {
+                worker.counters.inc(host, "cache_hit");
+                return if apply_answer(host, &worker, &waiter, &entry) { Action::Continue } else { Action::Pause };
+            }
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Miss => None,
+        };
+        worker.counters.inc(host, "cache_miss");
+
+        if let Some(flight) = worker.flights.get_mut(&hash) {
+            flight.waiters.push(waiter);
+            worker.counters.inc(host, "singleflight_joined");
+            self.waiting = Some(hash);
+            return Action::Pause;
+        }
+        match worker.dispatch_verify(host, &hash) {
+            Ok(token) => {
+                worker.flights.insert(
+                    hash,
+                    Flight { leader: Some(self.context_id), token: Some(token), waiters: vec![waiter], stale },
+                );
+                self.waiting = Some(hash);
+                self.leading = true;
+                Action::Pause
+            }
+            Err(()) => {
+                worker.counters.inc(host, "callout_error");
+                host.log(LogLevel::Error, &format!("key-auth: cannot call cluster `{}`", worker.config.cluster));
+                if apply_failure(host, &worker, &waiter, stale.as_ref()) { Action::Continue } else { Action::Pause }
+            }
+        }
+    }
+
+    fn on_call_done(&mut self, status: u32, size: usize) {
+        let Some(hash) = self.waiting.take().filter(|_| self.leading) else { return };
+        self.leading = false;
+        let outcome = read_verify_reply(&*self.host, &self.worker.borrow(), hash, status, size);
+        complete_flight(&*self.host, &self.worker, hash, outcome);
+    }
+
+    /// The request went away (client reset, timeout) while it waited.
+    fn on_gone(&mut self) {
+        let Some(hash) = self.waiting.take() else { return };
+        let mut worker = self.worker.borrow_mut();
+        let Some(flight) = worker.flights.get_mut(&hash) else { return };
+        flight.waiters.retain(|w| w.context_id != self.context_id);
+        if self.leading && flight.leader == Some(self.context_id) {
+            // Envoy cancels this context's call. The root context calls again on its next
+            // tick for the requests still waiting.
+            flight.leader = None;
+            flight.token = None;
+        }
+        if flight.waiters.is_empty() && flight.leader.is_none() {
+            worker.flights.remove(&hash);
+        }
+    }
+}
+
+impl<H: Host> Context for KeyAuthHttp<H> {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        self.on_call_done(status_code, response_size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.on_gone();
+        true
+    }
+}
+
+impl<H: Host> HttpContext for KeyAuthHttp<H> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request()
+    }
+}
+
+/// Decodes a VerifyKey reply into an outcome, counting and logging failures.
+pub fn read_verify_reply<H: Host + ?Sized>(host: &H, worker: &Worker, hash: [u8; 32], status: u32, size: usize) -> Outcome {
+    if status != grpc_status::OK {
+        worker.counters.inc(host, "callout_error");
+        let detail = host.grpc_status_message().unwrap_or_default();
+        let level = if status == grpc_status::UNAUTHENTICATED { LogLevel::Error } else { LogLevel::Warn };
+        let hint = if status == grpc_status::UNAUTHENTICATED { " (check key_service.token)" } else { "" };
+        host.log(level, &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"));
+        return Outcome::Failed;
+    }
+    let body = host.grpc_response_body(size).unwrap_or_default();
+    match v1::VerifyKeyResponse::decode(body.as_slice()).ok().and_then(|r| entry_from_reply(hash, host.now_ms(), &r)) {
+        Some(entry) => {
+            store::store(host, &worker.keys, &worker.config, &entry);
+            Outcome::Answer(entry)
+        }
+        None => {
+            worker.counters.inc(host, "callout_error");
+            host.log(LogLevel::Warn, "key-auth: VerifyKey reply could not be understood");
+            Outcome::Failed
+        }
+    }
+}
+
+/// Finishes every request waiting on `hash`.
+pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 32], outcome: Outcome) {
+    let Some(flight) = worker.borrow_mut().flights.remove(&hash) else { return };
+    let worker = worker.borrow();
+    for waiter in &flight.waiters {
+        if !host.set_effective_context(waiter.context_id) {
+            continue; // that request is gone
+        }
+        let allowed = match &outcome {
+            Outcome::Answer(entry) => apply_answer(host, &worker, waiter, entry),
+            Outcome::Failed => apply_failure(host, &worker, waiter, flight.stale.as_ref()),
+        };
+        if allowed {
+            host.resume_request();
+        }
+    }
+}
+
+/// Acts on an answer for the current request. Returns true when the request may proceed.
+fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, entry: &Entry) -> bool {
+    let now_s = (host.now_ms() / 1000) as i64;
+    let verdict = entry.usable_at(now_s).map_err(|state| match state {
+        KeyState::NotFound => Deny::UnknownKey,
+        KeyState::Revoked => Deny::Revoked,
+        KeyState::Expired | KeyState::Valid => Deny::Expired,
+    });
+    let verdict = verdict.and_then(|()| {
+        if entry.has_scopes(&waiter.required_scopes) { Ok(()) } else { Err(Deny::InsufficientScope) }
+    });
+    match verdict {
+        Ok(()) => {
+            set_identity(host, entry);
+            worker.counters.inc(host, "allowed");
+            true
+        }
+        Err(deny) => {
+            respond_denied(host, worker, deny, &waiter.request_id, &entry.display_prefix);
+            false
+        }
+    }
+}
+
+/// Acts on a lookup that failed: a stale answer if there is one, else the failure mode.
+fn apply_failure<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, stale: Option<&Entry>) -> bool {
+    if let Some(entry) = stale {
+        worker.counters.inc(host, "cache_stale_used");
+        return apply_answer(host, worker, waiter, entry);
+    }
+    match worker.config.failure_mode {
+        FailureMode::Deny => {
+            respond_denied(host, worker, Deny::KeyServiceUnavailable, &waiter.request_id, "-");
+            false
+        }
+        FailureMode::Allow => {
+            worker.counters.inc(host, "failure_mode_allowed");
+            host.log(LogLevel::Warn, "key-auth: key service unavailable; request allowed without identity (failure_mode: allow)");
+            true
+        }
+    }
+}
+
+fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry) {
+    let scopes = entry.scopes.join(",");
+    host.set_request_header(ka::CONSUMER_HEADER, Some(&entry.consumer_id));
+    host.set_request_header(ka::KEY_ID_HEADER, Some(&entry.key_id));
+    host.set_request_header(ka::SCOPES_HEADER, Some(&scopes));
+    host.set_property(&[ka::PROP_CONSUMER], entry.consumer_id.as_bytes());
+    host.set_property(&[ka::PROP_KEY_ID], entry.key_id.as_bytes());
+    host.set_property(&[ka::PROP_SCOPES], scopes.as_bytes());
+    if !entry.tier.is_empty() {
+        host.set_property(&[ka::PROP_TIER], entry.tier.as_bytes());
+    }
+}
+
+fn respond_denied<H: Host + ?Sized>(host: &H, worker: &Worker, deny: Deny, request_id: &str, display_prefix: &str) {
+    worker.counters.inc(host, &format!("denied.{}", deny.reason()));
+    host.log(
+        LogLevel::Info,
+        &format!("key-auth: denied reason={} key={display_prefix} request_id={request_id}", deny.reason()),
+    );
+    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
+    let challenge = format!("ApiKey realm=\"{}\"", worker.config.realm);
+    let mut headers = vec![("content-type", "application/json")];
+    if deny.status() == 401 {
+        headers.push(("www-authenticate", challenge.as_str()));
+    }
+    if deny.status() == 503 {
+        headers.push(("retry-after", "1"));
+    }
+    host.send_response(deny.status(), &headers, &body);
+}
+
+/// Removes the key from the request before it goes upstream.
+fn hide_credentials<H: Host + ?Sized>(
+    host: &H,
+    config: &Config,
+    key: &str,
+    header_values: &[(String, String)],
+    path: &str,
+    query: &str,
+) {
+    for (name, value) in header_values {
+        if value.contains(key) {
+            host.set_request_header(name, None);
+        }
+    }
+    let mut new_query = query.to_owned();
+    for source in &config.sources {
+        if let Source::Query { name } = source {
+            new_query = route::remove_query_param(&new_query, name);
+        }
+    }
+    if new_query != query {
+        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
+        host.set_request_header(":path", Some(&new_path));
+    }
+}
