@@ -1,0 +1,183 @@
+//! Parsers for command-line values: durations, `k=v` pairs, rates and times.
+//!
+//! Each returns `Result<_, String>` so clap can use it as a value parser and print the message as a
+//! usage error.
+
+use jiff::Timestamp;
+use tollgate_proto::v1::{Period, RateLimit};
+
+/// Parses a duration such as `30d`, `12h`, `15m`, `90s`, `1w` or `1h30m` into seconds.
+/// Units: `s`, `m`, `h`, `d`, `w`. A bare `0` is accepted.
+pub fn duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let bad = || format!("invalid duration {text:?}: expected e.g. 90s, 15m, 12h, 30d or 1h30m");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        if digits.is_empty() {
+            return Err(bad());
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "invalid duration {text:?}: missing unit (s, m, h, d or w) after {digits}"
+        ));
+    }
+    Ok(total)
+}
+
+/// Parses `key=value`. The key must not be empty; the value may be empty or contain `=`.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("invalid metadata {text:?}: expected key=value")),
+    }
+}
+
+/// Parses a rate such as `100/s`, `1000/min`, `5000/h` or `100000/day` (burst 0 = same as rate).
+pub fn rate(text: &str) -> Result<RateLimit, String> {
+    let bad = || format!("invalid rate {text:?}: expected N/s, N/min, N/h or N/day");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let rate: u64 = count.trim().parse().map_err(|_| bad())?;
+    if rate == 0 {
+        return Err(format!("invalid rate {text:?}: must be at least 1"));
+    }
+    let period = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "second" => Period::Second,
+        "m" | "min" | "minute" => Period::Minute,
+        "h" | "hour" => Period::Hour,
+        "d" | "day" => Period::Day,
+        _ => return Err(bad()),
+    };
+    Ok(RateLimit {
+        rate,
+        period: period as i32,
+        burst: 0,
+    })
+}
+
+/// Parses an absolute time: RFC 3339 (`2030-01-01T00:00:00Z`, `2030-01-01T02:00:00+02:00`), a
+/// date (`2030-01-01`, midnight UTC) or Unix seconds (`1893456000`). Returns Unix seconds.
+pub fn timestamp(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map_err(|_| format!("invalid time {text:?}: Unix seconds out of range"));
+    }
+    let parsed = if text.len() == 10 {
+        format!("{text}T00:00:00Z").parse::<Timestamp>()
+    } else {
+        text.parse::<Timestamp>()
+    };
+    parsed.map(|ts| ts.as_second()).map_err(|_| {
+        format!("invalid time {text:?}: expected RFC 3339 (2030-01-01T00:00:00Z), a date or Unix seconds")
+    })
+}
+
+/// Formats Unix seconds as RFC 3339 in UTC; `None` for 0 (unset) or out-of-range values.
+pub fn rfc3339(secs: i64) -> Option<String> {
+    if secs == 0 {
+        return None;
+    }
+    Timestamp::from_second(secs).ok().map(|ts| ts.to_string())
+}
+
+/// The current time in Unix seconds.
+pub fn now_secs() -> i64 {
+    Timestamp::now().as_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_each_unit() {
+        assert_eq!(duration_secs("90s"), Ok(90));
+        assert_eq!(duration_secs("15m"), Ok(900));
+        assert_eq!(duration_secs("12h"), Ok(43_200));
+        assert_eq!(duration_secs("30d"), Ok(2_592_000));
+        assert_eq!(duration_secs("2w"), Ok(1_209_600));
+        assert_eq!(duration_secs("1h30m"), Ok(5_400));
+        assert_eq!(duration_secs("0"), Ok(0));
+    }
+
+    #[test]
+    fn durations_without_unit_or_with_junk_are_rejected() {
+        for bad in ["", "30", "h", "1x", "1h30", "-5m", "1.5h"] {
+            assert!(duration_secs(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(duration_secs("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn key_value_keeps_equals_in_value() {
+        assert_eq!(
+            key_value("team=payments"),
+            Ok(("team".into(), "payments".into()))
+        );
+        assert_eq!(key_value("q=a=b"), Ok(("q".into(), "a=b".into())));
+        assert_eq!(key_value("empty="), Ok(("empty".into(), String::new())));
+        assert!(key_value("=v").is_err());
+        assert!(key_value("novalue").is_err());
+    }
+
+    #[test]
+    fn rates_in_each_period() {
+        let r = rate("100/s").unwrap();
+        assert_eq!((r.rate, r.period(), r.burst), (100, Period::Second, 0));
+        assert_eq!(rate("1000/min").unwrap().period(), Period::Minute);
+        assert_eq!(rate("5000/h").unwrap().period(), Period::Hour);
+        assert_eq!(rate("100000/day").unwrap().period(), Period::Day);
+        assert!(rate("0/s").is_err());
+        assert!(rate("100").is_err());
+        assert!(rate("100/week").is_err());
+        assert!(rate("x/s").is_err());
+    }
+
+    #[test]
+    fn timestamps_from_rfc3339_date_or_unix() {
+        assert_eq!(timestamp("2030-01-01T00:00:00Z"), Ok(1_893_456_000));
+        assert_eq!(timestamp("2030-01-01T02:00:00+02:00"), Ok(1_893_456_000));
+        assert_eq!(timestamp("2030-01-01"), Ok(1_893_456_000));
+        assert_eq!(timestamp("1893456000"), Ok(1_893_456_000));
+        assert!(timestamp("2030-01-01T00:00:00").is_err());
+        assert!(timestamp("tomorrow").is_err());
+    }
+
+    #[test]
+    fn rfc3339_is_utc_and_zero_is_unset() {
+        assert_eq!(
+            rfc3339(1_893_456_000).as_deref(),
+            Some("2030-01-01T00:00:00Z")
+        );
+        assert_eq!(rfc3339(0), None);
+    }
+}
