@@ -5,12 +5,18 @@ use std::time::Duration;
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!("`{text}` is not a duration (expected e.g. \"250ms\", \"5s\", \"1h\")"));
+        return Err(format!(
+            "`{text}` is not a duration (expected e.g. \"250ms\", \"5s\", \"1h\")"
+        ));
     }
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is too large"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -18,7 +24,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
         "" => return Err(format!("`{text}` has no unit (use ms, s, m, h or d)")),
-        other => return Err(format!("`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"
+            ));
+        }
     };
     millis
         .map(Duration::from_millis)
@@ -52,9 +62,21 @@ mod tests {
     #[test]
     fn bad_durations_say_why() {
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 sec").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 sec")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("ms").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("-5s").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("99999999999999999999s").unwrap_err().contains("too large"));
+        assert!(
+            parse_duration("-5s")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("99999999999999999999s")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

@@ -98,7 +98,10 @@ pub fn check_format(key: &str) -> Result<(), KeyFormatError> {
     if bytes.len() < KEY_LEN {
         return Err(KeyFormatError::TooShort);
     }
-    if !bytes[KEY_PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric) {
+    if !bytes[KEY_PREFIX.len()..]
+        .iter()
+        .all(u8::is_ascii_alphanumeric)
+    {
         return Err(KeyFormatError::InvalidCharacter);
     }
     let (body, sum) = bytes.split_at(KEY_LEN - CHECKSUM_LEN);
@@ -126,7 +129,10 @@ pub fn display_prefix(key: &str) -> &str {
 }
 
 fn checksum(body: &str) -> String {
-    checksum_bytes(body.as_bytes()).iter().map(|b| char::from(*b)).collect()
+    checksum_bytes(body.as_bytes())
+        .iter()
+        .map(|b| char::from(*b))
+        .collect()
 }
 
 fn checksum_bytes(body: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -169,7 +175,11 @@ mod tests {
             let mut bytes = key.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(bytes).unwrap();
-            assert_eq!(check_format(&typo), Err(KeyFormatError::BadChecksum), "position {i}");
+            assert_eq!(
+                check_format(&typo),
+                Err(KeyFormatError::BadChecksum),
+                "position {i}"
+            );
         }
     }
 
@@ -178,19 +188,36 @@ mod tests {
         let key = sample();
         let mut bytes = key.into_bytes();
         let i = bytes.iter().skip(4).position(|_| true).unwrap() + 5;
-        let j = (i..KEY_LEN - 1).find(|&j| bytes[j] != bytes[j + 1]).unwrap();
+        let j = (i..KEY_LEN - 1)
+            .find(|&j| bytes[j] != bytes[j + 1])
+            .unwrap();
         bytes.swap(j, j + 1);
-        assert_eq!(check_format(&String::from_utf8(bytes).unwrap()), Err(KeyFormatError::BadChecksum));
+        assert_eq!(
+            check_format(&String::from_utf8(bytes).unwrap()),
+            Err(KeyFormatError::BadChecksum)
+        );
     }
 
     #[test]
     fn wrong_prefix_truncated_oversized_and_empty_are_named() {
         let key = sample();
         assert_eq!(check_format(""), Err(KeyFormatError::Empty));
-        assert_eq!(check_format(&format!("ghp_{}", &key[4..])), Err(KeyFormatError::WrongPrefix));
-        assert_eq!(check_format(&key[..KEY_LEN - 1]), Err(KeyFormatError::TooShort));
-        assert_eq!(check_format(&format!("{key}0")), Err(KeyFormatError::TooLong));
-        assert_eq!(check_format(&"x".repeat(10_000)), Err(KeyFormatError::TooLong));
+        assert_eq!(
+            check_format(&format!("ghp_{}", &key[4..])),
+            Err(KeyFormatError::WrongPrefix)
+        );
+        assert_eq!(
+            check_format(&key[..KEY_LEN - 1]),
+            Err(KeyFormatError::TooShort)
+        );
+        assert_eq!(
+            check_format(&format!("{key}0")),
+            Err(KeyFormatError::TooLong)
+        );
+        assert_eq!(
+            check_format(&"x".repeat(10_000)),
+            Err(KeyFormatError::TooLong)
+        );
     }
 
     #[test]
@@ -198,7 +225,10 @@ mod tests {
         let key = sample();
         let accented = format!("{}é{}", &key[..10], &key[12..]);
         assert_eq!(accented.len(), KEY_LEN);
-        assert_eq!(check_format(&accented), Err(KeyFormatError::InvalidCharacter));
+        assert_eq!(
+            check_format(&accented),
+            Err(KeyFormatError::InvalidCharacter)
+        );
         let dashed = format!("{}-{}", &key[..10], &key[11..]);
         assert_eq!(check_format(&dashed), Err(KeyFormatError::InvalidCharacter));
     }

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod mock;
 #[cfg(target_arch = "wasm32")]
 mod envoy;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
 #[cfg(target_arch = "wasm32")]
 pub use envoy::{EnvoyHost, install_panic_hook};
 
@@ -23,6 +23,18 @@ pub enum SharedError {
     /// Any other host failure.
     Failed,
 }
+
+/// The host refused to start a call (e.g. the cluster does not exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRefused;
+
+impl std::fmt::Display for CallRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the proxy refused to start the call")
+    }
+}
+
+impl std::error::Error for CallRefused {}
 
 /// Everything the filters need from the proxy. Methods never panic; failures are values.
 pub trait Host {
@@ -50,7 +62,7 @@ pub trait Host {
         metadata: &[(&str, &[u8])],
         message: &[u8],
         timeout: Duration,
-    ) -> Result<u32, ()>;
+    ) -> Result<u32, CallRefused>;
     /// The body of the gRPC response being delivered.
     fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>>;
     /// The status message of the gRPC response being delivered.
@@ -80,7 +92,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn define<H: Host + ?Sized>(host: &H, prefix: &str, names: &[&'static str]) -> Self {
-        let ids = names.iter().map(|n| (*n, host.define_counter(&format!("{prefix}.{n}")))).collect();
+        let ids = names
+            .iter()
+            .map(|n| (*n, host.define_counter(&format!("{prefix}.{n}"))))
+            .collect();
         Self { ids }
     }
 

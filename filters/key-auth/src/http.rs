@@ -28,7 +28,13 @@ pub struct KeyAuthHttp<H: Host> {
 
 impl<H: Host> KeyAuthHttp<H> {
     pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
-        Self { host, worker, context_id, waiting: None, leading: false }
+        Self {
+            host,
+            worker,
+            context_id,
+            waiting: None,
+            leading: false,
+        }
     }
 
     fn on_request(&mut self) -> Action {
@@ -40,7 +46,9 @@ impl<H: Host> KeyAuthHttp<H> {
         let path = host.request_header(":path").unwrap_or_default();
         let method = host.request_header(":method").unwrap_or_default();
         let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
+        let route_name = host
+            .property(&["route_name"])
+            .and_then(|b| String::from_utf8(b).ok());
         let (path_only, query) = route::split_path(&path);
 
         let mut worker = self.worker.borrow_mut();
@@ -55,7 +63,12 @@ impl<H: Host> KeyAuthHttp<H> {
             .collect();
         let found = ka::find_key(
             &config.sources,
-            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
+            |name| {
+                header_values
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            },
             query,
         );
         let key = match found {
@@ -65,7 +78,11 @@ impl<H: Host> KeyAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
+        let facts = RequestFacts {
+            route_name: route_name.as_deref(),
+            path: path_only,
+            method: &method,
+        };
         let waiter = Waiter {
             context_id: self.context_id,
             required_scopes: config.required_scopes(&facts).to_vec(),
@@ -79,7 +96,11 @@ impl<H: Host> KeyAuthHttp<H> {
         let stale = match store::lookup(host, &worker.keys, &worker.config, &hash) {
             Lookup::Fresh(entry) => {
                 worker.counters.inc(host, "cache_hit");
-                return if apply_answer(host, &worker, &waiter, &entry) { Action::Continue } else { Action::Pause };
+                return if apply_answer(host, &worker, &waiter, &entry) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                };
             }
             Lookup::Stale(entry) => Some(entry),
             Lookup::Miss => None,
@@ -96,22 +117,36 @@ impl<H: Host> KeyAuthHttp<H> {
             Ok(token) => {
                 worker.flights.insert(
                     hash,
-                    Flight { leader: Some(self.context_id), token: Some(token), waiters: vec![waiter], stale },
+                    Flight {
+                        leader: Some(self.context_id),
+                        token: Some(token),
+                        waiters: vec![waiter],
+                        stale,
+                    },
                 );
                 self.waiting = Some(hash);
                 self.leading = true;
                 Action::Pause
             }
-            Err(()) => {
+            Err(_) => {
                 worker.counters.inc(host, "callout_error");
-                host.log(LogLevel::Error, &format!("key-auth: cannot call cluster `{}`", worker.config.cluster));
-                if apply_failure(host, &worker, &waiter, stale.as_ref()) { Action::Continue } else { Action::Pause }
+                host.log(
+                    LogLevel::Error,
+                    &format!("key-auth: cannot call cluster `{}`", worker.config.cluster),
+                );
+                if apply_failure(host, &worker, &waiter, stale.as_ref()) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
             }
         }
     }
 
     fn on_call_done(&mut self, status: u32, size: usize) {
-        let Some(hash) = self.waiting.take().filter(|_| self.leading) else { return };
+        let Some(hash) = self.waiting.take().filter(|_| self.leading) else {
+            return;
+        };
         self.leading = false;
         let outcome = read_verify_reply(&*self.host, &self.worker.borrow(), hash, status, size);
         complete_flight(&*self.host, &self.worker, hash, outcome);
@@ -119,9 +154,13 @@ impl<H: Host> KeyAuthHttp<H> {
 
     /// The request went away (client reset, timeout) while it waited.
     fn on_gone(&mut self) {
-        let Some(hash) = self.waiting.take() else { return };
+        let Some(hash) = self.waiting.take() else {
+            return;
+        };
         let mut worker = self.worker.borrow_mut();
-        let Some(flight) = worker.flights.get_mut(&hash) else { return };
+        let Some(flight) = worker.flights.get_mut(&hash) else {
+            return;
+        };
         flight.waiters.retain(|w| w.context_id != self.context_id);
         if self.leading && flight.leader == Some(self.context_id) {
             // Envoy cancels this context's call. The root context calls again on its next
@@ -153,32 +192,62 @@ impl<H: Host> HttpContext for KeyAuthHttp<H> {
 }
 
 /// Decodes a VerifyKey reply into an outcome, counting and logging failures.
-pub fn read_verify_reply<H: Host + ?Sized>(host: &H, worker: &Worker, hash: [u8; 32], status: u32, size: usize) -> Outcome {
+pub fn read_verify_reply<H: Host + ?Sized>(
+    host: &H,
+    worker: &Worker,
+    hash: [u8; 32],
+    status: u32,
+    size: usize,
+) -> Outcome {
     if status != grpc_status::OK {
         worker.counters.inc(host, "callout_error");
         let detail = host.grpc_status_message().unwrap_or_default();
-        let level = if status == grpc_status::UNAUTHENTICATED { LogLevel::Error } else { LogLevel::Warn };
-        let hint = if status == grpc_status::UNAUTHENTICATED { " (check key_service.token)" } else { "" };
-        host.log(level, &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"));
+        let level = if status == grpc_status::UNAUTHENTICATED {
+            LogLevel::Error
+        } else {
+            LogLevel::Warn
+        };
+        let hint = if status == grpc_status::UNAUTHENTICATED {
+            " (check key_service.token)"
+        } else {
+            ""
+        };
+        host.log(
+            level,
+            &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"),
+        );
         return Outcome::Failed;
     }
     let body = host.grpc_response_body(size).unwrap_or_default();
-    match v1::VerifyKeyResponse::decode(body.as_slice()).ok().and_then(|r| entry_from_reply(hash, host.now_ms(), &r)) {
+    match v1::VerifyKeyResponse::decode(body.as_slice())
+        .ok()
+        .and_then(|r| entry_from_reply(hash, host.now_ms(), &r))
+    {
         Some(entry) => {
             store::store(host, &worker.keys, &worker.config, &entry);
-            Outcome::Answer(entry)
+            Outcome::Answer(Box::new(entry))
         }
         None => {
             worker.counters.inc(host, "callout_error");
-            host.log(LogLevel::Warn, "key-auth: VerifyKey reply could not be understood");
+            host.log(
+                LogLevel::Warn,
+                "key-auth: VerifyKey reply could not be understood",
+            );
             Outcome::Failed
         }
     }
 }
 
 /// Finishes every request waiting on `hash`.
-pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 32], outcome: Outcome) {
-    let Some(flight) = worker.borrow_mut().flights.remove(&hash) else { return };
+pub fn complete_flight<H: Host + ?Sized>(
+    host: &H,
+    worker: &Shared,
+    hash: [u8; 32],
+    outcome: Outcome,
+) {
+    let Some(flight) = worker.borrow_mut().flights.remove(&hash) else {
+        return;
+    };
     let worker = worker.borrow();
     for waiter in &flight.waiters {
         if !host.set_effective_context(waiter.context_id) {
@@ -195,7 +264,12 @@ pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 3
 }
 
 /// Acts on an answer for the current request. Returns true when the request may proceed.
-fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, entry: &Entry) -> bool {
+fn apply_answer<H: Host + ?Sized>(
+    host: &H,
+    worker: &Worker,
+    waiter: &Waiter,
+    entry: &Entry,
+) -> bool {
     let now_s = (host.now_ms() / 1000) as i64;
     let verdict = entry.usable_at(now_s).map_err(|state| match state {
         KeyState::NotFound => Deny::UnknownKey,
@@ -203,7 +277,11 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
         KeyState::Expired | KeyState::Valid => Deny::Expired,
     });
     let verdict = verdict.and_then(|()| {
-        if entry.has_scopes(&waiter.required_scopes) { Ok(()) } else { Err(Deny::InsufficientScope) }
+        if entry.has_scopes(&waiter.required_scopes) {
+            Ok(())
+        } else {
+            Err(Deny::InsufficientScope)
+        }
     });
     match verdict {
         Ok(()) => {
@@ -212,21 +290,38 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
             true
         }
         Err(deny) => {
-            respond_denied(host, worker, deny, &waiter.request_id, &entry.display_prefix);
+            respond_denied(
+                host,
+                worker,
+                deny,
+                &waiter.request_id,
+                &entry.display_prefix,
+            );
             false
         }
     }
 }
 
 /// Acts on a lookup that failed: a stale answer if there is one, else the failure mode.
-fn apply_failure<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, stale: Option<&Entry>) -> bool {
+fn apply_failure<H: Host + ?Sized>(
+    host: &H,
+    worker: &Worker,
+    waiter: &Waiter,
+    stale: Option<&Entry>,
+) -> bool {
     if let Some(entry) = stale {
         worker.counters.inc(host, "cache_stale_used");
         return apply_answer(host, worker, waiter, entry);
     }
     match worker.config.failure_mode {
         FailureMode::Deny => {
-            respond_denied(host, worker, Deny::KeyServiceUnavailable, &waiter.request_id, "-");
+            respond_denied(
+                host,
+                worker,
+                Deny::KeyServiceUnavailable,
+                &waiter.request_id,
+                "-",
+            );
             false
         }
         FailureMode::Allow => {
@@ -250,13 +345,29 @@ fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry) {
     }
 }
 
-fn respond_denied<H: Host + ?Sized>(host: &H, worker: &Worker, deny: Deny, request_id: &str, display_prefix: &str) {
-    worker.counters.inc(host, &format!("denied.{}", deny.reason()));
+fn respond_denied<H: Host + ?Sized>(
+    host: &H,
+    worker: &Worker,
+    deny: Deny,
+    request_id: &str,
+    display_prefix: &str,
+) {
+    worker
+        .counters
+        .inc(host, &format!("denied.{}", deny.reason()));
     host.log(
         LogLevel::Info,
-        &format!("key-auth: denied reason={} key={display_prefix} request_id={request_id}", deny.reason()),
+        &format!(
+            "key-auth: denied reason={} key={display_prefix} request_id={request_id}",
+            deny.reason()
+        ),
     );
-    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
+    let body = ErrorBody {
+        error: deny.code(),
+        message: deny.message(),
+        request_id,
+    }
+    .to_json();
     let challenge = format!("ApiKey realm=\"{}\"", worker.config.realm);
     let mut headers = vec![("content-type", "application/json")];
     if deny.status() == 401 {
@@ -289,7 +400,11 @@ fn hide_credentials<H: Host + ?Sized>(
         }
     }
     if new_query != query {
-        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
+        let new_path = if new_query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{new_query}")
+        };
         host.set_request_header(":path", Some(&new_path));
     }
 }

@@ -49,7 +49,9 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
     }
 
     fn tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         self.poll_feed(&worker);
         self.retry_orphans(&worker);
     }
@@ -64,19 +66,34 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
             return;
         }
         let lease = now + w.config.timeout.as_millis() as u64 + 1_000;
-        let claim = FeedState { busy_until_ms: lease, ..state };
+        let claim = FeedState {
+            busy_until_ms: lease,
+            ..state
+        };
         if store::write_feed(host, &w.keys, &claim, cas).is_err() {
             return; // another worker took this turn
         }
-        let message = v1::ListChangesRequest { after_seq: state.cursor, limit: FEED_PAGE }.encode_to_vec();
+        let message = v1::ListChangesRequest {
+            after_seq: state.cursor,
+            limit: FEED_PAGE,
+        }
+        .encode_to_vec();
         let metadata = w.metadata();
-        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        match host.grpc_call(&w.config.cluster, SERVICE, "ListChanges", &metadata, &message, w.config.timeout) {
+        let metadata: Vec<(&str, &[u8])> =
+            metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        match host.grpc_call(
+            &w.config.cluster,
+            SERVICE,
+            "ListChanges",
+            &metadata,
+            &message,
+            w.config.timeout,
+        ) {
             Ok(token) => {
                 w.root_calls.insert(token, RootCall::Feed);
                 w.counters.inc(host, "feed_poll");
             }
-            Err(()) => {
+            Err(_) => {
                 w.counters.inc(host, "feed_error");
                 store::finish_poll(host, &w.keys, state);
             }
@@ -103,7 +120,7 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
                         f.token = Some(token);
                     }
                 }
-                Err(()) => {
+                Err(_) => {
                     worker.borrow().counters.inc(host, "callout_error");
                     complete_flight(host, worker, hash, Outcome::Failed);
                 }
@@ -112,7 +129,9 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
     }
 
     fn call_done(&mut self, token: u32, status: u32, size: usize) {
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let host = &*self.host;
         let call = worker.borrow_mut().root_calls.remove(&token);
         match call {
@@ -129,18 +148,35 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
         let host = &*self.host;
         let (state, _) = store::read_feed(host, &w.keys);
         let reply = if status == grpc_status::OK {
-            v1::ListChangesResponse::decode(host.grpc_response_body(size).unwrap_or_default().as_slice()).ok()
+            v1::ListChangesResponse::decode(
+                host.grpc_response_body(size).unwrap_or_default().as_slice(),
+            )
+            .ok()
         } else {
             let detail = host.grpc_status_message().unwrap_or_default();
-            host.log(LogLevel::Warn, &format!("key-auth: ListChanges failed with gRPC status {status}: {detail}"));
+            host.log(
+                LogLevel::Warn,
+                &format!("key-auth: ListChanges failed with gRPC status {status}: {detail}"),
+            );
             None
         };
         let Some(reply) = reply else {
             w.counters.inc(host, "feed_error");
-            store::finish_poll(host, &w.keys, FeedState { busy_until_ms: 0, ..state });
+            store::finish_poll(
+                host,
+                &w.keys,
+                FeedState {
+                    busy_until_ms: 0,
+                    ..state
+                },
+            );
             return;
         };
-        let changes: Vec<(u64, String)> = reply.changes.into_iter().map(|c| (c.seq, c.key_id)).collect();
+        let changes: Vec<(u64, String)> = reply
+            .changes
+            .into_iter()
+            .map(|c| (c.seq, c.key_id))
+            .collect();
         let step = feed_step(state, &changes, reply.head_seq);
         for (slot, seq) in &step.invalidate {
             if store::raise_invalidation(host, &w.keys, *slot, *seq) {
@@ -148,7 +184,10 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
             } else {
                 // Could not record it: re-check everything cached rather than miss a revocation.
                 w.counters.inc(host, "feed_error");
-                let next = FeedState { base: step.next.cursor, ..step.next };
+                let next = FeedState {
+                    base: step.next.cursor,
+                    ..step.next
+                };
                 store::finish_poll(host, &w.keys, next);
                 return;
             }
@@ -174,7 +213,11 @@ impl<H: Host + 'static> RootContext for KeyAuthRoot<H> {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(KeyAuthHttp::new(self.host.clone(), worker, context_id)))
+        Some(Box::new(KeyAuthHttp::new(
+            self.host.clone(),
+            worker,
+            context_id,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -83,15 +83,33 @@ impl Worker {
     }
 
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
-        vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
+        vec![(
+            "authorization",
+            format!("Bearer {}", self.config.token.expose()).into_bytes(),
+        )]
     }
 
     /// Starts a VerifyKey call for `hash`.
-    pub fn dispatch_verify<H: Host + ?Sized>(&self, host: &H, hash: &[u8; 32]) -> Result<u32, ()> {
-        let message = v1::VerifyKeyRequest { key_hash: hash.to_vec() }.encode_to_vec();
+    pub fn dispatch_verify<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        hash: &[u8; 32],
+    ) -> Result<u32, tollgate_host::CallRefused> {
+        let message = v1::VerifyKeyRequest {
+            key_hash: hash.to_vec(),
+        }
+        .encode_to_vec();
         let metadata = self.metadata();
-        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        host.grpc_call(&self.config.cluster, SERVICE, "VerifyKey", &metadata, &message, self.config.timeout)
+        let metadata: Vec<(&str, &[u8])> =
+            metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        host.grpc_call(
+            &self.config.cluster,
+            SERVICE,
+            "VerifyKey",
+            &metadata,
+            &message,
+            self.config.timeout,
+        )
     }
 }
 
@@ -100,13 +118,17 @@ pub type Shared = Rc<std::cell::RefCell<Worker>>;
 /// What a finished lookup produced.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Answer(Entry),
+    Answer(Box<Entry>),
     /// The key service could not answer (status, timeout, undecodable reply).
     Failed,
 }
 
 /// Turns a VerifyKey reply into a cache entry; `None` for a reply that makes no sense.
-pub fn entry_from_reply(hash: [u8; 32], now_ms: u64, reply: &v1::VerifyKeyResponse) -> Option<Entry> {
+pub fn entry_from_reply(
+    hash: [u8; 32],
+    now_ms: u64,
+    reply: &v1::VerifyKeyResponse,
+) -> Option<Entry> {
     let state = match v1::VerifyResult::try_from(reply.result).ok()? {
         v1::VerifyResult::Valid => KeyState::Valid,
         v1::VerifyResult::NotFound => return Some(Entry::not_found(hash, now_ms, reply.feed_seq)),
@@ -130,7 +152,11 @@ pub fn entry_from_reply(hash: [u8; 32], now_ms: u64, reply: &v1::VerifyKeyRespon
                         v1::Period::Day => 86_400,
                         v1::Period::Unspecified => return None,
                     };
-                    Some(Limit { rate: l.rate, period_secs, burst: l.burst })
+                    Some(Limit {
+                        rate: l.rate,
+                        period_secs,
+                        burst: l.burst,
+                    })
                 })
                 .collect(),
         ),

@@ -98,7 +98,10 @@ pub enum FailureMode {
 pub enum Source {
     /// A request header; with `prefix`, only values starting with it (case-insensitive), which
     /// is stripped (e.g. `authorization` with `Bearer `).
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     /// A query parameter.
     Query { name: String },
 }
@@ -146,14 +149,21 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid key-auth config: `{}`: {}", self.field, self.message)
+        write!(
+            f,
+            "invalid key-auth config: `{}`: {}",
+            self.field, self.message
+        )
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -162,7 +172,11 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
+            let field = if path == "." {
+                "<root>".to_owned()
+            } else {
+                path
+            };
             err(field, strip_position(&e.inner().to_string()))
         })?;
         Self::try_from(raw)
@@ -179,7 +193,9 @@ fn strip_position(message: &str) -> String {
 
 fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if valid {
         Ok(name.to_ascii_lowercase())
     } else {
@@ -193,10 +209,16 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let ks = raw.key_service;
         if ks.cluster.trim().is_empty() {
-            return Err(err("key_service.cluster", "must name the Envoy cluster of the key service"));
+            return Err(err(
+                "key_service.cluster",
+                "must name the Envoy cluster of the key service",
+            ));
         }
         if ks.token.expose().trim().is_empty() {
-            return Err(err("key_service.token", "must be the key service's data-plane token"));
+            return Err(err(
+                "key_service.token",
+                "must be the key service's data-plane token",
+            ));
         }
         let timeout = ks.timeout.unwrap_or(Duration::from_millis(500));
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -204,11 +226,18 @@ impl TryFrom<RawConfig> for Config {
         }
         let poll_interval = ks.poll_interval.unwrap_or(Duration::from_millis(500));
         if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
-            return Err(err("key_service.poll_interval", "must be between 100ms and 60s"));
+            return Err(err(
+                "key_service.poll_interval",
+                "must be between 100ms and 60s",
+            ));
         }
 
         let raw_sources = raw.sources.unwrap_or_else(|| {
-            vec![RawSource { header: Some("x-api-key".into()), query: None, prefix: None }]
+            vec![RawSource {
+                header: Some("x-api-key".into()),
+                query: None,
+                prefix: None,
+            }]
         });
         if raw_sources.is_empty() {
             return Err(err("sources", "needs at least one header or query source"));
@@ -220,18 +249,28 @@ impl TryFrom<RawConfig> for Config {
                 (Some(name), None) => {
                     let name = check_header_name(&format!("{field}.header"), &name)?;
                     if name.starts_with(':') || name == "host" {
-                        return Err(err(format!("{field}.header"), "cannot read a key from a pseudo-header or host"));
+                        return Err(err(
+                            format!("{field}.header"),
+                            "cannot read a key from a pseudo-header or host",
+                        ));
                     }
-                    if let Some(p) = &s.prefix {
-                        if p.is_empty() {
-                            return Err(err(format!("{field}.prefix"), "must not be empty when given"));
-                        }
+                    if s.prefix.as_ref().is_some_and(String::is_empty) {
+                        return Err(err(
+                            format!("{field}.prefix"),
+                            "must not be empty when given",
+                        ));
                     }
-                    Source::Header { name, prefix: s.prefix }
+                    Source::Header {
+                        name,
+                        prefix: s.prefix,
+                    }
                 }
                 (None, Some(name)) => {
                     if s.prefix.is_some() {
-                        return Err(err(format!("{field}.prefix"), "only applies to header sources"));
+                        return Err(err(
+                            format!("{field}.prefix"),
+                            "only applies to header sources",
+                        ));
                     }
                     if name.is_empty() {
                         return Err(err(format!("{field}.query"), "must not be empty"));
@@ -256,31 +295,42 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("cache.negative_ttl", "must not exceed cache.ttl"));
         }
         if cache.slots == 0 || cache.slots > MAX_SLOTS {
-            return Err(err("cache.slots", format!("must be between 1 and {MAX_SLOTS}")));
+            return Err(err(
+                "cache.slots",
+                format!("must be between 1 and {MAX_SLOTS}"),
+            ));
         }
 
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if let Some(p) = &r.path_prefix {
-                if !p.starts_with('/') {
-                    return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
-                }
+            if r.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
             }
             let mut methods = Vec::with_capacity(r.methods.len());
             for (j, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(err(format!("{field}.methods[{j}]"), format!("`{m}` is not an HTTP method")));
+                    return Err(err(
+                        format!("{field}.methods[{j}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    ));
                 }
                 methods.push(m.to_ascii_uppercase());
             }
             for (j, s) in r.scopes.iter().enumerate() {
                 if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == ',') {
-                    return Err(err(format!("{field}.scopes[{j}]"), "a scope is a non-empty word without spaces or commas"));
+                    return Err(err(
+                        format!("{field}.scopes[{j}]"),
+                        "a scope is a non-empty word without spaces or commas",
+                    ));
                 }
             }
             routes.push(RouteRule {
-                matcher: RouteMatch { route_name: r.route_name, path_prefix: r.path_prefix, methods },
+                matcher: RouteMatch {
+                    route_name: r.route_name,
+                    path_prefix: r.path_prefix,
+                    methods,
+                },
                 scopes: r.scopes,
             });
         }
@@ -330,7 +380,13 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.cluster, "keyd");
         assert_eq!(c.timeout, Duration::from_millis(500));
-        assert_eq!(c.sources, vec![Source::Header { name: "x-api-key".into(), prefix: None }]);
+        assert_eq!(
+            c.sources,
+            vec![Source::Header {
+                name: "x-api-key".into(),
+                prefix: None
+            }]
+        );
         assert_eq!(c.cache.ttl, Duration::from_secs(60));
         assert_eq!(c.cache.slots, 8192);
         assert_eq!(c.failure_mode, FailureMode::Deny);
@@ -352,7 +408,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sources.len(), 3);
-        assert_eq!(c.sources[0], Source::Header { name: "x-api-key".into(), prefix: None });
+        assert_eq!(
+            c.sources[0],
+            Source::Header {
+                name: "x-api-key".into(),
+                prefix: None
+            }
+        );
         assert_eq!(c.routes[0].matcher.methods, vec!["POST"]);
         assert_eq!(c.failure_mode, FailureMode::Allow);
         assert_eq!(c.cache.stale_window, Duration::from_secs(600));
@@ -361,21 +423,81 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"key_service": {"cluster": "k"}}"#, "key_service", "token"),
-            (r#"{"key_service": {"cluster": "k", "token": "t", "timeout": "5"}}"#, "key_service.timeout", "no unit"),
-            (r#"{"key_service": {"cluster": "k", "token": "t", "timeout": "0ms"}}"#, "key_service.timeout", "between"),
-            (r#"{"key_service": {"cluster": "", "token": "t"}}"#, "key_service.cluster", "cluster"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sourcez": []}"#, "sourcez", "unknown field `sourcez`"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": []}"#, "sources", "at least one"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"header": "a", "query": "b"}]}"#, "sources[0]", "exactly one"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"header": "bad header"}]}"#, "sources[0].header", "not a valid header"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"query": "k", "prefix": "x"}]}"#, "sources[0].prefix", "only applies"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "cache": {"slots": 0}}"#, "cache.slots", "between"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "cache": {"ttl": "1s", "negative_ttl": "5s"}}"#, "cache.negative_ttl", "exceed"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "failure_mode": "maybe"}"#, "failure_mode", "unknown variant"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"path_prefix": "admin"}]}"#, "routes[0].path_prefix", "start with"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"methods": ["GE T"]}]}"#, "routes[0].methods[0]", "not an HTTP method"),
-            (r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"scopes": ["a b"]}]}"#, "routes[0].scopes[0]", "scope"),
+            (
+                r#"{"key_service": {"cluster": "k"}}"#,
+                "key_service",
+                "token",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t", "timeout": "5"}}"#,
+                "key_service.timeout",
+                "no unit",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t", "timeout": "0ms"}}"#,
+                "key_service.timeout",
+                "between",
+            ),
+            (
+                r#"{"key_service": {"cluster": "", "token": "t"}}"#,
+                "key_service.cluster",
+                "cluster",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "sourcez": []}"#,
+                "sourcez",
+                "unknown field `sourcez`",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": []}"#,
+                "sources",
+                "at least one",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"header": "a", "query": "b"}]}"#,
+                "sources[0]",
+                "exactly one",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"header": "bad header"}]}"#,
+                "sources[0].header",
+                "not a valid header",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"query": "k", "prefix": "x"}]}"#,
+                "sources[0].prefix",
+                "only applies",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "cache": {"slots": 0}}"#,
+                "cache.slots",
+                "between",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "cache": {"ttl": "1s", "negative_ttl": "5s"}}"#,
+                "cache.negative_ttl",
+                "exceed",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "failure_mode": "maybe"}"#,
+                "failure_mode",
+                "unknown variant",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"path_prefix": "admin"}]}"#,
+                "routes[0].path_prefix",
+                "start with",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"methods": ["GE T"]}]}"#,
+                "routes[0].methods[0]",
+                "not an HTTP method",
+            ),
+            (
+                r#"{"key_service": {"cluster": "k", "token": "t"}, "routes": [{"scopes": ["a b"]}]}"#,
+                "routes[0].scopes[0]",
+                "scope",
+            ),
             ("not json", "<root>", "expected"),
         ];
         for (json, field, text) in cases {
@@ -400,9 +522,19 @@ mod tests {
                 {"path_prefix": "/admin", "scopes": ["read"]}]}"#,
         )
         .unwrap();
-        let req = |path, method| crate::route::RequestFacts { route_name: None, path, method };
-        assert_eq!(c.required_scopes(&req("/admin/x", "POST")), ["admin".to_owned()]);
-        assert_eq!(c.required_scopes(&req("/admin/x", "GET")), ["read".to_owned()]);
+        let req = |path, method| crate::route::RequestFacts {
+            route_name: None,
+            path,
+            method,
+        };
+        assert_eq!(
+            c.required_scopes(&req("/admin/x", "POST")),
+            ["admin".to_owned()]
+        );
+        assert_eq!(
+            c.required_scopes(&req("/admin/x", "GET")),
+            ["read".to_owned()]
+        );
         assert!(c.required_scopes(&req("/public", "GET")).is_empty());
     }
 }
