@@ -5,18 +5,12 @@ use std::time::Duration;
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration (expected e.g. \"250ms\", \"5s\", \"1h\")"
-        ));
+        return Err(format!("`{text}` is not a duration (expected e.g. \"250ms\", \"5s\", \"1h\")"));
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is too large"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is too large"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -25,14 +19,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => n.checked_mul(86_400_000),
         "" => return Err(format!("`{text}` has no unit (use ms, s, m, h or d)")),
         other => {
-            return Err(format!(
-                "`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"
-            ));
+            return Err(format!("`{text}` has an unknown unit `{other}` (use ms, s, m, h or d)"));
         }
     };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    millis.map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Serde helper: `#[serde(deserialize_with = "duration::de")]` on a `Duration` field.
@@ -62,21 +52,9 @@ mod tests {
     #[test]
     fn bad_durations_say_why() {
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(
-            parse_duration("5 sec")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_duration("5 sec").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("ms").unwrap_err().contains("not a duration"));
-        assert!(
-            parse_duration("-5s")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert!(
-            parse_duration("99999999999999999999s")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_duration("-5s").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("99999999999999999999s").unwrap_err().contains("too large"));
     }
 }

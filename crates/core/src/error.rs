@@ -16,9 +16,8 @@ pub struct ErrorBody<'a> {
 impl ErrorBody<'_> {
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a struct of strings cannot fail; fall back to a fixed body all the same.
-        serde_json::to_vec(self).unwrap_or_else(|_| {
-            br#"{"error":"internal","message":"error","request_id":""}"#.to_vec()
-        })
+        serde_json::to_vec(self)
+            .unwrap_or_else(|_| br#"{"error":"internal","message":"error","request_id":""}"#.to_vec())
     }
 }
 
@@ -28,11 +27,7 @@ mod tests {
 
     #[test]
     fn body_is_escaped_json() {
-        let body = ErrorBody {
-            error: "unauthorized",
-            message: "say \"hi\"",
-            request_id: "r-1",
-        };
+        let body = ErrorBody { error: "unauthorized", message: "say \"hi\"", request_id: "r-1" };
         let v: serde_json::Value = serde_json::from_slice(&body.to_json()).unwrap();
         assert_eq!(v["error"], "unauthorized");
         assert_eq!(v["message"], "say \"hi\"");

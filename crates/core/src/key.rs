@@ -71,10 +71,7 @@ impl std::error::Error for KeyFormatError {}
 pub fn key_from_entropy(entropy: &[u8]) -> Option<String> {
     let mut key = String::with_capacity(KEY_LEN);
     key.push_str(KEY_PREFIX);
-    let mut chars = entropy
-        .iter()
-        .filter(|b| **b < 248)
-        .map(|b| char::from(ALPHABET[usize::from(*b % 62)]));
+    let mut chars = entropy.iter().filter(|b| **b < 248).map(|b| char::from(ALPHABET[usize::from(*b % 62)]));
     for _ in 0..RANDOM_LEN {
         key.push(chars.next()?);
     }
@@ -98,19 +95,12 @@ pub fn check_format(key: &str) -> Result<(), KeyFormatError> {
     if bytes.len() < KEY_LEN {
         return Err(KeyFormatError::TooShort);
     }
-    if !bytes[KEY_PREFIX.len()..]
-        .iter()
-        .all(u8::is_ascii_alphanumeric)
-    {
+    if !bytes[KEY_PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric) {
         return Err(KeyFormatError::InvalidCharacter);
     }
     let (body, sum) = bytes.split_at(KEY_LEN - CHECKSUM_LEN);
     let expected = checksum_bytes(body);
-    if bool::from(expected.ct_eq(sum)) {
-        Ok(())
-    } else {
-        Err(KeyFormatError::BadChecksum)
-    }
+    if bool::from(expected.ct_eq(sum)) { Ok(()) } else { Err(KeyFormatError::BadChecksum) }
 }
 
 /// SHA-256 of the whole key text: what the gateway caches by and sends to the key service.
@@ -121,18 +111,11 @@ pub fn key_hash(key: &str) -> [u8; 32] {
 /// The part of a key that is safe to show and log. For text that is not a key, a fixed
 /// placeholder, so that a malformed secret is never echoed either.
 pub fn display_prefix(key: &str) -> &str {
-    if check_format(key).is_ok() {
-        &key[..DISPLAY_LEN]
-    } else {
-        "<malformed>"
-    }
+    if check_format(key).is_ok() { &key[..DISPLAY_LEN] } else { "<malformed>" }
 }
 
 fn checksum(body: &str) -> String {
-    checksum_bytes(body.as_bytes())
-        .iter()
-        .map(|b| char::from(*b))
-        .collect()
+    checksum_bytes(body.as_bytes()).iter().map(|b| char::from(*b)).collect()
 }
 
 fn checksum_bytes(body: &[u8]) -> [u8; CHECKSUM_LEN] {
@@ -175,11 +158,7 @@ mod tests {
             let mut bytes = key.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let typo = String::from_utf8(bytes).unwrap();
-            assert_eq!(
-                check_format(&typo),
-                Err(KeyFormatError::BadChecksum),
-                "position {i}"
-            );
+            assert_eq!(check_format(&typo), Err(KeyFormatError::BadChecksum), "position {i}");
         }
     }
 
@@ -188,36 +167,19 @@ mod tests {
         let key = sample();
         let mut bytes = key.into_bytes();
         let i = bytes.iter().skip(4).position(|_| true).unwrap() + 5;
-        let j = (i..KEY_LEN - 1)
-            .find(|&j| bytes[j] != bytes[j + 1])
-            .unwrap();
+        let j = (i..KEY_LEN - 1).find(|&j| bytes[j] != bytes[j + 1]).unwrap();
         bytes.swap(j, j + 1);
-        assert_eq!(
-            check_format(&String::from_utf8(bytes).unwrap()),
-            Err(KeyFormatError::BadChecksum)
-        );
+        assert_eq!(check_format(&String::from_utf8(bytes).unwrap()), Err(KeyFormatError::BadChecksum));
     }
 
     #[test]
     fn wrong_prefix_truncated_oversized_and_empty_are_named() {
         let key = sample();
         assert_eq!(check_format(""), Err(KeyFormatError::Empty));
-        assert_eq!(
-            check_format(&format!("ghp_{}", &key[4..])),
-            Err(KeyFormatError::WrongPrefix)
-        );
-        assert_eq!(
-            check_format(&key[..KEY_LEN - 1]),
-            Err(KeyFormatError::TooShort)
-        );
-        assert_eq!(
-            check_format(&format!("{key}0")),
-            Err(KeyFormatError::TooLong)
-        );
-        assert_eq!(
-            check_format(&"x".repeat(10_000)),
-            Err(KeyFormatError::TooLong)
-        );
+        assert_eq!(check_format(&format!("ghp_{}", &key[4..])), Err(KeyFormatError::WrongPrefix));
+        assert_eq!(check_format(&key[..KEY_LEN - 1]), Err(KeyFormatError::TooShort));
+        assert_eq!(check_format(&format!("{key}0")), Err(KeyFormatError::TooLong));
+        assert_eq!(check_format(&"x".repeat(10_000)), Err(KeyFormatError::TooLong));
     }
 
     #[test]
@@ -225,10 +187,7 @@ mod tests {
         let key = sample();
         let accented = format!("{}é{}", &key[..10], &key[12..]);
         assert_eq!(accented.len(), KEY_LEN);
-        assert_eq!(
-            check_format(&accented),
-            Err(KeyFormatError::InvalidCharacter)
-        );
+        assert_eq!(check_format(&accented), Err(KeyFormatError::InvalidCharacter));
         let dashed = format!("{}-{}", &key[..10], &key[11..]);
         assert_eq!(check_format(&dashed), Err(KeyFormatError::InvalidCharacter));
     }

@@ -30,11 +30,7 @@ impl RouteMatch {
         {
             return false;
         }
-        self.methods.is_empty()
-            || self
-                .methods
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(req.method))
+        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method))
     }
 }
 
@@ -52,9 +48,7 @@ pub fn query_param(query: &str, name: &str) -> Vec<String> {
         .split('&')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k).as_deref() == Some(name))
-                .then(|| percent_decode(v))
-                .flatten()
+            (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v)).flatten()
         })
         .collect()
 }
@@ -96,11 +90,7 @@ mod tests {
     use super::*;
 
     fn facts<'a>(route: Option<&'a str>, path: &'a str, method: &'a str) -> RequestFacts<'a> {
-        RequestFacts {
-            route_name: route,
-            path,
-            method,
-        }
+        RequestFacts { route_name: route, path, method }
     }
 
     #[test]
@@ -122,19 +112,10 @@ mod tests {
     fn query_helpers() {
         assert_eq!(split_path("/a?b=1"), ("/a", "b=1"));
         assert_eq!(split_path("/a"), ("/a", ""));
-        assert_eq!(
-            query_param("a=1&api_key=x%2By&api_key=z", "api_key"),
-            vec!["x+y", "z"]
-        );
+        assert_eq!(query_param("a=1&api_key=x%2By&api_key=z", "api_key"), vec!["x+y", "z"]);
         assert_eq!(query_param("a=1", "api_key"), Vec::<String>::new());
-        assert_eq!(
-            query_param("a=%zz&api_key=%", "api_key"),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            remove_query_param("a=1&api_key=x&b=2", "api_key"),
-            "a=1&b=2"
-        );
+        assert_eq!(query_param("a=%zz&api_key=%", "api_key"), Vec::<String>::new());
+        assert_eq!(remove_query_param("a=1&api_key=x&b=2", "api_key"), "a=1&b=2");
         assert_eq!(remove_query_param("api_key=x", "api_key"), "");
     }
 }

@@ -64,21 +64,12 @@ impl Host for EnvoyHost {
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, crate::CallRefused> {
-        hostcalls::dispatch_grpc_call(
-            cluster,
-            service,
-            method,
-            metadata.to_vec(),
-            Some(message),
-            timeout,
-        )
-        .map_err(|_| crate::CallRefused)
+        hostcalls::dispatch_grpc_call(cluster, service, method, metadata.to_vec(), Some(message), timeout)
+            .map_err(|_| crate::CallRefused)
     }
 
     fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(proxy_wasm::types::BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
     }
 
     fn grpc_status_message(&self) -> Option<String> {
@@ -102,13 +93,9 @@ impl Host for EnvoyHost {
     }
 
     fn plugin_configuration(&self) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
@@ -124,9 +111,6 @@ impl Host for EnvoyHost {
 /// Envoy's log rather than lost.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(
-            LogLevel::Critical,
-            &format!("tollgate filter panicked: {info}"),
-        );
+        let _ = hostcalls::log(LogLevel::Critical, &format!("tollgate filter panicked: {info}"));
     }));
 }

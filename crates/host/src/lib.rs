@@ -92,10 +92,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn define<H: Host + ?Sized>(host: &H, prefix: &str, names: &[&'static str]) -> Self {
-        let ids = names
-            .iter()
-            .map(|n| (*n, host.define_counter(&format!("{prefix}.{n}"))))
-            .collect();
+        let ids = names.iter().map(|n| (*n, host.define_counter(&format!("{prefix}.{n}")))).collect();
         Self { ids }
     }
 

@@ -35,10 +35,7 @@ pub struct LocalReply {
 
 impl LocalReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -109,10 +106,7 @@ impl MockHost {
 
     /// Another worker of the same proxy: separate contexts, same shared data and clock start.
     pub fn sharing_with(other: &MockHost) -> Rc<Self> {
-        let host = Self {
-            shared: other.shared.clone(),
-            ..Self::default()
-        };
+        let host = Self { shared: other.shared.clone(), ..Self::default() };
         host.now_ms.set(other.now_ms.get());
         Rc::new(host)
     }
@@ -144,9 +138,7 @@ impl MockHost {
 
     /// Sets a property every context sees (e.g. `route_name`).
     pub fn with_property(&self, path: &[&str], value: &[u8]) {
-        self.global_properties
-            .borrow_mut()
-            .insert(path.join("."), value.to_vec());
+        self.global_properties.borrow_mut().insert(path.join("."), value.to_vec());
     }
 
     /// The next gRPC response body (what `grpc_response_body` returns).
@@ -178,31 +170,19 @@ impl MockHost {
     // --- inspecting ---------------------------------------------------------------------
 
     pub fn header(&self, context_id: u32, name: &str) -> Option<String> {
-        self.requests
-            .borrow()
-            .get(&context_id)
-            .and_then(|r| r.headers.get(name).cloned())
+        self.requests.borrow().get(&context_id).and_then(|r| r.headers.get(name).cloned())
     }
 
     pub fn reply(&self, context_id: u32) -> Option<LocalReply> {
-        self.requests
-            .borrow()
-            .get(&context_id)
-            .and_then(|r| r.reply.clone())
+        self.requests.borrow().get(&context_id).and_then(|r| r.reply.clone())
     }
 
     pub fn resumed(&self, context_id: u32) -> u32 {
-        self.requests
-            .borrow()
-            .get(&context_id)
-            .map_or(0, |r| r.resumed)
+        self.requests.borrow().get(&context_id).map_or(0, |r| r.resumed)
     }
 
     pub fn request_property(&self, context_id: u32, path: &[&str]) -> Option<Vec<u8>> {
-        self.requests
-            .borrow()
-            .get(&context_id)
-            .and_then(|r| r.properties.get(&path.join(".")).cloned())
+        self.requests.borrow().get(&context_id).and_then(|r| r.properties.get(&path.join(".")).cloned())
     }
 
     pub fn calls(&self) -> Vec<GrpcCall> {
@@ -226,11 +206,7 @@ impl MockHost {
     }
 
     fn with_request<R>(&self, f: impl FnOnce(&mut RequestState) -> R) -> R {
-        f(self
-            .requests
-            .borrow_mut()
-            .entry(self.current.get())
-            .or_default())
+        f(self.requests.borrow_mut().entry(self.current.get()).or_default())
     }
 }
 
@@ -313,10 +289,7 @@ impl Host for MockHost {
             cluster: cluster.to_owned(),
             service: service.to_owned(),
             method: method.to_owned(),
-            metadata: metadata
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-                .collect(),
+            metadata: metadata.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect(),
             message: message.to_vec(),
             timeout,
         });
@@ -334,10 +307,7 @@ impl Host for MockHost {
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
         let reply = LocalReply {
             status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             body: body.to_vec(),
         };
         self.with_request(|r| r.reply = Some(reply));

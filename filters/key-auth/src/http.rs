@@ -28,13 +28,7 @@ pub struct KeyAuthHttp<H: Host> {
 
 impl<H: Host> KeyAuthHttp<H> {
     pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
-        Self {
-            host,
-            worker,
-            context_id,
-            waiting: None,
-            leading: false,
-        }
+        Self { host, worker, context_id, waiting: None, leading: false }
     }
 
     fn on_request(&mut self) -> Action {
@@ -46,9 +40,7 @@ impl<H: Host> KeyAuthHttp<H> {
         let path = host.request_header(":path").unwrap_or_default();
         let method = host.request_header(":method").unwrap_or_default();
         let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host
-            .property(&["route_name"])
-            .and_then(|b| String::from_utf8(b).ok());
+        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
         let (path_only, query) = route::split_path(&path);
 
         let mut worker = self.worker.borrow_mut();
@@ -63,12 +55,7 @@ impl<H: Host> KeyAuthHttp<H> {
             .collect();
         let found = ka::find_key(
             &config.sources,
-            |name| {
-                header_values
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.as_str())
-            },
+            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
             query,
         );
         let key = match found {
@@ -78,11 +65,7 @@ impl<H: Host> KeyAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts {
-            route_name: route_name.as_deref(),
-            path: path_only,
-            method: &method,
-        };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
         let waiter = Waiter {
             context_id: self.context_id,
             required_scopes: config.required_scopes(&facts).to_vec(),
@@ -202,20 +185,9 @@ pub fn read_verify_reply<H: Host + ?Sized>(
     if status != grpc_status::OK {
         worker.counters.inc(host, "callout_error");
         let detail = host.grpc_status_message().unwrap_or_default();
-        let level = if status == grpc_status::UNAUTHENTICATED {
-            LogLevel::Error
-        } else {
-            LogLevel::Warn
-        };
-        let hint = if status == grpc_status::UNAUTHENTICATED {
-            " (check key_service.token)"
-        } else {
-            ""
-        };
-        host.log(
-            level,
-            &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"),
-        );
+        let level = if status == grpc_status::UNAUTHENTICATED { LogLevel::Error } else { LogLevel::Warn };
+        let hint = if status == grpc_status::UNAUTHENTICATED { " (check key_service.token)" } else { "" };
+        host.log(level, &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"));
         return Outcome::Failed;
     }
     let body = host.grpc_response_body(size).unwrap_or_default();
@@ -229,22 +201,14 @@ pub fn read_verify_reply<H: Host + ?Sized>(
         }
         None => {
             worker.counters.inc(host, "callout_error");
-            host.log(
-                LogLevel::Warn,
-                "key-auth: VerifyKey reply could not be understood",
-            );
+            host.log(LogLevel::Warn, "key-auth: VerifyKey reply could not be understood");
             Outcome::Failed
         }
     }
 }
 
 /// Finishes every request waiting on `hash`.
-pub fn complete_flight<H: Host + ?Sized>(
-    host: &H,
-    worker: &Shared,
-    hash: [u8; 32],
-    outcome: Outcome,
-) {
+pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 32], outcome: Outcome) {
     let Some(flight) = worker.borrow_mut().flights.remove(&hash) else {
         return;
     };
@@ -264,12 +228,7 @@ pub fn complete_flight<H: Host + ?Sized>(
 }
 
 /// Acts on an answer for the current request. Returns true when the request may proceed.
-fn apply_answer<H: Host + ?Sized>(
-    host: &H,
-    worker: &Worker,
-    waiter: &Waiter,
-    entry: &Entry,
-) -> bool {
+fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, entry: &Entry) -> bool {
     let now_s = (host.now_ms() / 1000) as i64;
     let verdict = entry.usable_at(now_s).map_err(|state| match state {
         KeyState::NotFound => Deny::UnknownKey,
@@ -277,11 +236,7 @@ fn apply_answer<H: Host + ?Sized>(
         KeyState::Expired | KeyState::Valid => Deny::Expired,
     });
     let verdict = verdict.and_then(|()| {
-        if entry.has_scopes(&waiter.required_scopes) {
-            Ok(())
-        } else {
-            Err(Deny::InsufficientScope)
-        }
+        if entry.has_scopes(&waiter.required_scopes) { Ok(()) } else { Err(Deny::InsufficientScope) }
     });
     match verdict {
         Ok(()) => {
@@ -290,13 +245,7 @@ fn apply_answer<H: Host + ?Sized>(
             true
         }
         Err(deny) => {
-            respond_denied(
-                host,
-                worker,
-                deny,
-                &waiter.request_id,
-                &entry.display_prefix,
-            );
+            respond_denied(host, worker, deny, &waiter.request_id, &entry.display_prefix);
             false
         }
     }
@@ -315,18 +264,15 @@ fn apply_failure<H: Host + ?Sized>(
     }
     match worker.config.failure_mode {
         FailureMode::Deny => {
-            respond_denied(
-                host,
-                worker,
-                Deny::KeyServiceUnavailable,
-                &waiter.request_id,
-                "-",
-            );
+            respond_denied(host, worker, Deny::KeyServiceUnavailable, &waiter.request_id, "-");
             false
         }
         FailureMode::Allow => {
             worker.counters.inc(host, "failure_mode_allowed");
-            host.log(LogLevel::Warn, "key-auth: key service unavailable; request allowed without identity (failure_mode: allow)");
+            host.log(
+                LogLevel::Warn,
+                "key-auth: key service unavailable; request allowed without identity (failure_mode: allow)",
+            );
             true
         }
     }
@@ -352,22 +298,12 @@ fn respond_denied<H: Host + ?Sized>(
     request_id: &str,
     display_prefix: &str,
 ) {
-    worker
-        .counters
-        .inc(host, &format!("denied.{}", deny.reason()));
+    worker.counters.inc(host, &format!("denied.{}", deny.reason()));
     host.log(
         LogLevel::Info,
-        &format!(
-            "key-auth: denied reason={} key={display_prefix} request_id={request_id}",
-            deny.reason()
-        ),
+        &format!("key-auth: denied reason={} key={display_prefix} request_id={request_id}", deny.reason()),
     );
-    let body = ErrorBody {
-        error: deny.code(),
-        message: deny.message(),
-        request_id,
-    }
-    .to_json();
+    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
     let challenge = format!("ApiKey realm=\"{}\"", worker.config.realm);
     let mut headers = vec![("content-type", "application/json")];
     if deny.status() == 401 {
@@ -400,11 +336,7 @@ fn hide_credentials<H: Host + ?Sized>(
         }
     }
     if new_query != query {
-        let new_path = if new_query.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{new_query}")
-        };
+        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
         host.set_request_header(":path", Some(&new_path));
     }
 }

@@ -66,36 +66,23 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
             return;
         }
         let lease = now + w.config.timeout.as_millis() as u64 + 1_000;
-        let claim = FeedState {
-            busy_until_ms: lease,
-            ..state
-        };
+        let claim = FeedState { busy_until_ms: lease, ..state };
         if store::write_feed(host, &w.keys, &claim, cas).is_err() {
             return; // another worker took this turn
         }
-        let message = v1::ListChangesRequest {
-            after_seq: state.cursor,
-            limit: FEED_PAGE,
-        }
-        .encode_to_vec();
+        let message = v1::ListChangesRequest { after_seq: state.cursor, limit: FEED_PAGE }.encode_to_vec();
         let metadata = w.metadata();
-        let metadata: Vec<(&str, &[u8])> =
-            metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        match host.grpc_call(
-            &w.config.cluster,
-            SERVICE,
-            "ListChanges",
-            &metadata,
-            &message,
-            w.config.timeout,
-        ) {
+        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        match host.grpc_call(&w.config.cluster, SERVICE, "ListChanges", &metadata, &message, w.config.timeout)
+        {
             Ok(token) => {
                 w.root_calls.insert(token, RootCall::Feed);
                 w.counters.inc(host, "feed_poll");
             }
             Err(_) => {
                 w.counters.inc(host, "feed_error");
-                store::finish_poll(host, &w.keys, state);
+                let backoff = now + w.config.poll_interval.as_millis() as u64;
+                store::finish_poll(host, &w.keys, FeedState { busy_until_ms: backoff, ..state });
             }
         }
     }
@@ -146,48 +133,46 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
 
     fn feed_done(&self, w: &Worker, status: u32, size: usize) {
         let host = &*self.host;
+        let now = host.now_ms();
+        let interval = w.config.poll_interval.as_millis() as u64;
         let (state, _) = store::read_feed(host, &w.keys);
-        let reply = if status == grpc_status::OK {
-            v1::ListChangesResponse::decode(
-                host.grpc_response_body(size).unwrap_or_default().as_slice(),
-            )
-            .ok()
-        } else {
-            let detail = host.grpc_status_message().unwrap_or_default();
-            host.log(
-                LogLevel::Warn,
-                &format!("key-auth: ListChanges failed with gRPC status {status}: {detail}"),
-            );
-            None
-        };
+        let body = host.grpc_response_body(size).unwrap_or_default();
+        let reply = (status == grpc_status::OK)
+            .then(|| v1::ListChangesResponse::decode(body.as_slice()).ok())
+            .flatten();
         let Some(reply) = reply else {
             w.counters.inc(host, "feed_error");
-            store::finish_poll(
-                host,
-                &w.keys,
-                FeedState {
-                    busy_until_ms: 0,
-                    ..state
-                },
-            );
+            // Log when the feed starts failing, not on every poll while it stays down.
+            if !w.feed_failing.replace(true) {
+                let detail = host.grpc_status_message().unwrap_or_default();
+                host.log(
+                    LogLevel::Warn,
+                    &format!("key-auth: change feed unavailable (gRPC status {status}): {detail}"),
+                );
+            }
+            // Back off for one interval; the lease keeps the other workers from trying at once.
+            let backoff = FeedState { busy_until_ms: now + interval, ..state };
+            store::finish_poll(host, &w.keys, backoff);
             return;
         };
-        let changes: Vec<(u64, String)> = reply
-            .changes
-            .into_iter()
-            .map(|c| (c.seq, c.key_id))
-            .collect();
-        let step = feed_step(state, &changes, reply.head_seq);
+        if w.feed_failing.replace(false) {
+            host.log(LogLevel::Info, "key-auth: change feed available again");
+        }
+        let full_page = reply.changes.len() >= FEED_PAGE as usize;
+        let changes: Vec<(u64, String)> = reply.changes.into_iter().map(|c| (c.seq, c.key_id)).collect();
+        let mut step = feed_step(state, &changes, reply.head_seq);
+        // One poll per interval for the whole proxy: the next worker's tick finds the lease
+        // held until shortly before the interval ends. A full page means more is waiting.
+        if !full_page {
+            step.next.busy_until_ms = now + interval - interval / 4;
+        }
         for (slot, seq) in &step.invalidate {
             if store::raise_invalidation(host, &w.keys, *slot, *seq) {
                 w.counters.inc(host, "feed_invalidations");
             } else {
                 // Could not record it: re-check everything cached rather than miss a revocation.
                 w.counters.inc(host, "feed_error");
-                let next = FeedState {
-                    base: step.next.cursor,
-                    ..step.next
-                };
+                let next = FeedState { base: step.next.cursor, ..step.next };
                 store::finish_poll(host, &w.keys, next);
                 return;
             }
@@ -213,11 +198,7 @@ impl<H: Host + 'static> RootContext for KeyAuthRoot<H> {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(KeyAuthHttp::new(
-            self.host.clone(),
-            worker,
-            context_id,
-        )))
+        Some(Box::new(KeyAuthHttp::new(self.host.clone(), worker, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

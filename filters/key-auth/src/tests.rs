@@ -21,9 +21,7 @@ const CONFIG: &str = r#"{
 }"#;
 
 fn a_key(seed: u8) -> String {
-    let entropy: Vec<u8> = (0..64u8)
-        .map(|i| i.wrapping_mul(31).wrapping_add(seed))
-        .collect();
+    let entropy: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)).collect();
     key::key_from_entropy(&entropy).unwrap()
 }
 
@@ -43,11 +41,7 @@ impl Gateway {
         let mut root = KeyAuthRoot::new(host.clone());
         host.enter(1);
         assert!(root.on_configure(0));
-        Self {
-            host,
-            root,
-            next_id: 100,
-        }
+        Self { host, root, next_id: 100 }
     }
 
     /// Starts a request with the given headers; returns its context and the action.
@@ -61,8 +55,7 @@ impl Gateway {
         let id = self.next_id;
         self.host.with_header(id, ":path", path);
         self.host.with_header(id, ":method", method);
-        self.host
-            .with_header(id, "x-request-id", &format!("req-{id}"));
+        self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         for (k, v) in headers {
             self.host.with_header(id, k, v);
         }
@@ -74,8 +67,7 @@ impl Gateway {
 
     /// Delivers a VerifyKey answer to the context that made the call.
     fn answer(&self, ctx: &mut KeyAuthHttp<MockHost>, ctx_id: u32, reply: &v1::VerifyKeyResponse) {
-        self.host
-            .set_grpc_response(Some(reply.encode_to_vec()), None);
+        self.host.set_grpc_response(Some(reply.encode_to_vec()), None);
         self.host.enter(ctx_id);
         ctx.on_grpc_call_response(0, 0, 1);
     }
@@ -112,10 +104,7 @@ fn request_without_key_gets_401_with_challenge_and_json() {
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 401);
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some("ApiKey realm=\"tollgate\"")
-    );
+    assert_eq!(reply.header("www-authenticate"), Some("ApiKey realm=\"tollgate\""));
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["request_id"], format!("req-{id}"));
@@ -131,69 +120,39 @@ fn malformed_key_is_refused_with_no_lookup() {
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert!(gw.host.calls().is_empty());
     assert_eq!(gw.host.counter("tollgate.key_auth.denied.malformed_key"), 1);
-    assert!(
-        gw.host.logs().iter().all(|(_, l)| !l.contains(&typo)),
-        "the key must not be logged"
-    );
+    assert!(gw.host.logs().iter().all(|(_, l)| !l.contains(&typo)), "the key must not be logged");
 }
 
 #[test]
 fn valid_key_is_looked_up_once_then_served_from_cache() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(2);
-    let (id, mut ctx, action) = gw.request(
-        "/hello",
-        "GET",
-        &[("x-api-key", &k), ("x-tollgate-consumer-id", "mallory")],
-    );
+    let (id, mut ctx, action) =
+        gw.request("/hello", "GET", &[("x-api-key", &k), ("x-tollgate-consumer-id", "mallory")]);
     assert_eq!(action, Action::Pause);
     let calls = gw.host.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].cluster, "keyd");
     assert_eq!(calls[0].method, "VerifyKey");
     assert_eq!(calls[0].timeout, Duration::from_millis(200));
-    assert_eq!(
-        calls[0].metadata,
-        vec![("authorization".to_owned(), b"Bearer tgd_test".to_vec())]
-    );
+    assert_eq!(calls[0].metadata, vec![("authorization".to_owned(), b"Bearer tgd_test".to_vec())]);
     let sent = v1::VerifyKeyRequest::decode(calls[0].message.as_slice()).unwrap();
-    assert_eq!(
-        sent.key_hash,
-        key::key_hash(&k).to_vec(),
-        "the hash goes out, never the key"
-    );
+    assert_eq!(sent.key_hash, key::key_hash(&k).to_vec(), "the hash goes out, never the key");
     // The spoofed header is gone even before the answer; the key is hidden.
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
     assert_eq!(gw.host.header(id, "x-api-key"), None);
 
     gw.answer(&mut ctx, id, &valid("key_1", &["read"], 0, 5));
     assert_eq!(gw.host.resumed(id), 1);
-    assert_eq!(
-        gw.host.header(id, "x-tollgate-consumer-id").as_deref(),
-        Some("alice")
-    );
-    assert_eq!(
-        gw.host.header(id, "x-tollgate-key-id").as_deref(),
-        Some("key_1")
-    );
-    assert_eq!(
-        gw.host.header(id, "x-tollgate-scopes").as_deref(),
-        Some("read")
-    );
-    assert_eq!(
-        gw.host
-            .request_property(id, &["tollgate.consumer_id"])
-            .as_deref(),
-        Some(&b"alice"[..])
-    );
+    assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_1"));
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
+    assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]).as_deref(), Some(&b"alice"[..]));
 
     let (id2, _ctx2, action2) = gw.request("/hello", "GET", &[("x-api-key", &k)]);
     assert_eq!(action2, Action::Continue);
     assert_eq!(gw.host.calls().len(), 1, "second request is a cache hit");
-    assert_eq!(
-        gw.host.header(id2, "x-tollgate-key-id").as_deref(),
-        Some("key_1")
-    );
+    assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_1"));
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_hit"), 1);
     assert_eq!(gw.host.counter("tollgate.key_auth.allowed"), 2);
 }
@@ -229,10 +188,7 @@ fn concurrent_misses_for_one_key_make_one_call() {
     gw.answer(&mut ctx1, id1, &valid("key_sf", &[], 0, 1));
     for id in [id1, id2, id3] {
         assert_eq!(gw.host.resumed(id), 1, "context {id}");
-        assert_eq!(
-            gw.host.header(id, "x-tollgate-key-id").as_deref(),
-            Some("key_sf")
-        );
+        assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_sf"));
     }
     assert_eq!(gw.host.counter("tollgate.key_auth.singleflight_joined"), 2);
 }
@@ -248,19 +204,12 @@ fn waiters_are_not_stranded_when_the_leading_request_goes_away() {
     gw.host.destroy(id1);
     gw.tick();
     let calls = gw.host.calls();
-    let retry = calls
-        .iter()
-        .find(|c| c.method == "VerifyKey" && c.context_id == 1)
-        .expect("root retried");
-    gw.host
-        .set_grpc_response(Some(valid("key_orphan", &[], 0, 1).encode_to_vec()), None);
+    let retry = calls.iter().find(|c| c.method == "VerifyKey" && c.context_id == 1).expect("root retried");
+    gw.host.set_grpc_response(Some(valid("key_orphan", &[], 0, 1).encode_to_vec()), None);
     gw.host.enter(1);
     gw.root.on_grpc_call_response(retry.token, 0, 1);
     assert_eq!(gw.host.resumed(id2), 1);
-    assert_eq!(
-        gw.host.header(id2, "x-tollgate-key-id").as_deref(),
-        Some("key_orphan")
-    );
+    assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_orphan"));
 }
 
 #[test]
@@ -281,11 +230,7 @@ fn unknown_revoked_and_expired_answers_are_401_and_cached() {
         };
         gw.answer(&mut ctx, id, &reply);
         assert_eq!(gw.host.reply(id).unwrap().status, 401, "{reason}");
-        assert_eq!(
-            gw.host
-                .counter(&format!("tollgate.key_auth.denied.{reason}")),
-            1
-        );
+        assert_eq!(gw.host.counter(&format!("tollgate.key_auth.denied.{reason}")), 1);
         let calls = gw.host.calls().len();
         let (id2, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(gw.host.reply(id2).unwrap().status, 401);
@@ -346,11 +291,8 @@ fn failure_mode_allow_lets_requests_through_without_identity_and_counts_them() {
     let config = CONFIG.replace("\"routes\"", "\"failure_mode\": \"allow\", \"routes\"");
     let mut gw = Gateway::new(&config);
     gw.host.refuse_calls(true);
-    let (id, _ctx, action) = gw.request(
-        "/",
-        "GET",
-        &[("x-api-key", &a_key(15)), ("x-tollgate-key-id", "spoof")],
-    );
+    let (id, _ctx, action) =
+        gw.request("/", "GET", &[("x-api-key", &a_key(15)), ("x-tollgate-key-id", "spoof")]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.header(id, "x-tollgate-key-id"), None);
     assert_eq!(gw.host.counter("tollgate.key_auth.failure_mode_allowed"), 1);
@@ -362,12 +304,7 @@ fn unauthenticated_key_service_fails_closed_and_logs_the_token_hint() {
     let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &a_key(16))]);
     gw.fail(&mut ctx, id, 16);
     assert_eq!(gw.host.reply(id).unwrap().status, 503);
-    assert!(
-        gw.host
-            .logs()
-            .iter()
-            .any(|(_, l)| l.contains("key_service.token"))
-    );
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("key_service.token")));
 }
 
 #[test]
@@ -379,20 +316,9 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
 
     // The feed consumer starts at the head (seq 5).
     gw.tick();
-    let poll = gw
-        .host
-        .calls()
-        .into_iter()
-        .find(|c| c.method == "ListChanges")
-        .unwrap();
+    let poll = gw.host.calls().into_iter().find(|c| c.method == "ListChanges").unwrap();
     gw.host.set_grpc_response(
-        Some(
-            v1::ListChangesResponse {
-                changes: vec![],
-                head_seq: 5,
-            }
-            .encode_to_vec(),
-        ),
+        Some(v1::ListChangesResponse { changes: vec![], head_seq: 5 }.encode_to_vec()),
         None,
     );
     gw.host.enter(1);
@@ -406,15 +332,8 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
     // Worker 2 polls next and learns of the revocation (seq 6).
     gw2.host.advance(Duration::from_secs(2));
     gw2.tick();
-    let poll2 = gw2
-        .host
-        .calls()
-        .into_iter()
-        .find(|c| c.method == "ListChanges")
-        .unwrap();
-    let after = v1::ListChangesRequest::decode(poll2.message.as_slice())
-        .unwrap()
-        .after_seq;
+    let poll2 = gw2.host.calls().into_iter().find(|c| c.method == "ListChanges").unwrap();
+    let after = v1::ListChangesRequest::decode(poll2.message.as_slice()).unwrap().after_seq;
     assert_eq!(after, 5);
     let change = v1::Change {
         seq: 6,
@@ -423,13 +342,7 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
         ..Default::default()
     };
     gw2.host.set_grpc_response(
-        Some(
-            v1::ListChangesResponse {
-                changes: vec![change],
-                head_seq: 6,
-            }
-            .encode_to_vec(),
-        ),
+        Some(v1::ListChangesResponse { changes: vec![change], head_seq: 6 }.encode_to_vec()),
         None,
     );
     gw2.host.enter(1);
@@ -463,16 +376,10 @@ fn only_one_worker_polls_at_a_time() {
 #[test]
 fn invalid_config_is_refused_naming_the_field() {
     let host = MockHost::new();
-    host.with_configuration(
-        r#"{"key_service": {"cluster": "keyd", "token": "t", "timeout": "soon"}}"#,
-    );
+    host.with_configuration(r#"{"key_service": {"cluster": "keyd", "token": "t", "timeout": "soon"}}"#);
     let mut root = KeyAuthRoot::new(host.clone());
     assert!(!root.on_configure(0));
-    assert!(
-        host.logs()
-            .iter()
-            .any(|(_, l)| l.contains("key_service.timeout"))
-    );
+    assert!(host.logs().iter().any(|(_, l)| l.contains("key_service.timeout")));
     assert!(root.worker().is_none(), "no HTTP contexts without a config");
 }
 
@@ -480,8 +387,7 @@ fn invalid_config_is_refused_naming_the_field() {
 fn garbage_from_the_key_service_is_a_failure_not_a_panic() {
     let mut gw = Gateway::new(CONFIG);
     let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &a_key(18))]);
-    gw.host
-        .set_grpc_response(Some(vec![0xff, 0xff, 0xff]), None);
+    gw.host.set_grpc_response(Some(vec![0xff, 0xff, 0xff]), None);
     gw.host.enter(id);
     ctx.on_grpc_call_response(0, 0, 3);
     assert_eq!(gw.host.reply(id).unwrap().status, 503);

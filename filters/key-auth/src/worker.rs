@@ -63,6 +63,8 @@ pub struct Worker {
     pub flights: HashMap<[u8; 32], Flight>,
     /// Calls the root context made: token → key hash (orphaned flights) or the feed poll.
     pub root_calls: HashMap<u32, RootCall>,
+    /// Whether the last change-feed poll of this worker failed (to log transitions only).
+    pub feed_failing: std::cell::Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +81,12 @@ impl Worker {
             config,
             flights: HashMap::new(),
             root_calls: HashMap::new(),
+            feed_failing: std::cell::Cell::new(false),
         }
     }
 
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
-        vec![(
-            "authorization",
-            format!("Bearer {}", self.config.token.expose()).into_bytes(),
-        )]
+        vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
     }
 
     /// Starts a VerifyKey call for `hash`.
@@ -95,21 +95,10 @@ impl Worker {
         host: &H,
         hash: &[u8; 32],
     ) -> Result<u32, tollgate_host::CallRefused> {
-        let message = v1::VerifyKeyRequest {
-            key_hash: hash.to_vec(),
-        }
-        .encode_to_vec();
+        let message = v1::VerifyKeyRequest { key_hash: hash.to_vec() }.encode_to_vec();
         let metadata = self.metadata();
-        let metadata: Vec<(&str, &[u8])> =
-            metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        host.grpc_call(
-            &self.config.cluster,
-            SERVICE,
-            "VerifyKey",
-            &metadata,
-            &message,
-            self.config.timeout,
-        )
+        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        host.grpc_call(&self.config.cluster, SERVICE, "VerifyKey", &metadata, &message, self.config.timeout)
     }
 }
 
@@ -124,11 +113,7 @@ pub enum Outcome {
 }
 
 /// Turns a VerifyKey reply into a cache entry; `None` for a reply that makes no sense.
-pub fn entry_from_reply(
-    hash: [u8; 32],
-    now_ms: u64,
-    reply: &v1::VerifyKeyResponse,
-) -> Option<Entry> {
+pub fn entry_from_reply(hash: [u8; 32], now_ms: u64, reply: &v1::VerifyKeyResponse) -> Option<Entry> {
     let state = match v1::VerifyResult::try_from(reply.result).ok()? {
         v1::VerifyResult::Valid => KeyState::Valid,
         v1::VerifyResult::NotFound => return Some(Entry::not_found(hash, now_ms, reply.feed_seq)),
@@ -152,11 +137,7 @@ pub fn entry_from_reply(
                         v1::Period::Day => 86_400,
                         v1::Period::Unspecified => return None,
                     };
-                    Some(Limit {
-                        rate: l.rate,
-                        period_secs,
-                        burst: l.burst,
-                    })
+                    Some(Limit { rate: l.rate, period_secs, burst: l.burst })
                 })
                 .collect(),
         ),

@@ -135,11 +135,7 @@ impl Entry {
         let n = r.len()?;
         let mut limits = Vec::with_capacity(n);
         for _ in 0..n {
-            limits.push(Limit {
-                rate: r.u64()?,
-                period_secs: r.u64()?,
-                burst: r.u64()?,
-            });
+            limits.push(Limit { rate: r.u64()?, period_secs: r.u64()?, burst: r.u64()? });
         }
         if r.pos != bytes.len() {
             return None;
@@ -315,11 +311,7 @@ impl FeedState {
             return None;
         }
         let word = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
-        Some(Self {
-            cursor: word(0)?,
-            base: word(8)?,
-            busy_until_ms: word(16)?,
-        })
+        Some(Self { cursor: word(0)?, base: word(8)?, busy_until_ms: word(16)? })
     }
 }
 
@@ -338,19 +330,13 @@ pub const MAX_BACKLOG: u64 = 10_000;
 /// Applies one ListChanges answer (`changes` as (seq, key id), `head` the service's newest
 /// sequence) to the consumer state.
 pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> FeedStep {
-    let mut next = FeedState {
-        busy_until_ms: 0,
-        ..state
-    };
+    let mut next = FeedState { busy_until_ms: 0, ..state };
     if state.cursor == 0 || head < state.cursor || head - state.cursor > MAX_BACKLOG {
         // First start, a key service whose feed was reset, or a backlog too long to replay:
         // start at the head and treat everything cached before it as needing a re-check.
         next.cursor = head;
         next.base = head;
-        return FeedStep {
-            invalidate: Vec::new(),
-            next,
-        };
+        return FeedStep { invalidate: Vec::new(), next };
     }
     let mut invalidate = Vec::new();
     for (seq, key_id) in changes {
@@ -390,11 +376,7 @@ mod tests {
             display_prefix: "tgk_abcdef".into(),
             scopes: vec!["read".into(), "write".into()],
             tier: "gold".into(),
-            limits: vec![Limit {
-                rate: 10,
-                period_secs: 1,
-                burst: 20,
-            }],
+            limits: vec![Limit { rate: 10, period_secs: 1, burst: 20 }],
         }
     }
 
@@ -435,68 +417,38 @@ mod tests {
             classify(Some(e.clone()), &[1; 32], 1_000_000 + 60_000, f, &cfg()),
             Lookup::Stale(_)
         ));
-        assert_eq!(
-            classify(Some(e), &[1; 32], 1_000_000 + 360_000, f, &cfg()),
-            Lookup::Miss
-        );
+        assert_eq!(classify(Some(e), &[1; 32], 1_000_000 + 360_000, f, &cfg()), Lookup::Miss);
     }
 
     #[test]
     fn negative_entries_use_the_short_ttl_and_are_never_stale() {
         let n = Entry::not_found([2; 32], 1_000, 0);
         let f = Freshness::default();
-        assert!(matches!(
-            classify(Some(n.clone()), &[2; 32], 5_999, f, &cfg()),
-            Lookup::Fresh(_)
-        ));
+        assert!(matches!(classify(Some(n.clone()), &[2; 32], 5_999, f, &cfg()), Lookup::Fresh(_)));
         assert_eq!(classify(Some(n), &[2; 32], 6_000, f, &cfg()), Lookup::Miss);
     }
 
     #[test]
     fn slot_collision_is_a_miss_not_another_keys_identity() {
         let e = valid([1; 32], 0);
-        assert_eq!(
-            classify(Some(e), &[9; 32], 1, Freshness::default(), &cfg()),
-            Lookup::Miss
-        );
+        assert_eq!(classify(Some(e), &[9; 32], 1, Freshness::default(), &cfg()), Lookup::Miss);
     }
 
     #[test]
     fn a_newer_change_for_the_key_invalidates_even_within_ttl() {
         let e = valid([1; 32], 0); // feed_seq 10
-        let newer = Freshness {
-            invalidated_at: 11,
-            base: 0,
-        };
-        assert_eq!(
-            classify(Some(e.clone()), &[1; 32], 1, newer, &cfg()),
-            Lookup::Miss
-        );
-        let older = Freshness {
-            invalidated_at: 10,
-            base: 0,
-        };
-        assert!(matches!(
-            classify(Some(e.clone()), &[1; 32], 1, older, &cfg()),
-            Lookup::Fresh(_)
-        ));
-        let rebased = Freshness {
-            invalidated_at: 0,
-            base: 11,
-        };
-        assert_eq!(
-            classify(Some(e), &[1; 32], 1, rebased, &cfg()),
-            Lookup::Miss
-        );
+        let newer = Freshness { invalidated_at: 11, base: 0 };
+        assert_eq!(classify(Some(e.clone()), &[1; 32], 1, newer, &cfg()), Lookup::Miss);
+        let older = Freshness { invalidated_at: 10, base: 0 };
+        assert!(matches!(classify(Some(e.clone()), &[1; 32], 1, older, &cfg()), Lookup::Fresh(_)));
+        let rebased = Freshness { invalidated_at: 0, base: 11 };
+        assert_eq!(classify(Some(e), &[1; 32], 1, rebased, &cfg()), Lookup::Miss);
     }
 
     #[test]
     fn clock_going_backwards_keeps_the_entry_fresh() {
         let e = valid([1; 32], 10_000);
-        assert!(matches!(
-            classify(Some(e), &[1; 32], 5_000, Freshness::default(), &cfg()),
-            Lookup::Fresh(_)
-        ));
+        assert!(matches!(classify(Some(e), &[1; 32], 5_000, Freshness::default(), &cfg()), Lookup::Fresh(_)));
     }
 
     #[test]
@@ -536,24 +488,13 @@ mod tests {
     #[test]
     fn feed_starts_at_head_and_rebases() {
         let step = feed_step(FeedState::default(), &[], 42);
-        assert_eq!(
-            step.next,
-            FeedState {
-                cursor: 42,
-                base: 42,
-                busy_until_ms: 0
-            }
-        );
+        assert_eq!(step.next, FeedState { cursor: 42, base: 42, busy_until_ms: 0 });
         assert!(step.invalidate.is_empty());
     }
 
     #[test]
     fn feed_applies_changes_in_order_and_skips_seen_ones() {
-        let state = FeedState {
-            cursor: 5,
-            base: 1,
-            busy_until_ms: 99,
-        };
+        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 99 };
         let changes = vec![
             (5, "key_old".to_owned()),
             (6, "key_a".to_owned()),
@@ -561,50 +502,22 @@ mod tests {
             (8, "key_b".to_owned()),
         ];
         let step = feed_step(state, &changes, 8);
-        assert_eq!(
-            step.next,
-            FeedState {
-                cursor: 8,
-                base: 1,
-                busy_until_ms: 0
-            }
-        );
-        assert_eq!(
-            step.invalidate,
-            vec![
-                (invalidation_slot("key_a"), 6),
-                (invalidation_slot("key_b"), 8)
-            ]
-        );
+        assert_eq!(step.next, FeedState { cursor: 8, base: 1, busy_until_ms: 0 });
+        assert_eq!(step.invalidate, vec![(invalidation_slot("key_a"), 6), (invalidation_slot("key_b"), 8)]);
     }
 
     #[test]
     fn feed_skips_ahead_on_a_long_backlog_or_a_reset_service() {
-        let state = FeedState {
-            cursor: 5,
-            base: 1,
-            busy_until_ms: 0,
-        };
+        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 0 };
         let step = feed_step(state, &[(6, "key_a".to_owned())], 5 + MAX_BACKLOG + 1);
         assert_eq!(step.next.base, 5 + MAX_BACKLOG + 1);
         let step = feed_step(state, &[], 3);
-        assert_eq!(
-            step.next,
-            FeedState {
-                cursor: 3,
-                base: 3,
-                busy_until_ms: 0
-            }
-        );
+        assert_eq!(step.next, FeedState { cursor: 3, base: 3, busy_until_ms: 0 });
     }
 
     #[test]
     fn feed_state_round_trips() {
-        let s = FeedState {
-            cursor: 1,
-            base: 2,
-            busy_until_ms: 3,
-        };
+        let s = FeedState { cursor: 1, base: 2, busy_until_ms: 3 };
         assert_eq!(FeedState::decode(&s.encode()), Some(s));
         assert_eq!(FeedState::decode(&[0; 23]), None);
     }

@@ -98,10 +98,7 @@ pub enum FailureMode {
 pub enum Source {
     /// A request header; with `prefix`, only values starting with it (case-insensitive), which
     /// is stripped (e.g. `authorization` with `Bearer `).
-    Header {
-        name: String,
-        prefix: Option<String>,
-    },
+    Header { name: String, prefix: Option<String> },
     /// A query parameter.
     Query { name: String },
 }
@@ -149,21 +146,14 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalid key-auth config: `{}`: {}",
-            self.field, self.message
-        )
+        write!(f, "invalid key-auth config: `{}`: {}", self.field, self.message)
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
+    ConfigError { field: field.into(), message: message.into() }
 }
 
 impl Config {
@@ -172,11 +162,7 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." {
-                "<root>".to_owned()
-            } else {
-                path
-            };
+            let field = if path == "." { "<root>".to_owned() } else { path };
             err(field, strip_position(&e.inner().to_string()))
         })?;
         Self::try_from(raw)
@@ -193,9 +179,7 @@ fn strip_position(message: &str) -> String {
 
 fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if valid {
         Ok(name.to_ascii_lowercase())
     } else {
@@ -209,16 +193,10 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         let ks = raw.key_service;
         if ks.cluster.trim().is_empty() {
-            return Err(err(
-                "key_service.cluster",
-                "must name the Envoy cluster of the key service",
-            ));
+            return Err(err("key_service.cluster", "must name the Envoy cluster of the key service"));
         }
         if ks.token.expose().trim().is_empty() {
-            return Err(err(
-                "key_service.token",
-                "must be the key service's data-plane token",
-            ));
+            return Err(err("key_service.token", "must be the key service's data-plane token"));
         }
         let timeout = ks.timeout.unwrap_or(Duration::from_millis(500));
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -226,18 +204,11 @@ impl TryFrom<RawConfig> for Config {
         }
         let poll_interval = ks.poll_interval.unwrap_or(Duration::from_millis(500));
         if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
-            return Err(err(
-                "key_service.poll_interval",
-                "must be between 100ms and 60s",
-            ));
+            return Err(err("key_service.poll_interval", "must be between 100ms and 60s"));
         }
 
         let raw_sources = raw.sources.unwrap_or_else(|| {
-            vec![RawSource {
-                header: Some("x-api-key".into()),
-                query: None,
-                prefix: None,
-            }]
+            vec![RawSource { header: Some("x-api-key".into()), query: None, prefix: None }]
         });
         if raw_sources.is_empty() {
             return Err(err("sources", "needs at least one header or query source"));
@@ -255,22 +226,13 @@ impl TryFrom<RawConfig> for Config {
                         ));
                     }
                     if s.prefix.as_ref().is_some_and(String::is_empty) {
-                        return Err(err(
-                            format!("{field}.prefix"),
-                            "must not be empty when given",
-                        ));
+                        return Err(err(format!("{field}.prefix"), "must not be empty when given"));
                     }
-                    Source::Header {
-                        name,
-                        prefix: s.prefix,
-                    }
+                    Source::Header { name, prefix: s.prefix }
                 }
                 (None, Some(name)) => {
                     if s.prefix.is_some() {
-                        return Err(err(
-                            format!("{field}.prefix"),
-                            "only applies to header sources",
-                        ));
+                        return Err(err(format!("{field}.prefix"), "only applies to header sources"));
                     }
                     if name.is_empty() {
                         return Err(err(format!("{field}.query"), "must not be empty"));
@@ -295,10 +257,7 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("cache.negative_ttl", "must not exceed cache.ttl"));
         }
         if cache.slots == 0 || cache.slots > MAX_SLOTS {
-            return Err(err(
-                "cache.slots",
-                format!("must be between 1 and {MAX_SLOTS}"),
-            ));
+            return Err(err("cache.slots", format!("must be between 1 and {MAX_SLOTS}")));
         }
 
         let mut routes = Vec::with_capacity(raw.routes.len());
@@ -310,10 +269,7 @@ impl TryFrom<RawConfig> for Config {
             let mut methods = Vec::with_capacity(r.methods.len());
             for (j, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(err(
-                        format!("{field}.methods[{j}]"),
-                        format!("`{m}` is not an HTTP method"),
-                    ));
+                    return Err(err(format!("{field}.methods[{j}]"), format!("`{m}` is not an HTTP method")));
                 }
                 methods.push(m.to_ascii_uppercase());
             }
@@ -326,11 +282,7 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
             routes.push(RouteRule {
-                matcher: RouteMatch {
-                    route_name: r.route_name,
-                    path_prefix: r.path_prefix,
-                    methods,
-                },
+                matcher: RouteMatch { route_name: r.route_name, path_prefix: r.path_prefix, methods },
                 scopes: r.scopes,
             });
         }
@@ -358,10 +310,7 @@ impl TryFrom<RawConfig> for Config {
 impl Config {
     /// The scopes required for a request: those of the first matching rule, else none.
     pub fn required_scopes(&self, req: &crate::route::RequestFacts<'_>) -> &[String] {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(req))
-            .map_or(&[][..], |r| r.scopes.as_slice())
+        self.routes.iter().find(|r| r.matcher.matches(req)).map_or(&[][..], |r| r.scopes.as_slice())
     }
 }
 
@@ -380,13 +329,7 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.cluster, "keyd");
         assert_eq!(c.timeout, Duration::from_millis(500));
-        assert_eq!(
-            c.sources,
-            vec![Source::Header {
-                name: "x-api-key".into(),
-                prefix: None
-            }]
-        );
+        assert_eq!(c.sources, vec![Source::Header { name: "x-api-key".into(), prefix: None }]);
         assert_eq!(c.cache.ttl, Duration::from_secs(60));
         assert_eq!(c.cache.slots, 8192);
         assert_eq!(c.failure_mode, FailureMode::Deny);
@@ -408,13 +351,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sources.len(), 3);
-        assert_eq!(
-            c.sources[0],
-            Source::Header {
-                name: "x-api-key".into(),
-                prefix: None
-            }
-        );
+        assert_eq!(c.sources[0], Source::Header { name: "x-api-key".into(), prefix: None });
         assert_eq!(c.routes[0].matcher.methods, vec!["POST"]);
         assert_eq!(c.failure_mode, FailureMode::Allow);
         assert_eq!(c.cache.stale_window, Duration::from_secs(600));
@@ -423,11 +360,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (
-                r#"{"key_service": {"cluster": "k"}}"#,
-                "key_service",
-                "token",
-            ),
+            (r#"{"key_service": {"cluster": "k"}}"#, "key_service", "token"),
             (
                 r#"{"key_service": {"cluster": "k", "token": "t", "timeout": "5"}}"#,
                 "key_service.timeout",
@@ -438,21 +371,13 @@ mod tests {
                 "key_service.timeout",
                 "between",
             ),
-            (
-                r#"{"key_service": {"cluster": "", "token": "t"}}"#,
-                "key_service.cluster",
-                "cluster",
-            ),
+            (r#"{"key_service": {"cluster": "", "token": "t"}}"#, "key_service.cluster", "cluster"),
             (
                 r#"{"key_service": {"cluster": "k", "token": "t"}, "sourcez": []}"#,
                 "sourcez",
                 "unknown field `sourcez`",
             ),
-            (
-                r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": []}"#,
-                "sources",
-                "at least one",
-            ),
+            (r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": []}"#, "sources", "at least one"),
             (
                 r#"{"key_service": {"cluster": "k", "token": "t"}, "sources": [{"header": "a", "query": "b"}]}"#,
                 "sources[0]",
@@ -522,19 +447,9 @@ mod tests {
                 {"path_prefix": "/admin", "scopes": ["read"]}]}"#,
         )
         .unwrap();
-        let req = |path, method| crate::route::RequestFacts {
-            route_name: None,
-            path,
-            method,
-        };
-        assert_eq!(
-            c.required_scopes(&req("/admin/x", "POST")),
-            ["admin".to_owned()]
-        );
-        assert_eq!(
-            c.required_scopes(&req("/admin/x", "GET")),
-            ["read".to_owned()]
-        );
+        let req = |path, method| crate::route::RequestFacts { route_name: None, path, method };
+        assert_eq!(c.required_scopes(&req("/admin/x", "POST")), ["admin".to_owned()]);
+        assert_eq!(c.required_scopes(&req("/admin/x", "GET")), ["read".to_owned()]);
         assert!(c.required_scopes(&req("/public", "GET")).is_empty());
     }
 }

@@ -142,28 +142,16 @@ mod tests {
 
     fn key() -> String {
         key::key_from_entropy(
-            &[5u8; 64]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b.wrapping_mul(i as u8))
-                .collect::<Vec<_>>(),
+            &[5u8; 64].iter().enumerate().map(|(i, b)| b.wrapping_mul(i as u8)).collect::<Vec<_>>(),
         )
         .unwrap()
     }
 
     fn sources() -> Vec<Source> {
         vec![
-            Source::Header {
-                name: "x-api-key".into(),
-                prefix: None,
-            },
-            Source::Header {
-                name: "authorization".into(),
-                prefix: Some("Bearer ".into()),
-            },
-            Source::Query {
-                name: "api_key".into(),
-            },
+            Source::Header { name: "x-api-key".into(), prefix: None },
+            Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+            Source::Query { name: "api_key".into() },
         ]
     }
 
@@ -173,11 +161,7 @@ mod tests {
         let from_header = find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), "");
         assert_eq!(from_header, Ok(k.clone()));
         let bearer = format!("bearer {k}");
-        let from_auth = find_key(
-            &sources(),
-            |h| (h == "authorization").then_some(bearer.as_str()),
-            "",
-        );
+        let from_auth = find_key(&sources(), |h| (h == "authorization").then_some(bearer.as_str()), "");
         assert_eq!(from_auth, Ok(k.clone()));
         let from_query = find_key(&sources(), |_| None, &format!("a=1&api_key={k}"));
         assert_eq!(from_query, Ok(k));
@@ -186,11 +170,7 @@ mod tests {
     #[test]
     fn no_key_is_missing_and_other_auth_schemes_are_ignored() {
         assert_eq!(find_key(&sources(), |_| None, ""), Err(Deny::MissingKey));
-        let basic = find_key(
-            &sources(),
-            |h| (h == "authorization").then_some("Basic dXNlcjpwYXNz"),
-            "",
-        );
+        let basic = find_key(&sources(), |h| (h == "authorization").then_some("Basic dXNlcjpwYXNz"), "");
         assert_eq!(basic, Err(Deny::MissingKey));
     }
 
@@ -198,35 +178,21 @@ mod tests {
     fn two_different_keys_are_refused_the_same_key_twice_is_not() {
         let k = key();
         let other = key::key_from_entropy(
-            &[9u8; 64]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ (i as u8))
-                .collect::<Vec<_>>(),
+            &[9u8; 64].iter().enumerate().map(|(i, b)| b ^ (i as u8)).collect::<Vec<_>>(),
         )
         .unwrap();
         assert_ne!(k, other);
-        let both = find_key(
-            &sources(),
-            |h| (h == "x-api-key").then_some(k.as_str()),
-            &format!("api_key={other}"),
-        );
+        let both =
+            find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), &format!("api_key={other}"));
         assert_eq!(both, Err(Deny::MultipleKeys));
-        let same = find_key(
-            &sources(),
-            |h| (h == "x-api-key").then_some(k.as_str()),
-            &format!("api_key={k}"),
-        );
+        let same =
+            find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), &format!("api_key={k}"));
         assert_eq!(same, Ok(k));
     }
 
     #[test]
     fn malformed_key_is_refused_before_any_lookup() {
-        let r = find_key(
-            &sources(),
-            |h| (h == "x-api-key").then_some("tgk_short"),
-            "",
-        );
+        let r = find_key(&sources(), |h| (h == "x-api-key").then_some("tgk_short"), "");
         assert_eq!(r, Err(Deny::Malformed(KeyFormatError::TooShort)));
         assert_eq!(Deny::Malformed(KeyFormatError::TooShort).status(), 401);
     }
