@@ -1,1 +1,18 @@
-//! Key service.
+//! Tollgate key service: API keys, consumers, rotation, revocation, an audit log and a change
+//! feed over gRPC, stored in SQLite.
+//!
+//! Secrets are stored only as HMAC-SHA256(pepper, SHA-256(key)); the pepper lives in a file
+//! outside the database. Admin RPCs and data-plane RPCs take separate bearer tokens.
+
+pub mod auth;
+pub mod error;
+pub mod model;
+pub mod secrets;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+pub use error::{Error, Result};
+pub use server::{Config, Options, serve};
+pub use store::{SqliteStore, Store};

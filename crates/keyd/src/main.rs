@@ -1,0 +1,154 @@
+//! `tollgate-keyd`: the Tollgate key service.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_keyd::{Config, Options, SqliteStore, Store};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Tollgate key service: API keys, consumers, rotation, revocation and a change feed over gRPC.
+#[derive(Parser)]
+#[command(name = "tollgate-keyd", version, about)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free port; see --addr-file).
+    #[arg(long, env = "TOLLGATE_KEYD_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Directory for the database, pepper and token files; created if missing.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".run/keyd")]
+    data_dir: PathBuf,
+    /// SQLite database [default: <data-dir>/keys.db].
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// File with the 32-byte pepper, generated when absent [default: <data-dir>/pepper].
+    #[arg(long)]
+    pepper_file: Option<PathBuf>,
+    /// Admin token (overrides --admin-token-file).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Admin token file, generated when absent [default: <data-dir>/admin.token].
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Data-plane token (overrides --dataplane-token-file).
+    #[arg(long, env = "TOLLGATE_DATAPLANE_TOKEN", hide_env_values = true)]
+    dataplane_token: Option<String>,
+    /// Data-plane token file, generated when absent [default: <data-dir>/dataplane.token].
+    #[arg(long)]
+    dataplane_token_file: Option<PathBuf>,
+    /// After binding, write the bound address (e.g. 127.0.0.1:54321) to this file.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "json")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the audit log as JSON lines and exit.
+    Audit {
+        /// Only entries with a sequence number above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+impl Cli {
+    fn options(&self) -> Options {
+        Options {
+            data_dir: self.data_dir.clone(),
+            db: self.db.clone(),
+            pepper_file: self.pepper_file.clone(),
+            admin_token: self.admin_token.clone(),
+            admin_token_file: self.admin_token_file.clone(),
+            dataplane_token: self.dataplane_token.clone(),
+            dataplane_token_file: self.dataplane_token_file.clone(),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Writes the file whole or not at all, so a reader never sees half an address.
+fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let options = cli.options();
+    if let Some(Command::Audit { after, limit }) = cli.command {
+        let store = SqliteStore::open(&options.db_path()).map_err(|e| e.to_string())?;
+        for entry in store.list_audit(after, limit).map_err(|e| e.to_string())? {
+            let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let config = Config::prepare(&options).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    if let Some(path) = &cli.addr_file {
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        write_addr_file(path, &addr.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    tollgate_keyd::serve(config, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "tollgate-keyd failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Plain domain types shared by the service and the storage back ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Free-form string metadata of a consumer or key.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Unit of a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+/// One token bucket: `rate` requests per `period`, up to `burst` at once (0 = same as rate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub rate: u64,
+    pub period: Period,
+    pub burst: u64,
+}
+
+/// A key's rate-limit tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitPolicy {
+    pub tier: String,
+    pub limits: Vec<RateLimit>,
+}
+
+/// A caller that owns keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: String,
+    pub name: String,
+    pub metadata: Metadata,
+    pub created_at: i64,
+    /// Stable listing position (creation order), used for paging.
+    pub position: i64,
+}
+
+/// A key's state, derived at read time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// `true` when a time limit (`0` = none) has passed at `now`.
+pub fn has_passed(limit: i64, now: i64) -> bool {
+    limit != 0 && now >= limit
+}
+
+/// The earlier of two time limits where `0` means none.
+pub fn earliest(a: i64, b: i64) -> i64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
+}
+
+/// An API key as stored (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub id: String,
+    pub consumer_id: String,
+    pub name: String,
+    pub display_prefix: String,
+    pub scopes: Vec<String>,
+    pub metadata: Metadata,
+    pub rate_limit: Option<RateLimitPolicy>,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub revoked_at: i64,
+    pub revoke_reason: String,
+    pub previous_display_prefix: String,
+    pub previous_expires_at: i64,
+    pub rotated_at: i64,
+    /// Stable listing position (creation order), used for paging.
+    pub position: i64,
+}
+
+impl Key {
+    /// Revoked wins over expired.
+    pub fn status(&self, now: i64) -> KeyStatus {
+        if self.revoked_at != 0 {
+            KeyStatus::Revoked
+        } else if has_passed(self.expires_at, now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// What happened, as published on the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    KeyCreated,
+    KeyUpdated,
+    KeyRevoked,
+    KeyRotated,
+    ConsumerUpdated,
+    ConsumerDeleted,
+}
+
+impl ChangeKind {
+    /// Stable name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyCreated => "key_created",
+            Self::KeyUpdated => "key_updated",
+            Self::KeyRevoked => "key_revoked",
+            Self::KeyRotated => "key_rotated",
+            Self::ConsumerUpdated => "consumer_updated",
+            Self::ConsumerDeleted => "consumer_deleted",
+        }
+    }
+
+    /// Inverse of [`ChangeKind::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::KeyCreated,
+            Self::KeyUpdated,
+            Self::KeyRevoked,
+            Self::KeyRotated,
+            Self::ConsumerUpdated,
+            Self::ConsumerDeleted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+/// One change-feed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub kind: ChangeKind,
+    /// Empty for consumer-level changes.
+    pub key_id: String,
+    pub consumer_id: String,
+    pub at: i64,
+}
+
+/// One audit-log entry: an admin mutation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub key_id: String,
+    pub consumer_id: String,
+    pub detail: serde_json::Value,
+}
+
+/// Who does a mutation, and when.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub actor: String,
+    pub now: i64,
+}
+
+/// A consumer to create.
+#[derive(Debug, Clone)]
+pub struct NewConsumer {
+    pub id: String,
+    pub name: String,
+    pub metadata: Metadata,
+}
+
+/// Replacement values for a consumer.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerPatch {
+    pub name: Option<String>,
+    pub metadata: Option<Metadata>,
+}
+
+/// A key to create. The secret is already hashed and peppered.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    /// A consumer id or name.
+    pub consumer: String,
+    /// Created in the same transaction when `consumer` does not resolve.
+    pub create_consumer: Option<NewConsumer>,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub metadata: Metadata,
+    pub rate_limit: Option<RateLimitPolicy>,
+    pub expires_at: i64,
+    pub secret: StoredSecret,
+}
+
+/// A secret as stored: the keyed hash and the prefix that is safe to show.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub hash: [u8; 32],
+    pub display_prefix: String,
+}
+
+/// Replacement values for a key (`None` = keep).
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub metadata: Option<Metadata>,
+    pub rate_limit: Option<Option<RateLimitPolicy>>,
+    pub expires_at: Option<i64>,
+}
+
+/// A new secret for an existing key; the previous one works until `grace_end`.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub key_id: String,
+    pub secret: StoredSecret,
+    pub grace_end: i64,
+}
+
+/// Which keys to list.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub consumer_id: Option<String>,
+    pub status: Option<KeyStatus>,
+    pub now: i64,
+}
+
+/// A secret found by its keyed hash.
+#[derive(Debug, Clone)]
+pub struct SecretMatch {
+    pub key: Key,
+    /// The display prefix of the matched secret (the previous one during a rotation grace).
+    pub display_prefix: String,
+    /// When this secret stops working regardless of the key's expiry (0 = never).
+    pub expires_at: i64,
+}
+
+/// Result of a secret lookup, with the change-feed head read in the same snapshot.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub found: Option<SecretMatch>,
+    pub head_seq: u64,
+}

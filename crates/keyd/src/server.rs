@@ -1,0 +1,231 @@
+//! Server assembly: configuration files, the gRPC router and its lifecycle.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_proto::v1::key_service_server::KeyServiceServer;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::auth::{Authenticated, Tokens};
+use crate::error::{Error, Result};
+use crate::secrets::{Pepper, Token};
+use crate::service::{KeyServiceImpl, UsageTracker};
+use crate::store::{SqliteStore, Store};
+
+/// Where the service keeps its files, and tokens given directly. `None` means the default file
+/// inside `data_dir`.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub db: Option<PathBuf>,
+    pub pepper_file: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub dataplane_token: Option<String>,
+    pub dataplane_token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Options")
+            .field("data_dir", &self.data_dir)
+            .field("db", &self.db)
+            .field("pepper_file", &self.pepper_file)
+            .field("admin_token", &redact(&self.admin_token))
+            .field("admin_token_file", &self.admin_token_file)
+            .field("dataplane_token", &redact(&self.dataplane_token))
+            .field("dataplane_token_file", &self.dataplane_token_file)
+            .finish()
+    }
+}
+
+impl Options {
+    /// Everything in `data_dir` under its default name.
+    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::default() }
+    }
+
+    /// The database path.
+    pub fn db_path(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(|| self.data_dir.join("keys.db"))
+    }
+
+    /// The pepper file path.
+    pub fn pepper_path(&self) -> PathBuf {
+        self.pepper_file.clone().unwrap_or_else(|| self.data_dir.join("pepper"))
+    }
+
+    /// The admin token file path.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The data-plane token file path.
+    pub fn dataplane_token_path(&self) -> PathBuf {
+        self.dataplane_token_file.clone().unwrap_or_else(|| self.data_dir.join("dataplane.token"))
+    }
+}
+
+/// Everything [`serve`] needs, with secrets loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db_path: PathBuf,
+    pub pepper: Pepper,
+    pub admin_token: Token,
+    pub dataplane_token: Token,
+    /// How often last-use times are written.
+    pub usage_flush_interval: Duration,
+    /// How often a WatchChanges stream polls the store without a local wake-up.
+    pub feed_poll_interval: Duration,
+    /// After a shutdown signal, how long open connections get to finish before the server stops.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Creates the data directory and loads (or generates, mode 0600) the pepper and token files.
+    pub fn prepare(options: &Options) -> Result<Self> {
+        create_private_dir(&options.data_dir)?;
+        let db_path = options.db_path();
+        if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir(parent)?;
+        }
+        let pepper = Pepper::load_or_create(&options.pepper_path())?;
+        let admin_token = match &options.admin_token {
+            Some(token) => {
+                Token::new(token.clone()).map_err(|_| Error::invalid("admin-token", "must not be empty"))?
+            }
+            None => Token::load_or_create(&options.admin_token_path(), "tga_")?,
+        };
+        let dataplane_token = match &options.dataplane_token {
+            Some(token) => Token::new(token.clone())
+                .map_err(|_| Error::invalid("dataplane-token", "must not be empty"))?,
+            None => Token::load_or_create(&options.dataplane_token_path(), "tgd_")?,
+        };
+        if admin_token == dataplane_token {
+            return Err(Error::invalid("dataplane-token", "must differ from the admin token"));
+        }
+        Ok(Self {
+            db_path,
+            pepper,
+            admin_token,
+            dataplane_token,
+            usage_flush_interval: Duration::from_secs(30),
+            feed_poll_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| Error::internal(&format!("creating {}", dir.display()), e))
+}
+
+/// Serves the key service, health and reflection on `listener` until `shutdown` resolves, then
+/// ends the change-feed streams, drains connections and writes pending last-use times.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let db_path = config.db_path.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+            .await
+            .map_err(|e| Error::internal("opening the database", e))??,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let usage = Arc::new(UsageTracker::default());
+    let service = KeyServiceImpl::new(
+        Arc::clone(&store),
+        config.pepper,
+        Arc::clone(&usage),
+        stop_rx.clone(),
+        config.feed_poll_interval,
+    );
+    let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status(tollgate_proto::KEY_SERVICE, ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::internal("reflection", e))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::internal("reflection", e))?;
+
+    let flusher = tokio::spawn({
+        let store = Arc::clone(&store);
+        let usage = Arc::clone(&usage);
+        let mut stop = stop_rx.clone();
+        let interval = config.usage_flush_interval;
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                if let Err(err) = usage.flush(&store).await {
+                    tracing::warn!(error = %err, "could not record key usage");
+                }
+            }
+        }
+    });
+
+    let local = listener.local_addr().map_err(|e| Error::internal("listener address", e))?;
+    tracing::info!(addr = %local, "key service listening");
+    let shutdown = {
+        let health_reporter = health_reporter.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            health_reporter.set_service_status(tollgate_proto::KEY_SERVICE, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(Authenticated::new(KeyServiceServer::new(service), tokens))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    // A client that never acknowledges the shutdown must not keep the process alive.
+    let drain_deadline = {
+        let mut stopped = stop_rx.clone();
+        let timeout = config.drain_timeout;
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(timeout).await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!("connections did not close in time; stopping anyway");
+            Ok(())
+        }
+    };
+    flusher.abort();
+    if let Err(err) = usage.flush(&store).await {
+        tracing::warn!(error = %err, "could not record key usage");
+    }
+    drop(health_reporter);
+    result.map_err(|e| Error::internal("server", e))?;
+    tracing::info!("key service stopped");
+    Ok(())
+}

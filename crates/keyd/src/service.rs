@@ -1,0 +1,441 @@
+//! The gRPC handlers: thin wrappers that validate, call the store off the async runtime, and
+//! convert the answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::key_service_server::KeyService;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Role;
+use crate::error::{Error, Result};
+use crate::model::{ConsumerPatch, Ctx, KeyFilter, KeyPatch, NewConsumer, NewKey, Rotation, StoredSecret};
+use crate::secrets::{self, Pepper};
+use crate::store::Store;
+use crate::validate;
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Last-use times seen by VerifyKey, written to the store in batches so that verifying never
+/// waits for a write.
+#[derive(Debug, Default)]
+pub struct UsageTracker {
+    pending: Mutex<HashMap<String, i64>>,
+}
+
+impl UsageTracker {
+    /// Notes a use. A poisoned lock only loses the note.
+    pub fn record(&self, key_id: &str, at: i64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            let entry = pending.entry(key_id.to_owned()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+
+    /// Takes the pending notes.
+    pub fn drain(&self) -> Vec<(String, i64)> {
+        match self.pending.lock() {
+            Ok(mut pending) => pending.drain().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes the pending notes to the store.
+    pub async fn flush(&self, store: &Arc<dyn Store>) -> Result<()> {
+        let used = self.drain();
+        if used.is_empty() {
+            return Ok(());
+        }
+        blocking(store, move |s| s.record_usage(&used)).await
+    }
+}
+
+/// Runs a store call on the blocking thread pool.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| Error::internal("storage task", e))?
+}
+
+/// The `KeyService` implementation.
+#[derive(Clone)]
+pub struct KeyServiceImpl {
+    store: Arc<dyn Store>,
+    pepper: Arc<Pepper>,
+    usage: Arc<UsageTracker>,
+    /// Bumped after every committed mutation; wakes WatchChanges streams.
+    feed: Arc<watch::Sender<()>>,
+    /// Becomes `true` when the server shuts down; ends WatchChanges streams.
+    shutdown: watch::Receiver<bool>,
+    /// How often a WatchChanges stream polls the store even without a wake-up (other replicas).
+    poll_interval: Duration,
+}
+
+impl KeyServiceImpl {
+    /// A service over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        pepper: Pepper,
+        usage: Arc<UsageTracker>,
+        shutdown: watch::Receiver<bool>,
+        poll_interval: Duration,
+    ) -> Self {
+        let (feed, _) = watch::channel(());
+        Self { store, pepper: Arc::new(pepper), usage, feed: Arc::new(feed), shutdown, poll_interval }
+    }
+
+    fn ctx<T>(request: &Request<T>) -> Ctx {
+        let actor = request.extensions().get::<Role>().map_or("unknown", |r| r.as_str());
+        Ctx { actor: actor.to_owned(), now: unix_now() }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        blocking(&self.store, f).await
+    }
+
+    /// Runs a mutation and wakes the change-feed watchers after it commits.
+    async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.run(f).await?;
+        self.feed.send_replace(());
+        Ok(out)
+    }
+
+    fn new_secret(&self) -> Result<(String, StoredSecret)> {
+        let key = secrets::new_api_key()?;
+        let hash = self.pepper.stored_hash(&tollgate_core::key::key_hash(&key))?;
+        let display_prefix = tollgate_core::key::display_prefix(&key).to_owned();
+        Ok((key, StoredSecret { hash, display_prefix }))
+    }
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl KeyService for KeyServiceImpl {
+    async fn create_consumer(&self, request: Request<pb::CreateConsumerRequest>) -> Reply<pb::Consumer> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        let id = if req.id.is_empty() {
+            secrets::new_consumer_id()?
+        } else {
+            validate::consumer_id("id", &req.id)?;
+            req.id
+        };
+        let name = if req.name.is_empty() { id.clone() } else { req.name };
+        validate::name("name", &name)?;
+        let metadata = validate::metadata("metadata", req.metadata)?;
+        let new = NewConsumer { id, name, metadata };
+        let consumer = self.mutate(move |s| s.create_consumer(&ctx, new)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.create", consumer_id = %consumer.id, "audit");
+        Ok(Response::new(validate::consumer_to_proto(consumer)))
+    }
+
+    async fn get_consumer(&self, request: Request<pb::GetConsumerRequest>) -> Reply<pb::Consumer> {
+        let id = request.into_inner().id;
+        validate::required("id", &id)?;
+        let consumer = self.run(move |s| s.get_consumer(&id)).await?;
+        Ok(Response::new(validate::consumer_to_proto(consumer)))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<pb::ListConsumersRequest>,
+    ) -> Reply<pb::ListConsumersResponse> {
+        let req = request.into_inner();
+        let size = validate::page_size(req.page_size);
+        let after = validate::decode_page_token(&req.page_token)?;
+        // One extra row tells whether there is a next page.
+        let mut consumers = self.run(move |s| s.list_consumers(after, size + 1)).await?;
+        let next_page_token = if consumers.len() > size {
+            consumers.truncate(size);
+            consumers.last().map(|c| validate::encode_page_token(c.position)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListConsumersResponse {
+            consumers: consumers.into_iter().map(validate::consumer_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_consumer(&self, request: Request<pb::UpdateConsumerRequest>) -> Reply<pb::Consumer> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        if let Some(name) = &req.name {
+            validate::required("name", name)?;
+            validate::name("name", name)?;
+        }
+        let metadata = req.metadata.map(|m| validate::metadata("metadata", m.entries)).transpose()?;
+        let patch = ConsumerPatch { name: req.name, metadata };
+        let id = req.id;
+        let consumer = self.mutate(move |s| s.update_consumer(&ctx, &id, patch)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.update", consumer_id = %consumer.id, "audit");
+        Ok(Response::new(validate::consumer_to_proto(consumer)))
+    }
+
+    async fn delete_consumer(
+        &self,
+        request: Request<pb::DeleteConsumerRequest>,
+    ) -> Reply<pb::DeleteConsumerResponse> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let id = request.into_inner().id;
+        validate::required("id", &id)?;
+        let log_id = id.clone();
+        let revoked_keys = self.mutate(move |s| s.delete_consumer(&ctx, &id)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.delete", consumer = %log_id, revoked_keys, "audit");
+        Ok(Response::new(pb::DeleteConsumerResponse { revoked_keys }))
+    }
+
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let now = ctx.now;
+        let req = request.into_inner();
+        validate::required("consumer", &req.consumer)?;
+        validate::name("consumer", &req.consumer)?;
+        validate::name("name", &req.name)?;
+        let scopes = validate::scopes("scopes", req.scopes)?;
+        let metadata = validate::metadata("metadata", req.metadata)?;
+        let rate_limit = validate::rate_limit("rate_limit", req.rate_limit)?;
+        let expires_at = validate::expiry(req.expires_at, req.ttl_seconds, now)?;
+        let create_consumer = if req.create_consumer {
+            let id = if validate::is_valid_consumer_id(&req.consumer) {
+                req.consumer.clone()
+            } else {
+                secrets::new_consumer_id()?
+            };
+            Some(NewConsumer { id, name: req.consumer.clone(), metadata: Default::default() })
+        } else {
+            None
+        };
+        let (secret, stored) = self.new_secret()?;
+        let new = NewKey {
+            id: secrets::new_key_id()?,
+            consumer: req.consumer,
+            create_consumer,
+            name: req.name,
+            scopes,
+            metadata,
+            rate_limit,
+            expires_at,
+            secret: stored,
+        };
+        let key = self.mutate(move |s| s.create_key(&ctx, new)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "key.create",
+            key_id = %key.id,
+            consumer_id = %key.consumer_id,
+            display_prefix = %key.display_prefix,
+            "audit"
+        );
+        Ok(Response::new(pb::CreateKeyResponse { key: Some(validate::key_to_proto(key, now)), secret }))
+    }
+
+    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Reply<pb::Key> {
+        let id = request.into_inner().id;
+        validate::required("id", &id)?;
+        let key = self.run(move |s| s.get_key(&id)).await?;
+        Ok(Response::new(validate::key_to_proto(key, unix_now())))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
+        let req = request.into_inner();
+        let size = validate::page_size(req.page_size);
+        let after = validate::decode_page_token(&req.page_token)?;
+        let status = validate::status_filter(req.status)?;
+        let now = unix_now();
+        let consumer = req.consumer;
+        let mut keys = self
+            .run(move |s| {
+                let consumer_id = if consumer.is_empty() {
+                    None
+                } else {
+                    // A deleted consumer's keys stay listable by its id.
+                    match s.get_consumer(&consumer) {
+                        Ok(c) => Some(c.id),
+                        Err(Error::NotFound { .. }) => Some(consumer),
+                        Err(e) => return Err(e),
+                    }
+                };
+                s.list_keys(&KeyFilter { consumer_id, status, now }, after, size + 1)
+            })
+            .await?;
+        let next_page_token = if keys.len() > size {
+            keys.truncate(size);
+            keys.last().map(|k| validate::encode_page_token(k.position)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(|k| validate::key_to_proto(k, now)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let now = ctx.now;
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        if let Some(name) = &req.name {
+            validate::name("name", name)?;
+        }
+        let patch = KeyPatch {
+            name: req.name,
+            scopes: req.scopes.map(|s| validate::scopes("scopes.values", s.values)).transpose()?,
+            metadata: req.metadata.map(|m| validate::metadata("metadata", m.entries)).transpose()?,
+            rate_limit: match req.rate_limit {
+                Some(policy) => Some(validate::rate_limit("rate_limit", Some(policy))?),
+                None => None,
+            },
+            expires_at: req.expires_at.map(|at| validate::future_time("expires_at", at, now)).transpose()?,
+        };
+        let id = req.id;
+        let key = self.mutate(move |s| s.update_key(&ctx, &id, patch)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "key.update", key_id = %key.id, consumer_id = %key.consumer_id, "audit");
+        Ok(Response::new(validate::key_to_proto(key, now)))
+    }
+
+    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let now = ctx.now;
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        validate::reason(&req.reason)?;
+        let (id, reason) = (req.id, req.reason);
+        let key = self.mutate(move |s| s.revoke_key(&ctx, &id, &reason)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "key.revoke",
+            key_id = %key.id,
+            consumer_id = %key.consumer_id,
+            display_prefix = %key.display_prefix,
+            "audit"
+        );
+        Ok(Response::new(validate::key_to_proto(key, now)))
+    }
+
+    async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
+        let ctx = Self::ctx(&request);
+        let actor = ctx.actor.clone();
+        let now = ctx.now;
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        let grace_end = validate::grace_end(req.grace_period_seconds, now)?;
+        let (secret, stored) = self.new_secret()?;
+        let rotation = Rotation { key_id: req.id, secret: stored, grace_end };
+        let key = self.mutate(move |s| s.rotate_key(&ctx, rotation)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "key.rotate",
+            key_id = %key.id,
+            consumer_id = %key.consumer_id,
+            display_prefix = %key.display_prefix,
+            previous_display_prefix = %key.previous_display_prefix,
+            previous_expires_at = key.previous_expires_at,
+            "audit"
+        );
+        Ok(Response::new(pb::RotateKeyResponse { key: Some(validate::key_to_proto(key, now)), secret }))
+    }
+
+    async fn verify_key(&self, request: Request<pb::VerifyKeyRequest>) -> Reply<pb::VerifyKeyResponse> {
+        let key_hash = validate::key_hash(&request.into_inner().key_hash)?;
+        let stored = self.pepper.stored_hash(&key_hash)?;
+        let lookup = self.run(move |s| s.lookup_secret(&stored)).await?;
+        let now = unix_now();
+        let response = validate::verify_response(lookup, now);
+        if response.result == pb::VerifyResult::Valid as i32 {
+            self.usage.record(&response.key_id, now);
+        }
+        tracing::debug!(
+            result = response.result,
+            key_id = %response.key_id,
+            display_prefix = %response.display_prefix,
+            "verify"
+        );
+        Ok(Response::new(response))
+    }
+
+    async fn list_changes(&self, request: Request<pb::ListChangesRequest>) -> Reply<pb::ListChangesResponse> {
+        let req = request.into_inner();
+        let limit = validate::change_limit(req.limit);
+        let after = req.after_seq;
+        let (changes, head_seq) = self.run(move |s| s.list_changes(after, limit)).await?;
+        Ok(Response::new(pb::ListChangesResponse {
+            changes: changes.into_iter().map(validate::change_to_proto).collect(),
+            head_seq,
+        }))
+    }
+
+    type WatchChangesStream = ReceiverStream<std::result::Result<pb::Change, Status>>;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Reply<Self::WatchChangesStream> {
+        let mut after = request.into_inner().after_seq;
+        let (tx, rx) = mpsc::channel(256);
+        let mut wake = self.feed.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let store = Arc::clone(&self.store);
+        let poll_interval = self.poll_interval;
+        tokio::spawn(async move {
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                // Mark the current version seen before reading, so a commit after the read wakes us.
+                wake.borrow_and_update();
+                let batch = blocking(&store, move |s| s.list_changes(after, validate::MAX_CHANGES)).await;
+                let changes = match batch {
+                    Ok((changes, _)) => changes,
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+                let full = changes.len() == validate::MAX_CHANGES;
+                for change in changes {
+                    after = change.seq;
+                    if tx.send(Ok(validate::change_to_proto(change))).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = wake.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(poll_interval) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,806 @@
+//! SQLite storage: WAL journal, `synchronous=FULL` (an acknowledged write survives a crash), one
+//! writer connection and a few reader connections.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::model::{
+    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, KeyStatus,
+    Lookup, NewConsumer, NewKey, Rotation, SecretMatch,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS consumers (
+    pos        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT    NOT NULL UNIQUE,
+    name       TEXT    NOT NULL UNIQUE,
+    metadata   TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    pos                     INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                      TEXT    NOT NULL UNIQUE,
+    consumer_id             TEXT    NOT NULL,
+    name                    TEXT    NOT NULL,
+    display_prefix          TEXT    NOT NULL,
+    scopes                  TEXT    NOT NULL,
+    metadata                TEXT    NOT NULL,
+    rate_limit              TEXT,
+    expires_at              INTEGER NOT NULL,
+    created_at              INTEGER NOT NULL,
+    last_used_at            INTEGER NOT NULL DEFAULT 0,
+    revoked_at              INTEGER NOT NULL DEFAULT 0,
+    revoke_reason           TEXT    NOT NULL DEFAULT '',
+    previous_display_prefix TEXT    NOT NULL DEFAULT '',
+    previous_expires_at     INTEGER NOT NULL DEFAULT 0,
+    rotated_at              INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS keys_by_consumer ON keys (consumer_id, pos);
+-- Keyed hashes of secrets: the current one (expires_at = 0) and at most one previous one.
+CREATE TABLE IF NOT EXISTS key_secrets (
+    hash           BLOB    PRIMARY KEY,
+    key_id         TEXT    NOT NULL,
+    display_prefix TEXT    NOT NULL,
+    expires_at     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS key_secrets_by_key ON key_secrets (key_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT    NOT NULL,
+    key_id      TEXT    NOT NULL,
+    consumer_id TEXT    NOT NULL,
+    at          INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,
+    action      TEXT    NOT NULL,
+    key_id      TEXT    NOT NULL,
+    consumer_id TEXT    NOT NULL,
+    detail      TEXT    NOT NULL
+);
+";
+
+const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
+     created_at, last_used_at, revoked_at, revoke_reason, previous_display_prefix, previous_expires_at, rotated_at";
+
+const CONSUMER_COLUMNS: &str = "pos, id, name, metadata, created_at";
+
+const READERS: usize = 4;
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(err: rusqlite::Error) -> Error {
+    Error::internal("database", err)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates its schema.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut writer = Connection::open(path).map_err(db)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!("database: could not enable WAL (journal_mode is {mode})")));
+        }
+        configure(&writer).map_err(db)?;
+        migrate(&mut writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db)?;
+            configure(&conn).map_err(db)?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(Self { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        let reader = self
+            .readers
+            .get(index)
+            .ok_or_else(|| Error::Internal("database: no reader connection".to_owned()))?;
+        let mut conn = reader.lock()?;
+        // A read transaction gives every query of `f` the same snapshot.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
+        let out = f(&tx)?;
+        tx.finish().map_err(db)?;
+        Ok(out)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        // On error the transaction rolls back when dropped.
+        let out = f(&tx)?;
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Internal(format!(
+            "database: schema version {version} is newer than this service ({SCHEMA_VERSION})"
+        )));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+    tx.execute_batch(SCHEMA).map_err(db)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::internal("encoding a column", e))
+}
+
+fn json_column<T: DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+}
+
+fn seq_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(e)))
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
+    let rate_limit: Option<String> = row.get(7)?;
+    let rate_limit = match rate_limit {
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(7, Type::Text, Box::new(e)))?,
+        ),
+        None => None,
+    };
+    Ok(Key {
+        position: row.get(0)?,
+        id: row.get(1)?,
+        consumer_id: row.get(2)?,
+        name: row.get(3)?,
+        display_prefix: row.get(4)?,
+        scopes: json_column(row, 5)?,
+        metadata: json_column(row, 6)?,
+        rate_limit,
+        expires_at: row.get(8)?,
+        created_at: row.get(9)?,
+        last_used_at: row.get(10)?,
+        revoked_at: row.get(11)?,
+        revoke_reason: row.get(12)?,
+        previous_display_prefix: row.get(13)?,
+        previous_expires_at: row.get(14)?,
+        rotated_at: row.get(15)?,
+    })
+}
+
+fn consumer_from_row(row: &Row<'_>) -> rusqlite::Result<Consumer> {
+    Ok(Consumer {
+        position: row.get(0)?,
+        id: row.get(1)?,
+        name: row.get(2)?,
+        metadata: json_column(row, 3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+fn change_from_row(row: &Row<'_>) -> rusqlite::Result<Change> {
+    let kind: String = row.get(1)?;
+    let kind = ChangeKind::parse(&kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            1,
+            Type::Text,
+            format!("unknown change kind {kind:?}").into(),
+        )
+    })?;
+    Ok(Change {
+        seq: seq_column(row, 0)?,
+        kind,
+        key_id: row.get(2)?,
+        consumer_id: row.get(3)?,
+        at: row.get(4)?,
+    })
+}
+
+fn find_consumer(tx: &Transaction<'_>, id_or_name: &str) -> Result<Option<Consumer>> {
+    let by_id = tx
+        .query_row(
+            &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE id = ?1"),
+            [id_or_name],
+            consumer_from_row,
+        )
+        .optional()
+        .map_err(db)?;
+    if by_id.is_some() {
+        return Ok(by_id);
+    }
+    tx.query_row(
+        &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = ?1"),
+        [id_or_name],
+        consumer_from_row,
+    )
+    .optional()
+    .map_err(db)
+}
+
+fn require_consumer(tx: &Transaction<'_>, id_or_name: &str) -> Result<Consumer> {
+    find_consumer(tx, id_or_name)?
+        .ok_or_else(|| Error::NotFound { what: "consumer", id: id_or_name.to_owned() })
+}
+
+fn find_key(tx: &Transaction<'_>, id: &str) -> Result<Option<Key>> {
+    tx.query_row(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"), [id], key_from_row)
+        .optional()
+        .map_err(db)
+}
+
+fn require_key(tx: &Transaction<'_>, id: &str) -> Result<Key> {
+    find_key(tx, id)?.ok_or_else(|| Error::NotFound { what: "key", id: id.to_owned() })
+}
+
+fn head_seq(tx: &Transaction<'_>) -> Result<u64> {
+    let head: i64 =
+        tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |row| row.get(0)).map_err(db)?;
+    u64::try_from(head).map_err(|e| Error::internal("database: change sequence", e))
+}
+
+fn record_change(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    kind: ChangeKind,
+    key_id: &str,
+    consumer_id: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO changes (kind, key_id, consumer_id, at) VALUES (?1, ?2, ?3, ?4)",
+        params![kind.as_str(), key_id, consumer_id, ctx.now],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+fn record_audit(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    action: &str,
+    key_id: &str,
+    consumer_id: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, action, key_id, consumer_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![ctx.now, ctx.actor, action, key_id, consumer_id, to_json(&detail)?],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+fn insert_consumer(tx: &Transaction<'_>, ctx: &Ctx, consumer: &NewConsumer) -> Result<Consumer> {
+    let taken: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM consumers WHERE id IN (?1, ?2) OR name IN (?1, ?2))",
+            params![consumer.id, consumer.name],
+            |row| row.get(0),
+        )
+        .map_err(db)?;
+    if taken {
+        let id = if consumer.id == consumer.name {
+            consumer.id.clone()
+        } else {
+            format!("{} / {}", consumer.id, consumer.name)
+        };
+        return Err(Error::AlreadyExists { what: "consumer id or name", id });
+    }
+    tx.execute(
+        "INSERT INTO consumers (id, name, metadata, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![consumer.id, consumer.name, to_json(&consumer.metadata)?, ctx.now],
+    )
+    .map_err(db)?;
+    record_audit(
+        tx,
+        ctx,
+        "consumer.create",
+        "",
+        &consumer.id,
+        serde_json::json!({ "name": consumer.name, "metadata": consumer.metadata }),
+    )?;
+    require_consumer(tx, &consumer.id)
+}
+
+fn revoke(tx: &Transaction<'_>, ctx: &Ctx, key: &Key, reason: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE keys SET revoked_at = ?2, revoke_reason = ?3 WHERE id = ?1",
+        params![key.id, ctx.now, reason],
+    )
+    .map_err(db)?;
+    record_change(tx, ctx, ChangeKind::KeyRevoked, &key.id, &key.consumer_id)
+}
+
+fn status_clause(status: KeyStatus) -> &'static str {
+    match status {
+        KeyStatus::Active => "revoked_at = 0 AND (expires_at = 0 OR expires_at > ?2)",
+        KeyStatus::Revoked => "revoked_at != 0 AND ?2 = ?2",
+        KeyStatus::Expired => "revoked_at = 0 AND expires_at != 0 AND expires_at <= ?2",
+    }
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl Store for SqliteStore {
+    fn create_consumer(&self, ctx: &Ctx, consumer: NewConsumer) -> Result<Consumer> {
+        self.write(|tx| insert_consumer(tx, ctx, &consumer))
+    }
+
+    fn get_consumer(&self, id_or_name: &str) -> Result<Consumer> {
+        self.read(|tx| require_consumer(tx, id_or_name))
+    }
+
+    fn list_consumers(&self, after: Option<i64>, limit: usize) -> Result<Vec<Consumer>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {CONSUMER_COLUMNS} FROM consumers WHERE pos > ?1 ORDER BY pos LIMIT ?2"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![after.unwrap_or(0), limit_param(limit)], consumer_from_row)
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn update_consumer(&self, ctx: &Ctx, id_or_name: &str, patch: ConsumerPatch) -> Result<Consumer> {
+        self.write(|tx| {
+            let current = require_consumer(tx, id_or_name)?;
+            if let Some(name) = &patch.name
+                && *name != current.name
+            {
+                let taken: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM consumers WHERE (name = ?1 OR id = ?1) AND id != ?2)",
+                        params![name, current.id],
+                        |row| row.get(0),
+                    )
+                    .map_err(db)?;
+                if taken {
+                    return Err(Error::AlreadyExists { what: "consumer name", id: name.clone() });
+                }
+            }
+            let name = patch.name.clone().unwrap_or_else(|| current.name.clone());
+            let metadata = patch.metadata.clone().unwrap_or_else(|| current.metadata.clone());
+            tx.execute(
+                "UPDATE consumers SET name = ?2, metadata = ?3 WHERE id = ?1",
+                params![current.id, name, to_json(&metadata)?],
+            )
+            .map_err(db)?;
+            record_change(tx, ctx, ChangeKind::ConsumerUpdated, "", &current.id)?;
+            record_audit(
+                tx,
+                ctx,
+                "consumer.update",
+                "",
+                &current.id,
+                serde_json::json!({ "name": patch.name, "metadata": patch.metadata }),
+            )?;
+            require_consumer(tx, &current.id)
+        })
+    }
+
+    fn delete_consumer(&self, ctx: &Ctx, id_or_name: &str) -> Result<u32> {
+        self.write(|tx| {
+            let consumer = require_consumer(tx, id_or_name)?;
+            let keys = {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "SELECT {KEY_COLUMNS} FROM keys WHERE consumer_id = ?1 AND revoked_at = 0 ORDER BY pos"
+                    ))
+                    .map_err(db)?;
+                let rows = stmt.query_map([&consumer.id], key_from_row).map_err(db)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+            };
+            for key in &keys {
+                revoke(tx, ctx, key, "consumer deleted")?;
+            }
+            tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id]).map_err(db)?;
+            record_change(tx, ctx, ChangeKind::ConsumerDeleted, "", &consumer.id)?;
+            let revoked: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+            record_audit(
+                tx,
+                ctx,
+                "consumer.delete",
+                "",
+                &consumer.id,
+                serde_json::json!({ "name": consumer.name, "revoked_keys": revoked }),
+            )?;
+            u32::try_from(keys.len()).map_err(|e| Error::internal("counting revoked keys", e))
+        })
+    }
+
+    fn create_key(&self, ctx: &Ctx, key: NewKey) -> Result<Key> {
+        self.write(|tx| {
+            let consumer = match (find_consumer(tx, &key.consumer)?, &key.create_consumer) {
+                (Some(consumer), _) => consumer,
+                (None, Some(new)) => insert_consumer(tx, ctx, new)?,
+                (None, None) => return Err(Error::NotFound { what: "consumer", id: key.consumer.clone() }),
+            };
+            let rate_limit = key.rate_limit.as_ref().map(to_json).transpose()?;
+            tx.execute(
+                "INSERT INTO keys (id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    key.id,
+                    consumer.id,
+                    key.name,
+                    key.secret.display_prefix,
+                    to_json(&key.scopes)?,
+                    to_json(&key.metadata)?,
+                    rate_limit,
+                    key.expires_at,
+                    ctx.now
+                ],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO key_secrets (hash, key_id, display_prefix, expires_at) VALUES (?1, ?2, ?3, 0)",
+                params![&key.secret.hash[..], key.id, key.secret.display_prefix],
+            )
+            .map_err(db)?;
+            record_change(tx, ctx, ChangeKind::KeyCreated, &key.id, &consumer.id)?;
+            record_audit(
+                tx,
+                ctx,
+                "key.create",
+                &key.id,
+                &consumer.id,
+                serde_json::json!({
+                    "name": key.name,
+                    "display_prefix": key.secret.display_prefix,
+                    "scopes": key.scopes,
+                    "expires_at": key.expires_at,
+                }),
+            )?;
+            require_key(tx, &key.id)
+        })
+    }
+
+    fn get_key(&self, id: &str) -> Result<Key> {
+        self.read(|tx| require_key(tx, id))
+    }
+
+    fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>> {
+        self.read(|tx| {
+            let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE pos > ?1");
+            if let Some(status) = filter.status {
+                sql.push_str(" AND ");
+                sql.push_str(status_clause(status));
+            } else {
+                sql.push_str(" AND ?2 = ?2");
+            }
+            sql.push_str(" AND (?3 IS NULL OR consumer_id = ?3) ORDER BY pos LIMIT ?4");
+            let mut stmt = tx.prepare(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(
+                    params![after.unwrap_or(0), filter.now, filter.consumer_id, limit_param(limit)],
+                    key_from_row,
+                )
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key> {
+        self.write(|tx| {
+            let mut key = require_key(tx, id)?;
+            if key.revoked_at != 0 {
+                return Err(Error::FailedPrecondition(format!("key {id:?} is revoked")));
+            }
+            if let Some(name) = &patch.name {
+                key.name = name.clone();
+            }
+            if let Some(scopes) = &patch.scopes {
+                key.scopes = scopes.clone();
+            }
+            if let Some(metadata) = &patch.metadata {
+                key.metadata = metadata.clone();
+            }
+            if let Some(rate_limit) = &patch.rate_limit {
+                key.rate_limit = rate_limit.clone();
+            }
+            if let Some(expires_at) = patch.expires_at {
+                key.expires_at = expires_at;
+            }
+            let rate_limit = key.rate_limit.as_ref().map(to_json).transpose()?;
+            tx.execute(
+                "UPDATE keys SET name = ?2, scopes = ?3, metadata = ?4, rate_limit = ?5, expires_at = ?6 WHERE id = ?1",
+                params![key.id, key.name, to_json(&key.scopes)?, to_json(&key.metadata)?, rate_limit, key.expires_at],
+            )
+            .map_err(db)?;
+            record_change(tx, ctx, ChangeKind::KeyUpdated, &key.id, &key.consumer_id)?;
+            record_audit(
+                tx,
+                ctx,
+                "key.update",
+                &key.id,
+                &key.consumer_id,
+                serde_json::json!({
+                    "name": patch.name,
+                    "scopes": patch.scopes,
+                    "metadata": patch.metadata,
+                    "rate_limit": patch.rate_limit,
+                    "expires_at": patch.expires_at,
+                }),
+            )?;
+            require_key(tx, &key.id)
+        })
+    }
+
+    fn revoke_key(&self, ctx: &Ctx, id: &str, reason: &str) -> Result<Key> {
+        self.write(|tx| {
+            let key = require_key(tx, id)?;
+            if key.revoked_at != 0 {
+                return Ok(key);
+            }
+            revoke(tx, ctx, &key, reason)?;
+            record_audit(
+                tx,
+                ctx,
+                "key.revoke",
+                &key.id,
+                &key.consumer_id,
+                serde_json::json!({ "reason": reason }),
+            )?;
+            require_key(tx, &key.id)
+        })
+    }
+
+    fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
+        self.write(|tx| {
+            let key = require_key(tx, &rotation.key_id)?;
+            match key.status(ctx.now) {
+                KeyStatus::Active => {}
+                KeyStatus::Revoked => {
+                    return Err(Error::FailedPrecondition(format!("key {:?} is revoked", key.id)));
+                }
+                KeyStatus::Expired => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "key {:?} is expired; extend its expires_at first",
+                        key.id
+                    )));
+                }
+            }
+            // Only one previous secret is kept: an older one ends now.
+            tx.execute("DELETE FROM key_secrets WHERE key_id = ?1 AND expires_at != 0", [&key.id])
+                .map_err(db)?;
+            tx.execute(
+                "UPDATE key_secrets SET expires_at = ?2 WHERE key_id = ?1",
+                params![key.id, rotation.grace_end],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO key_secrets (hash, key_id, display_prefix, expires_at) VALUES (?1, ?2, ?3, 0)",
+                params![&rotation.secret.hash[..], key.id, rotation.secret.display_prefix],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "UPDATE keys SET display_prefix = ?2, previous_display_prefix = ?3, previous_expires_at = ?4, \
+                 rotated_at = ?5 WHERE id = ?1",
+                params![key.id, rotation.secret.display_prefix, key.display_prefix, rotation.grace_end, ctx.now],
+            )
+            .map_err(db)?;
+            record_change(tx, ctx, ChangeKind::KeyRotated, &key.id, &key.consumer_id)?;
+            record_audit(
+                tx,
+                ctx,
+                "key.rotate",
+                &key.id,
+                &key.consumer_id,
+                serde_json::json!({
+                    "display_prefix": rotation.secret.display_prefix,
+                    "previous_display_prefix": key.display_prefix,
+                    "previous_expires_at": rotation.grace_end,
+                }),
+            )?;
+            require_key(tx, &key.id)
+        })
+    }
+
+    fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
+        self.read(|tx| {
+            let secret: Option<(String, String, i64)> = tx
+                .query_row(
+                    "SELECT key_id, display_prefix, expires_at FROM key_secrets WHERE hash = ?1",
+                    [&hash[..]],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let found = match secret {
+                Some((key_id, display_prefix, expires_at)) => {
+                    find_key(tx, &key_id)?.map(|key| SecretMatch { key, display_prefix, expires_at })
+                }
+                None => None,
+            };
+            Ok(Lookup { found, head_seq: head_seq(tx)? })
+        })
+    }
+
+    fn record_usage(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut stmt = tx
+                .prepare("UPDATE keys SET last_used_at = ?2 WHERE id = ?1 AND last_used_at < ?2")
+                .map_err(db)?;
+            for (id, at) in used {
+                stmt.execute(params![id, at]).map_err(db)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let changes = {
+                let mut stmt = tx
+                    .prepare("SELECT seq, kind, key_id, consumer_id, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                    .map_err(db)?;
+                let rows = stmt.query_map(params![after, limit_param(limit)], change_from_row).map_err(db)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+            };
+            Ok((changes, head_seq(tx)?))
+        })
+    }
+
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT seq, at, actor, action, key_id, consumer_id, detail FROM audit WHERE seq > ?1 \
+                     ORDER BY seq LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![after, limit_param(limit)], |row| {
+                    Ok(AuditEntry {
+                        seq: seq_column(row, 0)?,
+                        at: row.get(1)?,
+                        actor: row.get(2)?,
+                        action: row.get(3)?,
+                        key_id: row.get(4)?,
+                        consumer_id: row.get(5)?,
+                        detail: json_column(row, 6)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StoredSecret;
+
+    fn ctx() -> Ctx {
+        Ctx { actor: "test".into(), now: 1_000 }
+    }
+
+    fn new_key(id: &str, consumer: &str, hash: u8) -> NewKey {
+        NewKey {
+            id: id.into(),
+            consumer: consumer.into(),
+            create_consumer: Some(NewConsumer {
+                id: consumer.into(),
+                name: consumer.into(),
+                metadata: Default::default(),
+            }),
+            name: String::new(),
+            scopes: vec!["read".into()],
+            metadata: Default::default(),
+            rate_limit: None,
+            expires_at: 0,
+            secret: StoredSecret { hash: [hash; 32], display_prefix: "tgk_abcdef".into() },
+        }
+    }
+
+    #[test]
+    fn a_failed_mutation_leaves_no_partial_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let audit_before = store.list_audit(0, 100).unwrap().len();
+        let (_, head_before) = store.list_changes(0, 100).unwrap();
+
+        // Same key id: the key insert fails after the consumer insert in the same transaction.
+        let err = store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
+        assert!(matches!(err, Error::Internal(_)), "{err:?}");
+        assert!(matches!(store.get_consumer("bob"), Err(Error::NotFound { .. })));
+        assert_eq!(store.list_audit(0, 100).unwrap().len(), audit_before);
+        assert_eq!(store.list_changes(0, 100).unwrap().1, head_before);
+        assert!(store.lookup_secret(&[2; 32]).unwrap().found.is_none());
+    }
+
+    #[test]
+    fn lookup_finds_current_and_previous_secret_and_reads_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let rotation = Rotation {
+            key_id: "key_1".into(),
+            secret: StoredSecret { hash: [9; 32], display_prefix: "tgk_zzzzzz".into() },
+            grace_end: 1_060,
+        };
+        let key = store.rotate_key(&ctx(), rotation).unwrap();
+        assert_eq!(key.previous_display_prefix, "tgk_abcdef");
+        assert_eq!(key.display_prefix, "tgk_zzzzzz");
+
+        let old = store.lookup_secret(&[1; 32]).unwrap();
+        let found = old.found.unwrap();
+        assert_eq!((found.expires_at, found.display_prefix.as_str()), (1_060, "tgk_abcdef"));
+        assert_eq!(old.head_seq, 2);
+        let new = store.lookup_secret(&[9; 32]).unwrap().found.unwrap();
+        assert_eq!(new.expires_at, 0);
+    }
+
+    #[test]
+    fn usage_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.record_usage(&[("key_1".into(), 2_000)]).unwrap();
+        store.record_usage(&[("key_1".into(), 1_500), ("key_unknown".into(), 1)]).unwrap();
+        assert_eq!(store.get_key("key_1").unwrap().last_used_at, 2_000);
+    }
+
+    #[test]
+    fn the_database_uses_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let conn = store.writer.lock().unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2);
+    }
+}

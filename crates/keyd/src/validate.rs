@@ -1,0 +1,444 @@
+//! Request validation and conversion between protobuf messages and domain types. Every error
+//! names the offending field.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tollgate_proto::v1 as pb;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, Change, ChangeKind, Consumer, Key, KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy,
+};
+
+/// Longest consumer id.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest consumer or key name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Most metadata entries per object.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key.
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+/// Longest metadata value.
+pub const MAX_METADATA_VALUE_LEN: usize = 1024;
+/// Most scopes per key.
+pub const MAX_SCOPES: usize = 64;
+/// Longest scope.
+pub const MAX_SCOPE_LEN: usize = 128;
+/// Most limits per rate-limit policy.
+pub const MAX_LIMITS: usize = 16;
+/// Longest revocation reason.
+pub const MAX_REASON_LEN: usize = 512;
+/// Longest rotation grace period: 30 days.
+pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+/// Longest key lifetime: 100 years.
+pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+/// Default page size of the list RPCs.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page size of the list RPCs.
+pub const MAX_PAGE_SIZE: usize = 500;
+/// Default and largest `limit` of ListChanges.
+pub const MAX_CHANGES: usize = 1000;
+
+/// `true` for a valid consumer id: letters, digits, `-`, `_` and `.`, 1 to 64 characters.
+pub fn is_valid_consumer_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks a consumer id.
+pub fn consumer_id(field: &str, id: &str) -> Result<()> {
+    if is_valid_consumer_id(id) {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("must be 1 to {MAX_ID_LEN} letters, digits, '-', '_' or '.'")))
+    }
+}
+
+/// Checks that a reference (id or name) is present.
+pub fn required(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() { Err(Error::invalid(field, "is required")) } else { Ok(()) }
+}
+
+/// Checks a name: at most 128 characters, no control characters.
+pub fn name(field: &str, name: &str) -> Result<()> {
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(Error::invalid(field, format!("must be at most {MAX_NAME_LEN} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks and converts metadata.
+pub fn metadata(field: &str, entries: HashMap<String, String>) -> Result<Metadata> {
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid(field, format!("must have at most {MAX_METADATA_ENTRIES} entries")));
+    }
+    for (key, value) in &entries {
+        if key.is_empty() || key.chars().count() > MAX_METADATA_KEY_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("keys must be 1 to {MAX_METADATA_KEY_LEN} characters"),
+            ));
+        }
+        if value.chars().count() > MAX_METADATA_VALUE_LEN {
+            return Err(Error::invalid(
+                format!("{field}[{key}]"),
+                format!("must be at most {MAX_METADATA_VALUE_LEN} characters"),
+            ));
+        }
+    }
+    Ok(entries.into_iter().collect())
+}
+
+/// Checks scopes: non-empty, no whitespace, no duplicates.
+pub fn scopes(field: &str, scopes: Vec<String>) -> Result<Vec<String>> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(Error::invalid(field, format!("must have at most {MAX_SCOPES} entries")));
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        if scope.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if scope.chars().count() > MAX_SCOPE_LEN {
+            return Err(Error::invalid(field, format!("must be at most {MAX_SCOPE_LEN} characters")));
+        }
+        if scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid(field, "must not contain spaces"));
+        }
+        if scopes[..i].contains(scope) {
+            return Err(Error::invalid(field, format!("duplicate scope {scope:?}")));
+        }
+    }
+    Ok(scopes)
+}
+
+fn period(field: &str, value: i32) -> Result<Period> {
+    match pb::Period::try_from(value) {
+        Ok(pb::Period::Second) => Ok(Period::Second),
+        Ok(pb::Period::Minute) => Ok(Period::Minute),
+        Ok(pb::Period::Hour) => Ok(Period::Hour),
+        Ok(pb::Period::Day) => Ok(Period::Day),
+        Ok(pb::Period::Unspecified) | Err(_) => {
+            Err(Error::invalid(field, "must be SECOND, MINUTE, HOUR or DAY"))
+        }
+    }
+}
+
+/// Checks and converts a rate-limit policy. An empty policy means none.
+pub fn rate_limit(field: &str, policy: Option<pb::RateLimitPolicy>) -> Result<Option<RateLimitPolicy>> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    if policy.tier.is_empty() && policy.limits.is_empty() {
+        return Ok(None);
+    }
+    if policy.tier.chars().count() > MAX_NAME_LEN
+        || policy.tier.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(
+            format!("{field}.tier"),
+            format!("must be at most {MAX_NAME_LEN} characters without spaces"),
+        ));
+    }
+    if policy.limits.len() > MAX_LIMITS {
+        return Err(Error::invalid(
+            format!("{field}.limits"),
+            format!("must have at most {MAX_LIMITS} entries"),
+        ));
+    }
+    let mut limits = Vec::with_capacity(policy.limits.len());
+    for (i, limit) in policy.limits.into_iter().enumerate() {
+        if limit.rate == 0 {
+            return Err(Error::invalid(format!("{field}.limits[{i}].rate"), "must be greater than 0"));
+        }
+        if limit.burst != 0 && limit.burst < limit.rate {
+            return Err(Error::invalid(
+                format!("{field}.limits[{i}].burst"),
+                "must be 0 (same as rate) or at least rate",
+            ));
+        }
+        limits.push(RateLimit {
+            rate: limit.rate,
+            period: period(&format!("{field}.limits[{i}].period"), limit.period)?,
+            burst: limit.burst,
+        });
+    }
+    Ok(Some(RateLimitPolicy { tier: policy.tier, limits }))
+}
+
+/// The absolute expiry of a new key from `expires_at` or `ttl_seconds` (at most one).
+pub fn expiry(expires_at: i64, ttl_seconds: u64, now: i64) -> Result<i64> {
+    if expires_at != 0 && ttl_seconds != 0 {
+        return Err(Error::invalid("expires_at", "set at most one of expires_at and ttl_seconds"));
+    }
+    if ttl_seconds != 0 {
+        if ttl_seconds > MAX_TTL_SECONDS {
+            return Err(Error::invalid("ttl_seconds", format!("must be at most {MAX_TTL_SECONDS}")));
+        }
+        let ttl = i64::try_from(ttl_seconds).map_err(|_| Error::invalid("ttl_seconds", "too large"))?;
+        return Ok(now.saturating_add(ttl));
+    }
+    future_time("expires_at", expires_at, now)
+}
+
+/// A time that must be 0 (none) or in the future.
+pub fn future_time(field: &str, at: i64, now: i64) -> Result<i64> {
+    if at < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    if at != 0 && at <= now {
+        return Err(Error::invalid(field, "must be in the future"));
+    }
+    Ok(at)
+}
+
+/// A revocation reason.
+pub fn reason(reason: &str) -> Result<()> {
+    if reason.chars().count() > MAX_REASON_LEN {
+        return Err(Error::invalid("reason", format!("must be at most {MAX_REASON_LEN} characters")));
+    }
+    Ok(())
+}
+
+/// The end of a rotation grace period.
+pub fn grace_end(grace_seconds: u64, now: i64) -> Result<i64> {
+    if grace_seconds > MAX_GRACE_SECONDS {
+        return Err(Error::invalid("grace_period_seconds", format!("must be at most {MAX_GRACE_SECONDS}")));
+    }
+    let grace =
+        i64::try_from(grace_seconds).map_err(|_| Error::invalid("grace_period_seconds", "too large"))?;
+    Ok(now.saturating_add(grace))
+}
+
+/// The page size to use for a requested one (0 = default; capped).
+pub fn page_size(requested: u32) -> usize {
+    match usize::try_from(requested) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+        Err(_) => MAX_PAGE_SIZE,
+    }
+}
+
+/// The `limit` of ListChanges (0 = default; capped).
+pub fn change_limit(requested: u32) -> usize {
+    match usize::try_from(requested) {
+        Ok(0) | Err(_) => MAX_CHANGES,
+        Ok(n) => n.min(MAX_CHANGES),
+    }
+}
+
+const PAGE_TOKEN_TAG: &str = "p1:";
+
+/// Encodes a listing position as an opaque page token.
+pub fn encode_page_token(position: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_TAG}{position}"))
+}
+
+/// Decodes a page token ("" = first page).
+pub fn decode_page_token(token: &str) -> Result<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || Error::invalid("page_token", "is not a token returned by this service");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let position = text.strip_prefix(PAGE_TOKEN_TAG).ok_or_else(invalid)?;
+    position.parse::<i64>().map(Some).map_err(|_| invalid())
+}
+
+/// The key status filter of ListKeys.
+pub fn status_filter(value: i32) -> Result<Option<KeyStatus>> {
+    match pb::KeyStatus::try_from(value) {
+        Ok(pb::KeyStatus::Unspecified) => Ok(None),
+        Ok(pb::KeyStatus::Active) => Ok(Some(KeyStatus::Active)),
+        Ok(pb::KeyStatus::Revoked) => Ok(Some(KeyStatus::Revoked)),
+        Ok(pb::KeyStatus::Expired) => Ok(Some(KeyStatus::Expired)),
+        Err(_) => Err(Error::invalid("status", format!("unknown key status {value}"))),
+    }
+}
+
+/// A SHA-256 key hash.
+pub fn key_hash(bytes: &[u8]) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| Error::invalid("key_hash", "must be the 32-byte SHA-256 of the key"))
+}
+
+// ---- domain → protobuf ----
+
+/// Protobuf form of a rate-limit policy.
+pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
+    pb::RateLimitPolicy {
+        tier: policy.tier.clone(),
+        limits: policy
+            .limits
+            .iter()
+            .map(|l| pb::RateLimit {
+                rate: l.rate,
+                period: match l.period {
+                    Period::Second => pb::Period::Second,
+                    Period::Minute => pb::Period::Minute,
+                    Period::Hour => pb::Period::Hour,
+                    Period::Day => pb::Period::Day,
+                } as i32,
+                burst: l.burst,
+            })
+            .collect(),
+    }
+}
+
+/// Protobuf form of a consumer.
+pub fn consumer_to_proto(consumer: Consumer) -> pb::Consumer {
+    pb::Consumer {
+        id: consumer.id,
+        name: consumer.name,
+        metadata: consumer.metadata.into_iter().collect(),
+        created_at: consumer.created_at,
+    }
+}
+
+/// Protobuf form of a key status.
+pub fn status_to_proto(status: KeyStatus) -> pb::KeyStatus {
+    match status {
+        KeyStatus::Active => pb::KeyStatus::Active,
+        KeyStatus::Revoked => pb::KeyStatus::Revoked,
+        KeyStatus::Expired => pb::KeyStatus::Expired,
+    }
+}
+
+/// Protobuf form of a key, with its status at `now`.
+pub fn key_to_proto(key: Key, now: i64) -> pb::Key {
+    let status = status_to_proto(key.status(now)) as i32;
+    pb::Key {
+        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
+        id: key.id,
+        consumer_id: key.consumer_id,
+        name: key.name,
+        display_prefix: key.display_prefix,
+        scopes: key.scopes,
+        metadata: key.metadata.into_iter().collect(),
+        expires_at: key.expires_at,
+        created_at: key.created_at,
+        last_used_at: key.last_used_at,
+        status,
+        revoked_at: key.revoked_at,
+        previous_display_prefix: key.previous_display_prefix,
+        previous_expires_at: key.previous_expires_at,
+        rotated_at: key.rotated_at,
+    }
+}
+
+/// Protobuf form of a change.
+pub fn change_to_proto(change: Change) -> pb::Change {
+    let kind = match change.kind {
+        ChangeKind::KeyCreated => pb::ChangeKind::KeyCreated,
+        ChangeKind::KeyUpdated => pb::ChangeKind::KeyUpdated,
+        ChangeKind::KeyRevoked => pb::ChangeKind::KeyRevoked,
+        ChangeKind::KeyRotated => pb::ChangeKind::KeyRotated,
+        ChangeKind::ConsumerUpdated => pb::ChangeKind::ConsumerUpdated,
+        ChangeKind::ConsumerDeleted => pb::ChangeKind::ConsumerDeleted,
+    };
+    pb::Change {
+        seq: change.seq,
+        kind: kind as i32,
+        key_id: change.key_id,
+        consumer_id: change.consumer_id,
+        at: change.at,
+    }
+}
+
+/// The verify answer for a lookup at `now`.
+pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse {
+    let Some(found) = lookup.found else {
+        return pb::VerifyKeyResponse {
+            result: pb::VerifyResult::NotFound as i32,
+            feed_seq: lookup.head_seq,
+            ..Default::default()
+        };
+    };
+    let key = found.key;
+    let expires_at = model::earliest(key.expires_at, found.expires_at);
+    let result = if key.revoked_at != 0 {
+        pb::VerifyResult::Revoked
+    } else if model::has_passed(expires_at, now) {
+        pb::VerifyResult::Expired
+    } else {
+        pb::VerifyResult::Valid
+    };
+    pb::VerifyKeyResponse {
+        result: result as i32,
+        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
+        key_id: key.id,
+        consumer_id: key.consumer_id,
+        scopes: key.scopes,
+        expires_at,
+        display_prefix: found.display_prefix,
+        feed_seq: lookup.head_seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_token_round_trips_and_rejects_garbage() {
+        assert_eq!(decode_page_token(&encode_page_token(42)).unwrap(), Some(42));
+        assert_eq!(decode_page_token("").unwrap(), None);
+        let err = decode_page_token("not a token").unwrap_err();
+        assert!(err.to_string().starts_with("page_token"));
+    }
+
+    #[test]
+    fn page_size_defaults_and_caps() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(100_000), MAX_PAGE_SIZE);
+        assert_eq!(change_limit(0), MAX_CHANGES);
+        assert_eq!(change_limit(5000), MAX_CHANGES);
+    }
+
+    #[test]
+    fn scopes_with_spaces_or_empty_are_rejected_by_index() {
+        let err = scopes("scopes", vec!["read".into(), "a b".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("scopes[1]"), "{err}");
+        let err = scopes("scopes", vec![String::new()]).unwrap_err();
+        assert!(err.to_string().starts_with("scopes[0]"), "{err}");
+    }
+
+    #[test]
+    fn expiry_accepts_one_of_two_fields() {
+        assert!(expiry(2000, 10, 1000).is_err());
+        assert_eq!(expiry(0, 10, 1000).unwrap(), 1010);
+        assert_eq!(expiry(2000, 0, 1000).unwrap(), 2000);
+        assert!(expiry(999, 0, 1000).unwrap_err().to_string().starts_with("expires_at"));
+        assert_eq!(expiry(0, 0, 1000).unwrap(), 0);
+    }
+
+    #[test]
+    fn consumer_ids_allow_a_limited_alphabet() {
+        assert!(is_valid_consumer_id("alice"));
+        assert!(is_valid_consumer_id("team-a_1.prod"));
+        assert!(!is_valid_consumer_id("Alice Smith"));
+        assert!(!is_valid_consumer_id(""));
+        assert!(!is_valid_consumer_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn rate_limit_rejects_zero_rate_and_unknown_period() {
+        let policy = |rate, period| {
+            Some(pb::RateLimitPolicy {
+                tier: "gold".into(),
+                limits: vec![pb::RateLimit { rate, period, burst: 0 }],
+            })
+        };
+        assert!(rate_limit("rate_limit", policy(0, 1)).unwrap_err().to_string().contains("limits[0].rate"));
+        assert!(rate_limit("rate_limit", policy(5, 0)).unwrap_err().to_string().contains("limits[0].period"));
+        assert!(rate_limit("rate_limit", policy(5, 2)).unwrap().is_some());
+        assert_eq!(rate_limit("rate_limit", Some(pb::RateLimitPolicy::default())).unwrap(), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The `tollgate-keyd` binary: flags, the address file, signals and durability across `kill -9`.
+
+// Helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::key_service_client::KeyServiceClient;
+use tonic::Request;
+
+// The caller owns the child and waits for it.
+#[allow(clippy::zombie_processes)]
+fn spawn(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let addr_file = dir.join("addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate-keyd"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .args(extra)
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_DATAPLANE_TOKEN")
+        .env_remove("TOLLGATE_KEYD_LISTEN")
+        .env_remove("TOLLGATE_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file)
+            && addr.ends_with('\n')
+        {
+            return (child, addr.trim().to_owned());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the service did not write its address");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn connect(addr: &str) -> KeyServiceClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match KeyServiceClient::connect(format!("http://{addr}")).await {
+            Ok(client) => return client,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "cannot connect: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the service did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn(dir.path(), &["--log-format", "text"]);
+    let admin = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap().trim().to_owned();
+    let data = std::fs::read_to_string(dir.path().join("data/dataplane.token")).unwrap().trim().to_owned();
+    let mut client = connect(&addr).await;
+    let created = client
+        .create_key(bearer(
+            pb::CreateKeyRequest { consumer: "olga".into(), create_consumer: true, ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    child.kill().unwrap();
+    wait_exit(&mut child).await;
+
+    let (mut child, addr) = spawn(dir.path(), &[]);
+    let mut client = connect(&addr).await;
+    let verified = client
+        .verify_key(bearer(
+            pb::VerifyKeyRequest { key_hash: tollgate_core::key::key_hash(&created.secret).to_vec() },
+            &data,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified.result, pb::VerifyResult::Valid as i32);
+    assert_eq!(verified.consumer_id, "olga");
+
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).await.success());
+
+    // The audit log can be read offline.
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate-keyd"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("audit")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = lines.iter().map(|l| l["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["consumer.create", "key.create"]);
+    assert_eq!(lines[1]["consumer_id"], "olga");
+}
+
+#[tokio::test]
+async fn tokens_given_on_the_command_line_replace_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) =
+        spawn(dir.path(), &["--admin-token", "admin-secret", "--dataplane-token", "data-secret"]);
+    let mut client = connect(&addr).await;
+    client.list_consumers(bearer(pb::ListConsumersRequest::default(), "admin-secret")).await.unwrap();
+    let err =
+        client.list_consumers(bearer(pb::ListConsumersRequest::default(), "data-secret")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    client.list_changes(bearer(pb::ListChangesRequest::default(), "data-secret")).await.unwrap();
+    assert!(!dir.path().join("data/admin.token").exists());
+    child.kill().unwrap();
+    wait_exit(&mut child).await;
+}
