@@ -15,9 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         use prost::Message as _;
         std::fs::write(out.join("tollgate_descriptor.bin"), fds.encode_to_vec())?;
     }
-    tonic_prost_build::configure()
-        .build_server(grpc)
-        .build_client(grpc)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(grpc).build_client(grpc).compile_fds(fds)?;
     Ok(())
 }

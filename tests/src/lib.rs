@@ -1,1 +1,67 @@
-//! e2e harness.
+//! End-to-end test harness of Tollgate.
+//!
+//! Everything runs for real on loopback ports chosen by the kernel, so tests run in parallel:
+//!
+//! - [`Echo`]: an in-process upstream that answers every request with a JSON description of it and
+//!   records what it received;
+//! - [`Keyd`]: the `tollgate-keyd` binary with a temporary data directory and fixed test tokens;
+//! - [`Envoy`]: Envoy with a generated config (optionally the key-auth wasm filter), one or more
+//!   workers, its admin API and logs;
+//! - [`HttpClient`]: a small HTTP/1.1 client returning status, headers and body.
+//!
+//! Binaries come from `TOLLGATE_BIN_DIR` (default `target/debug`), filters from
+//! `TOLLGATE_WASM_DIR` (default `target/wasm32-wasip1/wasm`) and Envoy from `ENVOY_BIN` (default
+//! `.venv/bin/envoy`), relative to the workspace root. `make test` builds and installs all of them;
+//! after that `cargo test -p tollgate-e2e` works on its own (rebuild the binaries you change).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use tollgate_e2e::{Echo, Envoy, EnvoyOpts, Keyd};
+//!
+//! let echo = Echo::start();
+//! let keyd = Keyd::start_temp().await;
+//! let envoy = Envoy::start(
+//!     EnvoyOpts::new(echo.addr()).key_auth(keyd.key_auth_config()).keyd(keyd.addr()).workers(2),
+//! )
+//! .await;
+//! let (_id, key) = keyd.create_key("alice", &[]).await;
+//! let res = envoy.get("/hello").header("x-api-key", &key).send().await;
+//! assert_eq!(res.status, 200);
+//! assert_eq!(res.json()["path"], "/hello");
+//! # }
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod echo;
+mod envoy;
+mod http;
+mod keyd;
+mod paths;
+mod process;
+
+pub use echo::{Echo, EchoRequest};
+pub use envoy::{Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, wasm_filter};
+pub use http::{HttpClient, RequestBuilder, Response};
+pub use keyd::{ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd};
+pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
+
+pub use serde_json::{Value, json};
+
+/// Polls `check` every 50 ms until it returns `true` or `timeout` passes; returns whether it did.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

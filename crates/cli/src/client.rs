@@ -26,11 +26,7 @@ pub struct Auth {
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = if self.header.is_some() {
-            "Bearer <redacted>"
-        } else {
-            "none"
-        };
+        let shown = if self.header.is_some() { "Bearer <redacted>" } else { "none" };
         f.debug_struct("Auth").field("header", &shown).finish()
     }
 }
@@ -39,9 +35,10 @@ impl Auth {
     pub fn new(token: Option<&str>) -> Result<Auth, CliError> {
         let header = match token {
             None => None,
-            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
-                |_| CliError::Usage("the admin token contains invalid characters".into()),
-            )?),
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| CliError::Usage("the admin token contains invalid characters".into()))?,
+            ),
         };
         Ok(Auth { header })
     }
@@ -58,10 +55,7 @@ impl Interceptor for Auth {
 
 /// Picks the admin token: `--token` wins; else the token file. A missing default token file is
 /// not an error (the call then goes out without a token); a missing explicit one is.
-pub fn resolve_token(
-    token: Option<String>,
-    token_file: Option<&Path>,
-) -> Result<Option<String>, CliError> {
+pub fn resolve_token(token: Option<String>, token_file: Option<&Path>) -> Result<Option<String>, CliError> {
     if let Some(token) = token {
         return Ok(Some(token.trim().to_owned()));
     }
@@ -72,19 +66,14 @@ pub fn resolve_token(
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty())),
         Err(err) if !explicit && err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(CliError::Other(format!(
-            "cannot read the admin token from {}: {err}",
-            path.display()
-        ))),
+        Err(err) => {
+            Err(CliError::Other(format!("cannot read the admin token from {}: {err}", path.display())))
+        }
     }
 }
 
 /// Connects to the key service at `server`.
-pub async fn connect(
-    server: &str,
-    token: Option<&str>,
-    timeout: Duration,
-) -> Result<Client, CliError> {
+pub async fn connect(server: &str, token: Option<&str>, timeout: Duration) -> Result<Client, CliError> {
     let endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| CliError::Usage(format!("invalid --server {server:?}: {e}")))?
         .connect_timeout(timeout)
@@ -93,10 +82,7 @@ pub async fn connect(
         server: server.to_owned(),
         reason: describe_transport_error(&err),
     })?;
-    Ok(KeyServiceClient::with_interceptor(
-        channel,
-        Auth::new(token)?,
-    ))
+    Ok(KeyServiceClient::with_interceptor(channel, Auth::new(token)?))
 }
 
 fn describe_transport_error(err: &tonic::transport::Error) -> String {
@@ -213,10 +199,8 @@ mod tests {
     fn unauthenticated_and_unavailable_carry_hints() {
         let err = CliError::from(Status::unauthenticated("missing token"));
         assert!(err.to_string().contains("--token"));
-        let err = CliError::Connect {
-            server: "http://127.0.0.1:7070".into(),
-            reason: "Connection refused".into(),
-        };
+        let err =
+            CliError::Connect { server: "http://127.0.0.1:7070".into(), reason: "Connection refused".into() };
         assert!(err.to_string().contains("make run"));
     }
 
@@ -230,25 +214,16 @@ mod tests {
         let mut auth = Auth::new(Some("s3cret")).unwrap();
         assert!(!format!("{auth:?}").contains("s3cret"));
         let req = auth.call(Request::new(())).unwrap();
-        assert_eq!(
-            req.metadata().get("authorization").unwrap(),
-            "Bearer s3cret"
-        );
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer s3cret");
     }
 
     #[test]
     fn token_flag_wins_and_missing_default_file_is_fine() {
-        assert_eq!(
-            resolve_token(Some("t ".into()), None).unwrap().as_deref(),
-            Some("t")
-        );
+        assert_eq!(resolve_token(Some("t ".into()), None).unwrap().as_deref(), Some("t"));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("admin.token");
         std::fs::write(&file, "from-file\n").unwrap();
-        assert_eq!(
-            resolve_token(None, Some(&file)).unwrap().as_deref(),
-            Some("from-file")
-        );
+        assert_eq!(resolve_token(None, Some(&file)).unwrap().as_deref(), Some("from-file"));
         assert!(resolve_token(None, Some(&dir.path().join("missing"))).is_err());
     }
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tollgate_proto::v1::{
-    CreateConsumerRequest, CreateKeyRequest, DeleteConsumerRequest, GetConsumerRequest,
-    GetKeyRequest, KeyStatus, ListConsumersRequest, ListKeysRequest, Metadata, RateLimit,
-    RateLimitPolicy, RevokeKeyRequest, RotateKeyRequest, Scopes, UpdateKeyRequest,
+    CreateConsumerRequest, CreateKeyRequest, DeleteConsumerRequest, GetConsumerRequest, GetKeyRequest,
+    KeyStatus, ListConsumersRequest, ListKeysRequest, Metadata, RateLimit, RateLimitPolicy, RevokeKeyRequest,
+    RotateKeyRequest, Scopes, UpdateKeyRequest,
 };
 
 pub use client::{CliError, Client};
@@ -27,29 +27,14 @@ use output::{ConsumerView, IssuedKeyView, KeyView};
 #[command(name = "tollgate", version)]
 pub struct Cli {
     /// Key service URL.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
+    #[arg(long, global = true, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// Admin token, sent as `authorization: Bearer <token>`.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the admin token, read when no --token is given
     /// [default: .run/keyd/admin.token].
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_ADMIN_TOKEN_FILE",
-        value_name = "PATH"
-    )]
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
     /// Print one JSON object or array instead of tables.
     #[arg(long, global = true)]
@@ -144,10 +129,7 @@ impl RateArgs {
         for (limit, burst) in limits.iter_mut().zip(&self.bursts) {
             limit.burst = *burst;
         }
-        Ok(Some(RateLimitPolicy {
-            tier: self.tier.clone().unwrap_or_default(),
-            limits,
-        }))
+        Ok(Some(RateLimitPolicy { tier: self.tier.clone().unwrap_or_default(), limits }))
     }
 }
 
@@ -316,11 +298,7 @@ pub fn check(command: &Command) -> Result<(), CliError> {
 }
 
 /// Runs one command against a connected client.
-pub async fn execute(
-    command: Command,
-    client: &mut Client,
-    output: &mut Output<'_>,
-) -> Result<(), CliError> {
+pub async fn execute(command: Command, client: &mut Client, output: &mut Output<'_>) -> Result<(), CliError> {
     match command {
         Command::Keys(cmd) => keys(cmd, client, output).await,
         Command::Consumers(cmd) => consumers(cmd, client, output).await,
@@ -331,9 +309,7 @@ fn metadata_map(entries: Vec<(String, String)>) -> Result<HashMap<String, String
     let mut map = HashMap::new();
     for (key, value) in entries {
         if map.insert(key.clone(), value).is_some() {
-            return Err(CliError::Usage(format!(
-                "metadata key {key:?} given more than once"
-            )));
+            return Err(CliError::Usage(format!("metadata key {key:?} given more than once")));
         }
     }
     Ok(map)
@@ -355,17 +331,10 @@ async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Resu
             let response = client.create_key(request).await?.into_inner();
             let key = response.key.unwrap_or_default();
             if o.json {
-                let view = IssuedKeyView {
-                    key: KeyView::from(&key),
-                    secret: response.secret,
-                };
+                let view = IssuedKeyView { key: KeyView::from(&key), secret: response.secret };
                 output::write_json(o.out, &view)?;
             } else {
-                writeln!(
-                    o.out,
-                    "Created key {} for consumer {}.",
-                    key.id, key.consumer_id
-                )?;
+                writeln!(o.out, "Created key {} for consumer {}.", key.id, key.consumer_id)?;
                 output::write_secret(o.out, &response.secret)?;
                 writeln!(o.out)?;
                 output::write_key_detail(o.out, &key)?;
@@ -374,10 +343,7 @@ async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Resu
         KeysCommand::List(args) => {
             let mut request = ListKeysRequest {
                 consumer: args.consumer.unwrap_or_default(),
-                status: args
-                    .status
-                    .map(KeyStatus::from)
-                    .unwrap_or(KeyStatus::Unspecified) as i32,
+                status: args.status.map(KeyStatus::from).unwrap_or(KeyStatus::Unspecified) as i32,
                 page_size: args.page.limit.unwrap_or(0),
                 page_token: args.page.page_token.unwrap_or_default(),
             };
@@ -408,10 +374,7 @@ async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Resu
             write_key(o, &key)?;
         }
         KeysCommand::Revoke { id, reason } => {
-            let request = RevokeKeyRequest {
-                id,
-                reason: reason.unwrap_or_default(),
-            };
+            let request = RevokeKeyRequest { id, reason: reason.unwrap_or_default() };
             let key = client.revoke_key(request).await?.into_inner();
             if !o.json {
                 writeln!(o.out, "Revoked key {}.", key.id)?;
@@ -419,17 +382,11 @@ async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Resu
             write_key(o, &key)?;
         }
         KeysCommand::Rotate { id, grace } => {
-            let request = RotateKeyRequest {
-                id,
-                grace_period_seconds: grace,
-            };
+            let request = RotateKeyRequest { id, grace_period_seconds: grace };
             let response = client.rotate_key(request).await?.into_inner();
             let key = response.key.unwrap_or_default();
             if o.json {
-                let view = IssuedKeyView {
-                    key: KeyView::from(&key),
-                    secret: response.secret,
-                };
+                let view = IssuedKeyView { key: KeyView::from(&key), secret: response.secret };
                 output::write_json(o.out, &view)?;
             } else {
                 writeln!(o.out, "Rotated key {}.", key.id)?;
@@ -456,18 +413,14 @@ pub fn update_request(args: KeysUpdate, now: i64) -> Result<UpdateKeyRequest, Cl
     } else if args.scopes.is_empty() {
         None
     } else {
-        Some(Scopes {
-            values: args.scopes,
-        })
+        Some(Scopes { values: args.scopes })
     };
     let metadata = if args.clear_meta {
         Some(Metadata::default())
     } else if args.meta.is_empty() {
         None
     } else {
-        Some(Metadata {
-            entries: metadata_map(args.meta)?,
-        })
+        Some(Metadata { entries: metadata_map(args.meta)? })
     };
     let expires_at = if args.no_expiry {
         Some(0)
@@ -477,19 +430,9 @@ pub fn update_request(args: KeysUpdate, now: i64) -> Result<UpdateKeyRequest, Cl
     } else {
         args.expires_at
     };
-    let rate_limit = if args.clear_rate_limit {
-        Some(RateLimitPolicy::default())
-    } else {
-        args.rate.policy()?
-    };
-    let request = UpdateKeyRequest {
-        id: args.id,
-        name: args.name,
-        scopes,
-        metadata,
-        rate_limit,
-        expires_at,
-    };
+    let rate_limit =
+        if args.clear_rate_limit { Some(RateLimitPolicy::default()) } else { args.rate.policy()? };
+    let request = UpdateKeyRequest { id: args.id, name: args.name, scopes, metadata, rate_limit, expires_at };
     if request.name.is_none()
         && request.scopes.is_none()
         && request.metadata.is_none()
@@ -516,26 +459,16 @@ fn write_key(o: &mut Output<'_>, key: &tollgate_proto::v1::Key) -> Result<(), Cl
 
 fn more_hint(o: &mut Output<'_>, next: &str) -> Result<(), CliError> {
     if !next.is_empty() {
-        writeln!(
-            o.err,
-            "more results: rerun with --all, or with --page-token {next}"
-        )?;
+        writeln!(o.err, "more results: rerun with --all, or with --page-token {next}")?;
     }
     Ok(())
 }
 
-async fn consumers(
-    cmd: ConsumersCommand,
-    client: &mut Client,
-    o: &mut Output<'_>,
-) -> Result<(), CliError> {
+async fn consumers(cmd: ConsumersCommand, client: &mut Client, o: &mut Output<'_>) -> Result<(), CliError> {
     match cmd {
         ConsumersCommand::Create { name, id, meta } => {
-            let request = CreateConsumerRequest {
-                id: id.unwrap_or_default(),
-                name,
-                metadata: metadata_map(meta)?,
-            };
+            let request =
+                CreateConsumerRequest { id: id.unwrap_or_default(), name, metadata: metadata_map(meta)? };
             let consumer = client.create_consumer(request).await?.into_inner();
             if o.json {
                 output::write_json(o.out, &ConsumerView::from(&consumer))?;
@@ -566,10 +499,7 @@ async fn consumers(
             more_hint(o, &next)?;
         }
         ConsumersCommand::Get { id } => {
-            let consumer = client
-                .get_consumer(GetConsumerRequest { id })
-                .await?
-                .into_inner();
+            let consumer = client.get_consumer(GetConsumerRequest { id }).await?.into_inner();
             if o.json {
                 output::write_json(o.out, &ConsumerView::from(&consumer))?;
             } else {
@@ -577,10 +507,8 @@ async fn consumers(
             }
         }
         ConsumersCommand::Delete { id } => {
-            let response = client
-                .delete_consumer(DeleteConsumerRequest { id: id.clone() })
-                .await?
-                .into_inner();
+            let response =
+                client.delete_consumer(DeleteConsumerRequest { id: id.clone() }).await?.into_inner();
             if o.json {
                 let value = serde_json::json!({"id": id, "revoked_keys": response.revoked_keys});
                 output::write_json(o.out, &value)?;
@@ -645,44 +573,28 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.json);
-        let Command::Keys(KeysCommand::Create(c)) = cli.command else {
-            panic!("not create")
-        };
+        let Command::Keys(KeysCommand::Create(c)) = cli.command else { panic!("not create") };
         assert_eq!(c.scopes, ["read", "write"]);
         assert_eq!(c.ttl, Some(2_592_000));
         let policy = c.rate.policy().unwrap().unwrap();
         assert_eq!(policy.tier, "gold");
         assert_eq!(policy.limits.len(), 2);
         assert_eq!((policy.limits[0].rate, policy.limits[0].burst), (100, 200));
-        assert_eq!(
-            (policy.limits[1].period(), policy.limits[1].burst),
-            (Period::Minute, 0)
-        );
+        assert_eq!((policy.limits[1].period(), policy.limits[1].burst), (Period::Minute, 0));
     }
 
     #[test]
     fn ttl_and_expires_at_conflict() {
         assert!(
-            parse(&[
-                "keys",
-                "create",
-                "--consumer",
-                "a",
-                "--ttl",
-                "1h",
-                "--expires-at",
-                "2030-01-01"
-            ])
-            .is_err()
+            parse(&["keys", "create", "--consumer", "a", "--ttl", "1h", "--expires-at", "2030-01-01"])
+                .is_err()
         );
     }
 
     #[test]
     fn more_bursts_than_rates_is_a_usage_error() {
         let cli = parse(&["keys", "create", "--consumer", "a", "--burst", "5"]).unwrap();
-        let Command::Keys(KeysCommand::Create(c)) = cli.command else {
-            panic!("not create")
-        };
+        let Command::Keys(KeysCommand::Create(c)) = cli.command else { panic!("not create") };
         assert_eq!(c.rate.policy().unwrap_err().exit_code(), 2);
     }
 
@@ -709,11 +621,7 @@ mod tests {
         assert_eq!(req.expires_at, Some(0));
         let req = update_request(update_args(&["--ttl", "1h"]), 1_000).unwrap();
         assert_eq!(req.expires_at, Some(4_600));
-        let req = update_request(
-            update_args(&["--expires-at", "2030-01-01T00:00:00Z"]),
-            1_000,
-        )
-        .unwrap();
+        let req = update_request(update_args(&["--expires-at", "2030-01-01T00:00:00Z"]), 1_000).unwrap();
         assert_eq!(req.expires_at, Some(1_893_456_000));
     }
 
@@ -727,50 +635,21 @@ mod tests {
     fn usage_errors_are_found_before_connecting() {
         let cli = parse(&["keys", "update", "key_abc"]).unwrap();
         assert_eq!(check(&cli.command).unwrap_err().exit_code(), 2);
-        let cli = parse(&[
-            "consumers",
-            "create",
-            "bob",
-            "--meta",
-            "a=1",
-            "--meta",
-            "a=2",
-        ])
-        .unwrap();
+        let cli = parse(&["consumers", "create", "bob", "--meta", "a=1", "--meta", "a=2"]).unwrap();
         assert_eq!(check(&cli.command).unwrap_err().exit_code(), 2);
-        let cli = parse(&[
-            "keys",
-            "create",
-            "--consumer",
-            "bob",
-            "--rate",
-            "5/s",
-            "--burst",
-            "9",
-        ])
-        .unwrap();
+        let cli = parse(&["keys", "create", "--consumer", "bob", "--rate", "5/s", "--burst", "9"]).unwrap();
         assert!(check(&cli.command).is_ok());
     }
 
     #[test]
     fn duplicate_metadata_keys_are_rejected() {
-        let err =
-            metadata_map(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).unwrap_err();
+        let err = metadata_map(vec![("a".into(), "1".into()), ("a".into(), "2".into())]).unwrap_err();
         assert!(err.to_string().contains("\"a\""));
     }
 
     #[test]
     fn global_flags_work_after_the_subcommand() {
-        let cli = parse(&[
-            "keys",
-            "get",
-            "key_abc",
-            "--server",
-            "http://x:1",
-            "--timeout",
-            "2s",
-        ])
-        .unwrap();
+        let cli = parse(&["keys", "get", "key_abc", "--server", "http://x:1", "--timeout", "2s"]).unwrap();
         assert_eq!(cli.server, "http://x:1");
         assert_eq!(cli.timeout, Duration::from_secs(2));
     }

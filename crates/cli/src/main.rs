@@ -11,15 +11,7 @@ async fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let json = cli.json;
-    let result = tollgate_cli::run(
-        cli,
-        &mut Output {
-            out: &mut stdout,
-            err: &mut stderr,
-            json,
-        },
-    )
-    .await;
+    let result = tollgate_cli::run(cli, &mut Output { out: &mut stdout, err: &mut stderr, json }).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

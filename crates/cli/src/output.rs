@@ -71,11 +71,7 @@ impl From<&Key> for KeyView {
             name: key.name.clone(),
             display_prefix: key.display_prefix.clone(),
             scopes: key.scopes.clone(),
-            metadata: key
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            metadata: key.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             rate_limit: key.rate_limit.as_ref().map(RateLimitView::from),
             status: status_name(key.status()),
             expires_at: rfc3339(key.expires_at),
@@ -96,11 +92,7 @@ impl From<&RateLimitPolicy> for RateLimitView {
             limits: policy
                 .limits
                 .iter()
-                .map(|l| RateView {
-                    rate: l.rate,
-                    period: period_name(l.period()),
-                    burst: l.burst,
-                })
+                .map(|l| RateView { rate: l.rate, period: period_name(l.period()), burst: l.burst })
                 .collect(),
         }
     }
@@ -111,11 +103,7 @@ impl From<&Consumer> for ConsumerView {
         ConsumerView {
             id: c.id.clone(),
             name: c.name.clone(),
-            metadata: c
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            metadata: c.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             created_at: rfc3339(c.created_at),
         }
     }
@@ -162,19 +150,11 @@ pub fn time_cell(secs: i64) -> String {
 }
 
 fn text_cell(text: &str) -> String {
-    if text.is_empty() {
-        "-".to_owned()
-    } else {
-        text.to_owned()
-    }
+    if text.is_empty() { "-".to_owned() } else { text.to_owned() }
 }
 
 fn list_cell(items: &[String]) -> String {
-    if items.is_empty() {
-        "-".to_owned()
-    } else {
-        items.join(",")
-    }
+    if items.is_empty() { "-".to_owned() } else { items.join(",") }
 }
 
 fn map_cell<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
@@ -182,11 +162,7 @@ fn map_cell<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> Stri
     if sorted.is_empty() {
         return "-".to_owned();
     }
-    sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    sorted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// A rate-limit policy in one line: `gold: 100/s burst 200, 1000/min`, or `-`.
@@ -266,20 +242,7 @@ pub fn write_key_table(out: &mut dyn Write, keys: &[Key]) -> io::Result<()> {
             ]
         })
         .collect();
-    write_table(
-        out,
-        &[
-            "ID",
-            "CONSUMER",
-            "NAME",
-            "PREFIX",
-            "STATUS",
-            "SCOPES",
-            "EXPIRES",
-            "LAST USED",
-        ],
-        &rows,
-    )
+    write_table(out, &["ID", "CONSUMER", "NAME", "PREFIX", "STATUS", "SCOPES", "EXPIRES", "LAST USED"], &rows)
 }
 
 /// All fields of one key, one per line (`keys get`, `update`, `revoke`).
@@ -311,24 +274,14 @@ pub fn write_secret(out: &mut dyn Write, secret: &str) -> io::Result<()> {
     writeln!(out)?;
     writeln!(out, "    {secret}")?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "This key is shown only once. Store it now: the key service keeps only a hash of it."
-    )
+    writeln!(out, "This key is shown only once. Store it now: the key service keeps only a hash of it.")
 }
 
 /// The table of consumers (`consumers list`).
 pub fn write_consumer_table(out: &mut dyn Write, consumers: &[Consumer]) -> io::Result<()> {
     let rows: Vec<Vec<String>> = consumers
         .iter()
-        .map(|c| {
-            vec![
-                c.id.clone(),
-                text_cell(&c.name),
-                time_cell(c.created_at),
-                map_cell(&c.metadata),
-            ]
-        })
+        .map(|c| vec![c.id.clone(), text_cell(&c.name), time_cell(c.created_at), map_cell(&c.metadata)])
         .collect();
     write_table(out, &["ID", "NAME", "CREATED", "METADATA"], &rows)
 }
@@ -358,22 +311,12 @@ mod tests {
             name: "ci".into(),
             display_prefix: "tgk_3kT9".into(),
             scopes: vec!["read".into(), "write".into()],
-            metadata: [("team".to_owned(), "payments".to_owned())]
-                .into_iter()
-                .collect(),
+            metadata: [("team".to_owned(), "payments".to_owned())].into_iter().collect(),
             rate_limit: Some(RateLimitPolicy {
                 tier: "gold".into(),
                 limits: vec![
-                    RateLimit {
-                        rate: 100,
-                        period: Period::Second as i32,
-                        burst: 200,
-                    },
-                    RateLimit {
-                        rate: 1000,
-                        period: Period::Minute as i32,
-                        burst: 0,
-                    },
+                    RateLimit { rate: 100, period: Period::Second as i32, burst: 200 },
+                    RateLimit { rate: 1000, period: Period::Minute as i32, burst: 0 },
                 ],
             }),
             expires_at: 1_893_456_000,
@@ -417,10 +360,7 @@ mod tests {
 
     #[test]
     fn issued_key_json_adds_the_secret_as_key() {
-        let view = IssuedKeyView {
-            key: KeyView::from(&sample_key()),
-            secret: "tgk_secret".into(),
-        };
+        let view = IssuedKeyView { key: KeyView::from(&sample_key()), secret: "tgk_secret".into() };
         let json = serde_json::to_value(view).unwrap();
         assert_eq!(json["id"], "key_abc");
         assert_eq!(json["key"], "tgk_secret");
@@ -463,10 +403,7 @@ key_longer_id  alice     -     tgk_3kT9  active  -           -                  
         write_key_detail(&mut out, &sample_key()).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("id:          key_abc\n"), "{text}");
-        assert!(
-            text.contains("rate limit:  gold: 100/s burst 200, 1000/min\n"),
-            "{text}"
-        );
+        assert!(text.contains("rate limit:  gold: 100/s burst 200, 1000/min\n"), "{text}");
         assert!(text.contains("metadata:    team=payments\n"), "{text}");
         assert!(text.contains("last used:   -\n"), "{text}");
         assert!(!text.contains("rotated"), "{text}");
@@ -475,10 +412,7 @@ key_longer_id  alice     -     tgk_3kT9  active  -           -                  
     #[test]
     fn rate_limit_cell_variants() {
         assert_eq!(rate_limit_cell(None), "-");
-        let tier_only = RateLimitPolicy {
-            tier: "free".into(),
-            limits: vec![],
-        };
+        let tier_only = RateLimitPolicy { tier: "free".into(), limits: vec![] };
         assert_eq!(rate_limit_cell(Some(&tier_only)), "free");
     }
 

@@ -43,9 +43,7 @@ pub fn duration_secs(text: &str) -> Result<u64, String> {
             .ok_or_else(|| format!("duration {text:?} is too long"))?;
     }
     if !digits.is_empty() {
-        return Err(format!(
-            "invalid duration {text:?}: missing unit (s, m, h, d or w) after {digits}"
-        ));
+        return Err(format!("invalid duration {text:?}: missing unit (s, m, h, d or w) after {digits}"));
     }
     Ok(total)
 }
@@ -53,9 +51,7 @@ pub fn duration_secs(text: &str) -> Result<u64, String> {
 /// Parses `key=value`. The key must not be empty; the value may be empty or contain `=`.
 pub fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
         _ => Err(format!("invalid metadata {text:?}: expected key=value")),
     }
 }
@@ -75,11 +71,7 @@ pub fn rate(text: &str) -> Result<RateLimit, String> {
         "d" | "day" => Period::Day,
         _ => return Err(bad()),
     };
-    Ok(RateLimit {
-        rate,
-        period: period as i32,
-        burst: 0,
-    })
+    Ok(RateLimit { rate, period: period as i32, burst: 0 })
 }
 
 /// Parses an absolute time: RFC 3339 (`2030-01-01T00:00:00Z`, `2030-01-01T02:00:00+02:00`), a
@@ -87,9 +79,7 @@ pub fn rate(text: &str) -> Result<RateLimit, String> {
 pub fn timestamp(text: &str) -> Result<i64, String> {
     let text = text.trim();
     if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
-        return text
-            .parse::<i64>()
-            .map_err(|_| format!("invalid time {text:?}: Unix seconds out of range"));
+        return text.parse::<i64>().map_err(|_| format!("invalid time {text:?}: Unix seconds out of range"));
     }
     let parsed = if text.len() == 10 {
         format!("{text}T00:00:00Z").parse::<Timestamp>()
@@ -139,10 +129,7 @@ mod tests {
 
     #[test]
     fn key_value_keeps_equals_in_value() {
-        assert_eq!(
-            key_value("team=payments"),
-            Ok(("team".into(), "payments".into()))
-        );
+        assert_eq!(key_value("team=payments"), Ok(("team".into(), "payments".into())));
         assert_eq!(key_value("q=a=b"), Ok(("q".into(), "a=b".into())));
         assert_eq!(key_value("empty="), Ok(("empty".into(), String::new())));
         assert!(key_value("=v").is_err());
@@ -174,10 +161,7 @@ mod tests {
 
     #[test]
     fn rfc3339_is_utc_and_zero_is_unset() {
-        assert_eq!(
-            rfc3339(1_893_456_000).as_deref(),
-            Some("2030-01-01T00:00:00Z")
-        );
+        assert_eq!(rfc3339(1_893_456_000).as_deref(), Some("2030-01-01T00:00:00Z"));
         assert_eq!(rfc3339(0), None);
     }
 }

@@ -82,10 +82,7 @@ pub async fn serve(listener: TcpListener, name: String, shutdown: impl Future<Ou
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         eprintln!("tollgate-echo: connections still open after {SHUTDOWN_GRACE:?}; closing");
     }
 }
@@ -158,11 +155,7 @@ enum Route {
 impl Route {
     fn parse(path: &str, query: &str) -> Route {
         if let Some(code) = path.strip_prefix("/status/") {
-            return match code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-            {
+            return match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                 Some(status) => Route::Status(status),
                 None => Route::BadStatus,
             };
@@ -184,10 +177,7 @@ impl Route {
                     _ => {}
                 }
             }
-            return Route::Sse {
-                events,
-                interval: Duration::from_millis(interval_ms),
-            };
+            return Route::Sse { events, interval: Duration::from_millis(interval_ms) };
         }
         Route::Echo
     }
@@ -240,10 +230,7 @@ mod tests {
 
     #[test]
     fn status_path_parses_code() {
-        assert_eq!(
-            Route::parse("/status/418", ""),
-            Route::Status(StatusCode::IM_A_TEAPOT)
-        );
+        assert_eq!(Route::parse("/status/418", ""), Route::Status(StatusCode::IM_A_TEAPOT));
         assert_eq!(Route::parse("/status/abc", ""), Route::BadStatus);
         assert_eq!(Route::parse("/status/99", ""), Route::BadStatus);
     }
@@ -251,20 +238,14 @@ mod tests {
     #[test]
     fn delay_is_capped() {
         assert_eq!(Route::parse("/delay/250", ""), Route::Delay(250));
-        assert_eq!(
-            Route::parse("/delay/999999999", ""),
-            Route::Delay(MAX_DELAY_MS)
-        );
+        assert_eq!(Route::parse("/delay/999999999", ""), Route::Delay(MAX_DELAY_MS));
     }
 
     #[test]
     fn sse_reads_query_with_defaults() {
         assert_eq!(
             Route::parse("/sse", "events=3&interval_ms=10"),
-            Route::Sse {
-                events: 3,
-                interval: Duration::from_millis(10)
-            }
+            Route::Sse { events: 3, interval: Duration::from_millis(10) }
         );
         assert_eq!(
             Route::parse("/sse", ""),

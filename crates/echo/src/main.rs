@@ -37,17 +37,12 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
     if let Some(path) = &args.addr_file {
         write_atomically(path, &addr.to_string())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    eprintln!(
-        "tollgate-echo: instance {:?} listening on http://{addr}",
-        args.name
-    );
+    eprintln!("tollgate-echo: instance {:?} listening on http://{addr}", args.name);
     tollgate_echo::serve(listener, args.name, shutdown_signal()).await;
     eprintln!("tollgate-echo: stopped");
     Ok(())

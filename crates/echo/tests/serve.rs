@@ -27,11 +27,7 @@ impl Server {
         let task = tokio::spawn(tollgate_echo::serve(listener, name.to_owned(), async {
             let _ = stopped.await;
         }));
-        Server {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Server { addr, stop: Some(stop), task }
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Bytes) {
@@ -54,10 +50,7 @@ impl Server {
 }
 
 fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header("host", "echo.test")
-        .body(Full::default())
-        .unwrap()
+    Request::get(path).header("host", "echo.test").body(Full::default()).unwrap()
 }
 
 #[tokio::test]
@@ -124,15 +117,7 @@ async fn sse_delivers_the_requested_number_of_events_then_ends() {
     assert_eq!(headers["transfer-encoding"], "chunked");
     let text = String::from_utf8(body.to_vec()).unwrap();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
-    assert_eq!(
-        events,
-        [
-            "data: {\"n\":0}",
-            "data: {\"n\":1}",
-            "data: {\"n\":2}",
-            "data: {\"n\":3}"
-        ]
-    );
+    assert_eq!(events, ["data: {\"n\":0}", "data: {\"n\":1}", "data: {\"n\":2}", "data: {\"n\":3}"]);
     server.stop().await;
 }
 

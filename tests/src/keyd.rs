@@ -1,0 +1,245 @@
+//! The real `tollgate-keyd` binary, on a loopback port the kernel picks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tollgate_proto::v1::key_service_client::KeyServiceClient;
+use tollgate_proto::v1::{CreateKeyRequest, RevokeKeyRequest};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::envoy::KEYD_CLUSTER;
+use crate::paths::binary;
+use crate::process::{kill, read_log, tail, terminate};
+
+/// Admin token every test key service is started with.
+pub const ADMIN_TOKEN: &str = "tgadm_e2e_admin_token_0123456789abcdef";
+/// Data-plane token every test key service is started with.
+pub const DATAPLANE_TOKEN: &str = "tgdp_e2e_dataplane_token_0123456789abcdef";
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<Ascii>);
+
+impl BearerToken {
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().expect("token is ASCII"))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Key service client that sends a token.
+pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// A running `tollgate-keyd`; killed on drop.
+pub struct Keyd {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    _temp: Option<TempDir>,
+}
+
+impl Keyd {
+    /// Starts the key service with its data (database, pepper, tokens) in `dir`, listening on a
+    /// free loopback port, with [`ADMIN_TOKEN`] and [`DATAPLANE_TOKEN`].
+    pub async fn start(dir: impl AsRef<Path>) -> Keyd {
+        let data_dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&data_dir).expect("create key service data dir");
+        let log_path = data_dir.join("keyd.log");
+        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
+        Keyd { child: Some(child), addr, data_dir, log_path, _temp: None }
+    }
+
+    /// [`Keyd::start`] in a temporary directory removed on drop.
+    pub async fn start_temp() -> Keyd {
+        let temp = tempfile::Builder::new().prefix("tollgate-keyd-").tempdir().expect("tempdir");
+        let mut keyd = Self::start(temp.path().join("data")).await;
+        keyd._temp = Some(temp);
+        keyd
+    }
+
+    /// The gRPC address (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Everything the service logged so far (stdout and stderr, across restarts).
+    pub fn logs(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 10 s).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(10)).await;
+        }
+    }
+
+    /// SIGKILL: the service vanishes without a goodbye, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Stops the service (if running) and starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listen = self.addr.to_string();
+        let (child, addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
+        assert_eq!(addr, self.addr, "key service came back on another address");
+        self.child = Some(child);
+    }
+
+    /// A client authenticated with [`ADMIN_TOKEN`].
+    pub async fn admin_client(&self) -> KeyClient {
+        self.client(ADMIN_TOKEN).await
+    }
+
+    /// A client authenticated with [`DATAPLANE_TOKEN`].
+    pub async fn dataplane_client(&self) -> KeyClient {
+        self.client(DATAPLANE_TOKEN).await
+    }
+
+    /// A client sending `token`.
+    pub async fn client(&self, token: &str) -> KeyClient {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to key service at {}: {e}", self.addr));
+        KeyServiceClient::with_interceptor(channel, BearerToken::new(token))
+    }
+
+    /// Creates a key for `consumer` (creating the consumer too) with `scopes`; returns
+    /// `(key id, secret)`.
+    pub async fn create_key(&self, consumer: &str, scopes: &[&str]) -> (String, String) {
+        let response = self
+            .admin_client()
+            .await
+            .create_key(CreateKeyRequest {
+                consumer: consumer.to_owned(),
+                create_consumer: true,
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("CreateKey for {consumer}: {status}"))
+            .into_inner();
+        let id = response.key.map(|k| k.id).unwrap_or_default();
+        assert!(!id.is_empty() && !response.secret.is_empty(), "CreateKey returned no id or secret");
+        (id, response.secret)
+    }
+
+    /// Revokes a key by id.
+    pub async fn revoke_key(&self, id: &str) {
+        self.admin_client()
+            .await
+            .revoke_key(RevokeKeyRequest { id: id.to_owned(), reason: "e2e test".to_owned() })
+            .await
+            .unwrap_or_else(|status| panic!("RevokeKey {id}: {status}"));
+    }
+
+    /// The smallest key-auth filter config pointing at this service through Envoy's
+    /// `tollgate_keyd` cluster (add fields to taste).
+    pub fn key_auth_config(&self) -> Value {
+        json!({"key_service": {"cluster": KEYD_CLUSTER, "token": DATAPLANE_TOKEN}})
+    }
+}
+
+impl Drop for Keyd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- tollgate-keyd log (last lines) ---\n{}", tail(&self.logs(), 40));
+        }
+        self.kill();
+    }
+}
+
+async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr) {
+    let bin = binary("tollgate-keyd");
+    let addr_file = data_dir.join("keyd.addr");
+    let mut last_error = String::new();
+    // Restarting on the same port can race with the old socket's teardown: retry a few times.
+    for _ in 0..5 {
+        let _ = std::fs::remove_file(&addr_file);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open keyd log");
+        let mut child = Command::new(&bin)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .arg("--admin-token")
+            .arg(ADMIN_TOKEN)
+            .arg("--dataplane-token")
+            .arg(DATAPLANE_TOKEN)
+            .arg("--log-format")
+            .arg("text")
+            .env_remove("TOLLGATE_ADMIN_TOKEN")
+            .env_remove("TOLLGATE_DATAPLANE_TOKEN")
+            .env_remove("TOLLGATE_KEYD_LISTEN")
+            .env_remove("TOLLGATE_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        match wait_ready(&mut child, &addr_file).await {
+            Ok(addr) => return (child, addr),
+            Err(err) => {
+                kill(&mut child);
+                last_error = err;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    panic!("tollgate-keyd did not start: {last_error}\n--- log ---\n{}", tail(&read_log(log_path), 40));
+}
+
+async fn wait_ready(child: &mut Child, addr_file: &Path) -> Result<SocketAddr, String> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        let written = std::fs::read_to_string(addr_file).unwrap_or_default();
+        if let Ok(addr) = written.trim().parse::<SocketAddr>()
+            && tokio::net::TcpStream::connect(addr).await.is_ok()
+        {
+            return Ok(addr);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not listening after {START_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
