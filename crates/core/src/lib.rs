@@ -7,5 +7,7 @@ pub mod duration;
 pub mod error;
 pub mod key;
 pub mod key_auth;
+pub mod rate_limit;
 pub mod route;
 pub mod secret;
+pub mod transform;

@@ -289,6 +289,9 @@ fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry) {
     if !entry.tier.is_empty() {
         host.set_property(&[ka::PROP_TIER], entry.tier.as_bytes());
     }
+    if !entry.limits.is_empty() {
+        host.set_property(&[ka::PROP_RATE_LIMIT], ka::format_limits(&entry.limits).as_bytes());
+    }
 }
 
 fn respond_denied<H: Host + ?Sized>(

@@ -17,6 +17,30 @@ pub const PROP_CONSUMER: &str = "tollgate.consumer_id";
 pub const PROP_KEY_ID: &str = "tollgate.key_id";
 pub const PROP_SCOPES: &str = "tollgate.scopes";
 pub const PROP_TIER: &str = "tollgate.tier";
+/// The key's rate-limit policy, when it has one: limits separated by `,`, each
+/// `<rate>/<period seconds>/<burst>` (e.g. `10/1/20,1000/86400/1000`). See [`format_limits`].
+pub const PROP_RATE_LIMIT: &str = "tollgate.rate_limit";
+
+/// Encodes limits for [`PROP_RATE_LIMIT`].
+pub fn format_limits(limits: &[cache::Limit]) -> String {
+    limits.iter().map(|l| format!("{}/{}/{}", l.rate, l.period_secs, l.burst)).collect::<Vec<_>>().join(",")
+}
+
+/// Decodes [`PROP_RATE_LIMIT`]; `None` if any part is malformed.
+pub fn parse_limits(text: &str) -> Option<Vec<cache::Limit>> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let mut it = part.split('/');
+            let limit = cache::Limit {
+                rate: it.next()?.parse().ok()?,
+                period_secs: it.next()?.parse().ok()?,
+                burst: it.next()?.parse().ok()?,
+            };
+            it.next().is_none().then_some(limit)
+        })
+        .collect()
+}
 
 /// Why a request is refused. The client sees a uniform message; the reason goes to logs and
 /// stats.
@@ -195,6 +219,21 @@ mod tests {
         let r = find_key(&sources(), |h| (h == "x-api-key").then_some("tgk_short"), "");
         assert_eq!(r, Err(Deny::Malformed(KeyFormatError::TooShort)));
         assert_eq!(Deny::Malformed(KeyFormatError::TooShort).status(), 401);
+    }
+
+    #[test]
+    fn limits_round_trip_through_the_property_text() {
+        let limits = vec![
+            cache::Limit { rate: 10, period_secs: 1, burst: 20 },
+            cache::Limit { rate: 1000, period_secs: 86_400, burst: 1000 },
+        ];
+        let text = format_limits(&limits);
+        assert_eq!(text, "10/1/20,1000/86400/1000");
+        assert_eq!(parse_limits(&text), Some(limits));
+        assert_eq!(parse_limits(""), Some(vec![]));
+        assert_eq!(parse_limits("10/1"), None);
+        assert_eq!(parse_limits("10/1/2/3"), None);
+        assert_eq!(parse_limits("x/1/2"), None);
     }
 
     #[test]

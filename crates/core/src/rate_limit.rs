@@ -1,0 +1,1 @@
+//! rate-limit decisions (being written).

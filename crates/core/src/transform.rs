@@ -1,0 +1,1 @@
+//! transform decisions (being written).

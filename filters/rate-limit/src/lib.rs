@@ -1,0 +1,1 @@
+//! rate-limit filter (being written).

@@ -1,0 +1,1 @@
+//! transform filter (being written).
