@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod jwt;
 pub mod key;
 pub mod key_auth;
 pub mod rate_limit;

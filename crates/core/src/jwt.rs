@@ -1,0 +1,1 @@
+//! JWT and OAuth 2.0 token checks (being written).

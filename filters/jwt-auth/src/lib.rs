@@ -1,0 +1,1 @@
+//! jwt-auth filter (being written).
