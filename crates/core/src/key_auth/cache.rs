@@ -289,7 +289,9 @@ pub fn classify(
 /// The change-feed consumer's state, one record shared by all workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeedState {
-    /// The last change sequence applied; 0 = not started.
+    /// Whether the consumer has learned the feed's head once.
+    pub started: bool,
+    /// The last change sequence applied.
     pub cursor: u64,
     /// See [`Freshness::base`].
     pub base: u64,
@@ -298,20 +300,21 @@ pub struct FeedState {
 }
 
 impl FeedState {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut out = [0u8; 24];
+    pub fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
         out[..8].copy_from_slice(&self.cursor.to_le_bytes());
         out[8..16].copy_from_slice(&self.base.to_le_bytes());
-        out[16..].copy_from_slice(&self.busy_until_ms.to_le_bytes());
+        out[16..24].copy_from_slice(&self.busy_until_ms.to_le_bytes());
+        out[24] = u8::from(self.started);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 24 {
+        if bytes.len() != 25 || bytes[24] > 1 {
             return None;
         }
         let word = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
-        Some(Self { cursor: word(0)?, base: word(8)?, busy_until_ms: word(16)? })
+        Some(Self { started: bytes[24] == 1, cursor: word(0)?, base: word(8)?, busy_until_ms: word(16)? })
     }
 }
 
@@ -330,8 +333,8 @@ pub const MAX_BACKLOG: u64 = 10_000;
 /// Applies one ListChanges answer (`changes` as (seq, key id), `head` the service's newest
 /// sequence) to the consumer state.
 pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> FeedStep {
-    let mut next = FeedState { busy_until_ms: 0, ..state };
-    if state.cursor == 0 || head < state.cursor || head - state.cursor > MAX_BACKLOG {
+    let mut next = FeedState { busy_until_ms: 0, started: true, ..state };
+    if !state.started || head < state.cursor || head - state.cursor > MAX_BACKLOG {
         // First start, a key service whose feed was reset, or a backlog too long to replay:
         // start at the head and treat everything cached before it as needing a re-check.
         next.cursor = head;
@@ -488,13 +491,19 @@ mod tests {
     #[test]
     fn feed_starts_at_head_and_rebases() {
         let step = feed_step(FeedState::default(), &[], 42);
-        assert_eq!(step.next, FeedState { cursor: 42, base: 42, busy_until_ms: 0 });
+        assert_eq!(step.next, FeedState { started: true, cursor: 42, base: 42, busy_until_ms: 0 });
+        // A service whose feed is empty still starts the consumer: its first change is replayed.
+        let empty = feed_step(FeedState::default(), &[], 0).next;
+        assert!(empty.started);
+        let first = feed_step(empty, &[(1, "key_a".to_owned())], 1);
+        assert_eq!(first.invalidate, vec![(invalidation_slot("key_a"), 1)]);
+        assert_eq!(first.next.base, 0);
         assert!(step.invalidate.is_empty());
     }
 
     #[test]
     fn feed_applies_changes_in_order_and_skips_seen_ones() {
-        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 99 };
+        let state = FeedState { started: true, cursor: 5, base: 1, busy_until_ms: 99 };
         let changes = vec![
             (5, "key_old".to_owned()),
             (6, "key_a".to_owned()),
@@ -502,23 +511,23 @@ mod tests {
             (8, "key_b".to_owned()),
         ];
         let step = feed_step(state, &changes, 8);
-        assert_eq!(step.next, FeedState { cursor: 8, base: 1, busy_until_ms: 0 });
+        assert_eq!(step.next, FeedState { started: true, cursor: 8, base: 1, busy_until_ms: 0 });
         assert_eq!(step.invalidate, vec![(invalidation_slot("key_a"), 6), (invalidation_slot("key_b"), 8)]);
     }
 
     #[test]
     fn feed_skips_ahead_on_a_long_backlog_or_a_reset_service() {
-        let state = FeedState { cursor: 5, base: 1, busy_until_ms: 0 };
+        let state = FeedState { started: true, cursor: 5, base: 1, busy_until_ms: 0 };
         let step = feed_step(state, &[(6, "key_a".to_owned())], 5 + MAX_BACKLOG + 1);
         assert_eq!(step.next.base, 5 + MAX_BACKLOG + 1);
         let step = feed_step(state, &[], 3);
-        assert_eq!(step.next, FeedState { cursor: 3, base: 3, busy_until_ms: 0 });
+        assert_eq!(step.next, FeedState { started: true, cursor: 3, base: 3, busy_until_ms: 0 });
     }
 
     #[test]
     fn feed_state_round_trips() {
-        let s = FeedState { cursor: 1, base: 2, busy_until_ms: 3 };
+        let s = FeedState { started: true, cursor: 1, base: 2, busy_until_ms: 3 };
         assert_eq!(FeedState::decode(&s.encode()), Some(s));
-        assert_eq!(FeedState::decode(&[0; 23]), None);
+        assert_eq!(FeedState::decode(&[0; 24]), None);
     }
 }

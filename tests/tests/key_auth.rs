@@ -1,0 +1,332 @@
+//! The key-auth filter end to end: real Envoy (2 workers), the real key service, a real upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, Response, Value, eventually, json};
+use tollgate_proto::v1::{CreateKeyRequest, RotateKeyRequest};
+
+const WORKERS: u32 = 2;
+const STATS: &str = "wasmcustom.tollgate.key_auth.";
+
+struct Gateway {
+    echo: Echo,
+    keyd: Keyd,
+    envoy: Envoy,
+    /// A new connection per request, so requests land on every worker.
+    client: HttpClient,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything; `tune` adjusts the key-auth config.
+    async fn start_with(tune: impl FnOnce(&mut Value)) -> Self {
+        let echo = Echo::start();
+        let keyd = Keyd::start_temp().await;
+        let mut config = keyd.key_auth_config();
+        config["key_service"]["poll_interval"] = json!("200ms");
+        tune(&mut config);
+        let envoy =
+            Envoy::start(EnvoyOpts::new(echo.addr()).key_auth(config).keyd(keyd.addr()).workers(WORKERS))
+                .await;
+        Self { echo, keyd, envoy, client: HttpClient::fresh_connections() }
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> Response {
+        let mut req = self.client.get(self.envoy.url(path));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.send().await
+    }
+
+    /// Sends `n` requests with `key` and returns their statuses.
+    async fn statuses(&self, path: &str, key: &str, n: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.get(path, Some(key)).await.status);
+        }
+        out
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("{STATS}{name}")).await.unwrap_or(0)
+    }
+
+    /// Waits until the filter's stat `name` reaches `value` (stats land as streams end).
+    async fn stat_reaches(&self, name: &str, value: u64) -> bool {
+        eventually(Duration::from_secs(5), || async { self.stat(name).await >= value }).await
+    }
+}
+
+fn assert_denied(res: &Response, status: u16, error: &str) {
+    assert_eq!(res.status, status, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let body = res.json();
+    assert_eq!(body["error"], error, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    if status == 401 {
+        assert_eq!(res.header("www-authenticate"), Some("ApiKey realm=\"tollgate\""));
+    }
+}
+
+#[tokio::test]
+async fn request_without_a_key_is_401_and_never_reaches_the_upstream() {
+    let gw = Gateway::start().await;
+    let res = gw.get("/hello", None).await;
+    assert_denied(&res, 401, "unauthorized");
+    assert_eq!(gw.echo.requests(), 0);
+    assert!(gw.stat_reaches("denied.missing_key", 1).await);
+}
+
+#[tokio::test]
+async fn malformed_key_is_401_with_no_lookup() {
+    let gw = Gateway::start().await;
+    let (_, key) = gw.keyd.create_key("alice", &[]).await;
+    // One character changed: the checksum no longer matches.
+    let mut typo = key.clone().into_bytes();
+    typo[12] = if typo[12] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    for bad in [
+        typo.as_str(),
+        "tgk_short",
+        "not-a-key",
+        &format!("{key}x"),
+        "tgk_ééééééééééééééééééééééééééééééééééé",
+    ] {
+        assert_denied(&gw.get("/", Some(bad)).await, 401, "unauthorized");
+    }
+    assert!(gw.stat_reaches("denied.malformed_key", 5).await);
+    assert_eq!(gw.stat("cache_miss").await, 0, "a malformed key must not be looked up");
+    assert_eq!(gw.echo.requests(), 0);
+    assert!(!gw.envoy.logs().contains(&typo), "a presented key must never be logged");
+}
+
+#[tokio::test]
+async fn valid_key_reaches_the_upstream_with_identity_and_without_the_key() {
+    let gw = Gateway::start_with(|c| {
+        c["sources"] = json!([{"header": "x-api-key"}, {"query": "api_key"}]);
+    })
+    .await;
+    let (id, key) = gw.keyd.create_key("alice", &["read", "write"]).await;
+
+    let res = gw
+        .client
+        .get(gw.envoy.url("/hello"))
+        .header("x-api-key", &key)
+        .header("x-tollgate-consumer-id", "mallory")
+        .header("x-tollgate-key-id", "key_spoofed")
+        .header("x-tollgate-scopes", "admin")
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let seen = gw.echo.last_request().unwrap();
+    assert_eq!(seen.header("x-tollgate-consumer-id"), Some("alice"));
+    assert_eq!(seen.header("x-tollgate-key-id"), Some(id.as_str()));
+    assert_eq!(seen.header("x-tollgate-scopes"), Some("read,write"));
+    assert_eq!(seen.header("x-api-key"), None, "hide_credentials strips the key");
+
+    // In the query string: stripped too, other parameters kept.
+    let res = gw.get(&format!("/q?a=1&api_key={key}&b=2"), None).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["query"], "a=1&b=2");
+    assert!(
+        gw.echo.received().iter().all(|r| !format!("{r:?}").contains(&key)),
+        "the upstream never sees the key"
+    );
+    assert!(!gw.envoy.logs().contains(&key) && !gw.keyd.logs().contains(&key), "the key is never logged");
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_removed_even_when_the_request_is_denied_or_allowed_by_failure_mode() {
+    let gw = Gateway::start().await;
+    let res = gw.client.get(gw.envoy.url("/")).header("x-tollgate-consumer-id", "mallory").send().await;
+    assert_eq!(res.status, 401);
+    assert_eq!(gw.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn two_different_keys_in_one_request_are_refused() {
+    let gw = Gateway::start_with(|c| {
+        c["sources"] = json!([{"header": "x-api-key"}, {"header": "authorization", "prefix": "Bearer "}]);
+    })
+    .await;
+    let (_, a) = gw.keyd.create_key("alice", &[]).await;
+    let (_, b) = gw.keyd.create_key("bob", &[]).await;
+    let res = gw
+        .client
+        .get(gw.envoy.url("/"))
+        .header("x-api-key", &a)
+        .header("authorization", &format!("Bearer {b}"))
+        .send()
+        .await;
+    assert_denied(&res, 401, "unauthorized");
+    let same = gw
+        .client
+        .get(gw.envoy.url("/"))
+        .header("x-api-key", &a)
+        .header("authorization", &format!("Bearer {a}"))
+        .send()
+        .await;
+    assert_eq!(same.status, 200, "the same key twice is one key");
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_on_every_worker_within_two_seconds() {
+    let gw = Gateway::start().await;
+    let (id, key) = gw.keyd.create_key("alice", &[]).await;
+    // Warm the cache on both workers.
+    assert!(gw.statuses("/", &key, 6).await.iter().all(|s| *s == 200));
+
+    // The change-feed consumer has started (it learns the head on its first poll).
+    assert!(gw.stat_reaches("feed_poll", 2).await);
+    let revoked_at = Instant::now();
+    gw.keyd.revoke_key(&id).await;
+    let refused =
+        eventually(Duration::from_secs(2), || async { gw.get("/", Some(&key)).await.status == 401 }).await;
+    let took = revoked_at.elapsed();
+    assert!(refused, "still accepted {took:?} after revocation");
+    // Every worker refuses it from now on.
+    assert!(gw.statuses("/", &key, 10).await.iter().all(|s| *s == 401));
+    assert!(gw.stat_reaches("feed_invalidations", 1).await);
+    eprintln!("revocation took effect after {took:?}");
+}
+
+#[tokio::test]
+async fn expired_key_is_refused_even_when_cached() {
+    let gw = Gateway::start().await;
+    let mut admin = gw.keyd.admin_client().await;
+    let created = admin
+        .create_key(CreateKeyRequest {
+            consumer: "alice".into(),
+            create_consumer: true,
+            ttl_seconds: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.secret;
+    let expires_at = created.key.unwrap().expires_at;
+    assert_eq!(gw.get("/", Some(&key)).await.status, 200);
+    assert!(gw.stat_reaches("cache_miss", 1).await);
+    let misses = gw.stat("cache_miss").await;
+
+    // Wait past the expiry; the cached answer (TTL 60 s) is still there.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    while now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = gw.get("/", Some(&key)).await;
+        statuses.push(res.status);
+    }
+    // The worker that cached it refuses from its cache; a worker that had not seen it yet asks
+    // the key service, which says expired.
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(gw.stat_reaches("denied.expired_key", 4).await);
+    assert!(gw.stat("cache_miss").await <= misses + 1, "decided from the cache");
+}
+
+#[tokio::test]
+async fn rotated_key_old_secret_works_during_the_grace_period_only() {
+    let gw = Gateway::start().await;
+    let (id, old) = gw.keyd.create_key("alice", &[]).await;
+    assert_eq!(gw.get("/", Some(&old)).await.status, 200);
+
+    let mut admin = gw.keyd.admin_client().await;
+    let rotated = admin
+        .rotate_key(RotateKeyRequest { id: id.clone(), grace_period_seconds: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = rotated.secret;
+    let grace_end = rotated.key.unwrap().previous_expires_at;
+    assert_ne!(old, new);
+    assert_eq!(gw.get("/", Some(&new)).await.status, 200);
+    let res = gw.get("/", Some(&old)).await;
+    assert_eq!(res.status, 200, "old secret during the grace period");
+    assert_eq!(gw.echo.last_request().unwrap().header("x-tollgate-key-id"), Some(id.as_str()));
+
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    while now() < grace_end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.statuses("/", &old, 4).await.iter().all(|s| *s == 401), "old secret after the grace period");
+    assert!(gw.statuses("/", &new, 4).await.iter().all(|s| *s == 200), "new secret keeps working");
+}
+
+#[tokio::test]
+async fn missing_scope_is_403() {
+    let gw = Gateway::start_with(|c| {
+        c["routes"] = json!([{"path_prefix": "/admin", "methods": ["POST"], "scopes": ["admin"]}]);
+    })
+    .await;
+    let (_, reader) = gw.keyd.create_key("alice", &["read"]).await;
+    let (_, admin) = gw.keyd.create_key("root", &["read", "admin"]).await;
+
+    let post = |key: String| {
+        let req = gw.client.post(gw.envoy.url("/admin/users")).header("x-api-key", &key);
+        async move { req.send().await }
+    };
+    let res = post(reader.clone()).await;
+    assert_denied(&res, 403, "forbidden");
+    assert_eq!(res.header("www-authenticate"), None);
+    assert_eq!(post(admin).await.status, 200);
+    assert_eq!(gw.get("/admin/users", Some(&reader)).await.status, 200, "the rule covers POST only");
+    assert!(gw.stat_reaches("denied.insufficient_scope", 1).await);
+}
+
+#[tokio::test]
+async fn key_service_down_cached_keys_work_unknown_keys_503_then_recovers() {
+    let mut gw = Gateway::start().await;
+    let (_, known) = gw.keyd.create_key("alice", &[]).await;
+    let (_, unseen) = gw.keyd.create_key("bob", &[]).await;
+    assert!(gw.statuses("/", &known, 6).await.iter().all(|s| *s == 200), "cached on both workers");
+
+    gw.keyd.stop().await;
+    assert!(gw.statuses("/", &known, 6).await.iter().all(|s| *s == 200), "cached key keeps working");
+    let res = gw.get("/", Some(&unseen)).await;
+    assert_denied(&res, 503, "unavailable");
+    assert_eq!(res.header("retry-after"), Some("1"));
+
+    gw.keyd.restart().await;
+    let recovered =
+        eventually(Duration::from_secs(10), || async { gw.get("/", Some(&unseen)).await.status == 200 })
+            .await;
+    assert!(recovered, "a key the gateway never saw works once the key service is back");
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_new_key_make_one_lookup_per_worker() {
+    let gw = Gateway::start().await;
+    let (_, key) = gw.keyd.create_key("alice", &[]).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let req = gw.client.get(gw.envoy.url("/")).header("x-api-key", &key);
+        set.spawn(async move { req.send().await.status });
+    }
+    let statuses = set.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(gw.stat_reaches("allowed", 24).await);
+    let lookups = gw.stat("cache_miss").await - gw.stat("singleflight_joined").await;
+    assert!((1..=u64::from(WORKERS)).contains(&lookups), "{lookups} lookups for one key");
+}
+
+#[tokio::test]
+async fn invalid_filter_config_is_refused_naming_the_field() {
+    let echo = Echo::start();
+    let bad = json!({"key_service": {"cluster": "tollgate_keyd", "token": "t", "timeout": "5"}});
+    let log = Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).key_auth(bad)).await;
+    assert!(log.contains("key_service.timeout"), "{log}");
+    let unknown =
+        json!({"key_service": {"cluster": "tollgate_keyd", "token": "t"}, "hide_credential": false});
+    let log = Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).key_auth(unknown)).await;
+    assert!(log.contains("hide_credential"), "{log}");
+}
