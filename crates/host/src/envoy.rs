@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
 use crate::{Host, LogLevel, SharedError};
 
@@ -33,6 +33,49 @@ impl Host for EnvoyHost {
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        header_pairs(MapType::HttpRequestHeaders)
+    }
+
+    fn add_request_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        header_pairs(MapType::HttpResponseHeaders)
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size).ok().flatten()
+    }
+
+    fn set_request_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        hostcalls::set_buffer(BufferType::HttpRequestBody, start, size, body).is_ok()
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, start, size).ok().flatten()
+    }
+
+    fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, body).is_ok()
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -76,6 +119,28 @@ impl Host for EnvoyHost {
         hostcalls::get_grpc_status().ok().and_then(|(_, m)| m)
     }
 
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, crate::CallRefused> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(|_| crate::CallRefused)
+    }
+
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, size).ok().flatten()
+    }
+
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
         hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_ok()
     }
@@ -105,6 +170,13 @@ impl Host for EnvoyHost {
     fn increment_counter(&self, id: u32, by: i64) {
         let _ = hostcalls::increment_metric(id, by);
     }
+}
+
+/// A header map as lossy UTF-8 pairs (the SDK's string getter would panic on other bytes).
+fn header_pairs(map: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(map)
+        .map(|pairs| pairs.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect())
+        .unwrap_or_default()
 }
 
 /// Logs a panic at critical level through the host before the VM aborts, so the reason is in

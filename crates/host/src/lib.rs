@@ -46,6 +46,29 @@ pub trait Host {
     /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&self, name: &str, value: Option<&str>);
 
+    /// Every request header in order; a repeated header appears once per value.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Adds a request header value, keeping the values already there.
+    fn add_request_header(&self, name: &str, value: &str);
+
+    /// A response header (in `on_http_response_headers` and later).
+    fn response_header(&self, name: &str) -> Option<String>;
+    /// Every response header in order; a repeated header appears once per value.
+    fn response_headers(&self) -> Vec<(String, String)>;
+    /// Sets (`Some`) or removes (`None`) a response header.
+    fn set_response_header(&self, name: &str, value: Option<&str>);
+    /// Adds a response header value, keeping the values already there.
+    fn add_response_header(&self, name: &str, value: &str);
+
+    /// `size` bytes of the buffered request body from `start` (in `on_http_request_body`).
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Replaces bytes `start..start + size` of the buffered request body with `body`.
+    fn set_request_body(&self, start: usize, size: usize, body: &[u8]) -> bool;
+    /// `size` bytes of the buffered response body from `start` (in `on_http_response_body`).
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Replaces bytes `start..start + size` of the buffered response body with `body`.
+    fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool;
+
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool;
 
@@ -67,6 +90,20 @@ pub trait Host {
     fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>>;
     /// The status message of the gRPC response being delivered.
     fn grpc_status_message(&self) -> Option<String>;
+
+    /// Starts an HTTP call on an Envoy cluster (`headers` include `:method`, `:path` and
+    /// `:authority`); returns its token.
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, CallRefused>;
+    /// A header of the HTTP call response being delivered (`:status` among them).
+    fn http_call_response_header(&self, name: &str) -> Option<String>;
+    /// The body of the HTTP call response being delivered.
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>>;
 
     /// Sends a local reply and stops the request.
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool;

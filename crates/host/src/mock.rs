@@ -25,6 +25,20 @@ pub struct GrpcCall {
     pub timeout: Duration,
 }
 
+/// The HTTP call response being delivered: headers and body.
+type HttpResponse = (Vec<(String, String)>, Option<Vec<u8>>);
+
+/// An HTTP call a context started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    pub token: u32,
+    pub context_id: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
 /// A local reply a context sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -45,6 +59,10 @@ struct RequestState {
     reply: Option<LocalReply>,
     resumed: u32,
     properties: HashMap<String, Vec<u8>>,
+    /// Repeated headers are kept joined with `", "`, as a proxy folds them.
+    response_headers: BTreeMap<String, String>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +92,8 @@ pub struct MockHost {
     logs: RefCell<Vec<(LogLevel, String)>>,
     tick: Cell<Option<Duration>>,
     configuration: RefCell<Option<Vec<u8>>>,
+    http_calls: RefCell<Vec<HttpCall>>,
+    http_response: RefCell<HttpResponse>,
 }
 
 impl Default for MockHost {
@@ -95,6 +115,8 @@ impl Default for MockHost {
             logs: RefCell::default(),
             tick: Cell::new(None),
             configuration: RefCell::default(),
+            http_calls: RefCell::default(),
+            http_response: RefCell::default(),
         }
     }
 }
@@ -136,6 +158,26 @@ impl MockHost {
             .insert(name.to_ascii_lowercase(), value.to_owned());
     }
 
+    /// Sets a response header of `context_id`.
+    pub fn with_response_header(&self, context_id: u32, name: &str, value: &str) {
+        self.requests
+            .borrow_mut()
+            .entry(context_id)
+            .or_default()
+            .response_headers
+            .insert(name.to_ascii_lowercase(), value.to_owned());
+    }
+
+    /// Sets the (buffered) request body of `context_id`.
+    pub fn with_request_body(&self, context_id: u32, body: &[u8]) {
+        self.requests.borrow_mut().entry(context_id).or_default().request_body = body.to_vec();
+    }
+
+    /// Sets the (buffered) response body of `context_id`.
+    pub fn with_response_body(&self, context_id: u32, body: &[u8]) {
+        self.requests.borrow_mut().entry(context_id).or_default().response_body = body.to_vec();
+    }
+
     /// Sets a property every context sees (e.g. `route_name`).
     pub fn with_property(&self, path: &[&str], value: &[u8]) {
         self.global_properties.borrow_mut().insert(path.join("."), value.to_vec());
@@ -145,6 +187,19 @@ impl MockHost {
     pub fn set_grpc_response(&self, body: Option<Vec<u8>>, message: Option<&str>) {
         *self.grpc_body.borrow_mut() = body;
         *self.grpc_message.borrow_mut() = message.map(str::to_owned);
+    }
+
+    /// The next HTTP call response (headers such as `:status`, and body).
+    pub fn set_http_response(&self, headers: &[(&str, &str)], body: Option<&[u8]>) {
+        *self.http_response.borrow_mut() = (
+            headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())).collect(),
+            body.map(<[u8]>::to_vec),
+        );
+    }
+
+    /// The HTTP calls started so far.
+    pub fn http_calls(&self) -> Vec<HttpCall> {
+        self.http_calls.borrow().clone()
     }
 
     /// The plugin configuration `on_configure` reads.
@@ -171,6 +226,18 @@ impl MockHost {
 
     pub fn header(&self, context_id: u32, name: &str) -> Option<String> {
         self.requests.borrow().get(&context_id).and_then(|r| r.headers.get(name).cloned())
+    }
+
+    pub fn response_header_of(&self, context_id: u32, name: &str) -> Option<String> {
+        self.requests.borrow().get(&context_id).and_then(|r| r.response_headers.get(name).cloned())
+    }
+
+    pub fn request_body_of(&self, context_id: u32) -> Vec<u8> {
+        self.requests.borrow().get(&context_id).map(|r| r.request_body.clone()).unwrap_or_default()
+    }
+
+    pub fn response_body_of(&self, context_id: u32) -> Vec<u8> {
+        self.requests.borrow().get(&context_id).map(|r| r.response_body.clone()).unwrap_or_default()
     }
 
     pub fn reply(&self, context_id: u32) -> Option<LocalReply> {
@@ -232,6 +299,53 @@ impl Host for MockHost {
                 r.headers.remove(&name.to_ascii_lowercase());
             }
         });
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.with_request(|r| r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn add_request_header(&self, name: &str, value: &str) {
+        self.with_request(|r| add_folded(&mut r.headers, name, value));
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.with_request(|r| r.response_headers.get(&name.to_ascii_lowercase()).cloned())
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.with_request(|r| r.response_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        self.with_request(|r| match value {
+            Some(v) => {
+                r.response_headers.insert(name.to_ascii_lowercase(), v.to_owned());
+            }
+            None => {
+                r.response_headers.remove(&name.to_ascii_lowercase());
+            }
+        });
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        self.with_request(|r| add_folded(&mut r.response_headers, name, value));
+    }
+
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.with_request(|r| slice_of(&r.request_body, start, size))
+    }
+
+    fn set_request_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.with_request(|r| splice(&mut r.request_body, start, size, body))
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.with_request(|r| slice_of(&r.response_body, start, size))
+    }
+
+    fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.with_request(|r| splice(&mut r.response_body, start, size, body))
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -304,6 +418,38 @@ impl Host for MockHost {
         self.grpc_message.borrow().clone()
     }
 
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, crate::CallRefused> {
+        if self.refuse_calls.get() {
+            return Err(crate::CallRefused);
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.http_calls.borrow_mut().push(HttpCall {
+            token,
+            context_id: self.current.get(),
+            cluster: cluster.to_owned(),
+            headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            body: body.map(<[u8]>::to_vec),
+            timeout,
+        });
+        Ok(token)
+    }
+
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.http_response.borrow().0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+    }
+
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.http_response.borrow().1.as_ref().map(|b| b[..size.min(b.len())].to_vec())
+    }
+
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
         let reply = LocalReply {
             status,
@@ -351,6 +497,30 @@ impl Host for MockHost {
             *self.counters.borrow_mut().entry(name).or_default() += by;
         }
     }
+}
+
+fn add_folded(headers: &mut BTreeMap<String, String>, name: &str, value: &str) {
+    headers
+        .entry(name.to_ascii_lowercase())
+        .and_modify(|v| {
+            v.push_str(", ");
+            v.push_str(value);
+        })
+        .or_insert_with(|| value.to_owned());
+}
+
+fn slice_of(body: &[u8], start: usize, size: usize) -> Option<Vec<u8>> {
+    let end = start.saturating_add(size).min(body.len());
+    body.get(start..end).map(<[u8]>::to_vec)
+}
+
+/// Replaces `start..start + size` as the proxy does; a range past the end is refused.
+fn splice(body: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> bool {
+    let Some(end) = start.checked_add(size).filter(|e| *e <= body.len()) else {
+        return false;
+    };
+    body.splice(start..end, data.iter().copied());
+    true
 }
 
 #[cfg(test)]

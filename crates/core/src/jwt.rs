@@ -1,1 +1,0 @@
-//! JWT and OAuth 2.0 token checks (being written).

@@ -1,0 +1,296 @@
+//! JWT and OAuth 2.0 bearer-token checks for the jwt-auth filter.
+//!
+//! - [`jws`]: compact JWS parsing with the key-independent checks of RFC 8725;
+//! - [`jwk`]: JWKS parsing with size and key-count caps and duplicate-`kid` rejection;
+//! - [`keys`] (feature `jwt`): verifying keys and signature verification, the algorithm chosen
+//!   by the trusted key's type and the provider's allow-list, never by the token alone;
+//! - [`claims`]: `iss`, `aud`, `exp`, `nbf`, `iat`, lifetime, `typ`, scopes and route rules;
+//! - [`config`]: the filter's schema; [`cache`]: the verified-token cache codec.
+//!
+//! Everything is plain data with the clock passed in.
+
+pub mod b64;
+pub mod cache;
+pub mod claims;
+pub mod config;
+pub mod jwk;
+pub mod jws;
+#[cfg(feature = "jwt")]
+pub mod keys;
+
+use config::Source;
+
+/// Headers carrying the caller's identity upstream (the consumer and scopes headers are the
+/// ones key-auth sets). Client-sent copies are always removed.
+pub use crate::key_auth::{CONSUMER_HEADER, SCOPES_HEADER};
+pub const ISSUER_HEADER: &str = "x-tollgate-issuer";
+pub const IDENTITY_HEADERS: [&str; 3] = [CONSUMER_HEADER, SCOPES_HEADER, ISSUER_HEADER];
+
+/// Filter-state properties for later filters. Consumer id and scopes mean what they mean for
+/// key-auth (the consumer of a JWT is its subject).
+pub use crate::key_auth::{PROP_CONSUMER, PROP_SCOPES};
+pub const PROP_SUBJECT: &str = "tollgate.subject";
+pub const PROP_ISSUER: &str = "tollgate.issuer";
+/// Prefix of the properties holding mapped claims: `tollgate.claims.<claim>`.
+pub const PROP_CLAIMS_PREFIX: &str = "tollgate.claims.";
+
+/// Why a request is refused. Clients get a short RFC 6750 description; logs and stats get
+/// [`Deny::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Deny {
+    MissingToken,
+    MultipleTokens,
+    TokenTooLarge,
+    Malformed,
+    AlgNone,
+    UnsupportedAlg,
+    AlgNotAllowed,
+    CriticalHeader,
+    EmbeddedKey,
+    UnknownIssuer,
+    UnknownKid,
+    NoMatchingKey,
+    BadSignature,
+    MissingExp,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    LifetimeTooLong,
+    WrongAudience,
+    WrongType,
+    MissingSubject,
+    InsufficientScope,
+    ClaimMismatch,
+    KeysUnavailable,
+}
+
+impl Deny {
+    pub const ALL: [Deny; 24] = [
+        Deny::MissingToken,
+        Deny::MultipleTokens,
+        Deny::TokenTooLarge,
+        Deny::Malformed,
+        Deny::AlgNone,
+        Deny::UnsupportedAlg,
+        Deny::AlgNotAllowed,
+        Deny::CriticalHeader,
+        Deny::EmbeddedKey,
+        Deny::UnknownIssuer,
+        Deny::UnknownKid,
+        Deny::NoMatchingKey,
+        Deny::BadSignature,
+        Deny::MissingExp,
+        Deny::Expired,
+        Deny::NotYetValid,
+        Deny::IssuedInFuture,
+        Deny::LifetimeTooLong,
+        Deny::WrongAudience,
+        Deny::WrongType,
+        Deny::MissingSubject,
+        Deny::InsufficientScope,
+        Deny::ClaimMismatch,
+        Deny::KeysUnavailable,
+    ];
+
+    pub fn status(self) -> u32 {
+        match self {
+            Deny::InsufficientScope | Deny::ClaimMismatch => 403,
+            Deny::KeysUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    pub fn code(self) -> &'static str {
+        match self.status() {
+            403 => "forbidden",
+            503 => "unavailable",
+            _ => "unauthorized",
+        }
+    }
+
+    /// The RFC 6750 error code for `WWW-Authenticate`; `None` when the request had no token
+    /// (RFC 6750 §3.1: no error code then) or the failure is ours.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Deny::MissingToken | Deny::KeysUnavailable => None,
+            Deny::MultipleTokens => Some("invalid_request"),
+            Deny::InsufficientScope | Deny::ClaimMismatch => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// What the client is told (also the `error_description`). Says which check failed, as
+    /// identity providers and Envoy do, never anything about keys or secrets.
+    pub fn message(self) -> &'static str {
+        match self {
+            Deny::MissingToken => "a bearer token is required",
+            Deny::MultipleTokens => "send one token, not several",
+            Deny::TokenTooLarge => "the token is too large",
+            Deny::Expired => "the token has expired",
+            Deny::NotYetValid | Deny::IssuedInFuture => "the token is not valid yet",
+            Deny::UnknownIssuer => "the token's issuer is not accepted",
+            Deny::WrongAudience => "the token's audience is not accepted",
+            Deny::InsufficientScope => "the token lacks a scope this route requires",
+            Deny::ClaimMismatch => "the token lacks a claim this route requires",
+            Deny::KeysUnavailable => "the identity provider's keys are unavailable; try again later",
+            Deny::BadSignature | Deny::UnknownKid | Deny::NoMatchingKey => {
+                "the token's signature is not valid"
+            }
+            _ => "the token is not valid",
+        }
+    }
+
+    /// The stat and log reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Deny::MissingToken => "missing_token",
+            Deny::MultipleTokens => "multiple_tokens",
+            Deny::TokenTooLarge => "token_too_large",
+            Deny::Malformed => "malformed",
+            Deny::AlgNone => "alg_none",
+            Deny::UnsupportedAlg => "unsupported_alg",
+            Deny::AlgNotAllowed => "alg_not_allowed",
+            Deny::CriticalHeader => "crit_header",
+            Deny::EmbeddedKey => "embedded_key",
+            Deny::UnknownIssuer => "unknown_issuer",
+            Deny::UnknownKid => "unknown_kid",
+            Deny::NoMatchingKey => "no_matching_key",
+            Deny::BadSignature => "bad_signature",
+            Deny::MissingExp => "missing_exp",
+            Deny::Expired => "expired",
+            Deny::NotYetValid => "not_yet_valid",
+            Deny::IssuedInFuture => "iat_in_future",
+            Deny::LifetimeTooLong => "lifetime_too_long",
+            Deny::WrongAudience => "wrong_audience",
+            Deny::WrongType => "wrong_typ",
+            Deny::MissingSubject => "missing_subject",
+            Deny::InsufficientScope => "insufficient_scope",
+            Deny::ClaimMismatch => "claim_mismatch",
+            Deny::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3).
+    pub fn challenge(self, realm: &str, required_scopes: &[String]) -> String {
+        let mut out = format!("Bearer realm=\"{}\"", quote_safe(realm));
+        if let Some(error) = self.bearer_error() {
+            out.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", self.message()));
+        }
+        if self == Deny::InsufficientScope && !required_scopes.is_empty() {
+            out.push_str(&format!(", scope=\"{}\"", quote_safe(&required_scopes.join(" "))));
+        }
+        out
+    }
+}
+
+fn quote_safe(s: &str) -> String {
+    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+}
+
+/// The value of cookie `name` in a `Cookie` header, every occurrence.
+pub fn cookie_values<'a>(header: &'a str, name: &str) -> Vec<&'a str> {
+    header
+        .split(';')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+        .collect()
+}
+
+/// Finds the token among the configured sources. A request carrying more than one token
+/// (in two sources, or twice in one) is refused.
+pub fn find_token<'a>(
+    sources: &[Source],
+    header: impl Fn(&str) -> Option<&'a str>,
+    query: &str,
+) -> Result<String, Deny> {
+    let mut found: Vec<String> = Vec::new();
+    for source in sources {
+        match source {
+            Source::Header { name, prefix } => {
+                let Some(value) = header(name) else { continue };
+                match prefix {
+                    Some(p) => {
+                        let matches = value.len() >= p.len()
+                            && value.is_char_boundary(p.len())
+                            && value[..p.len()].eq_ignore_ascii_case(p);
+                        if matches {
+                            found.push(value[p.len()..].trim().to_owned());
+                        }
+                    }
+                    None => found.push(value.trim().to_owned()),
+                }
+            }
+            Source::Query { name } => found.extend(crate::route::query_param(query, name)),
+            Source::Cookie { name } => {
+                if let Some(cookies) = header("cookie") {
+                    found.extend(cookie_values(cookies, name).into_iter().map(str::to_owned));
+                }
+            }
+        }
+        if found.len() > 1 {
+            return Err(Deny::MultipleTokens);
+        }
+    }
+    match found.pop() {
+        Some(token) if !token.is_empty() => Ok(token),
+        _ => Err(Deny::MissingToken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> Vec<Source> {
+        vec![
+            Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+            Source::Query { name: "access_token".into() },
+            Source::Cookie { name: "session".into() },
+        ]
+    }
+
+    #[test]
+    fn token_comes_from_any_source() {
+        let auth = |v: &'static str| move |h: &str| (h == "authorization").then_some(v);
+        assert_eq!(find_token(&sources(), auth("Bearer a.b.c"), ""), Ok("a.b.c".into()));
+        assert_eq!(find_token(&sources(), auth("bearer  a.b.c "), ""), Ok("a.b.c".into()));
+        assert_eq!(find_token(&sources(), |_| None, "x=1&access_token=q.r.s"), Ok("q.r.s".into()));
+        let cookie = |h: &str| (h == "cookie").then_some("a=1; session=c.d.e; b=2");
+        assert_eq!(find_token(&sources(), cookie, ""), Ok("c.d.e".into()));
+        assert_eq!(find_token(&sources(), auth("Basic dXNlcg=="), ""), Err(Deny::MissingToken));
+        assert_eq!(find_token(&sources(), auth("Bearer "), ""), Err(Deny::MissingToken));
+        assert_eq!(find_token(&sources(), |_| None, ""), Err(Deny::MissingToken));
+    }
+
+    #[test]
+    fn two_tokens_are_refused() {
+        let auth = |h: &str| (h == "authorization").then_some("Bearer a.b.c");
+        assert_eq!(find_token(&sources(), auth, "access_token=a.b.c"), Err(Deny::MultipleTokens));
+        assert_eq!(
+            find_token(&sources(), |_| None, "access_token=a&access_token=b"),
+            Err(Deny::MultipleTokens)
+        );
+        let cookie = |h: &str| (h == "cookie").then_some("session=a; session=b");
+        assert_eq!(find_token(&sources(), cookie, ""), Err(Deny::MultipleTokens));
+    }
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        assert_eq!(Deny::MissingToken.challenge("api", &[]), "Bearer realm=\"api\"");
+        assert_eq!(
+            Deny::Expired.challenge("api", &[]),
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+        let scoped = Deny::InsufficientScope.challenge("api", &["read".into(), "write".into()]);
+        assert!(scoped.contains("error=\"insufficient_scope\""), "{scoped}");
+        assert!(scoped.ends_with("scope=\"read write\""), "{scoped}");
+        assert_eq!(Deny::InsufficientScope.status(), 403);
+        assert_eq!(Deny::BadSignature.status(), 401);
+        assert_eq!(Deny::KeysUnavailable.status(), 503);
+        let reasons: std::collections::HashSet<_> = Deny::ALL.iter().map(|d| d.reason()).collect();
+        assert_eq!(reasons.len(), Deny::ALL.len());
+    }
+}

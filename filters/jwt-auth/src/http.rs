@@ -1,0 +1,315 @@
+//! The per-request context: find the token, consult the cache, verify, decide.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tollgate_core::error::ErrorBody;
+use tollgate_core::jwt::claims::{self, Identity, Requirements};
+use tollgate_core::jwt::config::Source;
+use tollgate_core::jwt::{self as jwt, Deny, cache, jws};
+use tollgate_core::route::{self, RequestFacts};
+use tollgate_host::{Host, LogLevel};
+
+use crate::worker::{FetchReason, Shared, Worker};
+
+/// A request paused while its provider's key set is fetched.
+struct Pending {
+    token: String,
+    provider: usize,
+    requirements: Requirements,
+    request_id: String,
+}
+
+pub struct JwtAuthHttp<H: Host> {
+    host: Rc<H>,
+    worker: Shared,
+    #[allow(dead_code)]
+    context_id: u32,
+    pending: Option<Pending>,
+}
+
+enum Step {
+    Allow,
+    Deny(Deny),
+    /// A key-set fetch was started for this provider; wait for it.
+    Wait,
+}
+
+impl<H: Host> JwtAuthHttp<H> {
+    pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
+        Self { host, worker, context_id, pending: None }
+    }
+
+    fn on_request(&mut self) -> Action {
+        let host = &*self.host;
+        let worker = self.worker.clone();
+        let mut w = worker.borrow_mut();
+        // Identity and mapped-claim headers are ours to set: never pass on a client's copies.
+        for name in jwt::IDENTITY_HEADERS {
+            host.set_request_header(name, None);
+        }
+        for (name, _) in &w.config.claim_headers {
+            host.set_request_header(name, None);
+        }
+        let path = host.request_header(":path").unwrap_or_default();
+        let method = host.request_header(":method").unwrap_or_default();
+        let request_id = host.request_header("x-request-id").unwrap_or_default();
+        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
+        let (path_only, query) = route::split_path(&path);
+
+        let mut header_values: Vec<(String, String)> = Vec::new();
+        for source in &w.config.sources {
+            let name = match source {
+                Source::Header { name, .. } => name.as_str(),
+                Source::Cookie { .. } => "cookie",
+                Source::Query { .. } => continue,
+            };
+            if !header_values.iter().any(|(n, _)| n == name)
+                && let Some(v) = host.request_header(name)
+            {
+                header_values.push((name.to_owned(), v));
+            }
+        }
+        let found = jwt::find_token(
+            &w.config.sources,
+            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
+            query,
+        );
+        let token = match found {
+            Ok(token) => token,
+            Err(deny) => {
+                respond_denied(host, &w, deny, &request_id, &[]);
+                return Action::Pause;
+            }
+        };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
+        let (providers, requirements) = match w.config.rule(&facts) {
+            Some(rule) => (rule.providers.clone(), rule.requirements.clone()),
+            None => ((0..w.config.providers.len()).collect(), Requirements::default()),
+        };
+        if !w.config.forward_token {
+            strip_token(host, &w, &header_values, path_only, query);
+        }
+
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(entry) = w.cache_get(host, &hash)
+            && providers.contains(&usize::from(entry.provider))
+        {
+            w.counters.inc(host, "cache_hit");
+            let idx = usize::from(entry.provider);
+            let outcome = serde_json::from_slice::<Map<String, Value>>(&entry.payload)
+                .map_err(|_| Deny::Malformed)
+                .and_then(|c| {
+                    // `typ` was checked when the token was verified; the header is not cached.
+                    let typ = w.config.providers[idx].rules.typ.clone();
+                    admit(host, &w, idx, &c, typ.as_deref(), &requirements, None)
+                });
+            return finish(host, &w, outcome, &request_id, &requirements);
+        }
+        w.counters.inc(host, "cache_miss");
+
+        let provider = jws::parse(&token, w.config.max_token_size).and_then(|jws| {
+            let idx = find_provider(&w, &providers, &jws)?;
+            Ok((idx, jws))
+        });
+        let (idx, parsed) = match provider {
+            Ok(p) => p,
+            Err(deny) => return finish(host, &w, Err(deny), &request_id, &requirements),
+        };
+        match verify_and_admit(host, &mut w, idx, &parsed, &requirements, hash, true) {
+            Step::Allow => Action::Continue,
+            Step::Deny(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
+            Step::Wait => {
+                self.pending = Some(Pending { token, provider: idx, requirements, request_id });
+                Action::Pause
+            }
+        }
+    }
+
+    /// The key-set fetch this request started has answered.
+    fn on_fetch_done(&mut self, body_size: usize) {
+        let Some(p) = self.pending.take() else { return };
+        let host = &*self.host;
+        let worker = self.worker.clone();
+        let mut w = worker.borrow_mut();
+        w.fetch_done(host, p.provider, body_size);
+        let step = match jws::parse(&p.token, w.config.max_token_size) {
+            Ok(parsed) => {
+                let hash: [u8; 32] = Sha256::digest(p.token.as_bytes()).into();
+                verify_and_admit(host, &mut w, p.provider, &parsed, &p.requirements, hash, false)
+            }
+            Err(deny) => Step::Deny(deny),
+        };
+        match step {
+            Step::Allow => {
+                host.resume_request();
+            }
+            Step::Deny(deny) => respond_denied(host, &w, deny, &p.request_id, &p.requirements.scopes),
+            Step::Wait => respond_denied(host, &w, Deny::KeysUnavailable, &p.request_id, &[]),
+        }
+    }
+}
+
+fn find_provider(w: &Worker, allowed: &[usize], jws: &jws::Jws) -> Result<usize, Deny> {
+    let Some(Value::String(iss)) = jws.claims.get("iss") else {
+        return Err(Deny::UnknownIssuer);
+    };
+    allowed.iter().copied().find(|i| w.config.providers[*i].rules.issuer == *iss).ok_or(Deny::UnknownIssuer)
+}
+
+/// Verifies the signature (starting a key-set fetch when the keys are missing or do not know
+/// the token's `kid`, if `may_fetch`), then checks claims and requirements.
+fn verify_and_admit<H: Host + ?Sized>(
+    host: &H,
+    w: &mut Worker,
+    idx: usize,
+    parsed: &jws::Jws,
+    requirements: &Requirements,
+    hash: [u8; 32],
+    may_fetch: bool,
+) -> Step {
+    match w.verify(host, idx, parsed) {
+        Ok(()) => {}
+        Err(deny @ (Deny::UnknownKid | Deny::KeysUnavailable)) if may_fetch && w.remote(idx).is_some() => {
+            let reason =
+                if deny == Deny::UnknownKid { FetchReason::UnknownKid } else { FetchReason::Refresh };
+            if w.claim_fetch(host, idx, reason) {
+                if deny == Deny::UnknownKid {
+                    w.counters.inc(host, "jwks_refetch_unknown_kid");
+                }
+                if w.dispatch_fetch(host, idx).is_ok() {
+                    return Step::Wait;
+                }
+            }
+            return Step::Deny(deny);
+        }
+        Err(deny) => return Step::Deny(deny),
+    }
+    let cache_entry = Some(cache::Entry {
+        hash,
+        valid_until_s: 0, // set once the claims are known
+        provider: u16::try_from(idx).unwrap_or(u16::MAX),
+        payload: parsed.payload.clone(),
+    });
+    match admit(host, w, idx, &parsed.claims, parsed.typ.as_deref(), requirements, cache_entry) {
+        Ok(()) => Step::Allow,
+        Err(deny) => Step::Deny(deny),
+    }
+}
+
+/// Checks claims and the route's requirements of a token whose signature verified; on success
+/// caches the verification (when `cache_entry` is given) and publishes the identity.
+fn admit<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    idx: usize,
+    claim_map: &Map<String, Value>,
+    typ: Option<&str>,
+    requirements: &Requirements,
+    cache_entry: Option<cache::Entry>,
+) -> Result<(), Deny> {
+    let now_s = (host.now_ms() / 1000) as i64;
+    let identity = claims::check(claim_map, typ, &w.config.providers[idx].rules, now_s)?;
+    if let Some(mut entry) = cache_entry {
+        let max_ttl = w.config.cache_max_ttl.as_secs() as i64;
+        entry.valid_until_s = cache::valid_until(now_s, identity.expires_at_s, max_ttl);
+        w.cache_put(host, &entry);
+    }
+    claims::check_requirements(claim_map, &identity, requirements)?;
+    publish(host, w, &identity, claim_map);
+    Ok(())
+}
+
+fn finish<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    outcome: Result<(), Deny>,
+    request_id: &str,
+    requirements: &Requirements,
+) -> Action {
+    match outcome {
+        Ok(()) => Action::Continue,
+        Err(deny) => {
+            respond_denied(host, w, deny, request_id, &requirements.scopes);
+            Action::Pause
+        }
+    }
+}
+
+fn publish<H: Host + ?Sized>(host: &H, w: &Worker, id: &Identity, claim_map: &Map<String, Value>) {
+    let scopes = id.scopes.join(",");
+    let subject = claims::claim_text(&Value::String(id.subject.clone())).unwrap_or_default();
+    host.set_request_header(jwt::CONSUMER_HEADER, Some(&subject));
+    host.set_request_header(jwt::SCOPES_HEADER, Some(&scopes));
+    host.set_request_header(jwt::ISSUER_HEADER, Some(&id.issuer));
+    host.set_property(&[jwt::PROP_CONSUMER], subject.as_bytes());
+    host.set_property(&[jwt::PROP_SUBJECT], subject.as_bytes());
+    host.set_property(&[jwt::PROP_ISSUER], id.issuer.as_bytes());
+    host.set_property(&[jwt::PROP_SCOPES], scopes.as_bytes());
+    for (header, claim) in &w.config.claim_headers {
+        if let Some(text) = claim_map.get(claim).and_then(claims::claim_text) {
+            host.set_request_header(header, Some(&text));
+            host.set_property(&[&format!("{}{claim}", jwt::PROP_CLAIMS_PREFIX)], text.as_bytes());
+        }
+    }
+    w.counters.inc(host, "allowed");
+}
+
+fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, scopes: &[String]) {
+    w.counters.inc(host, &format!("denied.{}", deny.reason()));
+    host.log(LogLevel::Info, &format!("jwt-auth: denied reason={} request_id={request_id}", deny.reason()));
+    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
+    let challenge = deny.challenge(&w.config.realm, scopes);
+    let mut headers = vec![("content-type", "application/json")];
+    if deny.status() != 503 {
+        headers.push(("www-authenticate", challenge.as_str()));
+    } else {
+        headers.push(("retry-after", "1"));
+    }
+    host.send_response(deny.status(), &headers, &body);
+}
+
+/// Removes the token from the request before it goes upstream (`forward_token: false`).
+fn strip_token<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    header_values: &[(String, String)],
+    path: &str,
+    query: &str,
+) {
+    let mut new_query = query.to_owned();
+    for source in &w.config.sources {
+        match source {
+            Source::Header { name, .. } if header_values.iter().any(|(n, _)| n == name) => {
+                host.set_request_header(name, None);
+            }
+            Source::Query { name } => new_query = route::remove_query_param(&new_query, name),
+            _ => {}
+        }
+    }
+    if new_query != query {
+        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
+        host.set_request_header(":path", Some(&new_path));
+    }
+}
+
+impl<H: Host> Context for JwtAuthHttp<H> {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.on_fetch_done(body_size);
+    }
+}
+
+impl<H: Host> HttpContext for JwtAuthHttp<H> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request()
+    }
+}

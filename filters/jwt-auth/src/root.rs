@@ -1,0 +1,109 @@
+//! The root context: configuration, and the key-set refresh on every tick.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use tollgate_core::jwt::config::Config;
+use tollgate_host::{Host, LogLevel};
+
+use crate::http::JwtAuthHttp;
+use crate::worker::{FetchReason, Shared, Worker};
+
+/// How often the root context looks at the remote key sets.
+pub const TICK: Duration = Duration::from_secs(1);
+
+pub struct JwtAuthRoot<H: Host> {
+    host: Rc<H>,
+    worker: Option<Shared>,
+}
+
+impl<H: Host + 'static> JwtAuthRoot<H> {
+    pub fn new(host: Rc<H>) -> Self {
+        Self { host, worker: None }
+    }
+
+    pub fn worker(&self) -> Option<Shared> {
+        self.worker.clone()
+    }
+
+    fn configure(&mut self) -> bool {
+        let host = &*self.host;
+        let bytes = host.plugin_configuration().unwrap_or_default();
+        let worker = Config::from_json(&bytes).and_then(|config| Worker::new(host, config, &bytes));
+        match worker {
+            Ok(worker) => {
+                if (0..worker.config.providers.len()).any(|i| worker.remote(i).is_some()) {
+                    host.set_tick_period(TICK);
+                }
+                self.worker = Some(Rc::new(RefCell::new(worker)));
+                true
+            }
+            Err(e) => {
+                host.log(LogLevel::Critical, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Picks up key sets other workers fetched and starts the fetches that are due.
+    fn tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let host = &*self.host;
+        let mut w = worker.borrow_mut();
+        let now = host.now_ms();
+        for idx in 0..w.config.providers.len() {
+            if w.remote(idx).is_none() {
+                continue;
+            }
+            w.sync(host, idx);
+            if !w.refresh_due(idx, now) || !w.claim_fetch(host, idx, FetchReason::Refresh) {
+                continue;
+            }
+            if let Ok(token) = w.dispatch_fetch(host, idx) {
+                w.root_calls.insert(token, idx);
+            }
+        }
+    }
+
+    fn call_done(&mut self, token: u32, body_size: usize) {
+        let Some(worker) = self.worker.clone() else { return };
+        let mut w = worker.borrow_mut();
+        if let Some(idx) = w.root_calls.remove(&token) {
+            w.fetch_done(&*self.host, idx, body_size);
+        }
+    }
+}
+
+impl<H: Host + 'static> Context for JwtAuthRoot<H> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.call_done(token_id, body_size);
+    }
+}
+
+impl<H: Host + 'static> RootContext for JwtAuthRoot<H> {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        self.configure()
+    }
+
+    fn on_tick(&mut self) {
+        self.tick();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(JwtAuthHttp::new(self.host.clone(), worker, context_id)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,330 @@
+//! State one worker's root context shares with its HTTP contexts: the compiled config, the
+//! compiled key sets, stats, and the key-set records in shared data.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Remote, err};
+use tollgate_core::jwt::jwk::{Limits, parse_jwks};
+use tollgate_core::jwt::jws::Jws;
+use tollgate_core::jwt::keys::KeySet;
+use tollgate_core::jwt::{Deny, cache};
+use tollgate_host::{CallRefused, Counters, Host, LogLevel, SharedError};
+
+/// Stat names, under `tollgate.jwt_auth.`.
+pub fn stat_names() -> Vec<&'static str> {
+    let mut names = vec![
+        "allowed",
+        "cache_hit",
+        "cache_miss",
+        "jwks_fetch",
+        "jwks_fetch_ok",
+        "jwks_fetch_error",
+        "jwks_refetch_unknown_kid",
+    ];
+    names.extend(DENIED.iter().copied());
+    names
+}
+
+const DENIED: [&str; 24] = [
+    "denied.missing_token",
+    "denied.multiple_tokens",
+    "denied.token_too_large",
+    "denied.malformed",
+    "denied.alg_none",
+    "denied.unsupported_alg",
+    "denied.alg_not_allowed",
+    "denied.crit_header",
+    "denied.embedded_key",
+    "denied.unknown_issuer",
+    "denied.unknown_kid",
+    "denied.no_matching_key",
+    "denied.bad_signature",
+    "denied.missing_exp",
+    "denied.expired",
+    "denied.not_yet_valid",
+    "denied.iat_in_future",
+    "denied.lifetime_too_long",
+    "denied.wrong_audience",
+    "denied.wrong_typ",
+    "denied.missing_subject",
+    "denied.insufficient_scope",
+    "denied.claim_mismatch",
+    "denied.keys_unavailable",
+];
+
+/// Retries of a compare-and-swap loop.
+const CAS_RETRIES: usize = 8;
+/// Wait after a failed fetch before the next one (bounded by the refresh interval).
+const RETRY_BACKOFF_MS: u64 = 5_000;
+
+/// One provider's keys as this worker knows them.
+#[derive(Default)]
+pub struct ProviderKeys {
+    pub set: Option<Rc<KeySet>>,
+    /// When the shared record these keys came from was fetched (0: inline or none).
+    pub fetched_at_ms: u64,
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchReason {
+    /// Periodic refresh, or no keys yet.
+    Refresh,
+    /// A token named a `kid` the key set does not have.
+    UnknownKid,
+}
+
+pub struct Worker {
+    pub config: Config,
+    prefix: String,
+    pub counters: Counters,
+    pub keys: Vec<ProviderKeys>,
+    /// Fetches the root context started: token → provider index.
+    pub root_calls: HashMap<u32, usize>,
+}
+
+pub type Shared = Rc<RefCell<Worker>>;
+
+impl Worker {
+    /// Compiles the config's inline keys; an unusable key is a config error naming its field.
+    pub fn new<H: Host + ?Sized>(host: &H, config: Config, raw: &[u8]) -> Result<Self, ConfigError> {
+        let mut keys = Vec::with_capacity(config.providers.len());
+        for (i, p) in config.providers.iter().enumerate() {
+            keys.push(match &p.keys {
+                KeySource::Inline(jwks) => ProviderKeys {
+                    set: Some(Rc::new(
+                        KeySet::compile(jwks)
+                            .map_err(|e| err(format!("providers[{i}].jwks"), e.to_string()))?,
+                    )),
+                    fetched_at_ms: 0,
+                },
+                KeySource::Remote(_) => ProviderKeys::default(),
+            });
+        }
+        // Shared data is per proxy: scope it by configuration so two jwt-auth filters with
+        // different providers never read each other's records.
+        let digest = Sha256::digest(raw);
+        let prefix = format!("tollgate.jwt_auth.{}.", hex::encode(&digest[..6]));
+        Ok(Self {
+            counters: Counters::define(host, "tollgate.jwt_auth", &stat_names()),
+            config,
+            prefix,
+            keys,
+            root_calls: HashMap::new(),
+        })
+    }
+
+    pub fn remote(&self, idx: usize) -> Option<&Remote> {
+        match &self.config.providers.get(idx)?.keys {
+            KeySource::Remote(r) => Some(r),
+            KeySource::Inline(_) => None,
+        }
+    }
+
+    fn jwks_key(&self, idx: usize) -> String {
+        format!("{}jwks.{}", self.prefix, self.config.providers[idx].name)
+    }
+
+    fn fetch_key(&self, idx: usize) -> String {
+        format!("{}fetch.{}", self.prefix, self.config.providers[idx].name)
+    }
+
+    fn cache_key(&self, slot: u32) -> String {
+        format!("{}c.{slot}", self.prefix)
+    }
+
+    /// Picks up a key set another worker (or this one) stored in shared data.
+    pub fn sync<H: Host + ?Sized>(&mut self, host: &H, idx: usize) {
+        let Some(remote) = self.remote(idx) else { return };
+        let limits = remote.limits;
+        let Some(bytes) = host.shared_get(&self.jwks_key(idx)).0 else { return };
+        let Some((stamp, body)) = bytes.split_first_chunk::<8>() else { return };
+        let fetched_at_ms = u64::from_le_bytes(*stamp);
+        if fetched_at_ms == self.keys[idx].fetched_at_ms {
+            return;
+        }
+        // Only valid sets are stored, so this succeeds unless the record is corrupt.
+        if let Some(set) = compile(body, limits) {
+            self.keys[idx] = ProviderKeys { set: Some(Rc::new(set)), fetched_at_ms };
+        }
+    }
+
+    /// The provider's keys if they may be used now (remote ones for at most `max_stale`).
+    pub fn usable(&self, idx: usize, now_ms: u64) -> Option<Rc<KeySet>> {
+        let keys = self.keys.get(idx)?;
+        let set = keys.set.clone()?;
+        match self.remote(idx) {
+            Some(r) if now_ms.saturating_sub(keys.fetched_at_ms) > r.max_stale.as_millis() as u64 => None,
+            _ => Some(set),
+        }
+    }
+
+    /// Verifies a token's signature with its provider's keys.
+    pub fn verify<H: Host + ?Sized>(&mut self, host: &H, idx: usize, jws: &Jws) -> Result<(), Deny> {
+        let now = host.now_ms();
+        if self.usable(idx, now).is_none() {
+            self.sync(host, idx);
+        }
+        let set = self.usable(idx, now).ok_or(Deny::KeysUnavailable)?;
+        let algorithms = &self.config.providers[idx].algorithms;
+        match set.verify(jws, algorithms) {
+            Err(Deny::UnknownKid) if self.remote(idx).is_some() => {
+                // Another worker may have fetched the rotated set already.
+                self.sync(host, idx);
+                let set = self.usable(idx, now).ok_or(Deny::KeysUnavailable)?;
+                set.verify(jws, &self.config.providers[idx].algorithms)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a fetch is due for provider `idx` (no keys yet, or the refresh interval passed).
+    pub fn refresh_due(&self, idx: usize, now_ms: u64) -> bool {
+        let Some(r) = self.remote(idx) else { return false };
+        let keys = &self.keys[idx];
+        keys.set.is_none()
+            || now_ms >= keys.fetched_at_ms.saturating_add(r.refresh_interval.as_millis() as u64)
+    }
+
+    /// Claims the proxy-wide right to fetch provider `idx` now. One fetch at a time across all
+    /// workers (a lease), after a failure not before a back-off, and unknown-`kid` fetches not
+    /// more often than the cooldown.
+    pub fn claim_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, reason: FetchReason) -> bool {
+        let Some(r) = self.remote(idx) else { return false };
+        let now = host.now_ms();
+        let key = self.fetch_key(idx);
+        for _ in 0..CAS_RETRIES {
+            let (bytes, cas) = host.shared_get(&key);
+            let (busy_until, last_start) = decode_fetch(bytes.as_deref());
+            if busy_until > now {
+                return false;
+            }
+            if reason == FetchReason::UnknownKid
+                && now < last_start.saturating_add(r.refetch_cooldown.as_millis() as u64)
+            {
+                return false;
+            }
+            let lease = now + r.timeout.as_millis() as u64 + 1_000;
+            match host.shared_set(&key, &encode_fetch(lease, now), cas) {
+                Ok(()) => return true,
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Failed) => return false,
+            }
+        }
+        false
+    }
+
+    /// Starts the fetch of provider `idx`'s key set (after [`Worker::claim_fetch`]).
+    pub fn dispatch_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize) -> Result<u32, CallRefused> {
+        let Some(r) = self.remote(idx) else { return Err(CallRefused) };
+        let headers = [
+            (":method", "GET"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        let result = host.http_call(&r.cluster, &headers, None, r.timeout);
+        self.counters.inc(host, "jwks_fetch");
+        if result.is_err() {
+            self.counters.inc(host, "jwks_fetch_error");
+            host.log(LogLevel::Error, &format!("jwt-auth: cannot call cluster `{}`", r.cluster));
+            self.finish_fetch(host, idx, false);
+        }
+        result
+    }
+
+    /// Handles a fetch's response: a valid key set replaces the old one for every worker; on
+    /// any failure the last good set stays.
+    pub fn fetch_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
+        let Some(r) = self.remote(idx).cloned() else { return };
+        let status = host.http_call_response_header(":status").unwrap_or_default();
+        let outcome = if status != "200" {
+            Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
+        } else if body_size > r.limits.max_bytes {
+            Err(format!("body of {body_size} bytes exceeds max_bytes"))
+        } else {
+            let body = host.http_call_response_body(body_size).unwrap_or_default();
+            parse_jwks(&body, r.limits)
+                .map_err(|e| e.to_string())
+                .and_then(|jwks| KeySet::compile(&jwks).map(|set| (set, body)).map_err(|e| e.to_string()))
+        };
+        match outcome {
+            Ok((set, body)) => {
+                let now = host.now_ms().max(1);
+                let mut record = now.to_le_bytes().to_vec();
+                record.extend_from_slice(&body);
+                if host.shared_set(&self.jwks_key(idx), &record, None).is_err() {
+                    host.log(LogLevel::Warn, "jwt-auth: could not store the key set in shared data");
+                }
+                self.keys[idx] = ProviderKeys { set: Some(Rc::new(set)), fetched_at_ms: now };
+                self.counters.inc(host, "jwks_fetch_ok");
+                self.finish_fetch(host, idx, true);
+            }
+            Err(reason) => {
+                self.counters.inc(host, "jwks_fetch_error");
+                let name = &self.config.providers[idx].name;
+                let kept = if self.keys[idx].set.is_some() { "; keeping the last good key set" } else { "" };
+                host.log(
+                    LogLevel::Warn,
+                    &format!("jwt-auth: JWKS fetch for `{name}` failed: {reason}{kept}"),
+                );
+                self.finish_fetch(host, idx, false);
+            }
+        }
+    }
+
+    fn finish_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, ok: bool) {
+        let Some(r) = self.remote(idx) else { return };
+        let now = host.now_ms();
+        let key = self.fetch_key(idx);
+        let backoff = RETRY_BACKOFF_MS.min(r.refresh_interval.as_millis() as u64);
+        for _ in 0..CAS_RETRIES {
+            let (bytes, cas) = host.shared_get(&key);
+            let (_, last_start) = decode_fetch(bytes.as_deref());
+            let busy_until = if ok { 0 } else { now + backoff };
+            match host.shared_set(&key, &encode_fetch(busy_until, last_start), cas) {
+                Err(SharedError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// A cached verification of the token with this hash, if any.
+    pub fn cache_get<H: Host + ?Sized>(&self, host: &H, hash: &[u8; 32]) -> Option<cache::Entry> {
+        if self.config.cache_slots == 0 {
+            return None;
+        }
+        let slot = cache::slot(hash, self.config.cache_slots);
+        let bytes = host.shared_get(&self.cache_key(slot)).0?;
+        cache::Entry::lookup(&bytes, hash, (host.now_ms() / 1000) as i64)
+    }
+
+    pub fn cache_put<H: Host + ?Sized>(&self, host: &H, entry: &cache::Entry) {
+        if self.config.cache_slots == 0 {
+            return;
+        }
+        let slot = cache::slot(&entry.hash, self.config.cache_slots);
+        // Last writer wins: the hash in the entry tells tokens sharing a slot apart.
+        let _ = host.shared_set(&self.cache_key(slot), &entry.encode(), None);
+    }
+}
+
+fn compile(body: &[u8], limits: Limits) -> Option<KeySet> {
+    parse_jwks(body, limits).ok().and_then(|jwks| KeySet::compile(&jwks).ok())
+}
+
+fn decode_fetch(bytes: Option<&[u8]>) -> (u64, u64) {
+    let Some(b) = bytes.filter(|b| b.len() == 16) else { return (0, 0) };
+    let (a, c) = b.split_at(8);
+    let get = |s: &[u8]| s.try_into().map(u64::from_le_bytes).unwrap_or(0);
+    (get(a), get(c))
+}
+
+fn encode_fetch(busy_until: u64, last_start: u64) -> Vec<u8> {
+    let mut out = busy_until.to_le_bytes().to_vec();
+    out.extend_from_slice(&last_start.to_le_bytes());
+    out
+}

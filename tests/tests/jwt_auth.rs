@@ -1,0 +1,249 @@
+//! jwt-auth end to end: real Envoy, a real JWKS endpoint on loopback, a real upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::Signer;
+use tollgate_e2e::{Echo, Envoy, EnvoyOpts, Response, Value, eventually, json, wasm_filter, wasm_module};
+
+const ROOT_ID: &str = "tollgate.jwt_auth";
+const STATS: &str = "wasmcustom.tollgate.jwt_auth.";
+const ISS: &str = "https://idp.test/realms/demo";
+
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A fresh P-256 key from the OS's randomness.
+fn new_key() -> SigningKey {
+    loop {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).unwrap();
+        if let Ok(k) = SigningKey::from_slice(&bytes) {
+            return k;
+        }
+    }
+}
+
+fn jwk(k: &SigningKey, kid: &str) -> Value {
+    let p = k.verifying_key().to_encoded_point(false);
+    json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+           "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())})
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn token(k: &SigningKey, kid: &str, extra: Value) -> String {
+    let mut claims = json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 600, "iat": now(),
+                            "scope": "read", "email": "alice@example.com"});
+    for (name, v) in extra.as_object().unwrap() {
+        claims[name] = v.clone();
+    }
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let sig: p256::ecdsa::Signature = k.sign(input.as_bytes());
+    format!("{input}.{}", b64(&sig.to_bytes()))
+}
+
+/// A loopback JWKS endpoint: serves the current document, or 503 when it is `None`.
+struct Jwks {
+    addr: SocketAddr,
+    doc: Arc<Mutex<Option<String>>>,
+    served: Arc<Mutex<u32>>,
+}
+
+impl Jwks {
+    fn start(doc: Value) -> Jwks {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let doc = Arc::new(Mutex::new(Some(doc.to_string())));
+        let served = Arc::new(Mutex::new(0));
+        let (d, s) = (doc.clone(), served.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65_536 {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                *s.lock().unwrap() += 1;
+                let reply = match d.lock().unwrap().clone() {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown".to_owned(),
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        Jwks { addr, doc, served }
+    }
+
+    fn set(&self, doc: Option<Value>) {
+        *self.doc.lock().unwrap() = doc.map(|d| d.to_string());
+    }
+
+    fn served(&self) -> u32 {
+        *self.served.lock().unwrap()
+    }
+}
+
+async fn gateway(echo: &Echo, jwks: &Jwks) -> Envoy {
+    let config = json!({
+        "providers": [{
+            "name": "demo", "issuer": ISS, "audiences": ["api"], "algorithms": ["ES256"],
+            "remote_jwks": {"cluster": "idp_jwks", "path": "/realms/demo/protocol/openid-connect/certs",
+                            "authority": "idp.test", "timeout": "2s", "refresh_interval": "1s",
+                            "refetch_cooldown": "1s", "max_stale": "1h"}
+        }],
+        "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}],
+        "claim_headers": {"x-user-email": "email"}
+    });
+    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), &config);
+    let cluster = json!({
+        "name": "idp_jwks", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "idp_jwks", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": "127.0.0.1", "port_value": jwks.addr.port()}}}}]}]}
+    });
+    Envoy::start(EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(cluster).workers(2)).await
+}
+
+async fn call(envoy: &Envoy, path: &str, token: &str) -> Response {
+    envoy.get(path).header("authorization", &format!("Bearer {token}")).send().await
+}
+
+fn assert_invalid_token(res: &Response, what: &str) {
+    assert_eq!(res.status, 401, "{what}: {}", res.text());
+    let challenge = res.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+        "{what}: {challenge}"
+    );
+    assert_eq!(res.json()["error"], "unauthorized", "{what}");
+}
+
+#[tokio::test]
+async fn jwt_auth_against_a_real_jwks_endpoint() {
+    let k1 = new_key();
+    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let echo = Echo::start();
+    let envoy = gateway(&echo, &jwks).await;
+    let good = token(&k1, "k1", json!({}));
+
+    // Keys arrive with the first fetch.
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &good).await.status == 200 })
+            .await;
+    assert!(ready, "no 200 with a valid token; log:\n{}", envoy.logs());
+    let res = envoy
+        .get("/hello")
+        .header("authorization", &format!("Bearer {good}"))
+        .header("x-tollgate-consumer-id", "mallory")
+        .header("x-user-email", "forged@evil.test")
+        .send()
+        .await;
+    assert_eq!(res.status, 200);
+    let seen = res.json();
+    assert_eq!(seen["headers"]["x-tollgate-consumer-id"], "alice", "{seen}");
+    assert_eq!(seen["headers"]["x-tollgate-issuer"], ISS);
+    assert_eq!(seen["headers"]["x-tollgate-scopes"], "read");
+    assert_eq!(seen["headers"]["x-user-email"], "alice@example.com");
+
+    // Refusals.
+    let missing = envoy.get("/hello").send().await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer realm=\"tollgate\""));
+    let expired = call(&envoy, "/hello", &token(&k1, "k1", json!({"exp": now() - 3600}))).await;
+    assert_invalid_token(&expired, "expired");
+    assert!(expired.header("www-authenticate").unwrap().contains("expired"));
+    assert_invalid_token(
+        &call(&envoy, "/hello", &token(&k1, "k1", json!({"iss": "https://evil.test"}))).await,
+        "issuer",
+    );
+    assert_invalid_token(
+        &call(&envoy, "/hello", &token(&k1, "k1", json!({"aud": "other"}))).await,
+        "audience",
+    );
+    let forged = token(&new_key(), "k1", json!({}));
+    assert_invalid_token(&call(&envoy, "/hello", &forged).await, "bad signature");
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none"}"#),
+        b64(json!({"iss": ISS, "aud": "api", "sub": "x", "exp": now() + 60}).to_string().as_bytes())
+    );
+    assert_invalid_token(&call(&envoy, "/hello", &none).await, "alg none");
+    let two = envoy
+        .get(&format!("/hello?x=1"))
+        .header("authorization", &format!("Bearer {good}"))
+        .header("authorization", &format!("Bearer {good}"))
+        .send()
+        .await;
+    assert_eq!(two.status, 401, "two tokens");
+
+    // Scope → 403.
+    let scoped = call(&envoy, "/admin/users", &good).await;
+    assert_eq!(scoped.status, 403);
+    assert!(scoped.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    assert_eq!(scoped.json()["error"], "forbidden");
+    assert_eq!(
+        call(&envoy, "/admin/users", &token(&k1, "k1", json!({"scope": "read admin"}))).await.status,
+        200
+    );
+
+    // Only allowed requests reached the upstream.
+    let upstream_before = echo.requests();
+
+    // Key rotation at the IdP: a token with a new kid is accepted without restarting Envoy.
+    let k2 = new_key();
+    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    let rotated = token(&k2, "k2", json!({"sub": "bob"}));
+    let accepted = eventually(Duration::from_secs(10), || async {
+        call(&envoy, "/hello", &rotated).await.status == 200
+    })
+    .await;
+    assert!(accepted, "rotated key not accepted; log:\n{}", envoy.logs());
+    assert!(echo.requests() > upstream_before);
+
+    // The JWKS endpoint goes down: fetches fail, the last good keys keep working.
+    jwks.set(None);
+    let served = jwks.served();
+    let errors_before = envoy.stat(&format!("{STATS}jwks_fetch_error")).await.unwrap_or(0);
+    let failing = eventually(Duration::from_secs(10), || async {
+        jwks.served() > served
+            && envoy.stat(&format!("{STATS}jwks_fetch_error")).await.unwrap_or(0) > errors_before
+    })
+    .await;
+    assert!(failing, "no failed fetch seen");
+    assert_eq!(call(&envoy, "/hello", &good).await.status, 200);
+    let res = call(&envoy, "/hello", &rotated).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["headers"]["x-tollgate-consumer-id"], "bob");
+    // A brand-new key cannot be learned while the endpoint is down.
+    assert_invalid_token(&call(&envoy, "/hello", &token(&new_key(), "k3", json!({}))).await, "unknown kid");
+
+    let stats = envoy.stats("jwt_auth").await;
+    assert!(stats.get(&format!("{STATS}allowed")).copied().unwrap_or(0) >= 5, "{stats:?}");
+    assert!(stats.get(&format!("{STATS}denied.expired")).copied().unwrap_or(0) >= 1, "{stats:?}");
+}
