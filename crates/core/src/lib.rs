@@ -11,4 +11,5 @@ pub mod key_auth;
 pub mod rate_limit;
 pub mod route;
 pub mod secret;
+pub mod signature;
 pub mod transform;

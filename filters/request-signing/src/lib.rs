@@ -1,0 +1,1 @@
+//! request-signing filter (being written).
