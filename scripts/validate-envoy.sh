@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs `envoy --mode validate` on every Envoy config shipped in envoy/ (rendered with test values
-# into a temporary directory first, so the wasm paths and placeholders resolve).
+# Runs `envoy --mode validate` on every Envoy config shipped in envoy/ and examples/*/ (rendered
+# with test values into a temporary directory first, so the wasm paths and placeholders resolve).
+# Example configs may use more placeholders than scripts/render-envoy.sh knows: every
+# __SOMETHING_PORT__ gets a distinct test port, __XDS_DIR__ a directory holding the example's other
+# YAML files (rendered the same way).
 #
 # Needs ENVOY_BIN (default .venv/bin/envoy) and the wasm filters built (`make wasm`).
 set -euo pipefail
@@ -28,6 +31,50 @@ for config in "${configs[@]}"; do
   rendered="$tmp/$(echo "$name" | tr / _)"
   DATAPLANE_TOKEN=${DATAPLANE_TOKEN:-validate-token} "$root/scripts/render-envoy.sh" "$config" "$rendered"
   if "$envoy" --mode validate -c "$rendered" --log-level warn > "$tmp/out" 2>&1; then
+    echo "ok    $name"
+  else
+    echo "FAIL  $name" >&2
+    sed 's/^/      /' "$tmp/out" >&2
+    failed=1
+  fi
+done
+# Renders an example config: known placeholders, then one port per distinct __*_PORT__.
+render_example() {
+  local src=$1 out=$2 xds=$3
+  WASM_DIR=$wasm_dir TOKEN=${DATAPLANE_TOKEN:-validate-token} XDS=$xds perl -pe '
+    BEGIN { $next = 20000; }
+    s/__WASM_DIR__/$ENV{WASM_DIR}/g;
+    s/__DATAPLANE_TOKEN__/$ENV{TOKEN}/g;
+    s/__XDS_DIR__/$ENV{XDS}/g;
+    s{__([A-Z_]+_PORT)__}{ $port{$1} //= $next++ }ge;
+  ' "$src" > "$out"
+  if grep -q '__[A-Z_]*__' "$out"; then
+    echo "$src: unknown placeholders left after rendering:" >&2
+    grep -o '__[A-Z_]*__' "$out" | sort -u >&2
+    return 1
+  fi
+}
+
+wasm_dir=${TOLLGATE_WASM_DIR:-$root/target/wasm32-wasip1/wasm}
+wasm_dir=$(cd "$wasm_dir" 2>/dev/null && pwd || echo "$wasm_dir")
+examples=("$root"/examples/*/envoy.yaml)
+if [[ ${#examples[@]} -eq 0 ]]; then
+  echo "no Envoy configs under examples/" >&2
+  exit 1
+fi
+for config in "${examples[@]}"; do
+  name=${config#"$root"/}
+  dir=$(dirname "$config")
+  xds="$tmp/xds-$(basename "$dir")"
+  mkdir -p "$xds"
+  rendered="$tmp/$(echo "$name" | tr / _)"
+  ok=1
+  for extra in "$dir"/*.yaml; do
+    [[ $extra == "$config" ]] && continue
+    render_example "$extra" "$xds/$(basename "$extra")" "$xds" || ok=0
+  done
+  render_example "$config" "$rendered" "$xds" || ok=0
+  if [[ $ok -eq 1 ]] && "$envoy" --mode validate -c "$rendered" --log-level warn > "$tmp/out" 2>&1; then
     echo "ok    $name"
   else
     echo "FAIL  $name" >&2

@@ -38,6 +38,7 @@ mod envoy;
 mod http;
 mod keyd;
 mod paths;
+pub mod patterns;
 mod process;
 
 pub use echo::{Echo, EchoRequest};
