@@ -195,7 +195,7 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
     );
     assert_invalid_token(&call(&envoy, "/hello", &none).await, "alg none");
     let two = envoy
-        .get(&format!("/hello?x=1"))
+        .get("/hello?x=1")
         .header("authorization", &format!("Bearer {good}"))
         .header("authorization", &format!("Bearer {good}"))
         .send()
