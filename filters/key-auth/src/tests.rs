@@ -392,3 +392,12 @@ fn garbage_from_the_key_service_is_a_failure_not_a_panic() {
     ctx.on_grpc_call_response(0, 0, 3);
     assert_eq!(gw.host.reply(id).unwrap().status, 503);
 }
+
+#[test]
+fn shipped_example_config_is_accepted() {
+    let host = MockHost::new();
+    host.with_configuration(include_str!("../config.example.json"));
+    let mut root = KeyAuthRoot::new(host.clone());
+    assert!(root.on_configure(0), "{:?}", host.logs());
+    assert_eq!(host.tick_period(), Some(Duration::from_millis(500)));
+}

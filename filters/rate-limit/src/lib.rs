@@ -1,1 +1,27 @@
-//! rate-limit filter (being written).
+//! rate-limit: exact token buckets shared by every worker of one Envoy.
+//!
+//! Request path: the rules matching the request (route name, path prefix, method) each build a
+//! bucket key from the request (consumer, key id, client IP, a header, the path, the route),
+//! pick the key's own limits when key-auth published them, and take a token from the bucket in
+//! shared data with a compare-and-swap loop. A refusing rule answers 429 unless it is in shadow
+//! mode; allowed responses carry the `RateLimit` headers.
+//!
+//! The decisions live in `tollgate_core::rate_limit`; this crate is the glue to the proxy.
+
+mod http;
+mod root;
+mod store;
+
+pub use http::RateLimitHttp;
+pub use root::{RateLimitRoot, Worker};
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    tollgate_host::install_panic_hook();
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(RateLimitRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
+    });
+}}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,0 @@
-//! rate-limit decisions (being written).

@@ -1,0 +1,656 @@
+//! The rate-limit filter's configuration: a raw serde schema (unknown fields rejected) compiled
+//! once into an immutable [`Config`]. Every error names the field it is about.
+
+use serde::Deserialize;
+
+use super::bucket::{Limit, MAX_LIMITS, Period};
+use super::descriptor::Part;
+use crate::route::{RequestFacts, RouteMatch};
+
+/// Upper bound on bucket slots: each is one shared-data entry of about 100 bytes.
+pub const MAX_SLOTS: u32 = 1 << 20;
+pub const DEFAULT_SLOTS: u32 = 16_384;
+/// At most this many rules, and this many parts in a bucket key.
+pub const MAX_RULES: usize = 64;
+pub const MAX_PARTS: usize = 6;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    failure_mode: FailureMode,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    headers: RawHeaders,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    forwarded_for_hop: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    #[serde(default = "yes")]
+    ietf: bool,
+    #[serde(default)]
+    legacy: bool,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        Self { ietf: true, legacy: false }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default, rename = "match")]
+    matcher: RawMatch,
+    #[serde(default)]
+    by: Vec<RawPart>,
+    #[serde(default)]
+    missing: Missing,
+    limits: Vec<RawLimit>,
+    #[serde(default = "yes")]
+    key_limits: bool,
+    #[serde(default)]
+    priority: Option<RawPriority>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    route_name: Option<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPart {
+    Named(String),
+    Header { header: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    rate: u64,
+    per: Period,
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriority {
+    reserve_percent: u8,
+    #[serde(default)]
+    critical: RawCritical,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCritical {
+    #[serde(default)]
+    header: Option<RawHeaderMatch>,
+    #[serde(default)]
+    route_names: Vec<String>,
+    #[serde(default)]
+    tiers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// What to do when state cannot be updated (compare-and-swap retries exhausted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through (counted). The default: a limiter fails open.
+    #[default]
+    Allow,
+    /// Refuse it with 429.
+    Deny,
+}
+
+/// What to do with a request that has no value for a part of the bucket key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// Key the bucket by the client IP instead. The default.
+    #[default]
+    Ip,
+    /// The rule does not apply to the request.
+    Skip,
+    /// Refuse the request with 429.
+    Deny,
+}
+
+/// Whether a rule enforces its limits or only counts what it would limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+/// Which requests are critical (any condition suffices).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Critical {
+    /// A request header (lower-case name), with a required value or any value.
+    pub header: Option<(String, Option<String>)>,
+    pub route_names: Vec<String>,
+    /// Tiers of the key (as key-auth publishes them).
+    pub tiers: Vec<String>,
+}
+
+/// The facts the critical check looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CriticalFacts<'a> {
+    pub header: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+    pub tier: Option<&'a str>,
+}
+
+impl Critical {
+    pub fn matches(&self, facts: &CriticalFacts<'_>) -> bool {
+        let header = match (&self.header, facts.header) {
+            (Some((_, None)), Some(_)) => true,
+            (Some((_, Some(want))), Some(got)) => want == got.trim(),
+            _ => false,
+        };
+        header
+            || facts.route_name.is_some_and(|r| self.route_names.iter().any(|n| n == r))
+            || facts.tier.is_some_and(|t| self.tiers.iter().any(|n| n == t))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priority {
+    /// Share of each bucket (percent of the burst) only critical requests may take.
+    pub reserve_percent: u8,
+    pub critical: Critical,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: RouteMatch,
+    /// The bucket key's parts; empty means one bucket for every matching request.
+    pub by: Vec<Part>,
+    pub missing: Missing,
+    pub limits: Vec<Limit>,
+    /// A key's own limits (its rate-limit policy in the key service) replace `limits`.
+    pub key_limits: bool,
+    pub priority: Option<Priority>,
+    pub mode: Mode,
+}
+
+/// Which rate-limit headers responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft).
+    pub ietf: bool,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    pub legacy: bool,
+}
+
+/// The compiled, immutable configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Namespace of this configuration's shared data.
+    pub domain: String,
+    pub slots: u32,
+    pub failure_mode: FailureMode,
+    /// `x-forwarded-for` hop (from the right) taken as the client IP; `None`: downstream address.
+    pub forwarded_for_hop: Option<u8>,
+    pub headers: Headers,
+    pub rules: Vec<Rule>,
+}
+
+/// A configuration error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid rate-limit config: `{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+impl Config {
+    /// Parses and checks a JSON configuration.
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "<root>".to_owned() } else { path };
+            let message = e.inner().to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message[..i].to_owned(),
+                None => message,
+            };
+            err(field, message)
+        })?;
+        Self::try_from(raw)
+    }
+
+    /// The rules that apply to a request, in order.
+    pub fn matching_rules<'a>(&'a self, req: &'a RequestFacts<'_>) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |r| r.matcher.matches(req))
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(err(field, format!("`{name}` is not a valid header name")))
+    }
+}
+
+fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
+    if let Some(p) = &m.path_prefix
+        && !p.starts_with('/')
+    {
+        return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
+    }
+    if m.route_name.as_ref().is_some_and(String::is_empty) {
+        return Err(err(format!("{field}.route_name"), "must not be empty when given"));
+    }
+    let mut methods = Vec::with_capacity(m.methods.len());
+    for (i, method) in m.methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(err(format!("{field}.methods[{i}]"), format!("`{method}` is not an HTTP method")));
+        }
+        methods.push(method.to_ascii_uppercase());
+    }
+    Ok(RouteMatch { route_name: m.route_name, path_prefix: m.path_prefix, methods })
+}
+
+fn compile_part(field: &str, part: RawPart) -> Result<Part, ConfigError> {
+    match part {
+        RawPart::Header { header } => {
+            let name = check_header_name(&format!("{field}.header"), &header)?;
+            if name.starts_with(':') {
+                return Err(err(
+                    format!("{field}.header"),
+                    "use `path` or `route` instead of a pseudo-header",
+                ));
+            }
+            Ok(Part::Header(name))
+        }
+        RawPart::Named(name) => match name.as_str() {
+            "consumer" => Ok(Part::Consumer),
+            "key_id" => Ok(Part::KeyId),
+            "ip" => Ok(Part::Ip),
+            "path" => Ok(Part::Path),
+            "route" => Ok(Part::Route),
+            other => Err(err(
+                field,
+                format!(
+                    "unknown part `{other}` (use consumer, key_id, ip, path, route or {{\"header\": name}})"
+                ),
+            )),
+        },
+    }
+}
+
+/// Compiles a key's limits as key-auth publishes them (`rate/period_secs/burst`, burst 0 = rate).
+/// `None` when any is unusable; the rule's own limits then apply.
+pub fn compile_key_limits(limits: &[crate::key_auth::cache::Limit]) -> Option<Vec<Limit>> {
+    if limits.is_empty() || limits.len() > MAX_LIMITS {
+        return None;
+    }
+    limits
+        .iter()
+        .map(|l| {
+            let burst = if l.burst == 0 { l.rate } else { l.burst };
+            Period::from_secs(l.period_secs)?;
+            Limit::new(l.rate, l.period_secs, burst)
+        })
+        .collect()
+}
+
+fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
+    if !is_name(&r.name) {
+        return Err(err(
+            format!("{field}.name"),
+            "must be 1–64 characters of a-z, 0-9, `_` or `-` (it names stats and headers)",
+        ));
+    }
+    let matcher = compile_match(&format!("{field}.match"), r.matcher)?;
+    if r.by.len() > MAX_PARTS {
+        return Err(err(format!("{field}.by"), format!("at most {MAX_PARTS} parts")));
+    }
+    let mut by = Vec::with_capacity(r.by.len());
+    for (i, part) in r.by.into_iter().enumerate() {
+        let part = compile_part(&format!("{field}.by[{i}]"), part)?;
+        if by.contains(&part) {
+            return Err(err(format!("{field}.by[{i}]"), "is given twice"));
+        }
+        by.push(part);
+    }
+    if r.limits.is_empty() || r.limits.len() > MAX_LIMITS {
+        return Err(err(format!("{field}.limits"), format!("needs 1 to {MAX_LIMITS} limits")));
+    }
+    let mut limits = Vec::with_capacity(r.limits.len());
+    for (i, l) in r.limits.iter().enumerate() {
+        let f = format!("{field}.limits[{i}]");
+        if l.rate == 0 {
+            return Err(err(format!("{f}.rate"), "must be at least 1"));
+        }
+        let burst = l.burst.unwrap_or(l.rate);
+        if burst == 0 {
+            return Err(err(format!("{f}.burst"), "must be at least 1"));
+        }
+        let limit = Limit::new(l.rate, l.per.secs(), burst)
+            .ok_or_else(|| err(format!("{f}.burst"), "is too large for this rate and period"))?;
+        limits.push(limit);
+    }
+    let priority = match r.priority {
+        None => None,
+        Some(p) => {
+            let pf = format!("{field}.priority");
+            if p.reserve_percent == 0 || p.reserve_percent > 99 {
+                return Err(err(format!("{pf}.reserve_percent"), "must be between 1 and 99"));
+            }
+            let header = match p.critical.header {
+                None => None,
+                Some(h) => {
+                    let name = check_header_name(&format!("{pf}.critical.header.name"), &h.name)?;
+                    Some((name, h.value))
+                }
+            };
+            let critical = Critical { header, route_names: p.critical.route_names, tiers: p.critical.tiers };
+            if critical == Critical::default() {
+                return Err(err(
+                    format!("{pf}.critical"),
+                    "needs a `header`, `route_names` or `tiers` that marks requests as critical",
+                ));
+            }
+            Some(Priority { reserve_percent: p.reserve_percent, critical })
+        }
+    };
+    Ok(Rule {
+        name: r.name,
+        matcher,
+        by,
+        missing: r.missing,
+        limits,
+        key_limits: r.key_limits,
+        priority,
+        mode: r.mode,
+    })
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let domain = raw.domain.unwrap_or_else(|| "default".to_owned());
+        if !is_name(&domain) {
+            return Err(err("domain", "must be 1–64 characters of a-z, 0-9, `_` or `-`"));
+        }
+        let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(err("slots", format!("must be between 1 and {MAX_SLOTS}")));
+        }
+        if let Some(hop) = raw.client_ip.forwarded_for_hop
+            && !(1..=16).contains(&hop)
+        {
+            return Err(err("client_ip.forwarded_for_hop", "must be between 1 and 16"));
+        }
+        if raw.rules.is_empty() || raw.rules.len() > MAX_RULES {
+            return Err(err("rules", format!("needs 1 to {MAX_RULES} rules")));
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let rule = compile_rule(&format!("rules[{i}]"), r)?;
+            if rules.iter().any(|other| other.name == rule.name) {
+                return Err(err(
+                    format!("rules[{i}].name"),
+                    format!("`{}` is used by another rule", rule.name),
+                ));
+            }
+            rules.push(rule);
+        }
+        Ok(Config {
+            domain,
+            slots,
+            failure_mode: raw.failure_mode,
+            forwarded_for_hop: raw.client_ip.forwarded_for_hop,
+            headers: Headers { ietf: raw.headers.ietf, legacy: raw.headers.legacy },
+            rules,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::from_json(json.as_bytes())
+    }
+
+    /// The example in the filter's documentation.
+    pub const EXAMPLE: &str = r#"{
+      "domain": "gateway",
+      "slots": 16384,
+      "failure_mode": "allow",
+      "client_ip": {"forwarded_for_hop": 1},
+      "headers": {"ietf": true, "legacy": true},
+      "rules": [
+        {
+          "name": "per-consumer",
+          "match": {"path_prefix": "/api"},
+          "by": ["consumer"],
+          "missing": "ip",
+          "limits": [{"rate": 10, "per": "second", "burst": 20}, {"rate": 10000, "per": "day"}],
+          "key_limits": true,
+          "priority": {
+            "reserve_percent": 20,
+            "critical": {"header": {"name": "x-priority", "value": "critical"}, "tiers": ["platinum"]}
+          }
+        },
+        {
+          "name": "login-per-ip",
+          "match": {"path_prefix": "/login", "methods": ["POST"]},
+          "by": ["ip", {"header": "x-tenant"}],
+          "missing": "skip",
+          "limits": [{"rate": 5, "per": "minute"}],
+          "mode": "shadow"
+        }
+      ]
+    }"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.domain, "gateway");
+        assert_eq!(c.forwarded_for_hop, Some(1));
+        assert_eq!(c.headers, Headers { ietf: true, legacy: true });
+        let r = &c.rules[0];
+        assert_eq!(r.by, vec![Part::Consumer]);
+        assert_eq!(r.limits[0], Limit::new(10, 1, 20).unwrap());
+        assert_eq!(r.limits[1], Limit::new(10_000, 86_400, 10_000).unwrap());
+        let p = r.priority.as_ref().unwrap();
+        assert_eq!(p.reserve_percent, 20);
+        assert_eq!(p.critical.header, Some(("x-priority".into(), Some("critical".into()))));
+        let r = &c.rules[1];
+        assert_eq!(r.by, vec![Part::Ip, Part::Header("x-tenant".into())]);
+        assert_eq!(r.matcher.methods, vec!["POST"]);
+        assert_eq!(r.missing, Missing::Skip);
+        assert_eq!(r.mode, Mode::Shadow);
+        // The documentation carries the same example.
+        let doc = include_str!("../../../../docs/rate-limit.md");
+        let normalize = |s: &str| s.split_whitespace().collect::<String>();
+        assert!(normalize(doc).contains(&normalize(EXAMPLE)), "docs/rate-limit.md must show EXAMPLE");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(r#"{"rules": [{"name": "all", "limits": [{"rate": 100, "per": "second"}]}]}"#).unwrap();
+        assert_eq!(c.domain, "default");
+        assert_eq!(c.slots, DEFAULT_SLOTS);
+        assert_eq!(c.failure_mode, FailureMode::Allow);
+        assert_eq!(c.headers, Headers { ietf: true, legacy: false });
+        let r = &c.rules[0];
+        assert!(r.by.is_empty());
+        assert_eq!(r.limits[0].burst, 100);
+        assert!(r.key_limits);
+        assert_eq!(r.mode, Mode::Enforce);
+        assert_eq!(r.missing, Missing::Ip);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let rule = |extra: &str| {
+            format!(r#"{{"rules": [{{"name": "r", "limits": [{{"rate": 1, "per": "second"}}]{extra}}}]}}"#)
+        };
+        let cases = [
+            (r#"{"rulez": []}"#.to_owned(), "rulez", "unknown field"),
+            (r#"{}"#.to_owned(), "<root>", "missing field `rules`"),
+            (r#"{"rules": []}"#.to_owned(), "rules", "1 to"),
+            (r#"{"slots": 0, "rules": []}"#.to_owned(), "slots", "between"),
+            (r#"{"domain": "A B", "rules": []}"#.to_owned(), "domain", "characters"),
+            (r#"{"client_ip": {"forwarded_for_hop": 0}, "rules": []}"#.to_owned(), "client_ip.forwarded_for_hop", "between"),
+            (r#"{"failure_mode": "maybe", "rules": []}"#.to_owned(), "failure_mode", "unknown variant"),
+            (r#"{"rules": [{"name": "Bad Name", "limits": []}]}"#.to_owned(), "rules[0].name", "characters"),
+            (r#"{"rules": [{"name": "r", "limits": []}]}"#.to_owned(), "rules[0].limits", "1 to"),
+            (
+                r#"{"rules": [{"name": "r", "limits": [{"rate": 0, "per": "second"}]}]}"#.to_owned(),
+                "rules[0].limits[0].rate",
+                "at least 1",
+            ),
+            (
+                r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "week"}]}]}"#.to_owned(),
+                "rules[0].limits[0].per",
+                "unknown variant",
+            ),
+            (
+                r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "day", "burst": 99999999999999}]}]}"#
+                    .to_owned(),
+                "rules[0].limits[0].burst",
+                "too large",
+            ),
+            (rule(r#", "by": ["user"]"#), "rules[0].by[0]", "unknown part `user`"),
+            (rule(r#", "by": [{"header": "a b"}]"#), "rules[0].by[0].header", "not a valid header"),
+            (rule(r#", "by": ["ip", "ip"]"#), "rules[0].by[1]", "twice"),
+            (rule(r#", "missing": "maybe""#), "rules[0].missing", "unknown variant"),
+            (rule(r#", "mode": "dry""#), "rules[0].mode", "unknown variant"),
+            (rule(r#", "match": {"path_prefix": "api"}"#), "rules[0].match.path_prefix", "start with"),
+            (rule(r#", "match": {"methods": ["GE T"]}"#), "rules[0].match.methods[0]", "not an HTTP method"),
+            (rule(r#", "priority": {"reserve_percent": 0, "critical": {"tiers": ["a"]}}"#), "rules[0].priority.reserve_percent", "between"),
+            (rule(r#", "priority": {"reserve_percent": 10}"#), "rules[0].priority.critical", "marks requests"),
+            (
+                r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "second"}]}, {"name": "r", "limits": [{"rate": 1, "per": "second"}]}]}"#.to_owned(),
+                "rules[1].name",
+                "another rule",
+            ),
+            ("not json".to_owned(), "<root>", "expected"),
+        ];
+        for (json, field, text) in cases {
+            let e = parse(&json).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(e.message.contains(text), "{json}: {e}");
+            assert!(e.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn critical_requests_match_any_condition() {
+        let c = Critical {
+            header: Some(("x-priority".into(), Some("critical".into()))),
+            route_names: vec!["health".into()],
+            tiers: vec!["gold".into()],
+        };
+        let f = CriticalFacts::default;
+        assert!(!c.matches(&f()));
+        assert!(c.matches(&CriticalFacts { header: Some("critical"), ..f() }));
+        assert!(!c.matches(&CriticalFacts { header: Some("bulk"), ..f() }));
+        assert!(c.matches(&CriticalFacts { route_name: Some("health"), ..f() }));
+        assert!(c.matches(&CriticalFacts { tier: Some("gold"), ..f() }));
+        assert!(!c.matches(&CriticalFacts { tier: Some("free"), ..f() }));
+        let any = Critical { header: Some(("x-p".into(), None)), ..Critical::default() };
+        assert!(any.matches(&CriticalFacts { header: Some("whatever"), ..f() }));
+    }
+
+    #[test]
+    fn key_limits_compile_or_fall_back() {
+        use crate::key_auth::cache::Limit as KeyLimit;
+        let ok = compile_key_limits(&[
+            KeyLimit { rate: 100, period_secs: 1, burst: 0 },
+            KeyLimit { rate: 5, period_secs: 60, burst: 10 },
+        ])
+        .unwrap();
+        assert_eq!(ok, vec![Limit::new(100, 1, 100).unwrap(), Limit::new(5, 60, 10).unwrap()]);
+        assert_eq!(compile_key_limits(&[]), None);
+        assert_eq!(compile_key_limits(&[KeyLimit { rate: 0, period_secs: 1, burst: 1 }]), None);
+        assert_eq!(compile_key_limits(&[KeyLimit { rate: 1, period_secs: 7, burst: 1 }]), None);
+    }
+
+    #[test]
+    fn every_matching_rule_applies() {
+        let c = parse(
+            r#"{"rules": [
+                {"name": "a", "match": {"path_prefix": "/api"}, "limits": [{"rate": 1, "per": "second"}]},
+                {"name": "b", "match": {"methods": ["POST"]}, "limits": [{"rate": 1, "per": "second"}]}]}"#,
+        )
+        .unwrap();
+        let names = |path, method| {
+            let req = RequestFacts { route_name: None, path, method };
+            c.matching_rules(&req).map(|r| r.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names("/api/x", "POST"), ["a", "b"]);
+        assert_eq!(names("/api/x", "GET"), ["a"]);
+        assert!(names("/web", "GET").is_empty());
+    }
+}

@@ -1,0 +1,272 @@
+//! The per-request context: apply every matching rule, answer 429 or pass with headers.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use tollgate_core::key_auth as ka;
+use tollgate_core::rate_limit::bucket::{Class, Limit};
+use tollgate_core::rate_limit::config::{
+    CriticalFacts, FailureMode, Missing, Mode, Rule, compile_key_limits,
+};
+use tollgate_core::rate_limit::descriptor::{self, Part};
+use tollgate_core::rate_limit::{self as rl, RuleStatus};
+use tollgate_core::route::{self, RequestFacts};
+use tollgate_host::{Host, LogLevel};
+
+use crate::root::Worker;
+
+pub struct RateLimitHttp<H: Host> {
+    host: Rc<H>,
+    worker: Rc<Worker>,
+    /// Headers to add to the response once it comes.
+    pending: Vec<(&'static str, String)>,
+}
+
+/// What the request says, read from the host at most once and only when a rule needs it.
+struct Facts<'h, H: Host> {
+    host: &'h H,
+    forwarded_for_hop: Option<u8>,
+    route_name: OnceCell<Option<String>>,
+    ip: OnceCell<Option<String>>,
+    consumer: OnceCell<Option<String>>,
+    key_id: OnceCell<Option<String>>,
+    tier: OnceCell<Option<String>>,
+    key_limits: OnceCell<Option<Vec<Limit>>>,
+}
+
+fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty())
+}
+
+impl<'h, H: Host> Facts<'h, H> {
+    fn new(host: &'h H, forwarded_for_hop: Option<u8>) -> Self {
+        Self {
+            host,
+            forwarded_for_hop,
+            route_name: OnceCell::new(),
+            ip: OnceCell::new(),
+            consumer: OnceCell::new(),
+            key_id: OnceCell::new(),
+            tier: OnceCell::new(),
+            key_limits: OnceCell::new(),
+        }
+    }
+
+    fn route_name(&self) -> Option<&str> {
+        self.route_name.get_or_init(|| text(self.host.property(&["route_name"]))).as_deref()
+    }
+
+    fn ip(&self) -> Option<&str> {
+        self.ip
+            .get_or_init(|| match self.forwarded_for_hop {
+                Some(hop) => self
+                    .host
+                    .request_header("x-forwarded-for")
+                    .and_then(|xff| descriptor::forwarded_for_hop(&xff, hop).map(str::to_owned)),
+                None => text(self.host.property(&["source", "address"]))
+                    .and_then(|a| descriptor::ip_of_address(&a).map(str::to_owned)),
+            })
+            .as_deref()
+    }
+
+    fn consumer(&self) -> Option<&str> {
+        self.consumer.get_or_init(|| text(self.host.property(&[ka::PROP_CONSUMER]))).as_deref()
+    }
+
+    fn key_id(&self) -> Option<&str> {
+        self.key_id.get_or_init(|| text(self.host.property(&[ka::PROP_KEY_ID]))).as_deref()
+    }
+
+    fn tier(&self) -> Option<&str> {
+        self.tier.get_or_init(|| text(self.host.property(&[ka::PROP_TIER]))).as_deref()
+    }
+
+    /// The key's own limits, when key-auth published usable ones.
+    fn key_limits(&self) -> Option<&[Limit]> {
+        self.key_limits
+            .get_or_init(|| {
+                let published = text(self.host.property(&[ka::PROP_RATE_LIMIT]))?;
+                let parsed = ka::parse_limits(&published).and_then(|l| compile_key_limits(&l));
+                if parsed.is_none() {
+                    self.host.log(
+                        LogLevel::Warn,
+                        &format!("rate-limit: ignoring unusable key limits `{published}`; the rule's apply"),
+                    );
+                }
+                parsed
+            })
+            .as_deref()
+    }
+
+    fn value(&self, part: &Part, path: &str) -> Option<String> {
+        match part {
+            Part::Consumer => self.consumer().map(str::to_owned),
+            Part::KeyId => self.key_id().map(str::to_owned),
+            Part::Ip => self.ip().map(str::to_owned),
+            Part::Path => Some(path.to_owned()),
+            Part::Route => self.route_name().map(str::to_owned),
+            Part::Header(name) => self.host.request_header(name),
+        }
+    }
+}
+
+/// Why a request is refused.
+enum Refusal {
+    Limited { retry_after_secs: u64 },
+    Missing,
+}
+
+impl<H: Host> RateLimitHttp<H> {
+    pub fn new(host: Rc<H>, worker: Rc<Worker>) -> Self {
+        Self { host, worker, pending: Vec::new() }
+    }
+
+    fn on_request(&mut self) -> Action {
+        let host = &*self.host;
+        let worker = &*self.worker;
+        let config = &worker.config;
+        let full_path = host.request_header(":path").unwrap_or_default();
+        let method = host.request_header(":method").unwrap_or_default();
+        let (path, _) = route::split_path(&full_path);
+        let facts = Facts::new(host, config.forwarded_for_hop);
+        let needs_route = config.rules.iter().any(|r| r.matcher.route_name.is_some());
+        let route_name = if needs_route { facts.route_name().map(str::to_owned) } else { None };
+        let req = RequestFacts { route_name: route_name.as_deref(), path, method: &method };
+
+        let mut statuses: Vec<RuleStatus<'_>> = Vec::new();
+        let mut refusal: Option<Refusal> = None;
+        for (index, rule) in config.rules.iter().enumerate() {
+            if !rule.matcher.matches(&req) {
+                continue;
+            }
+            let Some(counters) = worker.rule_counters.get(index) else {
+                continue;
+            };
+            let key = match descriptor::bucket_key(&rule.name, &rule.by, |p| facts.value(p, path)) {
+                Ok(key) => key,
+                Err(_) => match rule.missing {
+                    Missing::Ip => {
+                        match descriptor::bucket_key(&rule.name, &[Part::Ip], |p| facts.value(p, path)) {
+                            Ok(key) => key,
+                            Err(_) => {
+                                counters.inc(host, "missing_skipped");
+                                continue;
+                            }
+                        }
+                    }
+                    Missing::Skip => {
+                        counters.inc(host, "missing_skipped");
+                        continue;
+                    }
+                    Missing::Deny => {
+                        counters.inc(host, "missing_denied");
+                        if rule.mode == Mode::Enforce {
+                            refusal = Some(Refusal::Missing);
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let limits = match facts.key_limits() {
+                Some(own) if rule.key_limits => own,
+                _ => rule.limits.as_slice(),
+            };
+            let class = classify(rule, &facts, host, route_name.as_deref());
+            let owner = descriptor::hash64(key.as_bytes());
+            let slot = descriptor::slot(owner, worker.slots.count);
+            let decision = match worker.slots.take(host, slot, owner, limits, class) {
+                Ok(decision) => decision,
+                Err(_) => {
+                    counters.inc(host, "cas_exhausted");
+                    match config.failure_mode {
+                        FailureMode::Allow => {
+                            worker.counters.inc(host, "failure_mode_allowed");
+                            continue;
+                        }
+                        FailureMode::Deny => {
+                            worker.counters.inc(host, "failure_mode_denied");
+                            refusal = Some(Refusal::Limited { retry_after_secs: 1 });
+                            break;
+                        }
+                    }
+                }
+            };
+            if decision.collided {
+                counters.inc(host, "collisions");
+            }
+            if decision.allowed {
+                counters.inc(host, "allowed");
+            } else if rule.mode == Mode::Shadow {
+                counters.inc(host, "shadow_limited");
+                host.log(
+                    LogLevel::Info,
+                    &format!("rate-limit: rule `{}` would limit this request (shadow mode)", rule.name),
+                );
+                continue;
+            } else {
+                counters.inc(host, "limited");
+            }
+            if rule.mode == Mode::Enforce {
+                statuses.push(RuleStatus { rule: &rule.name, limits: decision.status });
+            }
+            if !decision.allowed {
+                refusal = Some(Refusal::Limited { retry_after_secs: decision.retry_after_secs });
+                break;
+            }
+        }
+
+        let headers = rl::response_headers(&statuses, config.headers);
+        let Some(refusal) = refusal else {
+            self.pending = headers;
+            return Action::Continue;
+        };
+        let request_id = host.request_header("x-request-id").unwrap_or_default();
+        let (message, retry) = match refusal {
+            Refusal::Limited { retry_after_secs } => (rl::ERROR_MESSAGE, retry_after_secs),
+            Refusal::Missing => (rl::MISSING_MESSAGE, 1),
+        };
+        let reply = rl::limited_reply(&request_id, message, retry, headers);
+        let pairs: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_response(reply.status, &pairs, &reply.body);
+        Action::Pause
+    }
+
+    fn on_response(&mut self) {
+        for (name, value) in std::mem::take(&mut self.pending) {
+            self.host.set_response_header(name, Some(&value));
+        }
+    }
+}
+
+/// Whether a request may use the rule's reserved share.
+fn classify<H: Host>(rule: &Rule, facts: &Facts<'_, H>, host: &H, route_name: Option<&str>) -> Class {
+    let Some(priority) = &rule.priority else {
+        return Class::Normal { reserve_percent: 0 };
+    };
+    let c = &priority.critical;
+    let header = c.header.as_ref().and_then(|(name, _)| host.request_header(name));
+    let route_name = match route_name {
+        Some(r) => Some(r),
+        None if !c.route_names.is_empty() => facts.route_name(),
+        None => None,
+    };
+    let tier = if c.tiers.is_empty() { None } else { facts.tier() };
+    let critical = c.matches(&CriticalFacts { header: header.as_deref(), route_name, tier });
+    if critical { Class::Critical } else { Class::Normal { reserve_percent: priority.reserve_percent } }
+}
+
+impl<H: Host> Context for RateLimitHttp<H> {}
+
+impl<H: Host> HttpContext for RateLimitHttp<H> {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_response();
+        Action::Continue
+    }
+}

@@ -1,0 +1,102 @@
+//! Buckets in shared data: a fixed array of slots, pre-initialized, updated by compare-and-swap.
+//!
+//! Shared data has no delete, and a key that does not exist yet has no CAS token: two workers
+//! writing it "for the first time" would both succeed and one admission would be lost. So no
+//! bucket is ever created on the request path. When the filter is configured (Envoy does this on
+//! the main thread before the listener takes traffic, then on each worker) every slot that does
+//! not exist yet is written as an idle entry, and a marker records how many slots exist. From then
+//! on every admission is a CAS-guarded update of an existing entry. Writing an idle entry twice is
+//! harmless: idle means "full bucket", the same as no entry.
+//!
+//! The number of slots is fixed, so a flood of distinct keys cannot grow memory. Two bucket keys
+//! landing in one slot share it: while the entry is busy (some bucket not full), the newcomer's
+//! tokens come from the same debt, which can only refuse more, never admit more, than each key's
+//! own limit (see `tollgate_core::rate_limit::bucket`). Once the entry is idle again the next key
+//! claims it with a full bucket, which is exactly what it would have had alone.
+
+use tollgate_core::rate_limit::bucket::{self, Class, Decision, Limit, State};
+use tollgate_host::{Host, SharedError};
+
+/// Retries of the compare-and-swap loop before the request follows `failure_mode`.
+pub const CAS_RETRIES: usize = 16;
+
+/// Names of this configuration's shared-data keys: `tollgate.rate_limit.<domain>.<slot>`.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    prefix: String,
+    pub count: u32,
+}
+
+/// The CAS loop ran out of retries, or the host refused the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted;
+
+impl Slots {
+    pub fn new(domain: &str, count: u32) -> Self {
+        Self { prefix: format!("tollgate.rate_limit.{domain}."), count }
+    }
+
+    fn key(&self, slot: u32) -> String {
+        format!("{}{slot}", self.prefix)
+    }
+
+    fn marker(&self) -> String {
+        format!("{}slots", self.prefix)
+    }
+
+    /// Makes sure every slot exists (see the module documentation). Returns how many it wrote.
+    pub fn initialize<H: Host + ?Sized>(&self, host: &H) -> u32 {
+        let marker = self.marker();
+        let ready = host
+            .shared_get(&marker)
+            .0
+            .and_then(|b| b.as_slice().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0);
+        if ready >= self.count {
+            return 0;
+        }
+        let idle = State::default().encode();
+        let mut written = 0;
+        for slot in 0..self.count {
+            let key = self.key(slot);
+            if host.shared_get(&key).0.is_none() && host.shared_set(&key, &idle, None).is_ok() {
+                written += 1;
+            }
+        }
+        let _ = host.shared_set(&marker, &self.count.to_le_bytes(), None);
+        written
+    }
+
+    /// Takes one token for `owner` in `slot`. A refusal writes nothing.
+    pub fn take<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        slot: u32,
+        owner: u64,
+        limits: &[Limit],
+        class: Class,
+    ) -> Result<Decision, Exhausted> {
+        let key = self.key(slot);
+        for _ in 0..CAS_RETRIES {
+            let (bytes, cas) = host.shared_get(&key);
+            if bytes.is_none() {
+                // Not initialized (it always is after configure): create it idle, then retry
+                // through the CAS path like every other admission.
+                let _ = host.shared_set(&key, &State::default().encode(), None);
+                continue;
+            }
+            let state = bytes.as_deref().and_then(State::decode);
+            let now_ns = bucket::ms_to_ns(host.now_ms());
+            let decision = bucket::take(state.as_ref(), owner, limits, class, now_ns);
+            let Some(next) = &decision.next else {
+                return Ok(decision);
+            };
+            match host.shared_set(&key, &next.encode(), cas) {
+                Ok(()) => return Ok(decision),
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Failed) => return Err(Exhausted),
+            }
+        }
+        Err(Exhausted)
+    }
+}

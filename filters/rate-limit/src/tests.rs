@@ -1,0 +1,313 @@
+//! The contexts driven against the mock host.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{HttpContext, RootContext};
+use proxy_wasm::types::Action;
+use tollgate_core::key_auth as ka;
+use tollgate_host::Host;
+use tollgate_host::mock::MockHost;
+
+use crate::{RateLimitHttp, RateLimitRoot};
+
+/// A gateway worker: one mock host (one Envoy worker) with the filter configured.
+struct Gateway {
+    host: Rc<MockHost>,
+    root: RateLimitRoot<MockHost>,
+    next_id: u32,
+}
+
+impl Gateway {
+    fn new(config: &str) -> Self {
+        Self::on_host(MockHost::new(), config)
+    }
+
+    fn on_host(host: Rc<MockHost>, config: &str) -> Self {
+        host.with_configuration(config);
+        let mut root = RateLimitRoot::new(host.clone());
+        host.enter(1);
+        assert!(root.on_configure(0), "{:?}", host.logs());
+        Self { host, root, next_id: 100 }
+    }
+
+    /// Another worker of the same Envoy: shares the first one's shared data.
+    fn worker(&self, config: &str) -> Self {
+        let mut gw = Self::on_host(MockHost::sharing_with(&self.host), config);
+        gw.next_id = self.next_id + 10_000;
+        gw
+    }
+
+    /// Runs a request through the filter: request headers, then (if it passed) the response.
+    /// `props` are filter-state properties (what key-auth published).
+    fn request(&mut self, path: &str, headers: &[(&str, &str)], props: &[(&str, &str)]) -> (u32, Action) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.host.with_header(id, ":path", path);
+        self.host.with_header(id, ":method", "GET");
+        self.host.with_header(id, "x-request-id", &format!("req-{id}"));
+        for (k, v) in headers {
+            self.host.with_header(id, k, v);
+        }
+        self.host.enter(id);
+        for (k, v) in props {
+            self.host.set_property(&[k], v.as_bytes());
+        }
+        let mut ctx = RateLimitHttp::new(self.host.clone(), self.root.worker().unwrap());
+        let action = ctx.on_http_request_headers(0, true);
+        if action == Action::Continue {
+            ctx.on_http_response_headers(0, true);
+        }
+        (id, action)
+    }
+
+    fn get(&mut self, path: &str) -> Action {
+        self.request(path, &[], &[]).1
+    }
+
+    fn allowed_of(
+        &mut self,
+        n: usize,
+        path: &str,
+        headers: &[(&str, &str)],
+        props: &[(&str, &str)],
+    ) -> usize {
+        (0..n).filter(|_| self.request(path, headers, props).1 == Action::Continue).count()
+    }
+}
+
+fn global(rate: u64, per: &str, burst: u64) -> String {
+    format!(
+        r#"{{"slots": 64, "rules": [{{"name": "all", "limits": [{{"rate": {rate}, "per": "{per}", "burst": {burst}}}]}}]}}"#
+    )
+}
+
+#[test]
+fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
+    let mut gw = Gateway::new(&global(1, "minute", 3));
+    for _ in 0..3 {
+        assert_eq!(gw.get("/a"), Action::Continue);
+    }
+    let (id, action) = gw.request("/a", &[], &[]);
+    assert_eq!(action, Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("60"));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("ratelimit"), Some(r#""all";r=0;t=180"#));
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["request_id"], format!("req-{id}"));
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.allowed"), 3);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.limited"), 1);
+}
+
+#[test]
+fn allowed_responses_carry_the_headers() {
+    let config = r#"{"slots": 64, "headers": {"legacy": true},
+        "rules": [{"name": "all", "limits": [{"rate": 10, "per": "second", "burst": 5}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let (id, action) = gw.request("/a", &[], &[]);
+    assert_eq!(action, Action::Continue);
+    let h = |n| gw.host.response_header_of(id, n);
+    assert_eq!(h("ratelimit-policy").as_deref(), Some(r#""all";q=10;w=1"#));
+    assert_eq!(h("ratelimit").as_deref(), Some(r#""all";r=4;t=1"#));
+    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("10"));
+    assert_eq!(h("x-ratelimit-remaining").as_deref(), Some("4"));
+    assert_eq!(h("x-ratelimit-reset").as_deref(), Some("1"));
+}
+
+#[test]
+fn headers_can_be_switched_off() {
+    let config = r#"{"slots": 64, "headers": {"ietf": false},
+        "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let (id, _) = gw.request("/a", &[], &[]);
+    assert_eq!(gw.host.response_header_of(id, "ratelimit"), None);
+    let (id, _) = gw.request("/a", &[], &[]);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("ratelimit"), None);
+    assert!(reply.header("retry-after").is_some());
+}
+
+#[test]
+fn tokens_refill_with_the_host_clock() {
+    let mut gw = Gateway::new(&global(2, "second", 2));
+    assert_eq!(gw.allowed_of(10, "/", &[], &[]), 2);
+    gw.host.advance(std::time::Duration::from_millis(500));
+    assert_eq!(gw.allowed_of(10, "/", &[], &[]), 1);
+    gw.host.advance(std::time::Duration::from_secs(60));
+    assert_eq!(gw.allowed_of(10, "/", &[], &[]), 2);
+}
+
+#[test]
+fn workers_share_one_bucket() {
+    let config = global(1, "hour", 10);
+    let mut a = Gateway::new(&config);
+    let mut b = a.worker(&config);
+    let mut allowed = 0;
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { &mut a } else { &mut b };
+        allowed += usize::from(gw.get("/") == Action::Continue);
+    }
+    assert_eq!(allowed, 10);
+}
+
+#[test]
+fn slots_exist_before_the_first_request_and_are_written_once() {
+    let config = global(1, "hour", 1);
+    let a = Gateway::new(&config);
+    // 64 slots and the marker.
+    assert_eq!(a.host.shared_keys(), 65);
+    assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized"), 1);
+    let b = a.worker(&config);
+    assert_eq!(b.host.counter("tollgate.rate_limit.slots_initialized"), 0, "the second worker finds them");
+}
+
+#[test]
+fn a_lost_compare_and_swap_is_retried() {
+    let mut gw = Gateway::new(&global(1, "hour", 5));
+    gw.host.fail_next_cas(3);
+    assert_eq!(gw.get("/"), Action::Continue);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.cas_exhausted"), 0);
+    assert_eq!(gw.allowed_of(10, "/", &[], &[]), 4);
+}
+
+#[test]
+fn exhausted_retries_follow_failure_mode() {
+    let mut gw = Gateway::new(&global(1, "hour", 5));
+    gw.host.fail_next_cas(1000);
+    assert_eq!(gw.get("/"), Action::Continue);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.cas_exhausted"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.failure_mode_allowed"), 1);
+
+    let deny = r#"{"slots": 64, "failure_mode": "deny", "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour", "burst": 5}]}]}"#;
+    let mut gw = Gateway::new(deny);
+    gw.host.fail_next_cas(1000);
+    let (id, action) = gw.request("/", &[], &[]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 429);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.failure_mode_denied"), 1);
+}
+
+const PER_CONSUMER: &str = r#"{"slots": 1024, "rules": [{"name": "c", "by": ["consumer"], "missing": "deny",
+    "limits": [{"rate": 1, "per": "hour", "burst": 2}]}]}"#;
+
+#[test]
+fn consumers_have_their_own_buckets() {
+    let mut gw = Gateway::new(PER_CONSUMER);
+    let alice = [(ka::PROP_CONSUMER, "alice")];
+    let bob = [(ka::PROP_CONSUMER, "bob")];
+    assert_eq!(gw.allowed_of(5, "/", &[], &alice), 2);
+    assert_eq!(gw.allowed_of(5, "/", &[], &bob), 2);
+}
+
+#[test]
+fn missing_descriptor_follows_the_fallback() {
+    let mut gw = Gateway::new(PER_CONSUMER);
+    let (id, action) = gw.request("/", &[], &[]);
+    assert_eq!(action, Action::Pause);
+    let body: serde_json::Value = serde_json::from_slice(&gw.host.reply(id).unwrap().body).unwrap();
+    assert_eq!(body["message"], tollgate_core::rate_limit::MISSING_MESSAGE);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.c.missing_denied"), 1);
+
+    let skip = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "skip""#);
+    let mut gw = Gateway::new(&skip);
+    assert_eq!(gw.allowed_of(5, "/", &[], &[]), 5);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.c.missing_skipped"), 5);
+
+    // `ip`: requests without a consumer share their IP's bucket.
+    let by_ip = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "ip""#);
+    let mut gw = Gateway::new(&by_ip);
+    gw.host.with_property(&["source", "address"], b"10.0.0.1:1234");
+    assert_eq!(gw.allowed_of(5, "/", &[], &[]), 2);
+}
+
+#[test]
+fn a_keys_own_limits_replace_the_rules() {
+    let mut gw = Gateway::new(PER_CONSUMER);
+    let gold = [(ka::PROP_CONSUMER, "gold"), (ka::PROP_RATE_LIMIT, "1/3600/5")];
+    assert_eq!(gw.allowed_of(10, "/", &[], &gold), 5);
+    // Unusable published limits fall back to the rule's, with a warning.
+    let odd = [(ka::PROP_CONSUMER, "odd"), (ka::PROP_RATE_LIMIT, "1/7/5")];
+    assert_eq!(gw.allowed_of(10, "/", &[], &odd), 2);
+    assert!(gw.host.logs().iter().any(|(_, m)| m.contains("unusable key limits")));
+    // Unless the rule says so.
+    let own_off = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "deny", "key_limits": false"#);
+    let mut gw = Gateway::new(&own_off);
+    assert_eq!(gw.allowed_of(10, "/", &[], &gold), 2);
+}
+
+#[test]
+fn client_ip_comes_from_the_trusted_forwarded_for_hop() {
+    let config = r#"{"slots": 1024, "client_ip": {"forwarded_for_hop": 2},
+        "rules": [{"name": "ip", "by": ["ip"], "missing": "skip", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    gw.host.with_property(&["source", "address"], b"10.0.0.1:1234");
+    let one = [("x-forwarded-for", "203.0.113.1, 10.9.9.9")];
+    let two = [("x-forwarded-for", "203.0.113.2, 10.9.9.9")];
+    assert_eq!(gw.allowed_of(3, "/", &one, &[]), 1);
+    assert_eq!(gw.allowed_of(3, "/", &two, &[]), 1);
+    // Too few hops: no IP, and the rule is skipped.
+    assert_eq!(gw.allowed_of(3, "/", &[("x-forwarded-for", "203.0.113.3")], &[]), 3);
+}
+
+#[test]
+fn critical_requests_use_the_reserve() {
+    let config = r#"{"slots": 64, "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour", "burst": 10}],
+        "priority": {"reserve_percent": 30, "critical": {"header": {"name": "x-priority", "value": "critical"}, "tiers": ["gold"]}}}]}"#;
+    let mut gw = Gateway::new(config);
+    assert_eq!(gw.allowed_of(20, "/", &[], &[]), 7);
+    assert_eq!(gw.allowed_of(2, "/", &[("x-priority", "critical")], &[]), 2);
+    assert_eq!(gw.allowed_of(5, "/", &[], &[(ka::PROP_TIER, "gold")]), 1);
+    assert_eq!(gw.allowed_of(5, "/", &[("x-priority", "critical")], &[]), 0);
+}
+
+#[test]
+fn shadow_mode_counts_but_never_refuses() {
+    let config = r#"{"slots": 64, "rules": [{"name": "all", "mode": "shadow", "limits": [{"rate": 1, "per": "hour", "burst": 2}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let ids: Vec<_> = (0..5).map(|_| gw.request("/", &[], &[])).collect();
+    assert!(ids.iter().all(|(_, a)| *a == Action::Continue));
+    assert!(ids.iter().all(|(id, _)| gw.host.reply(*id).is_none()));
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.allowed"), 2);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.shadow_limited"), 3);
+    // Shadow rules do not announce limits they do not enforce.
+    assert_eq!(gw.host.response_header_of(ids[0].0, "ratelimit"), None);
+}
+
+#[test]
+fn rules_match_routes_paths_and_methods() {
+    let config = r#"{"slots": 256, "rules": [
+        {"name": "api", "match": {"path_prefix": "/api", "route_name": "main"}, "limits": [{"rate": 1, "per": "hour"}]},
+        {"name": "post", "match": {"methods": ["POST"]}, "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    gw.host.with_property(&["route_name"], b"main");
+    assert_eq!(gw.allowed_of(3, "/api/x?q=1", &[], &[]), 1);
+    assert_eq!(gw.allowed_of(3, "/web", &[], &[]), 3);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.api.allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.post.allowed"), 0);
+}
+
+#[test]
+fn many_distinct_keys_stay_within_the_slots() {
+    let config = r#"{"slots": 32, "rules": [{"name": "h", "by": [{"header": "x-client"}], "limits": [{"rate": 1, "per": "second", "burst": 1000}]}]}"#;
+    let mut gw = Gateway::new(config);
+    for i in 0..2_000 {
+        let client = format!("client-{i}");
+        assert_eq!(gw.request("/", &[("x-client", &client)], &[]).1, Action::Continue);
+    }
+    assert_eq!(gw.host.shared_keys(), 33);
+    assert!(gw.host.counter("tollgate.rate_limit.rule.h.collisions") > 0);
+}
+
+#[test]
+fn an_invalid_config_is_refused_naming_the_field() {
+    let host = MockHost::new();
+    host.with_configuration(r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "week"}]}]}"#);
+    let mut root = RateLimitRoot::new(host.clone());
+    assert!(!root.on_configure(0));
+    let logs = host.logs();
+    assert!(logs.iter().any(|(_, m)| m.contains("`rules[0].limits[0].per`")), "{logs:?}");
+    assert!(root.worker().is_none());
+}

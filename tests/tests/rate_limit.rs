@@ -1,0 +1,351 @@
+//! The rate-limit filter end to end: real Envoy with 1 and 4 workers, the real key service and
+//! key-auth for identities and tiers, a real upstream. Counts are exact: with no refill during a
+//! burst (limits per hour), N concurrent requests against a bucket of L let exactly L through.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, Response, Value, eventually, json};
+use tollgate_proto::v1::{CreateKeyRequest, Period, RateLimit, RateLimitPolicy};
+
+const STATS: &str = "wasmcustom.tollgate.rate_limit.";
+/// Concurrent connections of the load loops.
+const CONCURRENCY: usize = 24;
+
+fn rate_limit_filter(config: &Value) -> Value {
+    tollgate_e2e::wasm_filter(
+        "rate_limit",
+        "tollgate.rate_limit",
+        &tollgate_e2e::wasm_module("tollgate_rate_limit"),
+        config,
+    )
+}
+
+struct Gateway {
+    _echo: Echo,
+    envoy: Envoy,
+    client: HttpClient,
+}
+
+impl Gateway {
+    /// Envoy with only the rate-limit filter.
+    async fn start(config: Value, workers: u32) -> Self {
+        let echo = Echo::start();
+        let envoy = Envoy::start(
+            EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config)).workers(workers),
+        )
+        .await;
+        Self { _echo: echo, envoy, client: HttpClient::fresh_connections() }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.client.get(self.envoy.url(path)).headers(headers.iter().copied()).send().await
+    }
+
+    /// Sends `n` requests over `CONCURRENCY` concurrent connections (a new connection per
+    /// request, so they spread over the workers); returns every response.
+    async fn burst(&self, path: &str, headers: &[(&str, &str)], n: usize) -> Vec<Response> {
+        burst(&self.client, self.envoy.url(path), headers, n).await
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("{STATS}{name}")).await.unwrap_or(0)
+    }
+
+    /// Waits until stat `name` reaches `value` (stats land as streams end); returns the last value.
+    async fn stat_reaches(&self, name: &str, value: u64) -> u64 {
+        eventually(Duration::from_secs(5), || async { self.stat(name).await >= value }).await;
+        self.stat(name).await
+    }
+}
+
+async fn burst(client: &HttpClient, url: String, headers: &[(&str, &str)], n: usize) -> Vec<Response> {
+    let headers: Arc<Vec<(String, String)>> =
+        Arc::new(headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..CONCURRENCY.min(n) {
+        let (client, url, headers, next) = (client.clone(), url.clone(), headers.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let req =
+                    client.get(url.clone()).headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                out.push(req.send().await);
+            }
+            out
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    assert_eq!(all.len(), n);
+    all
+}
+
+fn count(responses: &[Response], status: u16) -> usize {
+    responses.iter().filter(|r| r.status == status).count()
+}
+
+/// A bucket of `burst` that refills one token per hour: nothing refills during a test.
+fn hourly(name: &str, by: Value, burst: u64) -> Value {
+    json!({"name": name, "by": by, "limits": [{"rate": 1, "per": "hour", "burst": burst}]})
+}
+
+async fn exactly_the_burst_gets_through(workers: u32) {
+    const LIMIT: usize = 60;
+    const SENT: usize = 400;
+    let gw = Gateway::start(json!({"slots": 4096, "headers": {"legacy": true}, "rules": [hourly("all", json!([]), LIMIT as u64)]}), workers).await;
+    let responses = gw.burst("/burst", &[], SENT).await;
+    assert_eq!(count(&responses, 200), LIMIT, "workers={workers}");
+    assert_eq!(count(&responses, 429), SENT - LIMIT, "workers={workers}");
+    assert_eq!(gw.stat_reaches("rule.all.allowed", LIMIT as u64).await, LIMIT as u64);
+    assert_eq!(gw.stat_reaches("rule.all.limited", (SENT - LIMIT) as u64).await, (SENT - LIMIT) as u64);
+    assert_eq!(gw.stat("rule.all.cas_exhausted").await, 0);
+
+    // The headers: allowed responses count down; refused ones say when to come back.
+    let mut remaining: Vec<u64> = responses
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            assert_eq!(r.header("ratelimit-policy"), Some(r#""all";q=1;w=3600"#));
+            assert_eq!(r.header("x-ratelimit-limit"), Some("1"));
+            let v = r.header("ratelimit").unwrap();
+            assert_eq!(r.header("x-ratelimit-remaining").unwrap().parse::<u64>().ok(), parse_r(v));
+            parse_r(v).unwrap()
+        })
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..LIMIT as u64).collect::<Vec<_>>(), "each token was handed out once");
+    let refused = responses.iter().find(|r| r.status == 429).unwrap();
+    assert_eq!(refused.header("retry-after"), Some("3600"));
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert_eq!(refused.header("ratelimit"), Some(format!(r#""all";r=0;t={}"#, LIMIT * 3600).as_str()));
+    let body = refused.json();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+
+    if workers > 1 {
+        // The requests really were spread over the workers.
+        let per_worker = gw.envoy.stats("worker_.*downstream_cx_total").await;
+        let busy = per_worker.iter().filter(|(k, v)| k.starts_with("listener.127.") && **v > 0).count();
+        assert!(busy >= 2, "{per_worker:?}");
+    }
+}
+
+fn parse_r(header: &str) -> Option<u64> {
+    header.split(';').find_map(|p| p.strip_prefix("r=")).and_then(|r| r.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_burst_gets_through_with_1_worker() {
+    exactly_the_burst_gets_through(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_burst_gets_through_with_4_workers() {
+    exactly_the_burst_gets_through(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_do_not_share_a_bucket_and_tokens_refill() {
+    let config = json!({"slots": 4096, "rules": [
+        {"name": "client", "by": [{"header": "x-client"}], "missing": "deny",
+         "limits": [{"rate": 5, "per": "second", "burst": 5}]}
+    ]});
+    let gw = Gateway::start(config, 4).await;
+    let a = gw.burst("/", &[("x-client", "a")], 40).await;
+    let b = gw.burst("/", &[("x-client", "b")], 40).await;
+    // 5 per second: a slow machine may see one more token come back during the burst.
+    assert!((5..=6).contains(&count(&a, 200)), "{}", count(&a, 200));
+    assert!((5..=6).contains(&count(&b, 200)), "{}", count(&b, 200));
+    // Without the header the rule denies.
+    let missing = gw.get("/", &[]).await;
+    assert_eq!(missing.status, 429);
+    assert_eq!(missing.json()["error"], "rate_limited");
+    // Refused now; a token back after waiting for it.
+    assert_eq!(gw.get("/", &[("x-client", "a")]).await.status, 429);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gw.get("/", &[("x-client", "a")]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_requests_get_through_while_normal_ones_are_limited() {
+    let mut rule = hourly("all", json!([]), 20);
+    rule["priority"] =
+        json!({"reserve_percent": 25, "critical": {"header": {"name": "x-priority", "value": "critical"}}});
+    let gw = Gateway::start(json!({"slots": 1024, "rules": [rule]}), 4).await;
+    let normal = gw.burst("/", &[], 100).await;
+    assert_eq!(count(&normal, 200), 15);
+    let critical = gw.burst("/", &[("x-priority", "critical")], 20).await;
+    assert_eq!(count(&critical, 200), 5);
+    assert_eq!(gw.get("/", &[]).await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_never_blocks() {
+    let mut rule = hourly("shadow", json!([]), 10);
+    rule["mode"] = json!("shadow");
+    let gw = Gateway::start(json!({"slots": 1024, "rules": [rule]}), 4).await;
+    let responses = gw.burst("/", &[], 60).await;
+    assert_eq!(count(&responses, 200), 60);
+    assert_eq!(gw.stat_reaches("rule.shadow.shadow_limited", 50).await, 50);
+    assert_eq!(gw.stat("rule.shadow.allowed").await, 10);
+    assert!(gw.envoy.logs().contains("would limit this request (shadow mode)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_tier_from_the_key_service_wins() {
+    let echo = Echo::start();
+    let keyd = Keyd::start_temp().await;
+    let config = json!({"slots": 4096, "rules": [hourly("per-consumer", json!(["consumer"]), 3)]});
+    let envoy = Envoy::start(
+        EnvoyOpts::new(echo.addr())
+            .key_auth(keyd.key_auth_config())
+            .keyd(keyd.addr())
+            .http_filter(rate_limit_filter(&config))
+            .workers(4),
+    )
+    .await;
+    let (_, plain) = keyd.create_key("plain", &[]).await;
+    let gold = keyd
+        .admin_client()
+        .await
+        .create_key(CreateKeyRequest {
+            consumer: "gold".into(),
+            create_consumer: true,
+            rate_limit: Some(RateLimitPolicy {
+                tier: "gold".into(),
+                limits: vec![RateLimit { rate: 10, period: Period::Hour as i32, burst: 10 }],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let client = HttpClient::fresh_connections();
+    let plain = burst(&client, envoy.url("/"), &[("x-api-key", &plain)], 30).await;
+    let gold = burst(&client, envoy.url("/"), &[("x-api-key", &gold)], 30).await;
+    assert_eq!(count(&plain, 200), 3);
+    assert_eq!(count(&gold, 200), 10);
+    let gold_ok = gold.iter().find(|r| r.status == 200).unwrap();
+    assert_eq!(gold_ok.header("ratelimit-policy"), Some(r#""per-consumer";q=10;w=3600"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_is_refused_naming_the_field() {
+    let echo = Echo::start();
+    let config = json!({"rules": [{"name": "r", "limits": [{"rate": 1, "per": "week"}]}]});
+    let log =
+        match Envoy::try_start(EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config))).await {
+            Ok(_) => panic!("Envoy accepted an invalid rate-limit config"),
+            Err(log) => log,
+        };
+    assert!(log.contains("invalid rate-limit config: `rules[0].limits[0].per`"), "{log}");
+}
+
+/// Envoy's heap in use, from the admin API.
+async fn allocated(envoy: &Envoy) -> u64 {
+    let memory: Value = serde_json::from_str(&envoy.admin_get("/memory").await).unwrap();
+    memory["allocated"].as_str().and_then(|v| v.parse().ok()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_client_keys_stay_within_the_slot_budget() {
+    const CLIENTS: usize = 100_000;
+    const WARM_UP: usize = 4_000;
+    const SLOTS: u64 = 2048;
+    let config = json!({"slots": SLOTS, "headers": {"ietf": false},
+        "rules": [{"name": "client", "by": [{"header": "x-client"}],
+                   "limits": [{"rate": 1000, "per": "second", "burst": 10}]}]});
+    // Envoy answers itself (the filters still run first): this test is about keys, so the
+    // upstream and the HTTP client are kept out of the way.
+    let echo = Echo::start();
+    let mut bootstrap = EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config)).render();
+    let route = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0];
+    route.as_object_mut().unwrap().remove("route");
+    route["direct_response"] = json!({"status": 200, "body": {"inline_string": "ok"}});
+    let envoy = Envoy::start_config(&bootstrap, 2, &[]).await.unwrap_or_else(|log| panic!("{log}"));
+
+    let ok = pipelined_clients(envoy.addr(), 0..WARM_UP).await;
+    assert_eq!(ok, WARM_UP);
+    let before = allocated(&envoy).await;
+    let ok = pipelined_clients(envoy.addr(), WARM_UP..CLIENTS).await;
+    let after = allocated(&envoy).await;
+    // Every client is new and its bucket (10 tokens) holds plenty: all pass, including those whose
+    // slot another client's bucket occupied in the same few milliseconds.
+    assert_eq!(ok, CLIENTS - WARM_UP);
+    // A bucket per client would take well over 100 bytes × 96 000 ≈ 10 MB; the slots were all
+    // written before the first request. Allow 2 MB of noise.
+    let grown = after.saturating_sub(before);
+    assert!(grown < 2 << 20, "Envoy's heap grew by {grown} bytes for {CLIENTS} distinct keys");
+}
+
+/// Sends one `GET /` per id in `ids` with `x-client: c<id>` over kept-alive raw connections (a
+/// window of requests in flight on each); returns how many answered 200.
+async fn pipelined_clients(addr: std::net::SocketAddr, ids: std::ops::Range<usize>) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNECTIONS: usize = 16;
+    const WINDOW: usize = 1;
+    let ids: Vec<usize> = ids.collect();
+    let mut tasks = JoinSet::new();
+    for chunk in ids.chunks(ids.len().div_ceil(CONNECTIONS).max(1)) {
+        let chunk = chunk.to_vec();
+        tasks.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut ok = 0;
+            let mut buf = Vec::new();
+            for window in chunk.chunks(WINDOW) {
+                let mut out = String::new();
+                for id in window {
+                    out.push_str(&format!("GET / HTTP/1.1\r\nhost: gw\r\nx-client: c{id}\r\n\r\n"));
+                }
+                stream.write_all(out.as_bytes()).await.unwrap();
+                let mut seen = 0;
+                while seen < window.len() {
+                    match take_response(&mut buf) {
+                        Some(status) => {
+                            seen += 1;
+                            ok += usize::from(status == 200);
+                        }
+                        None => {
+                            let mut chunk = [0u8; 16 * 1024];
+                            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                                .await
+                                .expect("Envoy stopped answering")
+                                .unwrap();
+                            assert!(n > 0, "Envoy closed the connection: {}", String::from_utf8_lossy(&buf));
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                    }
+                }
+            }
+            ok
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = tasks.join_next().await {
+        ok += done.unwrap();
+    }
+    ok
+}
+
+/// Removes one complete response (with a `content-length` body) from `buf`; its status.
+fn take_response(buf: &mut Vec<u8>) -> Option<u16> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).unwrap().to_ascii_lowercase();
+    let status = head.get(9..12)?.parse().unwrap();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    if buf.len() < end + length {
+        return None;
+    }
+    buf.drain(..end + length);
+    Some(status)
+}
