@@ -1,1 +1,0 @@
-//! transform decisions (being written).

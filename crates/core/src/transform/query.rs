@@ -1,0 +1,201 @@
+//! Query-string operations. Names are compared percent-decoded; untouched pairs keep their
+//! original encoding; new values are percent-encoded.
+
+use super::Op;
+use super::request::{Captures, Request};
+use super::template::Template;
+
+/// A query string as `(raw name, raw value)` pairs; a pair without `=` has value `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pairs: Vec<(String, Option<String>)>,
+}
+
+impl Query {
+    pub fn parse(query: &str) -> Self {
+        let pairs = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (p.to_owned(), None),
+            })
+            .collect();
+        Self { pairs }
+    }
+
+    pub fn to_query_string(&self) -> String {
+        self.pairs
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    fn is(raw: &str, name: &str) -> bool {
+        decode(raw).as_deref() == Some(name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(k, _)| Self::is(k, name))
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.pairs.retain(|(k, _)| !Self::is(k, name));
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        self.pairs.push((encode(name), Some(encode(value))));
+    }
+
+    /// Replaces the first value and drops the others, keeping the position.
+    fn set(&mut self, name: &str, value: &str) {
+        match self.pairs.iter().position(|(k, _)| Self::is(k, name)) {
+            Some(i) => {
+                self.remove_after(name, i);
+                if let Some(pair) = self.pairs.get_mut(i) {
+                    pair.1 = Some(encode(value));
+                }
+            }
+            None => self.add(name, value),
+        }
+    }
+
+    fn remove_after(&mut self, name: &str, keep: usize) {
+        let mut i = 0;
+        self.pairs.retain(|(k, _)| {
+            let drop = i > keep && Self::is(k, name);
+            i += 1;
+            !drop
+        });
+    }
+}
+
+/// The first value of `name` in a raw query string, decoded.
+pub fn first_value(query: &str, name: &str) -> Option<String> {
+    crate::route::query_param(query, name).into_iter().next()
+}
+
+/// Applies one operation; `Ok(false)` when it did not apply (absent, present, no value).
+pub fn apply(query: &mut Query, op: &Op<String, Template>, req: &Request, captures: &Captures) -> bool {
+    match op {
+        Op::Remove(name) => {
+            if !query.has(name) {
+                return false;
+            }
+            query.remove(name);
+        }
+        Op::Rename(from, to) => {
+            if !query.has(from) {
+                return false;
+            }
+            query.remove(to);
+            let new = encode(to);
+            for (k, _) in query.pairs.iter_mut().filter(|(k, _)| Query::is(k, from)) {
+                *k = new.clone();
+            }
+        }
+        Op::Replace(name, t) => {
+            if !query.has(name) {
+                return false;
+            }
+            let Some(v) = t.render(req, captures) else { return false };
+            query.set(name, &v);
+        }
+        Op::Add(name, t) => {
+            if query.has(name) {
+                return false;
+            }
+            let Some(v) = t.render(req, captures) else { return false };
+            query.add(name, &v);
+        }
+        Op::Append(name, t) => {
+            let Some(v) = t.render(req, captures) else { return false };
+            query.add(name, &v);
+        }
+        Op::Set(name, t) => {
+            let Some(v) = t.render(req, captures) else { return false };
+            query.set(name, &v);
+        }
+    }
+    true
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(raw: &str) -> Option<String> {
+    // The same decoding as `route::query_param`: `%XX` and `+`; invalid input matches nothing.
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes.get(i) {
+            Some(b'+') => out.push(b' '),
+            Some(b'%') => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            Some(b) => out.push(*b),
+            None => break,
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Template {
+        Template::parse(s).unwrap()
+    }
+
+    fn run(q: &str, ops: Vec<Op<String, Template>>) -> (String, Vec<bool>) {
+        let req = Request::from_headers(vec![(":path".into(), "/p?user=a%20b".into())]);
+        let mut query = Query::parse(q);
+        let applied = ops.iter().map(|op| apply(&mut query, op, &req, &Captures::default())).collect();
+        (query.to_query_string(), applied)
+    }
+
+    #[test]
+    fn every_operation() {
+        assert_eq!(run("a=1&debug=1&b=2&debug", vec![Op::Remove("debug".into())]).0, "a=1&b=2");
+        assert_eq!(run("old%5Fname=1&x=2", vec![Op::Rename("old_name".into(), "new".into())]).0, "new=1&x=2");
+        assert_eq!(run("a=1&a=2&b=3", vec![Op::Replace("a".into(), t("9"))]).0, "a=9&b=3");
+        assert_eq!(run("b=3", vec![Op::Replace("a".into(), t("9"))]), ("b=3".into(), vec![false]));
+        assert_eq!(run("a=1", vec![Op::Add("a".into(), t("2")), Op::Add("c".into(), t("3"))]).0, "a=1&c=3");
+        assert_eq!(run("a=1", vec![Op::Append("a".into(), t("2"))]).0, "a=1&a=2");
+        assert_eq!(run("", vec![Op::Set("a".into(), t("x y&z"))]).0, "a=x%20y%26z");
+        assert_eq!(run("a=1&b=2&a=3", vec![Op::Set("a".into(), t("v"))]).0, "a=v&b=2");
+    }
+
+    #[test]
+    fn templates_read_the_original_query_and_missing_values_skip() {
+        assert_eq!(run("", vec![Op::Set("who".into(), t("{query.user}"))]).0, "who=a%20b");
+        assert_eq!(run("", vec![Op::Set("x".into(), t("{query.none}"))]), (String::new(), vec![false]));
+    }
+
+    #[test]
+    fn rename_replaces_an_existing_target_and_bad_encoding_never_matches() {
+        assert_eq!(run("to=0&from=1", vec![Op::Rename("from".into(), "to".into())]).0, "to=1");
+        assert_eq!(run("%zz=1", vec![Op::Remove("%zz".into())]).0, "%zz=1");
+        assert_eq!(encode("a/é"), "a%2F%C3%A9");
+        assert_eq!(decode("a+b%2F"), Some("a b/".into()));
+    }
+}
