@@ -3,7 +3,9 @@
 # with test values into a temporary directory first, so the wasm paths and placeholders resolve).
 # Example configs may use more placeholders than scripts/render-envoy.sh knows: every
 # __SOMETHING_PORT__ gets a distinct test port, __XDS_DIR__ a directory holding the example's other
-# YAML files (rendered the same way).
+# YAML files (rendered the same way), __CERT_DIR__ a directory of throwaway certificates and keys
+# made here with openssl (a CA, and a certificate signed by it under every name the TLS examples
+# use). No certificate or key is shipped in the repository.
 #
 # Needs ENVOY_BIN (default .venv/bin/envoy) and the wasm filters built (`make wasm`).
 set -euo pipefail
@@ -38,14 +40,37 @@ for config in "${configs[@]}"; do
     failed=1
   fi
 done
+# Throwaway certificates for __CERT_DIR__ (see examples/mtls): one CA, one certificate it signed.
+cert_dir="$tmp/certs"
+make_certs() {
+  if ! command -v openssl > /dev/null; then
+    echo "openssl is needed to make throwaway certificates for the TLS examples" >&2
+    return 1
+  fi
+  mkdir -p "$cert_dir"
+  (
+    cd "$cert_dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+      -subj "/CN=Tollgate validate CA" -keyout ca.key -out ca.pem 2> /dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=validate.tollgate.test" -keyout leaf.key -out leaf.csr 2> /dev/null
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+      -out leaf.pem 2> /dev/null
+    for name in client-ca server-ca; do cp ca.pem "$name.pem"; done
+    for name in gateway backend client; do cp leaf.pem "$name.pem"; cp leaf.key "$name.key"; done
+  )
+}
+make_certs
+
 # Renders an example config: known placeholders, then one port per distinct __*_PORT__.
 render_example() {
   local src=$1 out=$2 xds=$3
-  WASM_DIR=$wasm_dir TOKEN=${DATAPLANE_TOKEN:-validate-token} XDS=$xds perl -pe '
+  WASM_DIR=$wasm_dir TOKEN=${DATAPLANE_TOKEN:-validate-token} XDS=$xds CERTS=$cert_dir perl -pe '
     BEGIN { $next = 20000; }
     s/__WASM_DIR__/$ENV{WASM_DIR}/g;
     s/__DATAPLANE_TOKEN__/$ENV{TOKEN}/g;
     s/__XDS_DIR__/$ENV{XDS}/g;
+    s/__CERT_DIR__/$ENV{CERTS}/g;
     s{__([A-Z_]+_PORT)__}{ $port{$1} //= $next++ }ge;
   ' "$src" > "$out"
   if grep -q '__[A-Z_]*__' "$out"; then

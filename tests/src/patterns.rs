@@ -130,6 +130,15 @@ pub fn replace_file(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename into {}: {e}", path.display()));
 }
 
+/// A loopback port the kernel picked and that was free a moment ago, for a listener Envoy's own
+/// config must point at (e.g. a cluster sending to a second listener of the same Envoy), where
+/// port 0 cannot be used. Another process could take it in between; the kernel hands out
+/// ephemeral ports in turn, so that is unlikely within a test.
+pub fn reserve_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backend: an upstream whose behaviour changes at run time.
 
