@@ -33,46 +33,43 @@ impl<H: Host> KeyAuthHttp<H> {
 
     fn on_request(&mut self) -> Action {
         let host = &*self.host;
+        // One host call for every header: the key sources, the pseudo-headers and the identity
+        // headers a client may have tried to send are all read from it.
+        let headers = host.request_headers();
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity headers are ours to set: never let a client send them upstream.
         for name in ka::IDENTITY_HEADERS {
-            host.set_request_header(name, None);
+            if get(name).is_some() {
+                host.set_request_header(name, None);
+            }
         }
-        let path = host.request_header(":path").unwrap_or_default();
-        let method = host.request_header(":method").unwrap_or_default();
-        let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
-        let (path_only, query) = route::split_path(&path);
+        let path = get(":path").unwrap_or_default();
+        let method = get(":method").unwrap_or_default();
+        let request_id = get("x-request-id").unwrap_or_default().to_owned();
+        let (path_only, query) = route::split_path(path);
 
         let mut worker = self.worker.borrow_mut();
         let config = &worker.config;
-        let header_values: Vec<(String, String)> = config
-            .sources
-            .iter()
-            .filter_map(|s| match s {
-                Source::Header { name, .. } => host.request_header(name).map(|v| (name.clone(), v)),
-                Source::Query { .. } => None,
-            })
-            .collect();
-        let found = ka::find_key(
-            &config.sources,
-            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
-            query,
-        );
-        let key = match found {
+        let route_name = if config.routes_by_name() {
+            host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
+        let key = match ka::find_key(&config.sources, &headers, query) {
             Ok(key) => key,
             Err(deny) => {
                 respond_denied(host, &worker, deny, &request_id, "-");
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method };
         let waiter = Waiter {
             context_id: self.context_id,
             required_scopes: config.required_scopes(&facts).to_vec(),
             request_id,
         };
         if config.hide_credentials {
-            hide_credentials(host, config, &key, &header_values, path_only, query);
+            hide_credentials(host, config, &key, &headers, path_only, query);
         }
 
         let hash = key::key_hash(&key);
@@ -318,24 +315,25 @@ fn respond_denied<H: Host + ?Sized>(
     host.send_response(deny.status(), &headers, &body);
 }
 
-/// Removes the key from the request before it goes upstream.
+/// Removes the key from the request before it goes upstream: every header source that carried
+/// it, and every query source.
 fn hide_credentials<H: Host + ?Sized>(
     host: &H,
     config: &Config,
     key: &str,
-    header_values: &[(String, String)],
+    headers: &[(String, String)],
     path: &str,
     query: &str,
 ) {
-    for (name, value) in header_values {
-        if value.contains(key) {
-            host.set_request_header(name, None);
-        }
-    }
     let mut new_query = query.to_owned();
     for source in &config.sources {
-        if let Source::Query { name } = source {
-            new_query = route::remove_query_param(&new_query, name);
+        match source {
+            Source::Header { name, .. } => {
+                if headers.iter().any(|(n, v)| n == name && v.contains(key)) {
+                    host.set_request_header(name, None);
+                }
+            }
+            Source::Query { name } => new_query = route::remove_query_param(&new_query, name),
         }
     }
     if new_query != query {

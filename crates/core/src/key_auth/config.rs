@@ -308,6 +308,11 @@ impl TryFrom<RawConfig> for Config {
 }
 
 impl Config {
+    /// Whether any rule matches on the Envoy route name (only then is it read per request).
+    pub fn routes_by_name(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.route_name.is_some())
+    }
+
     /// The scopes required for a request: those of the first matching rule, else none.
     pub fn required_scopes(&self, req: &crate::route::RequestFacts<'_>) -> &[String] {
         self.routes.iter().find(|r| r.matcher.matches(req)).map_or(&[][..], |r| r.scopes.as_slice())

@@ -112,14 +112,11 @@ impl Deny {
     ];
 }
 
-/// Finds the key among the configured sources. Every source is read: two *different* keys in
-/// one request are refused; the same key sent twice is fine. The format is checked before
-/// anything is looked up.
-pub fn find_key<'a>(
-    sources: &[Source],
-    header: impl Fn(&str) -> Option<&'a str>,
-    query: &str,
-) -> Result<String, Deny> {
+/// Finds the key among the configured sources, given every request header as (lower-case name,
+/// value) pairs. Every source and every value of a repeated header is read: two *different*
+/// keys in one request are refused; the same key sent twice is fine. The format is checked
+/// before anything is looked up.
+pub fn find_key(sources: &[Source], headers: &[(String, String)], query: &str) -> Result<String, Deny> {
     let mut found: Option<String> = None;
     let mut offer = |candidate: &str| -> Result<(), Deny> {
         let candidate = candidate.trim();
@@ -135,17 +132,18 @@ pub fn find_key<'a>(
     for source in sources {
         match source {
             Source::Header { name, prefix } => {
-                let Some(value) = header(name) else { continue };
-                match prefix {
-                    Some(p) => {
-                        let matches = value.len() >= p.len()
-                            && value.is_char_boundary(p.len())
-                            && value[..p.len()].eq_ignore_ascii_case(p);
-                        if matches {
-                            offer(&value[p.len()..])?;
+                for (_, value) in headers.iter().filter(|(n, _)| n == name) {
+                    match prefix {
+                        Some(p) => {
+                            let matches = value.len() >= p.len()
+                                && value.is_char_boundary(p.len())
+                                && value[..p.len()].eq_ignore_ascii_case(p);
+                            if matches {
+                                offer(&value[p.len()..])?;
+                            }
                         }
+                        None => offer(value)?,
                     }
-                    None => offer(value)?,
                 }
             }
             Source::Query { name } => {
@@ -171,6 +169,10 @@ mod tests {
         .unwrap()
     }
 
+    fn hdr(name: &str, value: &str) -> Vec<(String, String)> {
+        vec![(name.to_owned(), value.to_owned())]
+    }
+
     fn sources() -> Vec<Source> {
         vec![
             Source::Header { name: "x-api-key".into(), prefix: None },
@@ -182,19 +184,19 @@ mod tests {
     #[test]
     fn key_is_found_in_any_source() {
         let k = key();
-        let from_header = find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), "");
+        let from_header = find_key(&sources(), &hdr("x-api-key", k.as_str()), "");
         assert_eq!(from_header, Ok(k.clone()));
         let bearer = format!("bearer {k}");
-        let from_auth = find_key(&sources(), |h| (h == "authorization").then_some(bearer.as_str()), "");
+        let from_auth = find_key(&sources(), &hdr("authorization", bearer.as_str()), "");
         assert_eq!(from_auth, Ok(k.clone()));
-        let from_query = find_key(&sources(), |_| None, &format!("a=1&api_key={k}"));
+        let from_query = find_key(&sources(), &[], &format!("a=1&api_key={k}"));
         assert_eq!(from_query, Ok(k));
     }
 
     #[test]
     fn no_key_is_missing_and_other_auth_schemes_are_ignored() {
-        assert_eq!(find_key(&sources(), |_| None, ""), Err(Deny::MissingKey));
-        let basic = find_key(&sources(), |h| (h == "authorization").then_some("Basic dXNlcjpwYXNz"), "");
+        assert_eq!(find_key(&sources(), &[], ""), Err(Deny::MissingKey));
+        let basic = find_key(&sources(), &hdr("authorization", "Basic dXNlcjpwYXNz"), "");
         assert_eq!(basic, Err(Deny::MissingKey));
     }
 
@@ -206,17 +208,30 @@ mod tests {
         )
         .unwrap();
         assert_ne!(k, other);
-        let both =
-            find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), &format!("api_key={other}"));
+        let both = find_key(&sources(), &hdr("x-api-key", k.as_str()), &format!("api_key={other}"));
         assert_eq!(both, Err(Deny::MultipleKeys));
-        let same =
-            find_key(&sources(), |h| (h == "x-api-key").then_some(k.as_str()), &format!("api_key={k}"));
+        let same = find_key(&sources(), &hdr("x-api-key", k.as_str()), &format!("api_key={k}"));
         assert_eq!(same, Ok(k));
     }
 
     #[test]
+    fn a_repeated_header_with_two_keys_is_refused() {
+        let (a, b) = (
+            key(),
+            key::key_from_entropy(
+                &[3u8; 64].iter().enumerate().map(|(i, x)| x ^ (i as u8)).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        let headers = vec![("x-api-key".to_owned(), a.clone()), ("x-api-key".to_owned(), b)];
+        assert_eq!(find_key(&sources(), &headers, ""), Err(Deny::MultipleKeys));
+        let same = vec![("x-api-key".to_owned(), a.clone()), ("x-api-key".to_owned(), a.clone())];
+        assert_eq!(find_key(&sources(), &same, ""), Ok(a));
+    }
+
+    #[test]
     fn malformed_key_is_refused_before_any_lookup() {
-        let r = find_key(&sources(), |h| (h == "x-api-key").then_some("tgk_short"), "");
+        let r = find_key(&sources(), &hdr("x-api-key", "tgk_short"), "");
         assert_eq!(r, Err(Deny::Malformed(KeyFormatError::TooShort)));
         assert_eq!(Deny::Malformed(KeyFormatError::TooShort).status(), 401);
     }
