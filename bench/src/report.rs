@@ -1,0 +1,416 @@
+//! Results: per-round samples, their medians and ratios, and the Markdown and JSON renderings.
+
+use serde::Serialize;
+
+use crate::stats::{median, median_difference, median_ratio};
+
+/// One variant in one round.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub round: usize,
+    /// Closed-loop saturation throughput (wrk).
+    pub rps: Option<f64>,
+    /// Envoy CPU time per request during the saturation run, in µs.
+    pub cpu_us_per_request: Option<f64>,
+    /// The open-loop rate of the latency run (requests/s).
+    pub fixed_rate: Option<f64>,
+    /// Latency percentiles at `fixed_rate`, corrected for coordinated omission, in ms.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    /// Non-2xx answers and transport errors over both runs.
+    pub errors: u64,
+    /// Why part of the round could not be measured.
+    pub failure: Option<String>,
+}
+
+/// Everything measured for one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantRun {
+    /// Short name, e.g. `rate-limit`.
+    pub name: String,
+    /// What runs in Envoy.
+    pub what: String,
+    /// Name of the native equivalent's variant.
+    pub native: Option<String>,
+    pub samples: Vec<Sample>,
+}
+
+/// Medians over rounds of one variant, with its ratios.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub what: String,
+    pub native: Option<String>,
+    pub rounds: usize,
+    pub rps: Option<f64>,
+    /// Median over rounds of this round's rps / the same round's baseline rps.
+    pub rps_vs_baseline: Option<f64>,
+    /// Median over rounds of this round's rps / the same round's native-equivalent rps.
+    pub rps_vs_native: Option<f64>,
+    pub cpu_us_per_request: Option<f64>,
+    /// Median over rounds of CPU µs/request minus the same round's baseline.
+    pub cpu_us_over_baseline: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub errors: u64,
+    pub failures: Vec<String>,
+}
+
+fn column(run: &VariantRun, rounds: usize, pick: impl Fn(&Sample) -> Option<f64>) -> Vec<Option<f64>> {
+    (0..rounds).map(|r| run.samples.iter().find(|s| s.round == r).and_then(&pick)).collect()
+}
+
+fn median_of(run: &VariantRun, pick: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = run.samples.iter().filter_map(pick).collect();
+    median(&values)
+}
+
+/// Medians and ratios of every variant; `baseline` names the no-filter variant.
+pub fn summarize(runs: &[VariantRun], baseline: &str) -> Vec<Summary> {
+    let rounds = runs.iter().flat_map(|r| r.samples.iter().map(|s| s.round + 1)).max().unwrap_or(0);
+    let base = runs.iter().find(|r| r.name == baseline);
+    let base_rps = base.map(|b| column(b, rounds, |s| s.rps)).unwrap_or_default();
+    let base_cpu = base.map(|b| column(b, rounds, |s| s.cpu_us_per_request)).unwrap_or_default();
+    runs.iter()
+        .map(|run| {
+            let rps = column(run, rounds, |s| s.rps);
+            let cpu = column(run, rounds, |s| s.cpu_us_per_request);
+            let native = run.native.as_ref().and_then(|n| runs.iter().find(|r| &r.name == n));
+            Summary {
+                name: run.name.clone(),
+                what: run.what.clone(),
+                native: run.native.clone(),
+                rounds: run.samples.len(),
+                rps: median_of(run, |s| s.rps),
+                rps_vs_baseline: median_ratio(&rps, &base_rps),
+                rps_vs_native: native.and_then(|n| median_ratio(&rps, &column(n, rounds, |s| s.rps))),
+                cpu_us_per_request: median_of(run, |s| s.cpu_us_per_request),
+                cpu_us_over_baseline: median_difference(&cpu, &base_cpu),
+                p50_ms: median_of(run, |s| s.p50_ms),
+                p99_ms: median_of(run, |s| s.p99_ms),
+                p999_ms: median_of(run, |s| s.p999_ms),
+                errors: run.samples.iter().map(|s| s.errors).sum(),
+                failures: run.samples.iter().filter_map(|s| s.failure.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// A performance goal from the filters' issues.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: Option<f64>,
+    pub met: Option<bool>,
+}
+
+/// `variant rps / native rps ≥ min`.
+pub fn ratio_goal(summaries: &[Summary], variant: &str, min: f64) -> Goal {
+    let found = summaries.iter().find(|s| s.name == variant);
+    let native = found.and_then(|s| s.native.clone()).unwrap_or_else(|| "native".to_owned());
+    let measured = found.and_then(|s| s.rps_vs_native);
+    Goal { goal: format!("{variant} req/s ≥ {min} × {native}"), measured, met: measured.map(|m| m >= min) }
+}
+
+/// `variant CPU µs/request − baseline ≤ max`.
+pub fn overhead_goal(summaries: &[Summary], variant: &str, max_us: f64) -> Goal {
+    let measured = summaries.iter().find(|s| s.name == variant).and_then(|s| s.cpu_us_over_baseline);
+    Goal {
+        goal: format!("{variant} ≤ {max_us} µs CPU/request over baseline"),
+        measured,
+        met: measured.map(|m| m <= max_us),
+    }
+}
+
+/// A variant that was not run, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Latency of requests whose key is not cached yet (key-auth calls the key service).
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheMiss {
+    pub keys: usize,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// The same requests again, now cached.
+    pub hit_p50_ms: Option<f64>,
+}
+
+/// Envoy's resident memory with every filter loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub no_filter_1_worker_kib: Option<u64>,
+    pub all_filters_1_worker_kib: Option<u64>,
+    pub all_filters_2_workers_kib: Option<u64>,
+}
+
+impl Memory {
+    /// What one more worker costs with every filter loaded.
+    pub fn per_worker_kib(&self) -> Option<i64> {
+        Some(self.all_filters_2_workers_kib? as i64 - self.all_filters_1_worker_kib? as i64)
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub envoy_version: String,
+    pub rustc_version: String,
+    pub mode: String,
+    pub rounds: usize,
+    pub saturation_seconds: f64,
+    pub latency_seconds: f64,
+    pub connections: u32,
+    pub upstream: String,
+    pub summaries: Vec<Summary>,
+    pub goals: Vec<Goal>,
+    pub skipped: Vec<Skipped>,
+    pub keyd_verify_rps: Option<f64>,
+    pub keyd_verify_failure: Option<String>,
+    pub cache_miss: Option<CacheMiss>,
+    pub wasm_sizes: Vec<(String, u64)>,
+    pub memory: Option<Memory>,
+    pub notes: Vec<String>,
+    pub runs: Vec<VariantRun>,
+}
+
+fn num(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "–".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+impl Report {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let mut line = |text: String| {
+            md.push_str(&text);
+            md.push('\n');
+        };
+        line("# Tollgate benchmark".to_owned());
+        line(String::new());
+        line(format!("- date: {}", self.date));
+        line(format!("- machine: {} ({} cores)", self.cpu_model, self.cores));
+        line(format!("- versions: Envoy {}, {}", self.envoy_version, self.rustc_version));
+        line(format!(
+            "- mode: {}, {} round(s) interleaved; saturation {} s (wrk, closed loop, {} connections); \
+             latency {} s (oha, open loop at 50 % of the round's no-filter saturation, latency correction)",
+            self.mode, self.rounds, self.saturation_seconds, self.connections, self.latency_seconds
+        ));
+        line(format!("- upstream: {}", self.upstream));
+        line(String::new());
+        line(
+            "Medians over rounds. Ratios are taken per round (each round has its own baseline) and then the \
+             median. CPU is the Envoy process's user + system time per request during the saturation run."
+                .to_owned(),
+        );
+        line(String::new());
+        line(
+            "| variant | req/s | × baseline | × native | CPU µs/req | +µs vs baseline | p50 ms | p99 ms | p99.9 ms | errors |"
+                .to_owned(),
+        );
+        line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned());
+        for s in &self.summaries {
+            let native = match (&s.native, s.rps_vs_native) {
+                (Some(n), Some(r)) => format!("{r:.2} ({n})"),
+                (Some(n), None) => format!("– ({n})"),
+                _ => String::new(),
+            };
+            line(format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name,
+                num(s.rps, 0),
+                num(s.rps_vs_baseline, 2),
+                native,
+                num(s.cpu_us_per_request, 1),
+                num(s.cpu_us_over_baseline, 1),
+                num(s.p50_ms, 3),
+                num(s.p99_ms, 3),
+                num(s.p999_ms, 3),
+                s.errors
+            ));
+        }
+        line(String::new());
+        line("## Variants".to_owned());
+        line(String::new());
+        for s in &self.summaries {
+            line(format!("- **{}**: {}", s.name, s.what));
+            for failure in &s.failures {
+                line(format!("  - not measured: {failure}"));
+            }
+        }
+        for skipped in &self.skipped {
+            line(format!("- **{}**: skipped — {}", skipped.name, skipped.reason));
+        }
+        line(String::new());
+        line("## Goals".to_owned());
+        line(String::new());
+        line("| goal | measured | met |".to_owned());
+        line("|---|---:|---|".to_owned());
+        for g in &self.goals {
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "not yet",
+                None => "not measured",
+            };
+            line(format!("| {} | {} | {} |", g.goal, num(g.measured, 2), met));
+        }
+        line(String::new());
+        line("## Other measurements".to_owned());
+        line(String::new());
+        match (self.keyd_verify_rps, &self.keyd_verify_failure) {
+            (Some(rps), _) => line(format!(
+                "- key service `VerifyKey`, one core (tonic client on the other): {rps:.0} calls/s"
+            )),
+            (None, Some(why)) => line(format!("- key service `VerifyKey`: not measured — {why}")),
+            (None, None) => {}
+        }
+        if let Some(c) = &self.cache_miss {
+            line(format!(
+                "- key-auth cache miss through Envoy ({} fresh keys, one at a time): p50 {} ms, p99 {} ms, \
+                 max {} ms; the same keys cached: p50 {} ms",
+                c.keys,
+                num(c.p50_ms, 3),
+                num(c.p99_ms, 3),
+                num(c.max_ms, 3),
+                num(c.hit_p50_ms, 3)
+            ));
+        }
+        if let Some(m) = &self.memory {
+            line(format!(
+                "- Envoy RSS: no filter, 1 worker {}; all filters, 1 worker {}; all filters, 2 workers {}; \
+                 per extra worker {}",
+                mib(m.no_filter_1_worker_kib),
+                mib(m.all_filters_1_worker_kib),
+                mib(m.all_filters_2_workers_kib),
+                m.per_worker_kib()
+                    .map_or_else(|| "–".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            ));
+        }
+        if !self.wasm_sizes.is_empty() {
+            line("- wasm modules:".to_owned());
+            for (name, bytes) in &self.wasm_sizes {
+                line(format!("  - `{name}`: {:.1} KiB", *bytes as f64 / 1024.0));
+            }
+        }
+        for note in &self.notes {
+            line(format!("- {note}"));
+        }
+        md
+    }
+
+    /// The report as pretty JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, native: Option<&str>, rps: &[f64], cpu: &[f64]) -> VariantRun {
+        VariantRun {
+            name: name.to_owned(),
+            what: format!("{name} alone"),
+            native: native.map(str::to_owned),
+            samples: rps
+                .iter()
+                .zip(cpu)
+                .enumerate()
+                .map(|(round, (rps, cpu))| Sample {
+                    round,
+                    rps: Some(*rps),
+                    cpu_us_per_request: Some(*cpu),
+                    p50_ms: Some(0.5),
+                    p99_ms: Some(1.0),
+                    p999_ms: Some(2.0),
+                    ..Sample::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn runs() -> Vec<VariantRun> {
+        vec![
+            run("baseline", None, &[100.0, 50.0, 100.0], &[10.0, 20.0, 10.0]),
+            run("rate-limit", Some("local_ratelimit"), &[90.0, 40.0, 80.0], &[12.0, 25.0, 13.0]),
+            run("local_ratelimit", None, &[95.0, 50.0, 100.0], &[11.0, 20.0, 10.0]),
+        ]
+    }
+
+    #[test]
+    fn summaries_take_per_round_ratios() {
+        let s = summarize(&runs(), "baseline");
+        let rl = &s[1];
+        // Per round vs baseline: 0.9, 0.8, 0.8 → 0.8; vs native: 0.947, 0.8, 0.8 → 0.8.
+        assert!((rl.rps_vs_baseline.unwrap() - 0.8).abs() < 1e-9);
+        assert!((rl.rps_vs_native.unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(rl.rps, Some(80.0));
+        // CPU over baseline per round: 2, 5, 3 → 3.
+        assert_eq!(rl.cpu_us_over_baseline, Some(3.0));
+        assert_eq!(s[0].rps_vs_baseline, Some(1.0));
+        assert_eq!(s[0].rps_vs_native, None);
+    }
+
+    #[test]
+    fn goals_report_met_and_unmet() {
+        let s = summarize(&runs(), "baseline");
+        let g = ratio_goal(&s, "rate-limit", 0.9);
+        assert_eq!(g.met, Some(false));
+        assert!(g.goal.contains("local_ratelimit"));
+        assert_eq!(overhead_goal(&s, "rate-limit", 10.0).met, Some(true));
+        assert_eq!(ratio_goal(&s, "missing", 1.0).met, None);
+    }
+
+    #[test]
+    fn markdown_has_a_row_per_variant_and_json_parses() {
+        let summaries = summarize(&runs(), "baseline");
+        let report = Report {
+            date: "2025-01-01".to_owned(),
+            cpu_model: "cpu".to_owned(),
+            cores: 2,
+            envoy_version: "1.40.0".to_owned(),
+            rustc_version: "rustc 1.88".to_owned(),
+            mode: "quick".to_owned(),
+            rounds: 3,
+            saturation_seconds: 1.0,
+            latency_seconds: 1.0,
+            connections: 16,
+            upstream: "direct_response".to_owned(),
+            goals: vec![ratio_goal(&summaries, "rate-limit", 0.9)],
+            summaries,
+            skipped: vec![Skipped { name: "request-signing".to_owned(), reason: "not built".to_owned() }],
+            keyd_verify_rps: Some(1234.0),
+            keyd_verify_failure: None,
+            cache_miss: None,
+            wasm_sizes: vec![("tollgate_key_auth.wasm".to_owned(), 2048)],
+            memory: Some(Memory {
+                no_filter_1_worker_kib: Some(1024),
+                all_filters_1_worker_kib: Some(10_240),
+                all_filters_2_workers_kib: Some(20_480),
+            }),
+            notes: vec![],
+            runs: runs(),
+        };
+        let md = report.markdown();
+        assert!(md.contains("| rate-limit | 80 | 0.80 | 0.80 (local_ratelimit) |"), "{md}");
+        assert!(md.contains("request-signing**: skipped — not built"), "{md}");
+        assert!(md.contains("per extra worker 10.0 MiB"), "{md}");
+        assert!(md.contains("| rate-limit req/s ≥ 0.9 × local_ratelimit | 0.80 | not yet |"), "{md}");
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(json["summaries"][1]["name"], "rate-limit");
+    }
+}
