@@ -6,6 +6,7 @@
 pub mod client;
 pub mod output;
 pub mod parse;
+pub mod sign;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Manage consumers, the callers that own keys.
     #[command(subcommand)]
     Consumers(ConsumersCommand),
+    /// Sign a request (RFC 9421 HTTP Message Signatures) and print the headers to add:
+    /// Content-Digest (with a body), Signature-Input and Signature. Needs no key service.
+    Sign(sign::SignArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +159,20 @@ pub struct KeysCreate {
     pub expires_at: Option<i64>,
     #[command(flatten)]
     pub rate: RateArgs,
+    /// Give the key signing material for HTTP message signatures: `hmac` (the service
+    /// generates a secret, shown once) or `ed25519` (with --public-key).
+    #[arg(long, value_enum)]
+    pub signing: Option<SigningKind>,
+    /// Ed25519 public key file (PEM `BEGIN PUBLIC KEY`, or the 32 bytes in base64).
+    #[arg(long, value_name = "FILE", requires = "signing")]
+    pub public_key: Option<PathBuf>,
+}
+
+/// Kinds of signing material a key can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SigningKind {
+    Hmac,
+    Ed25519,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -274,6 +292,9 @@ pub struct Output<'a> {
 /// Connects as the global flags say and runs the command.
 pub async fn run(cli: Cli, output: &mut Output<'_>) -> Result<(), CliError> {
     check(&cli.command)?;
+    if let Command::Sign(args) = cli.command {
+        return sign::run(&args, output);
+    }
     let token = client::resolve_token(cli.token.clone(), cli.token_file.as_deref())?;
     let mut client = client::connect(&cli.server, token.as_deref(), cli.timeout).await?;
     execute(cli.command, &mut client, output).await
@@ -285,6 +306,7 @@ pub fn check(command: &Command) -> Result<(), CliError> {
         Command::Keys(KeysCommand::Create(args)) => {
             args.rate.policy()?;
             metadata_map(args.meta.clone())?;
+            signing_fields(args)?;
         }
         Command::Keys(KeysCommand::Update(args)) => {
             update_request(args.clone(), 0)?;
@@ -302,6 +324,29 @@ pub async fn execute(command: Command, client: &mut Client, output: &mut Output<
     match command {
         Command::Keys(cmd) => keys(cmd, client, output).await,
         Command::Consumers(cmd) => consumers(cmd, client, output).await,
+        Command::Sign(args) => sign::run(&args, output),
+    }
+}
+
+/// The signing algorithm and public key a `keys create` asks for.
+fn signing_fields(args: &KeysCreate) -> Result<(i32, Vec<u8>), CliError> {
+    use tollgate_proto::v1::SigningAlgorithm;
+    match (args.signing, &args.public_key) {
+        (None, _) => Ok((SigningAlgorithm::Unspecified as i32, Vec::new())),
+        (Some(SigningKind::Hmac), None) => Ok((SigningAlgorithm::HmacSha256 as i32, Vec::new())),
+        (Some(SigningKind::Hmac), Some(_)) => Err(CliError::Usage(
+            "--public-key is for --signing ed25519; HMAC secrets are generated".to_owned(),
+        )),
+        (Some(SigningKind::Ed25519), None) => {
+            Err(CliError::Usage("--signing ed25519 needs --public-key FILE".to_owned()))
+        }
+        (Some(SigningKind::Ed25519), Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let key = tollgate_signing::ed25519_public_key(&text)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            Ok((SigningAlgorithm::Ed25519 as i32, key.to_vec()))
+        }
     }
 }
 
@@ -318,6 +363,7 @@ fn metadata_map(entries: Vec<(String, String)>) -> Result<HashMap<String, String
 async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Result<(), CliError> {
     match cmd {
         KeysCommand::Create(args) => {
+            let (signing_algorithm, signing_public_key) = signing_fields(&args)?;
             let request = CreateKeyRequest {
                 consumer: args.consumer,
                 create_consumer: true,
@@ -327,15 +373,28 @@ async fn keys(cmd: KeysCommand, client: &mut Client, o: &mut Output<'_>) -> Resu
                 rate_limit: args.rate.policy()?,
                 expires_at: args.expires_at.unwrap_or(0),
                 ttl_seconds: args.ttl.unwrap_or(0),
+                signing_algorithm,
+                signing_public_key,
             };
             let response = client.create_key(request).await?.into_inner();
             let key = response.key.unwrap_or_default();
+            let signing_secret = (!response.signing_secret.is_empty()).then(|| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(&response.signing_secret)
+            });
             if o.json {
                 let view = IssuedKeyView { key: KeyView::from(&key), secret: response.secret };
-                output::write_json(o.out, &view)?;
+                let mut value = serde_json::to_value(&view).map_err(|e| CliError::Other(e.to_string()))?;
+                if let (Some(secret), Some(map)) = (&signing_secret, value.as_object_mut()) {
+                    map.insert("signing_secret".to_owned(), serde_json::Value::String(secret.clone()));
+                }
+                output::write_json(o.out, &value)?;
             } else {
                 writeln!(o.out, "Created key {} for consumer {}.", key.id, key.consumer_id)?;
                 output::write_secret(o.out, &response.secret)?;
+                if let Some(secret) = &signing_secret {
+                    writeln!(o.out, "HMAC signing secret (base64, shown once): {secret}")?;
+                }
                 writeln!(o.out)?;
                 output::write_key_detail(o.out, &key)?;
             }

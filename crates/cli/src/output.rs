@@ -327,6 +327,7 @@ mod tests {
             previous_display_prefix: String::new(),
             previous_expires_at: 0,
             rotated_at: 0,
+            signing_algorithm: 0,
         }
     }
 

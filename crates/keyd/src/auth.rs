@@ -31,7 +31,7 @@ impl Role {
 }
 
 /// The RPCs the data-plane token may call.
-const DATA_PLANE_METHODS: [&str; 3] = ["VerifyKey", "ListChanges", "WatchChanges"];
+const DATA_PLANE_METHODS: [&str; 4] = ["VerifyKey", "ListChanges", "WatchChanges", "GetSigningKey"];
 
 /// The role an RPC path needs.
 pub fn required_role(path: &str) -> Role {

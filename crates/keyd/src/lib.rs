@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod master;
 pub mod model;
 pub mod secrets;
 pub mod server;

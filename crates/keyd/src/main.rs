@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_keyd::master::{MasterKeys, reseal_all};
 use tollgate_keyd::{Config, Options, SqliteStore, Store};
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +42,13 @@ struct Cli {
     /// Data-plane token file, generated when absent [default: <data-dir>/dataplane.token].
     #[arg(long)]
     dataplane_token_file: Option<PathBuf>,
+    /// Master keys for signing secrets, `<version>:<hex>` separated by commas or newlines
+    /// (overrides --master-key-file).
+    #[arg(long, env = "TOLLGATE_MASTER_KEYS", hide_env_values = true)]
+    master_keys: Option<String>,
+    /// Master key file, generated when absent [default: <data-dir>/master.key].
+    #[arg(long, env = "TOLLGATE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
     /// After binding, write the bound address (e.g. 127.0.0.1:54321) to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -62,6 +70,9 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Add a new master-key version to the master key file, re-encrypt every signing secret
+    /// under it and exit. Restart a running service afterwards so it loads the new version.
+    RotateMasterKey,
 }
 
 impl Cli {
@@ -74,6 +85,8 @@ impl Cli {
             admin_token_file: self.admin_token_file.clone(),
             dataplane_token: self.dataplane_token.clone(),
             dataplane_token_file: self.dataplane_token_file.clone(),
+            master_keys: self.master_keys.clone(),
+            master_key_file: self.master_key_file.clone(),
         }
     }
 }
@@ -126,6 +139,24 @@ async fn run(cli: Cli) -> Result<(), String> {
             let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
             println!("{line}");
         }
+        return Ok(());
+    }
+    if let Some(Command::RotateMasterKey) = cli.command {
+        if options.master_keys.is_some() {
+            return Err("rotate-master-key works on the master key file; unset --master-keys".to_owned());
+        }
+        let path = options.master_key_path();
+        let current = MasterKeys::load_or_create(&path).map_err(|e| e.to_string())?;
+        let next = current.with_new_version().map_err(|e| e.to_string())?;
+        let store = SqliteStore::open(&options.db_path()).map_err(|e| e.to_string())?;
+        // Write the new key first: if re-encryption stops halfway, both versions still decrypt.
+        next.store(&path).map_err(|e| e.to_string())?;
+        let count = reseal_all(&store, &next).map_err(|e| e.to_string())?;
+        tracing::info!(version = next.current_version(), resealed = count, "rotated the master key");
+        println!(
+            "master key version {} is current; re-encrypted {count} signing secrets",
+            next.current_version()
+        );
         return Ok(());
     }
     let config = Config::prepare(&options).map_err(|e| e.to_string())?;

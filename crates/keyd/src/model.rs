@@ -84,6 +84,53 @@ pub struct Key {
     pub rotated_at: i64,
     /// Stable listing position (creation order), used for paging.
     pub position: i64,
+    /// The HTTP message signature algorithm bound to the key, if it has signing material.
+    pub signing: Option<SigningAlgorithm>,
+}
+
+/// The HTTP message signature algorithms a key's signing material is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    HmacSha256,
+    Ed25519,
+}
+
+impl SigningAlgorithm {
+    /// Stable name, as stored (the RFC 9421 algorithm name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HmacSha256 => "hmac-sha256",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+
+    /// Inverse of [`SigningAlgorithm::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::HmacSha256, Self::Ed25519].into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// Signing material to store with a new key: an encrypted HMAC secret or an Ed25519 public key.
+#[derive(Debug, Clone)]
+pub enum NewSigning {
+    Hmac(crate::master::Sealed),
+    Ed25519([u8; 32]),
+}
+
+impl NewSigning {
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        match self {
+            Self::Hmac(_) => SigningAlgorithm::HmacSha256,
+            Self::Ed25519(_) => SigningAlgorithm::Ed25519,
+        }
+    }
+}
+
+/// A key with its signing material, and the change-feed head read in the same snapshot.
+#[derive(Debug, Clone)]
+pub struct SigningLookup {
+    pub found: Option<(Key, NewSigning)>,
+    pub head_seq: u64,
 }
 
 impl Key {
@@ -197,6 +244,8 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimitPolicy>,
     pub expires_at: i64,
     pub secret: StoredSecret,
+    /// Signing material for HTTP message signatures, if any.
+    pub signing: Option<NewSigning>,
 }
 
 /// A secret as stored: the keyed hash and the prefix that is safe to show.

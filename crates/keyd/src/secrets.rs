@@ -149,7 +149,7 @@ impl Token {
 }
 
 /// Creates `path` (it must not exist) readable only by the owner, and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let context = format!("creating {}", path.display());
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

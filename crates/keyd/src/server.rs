@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
 use crate::error::{Error, Result};
+use crate::master::{self, MasterKeys};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
 use crate::store::{SqliteStore, Store};
@@ -29,6 +30,9 @@ pub struct Options {
     pub admin_token_file: Option<PathBuf>,
     pub dataplane_token: Option<String>,
     pub dataplane_token_file: Option<PathBuf>,
+    /// Master keys in the key-file format (overrides `master_key_file`).
+    pub master_keys: Option<String>,
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Options {
@@ -42,6 +46,8 @@ impl std::fmt::Debug for Options {
             .field("admin_token_file", &self.admin_token_file)
             .field("dataplane_token", &redact(&self.dataplane_token))
             .field("dataplane_token_file", &self.dataplane_token_file)
+            .field("master_keys", &redact(&self.master_keys))
+            .field("master_key_file", &self.master_key_file)
             .finish()
     }
 }
@@ -67,6 +73,19 @@ impl Options {
         self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
+    /// The master key file path.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    /// The master keys: given directly, or from the key file (generated when absent).
+    pub fn load_master_keys(&self) -> Result<MasterKeys> {
+        match &self.master_keys {
+            Some(text) => MasterKeys::parse(text),
+            None => MasterKeys::load_or_create(&self.master_key_path()),
+        }
+    }
+
     /// The data-plane token file path.
     pub fn dataplane_token_path(&self) -> PathBuf {
         self.dataplane_token_file.clone().unwrap_or_else(|| self.data_dir.join("dataplane.token"))
@@ -80,6 +99,8 @@ pub struct Config {
     pub pepper: Pepper,
     pub admin_token: Token,
     pub dataplane_token: Token,
+    /// Encrypts HMAC signing secrets at rest.
+    pub master_keys: MasterKeys,
     /// How often last-use times are written.
     pub usage_flush_interval: Duration,
     /// How often a WatchChanges stream polls the store without a local wake-up.
@@ -108,6 +129,7 @@ impl Config {
                 .map_err(|_| Error::invalid("dataplane-token", "must not be empty"))?,
             None => Token::load_or_create(&options.dataplane_token_path(), "tgd_")?,
         };
+        let master_keys = options.load_master_keys()?;
         if admin_token == dataplane_token {
             return Err(Error::invalid("dataplane-token", "must differ from the admin token"));
         }
@@ -116,6 +138,7 @@ impl Config {
             pepper,
             admin_token,
             dataplane_token,
+            master_keys,
             usage_flush_interval: Duration::from_secs(30),
             feed_poll_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
@@ -147,6 +170,21 @@ pub async fn serve(
             .await
             .map_err(|e| Error::internal("opening the database", e))??,
     );
+    // Secrets still under an older master-key version are re-encrypted under the current one.
+    let resealed = {
+        let store = Arc::clone(&store);
+        let keys = config.master_keys.clone();
+        tokio::task::spawn_blocking(move || master::reseal_all(store.as_ref(), &keys))
+            .await
+            .map_err(|e| Error::internal("re-encrypting signing secrets", e))??
+    };
+    if resealed > 0 {
+        tracing::info!(
+            count = resealed,
+            version = config.master_keys.current_version(),
+            "re-encrypted signing secrets"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let usage = Arc::new(UsageTracker::default());
     let service = KeyServiceImpl::new(
@@ -155,7 +193,8 @@ pub async fn serve(
         Arc::clone(&usage),
         stop_rx.clone(),
         config.feed_poll_interval,
-    );
+    )
+    .with_master_keys(config.master_keys.clone());
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

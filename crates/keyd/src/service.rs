@@ -13,7 +13,11 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::error::{Error, Result};
-use crate::model::{ConsumerPatch, Ctx, KeyFilter, KeyPatch, NewConsumer, NewKey, Rotation, StoredSecret};
+use crate::master::MasterKeys;
+use crate::model::{
+    ConsumerPatch, Ctx, KeyFilter, KeyPatch, NewConsumer, NewKey, NewSigning, Rotation, SigningAlgorithm,
+    StoredSecret,
+};
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
 use crate::validate;
@@ -83,6 +87,8 @@ pub struct KeyServiceImpl {
     shutdown: watch::Receiver<bool>,
     /// How often a WatchChanges stream polls the store even without a wake-up (other replicas).
     poll_interval: Duration,
+    /// Encrypts and decrypts HMAC signing secrets; without it, HMAC signing keys are refused.
+    master: Option<Arc<MasterKeys>>,
 }
 
 impl KeyServiceImpl {
@@ -95,7 +101,27 @@ impl KeyServiceImpl {
         poll_interval: Duration,
     ) -> Self {
         let (feed, _) = watch::channel(());
-        Self { store, pepper: Arc::new(pepper), usage, feed: Arc::new(feed), shutdown, poll_interval }
+        Self {
+            store,
+            pepper: Arc::new(pepper),
+            usage,
+            feed: Arc::new(feed),
+            shutdown,
+            poll_interval,
+            master: None,
+        }
+    }
+
+    /// Adds the master keys that protect HMAC signing secrets.
+    pub fn with_master_keys(mut self, master: MasterKeys) -> Self {
+        self.master = Some(Arc::new(master));
+        self
+    }
+
+    fn master(&self) -> Result<&MasterKeys> {
+        self.master.as_deref().ok_or_else(|| {
+            Error::FailedPrecondition("no master key is configured for signing secrets".to_owned())
+        })
     }
 
     fn ctx<T>(request: &Request<T>) -> Ctx {
@@ -233,8 +259,24 @@ impl KeyService for KeyServiceImpl {
             None
         };
         let (secret, stored) = self.new_secret()?;
+        let key_id = secrets::new_key_id()?;
+        let (signing, signing_secret) =
+            match validate::signing_request(req.signing_algorithm, &req.signing_public_key)? {
+                None => (None, Vec::new()),
+                Some((SigningAlgorithm::Ed25519, Some(public_key))) => {
+                    (Some(NewSigning::Ed25519(public_key)), Vec::new())
+                }
+                Some((SigningAlgorithm::Ed25519, None)) => {
+                    return Err(Error::invalid("signing_public_key", "is required for ED25519").into());
+                }
+                Some((SigningAlgorithm::HmacSha256, _)) => {
+                    let secret = secrets::random_bytes::<32>()?.to_vec();
+                    let sealed = self.master()?.seal(&key_id, &secret)?;
+                    (Some(NewSigning::Hmac(sealed)), secret)
+                }
+            };
         let new = NewKey {
-            id: secrets::new_key_id()?,
+            id: key_id,
             consumer: req.consumer,
             create_consumer,
             name: req.name,
@@ -243,6 +285,7 @@ impl KeyService for KeyServiceImpl {
             rate_limit,
             expires_at,
             secret: stored,
+            signing,
         };
         let key = self.mutate(move |s| s.create_key(&ctx, new)).await?;
         tracing::info!(
@@ -252,7 +295,11 @@ impl KeyService for KeyServiceImpl {
             display_prefix = %key.display_prefix,
             "audit"
         );
-        Ok(Response::new(pb::CreateKeyResponse { key: Some(validate::key_to_proto(key, now)), secret }))
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(validate::key_to_proto(key, now)),
+            secret,
+            signing_secret,
+        }))
     }
 
     async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Reply<pb::Key> {
@@ -377,6 +424,41 @@ impl KeyService for KeyServiceImpl {
             display_prefix = %response.display_prefix,
             "verify"
         );
+        Ok(Response::new(response))
+    }
+
+    async fn get_signing_key(
+        &self,
+        request: Request<pb::GetSigningKeyRequest>,
+    ) -> Reply<pb::GetSigningKeyResponse> {
+        let key_id = request.into_inner().key_id;
+        validate::required("key_id", &key_id)?;
+        let lookup_id = key_id.clone();
+        let lookup = self.run(move |s| s.get_signing(&lookup_id)).await?;
+        let now = unix_now();
+        let mut response =
+            pb::GetSigningKeyResponse { key_id, feed_seq: lookup.head_seq, ..Default::default() };
+        let Some((key, signing)) = lookup.found else {
+            response.result = pb::VerifyResult::NotFound as i32;
+            tracing::debug!(key_id = %response.key_id, result = response.result, "signing key lookup");
+            return Ok(Response::new(response));
+        };
+        response.consumer_id = key.consumer_id.clone();
+        response.expires_at = key.expires_at;
+        response.algorithm = validate::signing_algorithm_to_proto(signing.algorithm()) as i32;
+        response.result = match key.status(now) {
+            crate::model::KeyStatus::Active => pb::VerifyResult::Valid,
+            crate::model::KeyStatus::Revoked => pb::VerifyResult::Revoked,
+            crate::model::KeyStatus::Expired => pb::VerifyResult::Expired,
+        } as i32;
+        if response.result == pb::VerifyResult::Valid as i32 {
+            match &signing {
+                NewSigning::Ed25519(public_key) => response.ed25519_public_key = public_key.to_vec(),
+                NewSigning::Hmac(sealed) => response.hmac_secret = self.master()?.open(&key.id, sealed)?,
+            }
+            self.usage.record(&key.id, now);
+        }
+        tracing::debug!(key_id = %response.key_id, result = response.result, "signing key lookup");
         Ok(Response::new(response))
     }
 

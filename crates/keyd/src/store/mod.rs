@@ -7,9 +7,10 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use crate::error::Result;
+use crate::master::Sealed;
 use crate::model::{
     AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, Lookup, NewConsumer, NewKey,
-    Rotation,
+    Rotation, SigningLookup,
 };
 
 /// Persistent state of the key service.
@@ -42,4 +43,13 @@ pub trait Store: Send + Sync + 'static {
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;
     /// Audit entries with `seq > after`, oldest first.
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// A key's signing material by key id.
+    fn get_signing(&self, key_id: &str) -> Result<SigningLookup>;
+    /// Every encrypted signing secret, by key id.
+    fn list_sealed(&self) -> Result<Vec<(String, Sealed)>>;
+    /// Replaces encrypted secrets (key id, the version it was read under, the new ciphertext)
+    /// in one transaction; a row no longer under the read version is left alone. Returns how
+    /// many rows changed.
+    fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize>;
 }

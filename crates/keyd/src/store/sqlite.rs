@@ -13,12 +13,14 @@ use serde::de::DeserializeOwned;
 
 use super::Store;
 use crate::error::{Error, Result};
+use crate::master::Sealed;
 use crate::model::{
     AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, KeyStatus,
-    Lookup, NewConsumer, NewKey, Rotation, SecretMatch,
+    Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: signing material (`signing_keys`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -62,6 +64,16 @@ CREATE TABLE IF NOT EXISTS changes (
     consumer_id TEXT    NOT NULL,
     at          INTEGER NOT NULL
 );
+-- HTTP message signature material: an Ed25519 public key, or an HMAC secret encrypted with
+-- AES-256-GCM under master-key version `master_version` (the master key is not in the database).
+CREATE TABLE IF NOT EXISTS signing_keys (
+    key_id         TEXT    PRIMARY KEY,
+    algorithm      TEXT    NOT NULL,
+    public_key     BLOB,
+    nonce          BLOB,
+    ciphertext     BLOB,
+    master_version INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     at          INTEGER NOT NULL,
@@ -74,7 +86,8 @@ CREATE TABLE IF NOT EXISTS audit (
 ";
 
 const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
-     created_at, last_used_at, revoked_at, revoke_reason, previous_display_prefix, previous_expires_at, rotated_at";
+     created_at, last_used_at, revoked_at, revoke_reason, previous_display_prefix, previous_expires_at, rotated_at, \
+     (SELECT algorithm FROM signing_keys WHERE signing_keys.key_id = keys.id)";
 
 const CONSUMER_COLUMNS: &str = "pos, id, name, metadata, created_at";
 
@@ -206,6 +219,19 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
         previous_display_prefix: row.get(13)?,
         previous_expires_at: row.get(14)?,
         rotated_at: row.get(15)?,
+        signing: {
+            let alg: Option<String> = row.get(16)?;
+            match alg {
+                Some(text) => Some(SigningAlgorithm::parse(&text).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        16,
+                        Type::Text,
+                        format!("unknown signing algorithm {text:?}").into(),
+                    )
+                })?),
+                None => None,
+            }
+        },
     })
 }
 
@@ -340,6 +366,42 @@ fn insert_consumer(tx: &Transaction<'_>, ctx: &Ctx, consumer: &NewConsumer) -> R
         serde_json::json!({ "name": consumer.name, "metadata": consumer.metadata }),
     )?;
     require_consumer(tx, &consumer.id)
+}
+
+fn insert_signing(tx: &Transaction<'_>, key_id: &str, signing: &NewSigning) -> Result<()> {
+    let (public_key, sealed): (Option<&[u8]>, Option<&Sealed>) = match signing {
+        NewSigning::Hmac(sealed) => (None, Some(sealed)),
+        NewSigning::Ed25519(key) => (Some(key), None),
+    };
+    tx.execute(
+        "INSERT INTO signing_keys (key_id, algorithm, public_key, nonce, ciphertext, master_version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            key_id,
+            signing.algorithm().as_str(),
+            public_key,
+            sealed.map(|s| &s.nonce[..]),
+            sealed.map(|s| s.ciphertext.as_slice()),
+            sealed.map_or(0, |s| s.version),
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+fn sealed_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<Sealed>> {
+    let nonce: Option<Vec<u8>> = row.get(first)?;
+    let ciphertext: Option<Vec<u8>> = row.get(first + 1)?;
+    let version: u32 = row.get(first + 2)?;
+    match (nonce, ciphertext) {
+        (Some(nonce), Some(ciphertext)) => {
+            let nonce: [u8; 12] = nonce.try_into().map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(first, Type::Blob, "nonce is not 12 bytes".into())
+            })?;
+            Ok(Some(Sealed { version, nonce, ciphertext }))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn revoke(tx: &Transaction<'_>, ctx: &Ctx, key: &Key, reason: &str) -> Result<()> {
@@ -482,6 +544,9 @@ impl Store for SqliteStore {
                 params![&key.secret.hash[..], key.id, key.secret.display_prefix],
             )
             .map_err(db)?;
+            if let Some(signing) = &key.signing {
+                insert_signing(tx, &key.id, signing)?;
+            }
             record_change(tx, ctx, ChangeKind::KeyCreated, &key.id, &consumer.id)?;
             record_audit(
                 tx,
@@ -494,6 +559,7 @@ impl Store for SqliteStore {
                     "display_prefix": key.secret.display_prefix,
                     "scopes": key.scopes,
                     "expires_at": key.expires_at,
+                    "signing_algorithm": key.signing.as_ref().map(|s| s.algorithm().as_str()),
                 }),
             )?;
             require_key(tx, &key.id)
@@ -690,6 +756,76 @@ impl Store for SqliteStore {
         })
     }
 
+    fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
+        self.read(|tx| {
+            let row: Option<(String, Option<Vec<u8>>, Option<Sealed>)> = tx
+                .query_row(
+                    "SELECT algorithm, public_key, nonce, ciphertext, master_version FROM signing_keys \
+                     WHERE key_id = ?1",
+                    [key_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, sealed_from_row(row, 2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let found = match row {
+                Some((alg, public_key, sealed)) => {
+                    let signing = match (SigningAlgorithm::parse(&alg), public_key, sealed) {
+                        (Some(SigningAlgorithm::Ed25519), Some(key), _) => {
+                            let key: [u8; 32] = key.try_into().map_err(|_| {
+                                Error::Internal(format!("database: public key of {key_id} is not 32 bytes"))
+                            })?;
+                            NewSigning::Ed25519(key)
+                        }
+                        (Some(SigningAlgorithm::HmacSha256), _, Some(sealed)) => NewSigning::Hmac(sealed),
+                        _ => {
+                            return Err(Error::Internal(format!(
+                                "database: signing material of {key_id} is incomplete"
+                            )));
+                        }
+                    };
+                    find_key(tx, key_id)?.map(|key| (key, signing))
+                }
+                None => None,
+            };
+            Ok(SigningLookup { found, head_seq: head_seq(tx)? })
+        })
+    }
+
+    fn list_sealed(&self) -> Result<Vec<(String, Sealed)>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT key_id, nonce, ciphertext, master_version FROM signing_keys \
+                     WHERE ciphertext IS NOT NULL ORDER BY key_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, sealed_from_row(row, 1)?)))
+                .map_err(db)?;
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?;
+            Ok(rows.into_iter().filter_map(|(id, sealed)| sealed.map(|s| (id, s))).collect())
+        })
+    }
+
+    fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let mut changed = 0;
+            for (key_id, old_version, sealed) in updates {
+                changed += tx
+                    .execute(
+                        "UPDATE signing_keys SET nonce = ?2, ciphertext = ?3, master_version = ?4 \
+                         WHERE key_id = ?1 AND master_version = ?5",
+                        params![key_id, &sealed.nonce[..], sealed.ciphertext, sealed.version, old_version],
+                    )
+                    .map_err(db)?;
+            }
+            Ok(changed)
+        })
+    }
+
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|tx| {
@@ -741,6 +877,7 @@ mod tests {
             rate_limit: None,
             expires_at: 0,
             secret: StoredSecret { hash: [hash; 32], display_prefix: "tgk_abcdef".into() },
+            signing: None,
         }
     }
 

@@ -1,0 +1,171 @@
+//! `tollgate sign`: signs a request per RFC 9421 and prints the headers to add.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tollgate_signing::{Options, Request, SigningMaterial};
+
+use crate::{CliError, Output};
+
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// The key id (`keyid`), as `tollgate keys create` printed it.
+    #[arg(long)]
+    pub key_id: String,
+    /// File holding the key's HMAC secret (base64, as printed by `keys create --signing hmac`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "private_key",
+        required_unless_present = "private_key"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// Ed25519 private key file (PEM `BEGIN PRIVATE KEY`, or the 32-byte seed in base64).
+    #[arg(long, value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
+    /// Request method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// Absolute request URL, as the gateway sees it (scheme, host[:port], path, query).
+    #[arg(long)]
+    pub url: String,
+    /// A header the request will carry, `Name: value`. Repeat for several.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// File with the request body; its Content-Digest is computed and covered.
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// A covered component (`@method`, `content-type`, `"@query-param";name="id"`). Repeat;
+    /// replaces the default set (@method @authority @path @query, plus content-digest with a body).
+    #[arg(long = "component", value_name = "ID")]
+    pub components: Vec<String>,
+    /// Signature label.
+    #[arg(long, default_value = "sig1")]
+    pub label: String,
+    /// Add a random nonce.
+    #[arg(long)]
+    pub nonce: bool,
+    /// Set `expires` this long after `created` (e.g. 5m).
+    #[arg(long, value_parser = crate::parse::duration_secs)]
+    pub expires_in: Option<u64>,
+    /// Sign as of this Unix time instead of now.
+    #[arg(long)]
+    pub created: Option<i64>,
+    /// Leave out the `alg` parameter.
+    #[arg(long)]
+    pub no_alg: bool,
+    /// A `tag` parameter.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+/// Signs and prints the headers (or, with --json, an object of them).
+pub fn run(args: &SignArgs, o: &mut Output<'_>) -> Result<(), CliError> {
+    let key = match (&args.secret_file, &args.private_key) {
+        (Some(path), None) => {
+            let text = String::from_utf8(read(path)?).map_err(usage)?;
+            SigningMaterial::Hmac(tollgate_signing::hmac_secret(&text).map_err(usage)?)
+        }
+        (None, Some(path)) => {
+            let text = String::from_utf8(read(path)?).map_err(usage)?;
+            SigningMaterial::Ed25519(tollgate_signing::ed25519_private_key(&text).map_err(usage)?)
+        }
+        _ => return Err(usage("give exactly one of --secret-file or --private-key")),
+    };
+    let mut headers = Vec::with_capacity(args.headers.len());
+    for h in &args.headers {
+        let (name, value) =
+            h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let body = args.body_file.as_ref().map(read).transpose()?;
+    let created = match args.created {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map_err(usage)?,
+    };
+    let mut options = Options::new(args.key_id.clone(), created);
+    options.label = args.label.clone();
+    options.include_alg = !args.no_alg;
+    options.tag = args.tag.clone();
+    if !args.components.is_empty() {
+        options.components = Some(args.components.clone());
+    }
+    if args.nonce {
+        options.nonce = Some(tollgate_signing::random_nonce().map_err(usage)?);
+    }
+    options.expires = args.expires_in.map(|s| created + i64::try_from(s).unwrap_or(i64::MAX / 2));
+    let request = Request { method: &args.method, url: &args.url, headers, body: body.as_deref() };
+    let signed = tollgate_signing::sign(&request, &key, &options).map_err(usage)?;
+    if o.json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            signed.headers().into_iter().map(|(n, v)| (n.to_owned(), serde_json::Value::String(v))).collect();
+        crate::output::write_json(o.out, &map)?;
+    } else {
+        for (name, value) in signed.headers() {
+            writeln!(o.out, "{name}: {value}")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    #[test]
+    fn sign_prints_the_three_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let body = dir.path().join("body");
+        std::fs::write(&body, br#"{"hello": "world"}"#).unwrap();
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "sign",
+            "--key-id",
+            "key_1",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "-X",
+            "POST",
+            "--url",
+            "http://127.0.0.1:8080/orders?id=1",
+            "--body-file",
+            body.to_str().unwrap(),
+            "--created",
+            "1700000000",
+        ])
+        .unwrap();
+        let Command::Sign(args) = cli.command else { panic!("not sign") };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&args, &mut Output { out: &mut out, err: &mut err, json: false }).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Content-Digest: sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:");
+        assert_eq!(
+            lines[1],
+            r#"Signature-Input: sig1=("@method" "@authority" "@path" "@query" "content-digest");created=1700000000;keyid="key_1";alg="hmac-sha256""#
+        );
+        assert!(lines[2].starts_with("Signature: sig1=:") && lines[2].ends_with(':'));
+    }
+
+    #[test]
+    fn sign_needs_a_key() {
+        assert!(Cli::try_parse_from(["tollgate", "sign", "--key-id", "k", "--url", "http://h/"]).is_err());
+    }
+}

@@ -1,1 +1,0 @@
-//! RFC 9421 signature bases and RFC 9530 digests (being written).

@@ -1,0 +1,159 @@
+//! Shared-data layout: the material cache, invalidation slots, the feed record and the
+//! replay table, all under `tollgate.request_signing.<cluster>.`.
+
+use tollgate_core::key_auth::cache::{FeedState, Freshness, invalidation_slot};
+use tollgate_core::signature::cache::{self, MaterialEntry};
+use tollgate_core::signature::config::Config;
+use tollgate_core::signature::replay::{self, Probe, ReplayEntry};
+use tollgate_core::signature::verify::Deny;
+use tollgate_host::{Host, SharedError};
+
+/// Retries of a compare-and-swap loop before giving up.
+const CAS_RETRIES: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(config: &Config) -> Self {
+        Self { prefix: format!("tollgate.request_signing.{}.", config.cluster) }
+    }
+    fn material(&self, slot: u32) -> String {
+        format!("{}m.{slot}", self.prefix)
+    }
+    fn invalidation(&self, slot: u32) -> String {
+        format!("{}i.{slot}", self.prefix)
+    }
+    pub fn feed(&self) -> String {
+        format!("{}feed", self.prefix)
+    }
+    fn replay(&self, slot: u32) -> String {
+        format!("{}r.{slot}", self.prefix)
+    }
+}
+
+fn read_u64<H: Host + ?Sized>(host: &H, key: &str) -> u64 {
+    host.shared_get(key).0.and_then(|b| b.as_slice().try_into().ok().map(u64::from_le_bytes)).unwrap_or(0)
+}
+
+/// The cached material of `key_id`, if fresh.
+pub fn lookup<H: Host + ?Sized>(
+    host: &H,
+    keys: &Keys,
+    config: &Config,
+    key_id: &str,
+) -> Option<MaterialEntry> {
+    let slot = cache::cache_slot(key_id, config.cache_slots);
+    let entry = host.shared_get(&keys.material(slot)).0.and_then(|b| MaterialEntry::decode(&b));
+    let freshness = Freshness {
+        invalidated_at: read_u64(host, &keys.invalidation(invalidation_slot(key_id))),
+        base: read_feed(host, keys).0.base,
+    };
+    cache::fresh(entry, key_id, host.now_ms(), freshness, config.cache_ttl, config.negative_ttl)
+}
+
+/// Stores an answer (last writer wins; the key id in the entry tells slot sharers apart).
+pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &MaterialEntry) {
+    let slot = cache::cache_slot(&entry.key_id, config.cache_slots);
+    let _ = host.shared_set(&keys.material(slot), &entry.encode(), None);
+}
+
+pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
+    let (bytes, cas) = host.shared_get(&keys.feed());
+    (bytes.and_then(|b| FeedState::decode(&b)).unwrap_or_default(), cas)
+}
+
+pub fn raise_invalidation<H: Host + ?Sized>(host: &H, keys: &Keys, slot: u32, seq: u64) -> bool {
+    cas_update(host, &keys.invalidation(slot), |current| {
+        let current = current.and_then(|b| b.try_into().ok().map(u64::from_le_bytes)).unwrap_or(0);
+        (current < seq).then(|| seq.to_le_bytes().to_vec())
+    })
+}
+
+/// Stores the feed consumer's next state, never moving the cursor backwards.
+pub fn finish_poll<H: Host + ?Sized>(host: &H, keys: &Keys, next: FeedState) -> bool {
+    cas_update(host, &keys.feed(), |current| {
+        let current = current.and_then(FeedState::decode).unwrap_or_default();
+        let merged = if current.cursor > next.cursor && current.base >= next.base {
+            FeedState { busy_until_ms: 0, ..current }
+        } else {
+            next
+        };
+        Some(merged.encode().to_vec())
+    })
+}
+
+fn cas_update<H: Host + ?Sized>(host: &H, key: &str, f: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) -> bool {
+    for _ in 0..CAS_RETRIES {
+        let (current, cas) = host.shared_get(key);
+        let Some(next) = f(current.as_deref()) else {
+            return true;
+        };
+        match host.shared_set(key, &next, cas) {
+            Ok(()) => return true,
+            Err(SharedError::CasMismatch) => continue,
+            Err(SharedError::Failed) => return false,
+        }
+    }
+    false
+}
+
+/// Creates every replay slot that does not exist yet (empty), so that later writes always
+/// have a CAS token: a slot without one could be overwritten by a racing first insert.
+pub fn init_replay<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32) {
+    for slot in 0..slots {
+        let key = keys.replay(slot);
+        if host.shared_get(&key).1.is_none() {
+            let _ = host.shared_set(&key, &[], None);
+        }
+    }
+}
+
+/// Remembers `mine` unless its id is already remembered (see [`tollgate_core::signature::replay`]).
+pub fn remember<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, mine: &ReplayEntry) -> Result<(), Deny> {
+    let probe_slots = replay::probe_slots(&mine.id, slots);
+    let read_all = |host: &H| -> Vec<(Option<ReplayEntry>, Option<u32>)> {
+        probe_slots
+            .iter()
+            .map(|s| {
+                let (bytes, cas) = host.shared_get(&keys.replay(*s));
+                (bytes.and_then(|b| ReplayEntry::decode(&b)), cas)
+            })
+            .collect()
+    };
+    for _ in 0..CAS_RETRIES {
+        let now = host.now_ms();
+        let current = read_all(host);
+        let entries: Vec<Option<ReplayEntry>> = current.iter().map(|(e, _)| *e).collect();
+        match replay::probe(&entries, &mine.id, now) {
+            Probe::Seen => return Err(Deny::Replayed),
+            Probe::Full => return Err(Deny::ReplayStoreFull),
+            Probe::Free(i) => {
+                let (Some(slot), Some((_, cas))) = (probe_slots.get(i), current.get(i)) else {
+                    return Err(Deny::ReplayStoreFull);
+                };
+                let Some(cas) = cas else {
+                    // Not initialized (configure could not create it): create it empty and retry.
+                    let _ = host.shared_set(&keys.replay(*slot), &[], None);
+                    continue;
+                };
+                match host.shared_set(&keys.replay(*slot), &mine.encode(), Some(*cas)) {
+                    Ok(()) => {
+                        let after: Vec<Option<ReplayEntry>> =
+                            read_all(host).into_iter().map(|(e, _)| e).collect();
+                        return if replay::confirmed(&after, mine, host.now_ms()) {
+                            Ok(())
+                        } else {
+                            Err(Deny::Replayed)
+                        };
+                    }
+                    Err(SharedError::CasMismatch) => continue,
+                    Err(SharedError::Failed) => return Err(Deny::ReplayStoreFull),
+                }
+            }
+        }
+    }
+    Err(Deny::ReplayStoreFull)
+}
