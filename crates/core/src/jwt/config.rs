@@ -194,40 +194,12 @@ pub struct Config {
     pub realm: String,
 }
 
-/// A configuration error: the field path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::config::ConfigError;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid jwt-auth config: `{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const FILTER: &str = "jwt-auth";
 
 pub fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
-}
-
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if valid {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(err(field, format!("`{name}` is not a valid header name")))
-    }
+    ConfigError::new(FILTER, field, message)
 }
 
 fn secs(d: Duration) -> i64 {
@@ -237,12 +209,7 @@ fn secs(d: Duration) -> i64 {
 impl Config {
     /// Parses and checks a JSON configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
-            err(field, strip_position(&e.inner().to_string()))
-        })?;
+        let raw: RawConfig = crate::config::parse_json(FILTER, json)?;
         Self::try_from(raw)
     }
 
@@ -286,8 +253,9 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
     let keys = match (p.jwks, p.remote_jwks) {
         (Some(doc), None) => {
             let doc = match doc {
-                Value::String(text) => serde_json::from_str(&text)
-                    .map_err(|e| err(f("jwks"), format!("not JSON: {}", strip_position(&e.to_string()))))?,
+                Value::String(text) => serde_json::from_str(&text).map_err(|e| {
+                    err(f("jwks"), format!("not JSON: {}", crate::config::strip_position(&e.to_string())))
+                })?,
                 other => other,
             };
             let limits = Limits { max_bytes: usize::MAX, max_keys: 64 };
@@ -396,7 +364,7 @@ impl TryFrom<RawConfig> for Config {
             let field = format!("sources[{i}]");
             let source = match (s.header, s.query, s.cookie) {
                 (Some(name), None, None) => {
-                    let name = check_header_name(&format!("{field}.header"), &name)?;
+                    let name = crate::config::check_header_name(FILTER, &format!("{field}.header"), &name)?;
                     if s.prefix.as_ref().is_some_and(String::is_empty) {
                         return Err(err(format!("{field}.prefix"), "must not be empty when given"));
                     }
@@ -461,7 +429,7 @@ impl TryFrom<RawConfig> for Config {
         let mut claim_headers = Vec::with_capacity(raw.claim_headers.len());
         for (header, claim) in raw.claim_headers {
             let field = format!("claim_headers.{header}");
-            let name = check_header_name(&field, &header)?;
+            let name = crate::config::check_header_name(FILTER, &field, &header)?;
             if name.starts_with(':') || name == "host" || name == "authorization" || name == "cookie" {
                 return Err(err(field, "cannot be a pseudo-header, host, authorization or cookie"));
             }

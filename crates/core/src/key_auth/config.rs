@@ -137,53 +137,18 @@ pub struct Config {
     pub realm: String,
 }
 
-/// A configuration error: the field path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::config::ConfigError;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid key-auth config: `{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const FILTER: &str = "key-auth";
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError::new("key-auth", field, message)
 }
 
 impl Config {
     /// Parses and checks a JSON configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
-            err(field, strip_position(&e.inner().to_string()))
-        })?;
-        Self::try_from(raw)
-    }
-}
-
-/// serde_json appends " at line 1 column 42"; the field path already says where.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if valid {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(err(field, format!("`{name}` is not a valid header name")))
+        Self::try_from(crate::config::parse_json::<RawConfig>("key-auth", json)?)
     }
 }
 
@@ -218,7 +183,7 @@ impl TryFrom<RawConfig> for Config {
             let field = format!("sources[{i}]");
             let source = match (s.header, s.query) {
                 (Some(name), None) => {
-                    let name = check_header_name(&format!("{field}.header"), &name)?;
+                    let name = crate::config::check_header_name(FILTER, &format!("{field}.header"), &name)?;
                     if name.starts_with(':') || name == "host" {
                         return Err(err(
                             format!("{field}.header"),

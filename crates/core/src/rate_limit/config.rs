@@ -237,39 +237,18 @@ pub struct Config {
     pub rules: Vec<Rule>,
 }
 
-/// A configuration error: the field path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::config::ConfigError;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid rate-limit config: `{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const FILTER: &str = "rate-limit";
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError::new(FILTER, field, message)
 }
 
 impl Config {
     /// Parses and checks a JSON configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
-            let message = e.inner().to_string();
-            let message = match message.rfind(" at line ") {
-                Some(i) => message[..i].to_owned(),
-                None => message,
-            };
-            err(field, message)
-        })?;
+        let raw: RawConfig = crate::config::parse_json(FILTER, json)?;
         Self::try_from(raw)
     }
 
@@ -283,16 +262,6 @@ fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if valid {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(err(field, format!("`{name}` is not a valid header name")))
-    }
 }
 
 fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
@@ -317,7 +286,7 @@ fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
 fn compile_part(field: &str, part: RawPart) -> Result<Part, ConfigError> {
     match part {
         RawPart::Header { header } => {
-            let name = check_header_name(&format!("{field}.header"), &header)?;
+            let name = crate::config::check_header_name(FILTER, &format!("{field}.header"), &header)?;
             if name.starts_with(':') {
                 return Err(err(
                     format!("{field}.header"),
@@ -404,7 +373,11 @@ fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
             let header = match p.critical.header {
                 None => None,
                 Some(h) => {
-                    let name = check_header_name(&format!("{pf}.critical.header.name"), &h.name)?;
+                    let name = crate::config::check_header_name(
+                        FILTER,
+                        &format!("{pf}.critical.header.name"),
+                        &h.name,
+                    )?;
                     Some((name, h.value))
                 }
             };

@@ -131,23 +131,12 @@ impl Config {
     }
 }
 
-/// A configuration error: the field path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::config::ConfigError;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid request-signing config: `{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const FILTER: &str = "request-signing";
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError::new(FILTER, field, message)
 }
 
 /// The default covered components.
@@ -159,17 +148,7 @@ const SUPPORTED_DERIVED: [&str; 8] =
 impl Config {
     /// Parses and checks a JSON configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
-            let message = e.inner().to_string();
-            let message = match message.rfind(" at line ") {
-                Some(i) => message[..i].to_owned(),
-                None => message,
-            };
-            err(field, message)
-        })?;
+        let raw: RawConfig = crate::config::parse_json(FILTER, json)?;
         Self::try_from(raw)
     }
 }

@@ -206,40 +206,18 @@ pub struct Config {
     pub rules: Vec<Rule>,
 }
 
-/// A configuration error: where, in which rule, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    /// The rule's name, for errors inside a rule.
-    pub rule: Option<String>,
-    pub message: String,
-}
+pub use crate::config::ConfigError;
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.rule {
-            Some(rule) => {
-                write!(f, "invalid transform config: rule `{rule}`: `{}`: {}", self.field, self.message)
-            }
-            None => write!(f, "invalid transform config: `{}`: {}", self.field, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const FILTER: &str = "transform";
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), rule: None, message: message.into() }
+    ConfigError::new(FILTER, field, message)
 }
 
 impl Config {
     /// Parses and compiles a JSON configuration.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "<root>".to_owned() } else { path };
-            let mut error = err(field, strip_position(&e.inner().to_string()));
+        let raw: RawConfig = crate::config::parse_json(FILTER, json).map_err(|mut error| {
             // Name the rule even when serde refused it.
             if let Some(i) = error.field.strip_prefix("rules[").and_then(|r| r.split(']').next()) {
                 error.rule = Some(rule_name_in(json, i).unwrap_or_else(|| format!("rules[{i}]")));
@@ -255,14 +233,6 @@ fn rule_name_in(json: &[u8], index: &str) -> Option<String> {
     let doc: Value = serde_json::from_slice(json).ok()?;
     let i: usize = index.parse().ok()?;
     doc.get("rules")?.get(i)?.get("name")?.as_str().map(str::to_owned)
-}
-
-/// serde_json appends " at line 1 column 42"; the field path already says where.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
