@@ -10,6 +10,7 @@ use std::time::Duration;
 mod envoy;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
+pub mod shared;
 #[cfg(target_arch = "wasm32")]
 pub use envoy::{EnvoyHost, install_panic_hook};
 

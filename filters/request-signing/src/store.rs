@@ -6,10 +6,9 @@ use tollgate_core::signature::cache::{self, MaterialEntry};
 use tollgate_core::signature::config::Config;
 use tollgate_core::signature::replay::{self, Probe, ReplayEntry};
 use tollgate_core::signature::verify::Deny;
-use tollgate_host::{Host, SharedError};
+use tollgate_host::{Host, SharedError, shared};
 
-/// Retries of a compare-and-swap loop before giving up.
-const CAS_RETRIES: usize = 8;
+use tollgate_host::shared::CAS_RETRIES;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -34,10 +33,6 @@ impl Keys {
     }
 }
 
-fn read_u64<H: Host + ?Sized>(host: &H, key: &str) -> u64 {
-    host.shared_get(key).0.and_then(|b| b.as_slice().try_into().ok().map(u64::from_le_bytes)).unwrap_or(0)
-}
-
 /// The cached material of `key_id`, if fresh.
 pub fn lookup<H: Host + ?Sized>(
     host: &H,
@@ -48,7 +43,7 @@ pub fn lookup<H: Host + ?Sized>(
     let slot = cache::cache_slot(key_id, config.cache_slots);
     let entry = host.shared_get(&keys.material(slot)).0.and_then(|b| MaterialEntry::decode(&b));
     let freshness = Freshness {
-        invalidated_at: read_u64(host, &keys.invalidation(invalidation_slot(key_id))),
+        invalidated_at: shared::read_u64(host, &keys.invalidation(invalidation_slot(key_id))),
         base: read_feed(host, keys).0.base,
     };
     cache::fresh(entry, key_id, host.now_ms(), freshness, config.cache_ttl, config.negative_ttl)
@@ -60,44 +55,19 @@ pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &M
     let _ = host.shared_set(&keys.material(slot), &entry.encode(), None);
 }
 
+/// The change-feed consumer's record and its CAS token.
 pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
-    let (bytes, cas) = host.shared_get(&keys.feed());
-    (bytes.and_then(|b| FeedState::decode(&b)).unwrap_or_default(), cas)
+    shared::read_feed(host, &keys.feed())
 }
 
+/// Raises an invalidation slot to at least `seq`. Returns false when the retries ran out.
 pub fn raise_invalidation<H: Host + ?Sized>(host: &H, keys: &Keys, slot: u32, seq: u64) -> bool {
-    cas_update(host, &keys.invalidation(slot), |current| {
-        let current = current.and_then(|b| b.try_into().ok().map(u64::from_le_bytes)).unwrap_or(0);
-        (current < seq).then(|| seq.to_le_bytes().to_vec())
-    })
+    shared::raise_u64(host, &keys.invalidation(slot), seq)
 }
 
-/// Stores the feed consumer's next state, never moving the cursor backwards.
+/// Finishes a poll: stores the consumer's next state, never moving the cursor backwards.
 pub fn finish_poll<H: Host + ?Sized>(host: &H, keys: &Keys, next: FeedState) -> bool {
-    cas_update(host, &keys.feed(), |current| {
-        let current = current.and_then(FeedState::decode).unwrap_or_default();
-        let merged = if current.cursor > next.cursor && current.base >= next.base {
-            FeedState { busy_until_ms: 0, ..current }
-        } else {
-            next
-        };
-        Some(merged.encode().to_vec())
-    })
-}
-
-fn cas_update<H: Host + ?Sized>(host: &H, key: &str, f: impl Fn(Option<&[u8]>) -> Option<Vec<u8>>) -> bool {
-    for _ in 0..CAS_RETRIES {
-        let (current, cas) = host.shared_get(key);
-        let Some(next) = f(current.as_deref()) else {
-            return true;
-        };
-        match host.shared_set(key, &next, cas) {
-            Ok(()) => return true,
-            Err(SharedError::CasMismatch) => continue,
-            Err(SharedError::Failed) => return false,
-        }
-    }
-    false
+    shared::finish_poll(host, &keys.feed(), next)
 }
 
 /// Creates every replay slot that does not exist yet (empty), so that later writes always
