@@ -67,10 +67,10 @@ run: build $(ENVOY)
 
 ## Checks ---------------------------------------------------------------------------------------
 
-# The end-to-end tests run the debug binaries of the key service and the echo upstream, the wasm
+# The end-to-end tests run the debug binaries of the key service, the echo upstream and the CLI, the wasm
 # filters and Envoy from the virtualenv.
 test: wasm $(ENVOY)
-	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo --bins
+	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli --bins
 	$(MAKE) --no-print-directory test-envoy-configs
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/debug \
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
