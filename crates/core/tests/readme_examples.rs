@@ -38,3 +38,9 @@ fn transform_example_parses() {
     let json = json_block_after(&readme(), "**transform**");
     tollgate_core::transform::config::Config::from_json(json.as_bytes()).unwrap();
 }
+
+#[test]
+fn request_signing_example_parses() {
+    let json = json_block_after(&readme(), "**request-signing**");
+    tollgate_core::signature::config::Config::from_json(json.as_bytes()).unwrap();
+}
