@@ -4,7 +4,6 @@ use tollgate_core::key_auth::cache::{self, Entry, FeedState, Freshness, Lookup};
 use tollgate_core::key_auth::config::Config;
 use tollgate_host::{Host, SharedError, shared};
 
-
 /// Names of this filter's shared-data keys. Scoped by the key-service cluster, so two
 /// key-auth configurations against different key services never read each other's answers.
 #[derive(Debug, Clone)]
