@@ -2,7 +2,13 @@
 //! into raw serde types (the field path of a serde error becomes the error's field), and small
 //! checks used by several schemas.
 
+use std::time::Duration;
+
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use crate::duration;
+use crate::secret::Secret;
 
 /// A configuration error: which filter, which field (a path such as `rules[2].limits[0].per`),
 /// for rule-based configs which rule, and what is wrong.
@@ -62,6 +68,49 @@ pub fn check_header_name(filter: &'static str, field: &str, name: &str) -> Resul
         Ok(name.to_ascii_lowercase())
     } else {
         Err(ConfigError::new(filter, field, format!("`{name}` is not a valid header name")))
+    }
+}
+
+/// The `key_service` block of the filters that call the Tollgate key service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyService {
+    cluster: String,
+    token: Secret,
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    poll_interval: Option<Duration>,
+}
+
+/// The key service as a filter reaches it: an Envoy cluster, the data-plane token, a timeout
+/// for each call and the change-feed poll interval.
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    pub cluster: String,
+    pub token: Secret,
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+impl RawKeyService {
+    pub fn compile(self, filter: &'static str) -> Result<KeyService, ConfigError> {
+        let err = |field: &str, message: &str| ConfigError::new(filter, field, message);
+        if self.cluster.trim().is_empty() {
+            return Err(err("key_service.cluster", "must name the Envoy cluster of the key service"));
+        }
+        if self.token.expose().trim().is_empty() {
+            return Err(err("key_service.token", "must be the key service's data-plane token"));
+        }
+        let timeout = self.timeout.unwrap_or(Duration::from_millis(500));
+        if timeout.is_zero() || timeout > Duration::from_secs(60) {
+            return Err(err("key_service.timeout", "must be between 1ms and 60s"));
+        }
+        let poll_interval = self.poll_interval.unwrap_or(Duration::from_millis(500));
+        if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
+            return Err(err("key_service.poll_interval", "must be between 100ms and 60s"));
+        }
+        Ok(KeyService { cluster: self.cluster, token: self.token, timeout, poll_interval })
     }
 }
 

@@ -15,7 +15,7 @@ pub const MAX_SLOTS: u32 = 1 << 20;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    key_service: RawKeyService,
+    key_service: crate::config::RawKeyService,
     #[serde(default)]
     sources: Option<Vec<RawSource>>,
     #[serde(default)]
@@ -32,17 +32,6 @@ struct RawConfig {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeyService {
-    cluster: String,
-    token: Secret,
-    #[serde(default, deserialize_with = "duration::de_opt")]
-    timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::de_opt")]
-    poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,21 +145,7 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let ks = raw.key_service;
-        if ks.cluster.trim().is_empty() {
-            return Err(err("key_service.cluster", "must name the Envoy cluster of the key service"));
-        }
-        if ks.token.expose().trim().is_empty() {
-            return Err(err("key_service.token", "must be the key service's data-plane token"));
-        }
-        let timeout = ks.timeout.unwrap_or(Duration::from_millis(500));
-        if timeout.is_zero() || timeout > Duration::from_secs(60) {
-            return Err(err("key_service.timeout", "must be between 1ms and 60s"));
-        }
-        let poll_interval = ks.poll_interval.unwrap_or(Duration::from_millis(500));
-        if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
-            return Err(err("key_service.poll_interval", "must be between 100ms and 60s"));
-        }
+        let ks = raw.key_service.compile(FILTER)?;
 
         let raw_sources = raw.sources.unwrap_or_else(|| {
             vec![RawSource { header: Some("x-api-key".into()), query: None, prefix: None }]
@@ -260,8 +235,8 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             cluster: ks.cluster,
             token: ks.token,
-            timeout,
-            poll_interval,
+            timeout: ks.timeout,
+            poll_interval: ks.poll_interval,
             sources,
             cache,
             failure_mode: raw.failure_mode,

@@ -17,7 +17,7 @@ pub const MAX_SLOTS: u32 = 1 << 20;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    key_service: RawKeyService,
+    key_service: crate::config::RawKeyService,
     #[serde(default)]
     policy: RawPolicy,
     #[serde(default)]
@@ -30,17 +30,6 @@ struct RawConfig {
     replay: RawReplay,
     #[serde(default)]
     realm: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeyService {
-    cluster: String,
-    token: Secret,
-    #[serde(default, deserialize_with = "duration::de_opt")]
-    timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration::de_opt")]
-    poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,21 +216,7 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let ks = raw.key_service;
-        if ks.cluster.trim().is_empty() {
-            return Err(err("key_service.cluster", "must name the Envoy cluster of the key service"));
-        }
-        if ks.token.expose().trim().is_empty() {
-            return Err(err("key_service.token", "must be the key service's data-plane token"));
-        }
-        let timeout = ks.timeout.unwrap_or(Duration::from_millis(500));
-        if timeout.is_zero() || timeout > Duration::from_secs(60) {
-            return Err(err("key_service.timeout", "must be between 1ms and 60s"));
-        }
-        let poll_interval = ks.poll_interval.unwrap_or(Duration::from_millis(500));
-        if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
-            return Err(err("key_service.poll_interval", "must be between 100ms and 60s"));
-        }
+        let ks = raw.key_service.compile(FILTER)?;
         let policy = compile_policy("policy", raw.policy, None)?;
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
@@ -283,8 +258,8 @@ impl TryFrom<RawConfig> for Config {
         Ok(Config {
             cluster: ks.cluster,
             token: ks.token,
-            timeout,
-            poll_interval,
+            timeout: ks.timeout,
+            poll_interval: ks.poll_interval,
             policy,
             routes,
             max_body_bytes,
