@@ -8,6 +8,7 @@ use std::time::Duration;
 
 #[cfg(target_arch = "wasm32")]
 mod envoy;
+pub mod feed;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 pub mod shared;
@@ -136,8 +137,13 @@ impl Counters {
 
     /// Adds one to `name`; unknown names are ignored (a stat must never fail a request).
     pub fn inc<H: Host + ?Sized>(&self, host: &H, name: &str) {
+        self.add(host, name, 1);
+    }
+
+    /// Adds `n` to `name`.
+    pub fn add<H: Host + ?Sized>(&self, host: &H, name: &str, n: u64) {
         if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
-            host.increment_counter(*id, 1);
+            host.increment_counter(*id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }

@@ -3,20 +3,13 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use tollgate_core::key_auth::cache::{FeedState, feed_step};
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Host, LogLevel, grpc_status};
-use tollgate_proto::v1;
+use tollgate_host::{Host, LogLevel, feed};
 
 use crate::http::{KeyAuthHttp, complete_flight, read_verify_reply};
-use crate::store;
-use crate::worker::{Outcome, RootCall, SERVICE, Shared, Worker};
-
-/// Changes asked for per poll.
-const FEED_PAGE: u32 = 500;
+use crate::worker::{Outcome, RootCall, Shared, Worker};
 
 pub struct KeyAuthRoot<H: Host> {
     host: Rc<H>,
@@ -56,34 +49,18 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
         self.retry_orphans(&worker);
     }
 
-    /// One worker at a time polls the change feed: the feed record carries a lease.
+    /// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
     fn poll_feed(&self, worker: &Shared) {
         let host = &*self.host;
         let mut w = worker.borrow_mut();
-        let now = host.now_ms();
-        let (state, cas) = store::read_feed(host, &w.keys);
-        if state.busy_until_ms > now {
-            return;
-        }
-        let lease = now + w.config.timeout.as_millis() as u64 + 1_000;
-        let claim = FeedState { busy_until_ms: lease, ..state };
-        if store::write_feed(host, &w.keys, &claim, cas).is_err() {
-            return; // another worker took this turn
-        }
-        let message = v1::ListChangesRequest { after_seq: state.cursor, limit: FEED_PAGE }.encode_to_vec();
-        let metadata = w.metadata();
-        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        match host.grpc_call(&w.config.cluster, SERVICE, "ListChanges", &metadata, &message, w.config.timeout)
-        {
-            Ok(token) => {
+        let poll = w.feed.poll(host, w.feed_target());
+        match poll {
+            feed::Poll::Started(token) => {
                 w.root_calls.insert(token, RootCall::Feed);
                 w.counters.inc(host, "feed_poll");
             }
-            Err(_) => {
-                w.counters.inc(host, "feed_error");
-                let backoff = now + w.config.poll_interval.as_millis() as u64;
-                store::finish_poll(host, &w.keys, FeedState { busy_until_ms: backoff, ..state });
-            }
+            feed::Poll::Refused => w.counters.inc(host, "feed_error"),
+            feed::Poll::NotMyTurn => {}
         }
     }
 
@@ -133,51 +110,10 @@ impl<H: Host + 'static> KeyAuthRoot<H> {
 
     fn feed_done(&self, w: &Worker, status: u32, size: usize) {
         let host = &*self.host;
-        let now = host.now_ms();
-        let interval = w.config.poll_interval.as_millis() as u64;
-        let (state, _) = store::read_feed(host, &w.keys);
-        let body = host.grpc_response_body(size).unwrap_or_default();
-        let reply = (status == grpc_status::OK)
-            .then(|| v1::ListChangesResponse::decode(body.as_slice()).ok())
-            .flatten();
-        let Some(reply) = reply else {
-            w.counters.inc(host, "feed_error");
-            // Log when the feed starts failing, not on every poll while it stays down.
-            if !w.feed_failing.replace(true) {
-                let detail = host.grpc_status_message().unwrap_or_default();
-                host.log(
-                    LogLevel::Warn,
-                    &format!("key-auth: change feed unavailable (gRPC status {status}): {detail}"),
-                );
-            }
-            // Back off for one interval; the lease keeps the other workers from trying at once.
-            let backoff = FeedState { busy_until_ms: now + interval, ..state };
-            store::finish_poll(host, &w.keys, backoff);
-            return;
-        };
-        if w.feed_failing.replace(false) {
-            host.log(LogLevel::Info, "key-auth: change feed available again");
+        match w.feed.done(host, w.feed_target(), status, size) {
+            feed::Done::Applied(n) => w.counters.add(host, "feed_invalidations", n as u64),
+            feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, "feed_error"),
         }
-        let full_page = reply.changes.len() >= FEED_PAGE as usize;
-        let changes: Vec<(u64, String)> = reply.changes.into_iter().map(|c| (c.seq, c.key_id)).collect();
-        let mut step = feed_step(state, &changes, reply.head_seq);
-        // One poll per interval for the whole proxy: the next worker's tick finds the lease
-        // held until shortly before the interval ends. A full page means more is waiting.
-        if !full_page {
-            step.next.busy_until_ms = now + interval - interval / 4;
-        }
-        for (slot, seq) in &step.invalidate {
-            if store::raise_invalidation(host, &w.keys, *slot, *seq) {
-                w.counters.inc(host, "feed_invalidations");
-            } else {
-                // Could not record it: re-check everything cached rather than miss a revocation.
-                w.counters.inc(host, "feed_error");
-                let next = FeedState { base: step.next.cursor, ..step.next };
-                store::finish_poll(host, &w.keys, next);
-                return;
-            }
-        }
-        store::finish_poll(host, &w.keys, step.next);
     }
 }
 

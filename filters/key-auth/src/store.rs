@@ -2,7 +2,7 @@
 
 use tollgate_core::key_auth::cache::{self, Entry, FeedState, Freshness, Lookup};
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Host, SharedError, shared};
+use tollgate_host::{Host, shared};
 
 /// Names of this filter's shared-data keys. Scoped by the key-service cluster, so two
 /// key-auth configurations against different key services never read each other's answers.
@@ -14,6 +14,10 @@ pub struct Keys {
 impl Keys {
     pub fn new(config: &Config) -> Self {
         Self { prefix: format!("tollgate.key_auth.{}.", config.cluster) }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn entry(&self, slot: u32) -> String {
@@ -53,24 +57,4 @@ pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &E
 /// The change-feed consumer's record and its CAS token.
 pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
     shared::read_feed(host, &keys.feed())
-}
-
-/// Writes the feed record if nobody else wrote it since `cas` was read.
-pub fn write_feed<H: Host + ?Sized>(
-    host: &H,
-    keys: &Keys,
-    state: &FeedState,
-    cas: Option<u32>,
-) -> Result<(), SharedError> {
-    host.shared_set(&keys.feed(), &state.encode(), cas)
-}
-
-/// Raises an invalidation slot to at least `seq`. Returns false when the retries ran out.
-pub fn raise_invalidation<H: Host + ?Sized>(host: &H, keys: &Keys, slot: u32, seq: u64) -> bool {
-    shared::raise_u64(host, &keys.invalidation(slot), seq)
-}
-
-/// Finishes a poll: stores the consumer's next state, never moving the cursor backwards.
-pub fn finish_poll<H: Host + ?Sized>(host: &H, keys: &Keys, next: FeedState) -> bool {
-    shared::finish_poll(host, &keys.feed(), next)
 }

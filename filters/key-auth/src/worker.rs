@@ -7,7 +7,7 @@ use std::rc::Rc;
 use prost::Message;
 use tollgate_core::key_auth::cache::{Entry, KeyState, Limit};
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Counters, Host};
+use tollgate_host::{Counters, Host, feed};
 use tollgate_proto::v1;
 
 use crate::store::Keys;
@@ -63,8 +63,7 @@ pub struct Worker {
     pub flights: HashMap<[u8; 32], Flight>,
     /// Calls the root context made: token → key hash (orphaned flights) or the feed poll.
     pub root_calls: HashMap<u32, RootCall>,
-    /// Whether the last change-feed poll of this worker failed (to log transitions only).
-    pub feed_failing: std::cell::Cell<bool>,
+    pub feed: feed::Consumer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +74,23 @@ pub enum RootCall {
 
 impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
+        let keys = Keys::new(&config);
         Self {
-            keys: Keys::new(&config),
+            feed: feed::Consumer::new("key-auth", keys.prefix()),
+            keys,
             counters: Counters::define(host, "tollgate.key_auth", STATS),
             config,
             flights: HashMap::new(),
             root_calls: HashMap::new(),
-            feed_failing: std::cell::Cell::new(false),
+        }
+    }
+
+    pub fn feed_target(&self) -> feed::Target<'_> {
+        feed::Target {
+            cluster: &self.config.cluster,
+            token: self.config.token.expose(),
+            timeout: self.config.timeout,
+            interval: self.config.poll_interval,
         }
     }
 

@@ -3,20 +3,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use tollgate_core::key_auth::cache::{FeedState, feed_step};
 use tollgate_core::signature::config::Config;
 use tollgate_core::signature::verify::Deny;
-use tollgate_host::{Counters, Host, LogLevel, grpc_status};
-use tollgate_proto::v1;
+use tollgate_host::{Counters, Host, LogLevel, feed};
 
 use crate::http::SigningHttp;
 use crate::store::{self, Keys};
-
-/// Changes asked for per poll.
-const FEED_PAGE: u32 = 500;
 
 pub const SERVICE: &str = tollgate_proto::KEY_SERVICE;
 
@@ -27,11 +21,20 @@ pub struct Worker {
     pub counters: Counters,
     /// Distinguishes this worker's replay-table writes from other workers'.
     pub seed: u64,
+    feed: feed::Consumer,
     feed_token: Option<u32>,
-    feed_failing: bool,
 }
 
 impl Worker {
+    fn feed_target(&self) -> feed::Target<'_> {
+        feed::Target {
+            cluster: &self.config.cluster,
+            token: self.config.token.expose(),
+            timeout: self.config.timeout,
+            interval: self.config.poll_interval,
+        }
+    }
+
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
         vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
     }
@@ -119,14 +122,9 @@ impl<H: Host + 'static> SigningRoot<H> {
                 host.set_tick_period(config.poll_interval);
                 let names = stat_names();
                 let counters = Counters::define(host, "tollgate.request_signing", &names);
-                let worker = Rc::new(RefCell::new(Worker {
-                    config,
-                    keys,
-                    counters,
-                    seed: 0,
-                    feed_token: None,
-                    feed_failing: false,
-                }));
+                let feed = feed::Consumer::new("request-signing", keys.prefix());
+                let worker =
+                    Rc::new(RefCell::new(Worker { config, keys, counters, seed: 0, feed, feed_token: None }));
                 // Workers differ in their heap addresses and start times.
                 let address = Rc::as_ptr(&worker) as usize as u64;
                 worker.borrow_mut().seed =
@@ -141,37 +139,21 @@ impl<H: Host + 'static> SigningRoot<H> {
         }
     }
 
-    /// One worker at a time polls the change feed: the feed record carries a lease.
+    /// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
     fn poll_feed(&self) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
         let host = &*self.host;
         let mut w = worker.borrow_mut();
-        let now = host.now_ms();
-        let (state, cas) = store::read_feed(host, &w.keys);
-        if state.busy_until_ms > now {
-            return;
-        }
-        let lease = now + w.config.timeout.as_millis() as u64 + 1_000;
-        let claim = FeedState { busy_until_ms: lease, ..state };
-        if host.shared_set(&w.keys.feed(), &claim.encode(), cas).is_err() {
-            return;
-        }
-        let message = v1::ListChangesRequest { after_seq: state.cursor, limit: FEED_PAGE }.encode_to_vec();
-        let metadata = w.metadata();
-        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        match host.grpc_call(&w.config.cluster, SERVICE, "ListChanges", &metadata, &message, w.config.timeout)
-        {
-            Ok(token) => {
+        let poll = w.feed.poll(host, w.feed_target());
+        match poll {
+            feed::Poll::Started(token) => {
                 w.feed_token = Some(token);
                 w.counters.inc(host, "feed_poll");
             }
-            Err(_) => {
-                w.counters.inc(host, "feed_error");
-                let backoff = now + w.config.poll_interval.as_millis() as u64;
-                store::finish_poll(host, &w.keys, FeedState { busy_until_ms: backoff, ..state });
-            }
+            feed::Poll::Refused => w.counters.inc(host, "feed_error"),
+            feed::Poll::NotMyTurn => {}
         }
     }
 
@@ -185,48 +167,10 @@ impl<H: Host + 'static> SigningRoot<H> {
             return;
         }
         w.feed_token = None;
-        let now = host.now_ms();
-        let interval = w.config.poll_interval.as_millis() as u64;
-        let (state, _) = store::read_feed(host, &w.keys);
-        let body = host.grpc_response_body(size).unwrap_or_default();
-        let reply = (status == grpc_status::OK)
-            .then(|| v1::ListChangesResponse::decode(body.as_slice()).ok())
-            .flatten();
-        let Some(reply) = reply else {
-            w.counters.inc(host, "feed_error");
-            if !w.feed_failing {
-                w.feed_failing = true;
-                let detail = host.grpc_status_message().unwrap_or_default();
-                host.log(
-                    LogLevel::Warn,
-                    &format!("request-signing: change feed unavailable (gRPC status {status}): {detail}"),
-                );
-            }
-            store::finish_poll(host, &w.keys, FeedState { busy_until_ms: now + interval, ..state });
-            return;
-        };
-        if w.feed_failing {
-            w.feed_failing = false;
-            host.log(LogLevel::Info, "request-signing: change feed available again");
+        match w.feed.done(host, w.feed_target(), status, size) {
+            feed::Done::Applied(n) => w.counters.add(host, "feed_invalidations", n as u64),
+            feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, "feed_error"),
         }
-        let full_page = reply.changes.len() >= FEED_PAGE as usize;
-        let changes: Vec<(u64, String)> = reply.changes.into_iter().map(|c| (c.seq, c.key_id)).collect();
-        let mut step = feed_step(state, &changes, reply.head_seq);
-        if !full_page {
-            step.next.busy_until_ms = now + interval - interval / 4;
-        }
-        for (slot, seq) in &step.invalidate {
-            if store::raise_invalidation(host, &w.keys, *slot, *seq) {
-                w.counters.inc(host, "feed_invalidations");
-            } else {
-                // Could not record it: re-check everything cached rather than miss a revocation.
-                w.counters.inc(host, "feed_error");
-                let next = FeedState { base: step.next.cursor, ..step.next };
-                store::finish_poll(host, &w.keys, next);
-                return;
-            }
-        }
-        store::finish_poll(host, &w.keys, step.next);
     }
 }
 

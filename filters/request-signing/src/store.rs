@@ -19,6 +19,9 @@ impl Keys {
     pub fn new(config: &Config) -> Self {
         Self { prefix: format!("tollgate.request_signing.{}.", config.cluster) }
     }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     fn material(&self, slot: u32) -> String {
         format!("{}m.{slot}", self.prefix)
     }
@@ -58,16 +61,6 @@ pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &M
 /// The change-feed consumer's record and its CAS token.
 pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
     shared::read_feed(host, &keys.feed())
-}
-
-/// Raises an invalidation slot to at least `seq`. Returns false when the retries ran out.
-pub fn raise_invalidation<H: Host + ?Sized>(host: &H, keys: &Keys, slot: u32, seq: u64) -> bool {
-    shared::raise_u64(host, &keys.invalidation(slot), seq)
-}
-
-/// Finishes a poll: stores the consumer's next state, never moving the cursor backwards.
-pub fn finish_poll<H: Host + ?Sized>(host: &H, keys: &Keys, next: FeedState) -> bool {
-    shared::finish_poll(host, &keys.feed(), next)
 }
 
 /// Creates every replay slot that does not exist yet (empty), so that later writes always
