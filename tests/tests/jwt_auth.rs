@@ -247,3 +247,142 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
     assert!(stats.get(&format!("{STATS}allowed")).copied().unwrap_or(0) >= 5, "{stats:?}");
     assert!(stats.get(&format!("{STATS}denied.expired")).copied().unwrap_or(0) >= 1, "{stats:?}");
 }
+
+/// A loopback identity provider: an OpenID discovery document, its JWKS, and an introspection
+/// endpoint answering `active` for one token and `inactive` for any other (Basic credentials
+/// checked). Counts introspection calls.
+struct Idp {
+    addr: SocketAddr,
+    introspected: Arc<Mutex<u32>>,
+}
+
+const ACTIVE: &str = "opaque-active-2YotnFZFEjr1zCsicMWpAA";
+const INACTIVE: &str = "opaque-revoked-tGzv3JOkF0XG5Qx2TlKWIA";
+
+impl Idp {
+    fn start(jwks: Value) -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let introspected = Arc::new(Mutex::new(0));
+        let count = introspected.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let mut head_end = None;
+                loop {
+                    if head_end.is_none() {
+                        head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+                    }
+                    if let Some(end) = head_end {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + len {
+                            break;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let first = text.lines().next().unwrap_or_default().to_owned();
+                let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                // base64("gateway:s3cret")
+                let authorized =
+                    text.to_ascii_lowercase().contains("authorization: basic z2f0zxdhetpzm2nyzxq=");
+                let (status, reply) = if first.starts_with("GET /.well-known/openid-configuration ") {
+                    let doc = json!({"issuer": ISS, "jwks_uri": "http://idp.test/certs",
+                                     "introspection_endpoint": "http://idp.test/introspect"});
+                    ("200 OK", doc.to_string())
+                } else if first.starts_with("GET /certs ") {
+                    ("200 OK", jwks.to_string())
+                } else if first.starts_with("POST /introspect ") && authorized {
+                    *count.lock().unwrap() += 1;
+                    let answer = if body.starts_with(&format!("token={ACTIVE}")) {
+                        json!({"active": true, "sub": "svc-reports", "scope": "read", "exp": now() + 300,
+                               "iss": ISS, "aud": "api", "email": "reports@example.com"})
+                    } else {
+                        json!({"active": false})
+                    };
+                    ("200 OK", answer.to_string())
+                } else if first.starts_with("POST /introspect ") {
+                    ("401 Unauthorized", json!({"error": "invalid_client"}).to_string())
+                } else {
+                    ("404 Not Found", "{}".to_owned())
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        Idp { addr, introspected }
+    }
+
+    fn introspected(&self) -> u32 {
+        *self.introspected.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
+    let k1 = new_key();
+    let idp = Idp::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [{
+            "name": "demo", "issuer": ISS, "audiences": ["api"], "algorithms": ["ES256"],
+            "discovery": {"cluster": "idp", "authority": "idp.test"},
+            "introspection": {"client_id": "gateway", "client_secret": "s3cret", "cache_ttl": "60s"}
+        }],
+        "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}],
+        "claim_headers": {"x-user-email": "email"}
+    });
+    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), &config);
+    let cluster = json!({
+        "name": "idp", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": "127.0.0.1", "port_value": idp.addr.port()}}}}]}]}
+    });
+    let envoy =
+        Envoy::start(EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(cluster).workers(2)).await;
+
+    // Keys found through the discovery document.
+    let good = token(&k1, "k1", json!({}));
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &good).await.status == 200 })
+            .await;
+    assert!(ready, "no 200 with a valid JWT; log:\n{}", envoy.logs());
+
+    // An active opaque token: introspected, identity passed upstream.
+    let res = call(&envoy, "/hello", ACTIVE).await;
+    assert_eq!(res.status, 200, "{}; log:\n{}", res.text(), envoy.logs());
+    let seen = res.json();
+    assert_eq!(seen["headers"]["x-tollgate-consumer-id"], "svc-reports", "{seen}");
+    assert_eq!(seen["headers"]["x-tollgate-scopes"], "read");
+    assert_eq!(seen["headers"]["x-user-email"], "reports@example.com");
+    // Scope rules apply.
+    let scoped = call(&envoy, "/admin/x", ACTIVE).await;
+    assert_eq!(scoped.status, 403);
+    // Cached: the endpoint is not asked again for every request.
+    let asked = idp.introspected();
+    for _ in 0..5 {
+        assert_eq!(call(&envoy, "/hello", ACTIVE).await.status, 200);
+    }
+    assert!(idp.introspected() <= asked + 2, "cache not used: {} calls", idp.introspected());
+
+    // An inactive one: 401.
+    assert_invalid_token(&call(&envoy, "/hello", INACTIVE).await, "inactive");
+    let stats = envoy.stats("jwt_auth").await;
+    assert!(stats.get(&format!("{STATS}denied.inactive_token")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(stats.get(&format!("{STATS}discovery_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
+}

@@ -1,4 +1,5 @@
-//! The per-request context: find the token, consult the cache, verify, decide.
+//! The per-request context: find the token, consult the cache, verify (or introspect an opaque
+//! token), decide.
 
 use std::rc::Rc;
 
@@ -9,18 +10,21 @@ use sha2::{Digest, Sha256};
 use tollgate_core::error::ErrorBody;
 use tollgate_core::jwt::claims::{self, Identity, Requirements};
 use tollgate_core::jwt::config::Source;
+use tollgate_core::jwt::introspection::{self, Answer};
 use tollgate_core::jwt::{self as jwt, Deny, cache, jws};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel};
 
 use crate::worker::{FetchReason, Shared, Worker};
 
-/// A request paused while its provider's key set is fetched.
+/// A request paused while its provider's key set is fetched, or its opaque token introspected.
 struct Pending {
     token: String,
     provider: usize,
     requirements: Requirements,
     request_id: String,
+    /// The introspection call's token, when that is what the request waits on.
+    introspection: Option<u32>,
 }
 
 pub struct JwtAuthHttp<H: Host> {
@@ -100,16 +104,44 @@ impl<H: Host> JwtAuthHttp<H> {
         {
             w.counters.inc(host, "cache_hit");
             let idx = usize::from(entry.provider);
+            if entry.payload.is_empty() {
+                // An introspection answer `active: false`.
+                return finish(host, &w, Err(Deny::InactiveToken), &request_id, &requirements);
+            }
             let outcome = serde_json::from_slice::<Map<String, Value>>(&entry.payload)
                 .map_err(|_| Deny::Malformed)
                 .and_then(|c| {
                     // `typ` was checked when the token was verified; the header is not cached.
                     let typ = w.config.providers[idx].rules.typ.clone();
-                    admit(host, &w, idx, &c, typ.as_deref(), &requirements, None)
+                    admit(host, &w, idx, &c, typ.as_deref(), &requirements, None, 0)
                 });
             return finish(host, &w, outcome, &request_id, &requirements);
         }
         w.counters.inc(host, "cache_miss");
+
+        if !introspection::looks_like_jwt(&token) {
+            let introspecting =
+                providers.iter().copied().find(|i| w.config.providers[*i].introspection.is_some());
+            let Some(idx) = introspecting else {
+                return finish(host, &w, Err(Deny::Malformed), &request_id, &requirements);
+            };
+            if token.len() > w.config.max_token_size {
+                return finish(host, &w, Err(Deny::TokenTooLarge), &request_id, &requirements);
+            }
+            return match start_introspection(host, &w, idx, &token) {
+                Ok(call) => {
+                    self.pending = Some(Pending {
+                        token,
+                        provider: idx,
+                        requirements,
+                        request_id,
+                        introspection: Some(call),
+                    });
+                    Action::Pause
+                }
+                Err(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
+            };
+        }
 
         let provider = jws::parse(&token, w.config.max_token_size).and_then(|jws| {
             let idx = find_provider(&w, &providers, &jws)?;
@@ -123,15 +155,40 @@ impl<H: Host> JwtAuthHttp<H> {
             Step::Allow => Action::Continue,
             Step::Deny(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
             Step::Wait => {
-                self.pending = Some(Pending { token, provider: idx, requirements, request_id });
+                self.pending =
+                    Some(Pending { token, provider: idx, requirements, request_id, introspection: None });
                 Action::Pause
             }
         }
     }
 
-    /// The key-set fetch this request started has answered.
-    fn on_fetch_done(&mut self, body_size: usize) {
+    /// A call this request started has answered.
+    fn on_call_done(&mut self, call: u32, body_size: usize) {
         let Some(p) = self.pending.take() else { return };
+        let host = &*self.host;
+        match p.introspection {
+            Some(expected) if expected != call => {
+                // Not the call this request waits on: keep waiting (its own answer, or its
+                // timeout, still comes).
+                host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {call}"));
+                self.pending = Some(p);
+            }
+            Some(_) => {
+                let worker = self.worker.clone();
+                let w = worker.borrow();
+                match introspection_done(host, &w, &p, body_size) {
+                    Ok(()) => {
+                        host.resume_request();
+                    }
+                    Err(deny) => respond_denied(host, &w, deny, &p.request_id, &p.requirements.scopes),
+                }
+            }
+            None => self.on_fetch_done(p, body_size),
+        }
+    }
+
+    /// The key-set fetch this request started has answered.
+    fn on_fetch_done(&mut self, p: Pending, body_size: usize) {
         let host = &*self.host;
         let worker = self.worker.clone();
         let mut w = worker.borrow_mut();
@@ -194,14 +251,17 @@ fn verify_and_admit<H: Host + ?Sized>(
         provider: u16::try_from(idx).unwrap_or(u16::MAX),
         payload: parsed.payload.clone(),
     });
-    match admit(host, w, idx, &parsed.claims, parsed.typ.as_deref(), requirements, cache_entry) {
+    let max_ttl_s = w.config.cache_max_ttl.as_secs() as i64;
+    match admit(host, w, idx, &parsed.claims, parsed.typ.as_deref(), requirements, cache_entry, max_ttl_s) {
         Ok(()) => Step::Allow,
         Err(deny) => Step::Deny(deny),
     }
 }
 
 /// Checks claims and the route's requirements of a token whose signature verified; on success
-/// caches the verification (when `cache_entry` is given) and publishes the identity.
+/// caches the verification (when `cache_entry` is given, for at most `max_ttl_s`) and publishes
+/// the identity.
+#[allow(clippy::too_many_arguments)]
 fn admit<H: Host + ?Sized>(
     host: &H,
     w: &Worker,
@@ -210,17 +270,93 @@ fn admit<H: Host + ?Sized>(
     typ: Option<&str>,
     requirements: &Requirements,
     cache_entry: Option<cache::Entry>,
+    max_ttl_s: i64,
 ) -> Result<(), Deny> {
     let now_s = (host.now_ms() / 1000) as i64;
     let identity = claims::check(claim_map, typ, &w.config.providers[idx].rules, now_s)?;
     if let Some(mut entry) = cache_entry {
-        let max_ttl = w.config.cache_max_ttl.as_secs() as i64;
-        entry.valid_until_s = cache::valid_until(now_s, identity.expires_at_s, max_ttl);
+        entry.valid_until_s = cache::valid_until(now_s, identity.expires_at_s, max_ttl_s);
         w.cache_put(host, &entry);
     }
     claims::check_requirements(claim_map, &identity, requirements)?;
     publish(host, w, &identity, claim_map);
     Ok(())
+}
+
+/// POSTs an opaque token to provider `idx`'s introspection endpoint; returns the call's token.
+fn start_introspection<H: Host + ?Sized>(host: &H, w: &Worker, idx: usize, token: &str) -> Result<u32, Deny> {
+    let Some(config) = w.config.providers[idx].introspection.as_ref() else { return Err(Deny::Malformed) };
+    w.counters.inc(host, "introspection");
+    let Some(path) = w.introspection_path(idx) else {
+        w.counters.inc(host, "introspection_error");
+        let name = &w.config.providers[idx].name;
+        host.log(LogLevel::Warn, &format!("jwt-auth: no introspection endpoint known yet for `{name}`"));
+        return Err(Deny::IntrospectionFailed);
+    };
+    let authorization = config.basic_auth();
+    let body = introspection::form_body(token);
+    let headers = config.headers(&path, &authorization);
+    host.http_call(&config.cluster, &headers, Some(body.as_bytes()), config.timeout).map_err(|_| {
+        w.counters.inc(host, "introspection_error");
+        host.log(LogLevel::Error, &format!("jwt-auth: cannot call cluster `{}`", config.cluster));
+        Deny::IntrospectionFailed
+    })
+}
+
+/// Handles the introspection answer of a paused request: caches it (active until min(exp,
+/// cache_ttl), inactive briefly) and checks claims and requirements. Any failure of the
+/// endpoint refuses the request (fail closed).
+fn introspection_done<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    p: &Pending,
+    body_size: usize,
+) -> Result<(), Deny> {
+    let idx = p.provider;
+    let provider = &w.config.providers[idx];
+    let Some(config) = provider.introspection.as_ref() else { return Err(Deny::IntrospectionFailed) };
+    let status = host.http_call_response_header(":status").unwrap_or_default();
+    let answer = if status != "200" {
+        Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
+    } else if body_size > introspection::MAX_RESPONSE_BYTES {
+        Err(format!("body of {body_size} bytes is too large"))
+    } else {
+        let body = host.http_call_response_body(body_size).unwrap_or_default();
+        introspection::parse_answer(&body).map_err(str::to_owned)
+    };
+    let hash: [u8; 32] = Sha256::digest(p.token.as_bytes()).into();
+    let provider_id = u16::try_from(idx).unwrap_or(u16::MAX);
+    let ttl_s = config.cache_ttl.as_secs() as i64;
+    match answer {
+        Err(reason) => {
+            w.counters.inc(host, "introspection_error");
+            host.log(
+                LogLevel::Warn,
+                &format!("jwt-auth: introspection for `{}` failed: {reason}", provider.name),
+            );
+            Err(Deny::IntrospectionFailed)
+        }
+        Ok(Answer::Inactive) => {
+            w.counters.inc(host, "introspection_inactive");
+            let now_s = (host.now_ms() / 1000) as i64;
+            let valid_until_s = now_s.saturating_add(introspection::INACTIVE_TTL_S.min(ttl_s));
+            w.cache_put(
+                host,
+                &cache::Entry { hash, valid_until_s, provider: provider_id, payload: Vec::new() },
+            );
+            Err(Deny::InactiveToken)
+        }
+        Ok(Answer::Active(mut claim_map)) => {
+            w.counters.inc(host, "introspection_active");
+            let audience = provider.rules.audiences.first().map(String::as_str).unwrap_or_default();
+            introspection::complete_claims(&mut claim_map, &provider.rules.issuer, audience);
+            let payload = serde_json::to_vec(&claim_map).map_err(|_| Deny::IntrospectionFailed)?;
+            let entry = cache::Entry { hash, valid_until_s: 0, provider: provider_id, payload };
+            // No JOSE header: the `typ` rule does not apply (passing the expected one skips it).
+            let typ = provider.rules.typ.clone();
+            admit(host, w, idx, &claim_map, typ.as_deref(), &p.requirements, Some(entry), ttl_s)
+        }
+    }
 }
 
 fn finish<H: Host + ?Sized>(
@@ -299,12 +435,12 @@ fn strip_token<H: Host + ?Sized>(
 impl<H: Host> Context for JwtAuthHttp<H> {
     fn on_http_call_response(
         &mut self,
-        _token_id: u32,
+        token_id: u32,
         _num_headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
-        self.on_fetch_done(body_size);
+        self.on_call_done(token_id, body_size);
     }
 }
 

@@ -7,7 +7,10 @@
 //! provider's keys (algorithm chosen by the key), its claims and the route's requirements
 //! checked. Remote key sets are fetched by the root context on its tick, shared by all workers
 //! through shared data, and fetched again on an unknown `kid` (with a cooldown); the last good
-//! set is kept while fetches fail, for at most `max_stale`.
+//! set is kept while fetches fail, for at most `max_stale`. A provider may instead name an OpenID
+//! discovery document, fetched once per worker, for its key-set (and introspection) path.
+//! Opaque tokens are introspected (RFC 7662) by the request's context, which waits for the
+//! answer; answers are cached like verified tokens, and a failing endpoint means 503.
 
 mod http;
 mod root;

@@ -10,7 +10,7 @@ use tollgate_core::jwt::config::Config;
 use tollgate_host::{Host, LogLevel};
 
 use crate::http::JwtAuthHttp;
-use crate::worker::{FetchReason, Shared, Worker};
+use crate::worker::{FetchReason, RootCall, Shared, Worker};
 
 /// How often the root context looks at the remote key sets.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -59,11 +59,17 @@ impl<H: Host + 'static> JwtAuthRoot<H> {
                 continue;
             }
             w.sync(host, idx);
+            if w.discovery_due(idx, now) {
+                if let Some(token) = w.dispatch_discovery(host, idx) {
+                    w.root_calls.insert(token, RootCall::Discovery(idx));
+                }
+                continue;
+            }
             if !w.refresh_due(idx, now) || !w.claim_fetch(host, idx, FetchReason::Refresh) {
                 continue;
             }
             if let Ok(token) = w.dispatch_fetch(host, idx) {
-                w.root_calls.insert(token, idx);
+                w.root_calls.insert(token, RootCall::Jwks(idx));
             }
         }
     }
@@ -71,8 +77,20 @@ impl<H: Host + 'static> JwtAuthRoot<H> {
     fn call_done(&mut self, token: u32, body_size: usize) {
         let Some(worker) = self.worker.clone() else { return };
         let mut w = worker.borrow_mut();
-        if let Some(idx) = w.root_calls.remove(&token) {
-            w.fetch_done(&*self.host, idx, body_size);
+        let host = &*self.host;
+        match w.root_calls.remove(&token) {
+            Some(RootCall::Jwks(idx)) => w.fetch_done(host, idx, body_size),
+            Some(RootCall::Discovery(idx)) => {
+                w.discovery_done(host, idx, body_size);
+                // Fetch the key set right away rather than on the next tick.
+                if w.refresh_due(idx, host.now_ms())
+                    && w.claim_fetch(host, idx, FetchReason::Refresh)
+                    && let Ok(call) = w.dispatch_fetch(host, idx)
+                {
+                    w.root_calls.insert(call, RootCall::Jwks(idx));
+                }
+            }
+            None => host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {token}")),
         }
     }
 }

@@ -337,3 +337,178 @@ fn no_keys_yet_and_a_refused_call_is_503() {
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(gw.host.now_ms() / 1000, NOW_S as u64);
 }
+
+fn introspection_config() -> String {
+    json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&key(1), "k1")]},
+                       "introspection": {"cluster": "idp", "path": "/introspect", "authority": "idp.example",
+                                         "client_id": "gateway", "client_secret": "s3cret", "cache_ttl": "60s"}}],
+        "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}],
+        "cache": {"slots": 64}
+    })
+    .to_string()
+}
+
+const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
+
+impl Gateway {
+    /// Answers the last HTTP call, made by request `id`'s context.
+    fn answer(&mut self, id: u32, ctx: &mut JwtAuthHttp<MockHost>, status: &str, body: &[u8]) {
+        let call = self.host.http_calls().last().cloned().unwrap();
+        assert_eq!(call.context_id, id);
+        self.host.set_http_response(&[(":status", status)], Some(body));
+        self.host.enter(id);
+        ctx.on_http_call_response(call.token, 1, body.len(), 0);
+    }
+}
+
+#[test]
+fn an_opaque_token_is_introspected_and_the_answer_cached() {
+    let mut gw = Gateway::new(&introspection_config());
+    let (id, mut ctx, action) = gw.bearer("/a", OPAQUE);
+    assert_eq!(action, Action::Pause);
+    let call = gw.host.http_calls().last().cloned().unwrap();
+    assert_eq!(call.cluster, "idp");
+    let h = |n: &str| call.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(h(":method").as_deref(), Some("POST"));
+    assert_eq!(h(":path").as_deref(), Some("/introspect"));
+    assert_eq!(h(":authority").as_deref(), Some("idp.example"));
+    assert_eq!(h("content-type").as_deref(), Some("application/x-www-form-urlencoded"));
+    // base64("gateway:s3cret")
+    assert_eq!(h("authorization").as_deref(), Some("Basic Z2F0ZXdheTpzM2NyZXQ="));
+    let body = String::from_utf8(call.body.clone().unwrap()).unwrap();
+    assert!(body.starts_with(&format!("token={OPAQUE}")), "{body}");
+    let answer = json!({"active": true, "scope": "read", "sub": "svc", "exp": NOW_S + 30, "client_id": "x"});
+    gw.answer(id, &mut ctx, "200", answer.to_string().as_bytes());
+    assert_eq!(gw.host.resumed(id), 1, "{:?}", gw.host.reply(id));
+    assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("svc"));
+    assert_eq!(gw.host.header(id, "x-tollgate-issuer").as_deref(), Some(ISS));
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
+
+    // Cached: no second call; route rules still apply.
+    assert_eq!(gw.bearer("/a", OPAQUE).2, Action::Continue);
+    assert_eq!(gw.host.http_calls().len(), 1);
+    let (id, _, _) = gw.bearer("/admin", OPAQUE);
+    assert_eq!(gw.status(id), Some(403));
+    assert_eq!(gw.host.http_calls().len(), 1);
+    // Cached until exp (30 s < cache_ttl), then asked again.
+    gw.host.advance(Duration::from_secs(31));
+    let (_, _, action) = gw.bearer("/a", OPAQUE);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.host.http_calls().len(), 2);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_active"), 1);
+}
+
+#[test]
+fn an_inactive_token_is_401_and_cached_briefly() {
+    let mut gw = Gateway::new(&introspection_config());
+    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+    gw.answer(id, &mut ctx, "200", br#"{"active": false}"#);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 401);
+    assert!(reply.header("www-authenticate").unwrap().contains("invalid_token"));
+    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.http_calls().len(), 1, "answered from the cache");
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.inactive_token"), 2);
+    gw.host.advance(Duration::from_secs(11));
+    gw.bearer("/a", OPAQUE);
+    assert_eq!(gw.host.http_calls().len(), 2);
+}
+
+#[test]
+fn introspection_failures_are_503_and_other_calls_are_ignored() {
+    let mut gw = Gateway::new(&introspection_config());
+    for (status, body) in
+        [("500", &b"oops"[..]), ("200", b"<html>"), ("200", br#"{"active":"yes"}"#), ("", b"")]
+    {
+        let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+        gw.answer(id, &mut ctx, status, body);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 503, "{status} {body:?}");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_error"), 4);
+    // A response to a call this request did not make leaves it waiting for its own.
+    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+    let call = gw.host.http_calls().last().cloned().unwrap();
+    gw.host.set_http_response(&[(":status", "200")], Some(br#"{"active":true,"exp":1}"#));
+    ctx.on_http_call_response(call.token + 1000, 1, 22, 0);
+    assert!(gw.host.reply(id).is_none());
+    assert_eq!(gw.host.resumed(id), 0);
+    let good = json!({"active": true, "sub": "svc", "exp": NOW_S + 60, "aud": ["other", "api"]}).to_string();
+    gw.answer(id, &mut ctx, "200", good.as_bytes());
+    assert_eq!(gw.host.resumed(id), 1);
+    // Claims are checked as for JWTs.
+    let opaque2 = "another-opaque-token";
+    let (id, mut ctx, _) = gw.bearer("/a", opaque2);
+    gw.answer(
+        id,
+        &mut ctx,
+        "200",
+        json!({"active": true, "exp": NOW_S + 60, "aud": "other"}).to_string().as_bytes(),
+    );
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.wrong_audience"), 1);
+    // The endpoint unreachable: fail closed.
+    gw.host.refuse_calls(true);
+    let (id, _, _) = gw.bearer("/a", "third-opaque-token");
+    assert_eq!(gw.status(id), Some(503));
+}
+
+#[test]
+fn opaque_tokens_without_introspection_are_malformed() {
+    let mut gw = Gateway::new(&inline_config());
+    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    assert_eq!(gw.status(id), Some(401));
+    assert!(gw.host.http_calls().is_empty());
+}
+
+#[test]
+fn discovery_finds_the_key_set_and_the_introspection_endpoint() {
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"],
+                       "discovery": {"cluster": "idp", "authority": "idp.example"},
+                       "introspection": {"client_id": "gateway", "client_secret": "s3cret"}}],
+        "cache": {"slots": 64}
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    assert!(gw.host.tick_period().is_some());
+    // Nothing known yet: 503 for JWTs and opaque tokens alike.
+    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    assert_eq!(gw.status(id), Some(503));
+    gw.tick();
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].headers.contains(&(":path".into(), "/.well-known/openid-configuration".into())));
+    // A key set on another authority is refused, and retried later.
+    gw.answer_root("200", br#"{"issuer":"x","jwks_uri":"https://elsewhere.example/certs"}"#);
+    assert!(gw.host.logs().iter().any(|(_, m)| m.contains("elsewhere.example")));
+    assert_eq!(gw.host.http_calls().len(), 1);
+    gw.tick();
+    assert_eq!(gw.host.http_calls().len(), 1, "backing off");
+    gw.host.advance(Duration::from_secs(6));
+    gw.tick();
+    assert_eq!(gw.host.http_calls().len(), 2);
+    let doc = json!({"issuer": ISS, "jwks_uri": "https://idp.example/realms/demo/certs",
+                     "introspection_endpoint": "https://idp.example/realms/demo/introspect"});
+    gw.answer_root("200", doc.to_string().as_bytes());
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 3, "the key set is fetched right away");
+    assert!(calls[2].headers.contains(&(":path".into(), "/realms/demo/certs".into())));
+    gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).2, Action::Continue);
+    gw.tick();
+    assert_eq!(gw.host.http_calls().len(), 3, "the document is fetched once");
+    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+    let call = gw.host.http_calls().last().cloned().unwrap();
+    assert!(call.headers.contains(&(":path".into(), "/realms/demo/introspect".into())));
+    gw.answer(
+        id,
+        &mut ctx,
+        "200",
+        json!({"active": true, "sub": "svc", "exp": NOW_S + 60}).to_string().as_bytes(),
+    );
+    assert_eq!(gw.host.resumed(id), 1);
+}

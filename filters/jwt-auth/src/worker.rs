@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Remote, err};
+use tollgate_core::jwt::introspection::{self, Discovered};
 use tollgate_core::jwt::jwk::{Limits, parse_jwks};
 use tollgate_core::jwt::jws::Jws;
 use tollgate_core::jwt::keys::KeySet;
@@ -23,12 +24,19 @@ pub fn stat_names() -> Vec<&'static str> {
         "jwks_fetch_ok",
         "jwks_fetch_error",
         "jwks_refetch_unknown_kid",
+        "introspection",
+        "introspection_active",
+        "introspection_inactive",
+        "introspection_error",
+        "discovery_fetch",
+        "discovery_fetch_ok",
+        "discovery_fetch_error",
     ];
     names.extend(DENIED.iter().copied());
     names
 }
 
-const DENIED: [&str; 24] = [
+const DENIED: [&str; 26] = [
     "denied.missing_token",
     "denied.multiple_tokens",
     "denied.token_too_large",
@@ -53,6 +61,8 @@ const DENIED: [&str; 24] = [
     "denied.insufficient_scope",
     "denied.claim_mismatch",
     "denied.keys_unavailable",
+    "denied.inactive_token",
+    "denied.introspection_unavailable",
 ];
 
 /// Retries of a compare-and-swap loop.
@@ -82,8 +92,19 @@ pub struct Worker {
     prefix: String,
     pub counters: Counters,
     pub keys: Vec<ProviderKeys>,
-    /// Fetches the root context started: token → provider index.
-    pub root_calls: HashMap<u32, usize>,
+    /// Calls the root context started: token → what for.
+    pub root_calls: HashMap<u32, RootCall>,
+    /// Per provider: what its discovery document gave (this worker fetches it once).
+    pub discovered: Vec<Option<Discovered>>,
+    /// Per provider: no discovery fetch before this time (ms); `u64::MAX` while one is in flight.
+    discovery_next_ms: Vec<u64>,
+}
+
+/// A call of the root context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootCall {
+    Jwks(usize),
+    Discovery(usize),
 }
 
 pub type Shared = Rc<RefCell<Worker>>;
@@ -112,6 +133,8 @@ impl Worker {
             counters: Counters::define(host, "tollgate.jwt_auth", &stat_names()),
             config,
             prefix,
+            discovered: vec![None; keys.len()],
+            discovery_next_ms: vec![0; keys.len()],
             keys,
             root_calls: HashMap::new(),
         })
@@ -122,6 +145,85 @@ impl Worker {
             KeySource::Remote(r) => Some(r),
             KeySource::Inline(_) => None,
         }
+    }
+
+    /// The key set's path: configured, or from the discovery document once fetched.
+    pub fn jwks_path(&self, idx: usize) -> Option<String> {
+        let r = self.remote(idx)?;
+        if !r.path.is_empty() {
+            return Some(r.path.clone());
+        }
+        self.discovered.get(idx)?.as_ref().map(|d| d.jwks_path.clone())
+    }
+
+    /// The introspection endpoint's path: configured, or from the discovery document.
+    pub fn introspection_path(&self, idx: usize) -> Option<String> {
+        let i = self.config.providers.get(idx)?.introspection.as_ref()?;
+        if !i.path.is_empty() {
+            return Some(i.path.clone());
+        }
+        self.discovered.get(idx)?.as_ref().and_then(|d| d.introspection_path.clone())
+    }
+
+    /// Whether the discovery document of provider `idx` should be fetched now.
+    pub fn discovery_due(&self, idx: usize, now_ms: u64) -> bool {
+        self.remote(idx).is_some_and(|r| r.discovery.is_some())
+            && self.discovered.get(idx).is_some_and(Option::is_none)
+            && self.discovery_next_ms.get(idx).is_some_and(|t| now_ms >= *t)
+    }
+
+    /// Starts the fetch of provider `idx`'s discovery document.
+    pub fn dispatch_discovery<H: Host + ?Sized>(&mut self, host: &H, idx: usize) -> Option<u32> {
+        let r = self.remote(idx)?;
+        let d = r.discovery.as_ref()?;
+        let headers = [
+            (":method", "GET"),
+            (":path", d.path.as_str()),
+            (":authority", r.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        let result = host.http_call(&r.cluster, &headers, None, r.timeout);
+        self.counters.inc(host, "discovery_fetch");
+        match result {
+            Ok(token) => {
+                self.discovery_next_ms[idx] = u64::MAX;
+                Some(token)
+            }
+            Err(_) => {
+                let cluster = r.cluster.clone();
+                self.discovery_failed(host, idx, &format!("cannot call cluster `{cluster}`"));
+                None
+            }
+        }
+    }
+
+    /// Handles the discovery document's response.
+    pub fn discovery_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
+        let Some(r) = self.remote(idx).cloned() else { return };
+        let status = host.http_call_response_header(":status").unwrap_or_default();
+        let outcome = if status != "200" {
+            Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
+        } else if body_size > introspection::MAX_RESPONSE_BYTES {
+            Err(format!("body of {body_size} bytes is too large"))
+        } else {
+            let body = host.http_call_response_body(body_size).unwrap_or_default();
+            introspection::parse_discovery(&body, &r.authority)
+        };
+        match outcome {
+            Ok(found) => {
+                self.counters.inc(host, "discovery_fetch_ok");
+                self.discovered[idx] = Some(found);
+                self.discovery_next_ms[idx] = 0;
+            }
+            Err(reason) => self.discovery_failed(host, idx, &reason),
+        }
+    }
+
+    fn discovery_failed<H: Host + ?Sized>(&mut self, host: &H, idx: usize, reason: &str) {
+        self.counters.inc(host, "discovery_fetch_error");
+        self.discovery_next_ms[idx] = host.now_ms().saturating_add(RETRY_BACKOFF_MS);
+        let name = &self.config.providers[idx].name;
+        host.log(LogLevel::Error, &format!("jwt-auth: OpenID discovery for `{name}` failed: {reason}"));
     }
 
     fn jwks_key(&self, idx: usize) -> String {
@@ -184,6 +286,9 @@ impl Worker {
     /// Whether a fetch is due for provider `idx` (no keys yet, or the refresh interval passed).
     pub fn refresh_due(&self, idx: usize, now_ms: u64) -> bool {
         let Some(r) = self.remote(idx) else { return false };
+        if self.jwks_path(idx).is_none() {
+            return false;
+        }
         let keys = &self.keys[idx];
         keys.set.is_none()
             || now_ms >= keys.fetched_at_ms.saturating_add(r.refresh_interval.as_millis() as u64)
@@ -194,6 +299,9 @@ impl Worker {
     /// more often than the cooldown.
     pub fn claim_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, reason: FetchReason) -> bool {
         let Some(r) = self.remote(idx) else { return false };
+        if self.jwks_path(idx).is_none() {
+            return false;
+        }
         let now = host.now_ms();
         let key = self.fetch_key(idx);
         for _ in 0..CAS_RETRIES {
@@ -220,9 +328,10 @@ impl Worker {
     /// Starts the fetch of provider `idx`'s key set (after [`Worker::claim_fetch`]).
     pub fn dispatch_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize) -> Result<u32, CallRefused> {
         let Some(r) = self.remote(idx) else { return Err(CallRefused) };
+        let Some(path) = self.jwks_path(idx) else { return Err(CallRefused) };
         let headers = [
             (":method", "GET"),
-            (":path", r.path.as_str()),
+            (":path", path.as_str()),
             (":authority", r.authority.as_str()),
             ("accept", "application/json"),
         ];

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::claims::{ClaimRules, Requirements};
+use super::introspection::Introspection;
 use super::jwk::{self, Jwk, Limits};
 use super::jws::Alg;
 use crate::duration;
@@ -52,6 +53,10 @@ struct RawProvider {
     jwks: Option<Value>,
     #[serde(default)]
     remote_jwks: Option<RawRemote>,
+    #[serde(default)]
+    discovery: Option<RawDiscovery>,
+    #[serde(default)]
+    introspection: Option<RawIntrospection>,
     #[serde(default = "yes")]
     require_exp: bool,
     #[serde(default, deserialize_with = "duration::de_opt")]
@@ -67,8 +72,10 @@ struct RawProvider {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRemote {
-    cluster: String,
-    path: String,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     authority: Option<String>,
     #[serde(default, deserialize_with = "duration::de_opt")]
@@ -83,6 +90,43 @@ struct RawRemote {
     max_bytes: Option<usize>,
     #[serde(default)]
     max_keys: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    client_id: String,
+    client_secret: String,
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    cache_ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for RawIntrospection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawIntrospection")
+            .field("cluster", &self.cluster)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +188,10 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
     pub cluster: String,
+    /// Empty when it is taken from the discovery document's `jwks_uri`.
     pub path: String,
+    /// Where the OpenID discovery document is fetched (through `cluster`), if configured.
+    pub discovery: Option<Discovery>,
     pub authority: String,
     pub timeout: Duration,
     /// How often the key set is fetched again.
@@ -154,6 +201,12 @@ pub struct Remote {
     /// How long the last good key set is used while fetches fail.
     pub max_stale: Duration,
     pub limits: Limits,
+}
+
+/// An OpenID discovery document (on the key set's cluster and authority).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    pub path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +221,8 @@ pub struct Provider {
     pub rules: ClaimRules,
     pub algorithms: Vec<Alg>,
     pub keys: KeySource,
+    /// Introspection of opaque tokens (RFC 7662).
+    pub introspection: Option<Introspection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,12 +316,62 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
             let limits = Limits { max_bytes: usize::MAX, max_keys: 64 };
             KeySource::Inline(jwk::parse_jwks_value(&doc, limits).map_err(|e| err(f("jwks"), e.to_string()))?)
         }
-        (None, Some(r)) => {
-            if r.cluster.is_empty() {
+        (None, remote) if remote.is_some() || p.discovery.is_some() => {
+            let r = remote.unwrap_or(RawRemote {
+                cluster: None,
+                path: None,
+                authority: None,
+                timeout: None,
+                refresh_interval: None,
+                refetch_cooldown: None,
+                max_stale: None,
+                max_bytes: None,
+                max_keys: None,
+            });
+            let discovery = match &p.discovery {
+                None => None,
+                Some(d) => {
+                    if d.cluster.is_empty() {
+                        return Err(err(f("discovery.cluster"), "must name an Envoy cluster"));
+                    }
+                    let path =
+                        d.path.clone().unwrap_or_else(|| "/.well-known/openid-configuration".to_owned());
+                    if !path.starts_with('/') {
+                        return Err(err(f("discovery.path"), "must start with `/`"));
+                    }
+                    if d.authority.as_ref().is_some_and(String::is_empty) {
+                        return Err(err(f("discovery.authority"), "must not be empty when given"));
+                    }
+                    Some((d.cluster.clone(), d.authority.clone(), path))
+                }
+            };
+            let (cluster, authority, path) = match (&discovery, r.cluster, r.path) {
+                (Some(_), _, Some(_)) => {
+                    return Err(err(
+                        f("remote_jwks.path"),
+                        "comes from the discovery document; do not set it",
+                    ));
+                }
+                (Some((dc, _, _)), Some(c), None) if c != *dc => {
+                    return Err(err(f("remote_jwks.cluster"), "must be the discovery cluster"));
+                }
+                (Some((dc, da, _)), _, None) => {
+                    let authority = r.authority.or_else(|| da.clone()).unwrap_or_else(|| dc.clone());
+                    (dc.clone(), authority, String::new())
+                }
+                (None, None, _) => return Err(err(f("remote_jwks.cluster"), "must name an Envoy cluster")),
+                (None, Some(_), None) => {
+                    return Err(err(f("remote_jwks.path"), "is required (or set `discovery`)"));
+                }
+                (None, Some(c), Some(path)) => {
+                    if !path.starts_with('/') {
+                        return Err(err(f("remote_jwks.path"), "must start with `/`"));
+                    }
+                    (c.clone(), r.authority.unwrap_or(c), path)
+                }
+            };
+            if cluster.is_empty() {
                 return Err(err(f("remote_jwks.cluster"), "must name an Envoy cluster"));
-            }
-            if !r.path.starts_with('/') {
-                return Err(err(f("remote_jwks.path"), "must start with `/`"));
             }
             let timeout = r.timeout.unwrap_or(Duration::from_secs(2));
             if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -292,9 +397,10 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
                 return Err(err(f("remote_jwks.max_keys"), "must be between 1 and 256"));
             }
             KeySource::Remote(Remote {
-                authority: r.authority.unwrap_or_else(|| r.cluster.clone()),
-                cluster: r.cluster,
-                path: r.path,
+                authority,
+                cluster,
+                path,
+                discovery: discovery.map(|(_, _, path)| Discovery { path }),
                 timeout,
                 refresh_interval,
                 refetch_cooldown,
@@ -302,13 +408,22 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
                 limits,
             })
         }
-        _ => return Err(err(format!("providers[{i}]"), "set exactly one of `jwks` or `remote_jwks`")),
+        _ => {
+            return Err(err(
+                format!("providers[{i}]"),
+                "set exactly one of `jwks` or `remote_jwks` (or `discovery`)",
+            ));
+        }
     };
     if let KeySource::Inline(jwks) = &keys
         && !jwks.iter().any(|k| algorithms.iter().any(|a| k.material.fits(*a)))
     {
         return Err(err(f("algorithms"), "no key of `jwks` can verify any of these algorithms"));
     }
+    let introspection = match p.introspection {
+        None => None,
+        Some(raw) => Some(introspection(i, raw, &keys)?),
+    };
     let clock_skew = p.clock_skew.unwrap_or(Duration::from_secs(60));
     if clock_skew > Duration::from_secs(600) {
         return Err(err(f("clock_skew"), "must be at most 10m"));
@@ -326,6 +441,58 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
         },
         algorithms,
         keys,
+        introspection,
+    })
+}
+
+fn introspection(i: usize, r: RawIntrospection, keys: &KeySource) -> Result<Introspection, ConfigError> {
+    let f = |name: &str| format!("providers[{i}].introspection.{name}");
+    let discovered = match keys {
+        KeySource::Remote(remote) if remote.discovery.is_some() => Some(remote),
+        _ => None,
+    };
+    let cluster = match (r.cluster, discovered) {
+        (Some(c), _) if !c.is_empty() => c,
+        (None, Some(remote)) => remote.cluster.clone(),
+        _ => return Err(err(f("cluster"), "must name an Envoy cluster")),
+    };
+    let path = match (r.path, discovered) {
+        (Some(p), _) if p.starts_with('/') => p,
+        (Some(_), _) => return Err(err(f("path"), "must start with `/`")),
+        (None, Some(_)) => String::new(),
+        (None, None) => return Err(err(f("path"), "is required (or set `discovery`)")),
+    };
+    if path.is_empty() && discovered.is_some_and(|d| d.cluster != cluster) {
+        return Err(err(f("cluster"), "must be the discovery cluster when `path` is discovered"));
+    }
+    let authority = match (r.authority, discovered) {
+        (Some(a), _) if !a.is_empty() => a,
+        (Some(_), _) => return Err(err(f("authority"), "must not be empty when given")),
+        (None, Some(remote)) if remote.cluster == cluster => remote.authority.clone(),
+        (None, _) => cluster.clone(),
+    };
+    if r.client_id.is_empty() {
+        return Err(err(f("client_id"), "must not be empty"));
+    }
+    if r.client_secret.is_empty() {
+        return Err(err(f("client_secret"), "must not be empty"));
+    }
+    let timeout = r.timeout.unwrap_or(Duration::from_secs(2));
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
+        return Err(err(f("timeout"), "must be between 1ms and 60s"));
+    }
+    let cache_ttl = r.cache_ttl.unwrap_or(Duration::from_secs(60));
+    if cache_ttl < Duration::from_secs(1) || cache_ttl > Duration::from_secs(3600) {
+        return Err(err(f("cache_ttl"), "must be between 1s and 1h"));
+    }
+    Ok(Introspection {
+        cluster,
+        path,
+        authority,
+        client_id: r.client_id,
+        client_secret: r.client_secret,
+        timeout,
+        cache_ttl,
     })
 }
 
@@ -545,6 +712,44 @@ mod tests {
         let remote = r#"{"name":"r","issuer":"https://r","audiences":["a"],"remote_jwks":{"cluster":"c","path":"keys"}}"#;
         assert_eq!(field_of(cfg(remote, "")), "providers[0].remote_jwks.path");
         assert_eq!(field_of(cfg(&inline(), r#","max_token_size":10"#)), "max_token_size");
+    }
+
+    #[test]
+    fn introspection_and_discovery() {
+        let p = r#"{"name":"r","issuer":"https://r","audiences":["a"],
+            "discovery":{"cluster":"idp","authority":"idp.test"},
+            "introspection":{"client_id":"gw","client_secret":"s3cret","cache_ttl":"30s"}}"#;
+        let c = cfg(p, "").unwrap();
+        let KeySource::Remote(r) = &c.providers[0].keys else { panic!("not remote") };
+        assert_eq!((r.cluster.as_str(), r.authority.as_str(), r.path.as_str()), ("idp", "idp.test", ""));
+        assert_eq!(r.discovery.as_ref().unwrap().path, "/.well-known/openid-configuration");
+        let i = c.providers[0].introspection.as_ref().unwrap();
+        assert_eq!((i.cluster.as_str(), i.authority.as_str(), i.path.as_str()), ("idp", "idp.test", ""));
+        assert_eq!(i.cache_ttl, Duration::from_secs(30));
+        assert!(!format!("{c:?}").contains("s3cret"), "secret redacted");
+
+        let explicit = inline().replace(
+            r#""audiences""#,
+            r#""introspection":{"cluster":"i","path":"/introspect","client_id":"gw","client_secret":"x"},"audiences""#,
+        );
+        let i = cfg(&explicit, "").unwrap().providers[0].introspection.clone().unwrap();
+        assert_eq!((i.authority.as_str(), i.path.as_str()), ("i", "/introspect"));
+        assert_eq!(i.timeout, Duration::from_secs(2));
+
+        let no_path = explicit.replace(r#""path":"/introspect","#, "");
+        assert_eq!(field_of(cfg(&no_path, "")), "providers[0].introspection.path");
+        let no_secret = explicit.replace(r#""client_secret":"x""#, r#""client_secret":"""#);
+        assert_eq!(field_of(cfg(&no_secret, "")), "providers[0].introspection.client_secret");
+        let ttl = explicit.replace(r#""client_id""#, r#""cache_ttl":"2h","client_id""#);
+        assert_eq!(field_of(cfg(&ttl, "")), "providers[0].introspection.cache_ttl");
+        let both = p.replace(r#""discovery""#, r#""remote_jwks":{"path":"/k"},"discovery""#);
+        assert_eq!(field_of(cfg(&both, "")), "providers[0].remote_jwks.path");
+        let other = p.replace(r#""discovery""#, r#""remote_jwks":{"cluster":"x"},"discovery""#);
+        assert_eq!(field_of(cfg(&other, "")), "providers[0].remote_jwks.cluster");
+        let bad = p.replace(r#""authority":"idp.test""#, r#""path":"well-known""#);
+        assert_eq!(field_of(cfg(&bad, "")), "providers[0].discovery.path");
+        let no_path = r#"{"name":"r","issuer":"https://r","audiences":["a"],"remote_jwks":{"cluster":"c"}}"#;
+        assert_eq!(field_of(cfg(no_path, "")), "providers[0].remote_jwks.path");
     }
 
     #[test]

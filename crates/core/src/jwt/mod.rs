@@ -5,7 +5,8 @@
 //! - [`keys`] (feature `jwt`): verifying keys and signature verification, the algorithm chosen
 //!   by the trusted key's type and the provider's allow-list, never by the token alone;
 //! - [`claims`]: `iss`, `aud`, `exp`, `nbf`, `iat`, lifetime, `typ`, scopes and route rules;
-//! - [`config`]: the filter's schema; [`cache`]: the verified-token cache codec.
+//! - [`config`]: the filter's schema; [`cache`]: the verified-token cache codec;
+//! - [`introspection`]: RFC 7662 requests and answers, OpenID discovery documents.
 //!
 //! Everything is plain data with the clock passed in.
 
@@ -13,6 +14,7 @@ pub mod b64;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod introspection;
 pub mod jwk;
 pub mod jws;
 #[cfg(feature = "jwt")]
@@ -62,10 +64,12 @@ pub enum Deny {
     InsufficientScope,
     ClaimMismatch,
     KeysUnavailable,
+    InactiveToken,
+    IntrospectionFailed,
 }
 
 impl Deny {
-    pub const ALL: [Deny; 24] = [
+    pub const ALL: [Deny; 26] = [
         Deny::MissingToken,
         Deny::MultipleTokens,
         Deny::TokenTooLarge,
@@ -90,12 +94,14 @@ impl Deny {
         Deny::InsufficientScope,
         Deny::ClaimMismatch,
         Deny::KeysUnavailable,
+        Deny::InactiveToken,
+        Deny::IntrospectionFailed,
     ];
 
     pub fn status(self) -> u32 {
         match self {
             Deny::InsufficientScope | Deny::ClaimMismatch => 403,
-            Deny::KeysUnavailable => 503,
+            Deny::KeysUnavailable | Deny::IntrospectionFailed => 503,
             _ => 401,
         }
     }
@@ -113,7 +119,7 @@ impl Deny {
     /// (RFC 6750 §3.1: no error code then) or the failure is ours.
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Deny::MissingToken | Deny::KeysUnavailable => None,
+            Deny::MissingToken | Deny::KeysUnavailable | Deny::IntrospectionFailed => None,
             Deny::MultipleTokens => Some("invalid_request"),
             Deny::InsufficientScope | Deny::ClaimMismatch => Some("insufficient_scope"),
             _ => Some("invalid_token"),
@@ -134,6 +140,8 @@ impl Deny {
             Deny::InsufficientScope => "the token lacks a scope this route requires",
             Deny::ClaimMismatch => "the token lacks a claim this route requires",
             Deny::KeysUnavailable => "the identity provider's keys are unavailable; try again later",
+            Deny::IntrospectionFailed => "the identity provider cannot check the token now; try again later",
+            Deny::InactiveToken => "the token is not active",
             Deny::BadSignature | Deny::UnknownKid | Deny::NoMatchingKey => {
                 "the token's signature is not valid"
             }
@@ -168,6 +176,8 @@ impl Deny {
             Deny::InsufficientScope => "insufficient_scope",
             Deny::ClaimMismatch => "claim_mismatch",
             Deny::KeysUnavailable => "keys_unavailable",
+            Deny::InactiveToken => "inactive_token",
+            Deny::IntrospectionFailed => "introspection_unavailable",
         }
     }
 
@@ -290,6 +300,8 @@ mod tests {
         assert_eq!(Deny::InsufficientScope.status(), 403);
         assert_eq!(Deny::BadSignature.status(), 401);
         assert_eq!(Deny::KeysUnavailable.status(), 503);
+        assert_eq!(Deny::IntrospectionFailed.status(), 503);
+        assert_eq!(Deny::InactiveToken.status(), 401);
         let reasons: std::collections::HashSet<_> = Deny::ALL.iter().map(|d| d.reason()).collect();
         assert_eq!(reasons.len(), Deny::ALL.len());
     }
