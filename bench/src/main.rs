@@ -5,7 +5,7 @@
 //! Settings (environment): `BENCH_QUICK=1` (one short round, for smoke checks), `BENCH_ROUNDS`,
 //! `BENCH_SECONDS` (length of each load run), `BENCH_CONNECTIONS`, `BENCH_ENVOY_CPU` / `BENCH_LOAD_CPU`
 //! (default 0 / 1), `BENCH_WRK` / `BENCH_OHA` (the load generators), `BENCH_OUT` (output folder,
-//! default `bench/`). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
+//! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
 //! `ENVOY_BIN` like the end-to-end tests.
 
 use std::path::{Path, PathBuf};
@@ -225,7 +225,12 @@ async fn run() -> Result<()> {
 
     let noop_path = scratch.join("tollgate_bench_noop.wasm");
     std::fs::write(&noop_path, noop::module()).map_err(|e| Error(format!("write noop module: {e}")))?;
-    let variants = variants(&keyd, &api_key, &hs_jwks, &es_jwks, &noop_path);
+    let mut variants = variants(&keyd, &api_key, &hs_jwks, &es_jwks, &noop_path);
+    // BENCH_ONLY=a,b keeps the baseline and the named variants (to rerun one comparison quickly).
+    if let Some(only) = env("BENCH_ONLY") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        variants.retain(|v| v.name == BASELINE || wanted.contains(&v.name.as_str()));
+    }
     let skipped = vec![
         Skipped {
             name: "request-signing".to_owned(),

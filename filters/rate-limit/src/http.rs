@@ -127,8 +127,15 @@ impl<H: Host> RateLimitHttp<H> {
         let host = &*self.host;
         let worker = &*self.worker;
         let config = &worker.config;
-        let full_path = host.request_header(":path").unwrap_or_default();
-        let method = host.request_header(":method").unwrap_or_default();
+        // Each header read is a host call: read the path and method only when a rule uses them.
+        let needs_path =
+            config.rules.iter().any(|r| r.matcher.path_prefix.is_some() || r.by.contains(&Part::Path));
+        let needs_method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
+        let read = |name: &str, needed: bool| {
+            if needed { host.request_header(name).unwrap_or_default() } else { String::new() }
+        };
+        let full_path = read(":path", needs_path);
+        let method = read(":method", needs_method);
         let (path, _) = route::split_path(&full_path);
         let facts = Facts::new(host, config.forwarded_for_hop);
         let needs_route = config.rules.iter().any(|r| r.matcher.route_name.is_some());
@@ -170,10 +177,11 @@ impl<H: Host> RateLimitHttp<H> {
                     }
                 },
             };
-            let limits = match facts.key_limits() {
-                Some(own) if rule.key_limits => own,
-                _ => rule.limits.as_slice(),
-            };
+            // A key's own limits only mean something for a bucket that belongs to the key or its
+            // consumer; other rules skip the property read (a host call) altogether.
+            let per_caller = rule.by.iter().any(|p| matches!(p, Part::Consumer | Part::KeyId));
+            let own = if rule.key_limits && per_caller { facts.key_limits() } else { None };
+            let limits = own.unwrap_or(rule.limits.as_slice());
             let class = classify(rule, &facts, host, route_name.as_deref());
             let owner = descriptor::hash64(key.as_bytes());
             let slot = descriptor::slot(owner, worker.slots.count);
