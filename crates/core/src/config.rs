@@ -71,6 +71,32 @@ pub fn check_header_name(filter: &'static str, field: &str, name: &str) -> Resul
     }
 }
 
+/// Compiles a rule's route matcher: `path_prefix` must start with `/`, each method must be a
+/// word of letters (stored upper-case). `field` is the rule's path, e.g. `routes[2]`.
+pub fn route_match(
+    filter: &'static str,
+    field: &str,
+    route_name: Option<String>,
+    path_prefix: Option<String>,
+    methods: &[String],
+) -> Result<crate::route::RouteMatch, ConfigError> {
+    if path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
+        return Err(ConfigError::new(filter, format!("{field}.path_prefix"), "must start with `/`"));
+    }
+    let mut upper = Vec::with_capacity(methods.len());
+    for (i, m) in methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(ConfigError::new(
+                filter,
+                format!("{field}.methods[{i}]"),
+                format!("`{m}` is not an HTTP method"),
+            ));
+        }
+        upper.push(m.to_ascii_uppercase());
+    }
+    Ok(crate::route::RouteMatch { route_name, path_prefix, methods: upper })
+}
+
 /// The `key_service` block of the filters that call the Tollgate key service.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

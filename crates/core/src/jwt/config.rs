@@ -552,16 +552,8 @@ impl TryFrom<RawConfig> for Config {
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if r.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
-            }
-            let mut methods = Vec::with_capacity(r.methods.len());
-            for (j, m) in r.methods.iter().enumerate() {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(err(format!("{field}.methods[{j}]"), format!("`{m}` is not an HTTP method")));
-                }
-                methods.push(m.to_ascii_uppercase());
-            }
+            let matcher =
+                crate::config::route_match(FILTER, &field, r.route_name, r.path_prefix, &r.methods)?;
             let route_providers = match r.providers {
                 None => (0..providers.len()).collect(),
                 Some(names) => {
@@ -587,7 +579,7 @@ impl TryFrom<RawConfig> for Config {
                 }
             }
             routes.push(RouteRule {
-                matcher: RouteMatch { route_name: r.route_name, path_prefix: r.path_prefix, methods },
+                matcher,
                 providers: route_providers,
                 requirements: Requirements { scopes: r.scopes, claims: r.claims.into_iter().collect() },
             });

@@ -203,16 +203,8 @@ impl TryFrom<RawConfig> for Config {
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if r.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
-            }
-            let mut methods = Vec::with_capacity(r.methods.len());
-            for (j, m) in r.methods.iter().enumerate() {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(err(format!("{field}.methods[{j}]"), format!("`{m}` is not an HTTP method")));
-                }
-                methods.push(m.to_ascii_uppercase());
-            }
+            let matcher =
+                crate::config::route_match(FILTER, &field, r.route_name, r.path_prefix, &r.methods)?;
             for (j, s) in r.scopes.iter().enumerate() {
                 if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == ',') {
                     return Err(err(
@@ -221,10 +213,7 @@ impl TryFrom<RawConfig> for Config {
                     ));
                 }
             }
-            routes.push(RouteRule {
-                matcher: RouteMatch { route_name: r.route_name, path_prefix: r.path_prefix, methods },
-                scopes: r.scopes,
-            });
+            routes.push(RouteRule { matcher, scopes: r.scopes });
         }
 
         let realm = raw.realm.unwrap_or_else(|| "tollgate".to_owned());

@@ -265,22 +265,10 @@ fn is_name(s: &str) -> bool {
 }
 
 fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
-    if let Some(p) = &m.path_prefix
-        && !p.starts_with('/')
-    {
-        return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
-    }
     if m.route_name.as_ref().is_some_and(String::is_empty) {
         return Err(err(format!("{field}.route_name"), "must not be empty when given"));
     }
-    let mut methods = Vec::with_capacity(m.methods.len());
-    for (i, method) in m.methods.iter().enumerate() {
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(err(format!("{field}.methods[{i}]"), format!("`{method}` is not an HTTP method")));
-        }
-        methods.push(method.to_ascii_uppercase());
-    }
-    Ok(RouteMatch { route_name: m.route_name, path_prefix: m.path_prefix, methods })
+    crate::config::route_match(FILTER, field, m.route_name, m.path_prefix, &m.methods)
 }
 
 fn compile_part(field: &str, part: RawPart) -> Result<Part, ConfigError> {

@@ -221,15 +221,10 @@ impl TryFrom<RawConfig> for Config {
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
             let field = format!("routes[{i}]");
-            if r.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                return Err(err(format!("{field}.path_prefix"), "must start with `/`"));
-            }
-            let methods = r.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+            let matcher =
+                crate::config::route_match(FILTER, &field, r.route_name, r.path_prefix, &r.methods)?;
             let route_policy = compile_policy(&format!("{field}.policy"), r.policy, Some(&policy))?;
-            routes.push(RouteRule {
-                matcher: RouteMatch { route_name: r.route_name, path_prefix: r.path_prefix, methods },
-                policy: route_policy,
-            });
+            routes.push(RouteRule { matcher, policy: route_policy });
         }
         let max_body_bytes = raw.max_body_bytes.unwrap_or(1 << 20);
         if max_body_bytes == 0 || max_body_bytes > 64 << 20 {

@@ -319,6 +319,9 @@ fn config_defaults_and_errors_name_the_field() {
     assert_eq!(bad.field, "policy.required_components[0]");
     let bad = e(r#"{"key_service":{"cluster":"k","token":"t"},"routes":[{"policy":{"max_age":"2d"}}]}"#);
     assert_eq!(bad.field, "routes[0].policy.max_age");
+    let bad = e(r#"{"key_service":{"cluster":"k","token":"t"},"routes":[{"methods":["PO ST"]}]}"#);
+    assert_eq!(bad.field, "routes[0].methods[0]");
+    assert!(bad.message.contains("not an HTTP method"), "{bad}");
     assert_eq!(
         e(r#"{"key_service":{"cluster":"k","token":"t"},"max_body_bytes":0}"#).field,
         "max_body_bytes"
