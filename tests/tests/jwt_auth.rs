@@ -363,7 +363,13 @@ async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
             .await;
     assert!(ready, "no 200 with a valid JWT; log:\n{}", envoy.logs());
 
-    // An active opaque token: introspected, identity passed upstream.
+    // An active opaque token: introspected, identity passed upstream. Each worker reads the
+    // discovery document itself (the key set is shared, the introspection endpoint is not yet),
+    // so a worker may answer 503 until its own discovery is done: wait for that, fail closed.
+    let introspecting =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", ACTIVE).await.status == 200 })
+            .await;
+    assert!(introspecting, "no 200 with an active opaque token; log:\n{}", envoy.logs());
     let res = call(&envoy, "/hello", ACTIVE).await;
     assert_eq!(res.status, 200, "{}; log:\n{}", res.text(), envoy.logs());
     let seen = res.json();
