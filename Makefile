@@ -75,7 +75,7 @@ test: wasm $(ENVOY)
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/debug \
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
-		$(CARGO) test $(LOCKED) --workspace
+		$(CARGO) test $(LOCKED) --workspace --no-fail-fast
 
 # `envoy --mode validate` on every shipped config, rendered with test values first.
 test-envoy-configs: $(ENVOY)
