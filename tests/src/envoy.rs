@@ -208,7 +208,8 @@ fn loopback(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
 }
 
-fn static_cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
+/// A `STATIC` cluster of one loopback endpoint, speaking HTTP/2 upstream when `http2` (gRPC).
+pub fn static_cluster(name: &str, addr: SocketAddr, http2: bool) -> Value {
     let mut cluster = json!({
         "name": name,
         "type": "STATIC",

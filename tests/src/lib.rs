@@ -42,7 +42,9 @@ pub mod patterns;
 mod process;
 
 pub use echo::{Echo, EchoRequest};
-pub use envoy::{Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, wasm_filter};
+pub use envoy::{
+    Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, static_cluster, wasm_filter,
+};
 pub use http::{HttpClient, RequestBuilder, Response};
 pub use keyd::{ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd};
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};

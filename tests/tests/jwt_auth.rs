@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
-use tollgate_e2e::{Echo, Envoy, EnvoyOpts, Response, Value, eventually, json, wasm_filter, wasm_module};
+use tollgate_e2e::{
+    Echo, Envoy, EnvoyOpts, Response, Value, eventually, json, static_cluster, wasm_filter, wasm_module,
+};
 
 const ROOT_ID: &str = "tollgate.jwt_auth";
 const STATS: &str = "wasmcustom.tollgate.jwt_auth.";
@@ -121,13 +123,15 @@ async fn gateway(echo: &Echo, jwks: &Jwks) -> Envoy {
         "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}],
         "claim_headers": {"x-user-email": "email"}
     });
-    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), &config);
-    let cluster = json!({
-        "name": "idp_jwks", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "idp_jwks", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-            {"socket_address": {"address": "127.0.0.1", "port_value": jwks.addr.port()}}}}]}]}
-    });
-    Envoy::start(EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(cluster).workers(2)).await
+    start_gateway(echo, &config, "idp_jwks", jwks.addr).await
+}
+
+/// Envoy with 2 workers, the jwt-auth filter configured with `config`, and the identity provider at
+/// `idp` as cluster `cluster`.
+async fn start_gateway(echo: &Echo, config: &Value, cluster: &str, idp: SocketAddr) -> Envoy {
+    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), config);
+    let opts = EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(static_cluster(cluster, idp, false));
+    Envoy::start(opts.workers(2)).await
 }
 
 async fn call(envoy: &Envoy, path: &str, token: &str) -> Response {
@@ -347,14 +351,7 @@ async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
         "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}],
         "claim_headers": {"x-user-email": "email"}
     });
-    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), &config);
-    let cluster = json!({
-        "name": "idp", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
-            {"socket_address": {"address": "127.0.0.1", "port_value": idp.addr.port()}}}}]}]}
-    });
-    let envoy =
-        Envoy::start(EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(cluster).workers(2)).await;
+    let envoy = start_gateway(&echo, &config, "idp", idp.addr).await;
 
     // Keys found through the discovery document.
     let good = token(&k1, "k1", json!({}));
