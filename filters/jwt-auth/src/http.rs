@@ -15,7 +15,7 @@ use tollgate_core::jwt::{self as jwt, Deny, cache, jws};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel};
 
-use crate::worker::{FetchReason, Shared, Worker};
+use crate::worker::{FetchReason, Shared, Worker, call_answer_body};
 
 /// A request paused while its provider's key set is fetched, or its opaque token introspected.
 struct Pending {
@@ -315,15 +315,8 @@ fn introspection_done<H: Host + ?Sized>(
     let idx = p.provider;
     let provider = &w.config.providers[idx];
     let Some(config) = provider.introspection.as_ref() else { return Err(Deny::IntrospectionFailed) };
-    let status = host.http_call_response_header(":status").unwrap_or_default();
-    let answer = if status != "200" {
-        Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
-    } else if body_size > introspection::MAX_RESPONSE_BYTES {
-        Err(format!("body of {body_size} bytes is too large"))
-    } else {
-        let body = host.http_call_response_body(body_size).unwrap_or_default();
-        introspection::parse_answer(&body).map_err(str::to_owned)
-    };
+    let answer = call_answer_body(host, body_size, introspection::MAX_RESPONSE_BYTES)
+        .and_then(|body| introspection::parse_answer(&body).map_err(str::to_owned));
     let hash: [u8; 32] = Sha256::digest(p.token.as_bytes()).into();
     let provider_id = u16::try_from(idx).unwrap_or(u16::MAX);
     let ttl_s = config.cache_ttl.as_secs() as i64;

@@ -176,13 +176,7 @@ impl Worker {
     pub fn dispatch_discovery<H: Host + ?Sized>(&mut self, host: &H, idx: usize) -> Option<u32> {
         let r = self.remote(idx)?;
         let d = r.discovery.as_ref()?;
-        let headers = [
-            (":method", "GET"),
-            (":path", d.path.as_str()),
-            (":authority", r.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        let result = host.http_call(&r.cluster, &headers, None, r.timeout);
+        let result = get_json(host, r, &d.path);
         self.counters.inc(host, "discovery_fetch");
         match result {
             Ok(token) => {
@@ -200,15 +194,8 @@ impl Worker {
     /// Handles the discovery document's response.
     pub fn discovery_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
         let Some(r) = self.remote(idx).cloned() else { return };
-        let status = host.http_call_response_header(":status").unwrap_or_default();
-        let outcome = if status != "200" {
-            Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
-        } else if body_size > introspection::MAX_RESPONSE_BYTES {
-            Err(format!("body of {body_size} bytes is too large"))
-        } else {
-            let body = host.http_call_response_body(body_size).unwrap_or_default();
-            introspection::parse_discovery(&body, &r.authority)
-        };
+        let outcome = call_answer_body(host, body_size, introspection::MAX_RESPONSE_BYTES)
+            .and_then(|body| introspection::parse_discovery(&body, &r.authority));
         match outcome {
             Ok(found) => {
                 self.counters.inc(host, "discovery_fetch_ok");
@@ -329,13 +316,7 @@ impl Worker {
     pub fn dispatch_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize) -> Result<u32, CallRefused> {
         let Some(r) = self.remote(idx) else { return Err(CallRefused) };
         let Some(path) = self.jwks_path(idx) else { return Err(CallRefused) };
-        let headers = [
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", r.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        let result = host.http_call(&r.cluster, &headers, None, r.timeout);
+        let result = get_json(host, r, &path);
         self.counters.inc(host, "jwks_fetch");
         if result.is_err() {
             self.counters.inc(host, "jwks_fetch_error");
@@ -349,17 +330,11 @@ impl Worker {
     /// any failure the last good set stays.
     pub fn fetch_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
         let Some(r) = self.remote(idx).cloned() else { return };
-        let status = host.http_call_response_header(":status").unwrap_or_default();
-        let outcome = if status != "200" {
-            Err(format!("status {}", if status.is_empty() { "none (timeout or reset)" } else { &status }))
-        } else if body_size > r.limits.max_bytes {
-            Err(format!("body of {body_size} bytes exceeds max_bytes"))
-        } else {
-            let body = host.http_call_response_body(body_size).unwrap_or_default();
+        let outcome = call_answer_body(host, body_size, r.limits.max_bytes).and_then(|body| {
             parse_jwks(&body, r.limits)
                 .map_err(|e| e.to_string())
                 .and_then(|jwks| KeySet::compile(&jwks).map(|set| (set, body)).map_err(|e| e.to_string()))
-        };
+        });
         match outcome {
             Ok((set, body)) => {
                 let now = host.now_ms().max(1);
@@ -436,4 +411,33 @@ fn encode_fetch(busy_until: u64, last_start: u64) -> Vec<u8> {
     let mut out = busy_until.to_le_bytes().to_vec();
     out.extend_from_slice(&last_start.to_le_bytes());
     out
+}
+
+/// GETs the JSON document at `path` from `remote`'s cluster; returns the call's token.
+fn get_json<H: Host + ?Sized>(host: &H, remote: &Remote, path: &str) -> Result<u32, CallRefused> {
+    let headers = [
+        (":method", "GET"),
+        (":path", path),
+        (":authority", remote.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    host.http_call(&remote.cluster, &headers, None, remote.timeout)
+}
+
+/// The body of the HTTP call answer being handled when its status is 200 and it is at most `max_bytes`
+/// long; otherwise why not, for the log.
+pub fn call_answer_body<H: Host + ?Sized>(
+    host: &H,
+    body_size: usize,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    let status = host.http_call_response_header(":status").unwrap_or_default();
+    if status != "200" {
+        let status = if status.is_empty() { "none (timeout or reset)" } else { &status };
+        return Err(format!("status {status}"));
+    }
+    if body_size > max_bytes {
+        return Err(format!("body of {body_size} bytes exceeds the limit of {max_bytes}"));
+    }
+    Ok(host.http_call_response_body(body_size).unwrap_or_default())
 }
