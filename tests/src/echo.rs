@@ -27,12 +27,22 @@ pub struct EchoRequest {
     pub method: String,
     pub path: String,
     pub query: String,
-    /// Lowercased names; repeated headers joined with `", "`.
+    /// Lowercased names; repeated headers joined with `", "`; bytes that are not UTF-8 replaced.
     pub headers: BTreeMap<String, String>,
+    /// Every field line as received: lower-case name, exact value bytes.
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     pub body: Bytes,
+    /// Trailers of a chunked request body, if any.
+    pub trailers: Vec<(String, Vec<u8>)>,
 }
 
 impl EchoRequest {
+    /// Every value of a header as exact bytes, one per field line.
+    pub fn header_lines(&self, name: &str) -> Vec<&[u8]> {
+        let name = name.to_ascii_lowercase();
+        self.raw_headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_slice()).collect()
+    }
+
     /// A header's value, by any case of its name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
@@ -155,7 +165,18 @@ async fn handle(
     received: Arc<Mutex<Vec<EchoRequest>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers: Vec<(String, Vec<u8>)> = collected
+                .trailers()
+                .map(|t| t.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect())
+                .unwrap_or_default();
+            (collected.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), Vec::new()),
+    };
+    let raw_headers: Vec<(String, Vec<u8>)> =
+        parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let mut headers = BTreeMap::<String, String>::new();
     for (k, v) in &parts.headers {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -172,7 +193,9 @@ async fn handle(
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
+        raw_headers,
         body,
+        trailers,
     };
     if let Ok(mut r) = received.lock() {
         r.push(seen.clone());

@@ -50,6 +50,11 @@ pub struct EnvoyOpts {
     pub component_log_level: Option<String>,
     /// Route timeout to the upstream.
     pub route_timeout: Duration,
+    /// Named routes, tried in order before the catch-all route (see [`EnvoyOpts::named_route`]).
+    pub routes: Vec<Value>,
+    /// Fields merged into the HTTP connection manager's config (e.g. `normalize_path`,
+    /// `http_protocol_options`, `stream_error_on_invalid_http_message`).
+    pub hcm: serde_json::Map<String, Value>,
 }
 
 impl EnvoyOpts {
@@ -67,7 +72,26 @@ impl EnvoyOpts {
             log_level: "info".to_owned(),
             component_log_level: None,
             route_timeout: Duration::from_secs(15),
+            routes: Vec::new(),
+            hcm: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a route named `name` for paths starting with `prefix` (to the upstream), tried before
+    /// the catch-all route, which is named `main`. Filters see the name as `xds.route_name`.
+    pub fn named_route(mut self, name: &str, prefix: &str) -> Self {
+        self.routes.push(json!({
+            "name": name,
+            "match": {"prefix": prefix},
+            "route": {"cluster": UPSTREAM_CLUSTER, "timeout": format!("{}s", self.route_timeout.as_secs_f64())}
+        }));
+        self
+    }
+
+    /// Sets a field of the HTTP connection manager's config.
+    pub fn hcm_field(mut self, name: &str, value: Value) -> Self {
+        self.hcm.insert(name.to_owned(), value);
+        self
     }
 
     pub fn workers(mut self, workers: u32) -> Self {
@@ -132,7 +156,16 @@ impl EnvoyOpts {
         }
         clusters.extend(self.extra_clusters.iter().cloned());
 
-        json!({
+        let mut routes = self.routes.clone();
+        routes.push(json!({
+            "name": "main",
+            "match": {"prefix": "/"},
+            "route": {
+                "cluster": UPSTREAM_CLUSTER,
+                "timeout": format!("{}s", self.route_timeout.as_secs_f64())
+            }
+        }));
+        let mut config = json!({
             "admin": {"address": loopback(0)},
             "static_resources": {
                 "listeners": [{
@@ -157,13 +190,7 @@ impl EnvoyOpts {
                                 "virtual_hosts": [{
                                     "name": "all",
                                     "domains": ["*"],
-                                    "routes": [{
-                                        "match": {"prefix": "/"},
-                                        "route": {
-                                            "cluster": UPSTREAM_CLUSTER,
-                                            "timeout": format!("{}s", self.route_timeout.as_secs_f64())
-                                        }
-                                    }]
+                                    "routes": routes
                                 }]
                             },
                             "http_filters": http_filters
@@ -172,7 +199,13 @@ impl EnvoyOpts {
                 }],
                 "clusters": clusters
             }
-        })
+        });
+        let hcm =
+            &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        for (name, value) in &self.hcm {
+            hcm[name] = value.clone();
+        }
+        config
     }
 }
 

@@ -7,7 +7,11 @@
 //! - [`Keyd`]: the `tollgate-keyd` binary with a temporary data directory and fixed test tokens;
 //! - [`Envoy`]: Envoy with a generated config (optionally the key-auth wasm filter), one or more
 //!   workers, its admin API and logs;
-//! - [`HttpClient`]: a small HTTP/1.1 client returning status, headers and body.
+//! - [`HttpClient`]: a small HTTP/1.1 client returning status, headers and body;
+//! - [`RawRequest`]: an HTTP/1.1 request written byte for byte (raw paths, non-UTF-8 header bytes,
+//!   repeated field lines, chunked bodies with trailers, bursts);
+//! - [`H2Request`]: an HTTP/2 request whose framing the test controls (END_STREAM on HEADERS,
+//!   DATA frames, trailers).
 //!
 //! Binaries come from `TOLLGATE_BIN_DIR` (default `target/debug`), filters from
 //! `TOLLGATE_WASM_DIR` (default `target/wasm32-wasip1/wasm`) and Envoy from `ENVOY_BIN` (default
@@ -35,19 +39,23 @@
 
 mod echo;
 mod envoy;
+mod h2;
 mod http;
 mod keyd;
 mod paths;
 pub mod patterns;
 mod process;
+mod raw;
 
 pub use echo::{Echo, EchoRequest};
 pub use envoy::{
     Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, static_cluster, wasm_filter,
 };
+pub use h2::{H2Request, H2Response};
 pub use http::{HttpClient, RequestBuilder, Response};
 pub use keyd::{ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd};
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
+pub use raw::{RawRequest, RawResponse};
 
 pub use serde_json::{Value, json};
 
