@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, Response, Value, eventually, json};
+use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, Response, Value, eventually, json};
 use tollgate_proto::v1::{CreateKeyRequest, RotateKeyRequest};
 
 const WORKERS: u32 = 2;
@@ -25,14 +25,20 @@ impl Gateway {
 
     /// Starts everything; `tune` adjusts the key-auth config.
     async fn start_with(tune: impl FnOnce(&mut Value)) -> Self {
+        Self::start_routed(tune, |o| o).await
+    }
+
+    /// Starts everything; `tune` adjusts the key-auth config, `opts` Envoy's.
+    async fn start_routed(tune: impl FnOnce(&mut Value), opts: impl FnOnce(EnvoyOpts) -> EnvoyOpts) -> Self {
         let echo = Echo::start();
         let keyd = Keyd::start_temp().await;
         let mut config = keyd.key_auth_config();
         config["key_service"]["poll_interval"] = json!("200ms");
         tune(&mut config);
-        let envoy =
-            Envoy::start(EnvoyOpts::new(echo.addr()).key_auth(config).keyd(keyd.addr()).workers(WORKERS))
-                .await;
+        let envoy = Envoy::start(opts(
+            EnvoyOpts::new(echo.addr()).key_auth(config).keyd(keyd.addr()).workers(WORKERS),
+        ))
+        .await;
         Self { echo, keyd, envoy, client: HttpClient::fresh_connections() }
     }
 
@@ -128,7 +134,7 @@ async fn valid_key_reaches_the_upstream_with_identity_and_without_the_key() {
     let seen = gw.echo.last_request().unwrap();
     assert_eq!(seen.header("x-tollgate-consumer-id"), Some("alice"));
     assert_eq!(seen.header("x-tollgate-key-id"), Some(id.as_str()));
-    assert_eq!(seen.header("x-tollgate-scopes"), Some("read,write"));
+    assert_eq!(seen.header("x-tollgate-scopes"), Some("read write"), "scopes are space-separated");
     assert_eq!(seen.header("x-api-key"), None, "hide_credentials strips the key");
 
     // In the query string: stripped too, other parameters kept.
@@ -329,4 +335,46 @@ async fn invalid_filter_config_is_refused_naming_the_field() {
         json!({"key_service": {"cluster": "tollgate_keyd", "token": "t"}, "hide_credential": false});
     let log = Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).key_auth(unknown)).await;
     assert!(log.contains("hide_credential"), "{log}");
+}
+
+/// A scope rule keyed on Envoy's route name applies: the name is read from `xds.route_name`.
+#[tokio::test]
+async fn a_route_name_rule_requires_its_scope() {
+    let gw = Gateway::start_routed(
+        |c| c["routes"] = json!([{"route_name": "admin", "scopes": ["admin"]}]),
+        |o| o.named_route("admin", "/admin"),
+    )
+    .await;
+    let (_, reader) = gw.keyd.create_key("alice", &["read"]).await;
+    let (_, admin) = gw.keyd.create_key("root", &["admin"]).await;
+    assert_denied(&gw.get("/admin/users", Some(&reader)).await, 403, "forbidden");
+    assert_eq!(gw.get("/admin/users", Some(&admin)).await.status, 200);
+    assert_eq!(gw.get("/public", Some(&reader)).await.status, 200, "other routes need no scope");
+    assert!(gw.stat_reaches("denied.insufficient_scope", 1).await);
+}
+
+/// Rules match the normalised path: no spelling of `/admin` escapes a rule written for it, and
+/// an encoded slash is refused. Envoy runs with its own path normalisation off (its default), so
+/// this is the filter's doing.
+#[tokio::test]
+async fn spellings_of_a_ruled_path_do_not_escape_the_rule() {
+    let gw =
+        Gateway::start_with(|c| c["routes"] = json!([{"path_prefix": "/admin", "scopes": ["admin"]}])).await;
+    let (_, reader) = gw.keyd.create_key("alice", &["read"]).await;
+    let (_, admin) = gw.keyd.create_key("root", &["admin"]).await;
+    for spelling in ["/admin", "//admin", "/./admin", "/%61dmin", "/x/../admin", "/%2e%2e/admin/x"] {
+        let res = RawRequest::get(spelling).header("x-api-key", &reader).send(gw.envoy.addr()).await.unwrap();
+        assert_eq!(res.status, 403, "{spelling}: {}", res.text());
+        assert_eq!(res.json()["error"], "forbidden", "{spelling}");
+        let res = RawRequest::get(spelling).header("x-api-key", &admin).send(gw.envoy.addr()).await.unwrap();
+        assert_eq!(res.status, 200, "{spelling} with the scope: {}", res.text());
+    }
+    for encoded in ["/admin%2Fusers", "/x%2F..%2Fadmin", "/x%5c..%5cadmin"] {
+        let res = RawRequest::get(encoded).header("x-api-key", &admin).send(gw.envoy.addr()).await.unwrap();
+        assert_eq!(res.status, 400, "{encoded}: {}", res.text());
+        assert_eq!(res.json()["error"], "bad_request", "{encoded}");
+    }
+    assert!(gw.stat_reaches("denied.bad_path", 3).await);
+    let res = RawRequest::get("/public").header("x-api-key", &reader).send(gw.envoy.addr()).await.unwrap();
+    assert_eq!(res.status, 200);
 }

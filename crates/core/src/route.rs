@@ -1,4 +1,10 @@
 //! Matching a request against a rule: Envoy route name, path prefix and method.
+//!
+//! Rules match the *normalised* path ([`normalize_path`]), never the raw `:path`: otherwise
+//! `//admin`, `/./admin`, `/%61dmin` or `/x/../admin` would escape a rule written for `/admin`
+//! while the upstream serves them as `/admin`.
+
+use std::borrow::Cow;
 
 /// What a rule can match on. All given conditions must hold; an empty matcher matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +37,121 @@ impl RouteMatch {
             return false;
         }
         self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(req.method))
+    }
+}
+
+/// Why a path cannot be matched against rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefused {
+    /// `%2F` or `%5C`: one upstream reads a path separator, another a character of a segment,
+    /// so no rule can say what the request is for.
+    EncodedSlash,
+}
+
+impl PathRefused {
+    /// The reason for logs and stats.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::EncodedSlash => "encoded_slash",
+        }
+    }
+}
+
+/// The status and client message of a refused path.
+pub const PATH_REFUSED_STATUS: u32 = 400;
+pub const PATH_REFUSED_MESSAGE: &str = "The request path is not acceptable.";
+
+/// The path (without its query) as rules see it, RFC 3986 §6.2.2 normalisation plus merged
+/// slashes, the same as Envoy's `normalize_path` and `merge_slashes`:
+///
+/// - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, other
+///   percent-encodings get upper-case hex;
+/// - runs of `/` become one;
+/// - `.` and `..` segments are removed (§5.2.4; `..` never climbs above the root).
+///
+/// An encoded slash or backslash (`%2F`, `%5C`) is refused. A path that needs no change is
+/// borrowed.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathRefused> {
+    let bytes = path.as_bytes();
+    let simple = !bytes.contains(&b'%')
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if simple {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Percent-decoding of unreserved characters first: `%2e%2e` is a `..` segment.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let (Some(hi), Some(lo)) = (hex_value(hex[0]), hex_value(hex[1]))
+        {
+            let c = hi << 4 | lo;
+            if c == b'/' || c == b'\\' {
+                return Err(PathRefused::EncodedSlash);
+            }
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(char::from(c));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(hex[0].to_ascii_uppercase()));
+                decoded.push(char::from(hex[1].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        // Copy the whole character (the path may hold non-ASCII text).
+        let len = utf8_len(b);
+        decoded.push_str(path.get(i..i + len).unwrap_or("\u{fffd}"));
+        i += len.max(1);
+    }
+    let absolute = decoded.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" => {
+                // Merged slashes; a final empty segment keeps the trailing slash.
+                if n == last && n > 0 {
+                    trailing_slash = true;
+                }
+            }
+            "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            seg => {
+                out.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    if absolute {
+        normal.push('/');
+    }
+    normal.push_str(&out.join("/"));
+    if trailing_slash && !out.is_empty() {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
     }
 }
 
@@ -106,6 +227,66 @@ mod tests {
         assert!(!m.matches(&facts(None, "/admin/users", "POST")));
         assert!(!m.matches(&facts(Some("api"), "/public", "POST")));
         assert!(RouteMatch::default().matches(&facts(None, "/", "GET")));
+    }
+
+    fn norm(p: &str) -> String {
+        normalize_path(p).unwrap().into_owned()
+    }
+
+    #[test]
+    fn spellings_of_a_path_normalise_to_it() {
+        for spelling in [
+            "/admin",
+            "//admin",
+            "///admin",
+            "/./admin",
+            "/%61dmin",
+            "/%61%64%6D%69%6E",
+            "/x/../admin",
+            "/x/y/../../admin",
+            "/../admin",
+            "/%2e%2e/admin",
+            "/x/%2E%2E/admin",
+            "/.%2e/admin",
+            "/admin/.",
+        ] {
+            let n = norm(spelling);
+            assert!(n == "/admin" || n == "/admin/", "{spelling} -> {n}");
+            assert!(n.starts_with("/admin"), "{spelling} -> {n}");
+        }
+    }
+
+    #[test]
+    fn normalisation_keeps_what_it_must() {
+        assert_eq!(norm("/a/b/"), "/a/b/");
+        assert_eq!(norm("/a//b//"), "/a/b/");
+        assert_eq!(norm("/"), "/");
+        assert_eq!(norm("//"), "/");
+        assert_eq!(norm("/a/b/.."), "/a/");
+        assert_eq!(norm("/a%20b"), "/a%20b");
+        assert_eq!(norm("/a%3fb"), "/a%3Fb");
+        assert_eq!(norm("/a%zz"), "/a%zz");
+        assert_eq!(norm("/a%"), "/a%");
+        assert_eq!(norm("/caf\u{e9}/./x"), "/caf\u{e9}/x");
+        assert_eq!(norm("/..."), "/...");
+        assert_eq!(norm("*"), "*");
+        assert!(matches!(normalize_path("/plain/path"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn encoded_slashes_are_refused() {
+        for p in ["/admin%2Fusers", "/x%2f..%2fadmin", "/x%5C..%5Cadmin", "/%5c"] {
+            assert_eq!(normalize_path(p), Err(PathRefused::EncodedSlash), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_rule_for_a_prefix_catches_every_spelling() {
+        let rule = RouteMatch { path_prefix: Some("/admin".into()), ..RouteMatch::default() };
+        for spelling in ["//admin", "/./admin", "/%61dmin", "/x/../admin", "/public/../admin/users"] {
+            let path = norm(spelling);
+            assert!(rule.matches(&facts(None, &path, "GET")), "{spelling}");
+        }
     }
 
     #[test]

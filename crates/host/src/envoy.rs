@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
-use crate::{Host, LogLevel, SharedError};
+use crate::{Host, LogLevel, SharedError, attributes, lossy, valid_field_value};
 
 /// The real host. Zero-sized: every call goes straight to the proxy.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,43 +23,39 @@ impl Host for EnvoyHost {
         let _ = hostcalls::log(level, message);
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
+    fn request_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
         // Header values may carry bytes that are not UTF-8; the SDK's string getter would panic.
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
-    fn set_request_header(&self, name: &str, value: Option<&str>) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        header_pairs(MapType::HttpRequestHeaders)
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        set_header(MapType::HttpRequestHeaders, name, value)
     }
 
-    fn add_request_header(&self, name: &str, value: &str) {
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    fn add_request_header(&self, name: &str, value: &[u8]) -> bool {
+        valid_field_value(value)
+            && hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value).is_ok()
     }
 
-    fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    fn response_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
-    fn response_headers(&self) -> Vec<(String, String)> {
-        header_pairs(MapType::HttpResponseHeaders)
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
     }
 
-    fn set_response_header(&self, name: &str, value: Option<&str>) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        set_header(MapType::HttpResponseHeaders, name, value)
     }
 
-    fn add_response_header(&self, name: &str, value: &str) {
-        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+    fn add_response_header(&self, name: &str, value: &[u8]) -> bool {
+        valid_field_value(value)
+            && hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, name, value).is_ok()
     }
 
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
@@ -79,11 +75,14 @@ impl Host for EnvoyHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        if !attributes::is_readable(path) {
+            return None;
+        }
         hostcalls::get_property(path.to_vec()).ok().flatten()
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
-        hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
+        attributes::is_writable(path) && hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -131,10 +130,7 @@ impl Host for EnvoyHost {
     }
 
     fn http_call_response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name).ok().flatten().map(lossy)
     }
 
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -172,11 +168,17 @@ impl Host for EnvoyHost {
     }
 }
 
-/// A header map as lossy UTF-8 pairs (the SDK's string getter would panic on other bytes).
-fn header_pairs(map: MapType) -> Vec<(String, String)> {
-    hostcalls::get_map_bytes(map)
-        .map(|pairs| pairs.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect())
-        .unwrap_or_default()
+/// Sets or removes a header. An invalid value removes the header (never leaving an older value
+/// in place) and is refused.
+fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> bool {
+    match value {
+        Some(v) if valid_field_value(v) => hostcalls::set_map_value_bytes(map, name, Some(v)).is_ok(),
+        Some(_) => {
+            let _ = hostcalls::set_map_value_bytes(map, name, None);
+            false
+        }
+        None => hostcalls::set_map_value_bytes(map, name, None).is_ok(),
+    }
 }
 
 /// Logs a panic at critical level through the host before the VM aborts, so the reason is in

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+pub mod attributes;
 #[cfg(target_arch = "wasm32")]
 mod envoy;
 pub mod feed;
@@ -44,23 +45,38 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     fn log(&self, level: LogLevel, message: &str);
 
-    fn request_header(&self, name: &str) -> Option<String>;
-    /// Sets (`Some`) or removes (`None`) a request header.
-    fn set_request_header(&self, name: &str, value: Option<&str>);
+    /// The first value of a request header, as the bytes the client sent. Envoy answers only
+    /// the first of a repeated header here: read [`Host::request_headers`] where repetition
+    /// matters.
+    fn request_header_bytes(&self, name: &str) -> Option<Vec<u8>>;
+    /// The first value of a request header as text, bytes that are not UTF-8 replaced by U+FFFD
+    /// (so a garbled value stays present and can never equal a valid token). Use
+    /// [`Host::request_header_bytes`] wherever the exact bytes matter.
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.request_header_bytes(name).map(lossy)
+    }
+    /// Every request header in order, as bytes; a repeated header appears once per field line.
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// Sets a request header, replacing every value it had (`Some`), or removes it (`None`).
+    /// A value that is not a valid field value ([`valid_field_value`]) is refused: the header
+    /// is removed rather than left with an older value, and the call returns false.
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) -> bool;
+    /// Adds a request field line, keeping the values already there. Refuses (false) a value
+    /// that is not a valid field value.
+    fn add_request_header(&self, name: &str, value: &[u8]) -> bool;
 
-    /// Every request header in order; a repeated header appears once per value.
-    fn request_headers(&self) -> Vec<(String, String)>;
-    /// Adds a request header value, keeping the values already there.
-    fn add_request_header(&self, name: &str, value: &str);
-
-    /// A response header (in `on_http_response_headers` and later).
-    fn response_header(&self, name: &str) -> Option<String>;
-    /// Every response header in order; a repeated header appears once per value.
-    fn response_headers(&self) -> Vec<(String, String)>;
-    /// Sets (`Some`) or removes (`None`) a response header.
-    fn set_response_header(&self, name: &str, value: Option<&str>);
-    /// Adds a response header value, keeping the values already there.
-    fn add_response_header(&self, name: &str, value: &str);
+    /// The first value of a response header (in `on_http_response_headers` and later).
+    fn response_header_bytes(&self, name: &str) -> Option<Vec<u8>>;
+    /// [`Host::response_header_bytes`] as lossy text, like [`Host::request_header`].
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response_header_bytes(name).map(lossy)
+    }
+    /// Every response header in order, as bytes; a repeated header appears once per field line.
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// Like [`Host::set_request_header`], for the response.
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) -> bool;
+    /// Like [`Host::add_request_header`], for the response.
+    fn add_response_header(&self, name: &str, value: &[u8]) -> bool;
 
     /// `size` bytes of the buffered request body from `start` (in `on_http_request_body`).
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
@@ -71,7 +87,10 @@ pub trait Host {
     /// Replaces bytes `start..start + size` of the buffered response body with `body`.
     fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool;
 
+    /// A property (see [`attributes`] for the paths Envoy answers; any other path is refused).
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Writes filter state for later filters of the same request (only `tollgate.*` names; see
+    /// [`attributes::is_writable`]).
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool;
 
     /// A shared-data value and its CAS token.
@@ -121,6 +140,21 @@ pub trait Host {
     /// Defines (or finds) a counter; `None` if the host refuses.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, by: i64);
+}
+
+/// Bytes as text, anything that is not UTF-8 replaced by U+FFFD.
+pub fn lossy(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Whether `value` may be sent as an HTTP field value (RFC 9110 §5.5: visible characters,
+/// obs-text, space and tab). Envoy stores a value with CR, LF or NUL as empty and an upstream
+/// refuses other control bytes, so such values are never set.
+pub fn valid_field_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// A set of counters named `<prefix>.<name>`, defined once per VM.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::{Host, LogLevel, SharedError};
+use crate::{Host, LogLevel, SharedError, attributes};
 
 /// A gRPC call a context started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,14 +53,85 @@ impl LocalReply {
     }
 }
 
+/// A header map as Envoy keeps it: field lines in order, names lower-case, a repeated header once
+/// per line. A lookup by name answers the first line only, as Envoy's `get_header_map_value` does;
+/// setting a name replaces all its lines and removing it removes them all.
+#[derive(Debug, Default, Clone)]
+struct Headers(Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    fn first(&self, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+    }
+
+    fn all(&self, name: &str) -> Vec<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.0.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.clone()).collect()
+    }
+
+    fn remove(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.0.retain(|(n, _)| *n != name);
+    }
+
+    /// Replaces the first line's value and drops the others (Envoy's `setCopy`), or appends.
+    fn set(&mut self, name: &str, value: &[u8]) {
+        let name = name.to_ascii_lowercase();
+        match self.0.iter().position(|(n, _)| *n == name) {
+            Some(i) => {
+                self.0[i].1 = value.to_vec();
+                let mut seen = 0;
+                self.0.retain(|(n, _)| {
+                    if *n == name {
+                        seen += 1;
+                        seen == 1
+                    } else {
+                        true
+                    }
+                });
+            }
+            None => self.0.push((name, value.to_vec())),
+        }
+    }
+
+    fn add(&mut self, name: &str, value: &[u8]) {
+        self.0.push((name.to_ascii_lowercase(), value.to_vec()));
+    }
+
+    /// A host setter: an invalid value removes the header and is refused.
+    fn host_set(&mut self, name: &str, value: Option<&[u8]>) -> bool {
+        match value {
+            Some(v) if crate::valid_field_value(v) => {
+                self.set(name, v);
+                true
+            }
+            Some(_) => {
+                self.remove(name);
+                false
+            }
+            None => {
+                self.remove(name);
+                true
+            }
+        }
+    }
+
+    fn host_add(&mut self, name: &str, value: &[u8]) -> bool {
+        crate::valid_field_value(value) && {
+            self.add(name, value);
+            true
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct RequestState {
-    headers: BTreeMap<String, String>,
+    headers: Headers,
     reply: Option<LocalReply>,
     resumed: u32,
     properties: HashMap<String, Vec<u8>>,
-    /// Repeated headers are kept joined with `", "`, as a proxy folds them.
-    response_headers: BTreeMap<String, String>,
+    response_headers: Headers,
     request_body: Vec<u8>,
     response_body: Vec<u8>,
 }
@@ -148,24 +219,39 @@ impl MockHost {
         self.now_ms.set(self.now_ms.get() + d.as_millis() as u64);
     }
 
-    /// Sets a request header of `context_id`.
+    /// Sets a request header of `context_id`, replacing any value it had.
     pub fn with_header(&self, context_id: u32, name: &str, value: &str) {
-        self.requests
-            .borrow_mut()
-            .entry(context_id)
-            .or_default()
-            .headers
-            .insert(name.to_ascii_lowercase(), value.to_owned());
+        self.with_header_bytes(context_id, name, value.as_bytes());
     }
 
-    /// Sets a response header of `context_id`.
+    /// Sets a request header of `context_id` to bytes that need not be UTF-8.
+    pub fn with_header_bytes(&self, context_id: u32, name: &str, value: &[u8]) {
+        self.requests.borrow_mut().entry(context_id).or_default().headers.set(name, value);
+    }
+
+    /// Adds another field line of a request header (a repeated header, as a client sent it).
+    pub fn with_header_line(&self, context_id: u32, name: &str, value: &str) {
+        self.requests.borrow_mut().entry(context_id).or_default().headers.add(name, value.as_bytes());
+    }
+
+    /// Sets a response header of `context_id`, replacing any value it had.
     pub fn with_response_header(&self, context_id: u32, name: &str, value: &str) {
         self.requests
             .borrow_mut()
             .entry(context_id)
             .or_default()
             .response_headers
-            .insert(name.to_ascii_lowercase(), value.to_owned());
+            .set(name, value.as_bytes());
+    }
+
+    /// Adds another field line of a response header.
+    pub fn with_response_header_line(&self, context_id: u32, name: &str, value: &str) {
+        self.requests
+            .borrow_mut()
+            .entry(context_id)
+            .or_default()
+            .response_headers
+            .add(name, value.as_bytes());
     }
 
     /// Sets the (buffered) request body of `context_id`.
@@ -178,9 +264,23 @@ impl MockHost {
         self.requests.borrow_mut().entry(context_id).or_default().response_body = body.to_vec();
     }
 
-    /// Sets a property every context sees (e.g. `route_name`).
+    /// Sets a property every context sees (e.g. [`attributes::ROUTE_NAME`]). Panics on a path
+    /// Envoy 1.40 does not provide, so a test cannot rely on a property only the mock answers.
     pub fn with_property(&self, path: &[&str], value: &[u8]) {
+        assert_readable(path);
         self.global_properties.borrow_mut().insert(path.join("."), value.to_vec());
+    }
+
+    /// Sets a property one context sees (filter state an earlier filter wrote, or a request
+    /// attribute). Panics on a path Envoy 1.40 does not provide.
+    pub fn with_request_property(&self, context_id: u32, path: &[&str], value: &[u8]) {
+        assert_readable(path);
+        self.requests
+            .borrow_mut()
+            .entry(context_id)
+            .or_default()
+            .properties
+            .insert(path.join("."), value.to_vec());
     }
 
     /// The next gRPC response body (what `grpc_response_body` returns).
@@ -224,12 +324,24 @@ impl MockHost {
 
     // --- inspecting ---------------------------------------------------------------------
 
+    /// The first value of a request header of `context_id`, as lossy text.
     pub fn header(&self, context_id: u32, name: &str) -> Option<String> {
-        self.requests.borrow().get(&context_id).and_then(|r| r.headers.get(name).cloned())
+        self.requests.borrow().get(&context_id).and_then(|r| r.headers.first(name)).map(crate::lossy)
     }
 
+    /// Every value of a request header of `context_id`, as bytes.
+    pub fn header_lines(&self, context_id: u32, name: &str) -> Vec<Vec<u8>> {
+        self.requests.borrow().get(&context_id).map(|r| r.headers.all(name)).unwrap_or_default()
+    }
+
+    /// The first value of a response header of `context_id`, as lossy text.
     pub fn response_header_of(&self, context_id: u32, name: &str) -> Option<String> {
-        self.requests.borrow().get(&context_id).and_then(|r| r.response_headers.get(name).cloned())
+        self.requests.borrow().get(&context_id).and_then(|r| r.response_headers.first(name)).map(crate::lossy)
+    }
+
+    /// Every value of a response header of `context_id`, as bytes.
+    pub fn response_header_lines(&self, context_id: u32, name: &str) -> Vec<Vec<u8>> {
+        self.requests.borrow().get(&context_id).map(|r| r.response_headers.all(name)).unwrap_or_default()
     }
 
     pub fn request_body_of(&self, context_id: u32) -> Vec<u8> {
@@ -286,50 +398,36 @@ impl Host for MockHost {
         self.logs.borrow_mut().push((level, message.to_owned()));
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        self.with_request(|r| r.headers.get(&name.to_ascii_lowercase()).cloned())
+    fn request_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.with_request(|r| r.headers.first(name))
     }
 
-    fn set_request_header(&self, name: &str, value: Option<&str>) {
-        self.with_request(|r| match value {
-            Some(v) => {
-                r.headers.insert(name.to_ascii_lowercase(), v.to_owned());
-            }
-            None => {
-                r.headers.remove(&name.to_ascii_lowercase());
-            }
-        });
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.with_request(|r| r.headers.0.clone())
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.with_request(|r| r.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        self.with_request(|r| r.headers.host_set(name, value))
     }
 
-    fn add_request_header(&self, name: &str, value: &str) {
-        self.with_request(|r| add_folded(&mut r.headers, name, value));
+    fn add_request_header(&self, name: &str, value: &[u8]) -> bool {
+        self.with_request(|r| r.headers.host_add(name, value))
     }
 
-    fn response_header(&self, name: &str) -> Option<String> {
-        self.with_request(|r| r.response_headers.get(&name.to_ascii_lowercase()).cloned())
+    fn response_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.with_request(|r| r.response_headers.first(name))
     }
 
-    fn response_headers(&self) -> Vec<(String, String)> {
-        self.with_request(|r| r.response_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.with_request(|r| r.response_headers.0.clone())
     }
 
-    fn set_response_header(&self, name: &str, value: Option<&str>) {
-        self.with_request(|r| match value {
-            Some(v) => {
-                r.response_headers.insert(name.to_ascii_lowercase(), v.to_owned());
-            }
-            None => {
-                r.response_headers.remove(&name.to_ascii_lowercase());
-            }
-        });
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        self.with_request(|r| r.response_headers.host_set(name, value))
     }
 
-    fn add_response_header(&self, name: &str, value: &str) {
-        self.with_request(|r| add_folded(&mut r.response_headers, name, value));
+    fn add_response_header(&self, name: &str, value: &[u8]) -> bool {
+        self.with_request(|r| r.response_headers.host_add(name, value))
     }
 
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
@@ -349,12 +447,17 @@ impl Host for MockHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        assert_readable(path);
         let key = path.join(".");
         self.with_request(|r| r.properties.get(&key).cloned())
             .or_else(|| self.global_properties.borrow().get(&key).cloned())
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        // Envoy keeps what a filter writes as filter state: only one-segment names it can read back.
+        if !attributes::is_writable(path) {
+            return false;
+        }
         self.with_request(|r| r.properties.insert(path.join("."), value.to_vec()));
         true
     }
@@ -499,14 +602,13 @@ impl Host for MockHost {
     }
 }
 
-fn add_folded(headers: &mut BTreeMap<String, String>, name: &str, value: &str) {
-    headers
-        .entry(name.to_ascii_lowercase())
-        .and_modify(|v| {
-            v.push_str(", ");
-            v.push_str(value);
-        })
-        .or_insert_with(|| value.to_owned());
+/// The mock answers only what Envoy 1.40 answers: a filter (or a test) that reads another path is
+/// a bug that would pass here and fail in Envoy, so it fails here too.
+#[allow(clippy::panic)]
+fn assert_readable(path: &[&str]) {
+    if !attributes::is_readable(path) {
+        panic!("Envoy 1.40 provides no property {path:?} (see tollgate_host::attributes)");
+    }
 }
 
 fn slice_of(body: &[u8], start: usize, size: usize) -> Option<Vec<u8>> {
@@ -549,6 +651,48 @@ mod tests {
         assert_eq!(h.request_header("X-A").as_deref(), Some("one"));
         h.destroy(1);
         assert!(!h.set_effective_context(1));
+    }
+
+    #[test]
+    fn headers_behave_as_envoys_header_map() {
+        let h = MockHost::new();
+        h.with_header(1, "X-A", "one");
+        h.with_header_line(1, "x-a", "two");
+        h.with_header_bytes(1, "x-b", b"\xff\xfe");
+        h.enter(1);
+        // A lookup answers the first line only; the pairs keep every line, in order.
+        assert_eq!(h.request_header_bytes("x-a").as_deref(), Some(&b"one"[..]));
+        let lines: Vec<_> = h.request_headers().into_iter().filter(|(n, _)| n == "x-a").collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(h.request_header("x-b").as_deref(), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(h.request_header_bytes("x-b").as_deref(), Some(&b"\xff\xfe"[..]));
+        // Setting replaces every line; adding appends one.
+        assert!(h.set_request_header("x-a", Some(b"three")));
+        assert_eq!(h.header_lines(1, "x-a"), vec![b"three".to_vec()]);
+        assert!(h.add_request_header("x-a", b"four"));
+        assert_eq!(h.header_lines(1, "x-a").len(), 2);
+        // A value that cannot be sent is refused and leaves no older value behind.
+        assert!(!h.set_request_header("x-a", Some(b"evil\r\nx-b: 1")));
+        assert!(h.header_lines(1, "x-a").is_empty());
+        assert!(!h.add_request_header("x-c", b"nul\0"));
+        assert!(h.add_request_header("x-c", b"tab\tand obs-text \xe9"));
+    }
+
+    #[test]
+    #[should_panic(expected = "provides no property")]
+    fn a_property_envoy_does_not_provide_fails_the_test() {
+        let h = MockHost::new();
+        let _ = h.property(&["route_name"]);
+    }
+
+    #[test]
+    fn properties_envoy_provides_and_filter_state() {
+        let h = MockHost::new();
+        h.with_property(attributes::ROUTE_NAME, b"admin");
+        assert_eq!(h.property(attributes::ROUTE_NAME).as_deref(), Some(&b"admin"[..]));
+        assert!(h.set_property(&["tollgate.consumer_id"], b"alice"));
+        assert!(!h.set_property(attributes::ROUTE_NAME, b"other"), "Envoy's attributes are read-only");
+        assert_eq!(h.property(&["tollgate.consumer_id"]).as_deref(), Some(&b"alice"[..]));
     }
 
     #[test]

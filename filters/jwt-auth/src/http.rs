@@ -13,7 +13,7 @@ use tollgate_core::jwt::config::Source;
 use tollgate_core::jwt::introspection::{self, Answer};
 use tollgate_core::jwt::{self as jwt, Deny, cache, jws};
 use tollgate_core::route::{self, RequestFacts};
-use tollgate_host::{Host, LogLevel};
+use tollgate_host::{Host, LogLevel, attributes};
 
 use crate::worker::{FetchReason, Shared, Worker, call_answer_body};
 
@@ -61,7 +61,7 @@ impl<H: Host> JwtAuthHttp<H> {
         let path = host.request_header(":path").unwrap_or_default();
         let method = host.request_header(":method").unwrap_or_default();
         let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
+        let route_name = host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok());
         let (path_only, query) = route::split_path(&path);
 
         let mut header_values: Vec<(String, String)> = Vec::new();
@@ -89,7 +89,17 @@ impl<H: Host> JwtAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method: &method };
+        // Rules see the normalised path: `//admin` and `/%61dmin` are `/admin` to them.
+        let rule_path = match route::normalize_path(path_only) {
+            Ok(p) => p,
+            Err(_) if !w.config.routes_by_path() => path_only.into(),
+            Err(refused) => {
+                host.log(LogLevel::Info, &format!("jwt-auth: path refused ({})", refused.reason()));
+                respond_denied(host, &w, Deny::BadPath, &request_id, &[]);
+                return Action::Pause;
+            }
+        };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method: &method };
         let (providers, requirements) = match w.config.rule(&facts) {
             Some(rule) => (rule.providers.clone(), rule.requirements.clone()),
             None => ((0..w.config.providers.len()).collect(), Requirements::default()),
@@ -369,18 +379,18 @@ fn finish<H: Host + ?Sized>(
 }
 
 fn publish<H: Host + ?Sized>(host: &H, w: &Worker, id: &Identity, claim_map: &Map<String, Value>) {
-    let scopes = id.scopes.join(",");
+    let scopes = tollgate_core::key_auth::scopes_value(&id.scopes).unwrap_or_default();
     let subject = claims::claim_text(&Value::String(id.subject.clone())).unwrap_or_default();
-    host.set_request_header(jwt::CONSUMER_HEADER, Some(&subject));
-    host.set_request_header(jwt::SCOPES_HEADER, Some(&scopes));
-    host.set_request_header(jwt::ISSUER_HEADER, Some(&id.issuer));
+    host.set_request_header(jwt::CONSUMER_HEADER, Some(subject.as_bytes()));
+    host.set_request_header(jwt::SCOPES_HEADER, Some(scopes.as_bytes()));
+    host.set_request_header(jwt::ISSUER_HEADER, Some(id.issuer.as_bytes()));
     host.set_property(&[jwt::PROP_CONSUMER], subject.as_bytes());
     host.set_property(&[jwt::PROP_SUBJECT], subject.as_bytes());
     host.set_property(&[jwt::PROP_ISSUER], id.issuer.as_bytes());
     host.set_property(&[jwt::PROP_SCOPES], scopes.as_bytes());
     for (header, claim) in &w.config.claim_headers {
         if let Some(text) = claim_map.get(claim).and_then(claims::claim_text) {
-            host.set_request_header(header, Some(&text));
+            host.set_request_header(header, Some(text.as_bytes()));
             host.set_property(&[&format!("{}{claim}", jwt::PROP_CLAIMS_PREFIX)], text.as_bytes());
         }
     }
@@ -421,7 +431,7 @@ fn strip_token<H: Host + ?Sized>(
     }
     if new_query != query {
         let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
-        host.set_request_header(":path", Some(&new_path));
+        host.set_request_header(":path", Some(new_path.as_bytes()));
     }
 }
 

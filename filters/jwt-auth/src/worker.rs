@@ -36,7 +36,7 @@ pub fn stat_names() -> Vec<&'static str> {
     names
 }
 
-const DENIED: [&str; 26] = [
+const DENIED: [&str; 27] = [
     "denied.missing_token",
     "denied.multiple_tokens",
     "denied.token_too_large",
@@ -63,6 +63,7 @@ const DENIED: [&str; 26] = [
     "denied.keys_unavailable",
     "denied.inactive_token",
     "denied.introspection_unavailable",
+    "denied.bad_path",
 ];
 
 /// Retries of a compare-and-swap loop.

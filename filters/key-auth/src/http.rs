@@ -11,7 +11,7 @@ use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
 use tollgate_core::key_auth::config::{Config, FailureMode, Source};
 use tollgate_core::key_auth::{self as ka, Deny};
 use tollgate_core::route::{self, RequestFacts};
-use tollgate_host::{Host, LogLevel, grpc_status};
+use tollgate_host::{Host, LogLevel, attributes, grpc_status};
 use tollgate_proto::v1;
 
 use crate::store;
@@ -35,7 +35,8 @@ impl<H: Host> KeyAuthHttp<H> {
         let host = &*self.host;
         // One host call for every header: the key sources, the pseudo-headers and the identity
         // headers a client may have tried to send are all read from it.
-        let headers = host.request_headers();
+        let headers: Vec<(String, String)> =
+            host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity headers are ours to set: never let a client send them upstream.
         for name in ka::IDENTITY_HEADERS {
@@ -51,7 +52,7 @@ impl<H: Host> KeyAuthHttp<H> {
         let mut worker = self.worker.borrow_mut();
         let config = &worker.config;
         let route_name = if config.routes_by_name() {
-            host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok())
+            host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok())
         } else {
             None
         };
@@ -62,7 +63,17 @@ impl<H: Host> KeyAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: path_only, method };
+        // Rules see the normalised path: `//admin` and `/%61dmin` are `/admin` to them.
+        let rule_path = match route::normalize_path(path_only) {
+            Ok(p) => p,
+            Err(_) if !config.routes_by_path() => path_only.into(),
+            Err(refused) => {
+                host.log(LogLevel::Info, &format!("key-auth: path refused ({})", refused.reason()));
+                respond_denied(host, &worker, Deny::BadPath, &request_id, "-");
+                return Action::Pause;
+            }
+        };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method };
         let waiter = Waiter {
             context_id: self.context_id,
             required_scopes: config.required_scopes(&facts).to_vec(),
@@ -276,10 +287,10 @@ fn apply_failure<H: Host + ?Sized>(
 }
 
 fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry) {
-    let scopes = entry.scopes.join(",");
-    host.set_request_header(ka::CONSUMER_HEADER, Some(&entry.consumer_id));
-    host.set_request_header(ka::KEY_ID_HEADER, Some(&entry.key_id));
-    host.set_request_header(ka::SCOPES_HEADER, Some(&scopes));
+    let scopes = ka::scopes_value(&entry.scopes).unwrap_or_default();
+    host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
+    host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
+    host.set_request_header(ka::SCOPES_HEADER, Some(scopes.as_bytes()));
     host.set_property(&[ka::PROP_CONSUMER], entry.consumer_id.as_bytes());
     host.set_property(&[ka::PROP_KEY_ID], entry.key_id.as_bytes());
     host.set_property(&[ka::PROP_SCOPES], scopes.as_bytes());
@@ -338,6 +349,6 @@ fn hide_credentials<H: Host + ?Sized>(
     }
     if new_query != query {
         let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
-        host.set_request_header(":path", Some(&new_path));
+        host.set_request_header(":path", Some(new_path.as_bytes()));
     }
 }

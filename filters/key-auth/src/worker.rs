@@ -23,6 +23,7 @@ pub const STATS: &[&str] = &[
     "denied.expired_key",
     "denied.insufficient_scope",
     "denied.key_service_unavailable",
+    "denied.bad_path",
     "cache_hit",
     "cache_miss",
     "cache_stale_used",

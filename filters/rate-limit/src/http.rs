@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use tollgate_core::error::ErrorBody;
 use tollgate_core::key_auth as ka;
 use tollgate_core::rate_limit::bucket::{Class, Limit};
 use tollgate_core::rate_limit::config::{
@@ -13,7 +14,7 @@ use tollgate_core::rate_limit::config::{
 use tollgate_core::rate_limit::descriptor::{self, Part};
 use tollgate_core::rate_limit::{self as rl, RuleStatus};
 use tollgate_core::route::{self, RequestFacts};
-use tollgate_host::{Host, LogLevel};
+use tollgate_host::{Host, LogLevel, attributes};
 
 use crate::root::Worker;
 
@@ -55,7 +56,7 @@ impl<'h, H: Host> Facts<'h, H> {
     }
 
     fn route_name(&self) -> Option<&str> {
-        self.route_name.get_or_init(|| text(self.host.property(&["route_name"]))).as_deref()
+        self.route_name.get_or_init(|| text(self.host.property(attributes::ROUTE_NAME))).as_deref()
     }
 
     fn ip(&self) -> Option<&str> {
@@ -65,7 +66,7 @@ impl<'h, H: Host> Facts<'h, H> {
                     .host
                     .request_header("x-forwarded-for")
                     .and_then(|xff| descriptor::forwarded_for_hop(&xff, hop).map(str::to_owned)),
-                None => text(self.host.property(&["source", "address"]))
+                None => text(self.host.property(attributes::SOURCE_ADDRESS))
                     .and_then(|a| descriptor::ip_of_address(&a).map(str::to_owned)),
             })
             .as_deref()
@@ -136,7 +137,30 @@ impl<H: Host> RateLimitHttp<H> {
         };
         let full_path = read(":path", needs_path);
         let method = read(":method", needs_method);
-        let (path, _) = route::split_path(&full_path);
+        let (raw_path, _) = route::split_path(&full_path);
+        // Rules and `by: ["path"]` see the normalised path: `//a` and `/%61` are `/a` to them, so
+        // a client cannot spell its way into a fresh bucket or past a rule.
+        let path = match route::normalize_path(raw_path) {
+            Ok(p) => p,
+            Err(refused) => {
+                worker.counters.inc(host, "denied.bad_path");
+                host.log(LogLevel::Info, &format!("rate-limit: path refused ({})", refused.reason()));
+                let request_id = host.request_header("x-request-id").unwrap_or_default();
+                let body = ErrorBody {
+                    error: "bad_request",
+                    message: route::PATH_REFUSED_MESSAGE,
+                    request_id: &request_id,
+                }
+                .to_json();
+                host.send_response(
+                    route::PATH_REFUSED_STATUS,
+                    &[("content-type", "application/json")],
+                    &body,
+                );
+                return Action::Pause;
+            }
+        };
+        let path = &*path;
         let facts = Facts::new(host, config.forwarded_for_hop);
         let needs_route = config.rules.iter().any(|r| r.matcher.route_name.is_some());
         let route_name = if needs_route { facts.route_name().map(str::to_owned) } else { None };
@@ -244,7 +268,7 @@ impl<H: Host> RateLimitHttp<H> {
 
     fn on_response(&mut self) {
         for (name, value) in std::mem::take(&mut self.pending) {
-            self.host.set_response_header(name, Some(&value));
+            self.host.set_response_header(name, Some(value.as_bytes()));
         }
     }
 }

@@ -21,7 +21,8 @@ pub const RULE_STATS: &[&str] = &[
     "collisions",
 ];
 /// Stats of the filter, under `tollgate.rate_limit.`.
-pub const STATS: &[&str] = &["failure_mode_allowed", "failure_mode_denied", "slots_initialized"];
+pub const STATS: &[&str] =
+    &["failure_mode_allowed", "failure_mode_denied", "slots_initialized", "denied.bad_path"];
 
 /// What one worker's HTTP contexts share: immutable after configure.
 pub struct Worker {

@@ -219,7 +219,7 @@ fn missing_descriptor_follows_the_fallback() {
     // `ip`: requests without a consumer share their IP's bucket.
     let by_ip = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "ip""#);
     let mut gw = Gateway::new(&by_ip);
-    gw.host.with_property(&["source", "address"], b"10.0.0.1:1234");
+    gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"10.0.0.1:1234");
     assert_eq!(gw.allowed_of(5, "/", &[], &[]), 2);
 }
 
@@ -243,7 +243,7 @@ fn client_ip_comes_from_the_trusted_forwarded_for_hop() {
     let config = r#"{"slots": 1024, "client_ip": {"forwarded_for_hop": 2},
         "rules": [{"name": "ip", "by": ["ip"], "missing": "skip", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
     let mut gw = Gateway::new(config);
-    gw.host.with_property(&["source", "address"], b"10.0.0.1:1234");
+    gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"10.0.0.1:1234");
     let one = [("x-forwarded-for", "203.0.113.1, 10.9.9.9")];
     let two = [("x-forwarded-for", "203.0.113.2, 10.9.9.9")];
     assert_eq!(gw.allowed_of(3, "/", &one, &[]), 1);
@@ -282,7 +282,7 @@ fn rules_match_routes_paths_and_methods() {
         {"name": "api", "match": {"path_prefix": "/api", "route_name": "main"}, "limits": [{"rate": 1, "per": "hour"}]},
         {"name": "post", "match": {"methods": ["POST"]}, "limits": [{"rate": 1, "per": "hour"}]}]}"#;
     let mut gw = Gateway::new(config);
-    gw.host.with_property(&["route_name"], b"main");
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"main");
     assert_eq!(gw.allowed_of(3, "/api/x?q=1", &[], &[]), 1);
     assert_eq!(gw.allowed_of(3, "/web", &[], &[]), 3);
     assert_eq!(gw.host.counter("tollgate.rate_limit.rule.api.allowed"), 1);

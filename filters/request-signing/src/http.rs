@@ -15,7 +15,7 @@ use tollgate_core::signature::digest;
 use tollgate_core::signature::replay::{self, ReplayEntry};
 use tollgate_core::signature::verify::{self, Candidate, Deny, KeyMaterial, Policy};
 use tollgate_core::signature::{CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT};
-use tollgate_host::{Host, LogLevel, grpc_status};
+use tollgate_host::{Host, LogLevel, attributes, grpc_status};
 use tollgate_proto::v1;
 
 use crate::root::{SERVICE, Shared, Worker, denied_name};
@@ -82,9 +82,13 @@ impl<H: Host> SigningHttp<H> {
         self.request_id = host.request_header("x-request-id").unwrap_or_default();
         let target = host.request_header(":path").unwrap_or_default();
         let method = host.request_header(":method").unwrap_or_default();
-        let route_name = host.property(&["route_name"]).and_then(|b| String::from_utf8(b).ok());
-        let headers: Vec<(String, String)> =
-            host.request_headers().into_iter().filter(|(n, _)| !n.starts_with(':')).collect();
+        let route_name = host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok());
+        let headers: Vec<(String, String)> = host
+            .request_headers()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(n, v)| (n, tollgate_host::lossy(v)))
+            .collect();
         let worker = Rc::clone(&self.worker);
         let w = worker.borrow();
         let now_s = (host.now_ms() / 1000) as i64;
@@ -96,11 +100,19 @@ impl<H: Host> SigningHttp<H> {
             return Action::Pause;
         }
         let has_body = !end_of_stream;
-        let facts = RequestFacts {
-            route_name: route_name.as_deref(),
-            path: route::split_path(&target).0,
-            method: &method,
+        // Rules see the normalised path: `//admin` and `/%61dmin` are `/admin` to them.
+        let raw_path = route::split_path(&target).0;
+        let rule_path = match route::normalize_path(raw_path) {
+            Ok(p) => p,
+            Err(_) if !w.config.routes_by_path() => raw_path.into(),
+            Err(refused) => {
+                host.log(LogLevel::Info, &format!("request-signing: path refused ({})", refused.reason()));
+                drop(w);
+                self.deny(Deny::BadPath, "-");
+                return Action::Pause;
+            }
         };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method: &method };
         let policy = w.config.policy_for(&facts).clone();
         let input = host.request_header(SIGNATURE_INPUT);
         let signature = host.request_header(SIGNATURE);
@@ -339,8 +351,8 @@ pub fn entry_from_reply(key_id: &str, now_ms: u64, r: &v1::GetSigningKeyResponse
 }
 
 fn set_identity<H: Host + ?Sized>(host: &H, entry: &MaterialEntry) {
-    host.set_request_header(ka::CONSUMER_HEADER, Some(&entry.consumer_id));
-    host.set_request_header(ka::KEY_ID_HEADER, Some(&entry.key_id));
+    host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
+    host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
     host.set_property(&[ka::PROP_CONSUMER], entry.consumer_id.as_bytes());
     host.set_property(&[ka::PROP_KEY_ID], entry.key_id.as_bytes());
 }

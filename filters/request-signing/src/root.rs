@@ -57,10 +57,10 @@ pub fn stat_names() -> Vec<&'static str> {
     names
 }
 
-const DENIED_STATS: [&str; 25] = {
-    let mut out = [""; 25];
+const DENIED_STATS: [&str; Deny::ALL.len()] = {
+    let mut out = [""; Deny::ALL.len()];
     let mut i = 0;
-    while i < 25 {
+    while i < Deny::ALL.len() {
         out[i] = denied_name(Deny::ALL[i]);
         i += 1;
     }
@@ -95,6 +95,7 @@ pub const fn denied_name(deny: Deny) -> &'static str {
         Deny::ReplayStoreFull => "denied.replay_store_full",
         Deny::BodyTooLarge => "denied.body_too_large",
         Deny::KeyServiceUnavailable => "denied.key_service_unavailable",
+        Deny::BadPath => "denied.bad_path",
     }
 }
 

@@ -7,7 +7,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::error::ErrorBody;
 use tollgate_core::transform::{self as tf, BodyOutcome, BodyPlan, HeaderEdit, Matched, Request};
-use tollgate_host::{Host, LogLevel};
+use tollgate_host::{Host, LogLevel, attributes};
 
 use crate::root::Filter;
 
@@ -55,9 +55,10 @@ impl<H: Host> TransformHttp<H> {
         if config.rules.is_empty() {
             return Action::Continue;
         }
-        let mut req = Request::from_headers(host.request_headers());
+        let mut req = Request::from_headers(lossy_pairs(host.request_headers()));
         if config.uses_route_name() {
-            req.route_name = host.property(&["route_name"]).map(|b| String::from_utf8_lossy(&b).into_owned());
+            req.route_name =
+                host.property(attributes::ROUTE_NAME).map(|b| String::from_utf8_lossy(&b).into_owned());
         }
         let matched = config.matching(&req);
         if matched.is_empty() {
@@ -76,11 +77,11 @@ impl<H: Host> TransformHttp<H> {
         let change = tf::request_head(config, &req, &matched);
         self.count_errors(&change.errors);
         for edit in &change.edits {
-            match edit {
-                HeaderEdit::Set(n, v) => host.set_request_header(n, Some(v)),
-                HeaderEdit::Add(n, v) => host.add_request_header(n, v),
+            let _ = match edit {
+                HeaderEdit::Set(n, v) => host.set_request_header(n, Some(v.as_bytes())),
+                HeaderEdit::Add(n, v) => host.add_request_header(n, v.as_bytes()),
                 HeaderEdit::Remove(n) => host.set_request_header(n, None),
-            }
+            };
         }
 
         if config.wants_request_body(&matched) && !end_of_stream {
@@ -211,7 +212,7 @@ impl<H: Host> TransformHttp<H> {
         if !config.has_response_ops(&self.matched) {
             return Action::Continue;
         }
-        let headers = host.response_headers();
+        let headers = lossy_pairs(host.response_headers());
         let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let status = find(":status").and_then(|s| s.parse::<u32>().ok());
         let (content_type, encoding, length) =
@@ -219,11 +220,11 @@ impl<H: Host> TransformHttp<H> {
         let change = tf::response_head(config, req, &self.matched, status, headers);
         self.count_errors(&change.errors);
         for edit in &change.edits {
-            match edit {
-                HeaderEdit::Set(n, v) => host.set_response_header(n, Some(v)),
-                HeaderEdit::Add(n, v) => host.add_response_header(n, v),
+            let _ = match edit {
+                HeaderEdit::Set(n, v) => host.set_response_header(n, Some(v.as_bytes())),
+                HeaderEdit::Add(n, v) => host.add_response_header(n, v.as_bytes()),
                 HeaderEdit::Remove(n) => host.set_response_header(n, None),
-            }
+            };
         }
         if !config.wants_response_body(&self.matched) || end_of_stream {
             return Action::Continue;
@@ -289,4 +290,9 @@ impl<H: Host> HttpContext for TransformHttp<H> {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.on_body(Side::Response, body_size, end_of_stream)
     }
+}
+
+/// Header pairs as text, bytes that are not UTF-8 replaced.
+fn lossy_pairs(pairs: Vec<(String, Vec<u8>)>) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect()
 }

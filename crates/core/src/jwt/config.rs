@@ -270,6 +270,11 @@ impl Config {
 
     /// The rule for a request: the first matching one, else `None` (all providers, no
     /// requirements).
+    /// Whether any rule matches on the path.
+    pub fn routes_by_path(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.path_prefix.is_some())
+    }
+
     pub fn rule(&self, req: &crate::route::RequestFacts<'_>) -> Option<&RouteRule> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }

@@ -66,10 +66,12 @@ pub enum Deny {
     KeysUnavailable,
     InactiveToken,
     IntrospectionFailed,
+    /// The path cannot be matched against the route rules (see [`crate::route::normalize_path`]).
+    BadPath,
 }
 
 impl Deny {
-    pub const ALL: [Deny; 26] = [
+    pub const ALL: [Deny; 27] = [
         Deny::MissingToken,
         Deny::MultipleTokens,
         Deny::TokenTooLarge,
@@ -96,12 +98,14 @@ impl Deny {
         Deny::KeysUnavailable,
         Deny::InactiveToken,
         Deny::IntrospectionFailed,
+        Deny::BadPath,
     ];
 
     pub fn status(self) -> u32 {
         match self {
             Deny::InsufficientScope | Deny::ClaimMismatch => 403,
             Deny::KeysUnavailable | Deny::IntrospectionFailed => 503,
+            Deny::BadPath => crate::route::PATH_REFUSED_STATUS,
             _ => 401,
         }
     }
@@ -109,6 +113,7 @@ impl Deny {
     /// The `error` field of the JSON body.
     pub fn code(self) -> &'static str {
         match self.status() {
+            400 => "bad_request",
             403 => "forbidden",
             503 => "unavailable",
             _ => "unauthorized",
@@ -120,7 +125,7 @@ impl Deny {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
             Deny::MissingToken | Deny::KeysUnavailable | Deny::IntrospectionFailed => None,
-            Deny::MultipleTokens => Some("invalid_request"),
+            Deny::MultipleTokens | Deny::BadPath => Some("invalid_request"),
             Deny::InsufficientScope | Deny::ClaimMismatch => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
@@ -142,6 +147,7 @@ impl Deny {
             Deny::KeysUnavailable => "the identity provider's keys are unavailable; try again later",
             Deny::IntrospectionFailed => "the identity provider cannot check the token now; try again later",
             Deny::InactiveToken => "the token is not active",
+            Deny::BadPath => crate::route::PATH_REFUSED_MESSAGE,
             Deny::BadSignature | Deny::UnknownKid | Deny::NoMatchingKey => {
                 "the token's signature is not valid"
             }
@@ -178,6 +184,7 @@ impl Deny {
             Deny::KeysUnavailable => "keys_unavailable",
             Deny::InactiveToken => "inactive_token",
             Deny::IntrospectionFailed => "introspection_unavailable",
+            Deny::BadPath => "bad_path",
         }
     }
 

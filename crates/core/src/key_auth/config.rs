@@ -242,6 +242,10 @@ impl Config {
         self.routes.iter().any(|r| r.matcher.route_name.is_some())
     }
 
+    pub fn routes_by_path(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.path_prefix.is_some())
+    }
+
     /// The scopes required for a request: those of the first matching rule, else none.
     pub fn required_scopes(&self, req: &crate::route::RequestFacts<'_>) -> &[String] {
         self.routes.iter().find(|r| r.matcher.matches(req)).map_or(&[][..], |r| r.scopes.as_slice())

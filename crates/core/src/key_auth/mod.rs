@@ -21,6 +21,16 @@ pub const PROP_TIER: &str = "tollgate.tier";
 /// `<rate>/<period seconds>/<burst>` (e.g. `10/1/20,1000/86400/1000`). See [`format_limits`].
 pub const PROP_RATE_LIMIT: &str = "tollgate.rate_limit";
 
+/// The scopes as published in [`SCOPES_HEADER`] and [`PROP_SCOPES`]: separated by one space, as in
+/// OAuth 2.0's `scope` (RFC 6749 §3.3). A scope never contains a space (the key service refuses
+/// whitespace in scopes; a JWT `scope` claim is split on spaces), so the list reads back exactly;
+/// a comma would not do, since `read,admin` is a valid scope. `None` when a scope holds a space or
+/// a byte that cannot travel in a header, so the caller refuses rather than publish a wrong list.
+pub fn scopes_value(scopes: &[String]) -> Option<String> {
+    let publishable = |s: &String| !s.is_empty() && s.bytes().all(|b| b > 0x20 && b != 0x7f);
+    scopes.iter().all(publishable).then(|| scopes.join(" "))
+}
+
 /// Encodes limits for [`PROP_RATE_LIMIT`].
 pub fn format_limits(limits: &[cache::Limit]) -> String {
     limits.iter().map(|l| format!("{}/{}/{}", l.rate, l.period_secs, l.burst)).collect::<Vec<_>>().join(",")
@@ -54,11 +64,14 @@ pub enum Deny {
     Expired,
     InsufficientScope,
     KeyServiceUnavailable,
+    /// The path cannot be matched against the route rules (see [`crate::route::normalize_path`]).
+    BadPath,
 }
 
 impl Deny {
     pub fn status(self) -> u32 {
         match self {
+            Self::BadPath => crate::route::PATH_REFUSED_STATUS,
             Self::InsufficientScope => 403,
             Self::KeyServiceUnavailable => 503,
             _ => 401,
@@ -70,6 +83,7 @@ impl Deny {
         match self {
             Self::InsufficientScope => "forbidden",
             Self::KeyServiceUnavailable => "unavailable",
+            Self::BadPath => "bad_request",
             _ => "unauthorized",
         }
     }
@@ -81,6 +95,7 @@ impl Deny {
             Self::MultipleKeys => "send one API key, not several",
             Self::InsufficientScope => "the API key lacks a scope this route requires",
             Self::KeyServiceUnavailable => "the key service is unavailable; try again later",
+            Self::BadPath => crate::route::PATH_REFUSED_MESSAGE,
             _ => "the API key is not valid",
         }
     }
@@ -96,11 +111,12 @@ impl Deny {
             Self::Expired => "expired_key",
             Self::InsufficientScope => "insufficient_scope",
             Self::KeyServiceUnavailable => "key_service_unavailable",
+            Self::BadPath => "bad_path",
         }
     }
 
     /// Every reason, for defining one stat each up front.
-    pub const ALL: [Deny; 8] = [
+    pub const ALL: [Deny; 9] = [
         Self::MissingKey,
         Self::MultipleKeys,
         Self::Malformed(KeyFormatError::Empty),
@@ -109,6 +125,7 @@ impl Deny {
         Self::Expired,
         Self::InsufficientScope,
         Self::KeyServiceUnavailable,
+        Self::BadPath,
     ];
 }
 

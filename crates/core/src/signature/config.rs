@@ -110,6 +110,11 @@ pub struct Config {
 
 impl Config {
     /// The policy for a request.
+    /// Whether any route policy matches on the path.
+    pub fn routes_by_path(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.path_prefix.is_some())
+    }
+
     pub fn policy_for(&self, facts: &RequestFacts<'_>) -> &Policy {
         self.routes.iter().find(|r| r.matcher.matches(facts)).map_or(&self.policy, |r| &r.policy)
     }

@@ -82,6 +82,8 @@ pub enum Deny {
     ReplayStoreFull,
     BodyTooLarge,
     KeyServiceUnavailable,
+    /// The path cannot be matched against the route rules (see [`crate::route::normalize_path`]).
+    BadPath,
 }
 
 impl Deny {
@@ -113,11 +115,12 @@ impl Deny {
             Self::ReplayStoreFull => "replay_store_full",
             Self::BodyTooLarge => "body_too_large",
             Self::KeyServiceUnavailable => "key_service_unavailable",
+            Self::BadPath => "bad_path",
         }
     }
 
     /// Every reason, for defining stats.
-    pub const ALL: [Deny; 25] = [
+    pub const ALL: [Deny; 26] = [
         Self::MissingSignature,
         Self::MalformedSignature,
         Self::LabelNotFound,
@@ -143,18 +146,21 @@ impl Deny {
         Self::ReplayStoreFull,
         Self::BodyTooLarge,
         Self::KeyServiceUnavailable,
+        Self::BadPath,
     ];
 
     pub fn status(self) -> u32 {
         match self {
             Self::BodyTooLarge => 413,
             Self::KeyServiceUnavailable | Self::ReplayStoreFull => 503,
+            Self::BadPath => crate::route::PATH_REFUSED_STATUS,
             _ => 401,
         }
     }
 
     pub fn code(self) -> &'static str {
         match self.status() {
+            400 => "bad_request",
             413 => "payload_too_large",
             503 => "unavailable",
             _ => "unauthorized",
@@ -164,6 +170,7 @@ impl Deny {
     /// What the client is told: uniform per status, never the precise reason.
     pub fn message(self) -> &'static str {
         match self.status() {
+            400 => crate::route::PATH_REFUSED_MESSAGE,
             413 => "request body is too large",
             503 => "request could not be verified; try again",
             _ => "a valid HTTP message signature is required",
