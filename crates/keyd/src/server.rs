@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
 use crate::error::{Error, Result};
+use crate::files;
 use crate::master::{self, MasterKeys};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
@@ -110,12 +111,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Creates the data directory and loads (or generates, mode 0600) the pepper and token files.
+    /// Creates the data directory (0700; an existing one open to others gets a warning) and loads
+    /// (or generates, mode 0600) the pepper and token files.
     pub fn prepare(options: &Options) -> Result<Self> {
         create_private_dir(&options.data_dir)?;
+        files::warn_if_open_dir(&options.data_dir);
         let db_path = options.db_path();
         if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent)?;
+            if parent != options.data_dir {
+                files::warn_if_open_dir(parent);
+            }
         }
         let pepper = Pepper::load_or_create(&options.pepper_path())?;
         let admin_token = match &options.admin_token {
