@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
 use crate::error::{Error, Result};
+use crate::feed::{self, Feed};
 use crate::files;
 use crate::master::{self, MasterKeys};
 use crate::secrets::{Pepper, Token};
@@ -104,7 +105,7 @@ pub struct Config {
     pub master_keys: MasterKeys,
     /// How often last-use times are written.
     pub usage_flush_interval: Duration,
-    /// How often a WatchChanges stream polls the store without a local wake-up.
+    /// How often the change feed polls the store without a local wake-up (other writers).
     pub feed_poll_interval: Duration,
     /// After a shutdown signal, how long open connections get to finish before the server stops.
     pub drain_timeout: Duration,
@@ -193,14 +194,11 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let usage = Arc::new(UsageTracker::default());
-    let service = KeyServiceImpl::new(
-        Arc::clone(&store),
-        config.pepper,
-        Arc::clone(&usage),
-        stop_rx.clone(),
-        config.feed_poll_interval,
-    )
-    .with_master_keys(config.master_keys.clone());
+    let (feed, feed_reader) =
+        Feed::start(Arc::clone(&store), stop_rx.clone(), config.feed_poll_interval, feed::TAIL_CAPACITY)
+            .await?;
+    let service = KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed)
+        .with_master_keys(config.master_keys.clone());
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -266,6 +264,7 @@ pub async fn serve(
         }
     };
     flusher.abort();
+    feed_reader.abort();
     if let Err(err) = usage.flush(&store).await {
         tracing::warn!(error = %err, "could not record key usage");
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::key_service_client::KeyServiceClient;
 use tonic::Request;
+use tonic::transport::Channel;
 
 fn spawn(dir: &Path, extra: &[&str]) -> (Child, String) {
     spawn_with(dir, &dir.join("addr"), extra, Stdio::null())
@@ -265,4 +266,87 @@ async fn every_file_in_an_existing_open_data_directory_is_created_and_kept_0600(
             "no tightening logged for {name}: {second}"
         );
     }
+}
+
+/// The number of threads of process `pid`, from `/proc/<pid>/status`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_thousand_watchers_get_every_change_from_a_bounded_number_of_threads() {
+    const STREAMS: usize = 1000;
+    const CONNECTIONS: usize = 4;
+    // The runtime keeps one worker per CPU. Everything else (the main thread and the blocking
+    // threads of the few store calls running at once: the feed reader, catch-up reads, this
+    // test's own calls) fits well under 32. A thread per waking stream does not.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let bound = workers + 32;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn(dir.path(), &[]);
+    let pid = child.id();
+    let admin = token(dir.path(), "admin.token");
+    let data = token(dir.path(), "dataplane.token");
+    let mut client = connect(&addr).await;
+    let key = client
+        .create_key(bearer(
+            pb::CreateKeyRequest { consumer: "quinn".into(), create_consumer: true, ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let backlog: Vec<u64> = client
+        .list_changes(bearer(pb::ListChangesRequest::default(), &data))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert!(!backlog.is_empty());
+
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..CONNECTIONS {
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut watcher = KeyServiceClient::new(channel);
+        for _ in 0..STREAMS / CONNECTIONS {
+            let request = bearer(pb::WatchChangesRequest { after_seq: 0 }, &data);
+            streams.push(watcher.watch_changes(request).await.unwrap().into_inner());
+        }
+    }
+    let mut peak = threads(pid);
+    let deadline = Duration::from_secs(30);
+    for stream in &mut streams {
+        for seq in &backlog {
+            let change = tokio::time::timeout(deadline, stream.message()).await.unwrap().unwrap().unwrap();
+            assert_eq!(change.seq, *seq);
+        }
+    }
+    peak = peak.max(threads(pid));
+
+    // One change wakes every stream at once.
+    client
+        .revoke_key(bearer(pb::RevokeKeyRequest { id: key.id.clone(), reason: String::new() }, &admin))
+        .await
+        .unwrap();
+    let expected = backlog.last().unwrap() + 1;
+    for stream in &mut streams {
+        let change = tokio::time::timeout(deadline, stream.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!((change.seq, change.kind), (expected, pb::ChangeKind::KeyRevoked as i32));
+        assert_eq!(change.key_id, key.id);
+    }
+    peak = peak.max(threads(pid));
+    eprintln!("{STREAMS} watching streams: at most {peak} threads (bound {bound})");
+    assert!(peak <= bound, "{peak} threads for {STREAMS} watching streams (bound {bound})");
+
+    drop(streams);
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert!(wait_exit(&mut child).await.success());
 }
