@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod feed;
+pub mod files;
 pub mod master;
 pub mod model;
 pub mod secrets;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_keyd::files;
 use tollgate_keyd::master::{MasterKeys, reseal_all};
 use tollgate_keyd::{Config, Options, SqliteStore, Store};
 use tracing_subscriber::EnvFilter;
@@ -123,12 +124,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Writes the file whole or not at all, so a reader never sees half an address.
-fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
+/// Writes the file (mode 0600) whole or not at all, so a reader never sees half an address.
+fn write_addr_file(path: &Path, addr: &str) -> Result<(), String> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, path)
+    let tmp = PathBuf::from(tmp);
+    // Left over from a start that stopped between writing and renaming.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove {}: {e}", tmp.display())),
+    }
+    files::write_private(&tmp, format!("{addr}\n").as_bytes()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -165,8 +173,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
     if let Some(path) = &cli.addr_file {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        write_addr_file(path, &addr.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_addr_file(path, &addr.to_string())?;
     }
     tollgate_keyd::serve(config, listener, shutdown_signal()).await.map_err(|e| e.to_string())
 }

@@ -6,13 +6,13 @@
 //! re-encrypts every stored secret under it (`tollgate-keyd rotate-master-key`, or at startup
 //! whenever rows under an older version are found).
 
-use std::io::ErrorKind;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
 use crate::error::{Error, Result};
+use crate::files::{read_private, write_private};
 use crate::secrets::random_bytes;
 
 /// A secret encrypted under one master-key version.
@@ -80,18 +80,23 @@ impl MasterKeys {
         out
     }
 
-    /// Reads the key file, creating it with one fresh key (version 1, mode 0600) when absent.
+    /// Reads the key file (made private if others can read it), creating it with one fresh key
+    /// (version 1, mode 0600) when absent.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text)
-                .map_err(|e| Error::Internal(format!("master key file {}: {e}", path.display()))),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+        match read_private(path)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Error::Internal(format!("master key file {} is not UTF-8", path.display()))
+                })?;
+                Self::parse(&text)
+                    .map_err(|e| Error::Internal(format!("master key file {}: {e}", path.display())))
+            }
+            None => {
                 let keys = Self { keys: vec![(1, random_bytes::<32>()?)] };
-                crate::secrets::write_private(path, keys.to_text().as_bytes())?;
+                write_private(path, keys.to_text().as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new master key");
                 Ok(keys)
             }
-            Err(e) => Err(Error::internal(&format!("reading master key file {}", path.display()), e)),
         }
     }
 
@@ -143,7 +148,7 @@ impl MasterKeys {
         tmp.push(".new");
         let tmp = std::path::PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
-        crate::secrets::write_private(&tmp, self.to_text().as_bytes())?;
+        write_private(&tmp, self.to_text().as_bytes())?;
         std::fs::rename(&tmp, path).map_err(|e| Error::internal(&format!("replacing {}", path.display()), e))
     }
 }

@@ -1,13 +1,12 @@
 //! Randomness, generated ids, the pepper and the access tokens.
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::files::{read_private, write_private};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -69,10 +68,11 @@ impl Pepper {
         Self(bytes)
     }
 
-    /// Reads the pepper file (32 raw bytes), creating it with mode 0600 when absent.
+    /// Reads the pepper file (32 raw bytes; made private if others can read it), creating it
+    /// with mode 0600 when absent.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
+        match read_private(path)? {
+            Some(bytes) => {
                 let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
                     Error::Internal(format!(
                         "pepper file {}: expected 32 bytes, found {}",
@@ -82,13 +82,12 @@ impl Pepper {
                 })?;
                 Ok(Self(bytes))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+            None => {
                 let bytes = random_bytes::<32>()?;
                 write_private(path, &bytes)?;
                 tracing::info!(path = %path.display(), "generated a new pepper");
                 Ok(Self(bytes))
             }
-            Err(e) => Err(Error::internal(&format!("reading pepper file {}", path.display()), e)),
         }
     }
 
@@ -131,36 +130,24 @@ impl Token {
         Sha256::digest(self.0.as_bytes()).into()
     }
 
-    /// Reads a token file (surrounding whitespace ignored), creating it with `prefix` + 40 random
-    /// base62 characters and mode 0600 when absent.
+    /// Reads a token file (surrounding whitespace ignored; made private if others can read it),
+    /// creating it with `prefix` + 40 random base62 characters and mode 0600 when absent.
     pub fn load_or_create(path: &Path, prefix: &str) -> Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::new(text.trim().to_owned())
-                .map_err(|_| Error::Internal(format!("token file {} is empty", path.display()))),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+        match read_private(path)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::Internal(format!("token file {} is not UTF-8", path.display())))?;
+                Self::new(text.trim().to_owned())
+                    .map_err(|_| Error::Internal(format!("token file {} is empty", path.display())))
+            }
+            None => {
                 let token = format!("{prefix}{}", random_base62(40)?);
                 write_private(path, format!("{token}\n").as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new token");
                 Ok(Self(token))
             }
-            Err(e) => Err(Error::internal(&format!("reading token file {}", path.display()), e)),
         }
     }
-}
-
-/// Creates `path` (it must not exist) readable only by the owner, and syncs it.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let context = format!("creating {}", path.display());
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|e| Error::internal(&context, e))?;
-    file.write_all(bytes).map_err(|e| Error::internal(&context, e))?;
-    file.sync_all().map_err(|e| Error::internal(&context, e))
 }
 
 #[cfg(test)]

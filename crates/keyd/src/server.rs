@@ -14,6 +14,8 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
 use crate::error::{Error, Result};
+use crate::feed::{self, Feed};
+use crate::files;
 use crate::master::{self, MasterKeys};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
@@ -103,19 +105,24 @@ pub struct Config {
     pub master_keys: MasterKeys,
     /// How often last-use times are written.
     pub usage_flush_interval: Duration,
-    /// How often a WatchChanges stream polls the store without a local wake-up.
+    /// How often the change feed polls the store without a local wake-up (other writers).
     pub feed_poll_interval: Duration,
     /// After a shutdown signal, how long open connections get to finish before the server stops.
     pub drain_timeout: Duration,
 }
 
 impl Config {
-    /// Creates the data directory and loads (or generates, mode 0600) the pepper and token files.
+    /// Creates the data directory (0700; an existing one open to others gets a warning) and loads
+    /// (or generates, mode 0600) the pepper and token files.
     pub fn prepare(options: &Options) -> Result<Self> {
         create_private_dir(&options.data_dir)?;
+        files::warn_if_open_dir(&options.data_dir);
         let db_path = options.db_path();
         if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent)?;
+            if parent != options.data_dir {
+                files::warn_if_open_dir(parent);
+            }
         }
         let pepper = Pepper::load_or_create(&options.pepper_path())?;
         let admin_token = match &options.admin_token {
@@ -187,14 +194,11 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let usage = Arc::new(UsageTracker::default());
-    let service = KeyServiceImpl::new(
-        Arc::clone(&store),
-        config.pepper,
-        Arc::clone(&usage),
-        stop_rx.clone(),
-        config.feed_poll_interval,
-    )
-    .with_master_keys(config.master_keys.clone());
+    let (feed, feed_reader) =
+        Feed::start(Arc::clone(&store), stop_rx.clone(), config.feed_poll_interval, feed::TAIL_CAPACITY)
+            .await?;
+    let service = KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed)
+        .with_master_keys(config.master_keys.clone());
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -260,6 +264,7 @@ pub async fn serve(
         }
     };
     flusher.abort();
+    feed_reader.abort();
     if let Err(err) = usage.flush(&store).await {
         tracing::warn!(error = %err, "could not record key usage");
     }

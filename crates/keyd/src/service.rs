@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::key_service_server::KeyService;
@@ -13,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::error::{Error, Result};
+use crate::feed::Feed;
 use crate::master::MasterKeys;
 use crate::model::{
     ConsumerPatch, Ctx, KeyFilter, KeyPatch, NewConsumer, NewKey, NewSigning, Rotation, SigningAlgorithm,
@@ -75,41 +75,25 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::internal("storage task", e))?
 }
 
+/// Changes a WatchChanges stream holds for a slow client, besides what its watcher holds.
+const WATCH_BUFFER: usize = 64;
+
 /// The `KeyService` implementation.
 #[derive(Clone)]
 pub struct KeyServiceImpl {
     store: Arc<dyn Store>,
     pepper: Arc<Pepper>,
     usage: Arc<UsageTracker>,
-    /// Bumped after every committed mutation; wakes WatchChanges streams.
-    feed: Arc<watch::Sender<()>>,
-    /// Becomes `true` when the server shuts down; ends WatchChanges streams.
-    shutdown: watch::Receiver<bool>,
-    /// How often a WatchChanges stream polls the store even without a wake-up (other replicas).
-    poll_interval: Duration,
+    /// Serves WatchChanges streams; told after every committed mutation.
+    feed: Feed,
     /// Encrypts and decrypts HMAC signing secrets; without it, HMAC signing keys are refused.
     master: Option<Arc<MasterKeys>>,
 }
 
 impl KeyServiceImpl {
-    /// A service over `store`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        pepper: Pepper,
-        usage: Arc<UsageTracker>,
-        shutdown: watch::Receiver<bool>,
-        poll_interval: Duration,
-    ) -> Self {
-        let (feed, _) = watch::channel(());
-        Self {
-            store,
-            pepper: Arc::new(pepper),
-            usage,
-            feed: Arc::new(feed),
-            shutdown,
-            poll_interval,
-            master: None,
-        }
+    /// A service over `store`, with `feed` (reading the same store) for WatchChanges.
+    pub fn new(store: Arc<dyn Store>, pepper: Pepper, usage: Arc<UsageTracker>, feed: Feed) -> Self {
+        Self { store, pepper: Arc::new(pepper), usage, feed, master: None }
     }
 
     /// Adds the master keys that protect HMAC signing secrets.
@@ -142,7 +126,7 @@ impl KeyServiceImpl {
         f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let out = self.run(f).await?;
-        self.feed.send_replace(());
+        self.feed.notify();
         Ok(out)
     }
 
@@ -479,42 +463,21 @@ impl KeyService for KeyServiceImpl {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Reply<Self::WatchChangesStream> {
-        let mut after = request.into_inner().after_seq;
-        let (tx, rx) = mpsc::channel(256);
-        let mut wake = self.feed.subscribe();
-        let mut shutdown = self.shutdown.clone();
-        let store = Arc::clone(&self.store);
-        let poll_interval = self.poll_interval;
+        let mut watcher = self.feed.watch(request.into_inner().after_seq);
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
             loop {
-                if *shutdown.borrow() {
-                    return;
-                }
-                // Mark the current version seen before reading, so a commit after the read wakes us.
-                wake.borrow_and_update();
-                let batch = blocking(&store, move |s| s.list_changes(after, validate::MAX_CHANGES)).await;
-                let changes = match batch {
-                    Ok((changes, _)) => changes,
-                    Err(err) => {
-                        let _ = tx.send(Err(err.into())).await;
-                        return;
-                    }
+                let next = tokio::select! {
+                    next = watcher.next() => next,
+                    () = tx.closed() => return,
                 };
-                let full = changes.len() == validate::MAX_CHANGES;
-                for change in changes {
-                    after = change.seq;
-                    if tx.send(Ok(validate::change_to_proto(change))).await.is_err() {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
+                // `None`: the server is shutting down; the stream ends and the client resumes
+                // from the last seq it got.
+                let Some(next) = next else { return };
+                let failed = next.is_err();
                 tokio::select! {
-                    changed = wake.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(poll_interval) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                    _ = tx.closed() => return,
+                    sent = tx.send(next.map_err(Status::from)) => if sent.is_err() || failed { return },
+                    () = watcher.stopped() => return,
                 }
             }
         });

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::Store;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, KeyStatus,
@@ -119,7 +120,18 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates its schema.
+    ///
+    /// The database file is created with mode 0600 before SQLite opens it, and an existing one,
+    /// or a WAL or shared-memory file left by a crash, is tightened to the owner (see
+    /// [`crate::files`]). SQLite creates the WAL and shared-memory files with the database
+    /// file's mode whatever the umask, so they are 0600 too.
     pub fn open(path: &Path) -> Result<Self> {
+        files::create_private(path)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            files::tighten_if_present(Path::new(&side))?;
+        }
         let mut writer = Connection::open(path).map_err(db)?;
         let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
