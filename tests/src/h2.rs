@@ -116,10 +116,7 @@ impl H2Request {
 
     /// Sends the request on a new connection; `Err` on connection errors, resets and timeouts.
     pub async fn send(self, addr: SocketAddr) -> Result<H2Response, String> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.exchange(addr))
-            .await
-            .map_err(|_| format!("timed out after {timeout:?}"))?
+        crate::within(self.timeout, self.exchange(addr)).await
     }
 
     async fn exchange(self, addr: SocketAddr) -> Result<H2Response, String> {

@@ -59,6 +59,14 @@ pub use raw::{RawRequest, RawResponse};
 
 pub use serde_json::{Value, json};
 
+/// Runs `exchange`, failing with "timed out after …" when it takes longer than `timeout`.
+pub(crate) async fn within<T>(
+    timeout: std::time::Duration,
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("timed out after {timeout:?}"))?
+}
+
 /// Polls `check` every 50 ms until it returns `true` or `timeout` passes; returns whether it did.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
 where

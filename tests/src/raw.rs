@@ -116,10 +116,7 @@ impl RawRequest {
 
     /// Sends the request and reads the whole response; `Err` on connection errors or timeout.
     pub async fn send(self, addr: SocketAddr) -> Result<RawResponse, String> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.exchange(addr))
-            .await
-            .map_err(|_| format!("timed out after {timeout:?}"))?
+        crate::within(self.timeout, self.exchange(addr)).await
     }
 
     async fn exchange(self, addr: SocketAddr) -> Result<RawResponse, String> {
