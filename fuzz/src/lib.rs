@@ -304,7 +304,8 @@ pub fn signature_base(data: &[u8]) {
         tag: Some("app-123".into()),
     };
     for policy in [&lenient, &strict] {
-        let Ok(candidate) = verify::select(Some(&input), Some(&signature), policy, !body.is_empty(), SIGNATURE_NOW)
+        let Ok(candidate) =
+            verify::select(Some(&input), Some(&signature), policy, !body.is_empty(), SIGNATURE_NOW)
         else {
             continue;
         };
@@ -350,7 +351,10 @@ fn check_base(base: &str, params: &base::SignatureParams) {
         let id = base::identifier_text(component);
         assert!(line.starts_with(&format!("{id}: ")), "{line:?} is not the line of {id}");
     }
-    assert_eq!(lines.last().copied(), Some(format!("\"@signature-params\": {}", params.serialize()).as_str()));
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("\"@signature-params\": {}", params.serialize()).as_str())
+    );
 }
 
 /// `Content-Digest` checking (RFC 9530): the first line is the field value, the rest the body.
@@ -456,8 +460,9 @@ pub fn shared_data(data: &[u8]) {
         2 => {
             if let Some(state) = ka_cache::FeedState::decode(rest) {
                 assert_eq!(state.encode().as_slice(), rest);
-                let changes: Vec<(u64, String)> =
-                    (0..4).map_while(|i| u.arbitrary::<u64>().ok().map(|s| (s, format!("key_{i}")))).collect();
+                let changes: Vec<(u64, String)> = (0..4)
+                    .map_while(|i| u.arbitrary::<u64>().ok().map(|s| (s, format!("key_{i}"))))
+                    .collect();
                 let head = u.arbitrary::<u64>().unwrap_or(0);
                 let step = ka_cache::feed_step(state, &changes, head);
                 assert!(step.next.started);
@@ -475,7 +480,11 @@ pub fn shared_data(data: &[u8]) {
         }
         4 => {
             if let Some(entry) = sig_cache::MaterialEntry::decode(rest) {
-                assert_eq!(sig_cache::MaterialEntry::decode(&entry.encode()).as_ref(), Some(&entry), "material");
+                assert_eq!(
+                    sig_cache::MaterialEntry::decode(&entry.encode()).as_ref(),
+                    Some(&entry),
+                    "material"
+                );
                 let _ = entry.usable_at(1_700_000_000);
                 let fresh = ka_cache::Freshness::default();
                 let ttl = std::time::Duration::from_secs(60);
@@ -485,8 +494,11 @@ pub fn shared_data(data: &[u8]) {
         5 => {
             let Some((slots, entries)) = rest.split_at_checked(4) else { return };
             let slots = u32::from_le_bytes(slots.try_into().expect("4 bytes")) % (1 << 20) + 1;
-            let decoded: Vec<Option<replay::ReplayEntry>> =
-                entries.chunks(replay::ENTRY_LEN).take(replay::PROBES as usize).map(replay::ReplayEntry::decode).collect();
+            let decoded: Vec<Option<replay::ReplayEntry>> = entries
+                .chunks(replay::ENTRY_LEN)
+                .take(replay::PROBES as usize)
+                .map(replay::ReplayEntry::decode)
+                .collect();
             for entry in decoded.iter().flatten() {
                 assert_eq!(replay::ReplayEntry::decode(&entry.encode()), Some(*entry));
                 let probe_slots = replay::probe_slots(&entry.id, slots);
@@ -503,7 +515,8 @@ pub fn shared_data(data: &[u8]) {
             }
         }
         6 => {
-            let Some((state, rest)) = rest.split_at_checked(rest.len().min(1 + 8 + 1 + 8 * bucket::MAX_LIMITS))
+            let Some((state, rest)) =
+                rest.split_at_checked(rest.len().min(1 + 8 + 1 + 8 * bucket::MAX_LIMITS))
             else {
                 return;
             };
@@ -582,7 +595,11 @@ fn arbitrary_key_entry(u: &mut Unstructured<'_>) -> arbitrary::Result<ka_cache::
         tier: short(u)?,
         limits: (0..n_limits)
             .map(|_| {
-                Ok(ka_cache::Limit { rate: u.arbitrary()?, period_secs: u.arbitrary()?, burst: u.arbitrary()? })
+                Ok(ka_cache::Limit {
+                    rate: u.arbitrary()?,
+                    period_secs: u.arbitrary()?,
+                    burst: u.arbitrary()?,
+                })
             })
             .collect::<arbitrary::Result<_>>()?,
     })
@@ -712,8 +729,12 @@ pub fn json_path(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let (path, rest) = first_line(s);
     let (value_line, doc) = first_line(rest);
-    for ty in [tjson::ValueType::String, tjson::ValueType::Number, tjson::ValueType::Boolean, tjson::ValueType::Json]
-    {
+    for ty in [
+        tjson::ValueType::String,
+        tjson::ValueType::Number,
+        tjson::ValueType::Boolean,
+        tjson::ValueType::Json,
+    ] {
         if let Ok(v) = ty.coerce(value_line) {
             match ty {
                 tjson::ValueType::String => assert_eq!(v, Value::String(value_line.to_owned())),
@@ -774,7 +795,8 @@ pub fn config_key_auth(data: &[u8]) {
             let hash = [7u8; 32];
             let entry = ka_cache::Entry::not_found(hash, 0, 0);
             for now_ms in [0, u64::MAX] {
-                let _ = ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), &cfg.cache);
+                let _ =
+                    ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), &cfg.cache);
             }
             assert!(ka_cache::cache_slot(&hash, cfg.cache.slots) < cfg.cache.slots);
         }
@@ -814,7 +836,8 @@ pub fn config_transform(data: &[u8]) {
             let matched = cfg.matching(&req);
             let _ = cfg.properties(&matched);
             let _ = transform::request_head(&cfg, &req, &matched);
-            let _ = transform::response_head(&cfg, &req, &matched, Some(200), vec![("x-a".into(), "1".into())]);
+            let _ =
+                transform::response_head(&cfg, &req, &matched, Some(200), vec![("x-a".into(), "1".into())]);
             let body = br#"{"a":{"b":[1,2,3]},"user":"x","n":1.5}"#;
             let _ = transform::request_body(&cfg, &req, &matched, body);
             let _ = transform::response_body(&cfg, &req, &matched, body);

@@ -24,7 +24,8 @@ const RFC7515_A5: &str = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMD
 /// RFC 7520 4.1 (RS256 over a non-JSON payload).
 const RFC7520_RS256: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJpbGJvLmJhZ2dpbnNAaG9iYml0b24uZXhhbXBsZSJ9.SXTigJlzIGEgZGFuZ2Vyb3VzIGJ1c2luZXNzLCBGcm9kbywgZ29pbmcgb3V0IHlvdXIgZG9vci4gWW91IHN0ZXAgb250byB0aGUgcm9hZCwgYW5kIGlmIHlvdSBkb24ndCBrZWVwIHlvdXIgZmVldCwgdGhlcmXigJlzIG5vIGtub3dpbmcgd2hlcmUgeW91IG1pZ2h0IGJlIHN3ZXB0IG9mZiB0by4.MRjdkly7_-oTPTS3AXP41iQIGKa80A0ZmTuV5MEaHoxnW2e5CZ5NlKtainoFmKZopdHM1O2U4mwzJdQx996ivp83xuglII7PNDi84wnB-BDkoBwA78185hX-Es4JIwmDLJK3lfWRa-XtL0RnltuYv746iYTh_qHRD68BNt1uSNCrUCTJDt5aAE6x8wW1Kt9eRo4QPocSadnHXFxnt8Is9UzpERV0ePPQdLuW3IS_de3xyIrDaLGdjluPxUAhb6L2aXic1U12podGU0KLUQSE_oI-ZnmKJ3F4uOZDnd6QZWJushZ41Axf_fcIe8u9ipH84ogoree7vjbU5y18kDquDg";
 /// The RFC 7515 A.1 HMAC key.
-const RFC7515_A1_KEY: &str = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+const RFC7515_A1_KEY: &str =
+    "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
 
 fn hs256(header: &str, claims: &str) -> String {
     let key = b64::decode(RFC7515_A1_KEY.as_bytes()).expect("RFC key");
@@ -142,11 +143,24 @@ pub fn generated() -> Vec<Seed> {
         "alg-mismatch",
         r#"{"keys":[{"kty":"oct","k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ","alg":"RS256"}]}"#,
     ));
-    out.push(seed("jwks", "duplicate-kid", r#"{"keys":[{"kty":"oct","kid":"a","k":"AQID"},{"kty":"oct","kid":"a","k":"AQID"}]}"#));
-    out.push(seed("jwks", "p384-ed448", r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"},{"kty":"OKP","crv":"Ed448","x":"AA"}]}"#));
+    out.push(seed(
+        "jwks",
+        "duplicate-kid",
+        r#"{"keys":[{"kty":"oct","kid":"a","k":"AQID"},{"kty":"oct","kid":"a","k":"AQID"}]}"#,
+    ));
+    out.push(seed(
+        "jwks",
+        "p384-ed448",
+        r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AA","y":"AA"},{"kty":"OKP","crv":"Ed448","x":"AA"}]}"#,
+    ));
 
     // introspection
-    out.push(tagged("introspection", "active", 0, br#"{"active":true,"scope":"read write","sub":"z","exp":5,"aud":["api"]}"#));
+    out.push(tagged(
+        "introspection",
+        "active",
+        0,
+        br#"{"active":true,"scope":"read write","sub":"z","exp":5,"aud":["api"]}"#,
+    ));
     out.push(tagged("introspection", "inactive", 0, br#"{"active":false}"#));
     out.push(tagged(
         "introspection",
@@ -154,7 +168,12 @@ pub fn generated() -> Vec<Seed> {
         1,
         br#"{"issuer":"https://idp.example","jwks_uri":"https://idp.example/.well-known/jwks.json","introspection_endpoint":"https://IDP.example:443/oauth/introspect#x"}"#,
     ));
-    out.push(tagged("introspection", "discovery-elsewhere", 1, br#"{"jwks_uri":"http://idp.example.evil/jwks"}"#));
+    out.push(tagged(
+        "introspection",
+        "discovery-elsewhere",
+        1,
+        br#"{"jwks_uri":"http://idp.example.evil/jwks"}"#,
+    ));
     out.push(tagged("introspection", "form", 2, "a b+c/=é*".as_bytes()));
 
     // sf
@@ -196,7 +215,11 @@ pub fn generated() -> Vec<Seed> {
     );
     out.push(seed("content_digest", "rfc9530-both", format!("{both}\n{B2_BODY}")));
     out.push(seed("content_digest", "unknown-only", format!("md5=:AAAA:, sha-256=(:AAAA:)\n{B2_BODY}")));
-    out.push(seed("content_digest", "empty-body", format!("{}\n", digest::content_digest(digest::DigestAlg::Sha256, b""))));
+    out.push(seed(
+        "content_digest",
+        "empty-body",
+        format!("{}\n", digest::content_digest(digest::DigestAlg::Sha256, b"")),
+    ));
 
     // key_format
     let entropy: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
@@ -225,10 +248,20 @@ pub fn generated() -> Vec<Seed> {
         limits: vec![ka_cache::Limit { rate: 10, period_secs: 1, burst: 20 }],
     };
     out.push(tagged("shared_data", "key-auth-entry", 0, &entry.encode()));
-    out.push(tagged("shared_data", "key-auth-not-found", 0, &ka_cache::Entry::not_found([1; 32], 5, 6).encode()));
+    out.push(tagged(
+        "shared_data",
+        "key-auth-not-found",
+        0,
+        &ka_cache::Entry::not_found([1; 32], 5, 6).encode(),
+    ));
     out.push(tagged("shared_data", "key-auth-arbitrary", 1, &entry.encode()));
     let feed = ka_cache::FeedState { started: true, cursor: 7, base: 3, busy_until_ms: 1_700_000_000_000 };
-    out.push(tagged("shared_data", "feed-state", 2, &[feed.encode().as_slice(), &9u64.to_le_bytes()].concat()));
+    out.push(tagged(
+        "shared_data",
+        "feed-state",
+        2,
+        &[feed.encode().as_slice(), &9u64.to_le_bytes()].concat(),
+    ));
     let jwt_entry = tollgate_core::jwt::cache::Entry {
         hash: [3; 32],
         valid_until_s: 1_700_000_600,
@@ -259,7 +292,8 @@ pub fn generated() -> Vec<Seed> {
     out.push(tagged("shared_data", "replay-entries", 5, &slots));
     let state = bucket::State { owner: 99, tats: vec![1_700_000_000_000_000_000, 5] };
     let mut bucket_input = state.encode();
-    bucket_input.extend_from_slice(&[10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0]);
+    bucket_input
+        .extend_from_slice(&[10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0]);
     out.push(tagged("shared_data", "bucket", 6, &bucket_input));
     out.push(tagged("shared_data", "limits-property", 7, b"10/1/20,1000/86400/1000"));
 
@@ -269,7 +303,11 @@ pub fn generated() -> Vec<Seed> {
         "credentials",
         format!("page=2&api_key={good}&access_token=eyJh.eyJi.c2ln&api_key=%74gk_x\nBearer {good}\napi_key"),
     ));
-    out.push(seed("request_fields", "forwarded-for", "a=1&&b&c=%zz&d=%4\n203.0.113.9, 198.51.100.7 ,10.0.0.1\na"));
+    out.push(seed(
+        "request_fields",
+        "forwarded-for",
+        "a=1&&b&c=%zz&d=%4\n203.0.113.9, 198.51.100.7 ,10.0.0.1\na",
+    ));
     out.push(seed("request_fields", "v6-address", "x=%2B\n[::1]:8080\nx"));
     out.push(seed("request_fields", "cookies", "\na=1; token=\"abc\"; token=def\ntoken"));
     out.push(seed("request_fields", "path", "q\n/v1/users?x=1?y=2\nq"));
@@ -290,7 +328,8 @@ pub fn generated() -> Vec<Seed> {
     }
 
     // json_path
-    let doc = json!({"a": {"b": [1, 2, {"c": null}]}, "a/b": {"~c": true}, "user": {"name": "bob"}}).to_string();
+    let doc =
+        json!({"a": {"b": [1, 2, {"c": null}]}, "a/b": {"~c": true}, "user": {"name": "bob"}}).to_string();
     for (name, path, value) in [
         ("pointer", "/a/b/2/c", "42"),
         ("append", "a.b.-", "true"),

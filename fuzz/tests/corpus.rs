@@ -128,7 +128,9 @@ fn write_seeds() {
     let mut all = seeds::generated();
     let configs: [(&str, &str, fn(&[u8]) -> bool); 5] = [
         ("config_key_auth", "key-auth", |d| tollgate_core::key_auth::config::Config::from_json(d).is_ok()),
-        ("config_rate_limit", "rate-limit", |d| tollgate_core::rate_limit::config::Config::from_json(d).is_ok()),
+        ("config_rate_limit", "rate-limit", |d| {
+            tollgate_core::rate_limit::config::Config::from_json(d).is_ok()
+        }),
         ("config_jwt_auth", "jwt-auth", |d| tollgate_core::jwt::config::Config::from_json(d).is_ok()),
         ("config_transform", "transform", |d| tollgate_core::transform::config::Config::from_json(d).is_ok()),
         ("config_request_signing", "request-signing", |d| {
@@ -146,13 +148,16 @@ fn write_seeds() {
     docs.push(root.join("README.md"));
     for doc in docs.iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
         let stem = doc.file_stem().and_then(|s| s.to_str()).unwrap_or("doc").to_ascii_lowercase();
-        for (i, block) in json_blocks(&fs::read_to_string(doc).expect("readable doc")).into_iter().enumerate() {
+        for (i, block) in json_blocks(&fs::read_to_string(doc).expect("readable doc")).into_iter().enumerate()
+        {
             sources.push((format!("{stem}-{i}"), block));
         }
     }
     for yaml in yaml_files(&root) {
         let stem = yaml.strip_prefix(&root).unwrap_or(&yaml).display().to_string().replace(['/', '.'], "-");
-        for (i, block) in yaml_block_scalars(&fs::read_to_string(&yaml).expect("readable yaml")).into_iter().enumerate() {
+        for (i, block) in
+            yaml_block_scalars(&fs::read_to_string(&yaml).expect("readable yaml")).into_iter().enumerate()
+        {
             sources.push((format!("{stem}-{i}"), block));
         }
     }
