@@ -1,7 +1,7 @@
 # Tollgate — the front door.
 #
 #   make run      build (release) and start key service + demo upstream + Envoy gateway
-#   make test     unit, key-service and end-to-end tests; validates every Envoy config in envoy/
+#   make test     unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
 #   make lint     rustfmt, clippy (native and wasm32-wasip1)
 #   make build    release binaries and the wasm filters
 #   make wasm     the wasm filters only
@@ -126,7 +126,7 @@ CARGO_FUZZ_VERSION ?= 0.13.2
 CARGO_FUZZ         := $(BENCH_TOOLS)/bin/cargo-fuzz
 FUZZ_TARGETS       ?= $(patsubst fuzz/fuzz_targets/%.rs,%,$(sort $(wildcard fuzz/fuzz_targets/*.rs)))
 FUZZ_SECONDS       ?= 300
-FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_SMOKE_SECONDS ?= 2
 FUZZ_SANITIZER     ?= none
 FUZZ_FLAGS         := --release --debug-assertions --sanitizer $(FUZZ_SANITIZER)
 FUZZ_CARGO         := cd fuzz && PATH="$(CURDIR)/$(BENCH_TOOLS)/bin:$$PATH" $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz
