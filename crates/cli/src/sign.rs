@@ -29,9 +29,11 @@ pub struct SignArgs {
     /// Absolute request URL, as the gateway sees it (scheme, host[:port], path, query).
     #[arg(long)]
     pub url: String,
-    /// A header the request will carry, `Name: value`. Repeat for several.
+    /// A header the request will carry, `Name: value`. Repeat for several (a repeated name is
+    /// one field line each, in order). The value is taken as the bytes given, so it may hold
+    /// bytes that are not UTF-8 (e.g. `-H $'X-Bin: \xff\xfe'` in bash).
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
-    pub headers: Vec<String>,
+    pub headers: Vec<std::ffi::OsString>,
     /// File with the request body; its Content-Digest is computed and covered.
     #[arg(long, value_name = "FILE")]
     pub body_file: Option<PathBuf>,
@@ -67,6 +69,36 @@ fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
+/// A `Name: value` argument: the name in lowercase, the value's bytes without surrounding
+/// spaces and tabs.
+fn header(arg: &std::ffi::OsStr) -> Result<(String, Vec<u8>), CliError> {
+    let bytes = arg_bytes(arg)?;
+    let shown = String::from_utf8_lossy(&bytes).into_owned();
+    let colon = bytes.iter().position(|b| *b == b':');
+    let colon = colon.ok_or_else(|| usage(format!("header `{shown}` is not `Name: value`")))?;
+    let name = std::str::from_utf8(&bytes[..colon])
+        .ok()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| usage(format!("header `{shown}`: the name is not a field name")))?;
+    let value = bytes[colon + 1..].trim_ascii();
+    if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(usage(format!("header `{name}`: a value cannot hold CR, LF or NUL")));
+    }
+    Ok((name.to_ascii_lowercase(), value.to_vec()))
+}
+
+#[cfg(unix)]
+fn arg_bytes(arg: &std::ffi::OsStr) -> Result<Vec<u8>, CliError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    Ok(arg.as_bytes().to_vec())
+}
+
+#[cfg(not(unix))]
+fn arg_bytes(arg: &std::ffi::OsStr) -> Result<Vec<u8>, CliError> {
+    arg.to_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| usage("a header argument is not valid text"))
+}
+
 /// Signs and prints the headers (or, with --json, an object of them).
 pub fn run(args: &SignArgs, o: &mut Output<'_>) -> Result<(), CliError> {
     let key = match (&args.secret_file, &args.private_key) {
@@ -80,12 +112,7 @@ pub fn run(args: &SignArgs, o: &mut Output<'_>) -> Result<(), CliError> {
         }
         _ => return Err(usage("give exactly one of --secret-file or --private-key")),
     };
-    let mut headers = Vec::with_capacity(args.headers.len());
-    for h in &args.headers {
-        let (name, value) =
-            h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
+    let headers = args.headers.iter().map(|h| header(h)).collect::<Result<Vec<_>, _>>()?;
     let body = args.body_file.as_ref().map(read).transpose()?;
     let created = match args.created {
         Some(t) => t,
@@ -162,6 +189,48 @@ mod tests {
             r#"Signature-Input: sig1=("@method" "@authority" "@path" "@query" "content-digest");created=1700000000;keyid="key_1";alg="hmac-sha256""#
         );
         assert!(lines[2].starts_with("Signature: sig1=:") && lines[2].ends_with(':'));
+    }
+
+    /// `-H` takes the value's bytes as given: a covered header that is not UTF-8 is signed over
+    /// its exact bytes (here with `bs`), and the signature verifies over those bytes only.
+    #[cfg(unix)]
+    #[test]
+    fn header_values_that_are_not_utf8_are_signed_as_given() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let mut args: Vec<OsString> =
+            ["tollgate", "sign", "--key-id", "key_1", "--secret-file"].iter().map(OsString::from).collect();
+        args.push(secret.clone().into_os_string());
+        args.extend(["--url", "http://h/bin", "--created", "1700000000", "--json"].map(OsString::from));
+        args.extend(["--component", "@method", "--component", r#""x-bin";bs"#, "-H"].map(OsString::from));
+        args.push(OsString::from_vec(b"X-Bin:  \xff\xfe ".to_vec()));
+        let Command::Sign(sign_args) = Cli::try_parse_from(args).unwrap().command else { panic!("not sign") };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&sign_args, &mut Output { out: &mut out, err: &mut err, json: true }).unwrap();
+        let printed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let input = printed["Signature-Input"].as_str().unwrap();
+        assert!(input.starts_with(r#"sig1=("@method" "x-bin";bs);created=1700000000"#), "{input}");
+        // The library, given the exact bytes, signs the same; other bytes sign differently.
+        let key = SigningMaterial::Hmac((0..32).collect());
+        let mut options = Options::new("key_1", 1_700_000_000);
+        options.components = Some(vec!["@method".into(), r#""x-bin";bs"#.into()]);
+        let library = |bytes: &[u8]| {
+            let request = Request {
+                method: "GET",
+                url: "http://h/bin",
+                headers: vec![("x-bin".into(), bytes.to_vec())],
+                body: None,
+            };
+            tollgate_signing::sign(&request, &key, &options).unwrap().signature
+        };
+        assert_eq!(printed["Signature"].as_str().unwrap(), library(&[0xff, 0xfe]));
+        assert_ne!(printed["Signature"].as_str().unwrap(), library(&[0xfe, 0xff]));
+        assert!(header(std::ffi::OsStr::new("no colon")).is_err());
+        assert!(header(std::ffi::OsStr::new(": no name")).is_err());
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Absolute URL: `https://api.example.com/path?query`.
     pub url: &'a str,
-    /// Headers to send (names in any case). Covered header fields must be among them.
-    pub headers: Vec<(String, String)>,
+    /// Headers to send (names in any case), values as the bytes sent: a value need not be
+    /// UTF-8. Covered header fields must be among them; a header sent as several field lines
+    /// appears once per line, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub body: Option<&'a [u8]>,
 }
 
@@ -64,8 +66,9 @@ pub struct Signed {
     pub signature: String,
     /// Present when the request has a body.
     pub content_digest: Option<String>,
-    /// The signature base that was signed (for debugging).
-    pub base: String,
+    /// The signature base that was signed (for debugging): bytes, as a covered header value
+    /// may hold bytes that are not UTF-8.
+    pub base: Vec<u8>,
 }
 
 impl Signed {
@@ -138,7 +141,7 @@ pub fn sign(request: &Request<'_>, key: &SigningMaterial, options: &Options) -> 
     let content_digest = request.body.map(|body| digest::content_digest(options.digest, body));
     if let Some(d) = &content_digest {
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-digest"));
-        headers.push(("content-digest".to_owned(), d.clone()));
+        headers.push(("content-digest".to_owned(), d.clone().into_bytes()));
     }
     let message =
         Message { method: request.method.to_owned(), scheme, authority, target, status: None, headers };
@@ -170,7 +173,7 @@ pub fn sign(request: &Request<'_>, key: &SigningMaterial, options: &Options) -> 
     }
     let sig_params = SignatureParams { components, params };
     let base = base::signature_base(&message, &sig_params).map_err(|e| fail(e.to_string()))?;
-    let signature = key.sign(base.as_bytes());
+    let signature = key.sign(&base);
     let label = &options.label;
     if sf::parse_dictionary(&format!("{label}=1")).map(|d| d.len()) != Ok(1) {
         return Err(fail(format!("label `{label}` is not a structured-field key")));
@@ -243,9 +246,9 @@ mod tests {
             method: "POST",
             url: "https://example.com/foo?param=Value&Pet=dog",
             headers: vec![
-                ("Date".into(), "Tue, 20 Apr 2021 02:07:55 GMT".into()),
-                ("Content-Type".into(), "application/json".into()),
-                ("Content-Length".into(), "18".into()),
+                ("Date".into(), b"Tue, 20 Apr 2021 02:07:55 GMT".to_vec()),
+                ("Content-Type".into(), b"application/json".to_vec()),
+                ("Content-Length".into(), b"18".to_vec()),
             ],
             body: None,
         };
@@ -304,10 +307,59 @@ mod tests {
             authority: "api.local:8080".into(),
             target: "/pay?x=1".into(),
             status: None,
-            headers: vec![("content-digest".into(), signed.content_digest.clone().unwrap())],
+            headers: vec![("content-digest".into(), signed.content_digest.clone().unwrap().into_bytes())],
         };
         assert_eq!(verify::verify(&candidate, &message, &key.verifying()), Ok(()));
         assert_eq!(digest::verify_content_digest(signed.content_digest.as_deref().unwrap(), body), Ok(()));
+    }
+
+    /// A covered header whose value is not UTF-8 is signed over its exact bytes, with `bs` and
+    /// without; the filter's verifier agrees, and refuses other bytes.
+    #[test]
+    fn header_values_that_are_not_utf8_are_signed_exactly() {
+        let key = SigningMaterial::Hmac(vec![9; 32]);
+        for component in [r#""x-bin";bs"#, "x-bin"] {
+            let request = Request {
+                method: "GET",
+                url: "http://api.local/bin",
+                headers: vec![("X-Bin".into(), vec![0xff, 0xfe])],
+                body: None,
+            };
+            let mut options = Options::new("key_abc", 1_000);
+            options.components = Some(vec!["@method".into(), component.into()]);
+            let signed = sign(&request, &key, &options).unwrap();
+            let policy = Policy {
+                label: None,
+                required_components: vec![],
+                content_digest: DigestPolicy::Never,
+                clock_skew_s: 30,
+                max_age_s: 300,
+                require_expires: false,
+                require_nonce: false,
+                tag: None,
+            };
+            let candidate =
+                verify::select(Some(&signed.signature_input), Some(&signed.signature), &policy, false, 1_010)
+                    .unwrap();
+            let message = |bytes: &[u8]| Message {
+                method: "GET".into(),
+                scheme: "http".into(),
+                authority: "api.local".into(),
+                target: "/bin".into(),
+                status: None,
+                headers: vec![("x-bin".into(), bytes.to_vec())],
+            };
+            assert_eq!(
+                verify::verify(&candidate, &message(&[0xff, 0xfe]), &key.verifying()),
+                Ok(()),
+                "{component}"
+            );
+            assert_eq!(
+                verify::verify(&candidate, &message(&[0xfe, 0xff]), &key.verifying()),
+                Err(verify::Deny::BadSignature),
+                "{component}"
+            );
+        }
     }
 
     #[test]

@@ -120,3 +120,14 @@ pub fn remember<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, mine: &Repl
     }
     Err(Deny::ReplayStoreFull)
 }
+
+/// Whether `id` is remembered and live (a replay), without remembering it: lets a replay be
+/// refused before the headers go on, while the id is remembered only once the whole request
+/// (signature and body) has been verified.
+pub fn seen<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, id: &[u8; 16]) -> bool {
+    let entries: Vec<Option<ReplayEntry>> = replay::probe_slots(id, slots)
+        .iter()
+        .map(|s| host.shared_get(&keys.replay(*s)).0.and_then(|b| ReplayEntry::decode(&b)))
+        .collect();
+    replay::probe(&entries, id, host.now_ms()) == Probe::Seen
+}

@@ -48,6 +48,21 @@ impl Gateway {
         headers: &[(String, String)],
         body: Option<&[u8]>,
     ) -> (u32, SigningHttp<MockHost>, Action) {
+        self.request_with(method, path, body, |host, id| {
+            for (k, v) in headers {
+                host.with_header(id, &k.to_ascii_lowercase(), v);
+            }
+        })
+    }
+
+    /// Starts a request whose headers `set` adds (field lines, bytes).
+    fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        set: impl FnOnce(&MockHost, u32),
+    ) -> (u32, SigningHttp<MockHost>, Action) {
         self.next_id += 1;
         let id = self.next_id;
         self.host.with_header(id, ":method", method);
@@ -55,9 +70,7 @@ impl Gateway {
         self.host.with_header(id, ":authority", "api.test");
         self.host.with_header(id, ":scheme", "http");
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
-        for (k, v) in headers {
-            self.host.with_header(id, &k.to_ascii_lowercase(), v);
-        }
+        set(&self.host, id);
         if let Some(b) = body {
             self.host.with_request_body(id, b);
         }
@@ -88,15 +101,31 @@ fn hmac_reply(key_id: &str, result: v1::VerifyResult) -> v1::GetSigningKeyRespon
 }
 
 fn signed(method: &str, path: &str, body: Option<&[u8]>, created: i64) -> Vec<(String, String)> {
+    signed_with(method, path, body, vec![], Options::new("key_a", created))
+}
+
+fn signed_with(
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: Vec<(String, Vec<u8>)>,
+    options: Options,
+) -> Vec<(String, String)> {
     let url = format!("http://api.test{path}");
-    let request = Request { method, url: &url, headers: vec![], body };
-    let s = tollgate_signing::sign(
-        &request,
-        &SigningMaterial::Hmac(SECRET.to_vec()),
-        &Options::new("key_a", created),
-    )
-    .unwrap();
+    let request = Request { method, url: &url, headers, body };
+    let s = tollgate_signing::sign(&request, &SigningMaterial::Hmac(SECRET.to_vec()), &options).unwrap();
     s.headers().into_iter().map(|(n, v)| (n.to_owned(), v)).collect()
+}
+
+/// Signed with a nonce.
+fn signed_nonce(method: &str, path: &str, body: Option<&[u8]>, nonce: &str) -> Vec<(String, String)> {
+    let mut options = Options::new("key_a", NOW_S);
+    options.nonce = Some(nonce.into());
+    signed_with(method, path, body, vec![], options)
+}
+
+fn value<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).unwrap()
 }
 
 #[test]
@@ -258,4 +287,153 @@ fn bad_config_is_rejected() {
     host.enter(1);
     assert!(!root.on_configure(0));
     assert!(host.logs().iter().any(|(_, l)| l.contains("max_body_bytes")));
+}
+
+/// Trailers end the stream: the held body is checked there, and only a body that matches
+/// lets the request be remembered; a tampered copy leaves the nonce for the genuine request.
+#[test]
+fn body_ending_with_trailers_is_checked_and_a_refused_copy_keeps_the_nonce() {
+    let mut gw = Gateway::new();
+    let body = br#"{"amount": 10}"#;
+    let warm = signed("GET", "/warm", None, NOW_S);
+    let (id, mut ctx, _) = gw.request("GET", "/warm", &warm, None);
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
+    // Tampered: material cached, the headers go on, the body is held and refused at the trailers.
+    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+    // Genuine, same nonce: accepted, and only now remembered.
+    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert!(gw.host.reply(id).is_none());
+    // A replay is refused at its headers, before its body.
+    let (id, _ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 1);
+    // A stream of no DATA frames and trailers: the content is empty.
+    let headers = signed_nonce("POST", "/pay", Some(b""), "n-2");
+    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(b""));
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert!(gw.host.reply(id).is_none());
+    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 3);
+}
+
+/// Headers resumed after the key arrived, with the body and trailers already held by the proxy:
+/// the first body callback (no end of stream) carries the whole body, which goes on at once when
+/// it matches; a byte more is refused. A body that does not match waits for the trailers.
+#[test]
+fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
+    let mut gw = Gateway::new();
+    let body = br#"{"amount": 10}"#;
+    let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
+    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    assert_eq!(action, Action::Pause);
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.host.resumed(id), 1);
+    assert_eq!(ctx.on_http_request_body(body.len(), false), Action::Continue, "released");
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 1);
+    assert!(gw.host.reply(id).is_none());
+
+    // The signed body, then more bytes: refused when they come.
+    let mut gw = Gateway::new();
+    let headers = signed_nonce("POST", "/pay", Some(body), "n-2");
+    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(body));
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(ctx.on_http_request_body(body.len(), false), Action::Continue);
+    gw.host.with_request_body(id, b"extra");
+    assert_eq!(ctx.on_http_request_body(5, true), Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+
+    // Tampered: held after the resume, refused at the trailers.
+    let mut gw = Gateway::new();
+    let headers = signed_nonce("POST", "/pay", Some(body), "n-3");
+    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 0);
+}
+
+/// A signature covering `Content-Digest` is refused on a request with no body (the headers end
+/// the stream), without a lookup; the nonce stays usable for the genuine request. A
+/// `Content-Digest` sent without being covered binds the content too.
+#[test]
+fn a_stripped_body_is_refused_without_using_the_nonce() {
+    let mut gw = Gateway::new();
+    let body = br#"{"amount": 10}"#;
+    let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
+    let (id, _ctx, action) = gw.request("POST", "/pay", &headers, None);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert!(gw.host.calls().is_empty(), "refused without a lookup");
+    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(body));
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Continue);
+    assert!(gw.host.reply(id).is_none());
+
+    let mut get = signed("GET", "/a", None, NOW_S);
+    get.push(("content-digest".into(), value(&headers, "content-digest").to_owned()));
+    let (id, _ctx, _) = gw.request("GET", "/a", &get, None);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 2);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 0);
+}
+
+/// `Signature-Input` and `Signature` on several field lines are combined (the signature used is
+/// on the second lines), and a covered header that is not UTF-8 is verified over its bytes.
+#[test]
+fn signature_lines_are_combined_and_header_bytes_verified_exactly() {
+    let mut gw = Gateway::new();
+    let mut weak = Options::new("key_a", NOW_S);
+    weak.label = "sig1".into();
+    weak.components = Some(vec!["@method".into()]);
+    let sig1 = signed_with("GET", "/b", None, vec![], weak);
+    let mut strong = Options::new("key_a", NOW_S);
+    strong.label = "sig2".into();
+    strong.components =
+        Some(["@method", "@authority", "@path", "@query", r#""x-bin";bs"#].map(str::to_owned).to_vec());
+    let sig2 = signed_with("GET", "/b", None, vec![("x-bin".into(), vec![0xff, 0xfe])], strong);
+    let send = |gw: &mut Gateway, bin: &[u8]| {
+        let (id, ctx, action) = gw.request_with("GET", "/b", None, |host, id| {
+            for name in ["signature-input", "signature"] {
+                host.with_header_line(id, name, value(&sig1, name));
+                host.with_header_line(id, name, value(&sig2, name));
+            }
+            host.with_header_bytes(id, "x-bin", bin);
+        });
+        (id, ctx, action)
+    };
+    let (id, mut ctx, _) = send(&mut gw, &[0xff, 0xfe]);
+    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.host.resumed(id), 1, "{:?}", gw.host.reply(id));
+    // Other invalid bytes are another value (a lossy decoding would make them the same).
+    let (id, _ctx, action) = send(&mut gw, &[0xfe, 0xff]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.counter("tollgate.request_signing.denied.bad_signature"), 1);
+}
+
+/// A body that arrives while the headers are still paused (a host configured to hand it over)
+/// is never passed on unchecked.
+#[test]
+fn a_body_before_the_headers_go_on_is_refused() {
+    let mut gw = Gateway::new();
+    let body = br#"{"amount": 10}"#;
+    let headers = signed("POST", "/pay", Some(body), NOW_S);
+    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Pause);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
 }

@@ -1,13 +1,12 @@
 //! Signature bases (RFC 9421 section 2): component identifiers, component values and the
 //! `@signature-params` line.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-
 use super::sf::{self, BareItem, Item, Member, Params};
 
 /// The parts of an HTTP message a signature can cover. Header names may be in any case;
-/// repeated headers appear once per line, in order.
+/// repeated headers appear once per field line, in order. Header values are the bytes received:
+/// a value need not be UTF-8 (HTTP allows obs-text), and two different byte sequences never
+/// become the same value.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
     pub method: String,
@@ -19,13 +18,20 @@ pub struct Message {
     pub target: String,
     /// Set for a response; `None` for a request.
     pub status: Option<u16>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Message {
-    /// The values of a header, in order.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    /// The values of a header, one per field line, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice()).collect()
+    }
+
+    /// The combined field value of a header (RFC 9110 section 5.3): every field line, trimmed,
+    /// joined with `", "`; `None` when the header is absent.
+    pub fn field_value(&self, name: &str) -> Option<Vec<u8>> {
+        let values = self.header_values(name);
+        (!values.is_empty()).then(|| combine(&values))
     }
 
     fn path_and_query(&self) -> (&str, Option<&str>) {
@@ -34,6 +40,25 @@ impl Message {
             None => (self.target.as_str(), None),
         }
     }
+}
+
+/// Field lines trimmed of surrounding whitespace and joined with `", "`.
+fn combine(values: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.iter().map(|v| v.len() + 2).sum());
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(trim_ows(v));
+    }
+    out
+}
+
+/// A field value without leading and trailing spaces and tabs.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 /// Why a component could not be put in a signature base.
@@ -97,8 +122,14 @@ pub fn component_with(name: &str, params: Params) -> Item {
     Item { value: BareItem::String(name.to_owned()), params }
 }
 
-/// The value of one covered component (RFC 9421 sections 2.1 and 2.2).
-pub fn component_value(message: &Message, item: &Item) -> Result<String, BaseError> {
+/// The value of one covered component (RFC 9421 sections 2.1 and 2.2), as bytes.
+///
+/// A header field's value is the combined field value, byte for byte: the signature base is a
+/// sequence of bytes (RFC 9421 section 1.1), so a value holding obs-text (bytes 0x80 to 0xff) is
+/// carried as received, never decoded and re-encoded. With `bs` each field line is base64 of
+/// its exact bytes (section 2.1.3). `sf` and `key` parse the value as a structured field, which
+/// holds only ASCII: a value that is not is refused.
+pub fn component_value(message: &Message, item: &Item) -> Result<Vec<u8>, BaseError> {
     let text = identifier_text(item);
     let unsupported = || BaseError::Unsupported(text.clone());
     let name = identifier_name(item).ok_or_else(unsupported)?;
@@ -113,7 +144,7 @@ pub fn component_value(message: &Message, item: &Item) -> Result<String, BaseErr
         }
     }
     if let Some(derived) = name.strip_prefix('@') {
-        return derived_value(message, derived, item).ok_or_else(|| match derived {
+        return derived_value(message, derived, item).map(String::into_bytes).ok_or_else(|| match derived {
             "method" | "target-uri" | "authority" | "scheme" | "request-target" | "path" | "query"
             | "query-param" | "status" => BaseError::Missing(text.clone()),
             _ => BaseError::Unsupported(text.clone()),
@@ -131,39 +162,44 @@ pub fn component_value(message: &Message, item: &Item) -> Result<String, BaseErr
         if has("sf") || has("key") {
             return Err(unsupported());
         }
-        let parts: Vec<String> =
-            values.iter().map(|v| format!(":{}:", STANDARD.encode(v.trim().as_bytes()))).collect();
-        return Ok(parts.join(", "));
+        let list: Vec<Member> = values
+            .iter()
+            .map(|v| {
+                Member::Item(Item { value: BareItem::ByteSeq(trim_ows(v).to_vec()), params: Vec::new() })
+            })
+            .collect();
+        return Ok(sf::serialize_list(&list).into_bytes());
     }
-    let combined = values.iter().map(|v| v.trim()).collect::<Vec<_>>().join(", ");
+    let combined = combine(&values);
+    if !has("key") && !has("sf") {
+        return Ok(combined);
+    }
+    let combined = std::str::from_utf8(&combined).map_err(|_| unsupported())?;
     if let Some(key) = sf::param(&item.params, "key") {
         let BareItem::String(key) = key else { return Err(unsupported()) };
         if !DICTIONARY_FIELDS.contains(&name) {
             return Err(unsupported());
         }
-        let dict = sf::parse_dictionary(&combined).map_err(|_| unsupported())?;
+        let dict = sf::parse_dictionary(combined).map_err(|_| unsupported())?;
         let member = dict.iter().find(|(k, _)| k == key).map(|(_, m)| m);
         let member = member.ok_or_else(|| BaseError::Missing(text.clone()))?;
         let mut out = String::new();
         sf::serialize_member(member, &mut out);
-        return Ok(out);
+        return Ok(out.into_bytes());
     }
-    if has("sf") {
-        if DICTIONARY_FIELDS.contains(&name) {
-            let dict = sf::parse_dictionary(&combined).map_err(|_| unsupported())?;
-            return Ok(sf::serialize_dictionary(&dict));
-        }
-        if LIST_FIELDS.contains(&name) {
-            let list = sf::parse_list(&combined).map_err(|_| unsupported())?;
-            return Ok(sf::serialize_list(&list));
-        }
-        if ITEM_FIELDS.contains(&name) {
-            let item = sf::parse_item(&combined).map_err(|_| unsupported())?;
-            return Ok(identifier_text(&item));
-        }
-        return Err(unsupported());
+    if DICTIONARY_FIELDS.contains(&name) {
+        let dict = sf::parse_dictionary(combined).map_err(|_| unsupported())?;
+        return Ok(sf::serialize_dictionary(&dict).into_bytes());
     }
-    Ok(combined)
+    if LIST_FIELDS.contains(&name) {
+        let list = sf::parse_list(combined).map_err(|_| unsupported())?;
+        return Ok(sf::serialize_list(&list).into_bytes());
+    }
+    if ITEM_FIELDS.contains(&name) {
+        let item = sf::parse_item(combined).map_err(|_| unsupported())?;
+        return Ok(identifier_text(&item).into_bytes());
+    }
+    Err(unsupported())
 }
 
 fn default_port(scheme: &str) -> &'static str {
@@ -301,9 +337,10 @@ impl SignatureParams {
     }
 }
 
-/// Builds the signature base (RFC 9421 section 2.5).
-pub fn signature_base(message: &Message, params: &SignatureParams) -> Result<String, BaseError> {
-    let mut out = String::new();
+/// Builds the signature base (RFC 9421 section 2.5): bytes, since a header value may hold
+/// obs-text. A component value holding CR, LF or NUL is refused.
+pub fn signature_base(message: &Message, params: &SignatureParams) -> Result<Vec<u8>, BaseError> {
+    let mut out = Vec::new();
     let mut seen: Vec<String> = Vec::with_capacity(params.components.len());
     for item in &params.components {
         let text = identifier_text(item);
@@ -311,16 +348,16 @@ pub fn signature_base(message: &Message, params: &SignatureParams) -> Result<Str
             return Err(BaseError::Duplicate(text));
         }
         let value = component_value(message, item)?;
-        if value.contains('\n') || value.contains('\r') {
+        if value.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
             return Err(BaseError::Unsupported(text));
         }
-        out.push_str(&text);
-        out.push_str(": ");
-        out.push_str(&value);
-        out.push('\n');
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.push(b'\n');
         seen.push(text);
     }
-    out.push_str("\"@signature-params\": ");
-    out.push_str(&params.serialize());
+    out.extend_from_slice(b"\"@signature-params\": ");
+    out.extend_from_slice(params.serialize().as_bytes());
     Ok(out)
 }

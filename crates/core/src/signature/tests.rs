@@ -44,6 +44,11 @@ fn test_response() -> Message {
     }
 }
 
+/// The signature base, as text (every RFC example is ASCII).
+fn base_text(message: &Message, params: &SignatureParams) -> String {
+    String::from_utf8(base::signature_base(message, params).unwrap()).unwrap()
+}
+
 fn params_of(input: &str, label: &str) -> SignatureParams {
     let dict = sf::parse_dictionary(input).unwrap();
     let member = &dict.iter().find(|(l, _)| l == label).unwrap().1;
@@ -53,7 +58,7 @@ fn params_of(input: &str, label: &str) -> SignatureParams {
 #[test]
 fn b21_minimal_signature_base_matches_rfc() {
     let input = r#"sig-b21=();created=1618884473;keyid="test-key-rsa-pss";nonce="b3k2pp5k7z-50gnwp.yemd""#;
-    let base = base::signature_base(&test_request(), &params_of(input, "sig-b21")).unwrap();
+    let base = base_text(&test_request(), &params_of(input, "sig-b21"));
     assert_eq!(
         base,
         r#""@signature-params": ();created=1618884473;keyid="test-key-rsa-pss";nonce="b3k2pp5k7z-50gnwp.yemd""#
@@ -63,7 +68,7 @@ fn b21_minimal_signature_base_matches_rfc() {
 #[test]
 fn b22_selective_signature_base_matches_rfc() {
     let input = r#"sig-b22=("@authority" "content-digest" "@query-param";name="Pet");created=1618884473;keyid="test-key-rsa-pss";tag="header-example""#;
-    let base = base::signature_base(&test_request(), &params_of(input, "sig-b22")).unwrap();
+    let base = base_text(&test_request(), &params_of(input, "sig-b22"));
     let expected = format!(
         "\"@authority\": example.com\n\"content-digest\": {REQUEST_DIGEST}\n\"@query-param\";name=\"Pet\": dog\n\
          \"@signature-params\": (\"@authority\" \"content-digest\" \"@query-param\";name=\"Pet\")\
@@ -75,7 +80,7 @@ fn b22_selective_signature_base_matches_rfc() {
 #[test]
 fn b23_full_coverage_signature_base_matches_rfc() {
     let input = r#"sig-b23=("date" "@method" "@path" "@query" "@authority" "content-type" "content-digest" "content-length");created=1618884473;keyid="test-key-rsa-pss""#;
-    let base = base::signature_base(&test_request(), &params_of(input, "sig-b23")).unwrap();
+    let base = base_text(&test_request(), &params_of(input, "sig-b23"));
     let expected = format!(
         "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\"@path\": /foo\n\
          \"@query\": ?param=Value&Pet=dog\n\"@authority\": example.com\n\"content-type\": application/json\n\
@@ -89,7 +94,7 @@ fn b23_full_coverage_signature_base_matches_rfc() {
 #[test]
 fn b24_response_signature_base_matches_rfc() {
     let input = r#"sig-b24=("@status" "content-type" "content-digest" "content-length");created=1618884473;keyid="test-key-ecc-p256""#;
-    let base = base::signature_base(&test_response(), &params_of(input, "sig-b24")).unwrap();
+    let base = base_text(&test_response(), &params_of(input, "sig-b24"));
     let expected = format!(
         "\"@status\": 200\n\"content-type\": application/json\n\"content-digest\": {RESPONSE_DIGEST}\n\
          \"content-length\": 23\n\"@signature-params\": (\"@status\" \"content-type\" \"content-digest\" \
@@ -105,7 +110,7 @@ fn b25_and_b26_signature_bases_match_rfc() {
         "sig-b25",
     );
     assert_eq!(
-        base::signature_base(&test_request(), &b25).unwrap(),
+        base_text(&test_request(), &b25),
         "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@authority\": example.com\n\"content-type\": application/json\n\
          \"@signature-params\": (\"date\" \"@authority\" \"content-type\");created=1618884473;keyid=\"test-shared-secret\""
     );
@@ -114,7 +119,7 @@ fn b25_and_b26_signature_bases_match_rfc() {
         "sig-b26",
     );
     assert_eq!(
-        base::signature_base(&test_request(), &b26).unwrap(),
+        base_text(&test_request(), &b26),
         "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\"@method\": POST\n\"@path\": /foo\n\"@authority\": example.com\n\
          \"content-type\": application/json\n\"content-length\": 18\n\"@signature-params\": (\"date\" \"@method\" \
          \"@path\" \"@authority\" \"content-type\" \"content-length\");created=1618884473;keyid=\"test-key-ed25519\""
@@ -145,14 +150,15 @@ fn rfc9530_digest_examples() {
 fn derived_components_follow_section_2_2() {
     let mut m = test_request();
     m.authority = "Example.COM:443".into();
-    let value = |name: &str| base::component_value(&m, &base::component(name)).unwrap();
+    let value =
+        |name: &str| String::from_utf8(base::component_value(&m, &base::component(name)).unwrap()).unwrap();
     assert_eq!(value("@authority"), "example.com");
     assert_eq!(value("@scheme"), "https");
     assert_eq!(value("@target-uri"), "https://example.com/foo?param=Value&Pet=dog");
     assert_eq!(value("@request-target"), "/foo?param=Value&Pet=dog");
     assert_eq!(value("@query"), "?param=Value&Pet=dog");
     m.target = "/".into();
-    assert_eq!(base::component_value(&m, &base::component("@query")).unwrap(), "?");
+    assert_eq!(base::component_value(&m, &base::component("@query")).unwrap(), b"?");
     // Section 2.2.8 example: decoded, then re-encoded with %20 for spaces.
     m.target = "/path?param=value&foo=bar&baz=batman&qux=&q=a+b%2Fc".into();
     let qp = |name: &str| {
@@ -161,9 +167,9 @@ fn derived_components_follow_section_2_2() {
             &base::component_with("@query-param", vec![("name".into(), BareItem::String(name.into()))]),
         )
     };
-    assert_eq!(qp("baz").unwrap(), "batman");
-    assert_eq!(qp("qux").unwrap(), "");
-    assert_eq!(qp("q").unwrap(), "a%20b%2Fc");
+    assert_eq!(qp("baz").unwrap(), b"batman");
+    assert_eq!(qp("qux").unwrap(), b"");
+    assert_eq!(qp("q").unwrap(), b"a%20b%2Fc");
     assert!(matches!(qp("missing"), Err(base::BaseError::Missing(_))));
 }
 
@@ -175,13 +181,13 @@ fn header_fields_combine_and_support_sf_key_and_bs() {
     m.headers.push(("x-multi".into(), " two".into()));
     let with =
         |name: &str, params: sf::Params| base::component_value(&m, &base::component_with(name, params));
-    assert_eq!(with("x-multi", vec![]).unwrap(), "one, two");
+    assert_eq!(with("x-multi", vec![]).unwrap(), b"one, two");
     assert_eq!(
         with("example-dict", vec![("sf".into(), BareItem::Boolean(true))]).unwrap(),
-        "a=1, b=2;x=1;y=2, c=(a b c)"
+        b"a=1, b=2;x=1;y=2, c=(a b c)"
     );
-    assert_eq!(with("example-dict", vec![("key".into(), BareItem::String("c".into()))]).unwrap(), "(a b c)");
-    assert_eq!(with("x-multi", vec![("bs".into(), BareItem::Boolean(true))]).unwrap(), ":b25l:, :dHdv:");
+    assert_eq!(with("example-dict", vec![("key".into(), BareItem::String("c".into()))]).unwrap(), b"(a b c)");
+    assert_eq!(with("x-multi", vec![("bs".into(), BareItem::Boolean(true))]).unwrap(), b":b25l:, :dHdv:");
     assert!(matches!(with("x-missing", vec![]), Err(base::BaseError::Missing(_))));
     assert!(matches!(
         with("x-multi", vec![("req".into(), BareItem::Boolean(true))]),
@@ -189,10 +195,74 @@ fn header_fields_combine_and_support_sf_key_and_bs() {
     ));
 }
 
+/// RFC 9421 section 2.1.3: with `bs`, two field lines and one line holding the same text
+/// have different component values.
+#[test]
+fn bs_wraps_each_field_line_as_in_section_2_1_3() {
+    let bs = base::component_with("example-header", vec![("bs".into(), BareItem::Boolean(true))]);
+    let mut m = test_request();
+    m.headers.push(("Example-Header".into(), "value, with, lots".into()));
+    m.headers.push(("Example-Header".into(), "of, commas".into()));
+    assert_eq!(base::component_value(&m, &bs).unwrap(), b":dmFsdWUsIHdpdGgsIGxvdHM=:, :b2YsIGNvbW1hcw==:");
+    let mut one = test_request();
+    one.headers.push(("Example-Header".into(), "value, with, lots, of, commas".into()));
+    assert_eq!(base::component_value(&one, &bs).unwrap(), b":dmFsdWUsIHdpdGgsIGxvdHMsIG9mLCBjb21tYXM=:");
+    // Without `bs` both messages give the same value: the collision `bs` exists to prevent.
+    let plain = base::component("example-header");
+    assert_eq!(base::component_value(&m, &plain).unwrap(), base::component_value(&one, &plain).unwrap());
+}
+
+/// Header values are bytes: obs-text is carried exactly, with `bs` (base64 of the bytes) and
+/// without (the raw bytes in the base), so two different invalid UTF-8 sequences never give the
+/// same component value. Structured-field parameters refuse such a value.
+#[test]
+fn header_bytes_that_are_not_utf8_are_kept_exactly() {
+    let with = |bytes: &[u8], params: sf::Params| {
+        let mut m = test_request();
+        m.headers.push(("X-Bin".into(), bytes.to_vec()));
+        base::component_value(&m, &base::component_with("x-bin", params))
+    };
+    let bs = || vec![("bs".to_owned(), BareItem::Boolean(true))];
+    assert_eq!(with(&[0xff, 0xfe], bs()).unwrap(), b"://4=:");
+    assert_eq!(with(&[0xfe, 0xff], bs()).unwrap(), b":/v8=:");
+    assert_eq!(with(&[0xff, 0xfe], vec![]).unwrap(), vec![0xff, 0xfe]);
+    assert_ne!(with(&[0xff, 0xfe], vec![]).unwrap(), with(&[0xfe, 0xff], vec![]).unwrap());
+    assert_eq!(with(b" \xe9t\xe9 ", vec![]).unwrap(), b"\xe9t\xe9", "trimmed, not decoded");
+    assert!(matches!(
+        with(&[0xff], vec![("sf".into(), BareItem::Boolean(true))]),
+        Err(base::BaseError::Unsupported(_))
+    ));
+    // The base holds the raw bytes.
+    let mut m = test_request();
+    m.headers.push(("x-bin".into(), vec![0xff, 0xfe]));
+    let params = params_of(r#"s=("x-bin" "@method");created=1;keyid="k""#, "s");
+    let base = base::signature_base(&m, &params).unwrap();
+    assert!(base.starts_with(b"\"x-bin\": \xff\xfe\n\"@method\": POST\n"));
+}
+
+#[test]
+fn field_lines_are_combined_and_empty_values_kept() {
+    let mut m = test_request();
+    m.headers.push(("x-a".into(), " one\t".into()));
+    m.headers.push(("X-A".into(), "two".into()));
+    m.headers.push(("x-empty".into(), "".into()));
+    assert_eq!(m.field_value("x-a").unwrap(), b"one, two");
+    assert_eq!(m.field_value("x-empty").unwrap(), b"");
+    assert_eq!(m.field_value("x-none"), None);
+    let params = params_of(r#"s=("x-empty");created=1;keyid="k""#, "s");
+    assert!(base_text(&m, &params).starts_with("\"x-empty\": \n"));
+}
+
 #[test]
 fn duplicate_components_and_newlines_are_refused() {
     let params = params_of(r#"s=("@method" "@method");created=1;keyid="k""#, "s");
     assert!(matches!(base::signature_base(&test_request(), &params), Err(base::BaseError::Duplicate(_))));
+    for bad in [&b"a\nb"[..], b"a\rb", b"a\x00b"] {
+        let mut m = test_request();
+        m.headers.push(("x-bad".into(), bad.to_vec()));
+        let params = params_of(r#"s=("x-bad");created=1;keyid="k""#, "s");
+        assert!(matches!(base::signature_base(&m, &params), Err(base::BaseError::Unsupported(_))), "{bad:?}");
+    }
 }
 
 fn policy() -> Policy {
@@ -280,6 +350,61 @@ fn label_selection_takes_configured_or_first_acceptable() {
         ),
         Err(Deny::MalformedSignature)
     );
+}
+
+/// `Signature-Input` and `Signature` sent as several field lines are one dictionary each.
+#[test]
+fn signature_fields_on_several_lines_are_combined() {
+    let p = policy();
+    let mut m = test_request();
+    m.headers.push(("Signature-Input".into(), r#"old=("@method");created=1618884473;keyid="k""#.into()));
+    m.headers.push(("signature-input".into(), input(r#";created=1618884473;keyid="k2""#).into()));
+    m.headers.push(("Signature".into(), "old=:AAAA:".into()));
+    m.headers.push(("signature".into(), "sig1=:AQID:".into()));
+    let chosen = verify::select_in(&m, &p, true, NOW).unwrap();
+    assert_eq!((chosen.label.as_str(), chosen.key_id.as_str()), ("sig1", "k2"));
+    assert_eq!(chosen.signature, vec![1, 2, 3]);
+    // Not ASCII: not a structured field.
+    m.headers.push(("signature".into(), vec![0xff]));
+    assert_eq!(verify::select_in(&m, &p, true, NOW), Err(Deny::MalformedSignature));
+    assert_eq!(verify::select_in(&test_request(), &p, true, NOW), Err(Deny::MissingSignature));
+}
+
+/// The content is checked whenever `Content-Digest` is present or covered, an empty body
+/// included; otherwise there is nothing to check.
+#[test]
+fn content_is_checked_whenever_the_digest_is_present_or_covered() {
+    let covered =
+        verify::select(Some(&input(r#";created=1618884473;keyid="k""#)), Some(SIG), &policy(), true, NOW)
+            .unwrap();
+    let uncovered = verify::select(
+        Some(r#"sig1=("@method" "@authority" "@path");created=1618884473;keyid="k""#),
+        Some(SIG),
+        &policy(),
+        false,
+        NOW,
+    )
+    .unwrap();
+    let m = test_request();
+    assert!(verify::binds_content(&m, &covered) && verify::binds_content(&m, &uncovered));
+    assert_eq!(verify::check_content(&m, &covered, REQUEST_BODY), Ok(()));
+    assert_eq!(verify::check_content(&m, &covered, b""), Err(Deny::DigestMismatch), "a stripped body");
+    assert_eq!(verify::check_content(&m, &uncovered, b""), Err(Deny::DigestMismatch), "present, not covered");
+    let mut no_digest = test_request();
+    no_digest.headers.retain(|(n, _)| n != "Content-Digest");
+    assert!(!verify::binds_content(&no_digest, &uncovered));
+    assert_eq!(verify::check_content(&no_digest, &uncovered, b"anything"), Ok(()));
+    assert_eq!(verify::check_content(&no_digest, &covered, b""), Err(Deny::MissingDigest));
+    // The digest of the empty body holds for an empty body.
+    let mut empty = no_digest.clone();
+    empty.headers.push(("content-digest".into(), digest::content_digest(DigestAlg::Sha256, b"").into()));
+    assert_eq!(verify::check_content(&empty, &covered, b""), Ok(()));
+    // Two field lines are one dictionary: every supported member must match.
+    let mut two = no_digest;
+    two.headers
+        .push(("content-digest".into(), digest::content_digest(DigestAlg::Sha256, REQUEST_BODY).into()));
+    two.headers.push(("content-digest".into(), digest::content_digest(DigestAlg::Sha512, b"other").into()));
+    assert_eq!(verify::check_content(&two, &covered, REQUEST_BODY), Err(Deny::DigestMismatch));
 }
 
 #[test]
@@ -411,7 +536,7 @@ mod crypto {
     fn b25_hmac_sha256_produces_the_rfc_signature() {
         let secret = STANDARD.decode(SHARED_SECRET).unwrap();
         let base = base::signature_base(&test_request(), &params_of(B25_INPUT, "sig-b25")).unwrap();
-        let tag = SigningMaterial::Hmac(secret.clone()).sign(base.as_bytes());
+        let tag = SigningMaterial::Hmac(secret.clone()).sign(&base);
         assert_eq!(format!("sig-b25=:{}:", STANDARD.encode(&tag)), B25_SIG);
         let c = verify::select(Some(B25_INPUT), Some(B25_SIG), &rfc_policy(), false, NOW).unwrap();
         assert_eq!(verify::verify(&c, &test_request(), &KeyMaterial::Hmac(secret)), Ok(()));
@@ -422,7 +547,7 @@ mod crypto {
         let signer = SigningMaterial::Ed25519(ed25519_seed());
         assert_eq!(signer.verifying(), KeyMaterial::Ed25519(ed25519_public()));
         let base = base::signature_base(&test_request(), &params_of(B26_INPUT, "sig-b26")).unwrap();
-        let sig = signer.sign(base.as_bytes());
+        let sig = signer.sign(&base);
         assert_eq!(format!("sig-b26=:{}:", STANDARD.encode(&sig)), B26_SIG);
         let c = verify::select(Some(B26_INPUT), Some(B26_SIG), &rfc_policy(), false, NOW).unwrap();
         assert_eq!(verify::verify(&c, &test_request(), &KeyMaterial::Ed25519(ed25519_public())), Ok(()));

@@ -3,6 +3,7 @@
 
 use super::base::{self, Message, SignatureParams};
 use super::sf::{self, BareItem, Member};
+use super::{CONTENT_DIGEST, SIGNATURE, SIGNATURE_INPUT, digest};
 
 /// The algorithms a key can be bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +232,23 @@ impl Candidate {
     }
 }
 
+/// Picks the signature to verify from the message's `Signature-Input` and `Signature` fields
+/// and checks it against the policy (see [`select`]). Each field may come as several field
+/// lines: they are one dictionary, combined as RFC 9110 section 5.3 says.
+pub fn select_in(message: &Message, policy: &Policy, has_body: bool, now_s: i64) -> Result<Candidate, Deny> {
+    let input = field_text(message, SIGNATURE_INPUT)?;
+    let signature = field_text(message, SIGNATURE)?;
+    select(input.as_deref(), signature.as_deref(), policy, has_body, now_s)
+}
+
+/// A signature field's combined value; a structured field holds only ASCII.
+fn field_text(message: &Message, name: &str) -> Result<Option<String>, Deny> {
+    message
+        .field_value(name)
+        .map(|bytes| String::from_utf8(bytes).map_err(|_| Deny::MalformedSignature))
+        .transpose()
+}
+
 /// Picks the signature to verify and checks it against the policy (everything that does
 /// not need the key or the body). `has_body`: the request carries a body.
 pub fn select(
@@ -329,8 +347,25 @@ fn check_one(
     Ok(Candidate { label: label.to_owned(), params, signature, key_id, created, nonce, alg })
 }
 
+/// Whether the request's content is bound by `Content-Digest`: the field is present, or the
+/// signature covers it. Bound content is checked whatever its framing, an empty body included.
+pub fn binds_content(message: &Message, candidate: &Candidate) -> bool {
+    candidate.covers_digest() || !message.header_values(CONTENT_DIGEST).is_empty()
+}
+
+/// Checks the whole content (empty when the request has none) against `Content-Digest` when
+/// the content is bound (see [`binds_content`]).
+pub fn check_content(message: &Message, candidate: &Candidate, content: &[u8]) -> Result<(), Deny> {
+    if !binds_content(message, candidate) {
+        return Ok(());
+    }
+    let value = message.field_value(CONTENT_DIGEST).ok_or(Deny::MissingDigest)?;
+    let value = std::str::from_utf8(&value).map_err(|_| Deny::DigestMismatch)?;
+    digest::verify_content_digest(value, content).map_err(|_| Deny::DigestMismatch)
+}
+
 /// Builds the signature base of the chosen signature and checks the algorithm binding.
-pub fn prepare(candidate: &Candidate, message: &Message, key_alg: Algorithm) -> Result<String, Deny> {
+pub fn prepare(candidate: &Candidate, message: &Message, key_alg: Algorithm) -> Result<Vec<u8>, Deny> {
     if let Some(alg) = &candidate.alg
         && alg != key_alg.name()
     {
@@ -346,9 +381,5 @@ pub fn prepare(candidate: &Candidate, message: &Message, key_alg: Algorithm) -> 
 #[cfg(feature = "signature")]
 pub fn verify(candidate: &Candidate, message: &Message, key: &KeyMaterial) -> Result<(), Deny> {
     let base = prepare(candidate, message, key.algorithm())?;
-    if super::crypto::verify(key, base.as_bytes(), &candidate.signature) {
-        Ok(())
-    } else {
-        Err(Deny::BadSignature)
-    }
+    if super::crypto::verify(key, &base, &candidate.signature) { Ok(()) } else { Err(Deny::BadSignature) }
 }
