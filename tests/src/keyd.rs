@@ -154,11 +154,20 @@ impl Keyd {
         StoreBackup { dir }
     }
 
-    /// Stops the service, puts the backed-up database in place of the current one (its WAL and
-    /// shared-memory files included, or removed when the backup had none) and starts the service
-    /// again on the same port: what an operator does to restore a store from a backup.
+    /// Stops the service, puts the backed-up database in place of the current one and starts
+    /// the service again on the same port: what an operator does to restore a store from a
+    /// backup.
     pub async fn restore_store(&mut self, backup: &StoreBackup) {
         self.stop().await;
+        self.replace_store(backup);
+        self.start_again().await;
+    }
+
+    /// Puts the backed-up database in place of the current one (its WAL and shared-memory files
+    /// included, or removed when the backup had none). The service must be stopped
+    /// ([`Keyd::stop`]); start it with [`Keyd::restart`].
+    pub fn replace_store(&mut self, backup: &StoreBackup) {
+        assert!(self.child.is_none(), "replace_store needs the key service stopped");
         for name in STORE_FILES {
             let from = backup.dir.path().join(name);
             let to = self.data_dir.join(name);
@@ -168,7 +177,6 @@ impl Keyd {
                 std::fs::remove_file(&to).unwrap_or_else(|e| panic!("remove {}: {e}", to.display()));
             }
         }
-        self.start_again().await;
     }
 
     /// SIGKILL: the service vanishes without a goodbye, like a crash.

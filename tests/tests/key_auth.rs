@@ -516,3 +516,50 @@ async fn a_hung_key_service_adds_no_wait_to_cached_keys_past_their_ttl() {
         eventually(Duration::from_secs(5), || async { gw.get("/", Some(&key)).await.status == 401 }).await;
     assert!(revoked, "a revocation after the outage is not seen");
 }
+
+/// A restored store that has got as far again as the gateway had read before the gateway polls
+/// it: its head alone does not show the restore, the change at the gateway's cursor does (each
+/// poll asks for it again). What the lost timeline cached is retired, and a revocation numbered
+/// below the gateway's old cursor is seen.
+#[tokio::test]
+async fn a_restored_store_that_got_as_far_again_before_the_gateway_polled_is_detected() {
+    let mut gw = Gateway::start().await;
+    let (kept_id, kept) = gw.keyd.create_key("alice", &["read"]).await;
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
+    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    let backup = gw.keyd.backup_store().await;
+
+    // The lost timeline: two changes, both learned by the gateway.
+    let invalidations = gw.stat("feed_invalidations").await;
+    let (_, lost) = gw.keyd.create_key("bob", &[]).await;
+    let mut admin = gw.keyd.admin_client().await;
+    let rename = UpdateKeyRequest { id: kept_id.clone(), name: Some("renamed".into()), ..Default::default() };
+    admin.update_key(rename).await.unwrap();
+    assert!(gw.stat_reaches("feed_invalidations", invalidations + 2).await);
+    assert!(gw.statuses("/", &lost, 4).await.iter().all(|s| *s == 200));
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
+
+    // Restored, and changed more than the lost timeline was while the gateway cannot see it
+    // (the service runs on another port meanwhile): the kept key is revoked, other keys made.
+    gw.keyd.stop().await;
+    gw.keyd.replace_store(&backup);
+    {
+        let aside = Keyd::start(gw.keyd.data_dir()).await;
+        aside.revoke_key(&kept_id).await;
+        for i in 0..3 {
+            aside.create_key(&format!("filler{i}"), &[]).await;
+        }
+        let mut aside = aside;
+        aside.stop().await;
+    }
+    gw.keyd.restart().await;
+
+    let gone =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&lost)).await.status == 401 }).await;
+    assert!(gone, "a key missing from the restored store still works");
+    let revoked =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&kept)).await.status == 401 }).await;
+    assert!(revoked, "a key revoked in the restored store still works");
+    assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 401), "on every worker");
+    assert!(gw.stat_reaches("feed_resets", 1).await);
+}

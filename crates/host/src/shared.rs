@@ -86,11 +86,11 @@ mod tests {
     #[test]
     fn finishing_a_poll_never_moves_the_cursor_back_nor_undoes_a_reset() {
         let host = MockHost::new();
-        let ahead = FeedState { started: true, cursor: 10, base: 2, epoch: 0, busy_until_ms: 7 };
+        let ahead = FeedState { started: true, cursor: 10, base: 2, epoch: 0, mark: 3, busy_until_ms: 7 };
         assert!(finish_poll(&*host, "f", ahead));
         assert!(finish_poll(&*host, "f", FeedState { cursor: 4, busy_until_ms: 0, ..ahead }));
         assert_eq!(read_feed(&*host, "f").0, FeedState { busy_until_ms: 0, ..ahead });
-        let reset = FeedState { started: true, cursor: 1, base: 1, epoch: 1, busy_until_ms: 0 };
+        let reset = FeedState { started: true, cursor: 1, base: 1, epoch: 1, mark: 0, busy_until_ms: 0 };
         assert!(finish_poll(&*host, "f", reset));
         assert_eq!(read_feed(&*host, "f").0, reset);
         assert!(finish_poll(&*host, "f", ahead), "a poll of the old epoch finishing late");

@@ -175,7 +175,7 @@ mod tests {
     }
 
     fn set_epoch(host: &MockHost, keys: &Keys, epoch: u64) {
-        let state = FeedState { started: true, cursor: 12, base: 12, epoch, busy_until_ms: 0 };
+        let state = FeedState { started: true, cursor: 12, base: 12, epoch, mark: 0, busy_until_ms: 0 };
         host.shared_set(&keys.feed(), &state.encode(), None).unwrap();
     }
 

@@ -14,7 +14,9 @@
 //! from a backup goes back to the backup's head and numbers its next changes with sequences the
 //! lost timeline had already used, so neither an entry's sequence nor an invalidation slot's can
 //! be compared across the restore. The feed consumer therefore counts timelines: it bumps the
-//! feed's *epoch* whenever the head goes backwards ([`feed_step`]). Every entry carries the
+//! feed's *epoch* whenever the head goes backwards, or the change it last applied is no longer
+//! the one the service has at that sequence (the restored store got as far again before the
+//! consumer polled: see [`FeedState::mark`]) ([`feed_step`]). Every entry carries the
 //! epoch read when its lookup was dispatched, and every invalidation slot the epoch it was raised
 //! in ([`Invalidation`]); an entry of an older epoch is a miss (never served stale), and a slot
 //! of an older epoch invalidates nothing in the current one.
@@ -321,11 +323,15 @@ pub struct FeedState {
     /// How many times the feed went backwards (a store restored from a backup): sequences of
     /// one epoch are never compared with another's. See the module documentation.
     pub epoch: u64,
+    /// The [`change_mark`] of the change at `cursor`; 0 when not known (no change applied since
+    /// the consumer started at the head). Each poll asks for that change again: a service that
+    /// now has another change at that sequence was restored and has since got as far again.
+    pub mark: u64,
     /// A worker is polling until this time (ms); others skip their turn.
     pub busy_until_ms: u64,
 }
 
-const FEED_STATE_LEN: usize = 33;
+const FEED_STATE_LEN: usize = 41;
 
 impl FeedState {
     pub fn encode(&self) -> [u8; FEED_STATE_LEN] {
@@ -334,24 +340,32 @@ impl FeedState {
         out[8..16].copy_from_slice(&self.base.to_le_bytes());
         out[16..24].copy_from_slice(&self.busy_until_ms.to_le_bytes());
         out[24..32].copy_from_slice(&self.epoch.to_le_bytes());
-        out[32] = u8::from(self.started);
+        out[32..40].copy_from_slice(&self.mark.to_le_bytes());
+        out[40] = u8::from(self.started);
         out
     }
 
     /// Decodes a record; `None` for anything else (the consumer then starts over at the head,
     /// re-checking everything cached).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != FEED_STATE_LEN || bytes[32] > 1 {
+        if bytes.len() != FEED_STATE_LEN || bytes[40] > 1 {
             return None;
         }
         let word = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
         Some(Self {
-            started: bytes[32] == 1,
+            started: bytes[40] == 1,
             cursor: word(0)?,
             base: word(8)?,
             busy_until_ms: word(16)?,
             epoch: word(24)?,
+            mark: word(32)?,
         })
+    }
+
+    /// The `after_seq` of the next poll: one before the cursor when the change at the cursor is
+    /// known, so the answer shows whether the service still has it (see [`Self::mark`]).
+    pub fn after_seq(&self) -> u64 {
+        if self.mark == 0 { self.cursor } else { self.cursor.saturating_sub(1) }
     }
 
     /// The record to store when a poll finishes with `next` while the stored record is
@@ -411,6 +425,30 @@ impl Invalidation {
     }
 }
 
+/// One change of a ListChanges answer, as the consumer uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedChange {
+    pub seq: u64,
+    /// Empty for consumer-level changes.
+    pub key_id: String,
+    /// See [`change_mark`].
+    pub mark: u64,
+}
+
+/// A fingerprint of a change (FNV-1a over its kind, key id, consumer id and time; never 0):
+/// the same sequence number on two timelines of a restored store almost surely carries
+/// different changes.
+pub fn change_mark(kind: i32, key_id: &str, consumer_id: &str, at: i64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts: [&[u8]; 5] =
+        [&kind.to_le_bytes(), key_id.as_bytes(), &[0xff], consumer_id.as_bytes(), &at.to_le_bytes()];
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
 /// What the feed consumer should do with a page of changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedStep {
@@ -423,11 +461,15 @@ pub struct FeedStep {
 /// head and re-checks every cached entry instead.
 pub const MAX_BACKLOG: u64 = 10_000;
 
-/// Applies one ListChanges answer (`changes` as (seq, key id), `head` the service's newest
-/// sequence) to the consumer state.
-pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> FeedStep {
+/// Applies one ListChanges answer (asked for after [`FeedState::after_seq`]; `head` the
+/// service's newest sequence) to the consumer state.
+pub fn feed_step(state: FeedState, changes: &[FeedChange], head: u64) -> FeedStep {
     let mut next = FeedState { busy_until_ms: 0, started: true, ..state };
-    let went_back = state.started && head < state.cursor;
+    // The change at the cursor, asked for again, is not the one applied: the service's store
+    // was restored and has reached this sequence again with other changes. (An answer without
+    // it tells nothing either way.)
+    let replaced = state.mark != 0 && changes.iter().any(|c| c.seq == state.cursor && c.mark != state.mark);
+    let went_back = state.started && (head < state.cursor || replaced);
     if went_back {
         // The key service's store went back to an older state (restored from a backup): what
         // was cached before, and the sequences seen before, belong to a timeline that is gone.
@@ -438,17 +480,21 @@ pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> Feed
         // start at the head and treat everything cached before it as needing a re-check.
         next.cursor = head;
         next.base = head;
+        next.mark = 0;
         return FeedStep { invalidate: Vec::new(), next };
     }
     let mut invalidate = Vec::new();
-    for (seq, key_id) in changes {
-        if *seq <= state.cursor {
+    for change in changes {
+        if change.seq <= state.cursor {
             continue;
         }
-        if !key_id.is_empty() {
-            invalidate.push((invalidation_slot(key_id), *seq));
+        if !change.key_id.is_empty() {
+            invalidate.push((invalidation_slot(&change.key_id), change.seq));
         }
-        next.cursor = next.cursor.max(*seq);
+        if change.seq > next.cursor {
+            next.cursor = change.seq;
+            next.mark = change.mark;
+        }
     }
     FeedStep { invalidate, next }
 }
@@ -456,6 +502,17 @@ pub fn feed_step(state: FeedState, changes: &[(u64, String)], head: u64) -> Feed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changes as (seq, key id), each with a mark of its own.
+    fn changes(list: &[(u64, &str)]) -> Vec<FeedChange> {
+        list.iter()
+            .map(|(seq, key_id)| FeedChange {
+                seq: *seq,
+                key_id: (*key_id).to_owned(),
+                mark: change_mark(2, key_id, "c", *seq as i64),
+            })
+            .collect()
+    }
 
     fn cfg() -> CacheConfig {
         CacheConfig {
@@ -594,11 +651,14 @@ mod tests {
     #[test]
     fn feed_starts_at_head_and_rebases() {
         let step = feed_step(FeedState::default(), &[], 42);
-        assert_eq!(step.next, FeedState { started: true, cursor: 42, base: 42, epoch: 0, busy_until_ms: 0 });
+        assert_eq!(
+            step.next,
+            FeedState { started: true, cursor: 42, base: 42, epoch: 0, mark: 0, busy_until_ms: 0 }
+        );
         // A service whose feed is empty still starts the consumer: its first change is replayed.
         let empty = feed_step(FeedState::default(), &[], 0).next;
         assert!(empty.started);
-        let first = feed_step(empty, &[(1, "key_a".to_owned())], 1);
+        let first = feed_step(empty, &changes(&[(1, "key_a")]), 1);
         assert_eq!(first.invalidate, vec![(invalidation_slot("key_a"), 1)]);
         assert_eq!(first.next.base, 0);
         assert!(step.invalidate.is_empty());
@@ -606,30 +666,32 @@ mod tests {
 
     #[test]
     fn feed_applies_changes_in_order_and_skips_seen_ones() {
-        let state = FeedState { started: true, cursor: 5, base: 1, epoch: 0, busy_until_ms: 99 };
-        let changes = vec![
-            (5, "key_old".to_owned()),
-            (6, "key_a".to_owned()),
-            (7, String::new()),
-            (8, "key_b".to_owned()),
-        ];
-        let step = feed_step(state, &changes, 8);
-        assert_eq!(step.next, FeedState { started: true, cursor: 8, base: 1, epoch: 0, busy_until_ms: 0 });
+        let state = FeedState { started: true, cursor: 5, base: 1, epoch: 0, mark: 0, busy_until_ms: 99 };
+        let page = changes(&[(5, "key_old"), (6, "key_a"), (7, ""), (8, "key_b")]);
+        let step = feed_step(state, &page, 8);
+        let mark = page[3].mark;
+        assert_eq!(
+            step.next,
+            FeedState { started: true, cursor: 8, base: 1, epoch: 0, mark, busy_until_ms: 0 }
+        );
         assert_eq!(step.invalidate, vec![(invalidation_slot("key_a"), 6), (invalidation_slot("key_b"), 8)]);
     }
 
     #[test]
     fn feed_skips_ahead_on_a_long_backlog_or_a_reset_service() {
-        let state = FeedState { started: true, cursor: 5, base: 1, epoch: 0, busy_until_ms: 0 };
-        let step = feed_step(state, &[(6, "key_a".to_owned())], 5 + MAX_BACKLOG + 1);
+        let state = FeedState { started: true, cursor: 5, base: 1, epoch: 0, mark: 0, busy_until_ms: 0 };
+        let step = feed_step(state, &changes(&[(6, "key_a")]), 5 + MAX_BACKLOG + 1);
         assert_eq!(step.next.base, 5 + MAX_BACKLOG + 1);
         let step = feed_step(state, &[], 3);
-        assert_eq!(step.next, FeedState { started: true, cursor: 3, base: 3, epoch: 1, busy_until_ms: 0 });
+        assert_eq!(
+            step.next,
+            FeedState { started: true, cursor: 3, base: 3, epoch: 1, mark: 0, busy_until_ms: 0 }
+        );
     }
 
     #[test]
     fn feed_state_round_trips() {
-        let s = FeedState { started: true, cursor: 1, base: 2, epoch: 4, busy_until_ms: 3 };
+        let s = FeedState { started: true, cursor: 1, base: 2, epoch: 4, mark: 5, busy_until_ms: 3 };
         assert_eq!(FeedState::decode(&s.encode()), Some(s));
         assert_eq!(FeedState::decode(&[0; 24]), None);
     }
@@ -663,15 +725,18 @@ mod tests {
 
     #[test]
     fn a_feed_going_backwards_starts_a_new_epoch_and_nothing_else_does() {
-        let state = FeedState { started: true, cursor: 20, base: 4, epoch: 2, busy_until_ms: 9 };
+        let state = FeedState { started: true, cursor: 20, base: 4, epoch: 2, mark: 0, busy_until_ms: 9 };
         let restored = feed_step(state, &[], 12).next;
-        assert_eq!(restored, FeedState { started: true, cursor: 12, base: 12, epoch: 3, busy_until_ms: 0 });
+        assert_eq!(
+            restored,
+            FeedState { started: true, cursor: 12, base: 12, epoch: 3, mark: 0, busy_until_ms: 0 }
+        );
         assert_eq!(feed_step(state, &[], 20).next.epoch, 2, "same head");
-        assert_eq!(feed_step(state, &[(21, "key_a".into())], 21).next.epoch, 2, "moving on");
+        assert_eq!(feed_step(state, &changes(&[(21, "key_a")]), 21).next.epoch, 2, "moving on");
         assert_eq!(feed_step(state, &[], 20 + MAX_BACKLOG + 1).next.epoch, 2, "skipping ahead");
         assert_eq!(feed_step(FeedState::default(), &[], 0).next.epoch, 0, "first start");
         // The first change of the new timeline is applied, in the new epoch.
-        let step = feed_step(restored, &[(13, "key_a".into())], 13);
+        let step = feed_step(restored, &changes(&[(13, "key_a")]), 13);
         assert_eq!(step.invalidate, vec![(invalidation_slot("key_a"), 13)]);
         assert_eq!(step.next.epoch, 3);
     }
@@ -701,7 +766,7 @@ mod tests {
     fn a_restored_store_neither_keeps_old_answers_nor_loses_new_revocations() {
         let cfg = cfg();
         // Lost timeline (epoch 0): key_abc changed at 18; its answer cached at 20.
-        let state = FeedState { started: true, cursor: 20, base: 0, epoch: 0, busy_until_ms: 0 };
+        let state = FeedState { started: true, cursor: 20, base: 0, epoch: 0, mark: 0, busy_until_ms: 0 };
         let lost_slot = Invalidation { epoch: 0, seq: 18 }.encode();
         let cached = Entry { feed_seq: 20, ..valid([1; 32], 0) };
 
@@ -725,7 +790,7 @@ mod tests {
         ));
 
         // Revoked at 13 on the new timeline (the lost one had 13 too).
-        let step = feed_step(state, &[(13, "key_abc".into())], 13);
+        let step = feed_step(state, &changes(&[(13, "key_abc")]), 13);
         let (_, seq) = step.invalidate[0];
         let raised = Invalidation::raised(Some(&lost_slot[..]), Invalidation { epoch: step.next.epoch, seq });
         let slot = raised.unwrap().encode();
@@ -738,9 +803,9 @@ mod tests {
 
     #[test]
     fn a_finished_poll_never_undoes_a_reset_nor_moves_the_cursor_back() {
-        let current = FeedState { started: true, cursor: 20, base: 20, epoch: 1, busy_until_ms: 7 };
+        let current = FeedState { started: true, cursor: 20, base: 20, epoch: 1, mark: 0, busy_until_ms: 7 };
         // A reset (new epoch) wins even though its cursor and base are lower.
-        let reset = FeedState { started: true, cursor: 12, base: 12, epoch: 2, busy_until_ms: 0 };
+        let reset = FeedState { started: true, cursor: 12, base: 12, epoch: 2, mark: 0, busy_until_ms: 0 };
         assert_eq!(FeedState::merge(current, reset), reset);
         // A poll of an older epoch finishing late does not undo it.
         assert_eq!(FeedState::merge(reset, current), FeedState { busy_until_ms: 0, ..reset });
@@ -749,5 +814,52 @@ mod tests {
         assert_eq!(FeedState::merge(current, behind), FeedState { busy_until_ms: 0, ..current });
         let ahead = FeedState { cursor: 25, busy_until_ms: 3, ..current };
         assert_eq!(FeedState::merge(current, ahead), ahead);
+    }
+
+    #[test]
+    fn a_restored_store_that_got_as_far_again_before_the_poll_is_detected_by_its_changes() {
+        // Applied up to 20 (its mark known); the poll asks after 19.
+        let applied = feed_step(
+            FeedState { started: true, cursor: 18, ..FeedState::default() },
+            &changes(&[(19, "key_a"), (20, "key_b")]),
+            20,
+        )
+        .next;
+        assert_eq!(applied.mark, changes(&[(20, "key_b")])[0].mark);
+        assert_eq!(applied.after_seq(), 19);
+        // Same change at 20: nothing happened.
+        let same = feed_step(applied, &changes(&[(20, "key_b"), (21, "key_c")]), 21);
+        assert_eq!((same.next.epoch, same.next.cursor), (0, 21));
+        assert_eq!(same.invalidate, vec![(invalidation_slot("key_c"), 21)]);
+        // Another change at 20 (the restored store's own 20th): a new epoch at the head.
+        let other = feed_step(applied, &changes(&[(20, "key_x"), (21, "key_y"), (22, "key_z")]), 22);
+        assert_eq!(
+            other.next,
+            FeedState { started: true, cursor: 22, base: 22, epoch: 1, mark: 0, busy_until_ms: 0 }
+        );
+        assert!(other.invalidate.is_empty());
+        assert_eq!(other.next.after_seq(), 22, "the change at the head is not known yet");
+        // An answer without the change at the cursor tells nothing.
+        assert_eq!(feed_step(applied, &changes(&[(21, "key_y")]), 21).next.epoch, 0);
+        // Without a known mark there is nothing to compare.
+        let unmarked = FeedState { mark: 0, ..applied };
+        assert_eq!(unmarked.after_seq(), 20);
+        assert_eq!(feed_step(unmarked, &changes(&[(21, "key_y")]), 21).next.epoch, 0);
+    }
+
+    #[test]
+    fn change_marks_tell_changes_apart() {
+        let mark = change_mark(3, "key_a", "c_1", 100);
+        assert_ne!(mark, 0);
+        assert_eq!(mark, change_mark(3, "key_a", "c_1", 100));
+        for other in [
+            change_mark(2, "key_a", "c_1", 100),
+            change_mark(3, "key_b", "c_1", 100),
+            change_mark(3, "key_a", "c_2", 100),
+            change_mark(3, "key_a", "c_1", 101),
+            change_mark(3, "key_ac", "_1", 100),
+        ] {
+            assert_ne!(mark, other);
+        }
     }
 }
