@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 
 use crate::envoy::KEYD_CLUSTER;
 use crate::paths::binary;
-use crate::process::{kill, read_log, tail, terminate};
+use crate::process::{kill, read_log, signal, tail, terminate};
+use rustix::process::Signal;
 
 /// Admin token every test key service is started with.
 pub const ADMIN_TOKEN: &str = "tgadm_e2e_admin_token_0123456789abcdef";
@@ -51,7 +52,19 @@ pub struct Keyd {
     addr: SocketAddr,
     data_dir: PathBuf,
     log_path: PathBuf,
+    /// Stopped with SIGSTOP (see [`Keyd::suspend`]).
+    suspended: bool,
     _temp: Option<TempDir>,
+}
+
+/// The database files of the store: the SQLite file and its WAL and shared-memory files.
+const STORE_FILES: [&str; 3] = ["keys.db", "keys.db-wal", "keys.db-shm"];
+
+/// A copy of the key service's database taken while the service was stopped (so the database and
+/// its WAL are consistent), kept in a temporary directory removed on drop. See
+/// [`Keyd::backup_store`] and [`Keyd::restore_store`].
+pub struct StoreBackup {
+    dir: TempDir,
 }
 
 impl Keyd {
@@ -62,7 +75,7 @@ impl Keyd {
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
         let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
-        Keyd { child: Some(child), addr, data_dir, log_path, _temp: None }
+        Keyd { child: Some(child), addr, data_dir, log_path, suspended: false, _temp: None }
     }
 
     /// [`Keyd::start`] in a temporary directory removed on drop.
@@ -92,10 +105,77 @@ impl Keyd {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after 10 s).
+    /// The process id, while the service runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 10 s). A suspended service is continued
+    /// first so it can exit cleanly.
     pub async fn stop(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             terminate(&mut child, Duration::from_secs(10)).await;
+        }
+    }
+
+    /// SIGSTOP: the service hangs. Its sockets stay open and the kernel keeps accepting
+    /// connections and bytes for it, but nothing is answered: callers wait for their timeouts,
+    /// as with a service stuck in a long pause or a dead disk.
+    pub fn suspend(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child, Signal::STOP);
+            self.suspended = true;
+        }
+    }
+
+    /// SIGCONT after [`Keyd::suspend`]: the service answers again (requests that waited in its
+    /// sockets are served, late).
+    pub fn resume(&mut self) {
+        if let Some(child) = self.child.as_ref().filter(|_| self.suspended) {
+            signal(child, Signal::CONT);
+        }
+        self.suspended = false;
+    }
+
+    /// Copies the database while the service is stopped, then starts it again on the same port.
+    pub async fn backup_store(&mut self) -> StoreBackup {
+        self.stop().await;
+        let dir = tempfile::Builder::new().prefix("tollgate-keyd-backup-").tempdir().expect("tempdir");
+        for name in STORE_FILES {
+            let from = self.data_dir.join(name);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(name))
+                    .unwrap_or_else(|e| panic!("back up {}: {e}", from.display()));
+            }
+        }
+        assert!(dir.path().join(STORE_FILES[0]).exists(), "no database in {}", self.data_dir.display());
+        self.start_again().await;
+        StoreBackup { dir }
+    }
+
+    /// Stops the service, puts the backed-up database in place of the current one and starts
+    /// the service again on the same port: what an operator does to restore a store from a
+    /// backup.
+    pub async fn restore_store(&mut self, backup: &StoreBackup) {
+        self.stop().await;
+        self.replace_store(backup);
+        self.start_again().await;
+    }
+
+    /// Puts the backed-up database in place of the current one (its WAL and shared-memory files
+    /// included, or removed when the backup had none). The service must be stopped
+    /// ([`Keyd::stop`]); start it with [`Keyd::restart`].
+    pub fn replace_store(&mut self, backup: &StoreBackup) {
+        assert!(self.child.is_none(), "replace_store needs the key service stopped");
+        for name in STORE_FILES {
+            let from = backup.dir.path().join(name);
+            let to = self.data_dir.join(name);
+            if from.exists() {
+                std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("restore {}: {e}", to.display()));
+            } else if to.exists() {
+                std::fs::remove_file(&to).unwrap_or_else(|e| panic!("remove {}: {e}", to.display()));
+            }
         }
     }
 
@@ -109,6 +189,11 @@ impl Keyd {
     /// Stops the service (if running) and starts it again on the same port with the same data.
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Starts the (stopped) service on its port again.
+    async fn start_again(&mut self) {
         let listen = self.addr.to_string();
         let (child, addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
         assert_eq!(addr, self.addr, "key service came back on another address");

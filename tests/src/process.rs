@@ -23,6 +23,11 @@ pub(crate) async fn terminate(child: &mut Child, grace: Duration) -> Option<Exit
     None
 }
 
+/// Sends `sig` to a child that has not been reaped.
+pub(crate) fn signal(child: &Child, sig: Signal) {
+    let _ = kill_process(Pid::from_child(child), sig);
+}
+
 /// SIGKILL and reap.
 pub(crate) fn kill(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {

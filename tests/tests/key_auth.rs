@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, Response, Value, eventually, json};
-use tollgate_proto::v1::{CreateKeyRequest, RotateKeyRequest};
+use tollgate_proto::v1::{CreateKeyRequest, RotateKeyRequest, Scopes, UpdateKeyRequest};
 
 const WORKERS: u32 = 2;
 const STATS: &str = "wasmcustom.tollgate.key_auth.";
@@ -377,4 +377,189 @@ async fn spellings_of_a_ruled_path_do_not_escape_the_rule() {
     assert!(gw.stat_reaches("denied.bad_path", 3).await);
     let res = RawRequest::get("/public").header("x-api-key", &reader).send(gw.envoy.addr()).await.unwrap();
     assert_eq!(res.status, 200);
+}
+
+/// The scopes the upstream saw for a request, from the echo's answer.
+fn scopes_seen(res: &Response) -> Option<String> {
+    res.json()["headers"]["x-tollgate-scopes"].as_str().map(str::to_owned)
+}
+
+/// A key service restored from a backup: its change feed goes back to the backup's head, and
+/// the changes made after the restore reuse sequence numbers the lost timeline had used. Every
+/// answer cached before the restore is checked again within a few polls (not a cache TTL), and
+/// the changes of the new timeline invalidate as usual.
+#[tokio::test]
+async fn a_store_restored_from_a_backup_invalidates_answers_cached_before_the_restore() {
+    let mut gw = Gateway::start().await;
+    let (kept_id, kept) = gw.keyd.create_key("alice", &["read"]).await;
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200), "cached on both workers");
+    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+
+    let backup = gw.keyd.backup_store().await;
+
+    // The timeline the restore loses: a new key, a change to the kept key, more changes.
+    let (_, lost) = gw.keyd.create_key("bob", &[]).await;
+    let mut admin = gw.keyd.admin_client().await;
+    admin
+        .update_key(UpdateKeyRequest {
+            id: kept_id.clone(),
+            scopes: Some(Scopes { values: vec!["read".into(), "write".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..4 {
+        gw.keyd.create_key(&format!("filler{i}"), &[]).await;
+    }
+    // The gateway learns the change and caches the lost timeline's answers on both workers.
+    let updated = eventually(Duration::from_secs(5), || async {
+        let res = gw.get("/", Some(&kept)).await;
+        res.status == 200 && scopes_seen(&res).as_deref() == Some("read write")
+    })
+    .await;
+    assert!(updated, "the scope change did not reach the gateway");
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
+    assert!(gw.statuses("/", &lost, 4).await.iter().all(|s| *s == 200));
+
+    gw.keyd.restore_store(&backup).await;
+
+    // A key the restored store does not have stops working within a few polls (the cache TTL
+    // is 60 s).
+    let gone =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&lost)).await.status == 401 }).await;
+    assert!(gone, "a key missing from the restored store still works");
+    assert!(gw.statuses("/", &lost, 6).await.iter().all(|s| *s == 401), "on every worker");
+    // The kept key works with the scopes the restored store has.
+    let res = gw.get("/", Some(&kept)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(scopes_seen(&res).as_deref(), Some("read"), "scopes from the lost timeline");
+
+    // Its new answer is cached: the lost timeline's invalidations do not make every request a
+    // lookup.
+    let allowed = gw.stat("allowed").await;
+    let misses = gw.stat("cache_miss").await;
+    assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 200));
+    assert!(gw.stat_reaches("allowed", allowed + 6).await);
+    let lookups = gw.stat("cache_miss").await - misses;
+    assert!(lookups <= u64::from(WORKERS), "{lookups} lookups for a cached key");
+
+    // A revocation after the restore reuses a sequence number the lost timeline had used; it
+    // still reaches every worker.
+    gw.keyd.revoke_key(&kept_id).await;
+    let revoked =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&kept)).await.status == 401 }).await;
+    assert!(revoked, "a key revoked after the restore still works");
+    assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 401), "on every worker");
+}
+
+/// With the key service hung (SIGSTOP: connections accepted, nothing answered), a cached key
+/// past its TTL is served from its stale answer at once while one background refresh waits for
+/// the service; a key never seen waits for its lookup and gets 503. Once the service answers
+/// again the refresh completes and a revocation is seen.
+#[tokio::test]
+async fn a_hung_key_service_adds_no_wait_to_cached_keys_past_their_ttl() {
+    let mut gw = Gateway::start_with(|c| {
+        c["key_service"]["timeout"] = json!("10s");
+        c["cache"] = json!({"ttl": "1s", "negative_ttl": "1s", "stale_window": "300s"});
+    })
+    .await;
+    let (id, key) = gw.keyd.create_key("alice", &[]).await;
+    let (_, unseen) = gw.keyd.create_key("bob", &[]).await;
+    assert!(gw.statuses("/", &key, 4).await.iter().all(|s| *s == 200), "cached");
+    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+
+    gw.keyd.suspend();
+    // Past the TTL: the cached answer is stale.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A key never seen waits for its lookup (10 s) and is refused, never allowed.
+    let unseen_req =
+        gw.client.get(gw.envoy.url("/")).header("x-api-key", &unseen).timeout(Duration::from_secs(30));
+    let unseen_res = tokio::spawn(async move { unseen_req.send().await });
+
+    // Each request with the stale key is answered without waiting for the key service: a
+    // request that waited for it would hit the client's timeout (3 s, the lookup's is 10 s).
+    for i in 0..6 {
+        let res = gw
+            .client
+            .get(gw.envoy.url("/"))
+            .header("x-api-key", &key)
+            .timeout(Duration::from_secs(3))
+            .try_send()
+            .await;
+        match res {
+            Ok(res) => assert_eq!(res.status, 200, "request {i}: {}", res.text()),
+            Err(e) => panic!("request {i} with a stale cached key waited for the hung key service: {e}"),
+        }
+    }
+    assert!(gw.stat_reaches("cache_stale_served", 6).await);
+    assert!(gw.stat_reaches("cache_refresh_started", 1).await, "a background refresh was started");
+    let started = gw.stat("cache_refresh_started").await;
+    assert!(started <= u64::from(WORKERS), "{started} refreshes for one key: one per worker at most");
+
+    let res = unseen_res.await.unwrap();
+    assert_denied(&res, 503, "unavailable");
+
+    // The service answers again: the refresh completes (a request may be needed to ask for it
+    // again if it timed out meanwhile).
+    gw.keyd.resume();
+    let refreshed = eventually(Duration::from_secs(20), || async {
+        let status = gw.get("/", Some(&key)).await.status;
+        assert_eq!(status, 200);
+        gw.stat("cache_refreshed").await >= 1
+    })
+    .await;
+    assert!(refreshed, "no background refresh succeeded after the key service came back");
+
+    gw.keyd.revoke_key(&id).await;
+    let revoked =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&key)).await.status == 401 }).await;
+    assert!(revoked, "a revocation after the outage is not seen");
+}
+
+/// A restored store that has got as far again as the gateway had read before the gateway polls
+/// it: its head alone does not show the restore, the change at the gateway's cursor does (each
+/// poll asks for it again). What the lost timeline cached is retired, and a revocation numbered
+/// below the gateway's old cursor is seen.
+#[tokio::test]
+async fn a_restored_store_that_got_as_far_again_before_the_gateway_polled_is_detected() {
+    let mut gw = Gateway::start().await;
+    let (kept_id, kept) = gw.keyd.create_key("alice", &["read"]).await;
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
+    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    let backup = gw.keyd.backup_store().await;
+
+    // The lost timeline: two changes, both learned by the gateway.
+    let invalidations = gw.stat("feed_invalidations").await;
+    let (_, lost) = gw.keyd.create_key("bob", &[]).await;
+    let mut admin = gw.keyd.admin_client().await;
+    let rename = UpdateKeyRequest { id: kept_id.clone(), name: Some("renamed".into()), ..Default::default() };
+    admin.update_key(rename).await.unwrap();
+    assert!(gw.stat_reaches("feed_invalidations", invalidations + 2).await);
+    assert!(gw.statuses("/", &lost, 4).await.iter().all(|s| *s == 200));
+    assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
+
+    // Restored, and changed more than the lost timeline was while the gateway cannot see it
+    // (the service runs on another port meanwhile): the kept key is revoked, other keys made.
+    gw.keyd.stop().await;
+    gw.keyd.replace_store(&backup);
+    {
+        let aside = Keyd::start(gw.keyd.data_dir()).await;
+        aside.revoke_key(&kept_id).await;
+        for i in 0..3 {
+            aside.create_key(&format!("filler{i}"), &[]).await;
+        }
+        let mut aside = aside;
+        aside.stop().await;
+    }
+    gw.keyd.restart().await;
+
+    let gone =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&lost)).await.status == 401 }).await;
+    assert!(gone, "a key missing from the restored store still works");
+    let revoked =
+        eventually(Duration::from_secs(5), || async { gw.get("/", Some(&kept)).await.status == 401 }).await;
+    assert!(revoked, "a key revoked in the restored store still works");
+    assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 401), "on every worker");
+    assert!(gw.stat_reaches("feed_resets", 1).await);
 }

@@ -4,15 +4,19 @@
 //! One worker at a time polls: the consumer's record in shared data carries a lease. A page of
 //! changes raises the invalidation slot of each changed key id to the change's sequence; a
 //! cached answer fetched at an older sequence is then no longer used (see
-//! `tollgate_core::key_auth::cache`). After a poll the lease is held until shortly before the
-//! next interval, so the whole proxy polls about once per interval; a failure backs off one
-//! interval and is logged when the feed goes down and when it comes back, not on every poll.
+//! `tollgate_core::key_auth::cache`). A head lower than the consumer's cursor, or another change
+//! than the one applied at the cursor (each poll asks for it again), means the key service's
+//! store went back to an older state (restored from a backup): the record's epoch is bumped,
+//! which retires every answer cached and every invalidation recorded before it. After a
+//! poll the lease is held until shortly before the next interval, so the whole proxy polls about
+//! once per interval; a failure backs off one interval and is logged when the feed goes down and
+//! when it comes back, not on every poll.
 
 use std::cell::Cell;
 use std::time::Duration;
 
 use prost::Message;
-use tollgate_core::key_auth::cache::{FeedState, feed_step};
+use tollgate_core::key_auth::cache::{FeedChange, FeedState, Invalidation, change_mark, feed_step};
 use tollgate_proto::v1;
 
 use crate::{Host, LogLevel, grpc_status, shared};
@@ -50,6 +54,9 @@ pub enum Done {
     Failed,
     /// An invalidation could not be recorded; every cached answer is re-checked instead.
     Rebased,
+    /// The feed went backwards (a store restored from a backup): a new epoch began, and every
+    /// answer cached before it is asked for again.
+    Reset,
 }
 
 /// One filter's change-feed consumer. `label` prefixes its log lines; `prefix` is the filter's
@@ -59,11 +66,26 @@ pub struct Consumer {
     label: &'static str,
     prefix: String,
     failing: Cell<bool>,
+    /// The newest feed epoch this worker has read from the record (on its tick, or at a poll's
+    /// answer); see [`Consumer::epoch`].
+    epoch: Cell<u64>,
 }
 
 impl Consumer {
     pub fn new(label: &'static str, prefix: &str) -> Self {
-        Self { label, prefix: prefix.to_owned(), failing: Cell::new(false) }
+        Self { label, prefix: prefix.to_owned(), failing: Cell::new(false), epoch: Cell::new(0) }
+    }
+
+    /// The newest feed epoch this worker has seen, without reading shared data: at most one tick
+    /// behind the record. Behind is the safe side for stamping and checking cached answers: an
+    /// answer stamped too old is asked for again, and one checked against an older epoch is
+    /// at worst used until the next tick.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    fn saw(&self, state: &FeedState) {
+        self.epoch.set(self.epoch.get().max(state.epoch));
     }
 
     /// The shared-data key of the consumer's record.
@@ -86,6 +108,7 @@ impl Consumer {
         let now = host.now_ms();
         let key = self.record_key();
         let (state, cas) = shared::read_feed(host, &key);
+        self.saw(&state);
         if state.busy_until_ms > now {
             return Poll::NotMyTurn;
         }
@@ -93,7 +116,8 @@ impl Consumer {
         if host.shared_set(&key, &FeedState { busy_until_ms: lease, ..state }.encode(), cas).is_err() {
             return Poll::NotMyTurn; // another worker took this turn
         }
-        let message = v1::ListChangesRequest { after_seq: state.cursor, limit: FEED_PAGE }.encode_to_vec();
+        let message =
+            v1::ListChangesRequest { after_seq: state.after_seq(), limit: FEED_PAGE }.encode_to_vec();
         let auth = format!("Bearer {}", target.token);
         let metadata = [("authorization", auth.as_bytes())];
         match host.grpc_call(
@@ -119,6 +143,7 @@ impl Consumer {
         let interval = millis(target.interval);
         let key = self.record_key();
         let state = shared::read_feed(host, &key).0;
+        self.saw(&state);
         let body = host.grpc_response_body(size).unwrap_or_default();
         let reply = (status == grpc_status::OK)
             .then(|| v1::ListChangesResponse::decode(body.as_slice()).ok())
@@ -138,13 +163,44 @@ impl Consumer {
             host.log(LogLevel::Info, &format!("{}: change feed available again", self.label));
         }
         let full_page = reply.changes.len() >= FEED_PAGE as usize;
-        let changes: Vec<(u64, String)> = reply.changes.into_iter().map(|c| (c.seq, c.key_id)).collect();
+        let changes: Vec<FeedChange> = reply
+            .changes
+            .into_iter()
+            .map(|c| FeedChange {
+                seq: c.seq,
+                mark: change_mark(c.kind, &c.key_id, &c.consumer_id, c.at),
+                key_id: c.key_id,
+            })
+            .collect();
         let mut step = feed_step(state, &changes, reply.head_seq);
         if !full_page {
             step.next.busy_until_ms = now + interval - interval / 4;
         }
+        let epoch = step.next.epoch;
+        if epoch != state.epoch {
+            let how = if reply.head_seq < state.cursor {
+                format!("went back from {} to {}", state.cursor, reply.head_seq)
+            } else {
+                format!("has another change at {} than the one applied", state.cursor)
+            };
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "{}: the key service's change feed {how} (a store restored from a backup?): every \
+                     cached answer is asked for again",
+                    self.label
+                ),
+            );
+            shared::finish_poll(host, &key, step.next);
+            self.saw(&step.next);
+            return Done::Reset;
+        }
         for (slot, seq) in &step.invalidate {
-            if !shared::raise_u64(host, &self.invalidation_key(*slot), *seq) {
+            if !shared::raise_invalidation(
+                host,
+                &self.invalidation_key(*slot),
+                Invalidation { epoch, seq: *seq },
+            ) {
                 // Could not record it: re-check everything cached rather than miss a revocation.
                 let next = FeedState { base: step.next.cursor, ..step.next };
                 shared::finish_poll(host, &key, next);
@@ -158,4 +214,99 @@ impl Consumer {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::mock::MockHost;
+
+    const TARGET: Target<'static> = Target {
+        cluster: "keyd",
+        token: "tgd_test",
+        timeout: Duration::from_millis(200),
+        interval: Duration::from_secs(1),
+    };
+
+    /// Polls (after the interval) and answers with `changes` (seq, key id, kind) and `head`;
+    /// returns what the poll asked for (`after_seq`) and what its answer did.
+    fn poll(host: &MockHost, consumer: &Consumer, changes: &[(u64, &str, i32)], head: u64) -> (u64, Done) {
+        host.advance(Duration::from_secs(1));
+        assert!(matches!(consumer.poll(host, TARGET), Poll::Started(_)), "no poll");
+        let asked = host.calls().last().map(|c| v1::ListChangesRequest::decode(c.message.as_slice()));
+        let after = asked.and_then(Result::ok).map_or(u64::MAX, |r| r.after_seq);
+        let changes = changes
+            .iter()
+            .map(|(seq, key_id, kind)| v1::Change {
+                seq: *seq,
+                key_id: (*key_id).into(),
+                kind: *kind,
+                consumer_id: "c_1".into(),
+                at: 1_700_000_000,
+            })
+            .collect();
+        let reply = v1::ListChangesResponse { changes, head_seq: head };
+        host.set_grpc_response(Some(reply.encode_to_vec()), None);
+        (after, consumer.done(host, TARGET, grpc_status::OK, 1))
+    }
+
+    const CREATED: i32 = v1::ChangeKind::KeyCreated as i32;
+    const REVOKED: i32 = v1::ChangeKind::KeyRevoked as i32;
+
+    #[test]
+    fn a_feed_going_backwards_starts_a_new_epoch_that_every_worker_learns() {
+        let host = MockHost::new();
+        let consumer = Consumer::new("test", "t.");
+        assert_eq!(poll(&host, &consumer, &[], 20), (0, Done::Applied(0)));
+        assert_eq!(poll(&host, &consumer, &[(21, "key_a", CREATED)], 21), (20, Done::Applied(1)));
+        let slot = consumer.invalidation_key(tollgate_core::key_auth::cache::invalidation_slot("key_a"));
+        assert_eq!(shared::read_invalidation(&*host, &slot, 0), 21);
+
+        // Restored to 12.
+        assert_eq!(poll(&host, &consumer, &[(21, "key_a", CREATED)], 12), (20, Done::Reset));
+        let state = consumer.state(&*host);
+        assert_eq!((state.epoch, state.cursor, state.base), (1, 12, 12));
+        assert_eq!(consumer.epoch(), 1);
+        assert!(host.logs().iter().any(|(_, l)| l.contains("went back from 21 to 12")));
+        assert_eq!(shared::read_invalidation(&*host, &slot, 1), 0, "the lost timeline's change");
+
+        // The new timeline's changes are applied in the new epoch, though 13 < 21.
+        assert_eq!(poll(&host, &consumer, &[(13, "key_a", REVOKED)], 13), (12, Done::Applied(1)));
+        assert_eq!(shared::read_invalidation(&*host, &slot, 1), 13);
+        assert_eq!(consumer.state(&*host).epoch, 1);
+
+        // Another worker learns the epoch on its tick, whether or not it is its turn to poll.
+        let other = MockHost::sharing_with(&host);
+        let other_consumer = Consumer::new("test", "t.");
+        assert_eq!(other_consumer.epoch(), 0);
+        let _ = other_consumer.poll(&*other, TARGET);
+        assert_eq!(other_consumer.epoch(), 1);
+    }
+
+    /// The restored store got as far as the consumer's cursor again before the next poll: the
+    /// head alone does not show it, the change at the cursor does.
+    #[test]
+    fn a_restored_store_that_got_as_far_again_is_told_by_the_change_at_the_cursor() {
+        let host = MockHost::new();
+        let consumer = Consumer::new("test", "t.");
+        poll(&host, &consumer, &[], 19);
+        assert_eq!(poll(&host, &consumer, &[(20, "key_a", CREATED)], 20), (19, Done::Applied(1)));
+        // The service still has that change at 20: it is asked for again, and nothing happens.
+        assert_eq!(
+            poll(&host, &consumer, &[(20, "key_a", CREATED), (21, "key_b", CREATED)], 21).1,
+            Done::Applied(1)
+        );
+        assert_eq!(consumer.state(&*host).epoch, 0);
+        // Restored to 18, then 19..23 happened before this poll: another change at 21.
+        let (after, done) = poll(
+            &host,
+            &consumer,
+            &[(21, "key_a", REVOKED), (22, "key_c", CREATED), (23, "key_d", CREATED)],
+            23,
+        );
+        assert_eq!((after, done), (20, Done::Reset));
+        let state = consumer.state(&*host);
+        assert_eq!((state.epoch, state.cursor, state.base), (1, 23, 23));
+        assert!(host.logs().iter().any(|(_, l)| l.contains("has another change at 21")));
+    }
 }

@@ -2,7 +2,7 @@
 //! data has no delete, no per-key expiry and no atomic update other than compare-and-swap, so
 //! every update here is a CAS loop with bounded retries.
 
-use tollgate_core::key_auth::cache::FeedState;
+use tollgate_core::key_auth::cache::{FeedState, Invalidation};
 
 use crate::{Host, SharedError};
 
@@ -32,17 +32,16 @@ pub fn cas_update<H: Host + ?Sized>(
     false
 }
 
-/// A little-endian u64 value; 0 when missing or malformed.
-pub fn read_u64<H: Host + ?Sized>(host: &H, key: &str) -> u64 {
-    host.shared_get(key).0.and_then(|b| b.as_slice().try_into().ok().map(u64::from_le_bytes)).unwrap_or(0)
+/// An invalidation slot's sequence as seen from feed epoch `epoch` (see
+/// [`Invalidation::seq_in`]).
+pub fn read_invalidation<H: Host + ?Sized>(host: &H, key: &str, epoch: u64) -> u64 {
+    Invalidation::seq_in(host.shared_get(key).0.as_deref(), epoch)
 }
 
-/// Raises a u64 value to at least `value`. Returns false when the retries ran out.
-pub fn raise_u64<H: Host + ?Sized>(host: &H, key: &str, value: u64) -> bool {
-    cas_update(host, key, |current| {
-        let current = current.and_then(|b| b.try_into().ok().map(u64::from_le_bytes)).unwrap_or(0);
-        (current < value).then(|| value.to_le_bytes().to_vec())
-    })
+/// Raises an invalidation slot to `to` (see [`Invalidation::raised`]). Returns false when the
+/// retries ran out.
+pub fn raise_invalidation<H: Host + ?Sized>(host: &H, key: &str, to: Invalidation) -> bool {
+    cas_update(host, key, |current| Invalidation::raised(current, to).map(|v| v.encode().to_vec()))
 }
 
 /// A change-feed consumer's record and its CAS token.
@@ -51,16 +50,12 @@ pub fn read_feed<H: Host + ?Sized>(host: &H, key: &str) -> (FeedState, Option<u3
     (bytes.and_then(|b| FeedState::decode(&b)).unwrap_or_default(), cas)
 }
 
-/// Stores a change-feed consumer's next state after a poll, never moving the cursor backwards.
+/// Stores a change-feed consumer's next state after a poll, never undoing a reset nor moving
+/// the cursor backwards (see [`FeedState::merge`]).
 pub fn finish_poll<H: Host + ?Sized>(host: &H, key: &str, next: FeedState) -> bool {
     cas_update(host, key, |current| {
         let current = current.and_then(FeedState::decode).unwrap_or_default();
-        let merged = if current.cursor > next.cursor && current.base >= next.base {
-            FeedState { busy_until_ms: 0, ..current }
-        } else {
-            next
-        };
-        Some(merged.encode().to_vec())
+        Some(FeedState::merge(current, next).encode().to_vec())
     })
 }
 
@@ -70,25 +65,35 @@ mod tests {
     use crate::mock::MockHost;
 
     #[test]
-    fn raise_only_moves_up_and_survives_contention() {
+    fn raise_only_moves_up_within_an_epoch_and_survives_contention() {
         let host = MockHost::new();
-        assert!(raise_u64(&*host, "k", 5));
-        assert!(raise_u64(&*host, "k", 3));
-        assert_eq!(read_u64(&*host, "k"), 5);
+        let at = |seq| Invalidation { epoch: 0, seq };
+        assert!(raise_invalidation(&*host, "k", at(5)));
+        assert!(raise_invalidation(&*host, "k", at(3)));
+        assert_eq!(read_invalidation(&*host, "k", 0), 5);
         host.fail_next_cas(CAS_RETRIES as u32 - 1);
-        assert!(raise_u64(&*host, "k", 9), "succeeds on the last retry");
-        assert_eq!(read_u64(&*host, "k"), 9);
+        assert!(raise_invalidation(&*host, "k", at(9)), "succeeds on the last retry");
+        assert_eq!(read_invalidation(&*host, "k", 0), 9);
         host.fail_next_cas(CAS_RETRIES as u32);
-        assert!(!raise_u64(&*host, "k", 10), "gives up after the bounded retries");
-        assert_eq!(read_u64(&*host, "k"), 9);
+        assert!(!raise_invalidation(&*host, "k", at(10)), "gives up after the bounded retries");
+        assert_eq!(read_invalidation(&*host, "k", 0), 9);
+        // A new epoch (a restored store) starts lower; the old value means nothing in it.
+        assert_eq!(read_invalidation(&*host, "k", 1), 0);
+        assert!(raise_invalidation(&*host, "k", Invalidation { epoch: 1, seq: 2 }));
+        assert_eq!(read_invalidation(&*host, "k", 1), 2);
     }
 
     #[test]
-    fn finishing_a_poll_never_moves_the_cursor_back() {
+    fn finishing_a_poll_never_moves_the_cursor_back_nor_undoes_a_reset() {
         let host = MockHost::new();
-        let ahead = FeedState { started: true, cursor: 10, base: 2, busy_until_ms: 7 };
+        let ahead = FeedState { started: true, cursor: 10, base: 2, epoch: 0, mark: 3, busy_until_ms: 7 };
         assert!(finish_poll(&*host, "f", ahead));
-        assert!(finish_poll(&*host, "f", FeedState { started: true, cursor: 4, base: 2, busy_until_ms: 0 }));
+        assert!(finish_poll(&*host, "f", FeedState { cursor: 4, busy_until_ms: 0, ..ahead }));
         assert_eq!(read_feed(&*host, "f").0, FeedState { busy_until_ms: 0, ..ahead });
+        let reset = FeedState { started: true, cursor: 1, base: 1, epoch: 1, mark: 0, busy_until_ms: 0 };
+        assert!(finish_poll(&*host, "f", reset));
+        assert_eq!(read_feed(&*host, "f").0, reset);
+        assert!(finish_poll(&*host, "f", ahead), "a poll of the old epoch finishing late");
+        assert_eq!(read_feed(&*host, "f").0, reset);
     }
 }

@@ -15,7 +15,9 @@ use tollgate_host::{Host, LogLevel, attributes, grpc_status};
 use tollgate_proto::v1;
 
 use crate::store;
-use crate::worker::{Flight, Outcome, Shared, Waiter, Worker, entry_from_reply};
+use crate::worker::{
+    Flight, Outcome, REFRESH_RETRY, Refresh, Shared, Unusable, Waiter, Worker, entry_from_reply, millis,
+};
 
 pub struct KeyAuthHttp<H: Host> {
     host: Rc<H>,
@@ -84,7 +86,8 @@ impl<H: Host> KeyAuthHttp<H> {
         }
 
         let hash = key::key_hash(&key);
-        let stale = match store::lookup(host, &worker.keys, &worker.config, &hash) {
+        let now_ms = host.now_ms();
+        match store::lookup(host, &worker.keys, &worker.config, &hash, worker.feed.epoch()) {
             Lookup::Fresh(entry) => {
                 worker.counters.inc(host, "cache_hit");
                 return if apply_answer(host, &worker, &waiter, &entry) {
@@ -93,9 +96,20 @@ impl<H: Host> KeyAuthHttp<H> {
                     Action::Pause
                 };
             }
-            Lookup::Stale(entry) => Some(entry),
-            Lookup::Miss => None,
-        };
+            Lookup::Stale(entry) => {
+                // Past its TTL, within the stale window, not invalidated: served at once while
+                // the root context refreshes it in the background. The request never waits
+                // for the key service (which may be down or hung).
+                worker.counters.inc(host, "cache_stale_served");
+                worker.want_refresh(hash, now_ms);
+                return if apply_answer(host, &worker, &waiter, &entry) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                };
+            }
+            Lookup::Miss => {}
+        }
         worker.counters.inc(host, "cache_miss");
 
         if let Some(flight) = worker.flights.get_mut(&hash) {
@@ -104,6 +118,7 @@ impl<H: Host> KeyAuthHttp<H> {
             self.waiting = Some(hash);
             return Action::Pause;
         }
+        let epoch = store::current_epoch(host, &worker.keys);
         match worker.dispatch_verify(host, &hash) {
             Ok(token) => {
                 worker.flights.insert(
@@ -112,7 +127,7 @@ impl<H: Host> KeyAuthHttp<H> {
                         leader: Some(self.context_id),
                         token: Some(token),
                         waiters: vec![waiter],
-                        stale,
+                        epoch,
                     },
                 );
                 self.waiting = Some(hash);
@@ -125,22 +140,22 @@ impl<H: Host> KeyAuthHttp<H> {
                     LogLevel::Error,
                     &format!("key-auth: cannot call cluster `{}`", worker.config.cluster),
                 );
-                if apply_failure(host, &worker, &waiter, stale.as_ref()) {
-                    Action::Continue
-                } else {
-                    Action::Pause
-                }
+                if apply_failure(host, &worker, &waiter) { Action::Continue } else { Action::Pause }
             }
         }
     }
 
     fn on_call_done(&mut self, status: u32, size: usize) {
-        let Some(hash) = self.waiting.take().filter(|_| self.leading) else {
+        let Some(hash) = self.waiting.filter(|_| self.leading) else {
             return;
         };
         self.leading = false;
-        let outcome = read_verify_reply(&*self.host, &self.worker.borrow(), hash, status, size);
-        complete_flight(&*self.host, &self.worker, hash, outcome);
+        // This request stays among the flight's waiters until the flight completes (now, or
+        // after the root context asked again).
+        let epoch = self.worker.borrow().flights.get(&hash).map(|f| f.epoch);
+        if let Some(epoch) = epoch {
+            lookup_done(&*self.host, &self.worker, hash, epoch, status, size);
+        }
     }
 
     /// The request went away (client reset, timeout) while it waited.
@@ -182,11 +197,13 @@ impl<H: Host> HttpContext for KeyAuthHttp<H> {
     }
 }
 
-/// Decodes a VerifyKey reply into an outcome, counting and logging failures.
+/// Decodes a VerifyKey reply to a lookup made in feed epoch `epoch` into an outcome, counting
+/// and logging failures.
 pub fn read_verify_reply<H: Host + ?Sized>(
     host: &H,
     worker: &Worker,
     hash: [u8; 32],
+    epoch: u64,
     status: u32,
     size: usize,
 ) -> Outcome {
@@ -199,18 +216,86 @@ pub fn read_verify_reply<H: Host + ?Sized>(
         return Outcome::Failed;
     }
     let body = host.grpc_response_body(size).unwrap_or_default();
-    match v1::VerifyKeyResponse::decode(body.as_slice())
-        .ok()
-        .and_then(|r| entry_from_reply(hash, host.now_ms(), &r))
-    {
-        Some(entry) => {
-            store::store(host, &worker.keys, &worker.config, &entry);
-            Outcome::Answer(Box::new(entry))
-        }
-        None => {
+    let entry = v1::VerifyKeyResponse::decode(body.as_slice())
+        .map_err(|_| Unusable::Nonsense)
+        .and_then(|r| entry_from_reply(hash, host.now_ms(), epoch, &r));
+    match entry {
+        Ok(entry) => Outcome::Answer(Box::new(entry)),
+        Err(why) => {
             worker.counters.inc(host, "callout_error");
-            host.log(LogLevel::Warn, "key-auth: VerifyKey reply could not be understood");
+            let detail = match why {
+                Unusable::Nonsense => "could not be understood",
+                Unusable::UnpublishableScope => "has a scope that cannot be sent in a header",
+            };
+            host.log(LogLevel::Warn, &format!("key-auth: VerifyKey reply {detail}; treated as no answer"));
             Outcome::Failed
+        }
+    }
+}
+
+/// Whether the change feed went back (a store restored from a backup) since a call made in
+/// `epoch`: its answer may then come from the store that is gone, and is not trusted.
+fn answer_predates_reset<H: Host + ?Sized>(host: &H, worker: &Worker, epoch: u64) -> bool {
+    store::current_epoch(host, &worker.keys) > epoch
+}
+
+/// Handles the answer to the lookup for `hash` made in feed epoch `epoch`: caches it and
+/// finishes the requests waiting on it. An answer asked for before a feed reset is not used:
+/// the flight is handed to the root context, which asks again on its next tick.
+pub fn lookup_done<H: Host + ?Sized>(
+    host: &H,
+    worker: &Shared,
+    hash: [u8; 32],
+    epoch: u64,
+    status: u32,
+    size: usize,
+) {
+    let outcome = read_verify_reply(host, &worker.borrow(), hash, epoch, status, size);
+    if let Outcome::Answer(entry) = &outcome {
+        let w = worker.borrow();
+        if answer_predates_reset(host, &w, epoch) {
+            host.log(
+                LogLevel::Info,
+                "key-auth: an answer asked for before the change feed went back; asking again",
+            );
+            drop(w);
+            if let Some(flight) = worker.borrow_mut().flights.get_mut(&hash) {
+                flight.leader = None;
+                flight.token = None;
+            }
+            return;
+        }
+        store::store(host, &w.keys, &w.config, entry);
+    }
+    complete_flight(host, worker, hash, outcome);
+}
+
+/// Handles the answer to a background refresh of `hash` made in feed epoch `epoch`: a new
+/// answer replaces the stale one in the cache; a failure is remembered for
+/// [`REFRESH_RETRY`], during which the stale answer keeps being served without a call.
+pub fn refresh_done<H: Host + ?Sized>(
+    host: &H,
+    worker: &Shared,
+    hash: [u8; 32],
+    epoch: u64,
+    status: u32,
+    size: usize,
+) {
+    let mut w = worker.borrow_mut();
+    match read_verify_reply(host, &w, hash, epoch, status, size) {
+        Outcome::Answer(entry) => {
+            w.refreshes.remove(&hash);
+            // An answer asked for before a feed reset is dropped: the stale answer is of the
+            // old epoch too, so the next request for the key makes a lookup of its own.
+            if !answer_predates_reset(host, &w, epoch) {
+                store::store(host, &w.keys, &w.config, &entry);
+                w.counters.inc(host, "cache_refreshed");
+            }
+        }
+        Outcome::Failed => {
+            let until_ms = host.now_ms().saturating_add(millis(REFRESH_RETRY));
+            w.refreshes.insert(hash, Refresh::Failed { until_ms });
+            w.counters.inc(host, "cache_refresh_failed");
         }
     }
 }
@@ -227,7 +312,7 @@ pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 3
         }
         let allowed = match &outcome {
             Outcome::Answer(entry) => apply_answer(host, &worker, waiter, entry),
-            Outcome::Failed => apply_failure(host, &worker, waiter, flight.stale.as_ref()),
+            Outcome::Failed => apply_failure(host, &worker, waiter),
         };
         if allowed {
             host.resume_request();
@@ -246,9 +331,14 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
     let verdict = verdict.and_then(|()| {
         if entry.has_scopes(&waiter.required_scopes) { Ok(()) } else { Err(Deny::InsufficientScope) }
     });
+    let verdict = verdict.and_then(|()| {
+        // Answers are checked for this when they arrive; a cache slot is shared data, so check
+        // again rather than publish a wrong list.
+        ka::scopes_value(&entry.scopes).ok_or(Deny::KeyServiceUnavailable)
+    });
     match verdict {
-        Ok(()) => {
-            set_identity(host, entry);
+        Ok(scopes) => {
+            set_identity(host, entry, &scopes);
             worker.counters.inc(host, "allowed");
             true
         }
@@ -259,17 +349,8 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
     }
 }
 
-/// Acts on a lookup that failed: a stale answer if there is one, else the failure mode.
-fn apply_failure<H: Host + ?Sized>(
-    host: &H,
-    worker: &Worker,
-    waiter: &Waiter,
-    stale: Option<&Entry>,
-) -> bool {
-    if let Some(entry) = stale {
-        worker.counters.inc(host, "cache_stale_used");
-        return apply_answer(host, worker, waiter, entry);
-    }
+/// Acts on a lookup that failed (nothing usable was cached): the failure mode.
+fn apply_failure<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter) -> bool {
     match worker.config.failure_mode {
         FailureMode::Deny => {
             respond_denied(host, worker, Deny::KeyServiceUnavailable, &waiter.request_id, "-");
@@ -286,8 +367,7 @@ fn apply_failure<H: Host + ?Sized>(
     }
 }
 
-fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry) {
-    let scopes = ka::scopes_value(&entry.scopes).unwrap_or_default();
+fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry, scopes: &str) {
     host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
     host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
     host.set_request_header(ka::SCOPES_HEADER, Some(scopes.as_bytes()));

@@ -34,17 +34,39 @@ impl Keys {
 }
 
 /// Reads what the cache says about `hash`.
-pub fn lookup<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, hash: &[u8; 32]) -> Lookup {
+///
+/// An answer about a key id is checked against the feed record and the key id's invalidation
+/// slot. A negative answer has no key id, so no slot, and is checked against `seen_epoch`, the
+/// feed epoch this worker last read (see [`tollgate_host::feed::Consumer::epoch`]) rather than
+/// by reading the record: unknown keys cost no more than one read, and a negative answer
+/// outlives a feed reset by at most one tick (it only ever refuses).
+pub fn lookup<H: Host + ?Sized>(
+    host: &H,
+    keys: &Keys,
+    config: &Config,
+    hash: &[u8; 32],
+    seen_epoch: u64,
+) -> Lookup {
     let slot = cache::cache_slot(hash, config.cache.slots);
     let entry = host.shared_get(&keys.entry(slot)).0.and_then(|b| Entry::decode(&b));
-    let freshness = match &entry {
-        Some(e) if e.hash == *hash && !e.key_id.is_empty() => Freshness {
-            invalidated_at: shared::read_u64(host, &keys.invalidation(cache::invalidation_slot(&e.key_id))),
-            base: read_feed(host, keys).0.base,
-        },
-        _ => Freshness::default(),
+    let (freshness, epoch) = match &entry {
+        Some(e) if e.hash == *hash && !e.key_id.is_empty() => {
+            let feed = read_feed(host, keys).0;
+            let invalidation = keys.invalidation(cache::invalidation_slot(&e.key_id));
+            let freshness = Freshness {
+                invalidated_at: shared::read_invalidation(host, &invalidation, feed.epoch),
+                base: feed.base,
+            };
+            (freshness, feed.epoch)
+        }
+        _ => (Freshness::default(), seen_epoch),
     };
-    cache::classify(entry, hash, host.now_ms(), freshness, &config.cache)
+    cache::classify(entry, hash, host.now_ms(), freshness, epoch, &config.cache)
+}
+
+/// The feed's current epoch, to stamp into the answer of a lookup about to be made.
+pub fn current_epoch<H: Host + ?Sized>(host: &H, keys: &Keys) -> u64 {
+    read_feed(host, keys).0.epoch
 }
 
 /// Stores an answer. Last writer wins: two workers storing answers for the same slot both

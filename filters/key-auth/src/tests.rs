@@ -11,6 +11,7 @@ use tollgate_host::Host;
 use tollgate_host::mock::MockHost;
 use tollgate_proto::v1;
 
+use crate::worker::MAX_REFRESHES;
 use crate::{KeyAuthHttp, KeyAuthRoot};
 
 const CONFIG: &str = r#"{
@@ -81,6 +82,44 @@ impl Gateway {
     fn tick(&mut self) {
         self.host.enter(1);
         self.root.on_tick();
+    }
+
+    /// VerifyKey calls made so far, by any context.
+    fn verify_calls(&self) -> usize {
+        self.host.calls().iter().filter(|c| c.method == "VerifyKey").count()
+    }
+
+    /// Fails the root context's latest call to `method` with gRPC `status`.
+    fn fail_root_call(&mut self, method: &str, status: u32) {
+        let call = self.host.calls().into_iter().rev().find(|c| c.method == method && c.context_id == 1);
+        let call = call.expect("a call from the root context");
+        self.host.set_grpc_response(None, Some("unavailable"));
+        self.host.enter(1);
+        self.root.on_grpc_call_response(call.token, status, 0);
+    }
+
+    /// Ticks (this worker's turn to poll, the interval having passed) and answers the poll
+    /// with `changes` (seq, key id) and `head`.
+    fn poll_feed(&mut self, changes: &[(u64, &str)], head: u64) {
+        let before = self.host.calls().len();
+        self.tick();
+        let calls = self.host.calls();
+        let poll = calls[before..].iter().find(|c| c.method == "ListChanges").expect("a feed poll");
+        let changes = changes
+            .iter()
+            .map(|(seq, key_id)| v1::Change {
+                seq: *seq,
+                kind: v1::ChangeKind::KeyUpdated as i32,
+                key_id: (*key_id).into(),
+                ..Default::default()
+            })
+            .collect();
+        self.host.set_grpc_response(
+            Some(v1::ListChangesResponse { changes, head_seq: head }.encode_to_vec()),
+            None,
+        );
+        self.host.enter(1);
+        self.root.on_grpc_call_response(poll.token, 0, 1);
     }
 }
 
@@ -272,11 +311,16 @@ fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window()
     let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
     gw.answer(&mut ctx, id, &valid("key_stale", &[], 0, 1));
     gw.host.advance(Duration::from_secs(61)); // past the TTL
-    let (id2, mut ctx2, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    assert_eq!(action, Action::Pause, "refresh attempted");
-    gw.fail(&mut ctx2, id2, 14);
-    assert_eq!(gw.host.resumed(id2), 1, "stale answer used");
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_used"), 1);
+    let (id2, _ctx2, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue, "the stale answer is served at once");
+    assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_stale"));
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 1);
+    // The refresh fails; the stale answer keeps being served.
+    gw.tick();
+    gw.fail_root_call("VerifyKey", 14);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue);
 
     let other = a_key(14);
     let (id3, mut ctx3, _) = gw.request("/", "GET", &[("x-api-key", &other)]);
@@ -284,6 +328,234 @@ fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window()
     let reply = gw.host.reply(id3).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
+}
+
+/// A stale answer never makes a request wait: it is served at once, one refresh per key is
+/// made by the root context on its tick (a call a request made would be cancelled when the
+/// request ends), a failed refresh is remembered for a while, and a new answer replaces the
+/// stale one.
+#[test]
+fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
+    let mut gw = Gateway::new(CONFIG);
+    let k = a_key(20);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(&mut ctx, id, &valid("key_swr", &[], 0, 1));
+    gw.host.advance(Duration::from_secs(61));
+
+    for _ in 0..3 {
+        let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        assert_eq!(action, Action::Continue);
+    }
+    assert_eq!(gw.verify_calls(), 1, "no request made a call");
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 3);
+
+    gw.tick();
+    let refresh = gw.host.calls().into_iter().filter(|c| c.method == "VerifyKey").nth(1).expect("refresh");
+    assert_eq!(refresh.context_id, 1, "made by the root context");
+    assert_eq!(refresh.timeout, Duration::from_millis(200));
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_started"), 1);
+    gw.tick();
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue);
+    gw.tick();
+    assert_eq!(gw.verify_calls(), 2, "one refresh in flight at a time");
+
+    // It fails: remembered, so the next requests and ticks make no call.
+    gw.host.set_grpc_response(None, Some("deadline exceeded"));
+    gw.host.enter(1);
+    gw.root.on_grpc_call_response(refresh.token, 4, 0);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
+    for _ in 0..3 {
+        let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        assert_eq!(action, Action::Continue);
+        gw.tick();
+    }
+    assert_eq!(gw.verify_calls(), 2, "a failed refresh is not retried at once");
+
+    // Later, a request asks again; the new answer (revoked) replaces the stale one.
+    gw.host.advance(Duration::from_secs(6));
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue);
+    gw.tick();
+    let retry = gw.host.calls().into_iter().filter(|c| c.method == "VerifyKey").nth(2).expect("retried");
+    let revoked = v1::VerifyKeyResponse {
+        result: v1::VerifyResult::Revoked as i32,
+        key_id: "key_swr".into(),
+        consumer_id: "alice".into(),
+        feed_seq: 2,
+        ..Default::default()
+    };
+    gw.host.set_grpc_response(Some(revoked.encode_to_vec()), None);
+    gw.host.enter(1);
+    gw.root.on_grpc_call_response(retry.token, 0, 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refreshed"), 1);
+    let (id, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.verify_calls(), 3);
+}
+
+#[test]
+fn a_stale_answer_refreshed_by_another_worker_is_not_asked_for_again() {
+    let mut gw = Gateway::new(CONFIG);
+    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let k = a_key(21);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(&mut ctx, id, &valid("key_two", &[], 0, 1));
+    gw.host.advance(Duration::from_secs(61));
+    gw2.host.advance(Duration::from_secs(61));
+    let (_, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, _c, _) = gw2.request("/", "GET", &[("x-api-key", &k)]);
+    // Worker 2 refreshes first.
+    gw2.tick();
+    let call = gw2.host.calls().into_iter().find(|c| c.method == "VerifyKey").unwrap();
+    gw2.host.set_grpc_response(Some(valid("key_two", &[], 0, 1).encode_to_vec()), None);
+    gw2.host.enter(1);
+    gw2.root.on_grpc_call_response(call.token, 0, 1);
+    // Worker 1's tick finds the answer fresh and makes no call.
+    gw.tick();
+    assert_eq!(gw.verify_calls(), 1);
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_hit"), 1);
+}
+
+#[test]
+fn past_the_stale_window_a_key_waits_for_its_lookup_and_is_refused_when_it_fails() {
+    let mut gw = Gateway::new(CONFIG);
+    let k = a_key(22);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(&mut ctx, id, &valid("key_old", &[], 0, 1));
+    gw.host.advance(Duration::from_secs(60 + 300));
+    let (id2, mut ctx2, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.verify_calls(), 2);
+    gw.fail(&mut ctx2, id2, 14);
+    assert_eq!(gw.host.reply(id2).unwrap().status, 503);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 0);
+}
+
+#[test]
+fn refreshes_in_progress_are_bounded() {
+    let gw = Gateway::new(CONFIG);
+    let worker = gw.root.worker().unwrap();
+    let now = gw.host.now_ms();
+    for i in 0..(MAX_REFRESHES as u32 + 50) {
+        worker.borrow_mut().want_refresh(key::key_hash(&i.to_string()), now);
+    }
+    assert_eq!(worker.borrow().refreshes.len(), MAX_REFRESHES);
+}
+
+/// The key service's store is restored from a backup: its feed head goes from 20 back to 12.
+/// Every answer cached before is asked for again (valid, revoked and unknown alike), the new
+/// timeline's answers are cached despite the old timeline's invalidations, and a change of the
+/// new timeline invalidates although its sequence number was used before.
+#[test]
+fn a_feed_going_backwards_retires_every_answer_cached_before() {
+    let mut gw = Gateway::new(CONFIG);
+    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let (k, unknown) = (a_key(23), a_key(24));
+    gw.poll_feed(&[], 18);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(&mut ctx, id, &valid("key_r", &["read"], 0, 18));
+    // The lost timeline changes the key at 19 (its scopes) and 20; the answer is re-fetched.
+    gw.host.advance(Duration::from_secs(1));
+    gw.poll_feed(&[(19, "key_r"), (20, "key_other")], 20);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(&mut ctx, id, &valid("key_r", &["read", "write"], 0, 20));
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &unknown)]);
+    let not_found = v1::VerifyKeyResponse {
+        result: v1::VerifyResult::NotFound as i32,
+        feed_seq: 20,
+        ..Default::default()
+    };
+    gw.answer(&mut ctx, id, &not_found);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue, "cached");
+
+    // Restored: the head is 12. Worker 2 polls and learns it.
+    gw2.host.advance(Duration::from_secs(2));
+    gw2.poll_feed(&[], 12);
+    assert_eq!(gw2.host.counter("tollgate.key_auth.feed_resets"), 1);
+    assert!(gw2.host.logs().iter().any(|(_, l)| l.contains("went back from 20 to 12")));
+
+    // Worker 1: the answer about the key is asked for again at once, and is cached.
+    let calls = gw.verify_calls();
+    let (id, mut ctx, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Pause, "asked for again within its TTL");
+    assert_eq!(gw.verify_calls(), calls + 1);
+    gw.answer(&mut ctx, id, &valid("key_r", &["read"], 0, 12));
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
+    let (id, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue, "cached although the lost timeline changed it at 19");
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
+    // The negative answer too, once worker 1's tick has seen the new epoch.
+    gw.tick();
+    let calls = gw.verify_calls();
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &unknown)]);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.verify_calls(), calls + 1);
+
+    // Revoked at 13 on the new timeline (13 was used by the lost one too).
+    gw2.host.advance(Duration::from_secs(2));
+    gw2.poll_feed(&[(13, "key_r")], 13);
+    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Pause, "the revocation invalidates the new answer");
+}
+
+/// An answer to a call made before the feed went back may come from the store that is gone:
+/// it is not used, and the root context asks again.
+#[test]
+fn an_answer_asked_for_before_a_feed_reset_is_not_trusted_and_asked_for_again() {
+    let mut gw = Gateway::new(CONFIG);
+    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let k = a_key(25);
+    gw.poll_feed(&[], 20);
+    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id_b, _ctx_b, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    // Meanwhile worker 2 learns of the restore; then the old answer arrives.
+    gw2.host.advance(Duration::from_secs(2));
+    gw2.poll_feed(&[], 12);
+    gw.answer(&mut ctx, id, &valid("key_late", &[], 0, 20));
+    assert_eq!((gw.host.resumed(id), gw.host.reply(id)), (0, None), "still waiting");
+    assert_eq!(gw.host.resumed(id_b), 0);
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("asking again")));
+
+    gw.tick();
+    let again = gw.host.calls().into_iter().filter(|c| c.method == "VerifyKey").nth(1).expect("asked again");
+    assert_eq!(again.context_id, 1);
+    let not_found = v1::VerifyKeyResponse {
+        result: v1::VerifyResult::NotFound as i32,
+        feed_seq: 12,
+        ..Default::default()
+    };
+    gw.host.set_grpc_response(Some(not_found.encode_to_vec()), None);
+    gw.host.enter(1);
+    gw.root.on_grpc_call_response(again.token, 0, 1);
+    assert_eq!(gw.host.reply(id).unwrap().status, 401);
+    assert_eq!(gw.host.reply(id_b).unwrap().status, 401);
+}
+
+/// A scope that cannot travel in the scopes header makes the answer unusable (like an
+/// undecodable one): the request is refused with 503 rather than sent upstream with a list
+/// that misstates what the key may do, and nothing is cached.
+#[test]
+fn an_answer_with_a_scope_that_cannot_be_published_is_refused_not_published_empty() {
+    let mut gw = Gateway::new(CONFIG);
+    let k = a_key(26);
+    for bad in ["two words", "tab\there", "bell\u{7}", "del\u{7f}", ""] {
+        let calls = gw.verify_calls();
+        let (id, mut ctx, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        assert_eq!(action, Action::Pause);
+        assert_eq!(gw.verify_calls(), calls + 1, "{bad:?}: not cached");
+        gw.answer(&mut ctx, id, &valid("key_sc", &["read", bad], 0, 1));
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 503, "{bad:?}");
+        assert_eq!(gw.host.header(id, "x-tollgate-scopes"), None, "{bad:?}");
+        assert_eq!(gw.host.resumed(id), 0);
+    }
+    assert_eq!(gw.host.counter("tollgate.key_auth.denied.key_service_unavailable"), 5);
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("scope that cannot be sent in a header")));
 }
 
 #[test]

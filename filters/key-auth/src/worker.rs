@@ -1,10 +1,13 @@
 //! State one worker's root context shares with its HTTP contexts: the compiled config, stats,
-//! and the single-flight table of key lookups in progress.
+//! the single-flight table of key lookups in progress and the background refreshes of stale
+//! answers.
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use prost::Message;
+use tollgate_core::key_auth as ka;
 use tollgate_core::key_auth::cache::{Entry, KeyState, Limit};
 use tollgate_core::key_auth::config::Config;
 use tollgate_host::{Counters, Host, feed};
@@ -26,14 +29,27 @@ pub const STATS: &[&str] = &[
     "denied.bad_path",
     "cache_hit",
     "cache_miss",
-    "cache_stale_used",
+    "cache_stale_served",
+    "cache_refresh_started",
+    "cache_refresh_failed",
+    "cache_refreshed",
     "singleflight_joined",
     "callout_error",
     "failure_mode_allowed",
     "feed_poll",
     "feed_error",
     "feed_invalidations",
+    "feed_resets",
 ];
+
+/// Most refreshes of stale answers a worker keeps track of (queued, in flight or recently
+/// failed). Past it, a stale answer is still served, and its refresh is asked for by a later
+/// request once there is room.
+pub const MAX_REFRESHES: usize = 256;
+
+/// How long a failed refresh is remembered: meanwhile the stale answer is served without
+/// asking the key service again.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 pub const SERVICE: &str = tollgate_proto::KEY_SERVICE;
 
@@ -48,13 +64,24 @@ pub struct Waiter {
 /// One lookup in progress for one key hash.
 #[derive(Debug)]
 pub struct Flight {
-    /// The context whose call is in progress; `None` once it went away (the root context then
-    /// makes the call again on its next tick).
+    /// The context whose call is in progress; `None` once it went away, or when its answer
+    /// could not be trusted (the root context then makes the call again on its next tick).
     pub leader: Option<u32>,
     pub token: Option<u32>,
     pub waiters: Vec<Waiter>,
-    /// A valid answer past its TTL, usable if the key service cannot answer.
-    pub stale: Option<Entry>,
+    /// The change feed's epoch when the call was made, stamped into the answer.
+    pub epoch: u64,
+}
+
+/// A background refresh of a stale answer (see [`Worker::want_refresh`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Asked for by a request; the root context makes the call on its next tick.
+    Queued,
+    /// The root context's call is out; forgotten after `until_ms` should its answer never come.
+    InFlight { until_ms: u64 },
+    /// The call failed; not asked for again before `until_ms`.
+    Failed { until_ms: u64 },
 }
 
 pub struct Worker {
@@ -62,14 +89,27 @@ pub struct Worker {
     pub keys: Keys,
     pub counters: Counters,
     pub flights: HashMap<[u8; 32], Flight>,
-    /// Calls the root context made: token → key hash (orphaned flights) or the feed poll.
+    /// Stale answers being refreshed in the background, by key hash (at most
+    /// [`MAX_REFRESHES`]).
+    pub refreshes: HashMap<[u8; 32], Refresh>,
+    /// Calls the root context made: token → what it is for.
     pub root_calls: HashMap<u32, RootCall>,
     pub feed: feed::Consumer,
 }
 
+/// A call the root context made. Lookups carry the feed epoch at the time of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RootCall {
-    Verify([u8; 32]),
+    /// The lookup of a flight whose leading request went away.
+    Verify {
+        hash: [u8; 32],
+        epoch: u64,
+    },
+    /// A background refresh of a stale answer.
+    Refresh {
+        hash: [u8; 32],
+        epoch: u64,
+    },
     Feed,
 }
 
@@ -82,7 +122,27 @@ impl Worker {
             counters: Counters::define(host, "tollgate.key_auth", STATS),
             config,
             flights: HashMap::new(),
+            refreshes: HashMap::new(),
             root_calls: HashMap::new(),
+        }
+    }
+
+    /// Asks for a background refresh of `hash`'s stale answer, which the request serves at
+    /// once: the root context makes the call on its next tick (a call a request context made
+    /// would be cancelled when the request ends). Nothing is asked while a refresh is queued
+    /// or in flight, nor for [`REFRESH_RETRY`] after one failed.
+    pub fn want_refresh(&mut self, hash: [u8; 32], now_ms: u64) {
+        let room = self.refreshes.len() < MAX_REFRESHES;
+        match self.refreshes.get(&hash) {
+            Some(Refresh::Queued) => {}
+            Some(Refresh::InFlight { until_ms } | Refresh::Failed { until_ms }) if *until_ms > now_ms => {}
+            Some(_) => {
+                self.refreshes.insert(hash, Refresh::Queued);
+            }
+            None if room => {
+                self.refreshes.insert(hash, Refresh::Queued);
+            }
+            None => {}
         }
     }
 
@@ -114,6 +174,11 @@ impl Worker {
 
 pub type Shared = Rc<std::cell::RefCell<Worker>>;
 
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What a finished lookup produced.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -122,17 +187,36 @@ pub enum Outcome {
     Failed,
 }
 
-/// Turns a VerifyKey reply into a cache entry; `None` for a reply that makes no sense.
-pub fn entry_from_reply(hash: [u8; 32], now_ms: u64, reply: &v1::VerifyKeyResponse) -> Option<Entry> {
-    let state = match v1::VerifyResult::try_from(reply.result).ok()? {
+/// Why a VerifyKey reply cannot be used (it is then treated as no answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// Unspecified result, or a valid key without key id or consumer.
+    Nonsense,
+    /// A scope that cannot travel in the scopes header (see [`ka::scopes_value`]): publishing
+    /// the list without it, or without any, would misstate what the key may do.
+    UnpublishableScope,
+}
+
+/// Turns a VerifyKey reply for a lookup made in feed epoch `epoch` into a cache entry.
+pub fn entry_from_reply(
+    hash: [u8; 32],
+    now_ms: u64,
+    epoch: u64,
+    reply: &v1::VerifyKeyResponse,
+) -> Result<Entry, Unusable> {
+    let result = v1::VerifyResult::try_from(reply.result).map_err(|_| Unusable::Nonsense)?;
+    let state = match result {
         v1::VerifyResult::Valid => KeyState::Valid,
-        v1::VerifyResult::NotFound => return Some(Entry::not_found(hash, now_ms, reply.feed_seq)),
+        v1::VerifyResult::NotFound => return Ok(Entry::not_found(hash, now_ms, reply.feed_seq, epoch)),
         v1::VerifyResult::Revoked => KeyState::Revoked,
         v1::VerifyResult::Expired => KeyState::Expired,
-        v1::VerifyResult::Unspecified => return None,
+        v1::VerifyResult::Unspecified => return Err(Unusable::Nonsense),
     };
     if state == KeyState::Valid && (reply.key_id.is_empty() || reply.consumer_id.is_empty()) {
-        return None;
+        return Err(Unusable::Nonsense);
+    }
+    if state == KeyState::Valid && ka::scopes_value(&reply.scopes).is_none() {
+        return Err(Unusable::UnpublishableScope);
     }
     let (tier, limits) = match &reply.rate_limit {
         Some(p) => (
@@ -153,12 +237,13 @@ pub fn entry_from_reply(hash: [u8; 32], now_ms: u64, reply: &v1::VerifyKeyRespon
         ),
         None => (String::new(), Vec::new()),
     };
-    Some(Entry {
+    Ok(Entry {
         hash,
         state,
         fetched_at_ms: now_ms,
         expires_at_s: reply.expires_at,
         feed_seq: reply.feed_seq,
+        epoch,
         key_id: reply.key_id.clone(),
         consumer_id: reply.consumer_id.clone(),
         display_prefix: reply.display_prefix.clone(),

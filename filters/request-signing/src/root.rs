@@ -52,6 +52,7 @@ pub fn stat_names() -> Vec<&'static str> {
         "feed_poll",
         "feed_error",
         "feed_invalidations",
+        "feed_resets",
     ];
     names.extend(DENIED_STATS);
     names
@@ -170,6 +171,7 @@ impl<H: Host + 'static> SigningRoot<H> {
         w.feed_token = None;
         match w.feed.done(host, w.feed_target(), status, size) {
             feed::Done::Applied(n) => w.counters.add(host, "feed_invalidations", n as u64),
+            feed::Done::Reset => w.counters.inc(host, "feed_resets"),
             feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, "feed_error"),
         }
     }

@@ -36,7 +36,8 @@ impl Keys {
     }
 }
 
-/// The cached material of `key_id`, if fresh.
+/// The cached material of `key_id`, if fresh: of the feed's current epoch, not invalidated
+/// within it, within its TTL.
 pub fn lookup<H: Host + ?Sized>(
     host: &H,
     keys: &Keys,
@@ -44,18 +45,45 @@ pub fn lookup<H: Host + ?Sized>(
     key_id: &str,
 ) -> Option<MaterialEntry> {
     let slot = cache::cache_slot(key_id, config.cache_slots);
-    let entry = host.shared_get(&keys.material(slot)).0.and_then(|b| MaterialEntry::decode(&b));
+    let stored = host.shared_get(&keys.material(slot)).0.and_then(|b| cache::decode_slot(&b));
+    let feed = read_feed(host, keys).0;
     let freshness = Freshness {
-        invalidated_at: shared::read_u64(host, &keys.invalidation(invalidation_slot(key_id))),
-        base: read_feed(host, keys).0.base,
+        invalidated_at: shared::read_invalidation(
+            host,
+            &keys.invalidation(invalidation_slot(key_id)),
+            feed.epoch,
+        ),
+        base: feed.base,
     };
-    cache::fresh(entry, key_id, host.now_ms(), freshness, config.cache_ttl, config.negative_ttl)
+    let (ttl, negative_ttl) = (config.cache_ttl, config.negative_ttl);
+    cache::fresh_in_epoch(stored, key_id, host.now_ms(), freshness, feed.epoch, ttl, negative_ttl)
 }
 
-/// Stores an answer (last writer wins; the key id in the entry tells slot sharers apart).
+/// The feed's current epoch, to stamp into the answer of a lookup about to be made (see
+/// [`store_from`]).
+pub fn current_epoch<H: Host + ?Sized>(host: &H, keys: &Keys) -> u64 {
+    read_feed(host, keys).0.epoch
+}
+
+/// Stores an answer, stamped with the feed epoch at the time it is stored (for tests: the filter
+/// stores with [`store_from`] and the epoch read when the call was made, so an answer asked for
+/// before a feed reset and arriving after it is not trusted).
+#[cfg(test)]
 pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &MaterialEntry) {
+    store_from(host, keys, config, entry, current_epoch(host, keys));
+}
+
+/// Stores the answer of a lookup made in feed epoch `epoch` (read with [`current_epoch`] when
+/// the call was made). Last writer wins; the key id in the entry tells slot sharers apart.
+pub fn store_from<H: Host + ?Sized>(
+    host: &H,
+    keys: &Keys,
+    config: &Config,
+    entry: &MaterialEntry,
+    epoch: u64,
+) {
     let slot = cache::cache_slot(&entry.key_id, config.cache_slots);
-    let _ = host.shared_set(&keys.material(slot), &entry.encode(), None);
+    let _ = host.shared_set(&keys.material(slot), &cache::encode_slot(entry, epoch), None);
 }
 
 /// The change-feed consumer's record and its CAS token.
@@ -130,4 +158,59 @@ pub fn seen<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, id: &[u8; 16]) 
         .map(|s| host.shared_get(&keys.replay(*s)).0.and_then(|b| ReplayEntry::decode(&b)))
         .collect();
     replay::probe(&entries, id, host.now_ms()) == Probe::Seen
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::key_auth::cache::Invalidation;
+    use tollgate_core::signature::cache::MaterialState;
+    use tollgate_core::signature::verify::KeyMaterial;
+    use tollgate_host::mock::MockHost;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_json(br#"{"key_service": {"cluster": "keyd", "token": "t"}, "cache": {"slots": 64}}"#)
+            .unwrap()
+    }
+
+    fn material(key_id: &str, now_ms: u64, feed_seq: u64) -> MaterialEntry {
+        MaterialEntry {
+            key_id: key_id.into(),
+            state: MaterialState::Valid,
+            material: Some(KeyMaterial::Hmac(vec![7; 32])),
+            consumer_id: "alice".into(),
+            expires_at_s: 0,
+            fetched_at_ms: now_ms,
+            feed_seq,
+        }
+    }
+
+    fn set_epoch(host: &MockHost, keys: &Keys, epoch: u64) {
+        let state = FeedState { started: true, cursor: 12, base: 12, epoch, mark: 0, busy_until_ms: 0 };
+        host.shared_set(&keys.feed(), &state.encode(), None).unwrap();
+    }
+
+    /// Material cached before the key service's store was restored (a new feed epoch) is not
+    /// used; material of the new epoch is, whatever the lost timeline's invalidations say.
+    #[test]
+    fn material_of_an_older_feed_epoch_is_not_used() {
+        let host = MockHost::new();
+        let (config, keys) = (config(), Keys::new(&config()));
+        let now = host.now_ms();
+        store(&*host, &keys, &config, &material("key_a", now, 20));
+        assert!(lookup(&*host, &keys, &config, "key_a").is_some());
+        let lost = Invalidation { epoch: 0, seq: 30 };
+        let slot = keys.invalidation(invalidation_slot("key_a"));
+        host.shared_set(&slot, &lost.encode(), None).unwrap();
+        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "invalidated in its epoch");
+
+        set_epoch(&host, &keys, 1);
+        store_from(&*host, &keys, &config, &material("key_a", now, 20), 0);
+        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "asked for before the reset");
+        store_from(&*host, &keys, &config, &material("key_a", now, 12), current_epoch(&*host, &keys));
+        assert!(lookup(&*host, &keys, &config, "key_a").is_some(), "the lost timeline's 30 is ignored");
+        shared::raise_invalidation(&*host, &slot, Invalidation { epoch: 1, seq: 13 });
+        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "a change of the new timeline");
+    }
 }

@@ -105,7 +105,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// How long "no such key" is remembered.
     pub negative_ttl: Duration,
-    /// How long past `ttl` a valid answer may still be used while the key service is down.
+    /// How long past `ttl` a valid answer is still served, at once, while it is refreshed in the
+    /// background (and for as long as the refresh fails).
     pub stale_window: Duration,
     /// Number of shared-data slots; bounds the memory the cache can take.
     pub slots: u32,

@@ -1,6 +1,8 @@
 //! Cached signing material of one key id, as the filter keeps it in a shared-data slot.
 //! Invalidation reuses key-auth's change-feed consumer ([`crate::key_auth::cache::feed_step`]):
-//! an entry fetched before a change to its key id is not used.
+//! an entry fetched before a change to its key id is not used, and neither is one fetched in an
+//! older feed epoch (before the key service's store was restored from a backup; see
+//! [`crate::key_auth::cache`]). A slot holds the entry stamped with its epoch ([`encode_slot`]).
 
 use std::time::Duration;
 
@@ -123,6 +125,43 @@ impl<'a> Reader<'a> {
     }
 }
 
+const SLOT_VERSION: u8 = 2;
+
+/// A cache slot's value: `entry` stamped with the feed epoch its answer belongs to.
+pub fn encode_slot(entry: &MaterialEntry, epoch: u64) -> Vec<u8> {
+    let entry = entry.encode();
+    let mut out = Vec::with_capacity(9 + entry.len());
+    out.push(SLOT_VERSION);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&entry);
+    out
+}
+
+/// Decodes a slot into the entry and its epoch; `None` for anything malformed (a miss).
+pub fn decode_slot(bytes: &[u8]) -> Option<(MaterialEntry, u64)> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != SLOT_VERSION || rest.len() < 8 {
+        return None;
+    }
+    let (epoch, entry) = rest.split_at(8);
+    Some((MaterialEntry::decode(entry)?, u64::from_le_bytes(epoch.try_into().ok()?)))
+}
+
+/// The cached entry of a slot if it may be used at `now_ms`: of the feed's current `epoch` (or
+/// a newer one the reader has not learned of yet), then as [`fresh`].
+pub fn fresh_in_epoch(
+    slot: Option<(MaterialEntry, u64)>,
+    key_id: &str,
+    now_ms: u64,
+    freshness: Freshness,
+    epoch: u64,
+    ttl: Duration,
+    negative_ttl: Duration,
+) -> Option<MaterialEntry> {
+    let entry = slot.filter(|(_, stamped)| *stamped >= epoch).map(|(entry, _)| entry);
+    fresh(entry, key_id, now_ms, freshness, ttl, negative_ttl)
+}
+
 /// The cache slot of a key id (FNV-1a).
 pub fn cache_slot(key_id: &str, slots: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -150,4 +189,44 @@ pub fn fresh(
     let ttl = if entry.state == MaterialState::NotFound { negative_ttl } else { ttl };
     let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
     (age < ttl).then_some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: MaterialState) -> MaterialEntry {
+        MaterialEntry {
+            key_id: "key_1".into(),
+            state,
+            material: (state == MaterialState::Valid).then(|| KeyMaterial::Hmac(vec![7; 32])),
+            consumer_id: "alice".into(),
+            expires_at_s: 0,
+            fetched_at_ms: 1_000,
+            feed_seq: 20,
+        }
+    }
+
+    #[test]
+    fn slots_carry_the_epoch_and_refuse_anything_else() {
+        let e = entry(MaterialState::Valid);
+        let bytes = encode_slot(&e, 3);
+        assert_eq!(decode_slot(&bytes), Some((e.clone(), 3)));
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_slot(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(decode_slot(&e.encode()), None, "an entry without its epoch");
+    }
+
+    #[test]
+    fn material_asked_for_before_a_feed_reset_is_not_used() {
+        let ttl = Duration::from_secs(60);
+        let f = Freshness::default();
+        for state in [MaterialState::Valid, MaterialState::NotFound, MaterialState::Revoked] {
+            let slot = |epoch| Some((entry(state), epoch));
+            assert_eq!(fresh_in_epoch(slot(0), "key_1", 2_000, f, 1, ttl, ttl), None, "{state:?}");
+            assert!(fresh_in_epoch(slot(1), "key_1", 2_000, f, 1, ttl, ttl).is_some(), "{state:?}");
+            assert!(fresh_in_epoch(slot(2), "key_1", 2_000, f, 1, ttl, ttl).is_some(), "{state:?}");
+        }
+    }
 }
