@@ -60,6 +60,9 @@ pub struct SigningHttp<H: Host> {
     material: Option<MaterialEntry>,
     /// The GetSigningKey call in progress.
     call: Option<u32>,
+    /// The feed epoch when that call was made: its answer is cached as of then, so an answer
+    /// asked for before a restored store was noticed is not trusted afterwards.
+    call_epoch: u64,
     /// The request has a body bound by `Content-Digest`: it is held until complete and checked.
     hold_body: bool,
     /// The signature was verified and the headers let through; only the body check remains.
@@ -83,6 +86,7 @@ impl<H: Host> SigningHttp<H> {
             policy: None,
             material: None,
             call: None,
+            call_epoch: 0,
             hold_body: false,
             accepted: false,
             body_len: 0,
@@ -170,6 +174,7 @@ impl<H: Host> SigningHttp<H> {
             self.material = Some(entry);
         } else {
             w.counters.inc(host, "cache_miss");
+            self.call_epoch = store::current_epoch(host, &w.keys);
             let message = v1::GetSigningKeyRequest { key_id: key_id.clone() }.encode_to_vec();
             let metadata = w.metadata();
             let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -384,7 +389,7 @@ impl<H: Host> SigningHttp<H> {
         let key_id = self.key_id();
         let entry = {
             let w = self.worker.borrow();
-            read_reply(&*self.host, &w, &key_id, status, size)
+            read_reply(&*self.host, &w, &key_id, status, size, self.call_epoch)
         };
         match entry {
             Some(entry) => {
@@ -407,13 +412,15 @@ fn replay_id(candidate: &Candidate) -> [u8; 16] {
     replay::replay_id(&candidate.key_id, candidate.nonce.as_deref(), &candidate.signature)
 }
 
-/// Decodes a GetSigningKey reply into a cache entry (and caches it); `None` on failure.
+/// Decodes a GetSigningKey reply into a cache entry (and caches it as of feed epoch `epoch`, when
+/// the call was made); `None` on failure.
 fn read_reply<H: Host + ?Sized>(
     host: &H,
     w: &Worker,
     key_id: &str,
     status: u32,
     size: usize,
+    epoch: u64,
 ) -> Option<MaterialEntry> {
     if status != grpc_status::OK {
         w.counters.inc(host, "callout_error");
@@ -431,7 +438,7 @@ fn read_reply<H: Host + ?Sized>(
         .and_then(|r| entry_from_reply(key_id, host.now_ms(), &r));
     match entry {
         Some(entry) => {
-            store::store(host, &w.keys, &w.config, &entry);
+            store::store_from(host, &w.keys, &w.config, &entry, epoch);
             Some(entry)
         }
         None => {
