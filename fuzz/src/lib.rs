@@ -448,7 +448,9 @@ pub fn shared_data(data: &[u8]) {
                 let hash = entry.hash;
                 for now_ms in [0, entry.fetched_at_ms, u64::MAX] {
                     let fresh = ka_cache::Freshness { invalidated_at: 3, base: 2 };
-                    let _ = ka_cache::classify(Some(entry.clone()), &hash, now_ms, fresh, &cfg);
+                    for epoch in [0, entry.epoch, entry.epoch.saturating_add(1)] {
+                        let _ = ka_cache::classify(Some(entry.clone()), &hash, now_ms, fresh, epoch, &cfg);
+                    }
                 }
             }
         }
@@ -459,12 +461,17 @@ pub fn shared_data(data: &[u8]) {
         2 => {
             if let Some(state) = ka_cache::FeedState::decode(rest) {
                 assert_eq!(state.encode().as_slice(), rest);
-                let changes: Vec<(u64, String)> = (0..4)
-                    .map_while(|i| u.arbitrary::<u64>().ok().map(|s| (s, format!("key_{i}"))))
+                let changes: Vec<ka_cache::FeedChange> = (0..4)
+                    .map_while(|i| {
+                        let seq = u.arbitrary::<u64>().ok()?;
+                        let mark = u.arbitrary::<u64>().ok()?;
+                        Some(ka_cache::FeedChange { seq, key_id: format!("key_{i}"), mark })
+                    })
                     .collect();
                 let head = u.arbitrary::<u64>().unwrap_or(0);
                 let step = ka_cache::feed_step(state, &changes, head);
                 assert!(step.next.started);
+                assert!(step.next.epoch >= state.epoch, "the feed epoch never goes back");
                 for (slot, _) in &step.invalidate {
                     assert!(*slot < ka_cache::INVALIDATION_SLOTS);
                 }
@@ -478,16 +485,18 @@ pub fn shared_data(data: &[u8]) {
             }
         }
         4 => {
-            if let Some(entry) = sig_cache::MaterialEntry::decode(rest) {
+            if let Some((entry, epoch)) = sig_cache::decode_slot(rest) {
                 assert_eq!(
-                    sig_cache::MaterialEntry::decode(&entry.encode()).as_ref(),
-                    Some(&entry),
-                    "material"
+                    sig_cache::decode_slot(&sig_cache::encode_slot(&entry, epoch)),
+                    Some((entry.clone(), epoch))
                 );
                 let _ = entry.usable_at(1_700_000_000);
                 let fresh = ka_cache::Freshness::default();
                 let ttl = std::time::Duration::from_secs(60);
-                let _ = sig_cache::fresh(Some(entry.clone()), &entry.key_id, u64::MAX, fresh, ttl, ttl);
+                let slot = Some((entry.clone(), epoch));
+                let newer = epoch.saturating_add(1);
+                let later = sig_cache::fresh_in_epoch(slot, &entry.key_id, 0, fresh, newer, ttl, ttl);
+                assert!(epoch == u64::MAX || later.is_none(), "material of an older epoch was used");
             }
         }
         5 => {
@@ -587,6 +596,7 @@ fn arbitrary_key_entry(u: &mut Unstructured<'_>) -> arbitrary::Result<ka_cache::
         fetched_at_ms: u.arbitrary()?,
         expires_at_s: u.arbitrary()?,
         feed_seq: u.arbitrary()?,
+        epoch: u.arbitrary()?,
         key_id: short(u)?,
         consumer_id: short(u)?,
         display_prefix: short(u)?,
@@ -792,10 +802,10 @@ pub fn config_key_auth(data: &[u8]) {
             assert!(!cfg.sources.is_empty());
             let _ = format!("{cfg:?}");
             let hash = [7u8; 32];
-            let entry = ka_cache::Entry::not_found(hash, 0, 0);
+            let entry = ka_cache::Entry::not_found(hash, 0, 0, 0);
             for now_ms in [0, u64::MAX] {
                 let _ =
-                    ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), &cfg.cache);
+                    ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), 0, &cfg.cache);
             }
             assert!(ka_cache::cache_slot(&hash, cfg.cache.slots) < cfg.cache.slots);
         }

@@ -240,6 +240,7 @@ pub fn generated() -> Vec<Seed> {
         fetched_at_ms: 1_700_000_000_000,
         expires_at_s: 1_800_000_000,
         feed_seq: 42,
+        epoch: 1,
         key_id: "key_01".into(),
         consumer_id: "alice".into(),
         display_prefix: "tgk_4QdLk0".into(),
@@ -252,10 +253,17 @@ pub fn generated() -> Vec<Seed> {
         "shared_data",
         "key-auth-not-found",
         0,
-        &ka_cache::Entry::not_found([1; 32], 5, 6).encode(),
+        &ka_cache::Entry::not_found([1; 32], 5, 6, 0).encode(),
     ));
     out.push(tagged("shared_data", "key-auth-arbitrary", 1, &entry.encode()));
-    let feed = ka_cache::FeedState { started: true, cursor: 7, base: 3, busy_until_ms: 1_700_000_000_000 };
+    let feed = ka_cache::FeedState {
+        started: true,
+        cursor: 7,
+        base: 3,
+        epoch: 1,
+        mark: 5,
+        busy_until_ms: 1_700_000_000_000,
+    };
     out.push(tagged(
         "shared_data",
         "feed-state",
@@ -278,12 +286,12 @@ pub fn generated() -> Vec<Seed> {
         fetched_at_ms: 1_700_000_000_000,
         feed_seq: 4,
     };
-    out.push(tagged("shared_data", "signing-material", 4, &material.encode()));
+    out.push(tagged("shared_data", "signing-material", 4, &sig_cache::encode_slot(&material, 1)));
     let hmac_material = sig_cache::MaterialEntry {
         material: Some(KeyMaterial::Hmac(b"secret".to_vec())),
         ..material.clone()
     };
-    out.push(tagged("shared_data", "signing-material-hmac", 4, &hmac_material.encode()));
+    out.push(tagged("shared_data", "signing-material-hmac", 4, &sig_cache::encode_slot(&hmac_material, 0)));
     let id = replay::replay_id("k", Some("nonce"), b"sig");
     let remembered = replay::ReplayEntry { id, until_ms: 1_700_000_300_000, writer: 77 };
     let mut slots = 4096u32.to_le_bytes().to_vec();
