@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
 use tollgate_e2e::{
-    Echo, Envoy, EnvoyOpts, Response, Value, eventually, json, static_cluster, wasm_filter, wasm_module,
+    Echo, Envoy, EnvoyOpts, RawRequest, RawResponse, Response, Value, eventually, json, static_cluster,
+    wasm_filter, wasm_module,
 };
 
 const ROOT_ID: &str = "tollgate.jwt_auth";
@@ -388,4 +389,83 @@ async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
     let stats = envoy.stats("jwt_auth").await;
     assert!(stats.get(&format!("{STATS}denied.inactive_token")).copied().unwrap_or(0) >= 1, "{stats:?}");
     assert!(stats.get(&format!("{STATS}discovery_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
+}
+
+/// Envoy with 2 workers, the jwt-auth filter configured with `config` and whatever `more` adds
+/// (named routes, clusters).
+async fn start_with(echo: &Echo, config: &Value, more: impl FnOnce(EnvoyOpts) -> EnvoyOpts) -> Envoy {
+    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), config);
+    let opts = more(EnvoyOpts::new(echo.addr()).http_filter(filter).workers(2));
+    Envoy::start(opts).await
+}
+
+/// A provider whose keys are in the configuration (no fetch to wait for).
+fn inline_provider(keys: &[Value]) -> Value {
+    json!({"name": "demo", "issuer": ISS, "audiences": ["api"], "algorithms": ["ES256"],
+           "jwks": {"keys": keys}})
+}
+
+async fn raw(envoy: &Envoy, req: RawRequest) -> RawResponse {
+    req.send(envoy.addr()).await.unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", envoy.logs()))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A route rule keyed on Envoy's route name applies: the filter reads the name where Envoy 1.40
+/// provides it (`xds.route_name`).
+#[tokio::test]
+async fn a_route_name_rule_applies_through_envoy() {
+    let k1 = new_key();
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "routes": [{"route_name": "admin-console", "scopes": ["admin"]}]
+    });
+    let envoy = start_with(&echo, &config, |o| o.named_route("admin-console", "/console")).await;
+    let reader = token(&k1, "k1", json!({"scope": "read"}));
+    let admin = token(&k1, "k1", json!({"scope": "read admin"}));
+
+    let refused = call(&envoy, "/console/users", &reader).await;
+    assert_eq!(refused.status, 403, "the named route requires `admin`: {}", refused.text());
+    assert!(refused.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    assert_eq!(echo.requests(), 0, "nothing reached the upstream");
+    assert_eq!(call(&envoy, "/console/users", &admin).await.status, 200);
+    // Another route (the catch-all `main`) has no such rule.
+    assert_eq!(call(&envoy, "/hello", &reader).await.status, 200);
+    assert_eq!(echo.requests(), 2);
+}
+
+/// A `path_prefix` rule applies to every spelling of its path, and a path whose meaning depends
+/// on the upstream (an encoded slash) is refused.
+#[tokio::test]
+async fn a_path_rule_applies_to_every_spelling_of_the_path() {
+    let k1 = new_key();
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}]
+    });
+    let envoy = start_with(&echo, &config, |o| o).await;
+    let reader = bearer(&token(&k1, "k1", json!({"scope": "read"})));
+    let admin = bearer(&token(&k1, "k1", json!({"scope": "admin"})));
+
+    for target in ["/admin", "//admin", "/./admin", "/%61dmin", "/x/../admin", "/admin/./x", "/%2e/admin/x"] {
+        let res = raw(&envoy, RawRequest::get(target).header("authorization", &reader)).await;
+        assert_eq!(res.status, 403, "{target}: {}", res.text());
+        assert_eq!(res.json()["error"], "forbidden", "{target}");
+    }
+    assert_eq!(echo.requests(), 0, "no spelling of /admin reached the upstream");
+    for target in ["/admin%2Fx", "/%2Fadmin", "/admin%5cx"] {
+        let res = raw(&envoy, RawRequest::get(target).header("authorization", &admin)).await;
+        assert_eq!(res.status, 400, "{target}: {}", res.text());
+        assert_eq!(res.json()["error"], "bad_request", "{target}");
+    }
+    assert_eq!(echo.requests(), 0);
+    // With the scope, the same spellings pass (rules refuse nothing else).
+    let res = raw(&envoy, RawRequest::get("//admin").header("authorization", &admin)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = raw(&envoy, RawRequest::get("/x/../hello").header("authorization", &reader)).await;
+    assert_eq!(res.status, 200, "{}", res.text());
 }
