@@ -405,6 +405,15 @@ fn inline_provider(keys: &[Value]) -> Value {
            "jwks": {"keys": keys}})
 }
 
+/// A provider whose keys are fetched from the cluster `idp_jwks`; unknown `kid`s fetch again at
+/// most every second, the periodic refresh is rare.
+fn remote_provider(timeout: &str) -> Value {
+    json!({"name": "demo", "issuer": ISS, "audiences": ["api"], "algorithms": ["ES256", "RS256"],
+           "remote_jwks": {"cluster": "idp_jwks", "path": "/certs", "authority": "idp.test",
+                           "timeout": timeout, "refresh_interval": "5m", "refetch_cooldown": "1s",
+                           "max_stale": "1h"}})
+}
+
 async fn raw(envoy: &Envoy, req: RawRequest) -> RawResponse {
     req.send(envoy.addr()).await.unwrap_or_else(|e| panic!("request failed: {e}; log:\n{}", envoy.logs()))
 }
@@ -468,4 +477,64 @@ async fn a_path_rule_applies_to_every_spelling_of_the_path() {
     assert_eq!(res.status, 200, "{}", res.text());
     let res = raw(&envoy, RawRequest::get("/x/../hello").header("authorization", &reader)).await;
     assert_eq!(res.status, 200, "{}", res.text());
+}
+
+/// Keys the JWKS marks as not for verifying signatures (`key_ops` without `verify`, `use` other
+/// than `sig`) never verify a token; the other keys of the set keep working.
+#[tokio::test]
+async fn keys_not_meant_for_verification_are_skipped() {
+    let (k1, k_ops, k_enc, k_verify) = (new_key(), new_key(), new_key(), new_key());
+    let mut sign_only = jwk(&k_ops, "sign-only");
+    sign_only["key_ops"] = json!(["sign"]);
+    let mut encryption = jwk(&k_enc, "encryption");
+    encryption["use"] = json!("enc");
+    let mut verifying = jwk(&k_verify, "verifying");
+    verifying["key_ops"] = json!(["verify"]);
+    verifying.as_object_mut().unwrap().remove("use");
+    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1"), sign_only, encryption, verifying]}));
+    let echo = Echo::start();
+    let config = json!({"providers": [remote_provider("2s")]});
+    let envoy = start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false))).await;
+    let good = token(&k1, "k1", json!({}));
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &good).await.status == 200 })
+            .await;
+    assert!(ready, "no 200 with a valid token; log:\n{}", envoy.logs());
+    assert_eq!(call(&envoy, "/hello", &token(&k_verify, "verifying", json!({}))).await.status, 200);
+    let upstream = echo.requests();
+    assert_invalid_token(&call(&envoy, "/hello", &token(&k_ops, "sign-only", json!({}))).await, "key_ops");
+    assert_invalid_token(&call(&envoy, "/hello", &token(&k_enc, "encryption", json!({}))).await, "use enc");
+    assert_eq!(echo.requests(), upstream, "refused tokens never reach the upstream");
+}
+
+/// A base64url-encoded big-endian number of `bytes` random bytes with the top and bottom bits set.
+fn random_odd_number(bytes: usize) -> String {
+    let mut n = vec![0u8; bytes];
+    getrandom::fill(&mut n).unwrap();
+    n[0] |= 0x80;
+    n[bytes - 1] |= 1;
+    b64(&n)
+}
+
+/// One key the filter cannot use (a 1024-bit RSA key) does not take the provider down: it is
+/// skipped, counted and logged; the other keys work.
+#[tokio::test]
+async fn one_unusable_key_does_not_take_the_provider_down() {
+    let k1 = new_key();
+    let weak = json!({"kty": "RSA", "kid": "legacy-1024", "use": "sig", "alg": "RS256",
+                      "n": random_odd_number(128), "e": "AQAB"});
+    let jwks = Jwks::start(json!({"keys": [weak, jwk(&k1, "k1")]}));
+    let echo = Echo::start();
+    let config = json!({"providers": [remote_provider("2s")]});
+    let envoy = start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false))).await;
+    let good = token(&k1, "k1", json!({}));
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &good).await.status == 200 })
+            .await;
+    assert!(ready, "the good key is not used; log:\n{}", envoy.logs());
+    let stats = envoy.stats("jwt_auth").await;
+    assert!(stats.get(&format!("{STATS}jwks_key_skipped")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(stats.get(&format!("{STATS}jwks_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    let logs = envoy.logs();
+    assert!(logs.contains("legacy-1024") && logs.contains("2048 bits"), "{logs}");
 }

@@ -512,3 +512,57 @@ fn discovery_finds_the_key_set_and_the_introspection_endpoint() {
     );
     assert_eq!(gw.host.resumed(id), 1);
 }
+
+#[test]
+fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
+    let mut gw = Gateway::new(&remote_config());
+    let weak = json!({"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"});
+    let body = json!({"keys": [weak, jwk(&key(1), "k1")]}).to_string();
+    gw.tick();
+    gw.answer_root("200", body.as_bytes());
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_ok"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_key_skipped"), 1);
+    let logged: Vec<_> = gw.host.logs().into_iter().filter(|(_, m)| m.contains("legacy-1024")).collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].1.contains("2048 bits"), "{logged:?}");
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+
+    // Another worker compiles the stored set quietly.
+    let other = MockHost::sharing_with(&gw.host);
+    other.with_configuration(&remote_config());
+    let mut root2 = JwtAuthRoot::new(other.clone());
+    assert!(root2.on_configure(0));
+    other.enter(1);
+    root2.on_tick();
+    assert!(other.http_calls().is_empty(), "the stored set is used");
+    assert_eq!(other.counter("tollgate.jwt_auth.jwks_key_skipped"), 0);
+    assert!(!other.logs().iter().any(|(_, m)| m.contains("legacy-1024")));
+
+    // A set with no usable key at all is a failed fetch: the last good set stays.
+    gw.host.advance(Duration::from_secs(61));
+    gw.tick();
+    let only_weak =
+        json!({"keys": [{"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"}]});
+    gw.answer_root("200", only_weak.to_string().as_bytes());
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error"), 1);
+    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+}
+
+#[test]
+fn keys_whose_key_ops_exclude_verify_never_verify() {
+    let mut signing_only = jwk(&key(1), "k1");
+    signing_only["key_ops"] = json!(["sign"]);
+    let mut verifying = jwk(&key(2), "k2");
+    verifying["key_ops"] = json!(["verify"]);
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [signing_only, verifying]}}],
+        "cache": {"slots": 0}
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let (id, _, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
+    assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).2, Action::Continue);
+}

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Remote, err};
 use tollgate_core::jwt::introspection::{self, Discovered};
-use tollgate_core::jwt::jwk::{Limits, parse_jwks};
+use tollgate_core::jwt::jwk::Limits;
 use tollgate_core::jwt::jws::Jws;
 use tollgate_core::jwt::keys::KeySet;
 use tollgate_core::jwt::{Deny, cache};
@@ -24,6 +24,7 @@ pub fn stat_names() -> Vec<&'static str> {
         "jwks_fetch_ok",
         "jwks_fetch_error",
         "jwks_refetch_unknown_kid",
+        "jwks_key_skipped",
         "introspection",
         "introspection_active",
         "introspection_inactive",
@@ -328,16 +329,30 @@ impl Worker {
     }
 
     /// Handles a fetch's response: a valid key set replaces the old one for every worker; on
-    /// any failure the last good set stays.
+    /// any failure the last good set stays. Keys of the set that cannot be used are left out,
+    /// counted and logged (once per fetch); the others are used.
     pub fn fetch_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
         let Some(r) = self.remote(idx).cloned() else { return };
         let outcome = call_answer_body(host, body_size, r.limits.max_bytes).and_then(|body| {
-            parse_jwks(&body, r.limits)
-                .map_err(|e| e.to_string())
-                .and_then(|jwks| KeySet::compile(&jwks).map(|set| (set, body)).map_err(|e| e.to_string()))
+            KeySet::compile_fetched(&body, r.limits).map(|fetched| (fetched, body)).map_err(|e| e.to_string())
         });
         match outcome {
-            Ok((set, body)) => {
+            Ok((fetched, body)) => {
+                if !fetched.skipped.is_empty() {
+                    let n = fetched.skipped.len();
+                    self.counters.add(host, "jwks_key_skipped", n as u64);
+                    let list: Vec<String> = fetched.skipped.iter().map(ToString::to_string).collect();
+                    let name = &self.config.providers[idx].name;
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "jwt-auth: JWKS for `{name}`: left out {n} unusable key(s), using the other {}: {}",
+                            fetched.keys.len(),
+                            list.join("; ")
+                        ),
+                    );
+                }
+                let set = fetched.keys;
                 let now = host.now_ms().max(1);
                 let mut record = now.to_le_bytes().to_vec();
                 record.extend_from_slice(&body);
@@ -397,8 +412,9 @@ impl Worker {
     }
 }
 
+/// Compiles a stored key set (its unusable keys were reported by the worker that fetched it).
 fn compile(body: &[u8], limits: Limits) -> Option<KeySet> {
-    parse_jwks(body, limits).ok().and_then(|jwks| KeySet::compile(&jwks).ok())
+    KeySet::compile_fetched(body, limits).ok().map(|fetched| fetched.keys)
 }
 
 fn decode_fetch(bytes: Option<&[u8]>) -> (u64, u64) {
