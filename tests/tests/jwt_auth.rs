@@ -507,6 +507,47 @@ async fn keys_not_meant_for_verification_are_skipped() {
     assert_eq!(echo.requests(), upstream, "refused tokens never reach the upstream");
 }
 
+/// A scope holding a comma reaches the upstream as one scope (the list is space-separated); a
+/// scope holding a space cannot be told apart from two scopes, so its token is refused.
+#[tokio::test]
+async fn scopes_reach_the_upstream_exactly_or_not_at_all() {
+    let k1 = new_key();
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}]
+    });
+    let envoy = start_with(&echo, &config, |o| o).await;
+
+    for claims in
+        [json!({"scope": null, "scp": ["orders", "read,admin"]}), json!({"scope": ["orders", "read,admin"]})]
+    {
+        let comma = token(&k1, "k1", claims.clone());
+        let res = call(&envoy, "/hello", &comma).await;
+        assert_eq!(res.status, 200, "{claims}: {}", res.text());
+        let published = res.json()["headers"]["x-tollgate-scopes"].as_str().unwrap().to_owned();
+        assert_eq!(published, "orders read,admin", "{claims}");
+        assert!(!published.split(' ').any(|s| s == "admin"), "{published}");
+        // Nor does the filter itself read `admin` in it.
+        assert_eq!(call(&envoy, "/admin/x", &comma).await.status, 403, "{claims}");
+    }
+
+    let upstream = echo.requests();
+    for claims in [json!({"scope": null, "scp": ["read admin"]}), json!({"scope": "read\tadmin"})] {
+        let spaced = token(&k1, "k1", claims.clone());
+        for path in ["/hello", "/admin/x"] {
+            let res = call(&envoy, path, &spaced).await;
+            assert_invalid_token(&res, &format!("{claims} at {path}"));
+        }
+    }
+    assert_eq!(echo.requests(), upstream, "refused tokens never reach the upstream");
+    let stats = envoy.stats("jwt_auth").await;
+    assert!(
+        stats.get(&format!("{STATS}denied.unpublishable_identity")).copied().unwrap_or(0) >= 4,
+        "{stats:?}"
+    );
+}
+
 /// A base64url-encoded big-endian number of `bytes` random bytes with the top and bottom bits set.
 fn random_odd_number(bytes: usize) -> String {
     let mut n = vec![0u8; bytes];
@@ -537,4 +578,37 @@ async fn one_unusable_key_does_not_take_the_provider_down() {
     assert!(stats.get(&format!("{STATS}jwks_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
     let logs = envoy.logs();
     assert!(logs.contains("legacy-1024") && logs.contains("2048 bits"), "{logs}");
+}
+
+/// An identity that cannot travel in a header as it is (a `sub` with CR/LF or NUL, a mapped
+/// claim with control characters) is refused: the request never reaches the upstream with an
+/// empty or missing identity.
+#[tokio::test]
+async fn an_identity_that_cannot_be_carried_is_refused() {
+    let k1 = new_key();
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "claim_headers": {"x-user-email": "email"}
+    });
+    let envoy = start_with(&echo, &config, |o| o).await;
+    let cases = [
+        json!({"sub": "alice\r\nx-evil: 1"}),
+        json!({"sub": "al\u{0}ice"}),
+        json!({"sub": " alice"}),
+        json!({"email": "alice@example.com\r\nx-evil: 1"}),
+        json!({"email": {"primary": "alice@example.com"}}),
+    ];
+    for claims in cases {
+        let res = call(&envoy, "/hello", &token(&k1, "k1", claims.clone())).await;
+        assert_invalid_token(&res, &claims.to_string());
+    }
+    assert_eq!(echo.requests(), 0, "nothing reached the upstream");
+    let stats = envoy.stats("jwt_auth").await;
+    assert_eq!(stats.get(&format!("{STATS}denied.unpublishable_identity")).copied(), Some(5), "{stats:?}");
+    // A faithful identity passes; one without a mapped claim passes without the header.
+    let res = call(&envoy, "/hello", &token(&k1, "k1", json!({"email": null}))).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["headers"]["x-tollgate-consumer-id"], "alice");
+    assert!(res.json()["headers"].get("x-user-email").is_none());
 }

@@ -289,8 +289,7 @@ fn admit<H: Host + ?Sized>(
         w.cache_put(host, &entry);
     }
     claims::check_requirements(claim_map, &identity, requirements)?;
-    publish(host, w, &identity, claim_map);
-    Ok(())
+    publish(host, w, &identity, claim_map)
 }
 
 /// POSTs an opaque token to provider `idx`'s introspection endpoint; returns the call's token.
@@ -378,23 +377,31 @@ fn finish<H: Host + ?Sized>(
     }
 }
 
-fn publish<H: Host + ?Sized>(host: &H, w: &Worker, id: &Identity, claim_map: &Map<String, Value>) {
-    let scopes = tollgate_core::key_auth::scopes_value(&id.scopes).unwrap_or_default();
-    let subject = claims::claim_text(&Value::String(id.subject.clone())).unwrap_or_default();
-    host.set_request_header(jwt::CONSUMER_HEADER, Some(subject.as_bytes()));
-    host.set_request_header(jwt::SCOPES_HEADER, Some(scopes.as_bytes()));
-    host.set_request_header(jwt::ISSUER_HEADER, Some(id.issuer.as_bytes()));
-    host.set_property(&[jwt::PROP_CONSUMER], subject.as_bytes());
-    host.set_property(&[jwt::PROP_SUBJECT], subject.as_bytes());
-    host.set_property(&[jwt::PROP_ISSUER], id.issuer.as_bytes());
-    host.set_property(&[jwt::PROP_SCOPES], scopes.as_bytes());
-    for (header, claim) in &w.config.claim_headers {
-        if let Some(text) = claim_map.get(claim).and_then(claims::claim_text) {
-            host.set_request_header(header, Some(text.as_bytes()));
-            host.set_property(&[&format!("{}{claim}", jwt::PROP_CLAIMS_PREFIX)], text.as_bytes());
+/// Passes a verified identity on: headers for the upstream, filter state for later filters.
+/// Anything that cannot be passed on exactly as it is refuses the request, and so does a value
+/// the proxy refuses to set: a request never goes upstream with an identity that is missing,
+/// empty or reads differently there.
+fn publish<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    id: &Identity,
+    claim_map: &Map<String, Value>,
+) -> Result<(), Deny> {
+    let published = claims::published(id, claim_map, &w.config.claim_headers)?;
+    for (name, value) in &published.headers {
+        if !host.set_request_header(name, Some(value.as_bytes())) {
+            host.log(LogLevel::Warn, &format!("jwt-auth: the proxy refused the value of header `{name}`"));
+            return Err(Deny::UnpublishableIdentity);
+        }
+    }
+    for (name, value) in &published.properties {
+        if !host.set_property(&[name.as_str()], value.as_bytes()) {
+            host.log(LogLevel::Warn, &format!("jwt-auth: the proxy refused to set property `{name}`"));
+            return Err(Deny::UnpublishableIdentity);
         }
     }
     w.counters.inc(host, "allowed");
+    Ok(())
 }
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, scopes: &[String]) {

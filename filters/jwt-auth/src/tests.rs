@@ -566,3 +566,235 @@ fn keys_whose_key_ops_exclude_verify_never_verify() {
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
     assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).2, Action::Continue);
 }
+
+#[test]
+fn every_refusal_reason_has_a_stat() {
+    let names = crate::worker::stat_names();
+    for deny in tollgate_core::jwt::Deny::ALL {
+        let stat = format!("denied.{}", deny.reason());
+        assert!(names.contains(&stat.as_str()), "no stat {stat}");
+    }
+}
+
+#[test]
+fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
+    let mut gw = Gateway::new(&inline_config());
+    for sub in ["alice\r\nx-evil: 1", "al\u{0}ice", " alice"] {
+        let token = sign(&key(1), "k1", &claims(json!({"sub": sub})));
+        // Twice: the second answer comes from the verified-token cache.
+        for _ in 0..2 {
+            let auth = format!("Bearer {token}");
+            let (id, _, action) =
+                gw.request("/hello", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+            assert_eq!(action, Action::Pause, "{sub:?}");
+            let reply = gw.host.reply(id).unwrap();
+            assert_eq!(reply.status, 401, "{sub:?}");
+            assert!(reply.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+            assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None, "{sub:?}");
+            assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]), None);
+        }
+    }
+    // A mapped claim that cannot be written as it is refuses the token too.
+    let (id, _, _) = gw.bearer("/hello", &sign(&key(1), "k1", &claims(json!({"email": "a@b\nx-evil: 1"}))));
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 7);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+}
+
+#[test]
+fn scopes_are_published_space_separated_or_the_token_refused() {
+    let mut gw = Gateway::new(&inline_config());
+    let comma = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["orders", "read,admin"]})));
+    let (id, _, action) = gw.bearer("/hello", &comma);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("orders read,admin"));
+    assert_eq!(
+        gw.host.request_property(id, &["tollgate.scopes"]).as_deref(),
+        Some(&b"orders read,admin"[..])
+    );
+    let (id, _, _) = gw.bearer("/admin", &comma);
+    assert_eq!(gw.status(id), Some(403), "`read,admin` is not `admin`");
+    let spaced = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["read admin"]})));
+    for path in ["/hello", "/admin"] {
+        let (id, _, _) = gw.bearer(path, &spaced);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 401, "{path}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_token"), "{path}");
+        assert_eq!(gw.host.header(id, "x-tollgate-scopes"), None);
+    }
+}
+
+#[test]
+fn a_token_without_a_subject_publishes_no_consumer_id() {
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&key(1), "k1")]}}],
+        "claim_headers": {"x-user-email": "email"}
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let token = sign(&key(1), "k1", &claims(json!({"sub": null, "email": ""})));
+    let auth = format!("Bearer {token}");
+    let (id, _, action) =
+        gw.request("/a", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
+    assert_eq!(gw.host.header(id, "x-user-email"), None);
+    assert_eq!(gw.host.header(id, "x-tollgate-issuer").as_deref(), Some(ISS));
+    assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]), None);
+}
+
+/// The mock host, except that it refuses to set one header or property (as a proxy may).
+struct Refusing {
+    inner: Rc<MockHost>,
+    name: &'static str,
+}
+
+impl Host for Refusing {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    fn log(&self, level: tollgate_host::LogLevel, message: &str) {
+        self.inner.log(level, message)
+    }
+    fn request_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.request_header_bytes(name)
+    }
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.request_headers()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        if name == self.name && value.is_some() {
+            self.inner.set_request_header(name, None);
+            return false;
+        }
+        self.inner.set_request_header(name, value)
+    }
+    fn add_request_header(&self, name: &str, value: &[u8]) -> bool {
+        self.inner.add_request_header(name, value)
+    }
+    fn response_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.response_header_bytes(name)
+    }
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.response_headers()
+    }
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        self.inner.set_response_header(name, value)
+    }
+    fn add_response_header(&self, name: &str, value: &[u8]) -> bool {
+        self.inner.add_response_header(name, value)
+    }
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.inner.request_body(start, size)
+    }
+    fn set_request_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.inner.set_request_body(start, size, body)
+    }
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.inner.response_body(start, size)
+    }
+    fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.inner.set_response_body(start, size, body)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(path)
+    }
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        path != [self.name] && self.inner.set_property(path, value)
+    }
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.inner.shared_get(key)
+    }
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), tollgate_host::SharedError> {
+        self.inner.shared_set(key, value, cas)
+    }
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, tollgate_host::CallRefused> {
+        self.inner.grpc_call(cluster, service, method, metadata, message, timeout)
+    }
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.inner.grpc_response_body(size)
+    }
+    fn grpc_status_message(&self) -> Option<String> {
+        self.inner.grpc_status_message()
+    }
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, tollgate_host::CallRefused> {
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        self.inner.http_call_response_header(name)
+    }
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.inner.http_call_response_body(size)
+    }
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.inner.send_response(status, headers, body)
+    }
+    fn resume_request(&self) -> bool {
+        self.inner.resume_request()
+    }
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        self.inner.set_effective_context(context_id)
+    }
+    fn set_tick_period(&self, period: Duration) {
+        self.inner.set_tick_period(period)
+    }
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.inner.plugin_configuration()
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.inner.define_counter(name)
+    }
+    fn increment_counter(&self, id: u32, by: i64) {
+        self.inner.increment_counter(id, by)
+    }
+}
+
+/// Whatever identity header or property the proxy refuses to set, the request is refused rather
+/// than passed on without it.
+#[test]
+fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
+    for name in [
+        "x-tollgate-consumer-id",
+        "x-tollgate-scopes",
+        "x-user-email",
+        "tollgate.consumer_id",
+        "tollgate.claims.email",
+    ] {
+        let inner = MockHost::new();
+        inner.set_now_ms(NOW_S as u64 * 1000);
+        inner.with_configuration(&inline_config());
+        let host = Rc::new(Refusing { inner: inner.clone(), name });
+        let mut root = JwtAuthRoot::new(host.clone());
+        inner.enter(1);
+        assert!(root.on_configure(0));
+        let token = sign(&key(1), "k1", &claims(json!({})));
+        inner.with_header(7, ":path", "/hello");
+        inner.with_header(7, "authorization", &format!("Bearer {token}"));
+        inner.enter(7);
+        let mut ctx = JwtAuthHttp::new(host.clone(), root.worker().unwrap(), 7);
+        assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause, "{name}");
+        assert_eq!(inner.reply(7).map(|r| r.status), Some(401), "{name}");
+        assert_eq!(inner.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 1, "{name}");
+        assert_eq!(inner.counter("tollgate.jwt_auth.allowed"), 0, "{name}");
+        assert!(inner.logs().iter().any(|(_, m)| m.contains(name)), "{name}");
+    }
+}

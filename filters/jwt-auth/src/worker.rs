@@ -37,7 +37,7 @@ pub fn stat_names() -> Vec<&'static str> {
     names
 }
 
-const DENIED: [&str; 27] = [
+const DENIED: [&str; 28] = [
     "denied.missing_token",
     "denied.multiple_tokens",
     "denied.token_too_large",
@@ -65,6 +65,7 @@ const DENIED: [&str; 27] = [
     "denied.inactive_token",
     "denied.introspection_unavailable",
     "denied.bad_path",
+    "denied.unpublishable_identity",
 ];
 
 /// Retries of a compare-and-swap loop.

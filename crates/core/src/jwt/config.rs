@@ -288,6 +288,10 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
     if p.issuer.is_empty() {
         return Err(err(f("issuer"), "must not be empty"));
     }
+    if !super::claims::header_safe(&p.issuer) {
+        // It is passed on in `x-tollgate-issuer`.
+        return Err(err(f("issuer"), "must have no control characters and no space at either end"));
+    }
     if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
         return Err(err(f("audiences"), "needs at least one non-empty audience"));
     }
@@ -709,6 +713,9 @@ mod tests {
         let remote = r#"{"name":"r","issuer":"https://r","audiences":["a"],"remote_jwks":{"cluster":"c","path":"keys"}}"#;
         assert_eq!(field_of(cfg(remote, "")), "providers[0].remote_jwks.path");
         assert_eq!(field_of(cfg(&inline(), r#","max_token_size":10"#)), "max_token_size");
+        let e = cfg(&inline().replace("https://idp", "https://idp\\n"), "").unwrap_err();
+        assert_eq!(e.field, "providers[0].issuer");
+        assert!(e.message.contains("control characters"), "{e}");
     }
 
     #[test]

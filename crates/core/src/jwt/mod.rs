@@ -68,10 +68,14 @@ pub enum Deny {
     IntrospectionFailed,
     /// The path cannot be matched against the route rules (see [`crate::route::normalize_path`]).
     BadPath,
+    /// The token's subject, scopes or a mapped claim cannot be passed on exactly as they are
+    /// (see [`claims::header_safe`]): the request is refused rather than sent on with an
+    /// identity that is empty, missing or reads differently upstream.
+    UnpublishableIdentity,
 }
 
 impl Deny {
-    pub const ALL: [Deny; 27] = [
+    pub const ALL: [Deny; 28] = [
         Deny::MissingToken,
         Deny::MultipleTokens,
         Deny::TokenTooLarge,
@@ -99,6 +103,7 @@ impl Deny {
         Deny::InactiveToken,
         Deny::IntrospectionFailed,
         Deny::BadPath,
+        Deny::UnpublishableIdentity,
     ];
 
     pub fn status(self) -> u32 {
@@ -148,6 +153,7 @@ impl Deny {
             Deny::IntrospectionFailed => "the identity provider cannot check the token now; try again later",
             Deny::InactiveToken => "the token is not active",
             Deny::BadPath => crate::route::PATH_REFUSED_MESSAGE,
+            Deny::UnpublishableIdentity => "the token's subject, scopes or claims cannot be passed on",
             Deny::BadSignature | Deny::UnknownKid | Deny::NoMatchingKey => {
                 "the token's signature is not valid"
             }
@@ -185,6 +191,7 @@ impl Deny {
             Deny::InactiveToken => "inactive_token",
             Deny::IntrospectionFailed => "introspection_unavailable",
             Deny::BadPath => "bad_path",
+            Deny::UnpublishableIdentity => "unpublishable_identity",
         }
     }
 
