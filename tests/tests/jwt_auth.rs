@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
 use tollgate_e2e::{
-    Echo, Envoy, EnvoyOpts, RawRequest, RawResponse, Response, Value, eventually, json, static_cluster,
-    wasm_filter, wasm_module,
+    Echo, Envoy, EnvoyOpts, H2Request, RawRequest, RawResponse, Response, Value, eventually, json,
+    static_cluster, wasm_filter, wasm_module,
 };
 
 const ROOT_ID: &str = "tollgate.jwt_auth";
@@ -546,6 +546,78 @@ async fn scopes_reach_the_upstream_exactly_or_not_at_all() {
         stats.get(&format!("{STATS}denied.unpublishable_identity")).copied().unwrap_or(0) >= 4,
         "{stats:?}"
     );
+}
+
+/// A token in a cookie is found whatever the framing: a second `Cookie` line (Envoy keeps it as a
+/// second field line, which a lookup by name does not answer), HTTP/2 cookie crumbs (joined with
+/// `; `); two tokens are refused.
+#[tokio::test]
+async fn cookies_are_read_from_every_field_line() {
+    let k1 = new_key();
+    let echo = Echo::start();
+    let config = json!({
+        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "sources": [{"header": "authorization", "prefix": "Bearer "}, {"cookie": "access_token"}]
+    });
+    let envoy = start_with(&echo, &config, |o| o).await;
+    let good = token(&k1, "k1", json!({}));
+    let other = token(&k1, "k1", json!({"sub": "bob"}));
+
+    let one_line =
+        raw(&envoy, RawRequest::get("/a").header("cookie", format!("theme=dark; access_token={good}"))).await;
+    assert_eq!(one_line.status, 200, "{}", one_line.text());
+    let two_lines = raw(
+        &envoy,
+        RawRequest::get("/b").header("cookie", "theme=dark").header("cookie", format!("access_token={good}")),
+    )
+    .await;
+    assert_eq!(two_lines.status, 200, "second Cookie line: {}", two_lines.text());
+    assert_eq!(two_lines.json()["headers"]["x-tollgate-consumer-id"], "alice");
+    let first_of_two = raw(
+        &envoy,
+        RawRequest::get("/c").header("cookie", format!("access_token={good}")).header("cookie", "theme=dark"),
+    )
+    .await;
+    assert_eq!(first_of_two.status, 200, "first Cookie line: {}", first_of_two.text());
+
+    let h2 = H2Request::get("/d")
+        .header("cookie", "theme=dark")
+        .header("cookie", format!("access_token={good}"))
+        .header("cookie", "lang=en")
+        .send(envoy.addr())
+        .await
+        .unwrap();
+    assert_eq!(h2.status, 200, "HTTP/2 cookie crumbs: {}", h2.text());
+
+    let upstream = echo.requests();
+    let two_tokens = raw(
+        &envoy,
+        RawRequest::get("/e")
+            .header("cookie", format!("access_token={good}"))
+            .header("cookie", format!("access_token={other}")),
+    )
+    .await;
+    assert_eq!(two_tokens.status, 401, "{}", two_tokens.text());
+    assert!(two_tokens.header("www-authenticate").unwrap().contains("invalid_request"));
+    let h2_two = H2Request::get("/f")
+        .header("cookie", format!("access_token={good}"))
+        .header("cookie", format!("access_token={other}"))
+        .send(envoy.addr())
+        .await
+        .unwrap();
+    assert_eq!(h2_two.status, 401, "{}", h2_two.text());
+    let cookie_and_header = raw(
+        &envoy,
+        RawRequest::get("/g")
+            .header("cookie", "theme=dark")
+            .header("cookie", format!("access_token={good}"))
+            .header("authorization", bearer(&other)),
+    )
+    .await;
+    assert_eq!(cookie_and_header.status, 401, "{}", cookie_and_header.text());
+    assert_eq!(echo.requests(), upstream);
+    let stats = envoy.stats("jwt_auth").await;
+    assert_eq!(stats.get(&format!("{STATS}denied.multiple_tokens")).copied(), Some(3), "{stats:?}");
 }
 
 /// A base64url-encoded big-endian number of `bytes` random bytes with the top and bottom bits set.

@@ -51,37 +51,32 @@ impl<H: Host> JwtAuthHttp<H> {
         let host = &*self.host;
         let worker = self.worker.clone();
         let mut w = worker.borrow_mut();
+        // One host call for every field line: token sources (a repeated header or a second
+        // `Cookie` line is seen too), pseudo-headers, and the identity headers to remove.
+        let headers: Vec<(String, String)> =
+            host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity and mapped-claim headers are ours to set: never pass on a client's copies.
-        for name in jwt::IDENTITY_HEADERS {
-            host.set_request_header(name, None);
-        }
-        for (name, _) in &w.config.claim_headers {
-            host.set_request_header(name, None);
-        }
-        let path = host.request_header(":path").unwrap_or_default();
-        let method = host.request_header(":method").unwrap_or_default();
-        let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok());
-        let (path_only, query) = route::split_path(&path);
-
-        let mut header_values: Vec<(String, String)> = Vec::new();
-        for source in &w.config.sources {
-            let name = match source {
-                Source::Header { name, .. } => name.as_str(),
-                Source::Cookie { .. } => "cookie",
-                Source::Query { .. } => continue,
-            };
-            if !header_values.iter().any(|(n, _)| n == name)
-                && let Some(v) = host.request_header(name)
-            {
-                header_values.push((name.to_owned(), v));
+        let ours = jwt::IDENTITY_HEADERS
+            .iter()
+            .copied()
+            .chain(w.config.claim_headers.iter().map(|(n, _)| n.as_str()));
+        for name in ours {
+            if get(name).is_some() {
+                host.set_request_header(name, None);
             }
         }
-        let found = jwt::find_token(
-            &w.config.sources,
-            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
-            query,
-        );
+        let path = get(":path").unwrap_or_default();
+        let method = get(":method").unwrap_or_default();
+        let request_id = get("x-request-id").unwrap_or_default().to_owned();
+        let route_name = if w.config.routes_by_name() {
+            host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
+        let (path_only, query) = route::split_path(path);
+
+        let found = jwt::find_token(&w.config.sources, &headers, query);
         let token = match found {
             Ok(token) => token,
             Err(deny) => {
@@ -99,13 +94,13 @@ impl<H: Host> JwtAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method: &method };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method };
         let (providers, requirements) = match w.config.rule(&facts) {
             Some(rule) => (rule.providers.clone(), rule.requirements.clone()),
             None => ((0..w.config.providers.len()).collect(), Requirements::default()),
         };
         if !w.config.forward_token {
-            strip_token(host, &w, &header_values, path_only, query);
+            strip_token(host, &w, &headers, path_only, query);
         }
 
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();

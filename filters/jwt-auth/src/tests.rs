@@ -798,3 +798,85 @@ fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
         assert!(inner.logs().iter().any(|(_, m)| m.contains(name)), "{name}");
     }
 }
+
+fn cookie_config() -> String {
+    inline_config().replace(
+        r#""cache""#,
+        r#""sources":[{"header":"authorization","prefix":"Bearer "},{"cookie":"access_token"}],"cache""#,
+    )
+}
+
+impl Gateway {
+    /// A request whose headers are these field lines, repeated names kept as separate lines.
+    fn request_lines(&mut self, path: &str, lines: &[(&str, &str)]) -> (u32, JwtAuthHttp<MockHost>, Action) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.host.with_header(id, ":path", path);
+        self.host.with_header(id, ":method", "GET");
+        for (k, v) in lines {
+            self.host.with_header_line(id, k, v);
+        }
+        let mut ctx = JwtAuthHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
+        self.host.enter(id);
+        let action = ctx.on_http_request_headers(0, true);
+        (id, ctx, action)
+    }
+}
+
+#[test]
+fn a_token_in_any_cookie_line_is_found() {
+    let mut gw = Gateway::new(&cookie_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    let pair = format!("access_token={token}");
+    let joined = format!("theme=dark, {pair}");
+    let crumbs: [&[(&str, &str)]; 3] = [
+        &[("cookie", "theme=dark"), ("cookie", &pair)],
+        &[("cookie", &pair), ("cookie", "theme=dark")],
+        &[("cookie", &joined)],
+    ];
+    for lines in crumbs {
+        let (id, _, action) = gw.request_lines("/a", lines);
+        assert_eq!(action, Action::Continue, "{lines:?}: {:?}", gw.host.reply(id));
+        assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    }
+}
+
+#[test]
+fn two_tokens_in_separate_lines_are_refused() {
+    let mut gw = Gateway::new(&cookie_config());
+    let a = sign(&key(1), "k1", &claims(json!({})));
+    let b = sign(&key(1), "k1", &claims(json!({"sub": "bob"})));
+    let (ca, cb) = (format!("access_token={a}"), format!("access_token={b}"));
+    let (ba, bb) = (format!("Bearer {a}"), format!("Bearer {b}"));
+    let cases: [&[(&str, &str)]; 3] = [
+        &[("cookie", &ca), ("cookie", &cb)],
+        &[("authorization", &ba), ("authorization", &bb)],
+        &[("cookie", "theme=dark"), ("cookie", &cb), ("authorization", &ba)],
+    ];
+    for lines in cases {
+        let (id, _, action) = gw.request_lines("/a", lines);
+        assert_eq!(action, Action::Pause);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 401, "{lines:?}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.multiple_tokens"), 3);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+}
+
+#[test]
+fn route_name_rules_read_envoys_route_name() {
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&key(1), "k1")]}}],
+        "routes": [{"route_name": "admin-console", "scopes": ["admin"]}]
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    assert_eq!(gw.bearer("/console", &token).2, Action::Continue, "no route name: no rule");
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"admin-console");
+    let (id, _, _) = gw.bearer("/console", &token);
+    assert_eq!(gw.status(id), Some(403));
+    let admin = sign(&key(1), "k1", &claims(json!({"scope": "admin"})));
+    assert_eq!(gw.bearer("/console", &admin).2, Action::Continue);
+}

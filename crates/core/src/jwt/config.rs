@@ -268,13 +268,18 @@ impl Config {
         Self::try_from(raw)
     }
 
-    /// The rule for a request: the first matching one, else `None` (all providers, no
-    /// requirements).
     /// Whether any rule matches on the path.
     pub fn routes_by_path(&self) -> bool {
         self.routes.iter().any(|r| r.matcher.path_prefix.is_some())
     }
 
+    /// Whether any rule matches on Envoy's route name (read only then: one host call less).
+    pub fn routes_by_name(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.route_name.is_some())
+    }
+
+    /// The rule for a request: the first matching one, else `None` (all providers, no
+    /// requirements).
     pub fn rule(&self, req: &crate::route::RequestFacts<'_>) -> Option<&RouteRule> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }
