@@ -64,11 +64,13 @@ fn token(k: &SigningKey, kid: &str, extra: Value) -> String {
     format!("{input}.{}", b64(&sig.to_bytes()))
 }
 
-/// A loopback JWKS endpoint: serves the current document, or 503 when it is `None`.
+/// A loopback JWKS endpoint: serves the current document, or 503 when it is `None`, after the
+/// current delay. Each connection is served on its own thread.
 struct Jwks {
     addr: SocketAddr,
     doc: Arc<Mutex<Option<String>>>,
     served: Arc<Mutex<u32>>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Jwks {
@@ -77,35 +79,46 @@ impl Jwks {
         let addr = listener.local_addr().unwrap();
         let doc = Arc::new(Mutex::new(Some(doc.to_string())));
         let served = Arc::new(Mutex::new(0));
-        let (d, s) = (doc.clone(), served.clone());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (d, s, w) = (doc.clone(), served.clone(), delay.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65_536 {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                let (d, s, w) = (d.clone(), s.clone(), w.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65_536 {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
                     }
-                }
-                *s.lock().unwrap() += 1;
-                let reply = match d.lock().unwrap().clone() {
-                    Some(body) => format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
-                    None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown".to_owned(),
-                };
-                let _ = stream.write_all(reply.as_bytes());
+                    *s.lock().unwrap() += 1;
+                    let delay = *w.lock().unwrap();
+                    std::thread::sleep(delay);
+                    let reply = match d.lock().unwrap().clone() {
+                        Some(body) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown".to_owned(),
+                    };
+                    let _ = stream.write_all(reply.as_bytes());
+                });
             }
         });
-        Jwks { addr, doc, served }
+        Jwks { addr, doc, served, delay }
     }
 
     fn set(&self, doc: Option<Value>) {
         *self.doc.lock().unwrap() = doc.map(|d| d.to_string());
+    }
+
+    /// Every answer from now on comes this much later.
+    fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     fn served(&self) -> u32 {
@@ -130,9 +143,7 @@ async fn gateway(echo: &Echo, jwks: &Jwks) -> Envoy {
 /// Envoy with 2 workers, the jwt-auth filter configured with `config`, and the identity provider at
 /// `idp` as cluster `cluster`.
 async fn start_gateway(echo: &Echo, config: &Value, cluster: &str, idp: SocketAddr) -> Envoy {
-    let filter = wasm_filter(ROOT_ID, ROOT_ID, &wasm_module("tollgate_jwt_auth"), config);
-    let opts = EnvoyOpts::new(echo.addr()).http_filter(filter).cluster(static_cluster(cluster, idp, false));
-    Envoy::start(opts.workers(2)).await
+    start_with(echo, config, |o| o.cluster(static_cluster(cluster, idp, false))).await
 }
 
 async fn call(envoy: &Envoy, path: &str, token: &str) -> Response {
@@ -477,6 +488,55 @@ async fn a_path_rule_applies_to_every_spelling_of_the_path() {
     assert_eq!(res.status, 200, "{}", res.text());
     let res = raw(&envoy, RawRequest::get("/x/../hello").header("authorization", &reader)).await;
     assert_eq!(res.status, 200, "{}", res.text());
+}
+
+/// Requests with a `kid` the key set does not know yet all wait for the one fetch it triggers,
+/// on every worker, instead of being refused while it is in flight.
+#[tokio::test]
+async fn requests_with_a_new_kid_wait_for_one_slow_fetch() {
+    let k1 = new_key();
+    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let echo = Echo::start();
+    let mut config = json!({"providers": [remote_provider("5s")]});
+    // No cooldown: the first request with k2 fetches at once, however soon after the first fetch.
+    config["providers"][0]["remote_jwks"]["refetch_cooldown"] = json!("0s");
+    let envoy = start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false))).await;
+    let old = token(&k1, "k1", json!({}));
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &old).await.status == 200 })
+            .await;
+    assert!(ready, "no 200 with a valid token; log:\n{}", envoy.logs());
+    // Both workers know k1 (each has answered a request with it).
+    for _ in 0..8 {
+        let res = raw(&envoy, RawRequest::get("/hello").header("authorization", bearer(&old))).await;
+        assert_eq!(res.status, 200);
+    }
+
+    // The IdP rotates to k2 and answers slowly.
+    let k2 = new_key();
+    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    jwks.set_delay(Duration::from_millis(1500));
+    let served = jwks.served();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let auth = bearer(&token(&k2, "k2", json!({"sub": format!("user-{i}")})));
+        let addr = envoy.addr();
+        // One connection each, so the requests spread over the workers.
+        requests.spawn(async move {
+            let res = RawRequest::get(&format!("/hello/{i}")).header("authorization", auth).send(addr).await;
+            (i, res)
+        });
+    }
+    let mut ok = 0;
+    while let Some(done) = requests.join_next().await {
+        let (i, res) = done.unwrap();
+        let res = res.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(res.status, 200, "request {i}: {}; log:\n{}", res.text(), envoy.logs());
+        assert_eq!(res.json()["headers"]["x-tollgate-consumer-id"], format!("user-{i}"));
+        ok += 1;
+    }
+    assert_eq!(ok, 10);
+    assert!(jwks.served() - served <= 2, "one fetch for all of them, not {}", jwks.served() - served);
 }
 
 /// Keys the JWKS marks as not for verifying signatures (`key_ops` without `verify`, `use` other

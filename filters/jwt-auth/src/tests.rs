@@ -12,6 +12,7 @@ use tollgate_core::jwt::b64;
 use tollgate_host::Host;
 use tollgate_host::mock::MockHost;
 
+use crate::worker::{FLIGHT_GRACE_MS, MAX_WAITERS};
 use crate::{JwtAuthHttp, JwtAuthRoot};
 
 const ISS: &str = "https://idp.example/realms/demo";
@@ -81,7 +82,7 @@ impl Gateway {
         let host = MockHost::new();
         host.set_now_ms(NOW_S as u64 * 1000);
         host.with_configuration(config);
-        let mut root = JwtAuthRoot::new(host.clone());
+        let mut root = JwtAuthRoot::new(host.clone(), 1);
         host.enter(1);
         assert!(root.on_configure(0));
         Self { host, root, next_id: 100 }
@@ -243,7 +244,7 @@ fn two_tokens_are_refused() {
 fn invalid_config_is_refused_naming_the_field() {
     let host = MockHost::new();
     host.with_configuration(r#"{"providers":[{"name":"idp","issuer":"x","audiences":["a"],"jwks":{"keys":[{"kty":"oct","k":"AQID"}]},"algorithms":["HS256"]}]}"#);
-    let mut root = JwtAuthRoot::new(host.clone());
+    let mut root = JwtAuthRoot::new(host.clone(), 1);
     assert!(!root.on_configure(0));
     let logs = host.logs();
     assert!(logs.iter().any(|(_, m)| m.contains("providers[0].jwks")), "{logs:?}");
@@ -267,7 +268,7 @@ fn remote_keys_are_fetched_on_tick_and_shared_with_other_workers() {
     // Another worker uses the stored set without fetching.
     let other = MockHost::sharing_with(&gw.host);
     other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
     assert!(root2.on_configure(0));
     other.with_header(7, ":path", "/a");
     other.with_header(7, "authorization", &format!("Bearer {token}"));
@@ -291,18 +292,198 @@ fn unknown_kid_refetches_once_and_resumes_the_request() {
     assert_eq!(gw.status(id), None, "waiting, not refused");
     assert_eq!(gw.host.http_calls().len(), 2);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_refetch_unknown_kid"), 1);
-    // A second request with an unknown kid within the cooldown is refused without a fetch.
-    let (id2, _, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
-    assert_eq!(gw.status(id2), Some(401));
-    assert_eq!(gw.host.http_calls().len(), 2);
-
     let body = json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string();
-    gw.host.set_http_response(&[(":status", "200")], Some(body.as_bytes()));
-    gw.host.enter(id);
-    ctx.on_http_call_response(2, 1, body.len(), 0);
+    gw.answer(id, &mut ctx, "200", body.as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.status(id), None);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    // Within the cooldown, another unknown kid is refused without a fetch.
+    let (id3, _, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    assert_eq!(gw.status(id3), Some(401));
+    assert_eq!(gw.host.http_calls().len(), 2);
+}
+
+fn remote_config_with_rules() -> String {
+    remote_config().replace(r#""cache""#, r#""routes":[{"path_prefix":"/admin","scopes":["admin"]}],"cache""#)
+}
+
+/// The key set after the IdP added k2.
+fn rotated() -> String {
+    json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string()
+}
+
+impl Gateway {
+    /// A gateway whose key set (k1) was fetched, past the unknown-`kid` cooldown.
+    fn with_k1(config: &str) -> Self {
+        let mut gw = Gateway::new(config);
+        gw.tick();
+        gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+        gw.host.advance(Duration::from_secs(20));
+        gw
+    }
+
+    fn calls(&self) -> usize {
+        self.host.http_calls().len()
+    }
+
+    /// The request went away (the proxy destroys its context after `on_done`).
+    fn gone(&self, id: u32, ctx: &mut JwtAuthHttp<MockHost>) {
+        self.host.destroy(id);
+        self.host.enter(id);
+        assert!(ctx.on_done());
+    }
+}
+
+#[test]
+fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
+    let mut gw = Gateway::with_k1(&remote_config_with_rules());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, action) = gw.bearer("/a", &k2);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.calls(), 2, "one fetch");
+    let (b, _ctx_b, action) = gw.bearer("/admin/x", &sign(&key(2), "k2", &claims(json!({"sub": "bob"}))));
+    assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(b));
+    let (c, _ctx_c, action) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    assert_eq!(action, Action::Pause);
+    let (d, _ctx_d, action) =
+        gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({"sub": "dan", "exp": NOW_S - 3600}))));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.calls(), 2, "the others wait for the same fetch");
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_singleflight_joined"), 3);
+    // A token of a known key does not wait.
+    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).2, Action::Continue);
+    for id in [a, b, c, d] {
+        assert_eq!(gw.status(id), None, "{id} waits");
+    }
+
+    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+    assert_eq!(gw.host.header(a, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert_eq!(gw.status(b), Some(403), "bob lacks `admin` on /admin");
+    assert_eq!(gw.status(c), Some(401), "k3 is still unknown");
+    assert_eq!(gw.status(d), Some(401), "dan's token expired");
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.expired"), 1);
+    for id in [b, c, d] {
+        assert_eq!(gw.host.resumed(id), 0);
+    }
+    assert_eq!(gw.host.http_calls().len(), 2);
+}
+
+#[test]
+fn a_waiter_that_goes_away_is_dropped_and_a_leader_that_goes_away_hands_the_fetch_to_the_root() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    let (b, _ctx_b, _) = gw.bearer("/b", &k2);
+    let (c, mut ctx_c, _) = gw.bearer("/c", &k2);
+    assert_eq!(gw.calls(), 2);
+    gw.gone(c, &mut ctx_c);
+    // The leader goes away: its call is cancelled with it; the root context fetches again.
+    gw.gone(a, &mut ctx_a);
+    gw.tick();
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[2].context_id, 1, "fetched by the root context");
+    gw.answer_root("200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(b), 1);
+    assert_eq!(gw.host.header(b, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    for gone in [a, c] {
+        assert_eq!(gw.host.resumed(gone), 0);
+        assert_eq!(gw.status(gone), None);
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 1);
+    // Requests after it need no fetch.
+    assert_eq!(gw.bearer("/d", &k2).2, Action::Continue);
+    assert_eq!(gw.calls(), 3);
+}
+
+#[test]
+fn a_leader_alone_that_goes_away_still_gets_the_new_keys_fetched() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    gw.gone(a, &mut ctx_a);
+    gw.tick();
+    assert_eq!(gw.calls(), 3);
+    gw.answer_root("200", rotated().as_bytes());
+    assert_eq!(gw.bearer("/b", &k2).2, Action::Continue, "the rotation was picked up");
+}
+
+#[test]
+fn requests_wait_for_the_fetch_another_worker_has_in_flight() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    assert_eq!(gw.calls(), 2);
+
+    // Worker 2 (same shared data) sees a k2 token while worker 1 fetches.
+    let other = MockHost::sharing_with(&gw.host);
+    other.with_configuration(&remote_config());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
+    other.enter(1);
+    assert!(root2.on_configure(0));
+    other.with_header(7, ":path", "/a");
+    other.with_header(7, "authorization", &format!("Bearer {k2}"));
+    other.enter(7);
+    let mut ctx = JwtAuthHttp::new(other.clone(), root2.worker().unwrap(), 7);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    assert!(other.http_calls().is_empty(), "no second fetch");
+    assert_eq!(other.reply(7), None, "waits");
+    other.enter(1);
+    root2.on_tick();
+    assert_eq!(other.reply(7), None, "still waits while worker 1 fetches");
+
+    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+    other.enter(1);
+    root2.on_tick();
+    assert_eq!(other.resumed(7), 1, "{:?}", other.reply(7));
+    assert_eq!(other.header(7, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert!(other.http_calls().is_empty());
+}
+
+#[test]
+fn a_request_waits_for_the_root_contexts_fetch_in_flight() {
+    let mut gw = Gateway::new(&remote_config());
+    gw.tick(); // no keys yet: the root context fetches
+    assert_eq!(gw.calls(), 1);
+    let (a, _ctx, action) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(a));
+    assert_eq!(gw.calls(), 1);
+    gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+}
+
+#[test]
+fn a_fetch_that_never_answers_is_settled_by_the_tick() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let (a, _ctx_a, _) = gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({}))));
+    gw.tick();
+    assert_eq!(gw.status(a), None);
+    gw.host.advance(Duration::from_secs(2) + Duration::from_millis(FLIGHT_GRACE_MS));
+    gw.tick();
+    assert_eq!(gw.status(a), Some(401), "refused rather than left paused");
+}
+
+#[test]
+fn waiters_are_bounded() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let mut contexts = Vec::new();
+    for _ in 0..MAX_WAITERS {
+        let (id, ctx, action) = gw.bearer("/a", &k2);
+        assert_eq!(action, Action::Pause);
+        contexts.push((id, ctx));
+    }
+    let (id, _, _) = gw.bearer("/a", &k2);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_waiters_full"), 1);
+    let (first, ref mut ctx) = contexts[0];
+    gw.answer(first, ctx, "200", rotated().as_bytes());
+    assert!(contexts.iter().all(|(id, _)| gw.host.resumed(*id) == 1));
 }
 
 #[test]
@@ -531,7 +712,7 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
     // Another worker compiles the stored set quietly.
     let other = MockHost::sharing_with(&gw.host);
     other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
     assert!(root2.on_configure(0));
     other.enter(1);
     root2.on_tick();
@@ -783,7 +964,7 @@ fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
         inner.set_now_ms(NOW_S as u64 * 1000);
         inner.with_configuration(&inline_config());
         let host = Rc::new(Refusing { inner: inner.clone(), name });
-        let mut root = JwtAuthRoot::new(host.clone());
+        let mut root = JwtAuthRoot::new(host.clone(), 1);
         inner.enter(1);
         assert!(root.on_configure(0));
         let token = sign(&key(1), "k1", &claims(json!({})));
