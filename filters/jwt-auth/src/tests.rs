@@ -1061,3 +1061,41 @@ fn route_name_rules_read_envoys_route_name() {
     let admin = sign(&key(1), "k1", &claims(json!({"scope": "admin"})));
     assert_eq!(gw.bearer("/console", &admin).2, Action::Continue);
 }
+
+#[test]
+fn path_rules_see_the_normalised_path() {
+    let mut gw = Gateway::new(&inline_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    for path in ["//admin", "/./admin", "/%61dmin/x", "/x/../admin", "/%2e%2e/admin"] {
+        let (id, _, _) = gw.bearer(path, &token);
+        assert_eq!(gw.status(id), Some(403), "{path}");
+    }
+    for path in ["/admin%2fx", "/%2Fadmin", "/admin%5Cx"] {
+        let (id, _, _) = gw.bearer(path, &token);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.bad_path"), 3);
+    assert_eq!(gw.bearer("/x/../hello", &token).2, Action::Continue);
+}
+
+#[test]
+fn a_cookie_line_with_bytes_that_are_not_utf8_still_yields_the_token() {
+    let gw = Gateway::new(&cookie_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    gw.host.with_header(9, ":path", "/a");
+    gw.host.with_header_bytes(9, "cookie", b"junk=\xff\xfe");
+    gw.host.with_header_line(9, "cookie", &format!("access_token={token}"));
+    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 9);
+    gw.host.enter(9);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue, "{:?}", gw.host.reply(9));
+    // A token with such bytes is garbled, never a valid one.
+    gw.host.with_header(10, ":path", "/a");
+    gw.host.with_header_bytes(10, "cookie", format!("access_token={token}\u{0}").as_bytes());
+    gw.host.with_header_bytes(10, "authorization", b"Bearer \xffabc");
+    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 10);
+    gw.host.enter(10);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    assert_eq!(gw.status(10), Some(401));
+}
