@@ -539,6 +539,58 @@ async fn requests_with_a_new_kid_wait_for_one_slow_fetch() {
     assert!(jwks.served() - served <= 2, "one fetch for all of them, not {}", jwks.served() - served);
 }
 
+/// A request that goes away while it waits for a key-set fetch (here the one that started it:
+/// the proxy cancels its call) does not strand the others: they are answered when the fetch the
+/// root context makes again for them ends.
+#[tokio::test]
+async fn a_waiting_request_that_goes_away_does_not_strand_the_others() {
+    let k1 = new_key();
+    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let echo = Echo::start();
+    let mut config = json!({"providers": [remote_provider("5s")]});
+    config["providers"][0]["remote_jwks"]["refetch_cooldown"] = json!("0s");
+    let envoy =
+        start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false)).workers(1))
+            .await;
+    let old = token(&k1, "k1", json!({}));
+    let ready =
+        eventually(Duration::from_secs(15), || async { call(&envoy, "/hello", &old).await.status == 200 })
+            .await;
+    assert!(ready, "no 200 with a valid token; log:\n{}", envoy.logs());
+
+    let k2 = new_key();
+    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    jwks.set_delay(Duration::from_millis(1500));
+    // The first request starts the fetch, then its client gives up and closes the connection.
+    let impatient = RawRequest::get("/first")
+        .header("authorization", bearer(&token(&k2, "k2", json!({}))))
+        .timeout(Duration::from_millis(400))
+        .send(envoy.addr());
+    let addr = envoy.addr();
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let auth = bearer(&token(&k2, "k2", json!({"sub": format!("user-{i}")})));
+            requests.spawn(async move {
+                (i, RawRequest::get(&format!("/next/{i}")).header("authorization", auth).send(addr).await)
+            });
+        }
+        requests.join_all().await
+    };
+    let (first, others) = tokio::join!(impatient, others);
+    assert!(first.is_err(), "the first request waits for the slow fetch: {first:?}");
+    for (i, res) in others {
+        let res = res.unwrap_or_else(|e| panic!("request {i}: {e}; log:\n{}", envoy.logs()));
+        assert_eq!(res.status, 200, "request {i}: {}; log:\n{}", res.text(), envoy.logs());
+        assert_eq!(res.json()["headers"]["x-tollgate-consumer-id"], format!("user-{i}"));
+    }
+    assert!(
+        echo.received().iter().all(|r| r.path != "/first"),
+        "the request that went away never reached the upstream"
+    );
+}
+
 /// Keys the JWKS marks as not for verifying signatures (`key_ops` without `verify`, `use` other
 /// than `sig`) never verify a token; the other keys of the set keep working.
 #[tokio::test]
