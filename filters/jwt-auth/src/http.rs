@@ -1,5 +1,8 @@
 //! The per-request context: find the token, consult the cache, verify (or introspect an opaque
-//! token), decide.
+//! token), decide. A request whose provider has no keys yet, or whose `kid` the keys do not
+//! know, waits for one key-set fetch shared by every such request of the worker
+//! ([`crate::worker::Flight`]), and is finished by whichever context sees the fetch end
+//! ([`complete_flight`]).
 
 use std::rc::Rc;
 
@@ -15,73 +18,68 @@ use tollgate_core::jwt::{self as jwt, Deny, cache, jws};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel, attributes};
 
-use crate::worker::{FetchReason, Shared, Worker, call_answer_body};
+use crate::worker::{
+    Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, Flight, MAX_WAITERS, Shared, Waiter, Worker,
+    call_answer_body,
+};
 
-/// A request paused while its provider's key set is fetched, or its opaque token introspected.
+/// A request paused while its opaque token is introspected.
 struct Pending {
     token: String,
     provider: usize,
     requirements: Requirements,
     request_id: String,
-    /// The introspection call's token, when that is what the request waits on.
-    introspection: Option<u32>,
+    /// The introspection call.
+    call: u32,
 }
 
 pub struct JwtAuthHttp<H: Host> {
     host: Rc<H>,
     worker: Shared,
-    #[allow(dead_code)]
     context_id: u32,
     pending: Option<Pending>,
-}
-
-enum Step {
-    Allow,
-    Deny(Deny),
-    /// A key-set fetch was started for this provider; wait for it.
-    Wait,
+    /// The provider whose key set this request waits for (it is in that provider's flight).
+    waiting_for_keys: Option<usize>,
+    /// The key-set call this context made: provider and call token.
+    fetching: Option<(usize, u32)>,
 }
 
 impl<H: Host> JwtAuthHttp<H> {
     pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
-        Self { host, worker, context_id, pending: None }
+        Self { host, worker, context_id, pending: None, waiting_for_keys: None, fetching: None }
     }
 
     fn on_request(&mut self) -> Action {
-        let host = &*self.host;
+        let host_rc = self.host.clone();
+        let host = &*host_rc;
         let worker = self.worker.clone();
         let mut w = worker.borrow_mut();
+        // One host call for every field line: token sources (a repeated header or a second
+        // `Cookie` line is seen too), pseudo-headers, and the identity headers to remove.
+        let headers: Vec<(String, String)> =
+            host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity and mapped-claim headers are ours to set: never pass on a client's copies.
-        for name in jwt::IDENTITY_HEADERS {
-            host.set_request_header(name, None);
-        }
-        for (name, _) in &w.config.claim_headers {
-            host.set_request_header(name, None);
-        }
-        let path = host.request_header(":path").unwrap_or_default();
-        let method = host.request_header(":method").unwrap_or_default();
-        let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let route_name = host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok());
-        let (path_only, query) = route::split_path(&path);
-
-        let mut header_values: Vec<(String, String)> = Vec::new();
-        for source in &w.config.sources {
-            let name = match source {
-                Source::Header { name, .. } => name.as_str(),
-                Source::Cookie { .. } => "cookie",
-                Source::Query { .. } => continue,
-            };
-            if !header_values.iter().any(|(n, _)| n == name)
-                && let Some(v) = host.request_header(name)
-            {
-                header_values.push((name.to_owned(), v));
+        let ours = jwt::IDENTITY_HEADERS
+            .iter()
+            .copied()
+            .chain(w.config.claim_headers.iter().map(|(n, _)| n.as_str()));
+        for name in ours {
+            if get(name).is_some() {
+                host.set_request_header(name, None);
             }
         }
-        let found = jwt::find_token(
-            &w.config.sources,
-            |name| header_values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
-            query,
-        );
+        let path = get(":path").unwrap_or_default();
+        let method = get(":method").unwrap_or_default();
+        let request_id = get("x-request-id").unwrap_or_default().to_owned();
+        let route_name = if w.config.routes_by_name() {
+            host.property(attributes::ROUTE_NAME).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
+        let (path_only, query) = route::split_path(path);
+
+        let found = jwt::find_token(&w.config.sources, &headers, query);
         let token = match found {
             Ok(token) => token,
             Err(deny) => {
@@ -99,13 +97,13 @@ impl<H: Host> JwtAuthHttp<H> {
                 return Action::Pause;
             }
         };
-        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method: &method };
+        let facts = RequestFacts { route_name: route_name.as_deref(), path: &rule_path, method };
         let (providers, requirements) = match w.config.rule(&facts) {
             Some(rule) => (rule.providers.clone(), rule.requirements.clone()),
             None => ((0..w.config.providers.len()).collect(), Requirements::default()),
         };
         if !w.config.forward_token {
-            strip_token(host, &w, &header_values, path_only, query);
+            strip_token(host, &w, &headers, path_only, query);
         }
 
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -140,13 +138,7 @@ impl<H: Host> JwtAuthHttp<H> {
             }
             return match start_introspection(host, &w, idx, &token) {
                 Ok(call) => {
-                    self.pending = Some(Pending {
-                        token,
-                        provider: idx,
-                        requirements,
-                        request_id,
-                        introspection: Some(call),
-                    });
+                    self.pending = Some(Pending { token, provider: idx, requirements, request_id, call });
                     Action::Pause
                 }
                 Err(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
@@ -161,63 +153,150 @@ impl<H: Host> JwtAuthHttp<H> {
             Ok(p) => p,
             Err(deny) => return finish(host, &w, Err(deny), &request_id, &requirements),
         };
-        match verify_and_admit(host, &mut w, idx, &parsed, &requirements, hash, true) {
-            Step::Allow => Action::Continue,
-            Step::Deny(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
-            Step::Wait => {
-                self.pending =
-                    Some(Pending { token, provider: idx, requirements, request_id, introspection: None });
-                Action::Pause
+        match w.verify(host, idx, &parsed) {
+            Ok(()) => {
+                let outcome = admit_verified(host, &w, idx, &parsed, &requirements, hash);
+                finish(host, &w, outcome, &request_id, &requirements)
             }
+            Err(deny @ (Deny::UnknownKid | Deny::KeysUnavailable)) if w.remote(idx).is_some() => {
+                let waiter = Waiter { context_id: self.context_id, token, requirements, request_id };
+                match self.wait_for_keys(host, &mut w, idx, deny, waiter) {
+                    Ok(()) => Action::Pause,
+                    Err((deny, waiter)) => {
+                        finish(host, &w, Err(deny), &waiter.request_id, &waiter.requirements)
+                    }
+                }
+            }
+            Err(deny) => finish(host, &w, Err(deny), &request_id, &requirements),
         }
+    }
+
+    /// Makes the request wait for provider `idx`'s key set: it joins the flight already waiting
+    /// for a fetch, or starts the fetch, or waits for the one another worker has in flight. `Err`
+    /// with the refusal when it cannot wait: a fetch is not allowed now (back-off after a
+    /// failure, unknown-`kid` cooldown), the call cannot start, or too many requests wait.
+    fn wait_for_keys(
+        &mut self,
+        host: &H,
+        w: &mut Worker,
+        idx: usize,
+        deny: Deny,
+        waiter: Waiter,
+    ) -> Result<(), (Deny, Waiter)> {
+        let now = host.now_ms();
+        let timeout_ms = w.remote(idx).map_or(0, |r| r.timeout.as_millis() as u64);
+        if let Some(flight) = w.flights.get_mut(&idx) {
+            if flight.waiters.len() >= MAX_WAITERS {
+                w.counters.inc(host, "jwks_waiters_full");
+                return Err((Deny::KeysUnavailable, waiter));
+            }
+            flight.waiters.push(waiter);
+            w.counters.inc(host, "jwks_singleflight_joined");
+            self.waiting_for_keys = Some(idx);
+            return Ok(());
+        }
+        let reason = if deny == Deny::UnknownKid { FetchReason::UnknownKid } else { FetchReason::Refresh };
+        let (fetcher, deadline_ms) = match w.claim_fetch(host, idx, reason) {
+            Claim::Granted => {
+                if deny == Deny::UnknownKid {
+                    w.counters.inc(host, "jwks_refetch_unknown_kid");
+                }
+                let Ok(token) = w.dispatch_fetch(host, idx) else { return Err((deny, waiter)) };
+                self.fetching = Some((idx, token));
+                let fetcher = Fetcher::Request { context_id: self.context_id, token };
+                (fetcher, now + timeout_ms + FLIGHT_GRACE_MS)
+            }
+            Claim::InFlight(until) => {
+                // This worker's root context is fetching, or another worker is.
+                let fetcher = match w.root_fetch(idx) {
+                    Some(token) => Fetcher::Root { token },
+                    None => Fetcher::Elsewhere,
+                };
+                w.counters.inc(host, "jwks_singleflight_joined");
+                (fetcher, until.max(now) + FLIGHT_GRACE_MS)
+            }
+            Claim::Refused => return Err((deny, waiter)),
+        };
+        w.flights.insert(idx, Flight { fetcher, waiters: vec![waiter], deadline_ms });
+        self.waiting_for_keys = Some(idx);
+        Ok(())
     }
 
     /// A call this request started has answered.
     fn on_call_done(&mut self, call: u32, body_size: usize) {
-        let Some(p) = self.pending.take() else { return };
         let host = &*self.host;
-        match p.introspection {
-            Some(expected) if expected != call => {
-                // Not the call this request waits on: keep waiting (its own answer, or its
-                // timeout, still comes).
-                host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {call}"));
-                self.pending = Some(p);
+        if let Some((idx, token)) = self.fetching
+            && token == call
+        {
+            self.fetching = None;
+            let worker = self.worker.clone();
+            let mut w = worker.borrow_mut();
+            w.fetch_done(host, idx, body_size);
+            let ours = Fetcher::Request { context_id: self.context_id, token };
+            if w.flights.get(&idx).is_some_and(|f| f.fetcher == ours) {
+                complete_flight(host, &mut w, idx, self.context_id);
             }
-            Some(_) => {
-                let worker = self.worker.clone();
-                let w = worker.borrow();
-                match introspection_done(host, &w, &p, body_size) {
-                    Ok(()) => {
-                        host.resume_request();
-                    }
-                    Err(deny) => respond_denied(host, &w, deny, &p.request_id, &p.requirements.scopes),
-                }
+            return;
+        }
+        let Some(p) = self.pending.take() else {
+            host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {call}"));
+            return;
+        };
+        if p.call != call {
+            // Not the call this request waits on: keep waiting (its own answer, or its
+            // timeout, still comes).
+            host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {call}"));
+            self.pending = Some(p);
+            return;
+        }
+        let worker = self.worker.clone();
+        let w = worker.borrow();
+        match introspection_done(host, &w, &p, body_size) {
+            Ok(()) => {
+                host.resume_request();
             }
-            None => self.on_fetch_done(p, body_size),
+            Err(deny) => respond_denied(host, &w, deny, &p.request_id, &p.requirements.scopes),
         }
     }
 
-    /// The key-set fetch this request started has answered.
-    fn on_fetch_done(&mut self, p: Pending, body_size: usize) {
-        let host = &*self.host;
+    /// The request went away (client reset, timeout): it no longer waits, and a key-set call it
+    /// made is cancelled by the proxy, so the root context fetches again for the others.
+    fn on_gone(&mut self) {
+        let Some(idx) = self.waiting_for_keys.take() else { return };
         let worker = self.worker.clone();
         let mut w = worker.borrow_mut();
-        w.fetch_done(host, p.provider, body_size);
-        let step = match jws::parse(&p.token, w.config.max_token_size) {
-            Ok(parsed) => {
-                let hash: [u8; 32] = Sha256::digest(p.token.as_bytes()).into();
-                verify_and_admit(host, &mut w, p.provider, &parsed, &p.requirements, hash, false)
-            }
-            Err(deny) => Step::Deny(deny),
-        };
-        match step {
-            Step::Allow => {
-                host.resume_request();
-            }
-            Step::Deny(deny) => respond_denied(host, &w, deny, &p.request_id, &p.requirements.scopes),
-            Step::Wait => respond_denied(host, &w, Deny::KeysUnavailable, &p.request_id, &[]),
+        let Some(flight) = w.flights.get_mut(&idx) else { return };
+        flight.waiters.retain(|waiter| waiter.context_id != self.context_id);
+        if let Fetcher::Request { context_id, .. } = flight.fetcher
+            && context_id == self.context_id
+        {
+            flight.fetcher = Fetcher::Orphaned;
         }
     }
+}
+
+/// Finishes every request waiting for provider `idx`'s key set, each with its own decision
+/// (verified with the keys there are now; no second fetch), then makes `restore_to` the
+/// effective context again.
+pub fn complete_flight<H: Host + ?Sized>(host: &H, w: &mut Worker, idx: usize, restore_to: u32) {
+    let Some(flight) = w.flights.remove(&idx) else { return };
+    for waiter in &flight.waiters {
+        if !host.set_effective_context(waiter.context_id) {
+            continue; // that request is gone
+        }
+        let hash: [u8; 32] = Sha256::digest(waiter.token.as_bytes()).into();
+        let outcome = jws::parse(&waiter.token, w.config.max_token_size).and_then(|parsed| {
+            w.verify(host, idx, &parsed)?;
+            admit_verified(host, w, idx, &parsed, &waiter.requirements, hash)
+        });
+        match outcome {
+            Ok(()) => {
+                host.resume_request();
+            }
+            Err(deny) => respond_denied(host, w, deny, &waiter.request_id, &waiter.requirements.scopes),
+        }
+    }
+    host.set_effective_context(restore_to);
 }
 
 fn find_provider(w: &Worker, allowed: &[usize], jws: &jws::Jws) -> Result<usize, Deny> {
@@ -227,34 +306,16 @@ fn find_provider(w: &Worker, allowed: &[usize], jws: &jws::Jws) -> Result<usize,
     allowed.iter().copied().find(|i| w.config.providers[*i].rules.issuer == *iss).ok_or(Deny::UnknownIssuer)
 }
 
-/// Verifies the signature (starting a key-set fetch when the keys are missing or do not know
-/// the token's `kid`, if `may_fetch`), then checks claims and requirements.
-fn verify_and_admit<H: Host + ?Sized>(
+/// Checks the claims and the route's requirements of a token whose signature verified, caching
+/// the verification.
+fn admit_verified<H: Host + ?Sized>(
     host: &H,
-    w: &mut Worker,
+    w: &Worker,
     idx: usize,
     parsed: &jws::Jws,
     requirements: &Requirements,
     hash: [u8; 32],
-    may_fetch: bool,
-) -> Step {
-    match w.verify(host, idx, parsed) {
-        Ok(()) => {}
-        Err(deny @ (Deny::UnknownKid | Deny::KeysUnavailable)) if may_fetch && w.remote(idx).is_some() => {
-            let reason =
-                if deny == Deny::UnknownKid { FetchReason::UnknownKid } else { FetchReason::Refresh };
-            if w.claim_fetch(host, idx, reason) {
-                if deny == Deny::UnknownKid {
-                    w.counters.inc(host, "jwks_refetch_unknown_kid");
-                }
-                if w.dispatch_fetch(host, idx).is_ok() {
-                    return Step::Wait;
-                }
-            }
-            return Step::Deny(deny);
-        }
-        Err(deny) => return Step::Deny(deny),
-    }
+) -> Result<(), Deny> {
     let cache_entry = Some(cache::Entry {
         hash,
         valid_until_s: 0, // set once the claims are known
@@ -262,10 +323,7 @@ fn verify_and_admit<H: Host + ?Sized>(
         payload: parsed.payload.clone(),
     });
     let max_ttl_s = w.config.cache_max_ttl.as_secs() as i64;
-    match admit(host, w, idx, &parsed.claims, parsed.typ.as_deref(), requirements, cache_entry, max_ttl_s) {
-        Ok(()) => Step::Allow,
-        Err(deny) => Step::Deny(deny),
-    }
+    admit(host, w, idx, &parsed.claims, parsed.typ.as_deref(), requirements, cache_entry, max_ttl_s)
 }
 
 /// Checks claims and the route's requirements of a token whose signature verified; on success
@@ -289,8 +347,7 @@ fn admit<H: Host + ?Sized>(
         w.cache_put(host, &entry);
     }
     claims::check_requirements(claim_map, &identity, requirements)?;
-    publish(host, w, &identity, claim_map);
-    Ok(())
+    publish(host, w, &identity, claim_map)
 }
 
 /// POSTs an opaque token to provider `idx`'s introspection endpoint; returns the call's token.
@@ -378,23 +435,31 @@ fn finish<H: Host + ?Sized>(
     }
 }
 
-fn publish<H: Host + ?Sized>(host: &H, w: &Worker, id: &Identity, claim_map: &Map<String, Value>) {
-    let scopes = tollgate_core::key_auth::scopes_value(&id.scopes).unwrap_or_default();
-    let subject = claims::claim_text(&Value::String(id.subject.clone())).unwrap_or_default();
-    host.set_request_header(jwt::CONSUMER_HEADER, Some(subject.as_bytes()));
-    host.set_request_header(jwt::SCOPES_HEADER, Some(scopes.as_bytes()));
-    host.set_request_header(jwt::ISSUER_HEADER, Some(id.issuer.as_bytes()));
-    host.set_property(&[jwt::PROP_CONSUMER], subject.as_bytes());
-    host.set_property(&[jwt::PROP_SUBJECT], subject.as_bytes());
-    host.set_property(&[jwt::PROP_ISSUER], id.issuer.as_bytes());
-    host.set_property(&[jwt::PROP_SCOPES], scopes.as_bytes());
-    for (header, claim) in &w.config.claim_headers {
-        if let Some(text) = claim_map.get(claim).and_then(claims::claim_text) {
-            host.set_request_header(header, Some(text.as_bytes()));
-            host.set_property(&[&format!("{}{claim}", jwt::PROP_CLAIMS_PREFIX)], text.as_bytes());
+/// Passes a verified identity on: headers for the upstream, filter state for later filters.
+/// Anything that cannot be passed on exactly as it is refuses the request, and so does a value
+/// the proxy refuses to set: a request never goes upstream with an identity that is missing,
+/// empty or reads differently there.
+fn publish<H: Host + ?Sized>(
+    host: &H,
+    w: &Worker,
+    id: &Identity,
+    claim_map: &Map<String, Value>,
+) -> Result<(), Deny> {
+    let published = claims::published(id, claim_map, &w.config.claim_headers)?;
+    for (name, value) in &published.headers {
+        if !host.set_request_header(name, Some(value.as_bytes())) {
+            host.log(LogLevel::Warn, &format!("jwt-auth: the proxy refused the value of header `{name}`"));
+            return Err(Deny::UnpublishableIdentity);
+        }
+    }
+    for (name, value) in &published.properties {
+        if !host.set_property(&[name.as_str()], value.as_bytes()) {
+            host.log(LogLevel::Warn, &format!("jwt-auth: the proxy refused to set property `{name}`"));
+            return Err(Deny::UnpublishableIdentity);
         }
     }
     w.counters.inc(host, "allowed");
+    Ok(())
 }
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, scopes: &[String]) {
@@ -444,6 +509,11 @@ impl<H: Host> Context for JwtAuthHttp<H> {
         _trailers: usize,
     ) {
         self.on_call_done(token_id, body_size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.on_gone();
+        true
     }
 }
 

@@ -6,8 +6,9 @@
 //! it is parsed, its provider found by its exact `iss`, its signature verified with the
 //! provider's keys (algorithm chosen by the key), its claims and the route's requirements
 //! checked. Remote key sets are fetched by the root context on its tick, shared by all workers
-//! through shared data, and fetched again on an unknown `kid` (with a cooldown); the last good
-//! set is kept while fetches fail, for at most `max_stale`. A provider may instead name an OpenID
+//! through shared data, and fetched again on an unknown `kid` (with a cooldown); every request
+//! that needs the fetch waits for that one fetch (in any worker); the last good set is kept
+//! while fetches fail, for at most `max_stale`. A provider may instead name an OpenID
 //! discovery document, fetched once per worker, for its key-set (and introspection) path.
 //! Opaque tokens are introspected (RFC 7662) by the request's context, which waits for the
 //! answer; answers are cached like verified tokens, and a failing endpoint means 503.
@@ -22,8 +23,8 @@ pub use root::JwtAuthRoot;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(JwtAuthRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(JwtAuthRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost), context_id))
     });
 }}
 

@@ -12,6 +12,7 @@ use tollgate_core::jwt::b64;
 use tollgate_host::Host;
 use tollgate_host::mock::MockHost;
 
+use crate::worker::{FLIGHT_GRACE_MS, MAX_WAITERS};
 use crate::{JwtAuthHttp, JwtAuthRoot};
 
 const ISS: &str = "https://idp.example/realms/demo";
@@ -81,7 +82,7 @@ impl Gateway {
         let host = MockHost::new();
         host.set_now_ms(NOW_S as u64 * 1000);
         host.with_configuration(config);
-        let mut root = JwtAuthRoot::new(host.clone());
+        let mut root = JwtAuthRoot::new(host.clone(), 1);
         host.enter(1);
         assert!(root.on_configure(0));
         Self { host, root, next_id: 100 }
@@ -243,7 +244,7 @@ fn two_tokens_are_refused() {
 fn invalid_config_is_refused_naming_the_field() {
     let host = MockHost::new();
     host.with_configuration(r#"{"providers":[{"name":"idp","issuer":"x","audiences":["a"],"jwks":{"keys":[{"kty":"oct","k":"AQID"}]},"algorithms":["HS256"]}]}"#);
-    let mut root = JwtAuthRoot::new(host.clone());
+    let mut root = JwtAuthRoot::new(host.clone(), 1);
     assert!(!root.on_configure(0));
     let logs = host.logs();
     assert!(logs.iter().any(|(_, m)| m.contains("providers[0].jwks")), "{logs:?}");
@@ -267,7 +268,7 @@ fn remote_keys_are_fetched_on_tick_and_shared_with_other_workers() {
     // Another worker uses the stored set without fetching.
     let other = MockHost::sharing_with(&gw.host);
     other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
     assert!(root2.on_configure(0));
     other.with_header(7, ":path", "/a");
     other.with_header(7, "authorization", &format!("Bearer {token}"));
@@ -291,18 +292,198 @@ fn unknown_kid_refetches_once_and_resumes_the_request() {
     assert_eq!(gw.status(id), None, "waiting, not refused");
     assert_eq!(gw.host.http_calls().len(), 2);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_refetch_unknown_kid"), 1);
-    // A second request with an unknown kid within the cooldown is refused without a fetch.
-    let (id2, _, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
-    assert_eq!(gw.status(id2), Some(401));
-    assert_eq!(gw.host.http_calls().len(), 2);
-
     let body = json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string();
-    gw.host.set_http_response(&[(":status", "200")], Some(body.as_bytes()));
-    gw.host.enter(id);
-    ctx.on_http_call_response(2, 1, body.len(), 0);
+    gw.answer(id, &mut ctx, "200", body.as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.status(id), None);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    // Within the cooldown, another unknown kid is refused without a fetch.
+    let (id3, _, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    assert_eq!(gw.status(id3), Some(401));
+    assert_eq!(gw.host.http_calls().len(), 2);
+}
+
+fn remote_config_with_rules() -> String {
+    remote_config().replace(r#""cache""#, r#""routes":[{"path_prefix":"/admin","scopes":["admin"]}],"cache""#)
+}
+
+/// The key set after the IdP added k2.
+fn rotated() -> String {
+    json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string()
+}
+
+impl Gateway {
+    /// A gateway whose key set (k1) was fetched, past the unknown-`kid` cooldown.
+    fn with_k1(config: &str) -> Self {
+        let mut gw = Gateway::new(config);
+        gw.tick();
+        gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+        gw.host.advance(Duration::from_secs(20));
+        gw
+    }
+
+    fn calls(&self) -> usize {
+        self.host.http_calls().len()
+    }
+
+    /// The request went away (the proxy destroys its context after `on_done`).
+    fn gone(&self, id: u32, ctx: &mut JwtAuthHttp<MockHost>) {
+        self.host.destroy(id);
+        self.host.enter(id);
+        assert!(ctx.on_done());
+    }
+}
+
+#[test]
+fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
+    let mut gw = Gateway::with_k1(&remote_config_with_rules());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, action) = gw.bearer("/a", &k2);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.calls(), 2, "one fetch");
+    let (b, _ctx_b, action) = gw.bearer("/admin/x", &sign(&key(2), "k2", &claims(json!({"sub": "bob"}))));
+    assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(b));
+    let (c, _ctx_c, action) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    assert_eq!(action, Action::Pause);
+    let (d, _ctx_d, action) =
+        gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({"sub": "dan", "exp": NOW_S - 3600}))));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(gw.calls(), 2, "the others wait for the same fetch");
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_singleflight_joined"), 3);
+    // A token of a known key does not wait.
+    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).2, Action::Continue);
+    for id in [a, b, c, d] {
+        assert_eq!(gw.status(id), None, "{id} waits");
+    }
+
+    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+    assert_eq!(gw.host.header(a, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert_eq!(gw.status(b), Some(403), "bob lacks `admin` on /admin");
+    assert_eq!(gw.status(c), Some(401), "k3 is still unknown");
+    assert_eq!(gw.status(d), Some(401), "dan's token expired");
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.expired"), 1);
+    for id in [b, c, d] {
+        assert_eq!(gw.host.resumed(id), 0);
+    }
+    assert_eq!(gw.host.http_calls().len(), 2);
+}
+
+#[test]
+fn a_waiter_that_goes_away_is_dropped_and_a_leader_that_goes_away_hands_the_fetch_to_the_root() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    let (b, _ctx_b, _) = gw.bearer("/b", &k2);
+    let (c, mut ctx_c, _) = gw.bearer("/c", &k2);
+    assert_eq!(gw.calls(), 2);
+    gw.gone(c, &mut ctx_c);
+    // The leader goes away: its call is cancelled with it; the root context fetches again.
+    gw.gone(a, &mut ctx_a);
+    gw.tick();
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[2].context_id, 1, "fetched by the root context");
+    gw.answer_root("200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(b), 1);
+    assert_eq!(gw.host.header(b, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    for gone in [a, c] {
+        assert_eq!(gw.host.resumed(gone), 0);
+        assert_eq!(gw.status(gone), None);
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 1);
+    // Requests after it need no fetch.
+    assert_eq!(gw.bearer("/d", &k2).2, Action::Continue);
+    assert_eq!(gw.calls(), 3);
+}
+
+#[test]
+fn a_leader_alone_that_goes_away_still_gets_the_new_keys_fetched() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    gw.gone(a, &mut ctx_a);
+    gw.tick();
+    assert_eq!(gw.calls(), 3);
+    gw.answer_root("200", rotated().as_bytes());
+    assert_eq!(gw.bearer("/b", &k2).2, Action::Continue, "the rotation was picked up");
+}
+
+#[test]
+fn requests_wait_for_the_fetch_another_worker_has_in_flight() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    assert_eq!(gw.calls(), 2);
+
+    // Worker 2 (same shared data) sees a k2 token while worker 1 fetches.
+    let other = MockHost::sharing_with(&gw.host);
+    other.with_configuration(&remote_config());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
+    other.enter(1);
+    assert!(root2.on_configure(0));
+    other.with_header(7, ":path", "/a");
+    other.with_header(7, "authorization", &format!("Bearer {k2}"));
+    other.enter(7);
+    let mut ctx = JwtAuthHttp::new(other.clone(), root2.worker().unwrap(), 7);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    assert!(other.http_calls().is_empty(), "no second fetch");
+    assert_eq!(other.reply(7), None, "waits");
+    other.enter(1);
+    root2.on_tick();
+    assert_eq!(other.reply(7), None, "still waits while worker 1 fetches");
+
+    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+    other.enter(1);
+    root2.on_tick();
+    assert_eq!(other.resumed(7), 1, "{:?}", other.reply(7));
+    assert_eq!(other.header(7, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert!(other.http_calls().is_empty());
+}
+
+#[test]
+fn a_request_waits_for_the_root_contexts_fetch_in_flight() {
+    let mut gw = Gateway::new(&remote_config());
+    gw.tick(); // no keys yet: the root context fetches
+    assert_eq!(gw.calls(), 1);
+    let (a, _ctx, action) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(a));
+    assert_eq!(gw.calls(), 1);
+    gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+    assert_eq!(gw.host.resumed(a), 1);
+}
+
+#[test]
+fn a_fetch_that_never_answers_is_settled_by_the_tick() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let (a, _ctx_a, _) = gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({}))));
+    gw.tick();
+    assert_eq!(gw.status(a), None);
+    gw.host.advance(Duration::from_secs(2) + Duration::from_millis(FLIGHT_GRACE_MS));
+    gw.tick();
+    assert_eq!(gw.status(a), Some(401), "refused rather than left paused");
+}
+
+#[test]
+fn waiters_are_bounded() {
+    let mut gw = Gateway::with_k1(&remote_config());
+    let k2 = sign(&key(2), "k2", &claims(json!({})));
+    let mut contexts = Vec::new();
+    for _ in 0..MAX_WAITERS {
+        let (id, ctx, action) = gw.bearer("/a", &k2);
+        assert_eq!(action, Action::Pause);
+        contexts.push((id, ctx));
+    }
+    let (id, _, _) = gw.bearer("/a", &k2);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_waiters_full"), 1);
+    let (first, ref mut ctx) = contexts[0];
+    gw.answer(first, ctx, "200", rotated().as_bytes());
+    assert!(contexts.iter().all(|(id, _)| gw.host.resumed(*id) == 1));
 }
 
 #[test]
@@ -511,4 +692,410 @@ fn discovery_finds_the_key_set_and_the_introspection_endpoint() {
         json!({"active": true, "sub": "svc", "exp": NOW_S + 60}).to_string().as_bytes(),
     );
     assert_eq!(gw.host.resumed(id), 1);
+}
+
+#[test]
+fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
+    let mut gw = Gateway::new(&remote_config());
+    let weak = json!({"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"});
+    let body = json!({"keys": [weak, jwk(&key(1), "k1")]}).to_string();
+    gw.tick();
+    gw.answer_root("200", body.as_bytes());
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_ok"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_key_skipped"), 1);
+    let logged: Vec<_> = gw.host.logs().into_iter().filter(|(_, m)| m.contains("legacy-1024")).collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].1.contains("2048 bits"), "{logged:?}");
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+
+    // Another worker compiles the stored set quietly.
+    let other = MockHost::sharing_with(&gw.host);
+    other.with_configuration(&remote_config());
+    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
+    assert!(root2.on_configure(0));
+    other.enter(1);
+    root2.on_tick();
+    assert!(other.http_calls().is_empty(), "the stored set is used");
+    assert_eq!(other.counter("tollgate.jwt_auth.jwks_key_skipped"), 0);
+    assert!(!other.logs().iter().any(|(_, m)| m.contains("legacy-1024")));
+
+    // A set with no usable key at all is a failed fetch: the last good set stays.
+    gw.host.advance(Duration::from_secs(61));
+    gw.tick();
+    let only_weak =
+        json!({"keys": [{"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"}]});
+    gw.answer_root("200", only_weak.to_string().as_bytes());
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error"), 1);
+    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+}
+
+#[test]
+fn keys_whose_key_ops_exclude_verify_never_verify() {
+    let mut signing_only = jwk(&key(1), "k1");
+    signing_only["key_ops"] = json!(["sign"]);
+    let mut verifying = jwk(&key(2), "k2");
+    verifying["key_ops"] = json!(["verify"]);
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [signing_only, verifying]}}],
+        "cache": {"slots": 0}
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let (id, _, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
+    assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).2, Action::Continue);
+}
+
+#[test]
+fn every_refusal_reason_has_a_stat() {
+    let names = crate::worker::stat_names();
+    for deny in tollgate_core::jwt::Deny::ALL {
+        let stat = format!("denied.{}", deny.reason());
+        assert!(names.contains(&stat.as_str()), "no stat {stat}");
+    }
+}
+
+#[test]
+fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
+    let mut gw = Gateway::new(&inline_config());
+    for sub in ["alice\r\nx-evil: 1", "al\u{0}ice", " alice"] {
+        let token = sign(&key(1), "k1", &claims(json!({"sub": sub})));
+        // Twice: the second answer comes from the verified-token cache.
+        for _ in 0..2 {
+            let auth = format!("Bearer {token}");
+            let (id, _, action) =
+                gw.request("/hello", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+            assert_eq!(action, Action::Pause, "{sub:?}");
+            let reply = gw.host.reply(id).unwrap();
+            assert_eq!(reply.status, 401, "{sub:?}");
+            assert!(reply.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+            assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None, "{sub:?}");
+            assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]), None);
+        }
+    }
+    // A mapped claim that cannot be written as it is refuses the token too.
+    let (id, _, _) = gw.bearer("/hello", &sign(&key(1), "k1", &claims(json!({"email": "a@b\nx-evil: 1"}))));
+    assert_eq!(gw.status(id), Some(401));
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 7);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+}
+
+#[test]
+fn scopes_are_published_space_separated_or_the_token_refused() {
+    let mut gw = Gateway::new(&inline_config());
+    let comma = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["orders", "read,admin"]})));
+    let (id, _, action) = gw.bearer("/hello", &comma);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("orders read,admin"));
+    assert_eq!(
+        gw.host.request_property(id, &["tollgate.scopes"]).as_deref(),
+        Some(&b"orders read,admin"[..])
+    );
+    let (id, _, _) = gw.bearer("/admin", &comma);
+    assert_eq!(gw.status(id), Some(403), "`read,admin` is not `admin`");
+    let spaced = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["read admin"]})));
+    for path in ["/hello", "/admin"] {
+        let (id, _, _) = gw.bearer(path, &spaced);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 401, "{path}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_token"), "{path}");
+        assert_eq!(gw.host.header(id, "x-tollgate-scopes"), None);
+    }
+}
+
+#[test]
+fn a_token_without_a_subject_publishes_no_consumer_id() {
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&key(1), "k1")]}}],
+        "claim_headers": {"x-user-email": "email"}
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let token = sign(&key(1), "k1", &claims(json!({"sub": null, "email": ""})));
+    let auth = format!("Bearer {token}");
+    let (id, _, action) =
+        gw.request("/a", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
+    assert_eq!(gw.host.header(id, "x-user-email"), None);
+    assert_eq!(gw.host.header(id, "x-tollgate-issuer").as_deref(), Some(ISS));
+    assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]), None);
+}
+
+/// The mock host, except that it refuses to set one header or property (as a proxy may).
+struct Refusing {
+    inner: Rc<MockHost>,
+    name: &'static str,
+}
+
+impl Host for Refusing {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    fn log(&self, level: tollgate_host::LogLevel, message: &str) {
+        self.inner.log(level, message)
+    }
+    fn request_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.request_header_bytes(name)
+    }
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.request_headers()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        if name == self.name && value.is_some() {
+            self.inner.set_request_header(name, None);
+            return false;
+        }
+        self.inner.set_request_header(name, value)
+    }
+    fn add_request_header(&self, name: &str, value: &[u8]) -> bool {
+        self.inner.add_request_header(name, value)
+    }
+    fn response_header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.response_header_bytes(name)
+    }
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.response_headers()
+    }
+    fn set_response_header(&self, name: &str, value: Option<&[u8]>) -> bool {
+        self.inner.set_response_header(name, value)
+    }
+    fn add_response_header(&self, name: &str, value: &[u8]) -> bool {
+        self.inner.add_response_header(name, value)
+    }
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.inner.request_body(start, size)
+    }
+    fn set_request_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.inner.set_request_body(start, size, body)
+    }
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.inner.response_body(start, size)
+    }
+    fn set_response_body(&self, start: usize, size: usize, body: &[u8]) -> bool {
+        self.inner.set_response_body(start, size, body)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(path)
+    }
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        path != [self.name] && self.inner.set_property(path, value)
+    }
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.inner.shared_get(key)
+    }
+    fn shared_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), tollgate_host::SharedError> {
+        self.inner.shared_set(key, value, cas)
+    }
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, tollgate_host::CallRefused> {
+        self.inner.grpc_call(cluster, service, method, metadata, message, timeout)
+    }
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.inner.grpc_response_body(size)
+    }
+    fn grpc_status_message(&self) -> Option<String> {
+        self.inner.grpc_status_message()
+    }
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, tollgate_host::CallRefused> {
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        self.inner.http_call_response_header(name)
+    }
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.inner.http_call_response_body(size)
+    }
+    fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.inner.send_response(status, headers, body)
+    }
+    fn resume_request(&self) -> bool {
+        self.inner.resume_request()
+    }
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        self.inner.set_effective_context(context_id)
+    }
+    fn set_tick_period(&self, period: Duration) {
+        self.inner.set_tick_period(period)
+    }
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.inner.plugin_configuration()
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.inner.define_counter(name)
+    }
+    fn increment_counter(&self, id: u32, by: i64) {
+        self.inner.increment_counter(id, by)
+    }
+}
+
+/// Whatever identity header or property the proxy refuses to set, the request is refused rather
+/// than passed on without it.
+#[test]
+fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
+    for name in [
+        "x-tollgate-consumer-id",
+        "x-tollgate-scopes",
+        "x-user-email",
+        "tollgate.consumer_id",
+        "tollgate.claims.email",
+    ] {
+        let inner = MockHost::new();
+        inner.set_now_ms(NOW_S as u64 * 1000);
+        inner.with_configuration(&inline_config());
+        let host = Rc::new(Refusing { inner: inner.clone(), name });
+        let mut root = JwtAuthRoot::new(host.clone(), 1);
+        inner.enter(1);
+        assert!(root.on_configure(0));
+        let token = sign(&key(1), "k1", &claims(json!({})));
+        inner.with_header(7, ":path", "/hello");
+        inner.with_header(7, "authorization", &format!("Bearer {token}"));
+        inner.enter(7);
+        let mut ctx = JwtAuthHttp::new(host.clone(), root.worker().unwrap(), 7);
+        assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause, "{name}");
+        assert_eq!(inner.reply(7).map(|r| r.status), Some(401), "{name}");
+        assert_eq!(inner.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 1, "{name}");
+        assert_eq!(inner.counter("tollgate.jwt_auth.allowed"), 0, "{name}");
+        assert!(inner.logs().iter().any(|(_, m)| m.contains(name)), "{name}");
+    }
+}
+
+fn cookie_config() -> String {
+    inline_config().replace(
+        r#""cache""#,
+        r#""sources":[{"header":"authorization","prefix":"Bearer "},{"cookie":"access_token"}],"cache""#,
+    )
+}
+
+impl Gateway {
+    /// A request whose headers are these field lines, repeated names kept as separate lines.
+    fn request_lines(&mut self, path: &str, lines: &[(&str, &str)]) -> (u32, JwtAuthHttp<MockHost>, Action) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.host.with_header(id, ":path", path);
+        self.host.with_header(id, ":method", "GET");
+        for (k, v) in lines {
+            self.host.with_header_line(id, k, v);
+        }
+        let mut ctx = JwtAuthHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
+        self.host.enter(id);
+        let action = ctx.on_http_request_headers(0, true);
+        (id, ctx, action)
+    }
+}
+
+#[test]
+fn a_token_in_any_cookie_line_is_found() {
+    let mut gw = Gateway::new(&cookie_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    let pair = format!("access_token={token}");
+    let joined = format!("theme=dark, {pair}");
+    let crumbs: [&[(&str, &str)]; 3] = [
+        &[("cookie", "theme=dark"), ("cookie", &pair)],
+        &[("cookie", &pair), ("cookie", "theme=dark")],
+        &[("cookie", &joined)],
+    ];
+    for lines in crumbs {
+        let (id, _, action) = gw.request_lines("/a", lines);
+        assert_eq!(action, Action::Continue, "{lines:?}: {:?}", gw.host.reply(id));
+        assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    }
+}
+
+#[test]
+fn two_tokens_in_separate_lines_are_refused() {
+    let mut gw = Gateway::new(&cookie_config());
+    let a = sign(&key(1), "k1", &claims(json!({})));
+    let b = sign(&key(1), "k1", &claims(json!({"sub": "bob"})));
+    let (ca, cb) = (format!("access_token={a}"), format!("access_token={b}"));
+    let (ba, bb) = (format!("Bearer {a}"), format!("Bearer {b}"));
+    let cases: [&[(&str, &str)]; 3] = [
+        &[("cookie", &ca), ("cookie", &cb)],
+        &[("authorization", &ba), ("authorization", &bb)],
+        &[("cookie", "theme=dark"), ("cookie", &cb), ("authorization", &ba)],
+    ];
+    for lines in cases {
+        let (id, _, action) = gw.request_lines("/a", lines);
+        assert_eq!(action, Action::Pause);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 401, "{lines:?}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.multiple_tokens"), 3);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+}
+
+#[test]
+fn route_name_rules_read_envoys_route_name() {
+    let config = json!({
+        "providers": [{"name": "idp", "issuer": ISS, "audiences": ["api"], "jwks": {"keys": [jwk(&key(1), "k1")]}}],
+        "routes": [{"route_name": "admin-console", "scopes": ["admin"]}]
+    })
+    .to_string();
+    let mut gw = Gateway::new(&config);
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    assert_eq!(gw.bearer("/console", &token).2, Action::Continue, "no route name: no rule");
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"admin-console");
+    let (id, _, _) = gw.bearer("/console", &token);
+    assert_eq!(gw.status(id), Some(403));
+    let admin = sign(&key(1), "k1", &claims(json!({"scope": "admin"})));
+    assert_eq!(gw.bearer("/console", &admin).2, Action::Continue);
+}
+
+#[test]
+fn path_rules_see_the_normalised_path() {
+    let mut gw = Gateway::new(&inline_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    for path in ["//admin", "/./admin", "/%61dmin/x", "/x/../admin", "/%2e%2e/admin"] {
+        let (id, _, _) = gw.bearer(path, &token);
+        assert_eq!(gw.status(id), Some(403), "{path}");
+    }
+    for path in ["/admin%2fx", "/%2Fadmin", "/admin%5Cx"] {
+        let (id, _, _) = gw.bearer(path, &token);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
+    }
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.bad_path"), 3);
+    assert_eq!(gw.bearer("/x/../hello", &token).2, Action::Continue);
+}
+
+#[test]
+fn a_cookie_line_with_bytes_that_are_not_utf8_still_yields_the_token() {
+    let gw = Gateway::new(&cookie_config());
+    let token = sign(&key(1), "k1", &claims(json!({})));
+    gw.host.with_header(9, ":path", "/a");
+    gw.host.with_header_bytes(9, "cookie", b"junk=\xff\xfe");
+    gw.host.with_header_line(9, "cookie", &format!("access_token={token}"));
+    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 9);
+    gw.host.enter(9);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue, "{:?}", gw.host.reply(9));
+    // A token with such bytes is garbled, never a valid one.
+    gw.host.with_header(10, ":path", "/a");
+    gw.host.with_header_bytes(10, "cookie", format!("access_token={token}\u{0}").as_bytes());
+    gw.host.with_header_bytes(10, "authorization", b"Bearer \xffabc");
+    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 10);
+    gw.host.enter(10);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    assert_eq!(gw.status(10), Some(401));
 }

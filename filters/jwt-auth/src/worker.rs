@@ -1,14 +1,16 @@
 //! State one worker's root context shares with its HTTP contexts: the compiled config, the
-//! compiled key sets, stats, and the key-set records in shared data.
+//! compiled key sets, stats, the key-set records in shared data, and the requests waiting for a
+//! key-set fetch (one flight per provider).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
+use tollgate_core::jwt::claims::Requirements;
 use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Remote, err};
 use tollgate_core::jwt::introspection::{self, Discovered};
-use tollgate_core::jwt::jwk::{Limits, parse_jwks};
+use tollgate_core::jwt::jwk::Limits;
 use tollgate_core::jwt::jws::Jws;
 use tollgate_core::jwt::keys::KeySet;
 use tollgate_core::jwt::{Deny, cache};
@@ -24,6 +26,9 @@ pub fn stat_names() -> Vec<&'static str> {
         "jwks_fetch_ok",
         "jwks_fetch_error",
         "jwks_refetch_unknown_kid",
+        "jwks_key_skipped",
+        "jwks_singleflight_joined",
+        "jwks_waiters_full",
         "introspection",
         "introspection_active",
         "introspection_inactive",
@@ -36,7 +41,7 @@ pub fn stat_names() -> Vec<&'static str> {
     names
 }
 
-const DENIED: [&str; 27] = [
+const DENIED: [&str; 28] = [
     "denied.missing_token",
     "denied.multiple_tokens",
     "denied.token_too_large",
@@ -64,12 +69,20 @@ const DENIED: [&str; 27] = [
     "denied.inactive_token",
     "denied.introspection_unavailable",
     "denied.bad_path",
+    "denied.unpublishable_identity",
 ];
 
 /// Retries of a compare-and-swap loop.
 const CAS_RETRIES: usize = 8;
 /// Wait after a failed fetch before the next one (bounded by the refresh interval).
 const RETRY_BACKOFF_MS: u64 = 5_000;
+/// A fetch lease lasts the fetch's timeout and this much more.
+const LEASE_MARGIN_MS: u64 = 1_000;
+/// Most requests of one worker that wait for one provider's key set; more get 503.
+pub const MAX_WAITERS: usize = 256;
+/// A flight is settled by the root context's tick this long after its fetch should have
+/// answered (a call that never answers leaves no request paused).
+pub const FLIGHT_GRACE_MS: u64 = 2_000;
 
 /// One provider's keys as this worker knows them.
 #[derive(Default)]
@@ -88,6 +101,50 @@ pub enum FetchReason {
     UnknownKid,
 }
 
+/// What [`Worker::claim_fetch`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker may fetch now (it holds the proxy-wide lease).
+    Granted,
+    /// A fetch is in flight (in some worker) until at most this time (ms).
+    InFlight(u64),
+    /// No fetch now: backing off after a failure, or an unknown-`kid` fetch within the cooldown.
+    Refused,
+}
+
+/// A request paused until its provider's key set is fetched: enough to finish it from another
+/// context.
+#[derive(Debug, Clone)]
+pub struct Waiter {
+    pub context_id: u32,
+    pub token: String,
+    pub requirements: Requirements,
+    pub request_id: String,
+}
+
+/// Who fetches the key set a flight waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetcher {
+    /// Request context `context_id` made call `token` (Envoy cancels it if the request goes away).
+    Request { context_id: u32, token: u32 },
+    /// The root context made call `token`.
+    Root { token: u32 },
+    /// Another worker holds the fetch lease: the result shows in shared data (see the tick).
+    Elsewhere,
+    /// The request that made the call went away, and its call with it: the root context fetches
+    /// again on its next tick.
+    Orphaned,
+}
+
+/// The requests of this worker waiting for one provider's key set.
+#[derive(Debug)]
+pub struct Flight {
+    pub fetcher: Fetcher,
+    pub waiters: Vec<Waiter>,
+    /// The tick settles the flight at this time (ms) whatever happened.
+    pub deadline_ms: u64,
+}
+
 pub struct Worker {
     pub config: Config,
     prefix: String,
@@ -95,6 +152,8 @@ pub struct Worker {
     pub keys: Vec<ProviderKeys>,
     /// Calls the root context started: token → what for.
     pub root_calls: HashMap<u32, RootCall>,
+    /// Per provider: the requests waiting for its key set, if any.
+    pub flights: HashMap<usize, Flight>,
     /// Per provider: what its discovery document gave (this worker fetches it once).
     pub discovered: Vec<Option<Discovered>>,
     /// Per provider: no discovery fetch before this time (ms); `u64::MAX` while one is in flight.
@@ -138,6 +197,7 @@ impl Worker {
             discovery_next_ms: vec![0; keys.len()],
             keys,
             root_calls: HashMap::new(),
+            flights: HashMap::new(),
         })
     }
 
@@ -285,32 +345,47 @@ impl Worker {
     /// Claims the proxy-wide right to fetch provider `idx` now. One fetch at a time across all
     /// workers (a lease), after a failure not before a back-off, and unknown-`kid` fetches not
     /// more often than the cooldown.
-    pub fn claim_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, reason: FetchReason) -> bool {
-        let Some(r) = self.remote(idx) else { return false };
+    pub fn claim_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, reason: FetchReason) -> Claim {
+        let Some(r) = self.remote(idx) else { return Claim::Refused };
         if self.jwks_path(idx).is_none() {
-            return false;
+            return Claim::Refused;
         }
         let now = host.now_ms();
         let key = self.fetch_key(idx);
         for _ in 0..CAS_RETRIES {
             let (bytes, cas) = host.shared_get(&key);
-            let (busy_until, last_start) = decode_fetch(bytes.as_deref());
-            if busy_until > now {
-                return false;
+            let lease = FetchLease::decode(bytes.as_deref());
+            if lease.in_flight_until > now {
+                return Claim::InFlight(lease.in_flight_until);
+            }
+            if lease.not_before > now {
+                return Claim::Refused;
             }
             if reason == FetchReason::UnknownKid
-                && now < last_start.saturating_add(r.refetch_cooldown.as_millis() as u64)
+                && now < lease.last_start.saturating_add(r.refetch_cooldown.as_millis() as u64)
             {
-                return false;
+                return Claim::Refused;
             }
-            let lease = now + r.timeout.as_millis() as u64 + 1_000;
-            match host.shared_set(&key, &encode_fetch(lease, now), cas) {
-                Ok(()) => return true,
+            let until = now + r.timeout.as_millis() as u64 + LEASE_MARGIN_MS;
+            let claimed = FetchLease { in_flight_until: until, not_before: 0, last_start: now };
+            match host.shared_set(&key, &claimed.encode(), cas) {
+                Ok(()) => return Claim::Granted,
                 Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Failed) => return false,
+                Err(SharedError::Failed) => return Claim::Refused,
             }
         }
-        false
+        Claim::Refused
+    }
+
+    /// Whether a fetch of provider `idx`'s key set is in flight in some worker.
+    pub fn fetch_in_flight<H: Host + ?Sized>(&self, host: &H, idx: usize) -> bool {
+        let lease = FetchLease::decode(host.shared_get(&self.fetch_key(idx)).0.as_deref());
+        lease.in_flight_until > host.now_ms()
+    }
+
+    /// The root context's key-set call for provider `idx` in flight, if any.
+    pub fn root_fetch(&self, idx: usize) -> Option<u32> {
+        self.root_calls.iter().find(|(_, c)| **c == RootCall::Jwks(idx)).map(|(token, _)| *token)
     }
 
     /// Starts the fetch of provider `idx`'s key set (after [`Worker::claim_fetch`]).
@@ -328,16 +403,30 @@ impl Worker {
     }
 
     /// Handles a fetch's response: a valid key set replaces the old one for every worker; on
-    /// any failure the last good set stays.
+    /// any failure the last good set stays. Keys of the set that cannot be used are left out,
+    /// counted and logged (once per fetch); the others are used.
     pub fn fetch_done<H: Host + ?Sized>(&mut self, host: &H, idx: usize, body_size: usize) {
         let Some(r) = self.remote(idx).cloned() else { return };
         let outcome = call_answer_body(host, body_size, r.limits.max_bytes).and_then(|body| {
-            parse_jwks(&body, r.limits)
-                .map_err(|e| e.to_string())
-                .and_then(|jwks| KeySet::compile(&jwks).map(|set| (set, body)).map_err(|e| e.to_string()))
+            KeySet::compile_fetched(&body, r.limits).map(|fetched| (fetched, body)).map_err(|e| e.to_string())
         });
         match outcome {
-            Ok((set, body)) => {
+            Ok((fetched, body)) => {
+                if !fetched.skipped.is_empty() {
+                    let n = fetched.skipped.len();
+                    self.counters.add(host, "jwks_key_skipped", n as u64);
+                    let list: Vec<String> = fetched.skipped.iter().map(ToString::to_string).collect();
+                    let name = &self.config.providers[idx].name;
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "jwt-auth: JWKS for `{name}`: left out {n} unusable key(s), using the other {}: {}",
+                            fetched.keys.len(),
+                            list.join("; ")
+                        ),
+                    );
+                }
+                let set = fetched.keys;
                 let now = host.now_ms().max(1);
                 let mut record = now.to_le_bytes().to_vec();
                 record.extend_from_slice(&body);
@@ -368,9 +457,10 @@ impl Worker {
         let backoff = RETRY_BACKOFF_MS.min(r.refresh_interval.as_millis() as u64);
         for _ in 0..CAS_RETRIES {
             let (bytes, cas) = host.shared_get(&key);
-            let (_, last_start) = decode_fetch(bytes.as_deref());
-            let busy_until = if ok { 0 } else { now + backoff };
-            match host.shared_set(&key, &encode_fetch(busy_until, last_start), cas) {
+            let last_start = FetchLease::decode(bytes.as_deref()).last_start;
+            let not_before = if ok { 0 } else { now + backoff };
+            let done = FetchLease { in_flight_until: 0, not_before, last_start };
+            match host.shared_set(&key, &done.encode(), cas) {
                 Err(SharedError::CasMismatch) => continue,
                 _ => return,
             }
@@ -397,21 +487,36 @@ impl Worker {
     }
 }
 
+/// Compiles a stored key set (its unusable keys were reported by the worker that fetched it).
 fn compile(body: &[u8], limits: Limits) -> Option<KeySet> {
-    parse_jwks(body, limits).ok().and_then(|jwks| KeySet::compile(&jwks).ok())
+    KeySet::compile_fetched(body, limits).ok().map(|fetched| fetched.keys)
 }
 
-fn decode_fetch(bytes: Option<&[u8]>) -> (u64, u64) {
-    let Some(b) = bytes.filter(|b| b.len() == 16) else { return (0, 0) };
-    let (a, c) = b.split_at(8);
-    let get = |s: &[u8]| s.try_into().map(u64::from_le_bytes).unwrap_or(0);
-    (get(a), get(c))
+/// The proxy-wide fetch record of one provider, in shared data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FetchLease {
+    /// A fetch is in flight until this time (ms): others wait for it rather than fetch.
+    in_flight_until: u64,
+    /// After a failed fetch, none before this time (ms).
+    not_before: u64,
+    /// When the last fetch started (ms), for the unknown-`kid` cooldown.
+    last_start: u64,
 }
 
-fn encode_fetch(busy_until: u64, last_start: u64) -> Vec<u8> {
-    let mut out = busy_until.to_le_bytes().to_vec();
-    out.extend_from_slice(&last_start.to_le_bytes());
-    out
+impl FetchLease {
+    fn decode(bytes: Option<&[u8]>) -> Self {
+        let Some(b) = bytes.filter(|b| b.len() == 24) else { return Self::default() };
+        let get =
+            |i: usize| b.get(i * 8..i * 8 + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes);
+        Self { in_flight_until: get(0), not_before: get(1), last_start: get(2) }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        [self.in_flight_until, self.not_before, self.last_start]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
 }
 
 /// GETs the JSON document at `path` from `remote`'s cluster; returns the call's token.

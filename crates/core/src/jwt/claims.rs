@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::Deny;
+use crate::key_auth::scopes_value;
 
 /// A provider's claim rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +21,12 @@ pub struct ClaimRules {
     pub require_subject: bool,
 }
 
-/// Who the token speaks for.
+/// Who the token speaks for. Every part of it can be passed on as it is ([`header_safe`],
+/// [`scopes_value`]): [`check`] refuses a token whose identity cannot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub subject: String,
+    /// `sub`; `None` when the token has none (allowed unless `require_subject`).
+    pub subject: Option<String>,
     pub issuer: String,
     pub scopes: Vec<String>,
     /// `exp`, when the token has one.
@@ -42,12 +45,15 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
     }
 }
 
-/// The scopes of `scope` (space-separated, RFC 8693) or `scp` (string or array).
+/// The scopes of `scope` or `scp`: a string is split on spaces (RFC 6749 §3.3, RFC 8693 §4.2),
+/// and only on spaces (a tab or a no-break space is part of a scope, which [`check`] then
+/// refuses); an array gives one scope per string element, as it is (an element `"read admin"`
+/// is one scope, never `read` and `admin`).
 pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
     for name in ["scope", "scp"] {
         match claims.get(name) {
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
             Some(Value::Array(items)) => {
                 out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
             }
@@ -56,6 +62,14 @@ pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     }
     out.dedup();
     out
+}
+
+/// Whether `text` can be passed on in a header (and read back) exactly as it is: not empty, no
+/// control characters (CR, LF and NUL would be refused by the proxy, a tab is read as
+/// whitespace), no space at either end (a receiver trims it: `" alice"` would arrive as
+/// `alice`).
+pub fn header_safe(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(char::is_control) && !text.starts_with(' ') && !text.ends_with(' ')
 }
 
 fn typ_matches(expected: &str, actual: Option<&str>) -> bool {
@@ -118,12 +132,78 @@ pub fn check(
         return Err(Deny::WrongAudience);
     }
     let subject = match claims.get("sub") {
-        Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
-        None if !rules.require_subject => String::new(),
-        Some(_) if !rules.require_subject => String::new(),
+        Some(Value::String(sub)) if !sub.is_empty() => Some(sub.clone()),
+        None if !rules.require_subject => None,
+        Some(_) if !rules.require_subject => None,
         _ => return Err(Deny::MissingSubject),
     };
-    Ok(Identity { subject, issuer: rules.issuer.clone(), scopes: scopes(claims), expires_at_s: exp })
+    // An identity that cannot be passed on as it is would reach the upstream empty, cut or
+    // read differently: refuse the token (RFC 6750 §3.1 invalid_token, since the token's claims
+    // are not usable; no scope the client could ask for would help, so not 403).
+    if subject.as_deref().is_some_and(|s| !header_safe(s)) {
+        return Err(Deny::UnpublishableIdentity);
+    }
+    let scopes = scopes(claims);
+    if scopes_value(&scopes).is_none() {
+        return Err(Deny::UnpublishableIdentity);
+    }
+    Ok(Identity { subject, issuer: rules.issuer.clone(), scopes, expires_at_s: exp })
+}
+
+/// How a verified identity travels: request headers for the upstream and filter-state
+/// properties for later filters, each value exactly as it is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    pub headers: Vec<(String, String)>,
+    pub properties: Vec<(String, String)>,
+}
+
+/// What to publish for `identity`: consumer id and subject (when there is a `sub`), issuer,
+/// scopes (space-separated, [`scopes_value`]) and each mapped claim (`claim_headers`: header →
+/// claim) the token has. A claim the token lacks (or holds `null` or `""`) sets nothing; one that
+/// cannot be written as a header value ([`claim_text`], [`header_safe`]) refuses the token,
+/// as does any other part of the identity that cannot be passed on as it is.
+pub fn published(
+    identity: &Identity,
+    claims: &Map<String, Value>,
+    claim_headers: &[(String, String)],
+) -> Result<Published, Deny> {
+    use super::{
+        CONSUMER_HEADER, ISSUER_HEADER, PROP_CLAIMS_PREFIX, PROP_CONSUMER, PROP_ISSUER, PROP_SCOPES,
+        PROP_SUBJECT, SCOPES_HEADER,
+    };
+    let mut out = Published::default();
+    if let Some(subject) = &identity.subject {
+        if !header_safe(subject) {
+            return Err(Deny::UnpublishableIdentity);
+        }
+        out.headers.push((CONSUMER_HEADER.to_owned(), subject.clone()));
+        out.properties.push((PROP_CONSUMER.to_owned(), subject.clone()));
+        out.properties.push((PROP_SUBJECT.to_owned(), subject.clone()));
+    }
+    if !header_safe(&identity.issuer) {
+        return Err(Deny::UnpublishableIdentity);
+    }
+    out.headers.push((ISSUER_HEADER.to_owned(), identity.issuer.clone()));
+    out.properties.push((PROP_ISSUER.to_owned(), identity.issuer.clone()));
+    let scopes = scopes_value(&identity.scopes).ok_or(Deny::UnpublishableIdentity)?;
+    out.headers.push((SCOPES_HEADER.to_owned(), scopes.clone()));
+    out.properties.push((PROP_SCOPES.to_owned(), scopes));
+    for (header, claim) in claim_headers {
+        let text = match claims.get(claim) {
+            None | Some(Value::Null) => continue,
+            Some(value) => claim_text(value).ok_or(Deny::UnpublishableIdentity)?,
+        };
+        if text.is_empty() {
+            continue;
+        }
+        if !header_safe(&text) {
+            return Err(Deny::UnpublishableIdentity);
+        }
+        out.headers.push((header.clone(), text.clone()));
+        out.properties.push((format!("{PROP_CLAIMS_PREFIX}{claim}"), text));
+    }
+    Ok(out)
 }
 
 /// What a route asks of a valid token.
@@ -157,8 +237,9 @@ pub fn check_requirements(
 }
 
 /// A claim as header text: strings as they are, numbers and booleans printed, arrays of
-/// those joined with `,`. `None` for objects, nulls and anything with control characters
-/// (which cannot go into a header).
+/// those joined with `,`. `None` for objects, nulls, anything with control characters (which
+/// cannot go into a header), and arrays that would not read back as they are: an element that
+/// is empty, holds a comma or has a space at either end (`["a,b"]` would read as two values).
 pub fn claim_text(value: &Value) -> Option<String> {
     let text = match value {
         Value::String(s) => s.clone(),
@@ -169,7 +250,7 @@ pub fn claim_text(value: &Value) -> Option<String> {
                 .iter()
                 .map(|v| match v {
                     Value::Array(_) => None,
-                    other => claim_text(other),
+                    other => claim_text(other).filter(|t| header_safe(t) && !t.contains(',')),
                 })
                 .collect();
             parts?.join(",")
@@ -216,7 +297,7 @@ mod tests {
     #[test]
     fn a_good_token_yields_its_identity() {
         let id = run(json!({"scope": "read write", "scp": ["admin"]})).unwrap();
-        assert_eq!(id.subject, "alice");
+        assert_eq!(id.subject.as_deref(), Some("alice"));
         assert_eq!(id.issuer, "https://idp.example/realms/demo");
         assert_eq!(id.scopes, vec!["read", "write", "admin"]);
         assert_eq!(id.expires_at_s, Some(NOW + 300));
@@ -299,5 +380,99 @@ mod tests {
         assert_eq!(claim_text(&json!({"a": 1})), None);
         assert_eq!(claim_text(&json!([["a"]])), None);
         assert_eq!(claim_text(&json!(null)), None);
+        // Arrays whose elements would not read back as they are.
+        assert_eq!(claim_text(&json!(["a,b", "c"])), None);
+        assert_eq!(claim_text(&json!(["a", " b"])), None);
+        assert_eq!(claim_text(&json!(["a", ""])), None);
+        assert_eq!(claim_text(&json!([])), Some(String::new()));
+    }
+
+    #[test]
+    fn scope_strings_split_on_spaces_only() {
+        let scopes_of = |v: Value| scopes(&claims(v));
+        assert_eq!(scopes_of(json!({"scope": " read  write "})), vec!["read", "write"]);
+        assert_eq!(scopes_of(json!({"scope": "read\tadmin"})), vec!["read\tadmin"]);
+        assert_eq!(scopes_of(json!({"scope": "read\u{a0}admin"})), vec!["read\u{a0}admin"]);
+        assert_eq!(scopes_of(json!({"scp": ["read admin", "x"]})), vec!["read admin", "x"]);
+        assert_eq!(
+            scopes_of(json!({"scope": ["read,admin"], "scp": "orders"})),
+            vec!["read,admin", "orders"]
+        );
+        assert_eq!(scopes_of(json!({"scp": [1, "x", null]})), vec!["x"]);
+    }
+
+    /// An identity that cannot be passed on as it is refuses the token: never an empty, cut or
+    /// split identity upstream.
+    #[test]
+    fn identities_that_cannot_be_passed_on_are_refused() {
+        for sub in ["alice\r\nx-evil: 1", "al\u{0}ice", " alice", "alice ", "a\tb", "bob\u{7f}", "x\u{85}"] {
+            assert_eq!(run(json!({"sub": sub})), Err(Deny::UnpublishableIdentity), "{sub:?}");
+        }
+        for scope in
+            [json!({"scp": ["read admin"]}), json!({"scope": "read\tadmin"}), json!({"scope": ["a\r\nb"]})]
+        {
+            assert_eq!(run(scope.clone()), Err(Deny::UnpublishableIdentity), "{scope}");
+        }
+        // Faithful ones pass: commas and non-ASCII text travel as they are.
+        let id = run(json!({"sub": "zoë@example.com", "scp": ["read,admin", "x"]})).unwrap();
+        assert_eq!(id.scopes, vec!["read,admin", "x"]);
+        assert_eq!(scopes_value(&id.scopes).as_deref(), Some("read,admin x"));
+        // No subject (allowed without require_subject) is no subject, not an empty one.
+        let mut lenient = rules();
+        lenient.require_subject = false;
+        assert_eq!(check(&claims(json!({"sub": null})), None, &lenient, NOW).unwrap().subject, None);
+        assert_eq!(check(&claims(json!({"sub": ""})), None, &lenient, NOW).unwrap().subject, None);
+        assert_eq!(
+            check(&claims(json!({"sub": "a\nb"})), None, &lenient, NOW),
+            Err(Deny::UnpublishableIdentity)
+        );
+    }
+
+    #[test]
+    fn the_published_identity_is_exact_or_refused() {
+        let mapping = vec![
+            ("x-user-email".to_owned(), "email".to_owned()),
+            ("x-user-roles".to_owned(), "roles".to_owned()),
+            ("x-user-team".to_owned(), "team".to_owned()),
+        ];
+        let c = claims(
+            json!({"scp": ["orders", "read,admin"], "email": "a@b", "roles": ["x", "y"], "team": null}),
+        );
+        let id = check(&c, None, &rules(), NOW).unwrap();
+        let p = published(&id, &c, &mapping).unwrap();
+        let header = |n: &str| p.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(header("x-tollgate-consumer-id"), Some("alice"));
+        assert_eq!(header("x-tollgate-issuer"), Some("https://idp.example/realms/demo"));
+        assert_eq!(header("x-tollgate-scopes"), Some("orders read,admin"));
+        assert_eq!(header("x-user-email"), Some("a@b"));
+        assert_eq!(header("x-user-roles"), Some("x,y"));
+        assert_eq!(header("x-user-team"), None, "a null claim sets nothing");
+        let prop = |n: &str| p.properties.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(prop("tollgate.consumer_id"), Some("alice"));
+        assert_eq!(prop("tollgate.subject"), Some("alice"));
+        assert_eq!(prop("tollgate.scopes"), Some("orders read,admin"));
+        assert_eq!(prop("tollgate.claims.email"), Some("a@b"));
+
+        for bad in [
+            json!({"email": "a@b\r\nx-evil: 1"}),
+            json!({"email": {"primary": "a@b"}}),
+            json!({"email": " a@b"}),
+            json!({"roles": ["x", "y,z"]}),
+        ] {
+            let c = claims(bad.clone());
+            let id = check(&c, None, &rules(), NOW).unwrap();
+            assert_eq!(published(&id, &c, &mapping), Err(Deny::UnpublishableIdentity), "{bad}");
+        }
+        // Without a subject, no consumer id at all (never an empty one).
+        let mut lenient = rules();
+        lenient.require_subject = false;
+        let c = claims(json!({"sub": null, "email": ""}));
+        let id = check(&c, None, &lenient, NOW).unwrap();
+        let p = published(&id, &c, &mapping).unwrap();
+        assert!(p.headers.iter().all(|(k, _)| k != "x-tollgate-consumer-id" && k != "x-user-email"), "{p:?}");
+        assert!(p.properties.iter().all(|(k, _)| k != "tollgate.consumer_id"), "{p:?}");
+        // An identity built by hand is checked too.
+        let forged = Identity { subject: Some("a\nb".into()), ..id };
+        assert_eq!(published(&forged, &c, &mapping), Err(Deny::UnpublishableIdentity));
     }
 }

@@ -268,13 +268,18 @@ impl Config {
         Self::try_from(raw)
     }
 
-    /// The rule for a request: the first matching one, else `None` (all providers, no
-    /// requirements).
     /// Whether any rule matches on the path.
     pub fn routes_by_path(&self) -> bool {
         self.routes.iter().any(|r| r.matcher.path_prefix.is_some())
     }
 
+    /// Whether any rule matches on Envoy's route name (read only then: one host call less).
+    pub fn routes_by_name(&self) -> bool {
+        self.routes.iter().any(|r| r.matcher.route_name.is_some())
+    }
+
+    /// The rule for a request: the first matching one, else `None` (all providers, no
+    /// requirements).
     pub fn rule(&self, req: &crate::route::RequestFacts<'_>) -> Option<&RouteRule> {
         self.routes.iter().find(|r| r.matcher.matches(req))
     }
@@ -287,6 +292,10 @@ fn provider(i: usize, p: RawProvider) -> Result<Provider, ConfigError> {
     }
     if p.issuer.is_empty() {
         return Err(err(f("issuer"), "must not be empty"));
+    }
+    if !super::claims::header_safe(&p.issuer) {
+        // It is passed on in `x-tollgate-issuer`.
+        return Err(err(f("issuer"), "must have no control characters and no space at either end"));
     }
     if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
         return Err(err(f("audiences"), "needs at least one non-empty audience"));
@@ -709,6 +718,9 @@ mod tests {
         let remote = r#"{"name":"r","issuer":"https://r","audiences":["a"],"remote_jwks":{"cluster":"c","path":"keys"}}"#;
         assert_eq!(field_of(cfg(remote, "")), "providers[0].remote_jwks.path");
         assert_eq!(field_of(cfg(&inline(), r#","max_token_size":10"#)), "max_token_size");
+        let e = cfg(&inline().replace("https://idp", "https://idp\\n"), "").unwrap_err();
+        assert_eq!(e.field, "providers[0].issuer");
+        assert!(e.message.contains("control characters"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! JSON Web Key Sets (RFC 7517) as plain data: parsed, capped and checked for duplicate `kid`s.
 //! Turning them into verifying keys is [`super::keys`] (feature `jwt`).
+//!
+//! Only keys meant for verifying signatures are kept: a key whose `use` is not `sig` (RFC 7517
+//! §4.2) or whose `key_ops` lacks `verify` (§4.3) is left out, as are key types and curves this
+//! filter does not verify with.
 
 use serde_json::Value;
 
@@ -75,8 +79,36 @@ pub enum JwksError {
     NoKeysArray,
     TooManyKeys(usize),
     DuplicateKid(String),
-    BadKey { index: usize, reason: String },
+    BadKey {
+        index: usize,
+        reason: String,
+    },
     Empty,
+    /// Every signing key of a fetched set was left out as unusable.
+    Unusable(Vec<Skipped>),
+}
+
+/// A key of a fetched set that was left out because it cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Its position in the document's `keys` array.
+    pub index: usize,
+    pub kid: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kid {
+            Some(kid) => write!(f, "keys[{}] (kid `{}`): {}", self.index, printable(kid), self.reason),
+            None => write!(f, "keys[{}]: {}", self.index, self.reason),
+        }
+    }
+}
+
+/// A `kid` for a log line: at most 64 characters, control characters replaced.
+fn printable(kid: &str) -> String {
+    kid.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 impl std::fmt::Display for JwksError {
@@ -89,6 +121,16 @@ impl std::fmt::Display for JwksError {
             Self::DuplicateKid(kid) => write!(f, "key set has two keys with kid `{kid}`"),
             Self::BadKey { index, reason } => write!(f, "keys[{index}]: {reason}"),
             Self::Empty => f.write_str("key set has no usable signing key"),
+            Self::Unusable(skipped) => {
+                f.write_str("key set has no usable signing key (")?;
+                for (i, k) in skipped.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{k}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }
@@ -110,16 +152,30 @@ fn bytes(key: &serde_json::Map<String, Value>, name: &str) -> Result<Vec<u8>, St
     Ok(decoded)
 }
 
-/// Parses one JWK. `Ok(None)` for keys that are not for signatures (`use: enc`) or of a kind
-/// this filter does not verify with (they are skipped, as other implementations do).
-fn parse_key(key: &Value) -> Result<Option<Jwk>, String> {
+/// Parses one JWK. `Ok(None)` for keys that are not for verifying signatures (`use` other than
+/// `sig`, `key_ops` without `verify`) or of a kind this filter does not verify with (they are
+/// skipped, as other implementations do).
+pub(crate) fn parse_key(key: &Value) -> Result<Option<Jwk>, String> {
     let Value::Object(key) = key else {
         return Err("must be an object".into());
     };
-    if let Some(u) = key.get("use")
-        && u != "sig"
-    {
-        return Ok(None);
+    match key.get("use") {
+        None => {}
+        Some(Value::String(u)) if u == "sig" => {}
+        Some(Value::String(_)) => return Ok(None),
+        Some(_) => return Err("`use` must be a string".into()),
+    }
+    match key.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) => {
+            if !ops.iter().all(Value::is_string) {
+                return Err("`key_ops` must be an array of strings".into());
+            }
+            if !ops.iter().any(|op| op == "verify") {
+                return Ok(None);
+            }
+        }
+        Some(_) => return Err("`key_ops` must be an array of strings".into()),
     }
     let kid = match key.get("kid") {
         None => None,
@@ -162,37 +218,76 @@ fn parse_key(key: &Value) -> Result<Option<Jwk>, String> {
 
 /// Parses a JWKS document (`{"keys": [...]}`) within `limits`.
 pub fn parse_jwks(text: &[u8], limits: Limits) -> Result<Vec<Jwk>, JwksError> {
-    if text.len() > limits.max_bytes {
-        return Err(JwksError::TooLarge(limits.max_bytes));
-    }
-    let doc: Value = serde_json::from_slice(text).map_err(|e| JwksError::NotJson(e.to_string()))?;
-    parse_jwks_value(&doc, limits)
+    parse_jwks_value(&parse_document(text, limits)?, limits)
 }
 
-/// As [`parse_jwks`], for an already parsed document.
+/// As [`parse_jwks`], for an already parsed document. Strict: a key that cannot be parsed refuses
+/// the whole set (for keys in the configuration, where the operator can fix it).
 pub fn parse_jwks_value(doc: &Value, limits: Limits) -> Result<Vec<Jwk>, JwksError> {
-    let Some(Value::Array(keys)) = doc.get("keys") else {
-        return Err(JwksError::NoKeysArray);
-    };
-    if keys.len() > limits.max_keys {
-        return Err(JwksError::TooManyKeys(limits.max_keys));
-    }
-    let mut out: Vec<Jwk> = Vec::with_capacity(keys.len());
-    for (index, key) in keys.iter().enumerate() {
+    let mut out: Vec<Jwk> = Vec::new();
+    for (index, key) in key_array(doc, limits)?.iter().enumerate() {
         let Some(jwk) = parse_key(key).map_err(|reason| JwksError::BadKey { index, reason })? else {
             continue;
         };
-        if let Some(kid) = &jwk.kid
-            && out.iter().any(|k| k.kid.as_ref() == Some(kid))
-        {
-            return Err(JwksError::DuplicateKid(kid.clone()));
-        }
+        check_unique(&out, &jwk)?;
         out.push(jwk);
     }
     if out.is_empty() {
         return Err(JwksError::Empty);
     }
     Ok(out)
+}
+
+/// The JSON document of a fetched key set, within `limits.max_bytes`.
+pub fn parse_document(text: &[u8], limits: Limits) -> Result<Value, JwksError> {
+    if text.len() > limits.max_bytes {
+        return Err(JwksError::TooLarge(limits.max_bytes));
+    }
+    serde_json::from_slice(text).map_err(|e| JwksError::NotJson(e.to_string()))
+}
+
+/// The keys of a leniently parsed set, each with its index in the document, and the keys left
+/// out.
+pub type Lenient = (Vec<(usize, Jwk)>, Vec<Skipped>);
+
+/// Lenient parsing of a fetched key set: a key that cannot be parsed is left out and reported
+/// rather than refusing the set, so one broken key published beside the good ones cannot take a
+/// provider down. Returns each kept key with its index in the document. The caps still refuse
+/// the whole set; duplicate `kid`s are checked once the keys are compiled.
+pub fn parse_jwks_lenient(doc: &Value, limits: Limits) -> Result<Lenient, JwksError> {
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for (index, key) in key_array(doc, limits)?.iter().enumerate() {
+        match parse_key(key) {
+            Ok(Some(jwk)) => kept.push((index, jwk)),
+            Ok(None) => {}
+            Err(reason) => {
+                let kid = key.get("kid").and_then(Value::as_str).map(str::to_owned);
+                skipped.push(Skipped { index, kid, reason });
+            }
+        }
+    }
+    Ok((kept, skipped))
+}
+
+/// Refuses a second key with the same `kid`: which one a token means would be a guess.
+pub(crate) fn check_unique(keys: &[Jwk], jwk: &Jwk) -> Result<(), JwksError> {
+    match &jwk.kid {
+        Some(kid) if keys.iter().any(|k| k.kid.as_ref() == Some(kid)) => {
+            Err(JwksError::DuplicateKid(kid.clone()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn key_array(doc: &Value, limits: Limits) -> Result<&Vec<Value>, JwksError> {
+    let Some(Value::Array(keys)) = doc.get("keys") else {
+        return Err(JwksError::NoKeysArray);
+    };
+    if keys.len() > limits.max_keys {
+        return Err(JwksError::TooManyKeys(limits.max_keys));
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -239,5 +334,53 @@ mod tests {
         assert_eq!(parse_jwks(b"{}", Limits::default()), Err(JwksError::NoKeysArray));
         assert_eq!(parse_jwks(br#"{"keys":[]}"#, Limits::default()), Err(JwksError::Empty));
         assert!(matches!(parse_jwks(b"<html>", Limits::default()), Err(JwksError::NotJson(_))));
+    }
+
+    /// RFC 7517 §4.2 and §4.3: a key published for other operations never verifies a signature.
+    #[test]
+    fn keys_not_for_verifying_are_skipped() {
+        let with =
+            |extra: &str| format!(r#"{{"keys":[{},{EC}]}}"#, EC.replacen('{', &format!("{{{extra},"), 1));
+        let count = |doc: String| parse_jwks(doc.as_bytes(), Limits::default()).unwrap().len();
+        assert_eq!(count(with(r#""key_ops":["verify"]"#)), 2);
+        assert_eq!(count(with(r#""key_ops":["sign","verify"],"use":"sig""#)), 2);
+        assert_eq!(count(with(r#""key_ops":["sign"]"#)), 1, "a signing-only key is left out");
+        assert_eq!(count(with(r#""key_ops":["encrypt","wrapKey"]"#)), 1);
+        assert_eq!(count(with(r#""key_ops":[]"#)), 1);
+        assert_eq!(count(with(r#""use":"enc""#)), 1);
+        assert_eq!(count(with(r#""use":"SIG""#)), 1, "`use` values are case-sensitive");
+        // Malformed members make the key unusable (refused here, skipped in a fetched set).
+        for bad in [r#""key_ops":"verify""#, r#""key_ops":["verify",1]"#, r#""use":1"#] {
+            assert!(
+                matches!(
+                    parse_jwks(with(bad).as_bytes(), Limits::default()),
+                    Err(JwksError::BadKey { index: 0, .. })
+                ),
+                "{bad}"
+            );
+        }
+        let only_signing = format!(r#"{{"keys":[{}]}}"#, EC.replacen('{', r#"{"key_ops":["sign"],"#, 1));
+        assert_eq!(parse_jwks(only_signing.as_bytes(), Limits::default()), Err(JwksError::Empty));
+    }
+
+    #[test]
+    fn lenient_parsing_reports_bad_keys_and_keeps_the_others() {
+        let doc = parse_document(
+            format!(r#"{{"keys":[{{"kty":"RSA","kid":"broken","n":"AQ=="}},{{"kty":"oct","use":"enc","k":"AQ"}},{EC},7]}}"#)
+                .as_bytes(),
+            Limits::default(),
+        )
+        .unwrap();
+        let (kept, skipped) = parse_jwks_lenient(&doc, Limits::default()).unwrap();
+        assert_eq!(kept.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped[0].index, 0);
+        assert_eq!(skipped[0].kid.as_deref(), Some("broken"));
+        assert_eq!(skipped[1].to_string(), "keys[3]: must be an object");
+        assert!(skipped[0].to_string().starts_with("keys[0] (kid `broken`): "), "{}", skipped[0]);
+        // The caps still refuse the whole set.
+        let limits = Limits { max_bytes: 1 << 16, max_keys: 2 };
+        assert_eq!(parse_jwks_lenient(&doc, limits), Err(JwksError::TooManyKeys(2)));
+        assert_eq!(parse_document(b"{}", Limits { max_bytes: 1, max_keys: 1 }), Err(JwksError::TooLarge(1)));
     }
 }

@@ -10,7 +10,7 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::Deny;
-use super::jwk::{Jwk, JwksError, Material};
+use super::jwk::{self, Jwk, JwksError, Limits, Material, Skipped};
 use super::jws::{Alg, Jws};
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3).
@@ -139,6 +139,14 @@ fn check(verifier: &Verifier, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
     }
 }
 
+/// A fetched key set: the keys that can be used, and the ones left out.
+#[derive(Debug)]
+pub struct Fetched {
+    pub keys: KeySet,
+    /// Keys that cannot be used (malformed, too weak, not on their curve), in document order.
+    pub skipped: Vec<Skipped>,
+}
+
 impl KeySet {
     /// Compiles parsed keys; a key that cannot be used is an error naming it.
     pub fn compile(jwks: &[Jwk]) -> Result<KeySet, JwksError> {
@@ -148,6 +156,39 @@ impl KeySet {
             keys.push(Key { kid: jwk.kid.clone(), alg: jwk.alg, material: jwk.material.clone(), verifier });
         }
         Ok(KeySet { keys })
+    }
+
+    /// Compiles a key set fetched from an identity provider. Unlike [`KeySet::compile`], a key
+    /// that cannot be used (malformed, an RSA key under 2048 bits, a point off its curve) is left
+    /// out and reported, and the other keys are used: one bad key published beside the good ones
+    /// must not take the provider down. The caps, a duplicate `kid` among the usable keys, or no
+    /// usable key at all still refuse the set.
+    pub fn compile_fetched(text: &[u8], limits: Limits) -> Result<Fetched, JwksError> {
+        let doc = jwk::parse_document(text, limits)?;
+        let (parsed, mut skipped) = jwk::parse_jwks_lenient(&doc, limits)?;
+        let mut usable: Vec<Jwk> = Vec::with_capacity(parsed.len());
+        let mut keys = Vec::with_capacity(parsed.len());
+        for (index, jwk) in parsed {
+            match compile_key(&jwk) {
+                Ok(verifier) => {
+                    jwk::check_unique(&usable, &jwk)?;
+                    keys.push(Key {
+                        kid: jwk.kid.clone(),
+                        alg: jwk.alg,
+                        material: jwk.material.clone(),
+                        verifier,
+                    });
+                    usable.push(jwk);
+                }
+                Err(reason) => skipped.push(Skipped { index, kid: jwk.kid, reason }),
+            }
+        }
+        skipped.sort_by_key(|k| k.index);
+        match (keys.is_empty(), skipped.is_empty()) {
+            (true, true) => Err(JwksError::Empty),
+            (true, false) => Err(JwksError::Unusable(skipped)),
+            (false, _) => Ok(Fetched { keys: KeySet { keys }, skipped }),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -333,6 +374,53 @@ pub(crate) mod tests {
         );
         // A non-canonical base64 tail is refused before the curve check.
         assert!(off_curve.is_err() || KeySet::compile(&off_curve.unwrap()).is_err());
+    }
+
+    /// The one key of [`A3_KEY`], as a JWK.
+    fn a3_jwk() -> &'static str {
+        A3_KEY.strip_prefix(r#"{"keys":["#).and_then(|k| k.strip_suffix("]}")).unwrap()
+    }
+
+    /// A fetched set with unusable keys (a 1024-bit RSA modulus, a short HMAC secret, bad
+    /// base64) keeps the good one.
+    #[test]
+    fn a_fetched_set_skips_unusable_keys_and_keeps_the_good_ones() {
+        let weak = format!(r#"{{"kty":"RSA","kid":"weak","n":"{}","e":"AQAB"}}"#, b64::encode(&[0xc5; 128]));
+        let short = r#"{"kty":"oct","kid":"short","k":"AQID"}"#;
+        let garbled = r#"{"kty":"RSA","kid":"x","n":"A+B=","e":"AQAB"}"#;
+        let doc = format!(r#"{{"keys":[{weak},{short},{},{garbled}]}}"#, a3_jwk());
+        let fetched = KeySet::compile_fetched(doc.as_bytes(), Limits::default()).unwrap();
+        assert_eq!(fetched.keys.len(), 1);
+        fetched.keys.verify(&parse(A3, 8192).unwrap(), &[Alg::ES256]).unwrap();
+        let reasons: Vec<String> = fetched.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(fetched.skipped.iter().map(|k| k.index).collect::<Vec<_>>(), vec![0, 1, 3], "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("keys[0] (kid `weak`): ") && reasons[0].contains("2048 bits"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("32 bytes"), "{reasons:?}");
+        assert!(reasons[2].contains("base64url"), "{reasons:?}");
+        // Keys in the configuration stay strict: the operator fixes them.
+        let strict = format!(r#"{{"keys":[{weak},{}]}}"#, a3_jwk());
+        let parsed = parse_jwks(strict.as_bytes(), Limits::default()).unwrap();
+        assert!(matches!(KeySet::compile(&parsed), Err(JwksError::BadKey { index: 0, .. })));
+
+        // Nothing usable: refused, naming every key.
+        let none = format!(r#"{{"keys":[{weak},{short}]}}"#);
+        let err = KeySet::compile_fetched(none.as_bytes(), Limits::default()).unwrap_err();
+        assert!(matches!(&err, JwksError::Unusable(s) if s.len() == 2));
+        assert!(err.to_string().contains("kid `weak`") && err.to_string().contains("kid `short`"), "{err}");
+        assert_eq!(
+            KeySet::compile_fetched(br#"{"keys":[]}"#, Limits::default()).unwrap_err(),
+            JwksError::Empty
+        );
+        // Two usable keys with one kid are still ambiguous.
+        let key = a3_jwk().replacen('{', r#"{"kid":"a","#, 1);
+        let dup = format!(r#"{{"keys":[{key},{key}]}}"#);
+        assert_eq!(
+            KeySet::compile_fetched(dup.as_bytes(), Limits::default()).unwrap_err(),
+            JwksError::DuplicateKid("a".into())
+        );
     }
 
     #[test]

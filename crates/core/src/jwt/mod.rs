@@ -68,10 +68,14 @@ pub enum Deny {
     IntrospectionFailed,
     /// The path cannot be matched against the route rules (see [`crate::route::normalize_path`]).
     BadPath,
+    /// The token's subject, scopes or a mapped claim cannot be passed on exactly as they are
+    /// (see [`claims::header_safe`]): the request is refused rather than sent on with an
+    /// identity that is empty, missing or reads differently upstream.
+    UnpublishableIdentity,
 }
 
 impl Deny {
-    pub const ALL: [Deny; 27] = [
+    pub const ALL: [Deny; 28] = [
         Deny::MissingToken,
         Deny::MultipleTokens,
         Deny::TokenTooLarge,
@@ -99,6 +103,7 @@ impl Deny {
         Deny::InactiveToken,
         Deny::IntrospectionFailed,
         Deny::BadPath,
+        Deny::UnpublishableIdentity,
     ];
 
     pub fn status(self) -> u32 {
@@ -148,6 +153,7 @@ impl Deny {
             Deny::IntrospectionFailed => "the identity provider cannot check the token now; try again later",
             Deny::InactiveToken => "the token is not active",
             Deny::BadPath => crate::route::PATH_REFUSED_MESSAGE,
+            Deny::UnpublishableIdentity => "the token's subject, scopes or claims cannot be passed on",
             Deny::BadSignature | Deny::UnknownKid | Deny::NoMatchingKey => {
                 "the token's signature is not valid"
             }
@@ -185,6 +191,7 @@ impl Deny {
             Deny::InactiveToken => "inactive_token",
             Deny::IntrospectionFailed => "introspection_unavailable",
             Deny::BadPath => "bad_path",
+            Deny::UnpublishableIdentity => "unpublishable_identity",
         }
     }
 
@@ -205,10 +212,13 @@ fn quote_safe(s: &str) -> String {
     s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
 }
 
-/// The value of cookie `name` in a `Cookie` header, every occurrence.
+/// Every value of cookie `name` in one `Cookie` field value. Cookie pairs are separated by `;`
+/// (RFC 6265 §5.4) and also by `,`, as a proxy or client that joins repeated `Cookie` lines like
+/// any other list header writes them (a cookie value may not hold a comma, §4.1.1, so nothing
+/// is lost). Values in double quotes are unquoted.
 pub fn cookie_values<'a>(header: &'a str, name: &str) -> Vec<&'a str> {
     header
-        .split(';')
+        .split([';', ','])
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
             (k.trim() == name).then(|| v.trim().trim_matches('"'))
@@ -216,33 +226,38 @@ pub fn cookie_values<'a>(header: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Finds the token among the configured sources. A request carrying more than one token
-/// (in two sources, or twice in one) is refused.
-pub fn find_token<'a>(
-    sources: &[Source],
-    header: impl Fn(&str) -> Option<&'a str>,
-    query: &str,
-) -> Result<String, Deny> {
+/// Finds the token among the configured sources. `headers` are the request's field lines
+/// (lower-case names, one entry per line, as the proxy lists them): every line of a header
+/// source is looked at, and every `Cookie` line and every pair in it (Envoy keeps two HTTP/1
+/// `Cookie` lines as two lines, and a lookup by name answers only the first; it joins HTTP/2
+/// cookie crumbs with `; `). A request carrying more than one token (in two sources, twice in
+/// one, or in two lines) is refused.
+pub fn find_token(sources: &[Source], headers: &[(String, String)], query: &str) -> Result<String, Deny> {
+    let lines = |name: &str| {
+        let name = name.to_owned();
+        headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(&name)).map(|(_, v)| v.as_str())
+    };
     let mut found: Vec<String> = Vec::new();
     for source in sources {
         match source {
             Source::Header { name, prefix } => {
-                let Some(value) = header(name) else { continue };
-                match prefix {
-                    Some(p) => {
-                        let matches = value.len() >= p.len()
-                            && value.is_char_boundary(p.len())
-                            && value[..p.len()].eq_ignore_ascii_case(p);
-                        if matches {
-                            found.push(value[p.len()..].trim().to_owned());
+                for value in lines(name) {
+                    match prefix {
+                        Some(p) => {
+                            let matches = value.len() >= p.len()
+                                && value.is_char_boundary(p.len())
+                                && value[..p.len()].eq_ignore_ascii_case(p);
+                            if matches {
+                                found.push(value[p.len()..].trim().to_owned());
+                            }
                         }
+                        None => found.push(value.trim().to_owned()),
                     }
-                    None => found.push(value.trim().to_owned()),
                 }
             }
             Source::Query { name } => found.extend(crate::route::query_param(query, name)),
             Source::Cookie { name } => {
-                if let Some(cookies) = header("cookie") {
+                for cookies in lines("cookie") {
                     found.extend(cookie_values(cookies, name).into_iter().map(str::to_owned));
                 }
             }
@@ -269,29 +284,58 @@ mod tests {
         ]
     }
 
+    fn h(lines: &[(&str, &str)]) -> Vec<(String, String)> {
+        lines.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect()
+    }
+
     #[test]
     fn token_comes_from_any_source() {
-        let auth = |v: &'static str| move |h: &str| (h == "authorization").then_some(v);
-        assert_eq!(find_token(&sources(), auth("Bearer a.b.c"), ""), Ok("a.b.c".into()));
-        assert_eq!(find_token(&sources(), auth("bearer  a.b.c "), ""), Ok("a.b.c".into()));
-        assert_eq!(find_token(&sources(), |_| None, "x=1&access_token=q.r.s"), Ok("q.r.s".into()));
-        let cookie = |h: &str| (h == "cookie").then_some("a=1; session=c.d.e; b=2");
-        assert_eq!(find_token(&sources(), cookie, ""), Ok("c.d.e".into()));
-        assert_eq!(find_token(&sources(), auth("Basic dXNlcg=="), ""), Err(Deny::MissingToken));
-        assert_eq!(find_token(&sources(), auth("Bearer "), ""), Err(Deny::MissingToken));
-        assert_eq!(find_token(&sources(), |_| None, ""), Err(Deny::MissingToken));
+        let auth = |v: &str| h(&[("authorization", v)]);
+        assert_eq!(find_token(&sources(), &auth("Bearer a.b.c"), ""), Ok("a.b.c".into()));
+        assert_eq!(find_token(&sources(), &auth("bearer  a.b.c "), ""), Ok("a.b.c".into()));
+        assert_eq!(find_token(&sources(), &[], "x=1&access_token=q.r.s"), Ok("q.r.s".into()));
+        let cookie = h(&[("cookie", "a=1; session=c.d.e; b=2")]);
+        assert_eq!(find_token(&sources(), &cookie, ""), Ok("c.d.e".into()));
+        assert_eq!(find_token(&sources(), &auth("Basic dXNlcg=="), ""), Err(Deny::MissingToken));
+        assert_eq!(find_token(&sources(), &auth("Bearer "), ""), Err(Deny::MissingToken));
+        assert_eq!(find_token(&sources(), &[], ""), Err(Deny::MissingToken));
+    }
+
+    /// Every `Cookie` line, whatever separates the pairs: `; ` in one line, `, ` where Envoy's
+    /// HTTP/1 codec joined two lines, separate lines for HTTP/2 cookie crumbs.
+    #[test]
+    fn cookies_are_read_from_every_line_and_every_separator() {
+        for lines in [
+            h(&[("cookie", "a=1, session=c.d.e")]),
+            h(&[("cookie", "a=1,session=c.d.e; b=2")]),
+            h(&[("cookie", "a=1"), ("cookie", "session=c.d.e")]),
+            h(&[("cookie", "session=\"c.d.e\""), ("cookie", "b=2")]),
+            h(&[("x-other", "session=zzz"), ("cookie", "theme=dark"), ("cookie", "lang=en; session=c.d.e")]),
+        ] {
+            assert_eq!(find_token(&sources(), &lines, ""), Ok("c.d.e".into()), "{lines:?}");
+        }
+        assert_eq!(cookie_values("a=1, b=2;c=3 ;  b=4", "b"), vec!["2", "4"]);
+        assert_eq!(cookie_values("xb=1; b =2", "b"), vec!["2"]);
+        assert!(cookie_values("session", "session").is_empty());
     }
 
     #[test]
     fn two_tokens_are_refused() {
-        let auth = |h: &str| (h == "authorization").then_some("Bearer a.b.c");
-        assert_eq!(find_token(&sources(), auth, "access_token=a.b.c"), Err(Deny::MultipleTokens));
-        assert_eq!(
-            find_token(&sources(), |_| None, "access_token=a&access_token=b"),
-            Err(Deny::MultipleTokens)
-        );
-        let cookie = |h: &str| (h == "cookie").then_some("session=a; session=b");
-        assert_eq!(find_token(&sources(), cookie, ""), Err(Deny::MultipleTokens));
+        let auth = h(&[("authorization", "Bearer a.b.c")]);
+        assert_eq!(find_token(&sources(), &auth, "access_token=a.b.c"), Err(Deny::MultipleTokens));
+        assert_eq!(find_token(&sources(), &[], "access_token=a&access_token=b"), Err(Deny::MultipleTokens));
+        for lines in [
+            h(&[("cookie", "session=a; session=b")]),
+            h(&[("cookie", "session=a, session=b")]),
+            h(&[("cookie", "session=a"), ("cookie", "session=b")]),
+            h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            h(&[("authorization", "Bearer a"), ("cookie", "x=1"), ("cookie", "session=b")]),
+        ] {
+            assert_eq!(find_token(&sources(), &lines, ""), Err(Deny::MultipleTokens), "{lines:?}");
+        }
+        // A line without the prefix is not a token (another scheme), so not a second one.
+        let mixed = h(&[("authorization", "Basic dXNlcg=="), ("authorization", "Bearer a.b.c")]);
+        assert_eq!(find_token(&sources(), &mixed, ""), Ok("a.b.c".into()));
     }
 
     #[test]
