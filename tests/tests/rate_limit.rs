@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, Response, Value, eventually, json};
+use tollgate_e2e::{
+    Echo, Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, RawResponse, Response, Value, eventually, json,
+};
 use tollgate_proto::v1::{CreateKeyRequest, Period, RateLimit, RateLimitPolicy};
 
 const STATS: &str = "wasmcustom.tollgate.rate_limit.";
@@ -33,12 +35,29 @@ struct Gateway {
 impl Gateway {
     /// Envoy with only the rate-limit filter.
     async fn start(config: Value, workers: u32) -> Self {
+        Self::start_with(config, workers, |o| o).await
+    }
+
+    /// Envoy with only the rate-limit filter, its options (routes, connection manager) adjusted.
+    async fn start_with(config: Value, workers: u32, opts: impl FnOnce(EnvoyOpts) -> EnvoyOpts) -> Self {
         let echo = Echo::start();
-        let envoy = Envoy::start(
-            EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config)).workers(workers),
-        )
-        .await;
+        let base = EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config)).workers(workers);
+        let envoy = Envoy::start(opts(base)).await;
         Self { _echo: echo, envoy, client: HttpClient::fresh_connections() }
+    }
+
+    /// One request written byte for byte (raw paths, header bytes that are not UTF-8).
+    async fn raw(&self, request: RawRequest) -> RawResponse {
+        request.send(self.envoy.addr()).await.unwrap()
+    }
+
+    /// Statuses of `n` GETs of `path`, one after another.
+    async fn statuses(&self, path: &str, headers: &[(&str, &str)], n: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.get(path, headers).await.status);
+        }
+        out
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -348,4 +367,91 @@ fn take_response(buf: &mut Vec<u8>) -> Option<u16> {
     }
     buf.drain(..end + length);
     Some(status)
+}
+
+// --- Route names (Envoy's `xds.route_name`) ---------------------------------------------------
+
+/// A rule matched by route name limits its route, and only its route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_name_rule_limits_its_route_only() {
+    let mut rule = hourly("admin", json!([]), 2);
+    rule["match"] = json!({"route_name": "admin"});
+    let gw =
+        Gateway::start_with(json!({"slots": 64, "rules": [rule]}), 2, |o| o.named_route("admin", "/admin"))
+            .await;
+    assert_eq!(gw.statuses("/admin/users", &[], 4).await, [200, 200, 429, 429]);
+    let refused = gw.get("/admin", &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "rate_limited");
+    // The catch-all route (named `main`) is not limited and carries no rate-limit headers.
+    let other = gw.get("/public", &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("ratelimit"), None);
+    assert_eq!(gw.statuses("/public", &[], 4).await, [200; 4]);
+    assert_eq!(gw.stat_reaches("rule.admin.limited", 3).await, 3);
+}
+
+/// `by: ["route"]` gives every route its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_by_route_are_per_route() {
+    let mut rule = hourly("per-route", json!(["route"]), 2);
+    rule["missing"] = json!("deny");
+    let gw = Gateway::start_with(json!({"slots": 64, "rules": [rule]}), 2, |o| {
+        o.named_route("one", "/one").named_route("two", "/two")
+    })
+    .await;
+    assert_eq!(gw.statuses("/one", &[], 3).await, [200, 200, 429]);
+    assert_eq!(gw.statuses("/two/x", &[], 3).await, [200, 200, 429]);
+    assert_eq!(gw.statuses("/elsewhere", &[], 3).await, [200, 200, 429], "the route named `main`");
+    assert_eq!(gw.stat("rule.per-route.missing_denied").await, 0);
+}
+
+/// `critical.route_names`: requests on the named route may take the reserved share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_route_name_takes_the_reserve() {
+    let mut rule = hourly("all", json!([]), 10);
+    rule["priority"] = json!({"reserve_percent": 30, "critical": {"route_names": ["health"]}});
+    let gw =
+        Gateway::start_with(json!({"slots": 64, "rules": [rule]}), 2, |o| o.named_route("health", "/health"))
+            .await;
+    let normal = gw.statuses("/api", &[], 10).await;
+    assert_eq!(normal.iter().filter(|s| **s == 200).count(), 7, "{normal:?}");
+    assert_eq!(gw.statuses("/health", &[], 5).await, [200, 200, 200, 429, 429]);
+    assert_eq!(gw.get("/api", &[]).await.status, 429);
+}
+
+// --- Paths ---------------------------------------------------------------------------------------
+
+/// Rules and `by: ["path"]` see the normalised path: another spelling of a path meets its rule
+/// and its bucket rather than a fresh one. An encoded slash is refused. Envoy runs with its own
+/// normalisation off (its default), so this is the filter's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_a_path_share_its_bucket_and_meet_its_rule() {
+    let mut per_path = hourly("per-path", json!(["path"]), 1);
+    per_path["match"] = json!({"path_prefix": "/p/"});
+    per_path["missing"] = json!("deny");
+    let mut prefix = hourly("prefix", json!([]), 1);
+    prefix["match"] = json!({"path_prefix": "/limited"});
+    let gw = Gateway::start(json!({"slots": 256, "rules": [per_path, prefix]}), 2).await;
+
+    assert_eq!(gw.raw(RawRequest::get("/p/a")).await.status, 200);
+    for spelling in ["/p/a", "//p/a", "/p//a", "/p/%61", "/%70/a", "/p/x/../a", "/p/./a", "/x/../p/a"] {
+        let res = gw.raw(RawRequest::get(spelling)).await;
+        assert_eq!(res.status, 429, "{spelling}: {}", res.text());
+        assert_eq!(res.json()["error"], "rate_limited", "{spelling}");
+    }
+    assert_eq!(gw.raw(RawRequest::get("/p/b")).await.status, 200, "another path, another bucket");
+
+    assert_eq!(gw.raw(RawRequest::get("/limited")).await.status, 200);
+    for spelling in ["//limited", "/%6Cimited", "/%6cimited/x", "/x/../limited", "/./limited"] {
+        let res = gw.raw(RawRequest::get(spelling)).await;
+        assert_eq!(res.status, 429, "{spelling}: {}", res.text());
+    }
+
+    for encoded in ["/p%2Fa", "/p/x%2F..%2Fa", "/p/x%5c..%5ca"] {
+        let res = gw.raw(RawRequest::get(encoded)).await;
+        assert_eq!(res.status, 400, "{encoded}: {}", res.text());
+        assert_eq!(res.json()["error"], "bad_request", "{encoded}");
+    }
+    assert_eq!(gw.stat_reaches("denied.bad_path", 3).await, 3);
 }
