@@ -455,3 +455,98 @@ async fn spellings_of_a_path_share_its_bucket_and_meet_its_rule() {
     }
     assert_eq!(gw.stat_reaches("denied.bad_path", 3).await, 3);
 }
+
+// --- Header bytes --------------------------------------------------------------------------------
+
+/// Buckets keyed by a header use its exact bytes: two values that are not UTF-8 (which a lossy
+/// decoding would both turn into U+FFFD U+FFFD) are two clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_that_are_not_utf8_get_their_own_buckets() {
+    let mut rule = hourly("client", json!([{"header": "x-client"}]), 1);
+    rule["missing"] = json!("deny");
+    let gw = Gateway::start(json!({"slots": 1024, "rules": [rule]}), 2).await;
+    let send = |value: &'static [u8]| gw.raw(RawRequest::get("/").header("x-client", value));
+    assert_eq!(send(b"\xff\xfe").await.status, 200);
+    assert_eq!(send(b"\xfe\xff").await.status, 200, "a different byte sequence is another client");
+    assert_eq!(send("\u{fffd}\u{fffd}".as_bytes()).await.status, 200, "so is the lossy text");
+    assert_eq!(send(b"\xff\xfe").await.status, 429);
+    assert_eq!(send(b"\xfe\xff").await.status, 429);
+    // A second field line does not make a new client: the bucket is the first value's, as in
+    // Envoy's own rate-limit descriptors.
+    let repeated = RawRequest::get("/").header("x-client", b"\xff\xfe").header("x-client", "other");
+    assert_eq!(gw.raw(repeated).await.status, 429);
+}
+
+// --- Client IP -----------------------------------------------------------------------------------
+
+/// With `missing: "ip"` and no client IP to be had (here: the filter takes the IP from an
+/// `x-forwarded-for` hop and the request has none), the request is counted in one bucket that
+/// every IP-less request of the rule shares: never unlimited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_client_ip_share_one_bucket() {
+    let config = json!({"slots": 256, "client_ip": {"forwarded_for_hop": 1},
+        "rules": [hourly("per-ip", json!(["ip"]), 2)]});
+    let gw = Gateway::start(config, 2).await;
+    let first = gw.get("/", &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("ratelimit"), Some(r#""per-ip";r=1;t=3600"#));
+    assert_eq!(gw.statuses("/", &[], 3).await, [200, 429, 429]);
+    // A request with an IP has its own bucket.
+    assert_eq!(gw.statuses("/", &[("x-forwarded-for", "203.0.113.7")], 3).await, [200, 200, 429]);
+    // A hop that is not an IP address is no IP either.
+    assert_eq!(gw.get("/", &[("x-forwarded-for", "not-an-ip")]).await.status, 429);
+    assert_eq!(gw.stat_reaches("rule.per-ip.no_client_ip", 5).await, 5);
+}
+
+/// Per-IP limits take the client address Envoy computed. With Envoy's defaults a client names
+/// its own address in `x-forwarded-for` and so picks its bucket; with `use_remote_address` the
+/// address is the connection's peer and `x-forwarded-for` changes nothing; adding
+/// `xff_num_trusted_hops` trusts that many proxies in front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_buckets_follow_the_address_envoy_trusts() {
+    let config = json!({"slots": 256, "rules": [hourly("per-ip", json!(["ip"]), 1)]});
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+
+    let defaults = Gateway::start(config.clone(), 1).await;
+    assert_eq!(defaults.get("/", &xff("203.0.113.1")).await.status, 200);
+    assert_eq!(defaults.get("/", &xff("203.0.113.2")).await.status, 200, "a chosen address, a fresh bucket");
+
+    let remote =
+        Gateway::start_with(config.clone(), 1, |o| o.hcm_field("use_remote_address", json!(true))).await;
+    assert_eq!(remote.get("/", &xff("203.0.113.1")).await.status, 200);
+    assert_eq!(remote.get("/", &xff("203.0.113.2")).await.status, 429, "the peer's bucket");
+    assert_eq!(remote.get("/", &[]).await.status, 429);
+
+    let behind_one_proxy = Gateway::start_with(config, 1, |o| {
+        o.hcm_field("use_remote_address", json!(true)).hcm_field("xff_num_trusted_hops", json!(1))
+    })
+    .await;
+    // The trusted proxy appended the client's address; what the client wrote before it is ignored.
+    let a = behind_one_proxy.get("/", &xff("198.51.100.1, 203.0.113.1")).await;
+    assert_eq!(a.status, 200);
+    let b = behind_one_proxy.get("/", &xff("198.51.100.2, 203.0.113.1")).await;
+    assert_eq!(b.status, 429, "same client behind the proxy");
+    assert_eq!(behind_one_proxy.get("/", &xff("203.0.113.2")).await.status, 200, "another client");
+}
+
+/// The filter's own `forwarded_for_hop` counts the entry Envoy appends with
+/// `use_remote_address`: hop 1 is the peer, hop 2 what the proxy in front appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_for_hop_counts_envoys_own_entry() {
+    let config = |hop: u8| {
+        json!({"slots": 256, "client_ip": {"forwarded_for_hop": hop},
+               "rules": [{"name": "per-ip", "by": ["ip"], "missing": "deny",
+                          "limits": [{"rate": 1, "per": "hour"}]}]})
+    };
+    let remote = |o: EnvoyOpts| o.hcm_field("use_remote_address", json!(true));
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+
+    let hop2 = Gateway::start_with(config(2), 1, remote).await;
+    assert_eq!(hop2.get("/", &xff("203.0.113.1")).await.status, 200);
+    assert_eq!(hop2.get("/", &xff("203.0.113.1")).await.status, 429);
+    assert_eq!(hop2.get("/", &xff("203.0.113.2")).await.status, 200);
+
+    let hop1 = Gateway::start_with(config(1), 1, remote).await;
+    assert_eq!(hop1.get("/", &xff("203.0.113.1")).await.status, 200);
+    assert_eq!(hop1.get("/", &xff("203.0.113.2")).await.status, 429, "hop 1 is the peer, 127.0.0.1");
+}

@@ -18,6 +18,7 @@ pub const RULE_STATS: &[&str] = &[
     "cas_exhausted",
     "missing_skipped",
     "missing_denied",
+    "no_client_ip",
     "collisions",
 ];
 /// Stats of the filter, under `tollgate.rate_limit.`.

@@ -175,7 +175,8 @@ pub struct Critical {
 /// The facts the critical check looks at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CriticalFacts<'a> {
-    pub header: Option<&'a str>,
+    /// The header's value as the client sent it (bytes that need not be UTF-8).
+    pub header: Option<&'a [u8]>,
     pub route_name: Option<&'a str>,
     pub tier: Option<&'a str>,
 }
@@ -184,7 +185,7 @@ impl Critical {
     pub fn matches(&self, facts: &CriticalFacts<'_>) -> bool {
         let header = match (&self.header, facts.header) {
             (Some((_, None)), Some(_)) => true,
-            (Some((_, Some(want))), Some(got)) => want == got.trim(),
+            (Some((_, Some(want))), Some(got)) => want.as_bytes() == got.trim_ascii(),
             _ => false,
         };
         header
@@ -575,13 +576,17 @@ mod tests {
         };
         let f = CriticalFacts::default;
         assert!(!c.matches(&f()));
-        assert!(c.matches(&CriticalFacts { header: Some("critical"), ..f() }));
-        assert!(!c.matches(&CriticalFacts { header: Some("bulk"), ..f() }));
+        assert!(c.matches(&CriticalFacts { header: Some(b"critical"), ..f() }));
+        assert!(!c.matches(&CriticalFacts { header: Some(b"bulk"), ..f() }));
+        assert!(c.matches(&CriticalFacts { header: Some(b" critical "), ..f() }));
+        // Bytes that are not UTF-8 never equal the value, not even through a lossy decoding.
+        let fffd = Critical { header: Some(("x-p".into(), Some("\u{fffd}".into()))), ..Critical::default() };
+        assert!(!fffd.matches(&CriticalFacts { header: Some(b"\xff"), ..f() }));
         assert!(c.matches(&CriticalFacts { route_name: Some("health"), ..f() }));
         assert!(c.matches(&CriticalFacts { tier: Some("gold"), ..f() }));
         assert!(!c.matches(&CriticalFacts { tier: Some("free"), ..f() }));
         let any = Critical { header: Some(("x-p".into(), None)), ..Critical::default() };
-        assert!(any.matches(&CriticalFacts { header: Some("whatever"), ..f() }));
+        assert!(any.matches(&CriticalFacts { header: Some(b"\xffwhatever"), ..f() }));
     }
 
     #[test]
