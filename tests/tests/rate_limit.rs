@@ -550,3 +550,52 @@ async fn the_forwarded_for_hop_counts_envoys_own_entry() {
     assert_eq!(hop1.get("/", &xff("203.0.113.1")).await.status, 200);
     assert_eq!(hop1.get("/", &xff("203.0.113.2")).await.status, 429, "hop 1 is the peer, 127.0.0.1");
 }
+
+// --- Slots ---------------------------------------------------------------------------------------
+
+/// Sends one GET of `path` for each value of `x-client`, `CONCURRENCY` at a time; the statuses
+/// in the order of `clients`.
+async fn one_request_per_client(gw: &Gateway, path: &str, clients: Vec<String>) -> Vec<u16> {
+    let url = gw.envoy.url(path);
+    let mut tasks = JoinSet::new();
+    for (i, chunk) in clients.chunks(clients.len().div_ceil(CONCURRENCY).max(1)).enumerate() {
+        let (client, url, chunk) = (gw.client.clone(), url.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for value in chunk {
+                out.push(client.get(url.clone()).header("x-client", &value).send().await.status);
+            }
+            (i, out)
+        });
+    }
+    let mut done = tasks.join_all().await;
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().flat_map(|(_, s)| s).collect()
+}
+
+/// A flood of distinct clients on one rule fills that rule's slots only: another rule's new
+/// clients are served, and once the flooded rule's buckets are full again (a full bucket holds
+/// no information) its new clients are served too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rules_flood_does_not_refuse_another_rules_clients() {
+    // Rule a: 4 requests per client, one back per second. Rule b: a short window (1 s), which a
+    // debt of seconds inherited from a's buckets would refuse.
+    let config = json!({"slots": 8, "rules": [
+        {"name": "a", "match": {"path_prefix": "/a"}, "by": [{"header": "x-client"}], "missing": "deny",
+         "limits": [{"rate": 1, "per": "second", "burst": 4}]},
+        {"name": "b", "match": {"path_prefix": "/b"}, "by": [{"header": "x-client"}], "missing": "deny",
+         "limits": [{"rate": 100, "per": "second", "burst": 100}]}
+    ]});
+    let gw = Gateway::start(config, 2).await;
+    let clients = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>();
+
+    let flood = one_request_per_client(&gw, "/a", clients("flood", 400)).await;
+    assert!(flood.contains(&429), "rule a's slots are saturated");
+    let b = one_request_per_client(&gw, "/b", clients("b", 6)).await;
+    assert_eq!(b, [200; 6], "rule b's new clients are served during a's flood");
+
+    // A bucket of rule a is full again 4 s after its last token was taken.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let a = one_request_per_client(&gw, "/a", clients("late", 6)).await;
+    assert_eq!(a, [200; 6], "a's new clients are served once its buckets are full again");
+}

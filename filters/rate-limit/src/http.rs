@@ -221,9 +221,12 @@ impl<H: Host> RateLimitHttp<H> {
             let own = if rule.key_limits && per_caller { facts.key_limits() } else { None };
             let limits = own.unwrap_or(rule.limits.as_slice());
             let class = classify(rule, &facts, host, route_name.as_deref());
+            let Some(pool) = worker.slots.get(index) else {
+                continue;
+            };
             let owner = descriptor::hash64(&key);
-            let slot = descriptor::slot(owner, worker.slots.count);
-            let decision = match worker.slots.take(host, slot, owner, limits, class) {
+            let slot = descriptor::slot(owner, pool.count);
+            let decision = match pool.take(host, slot, owner, limits, class) {
                 Ok(decision) => decision,
                 Err(_) => {
                     counters.inc(host, "cas_exhausted");

@@ -155,12 +155,16 @@ fn workers_share_one_bucket() {
 
 #[test]
 fn slots_exist_before_the_first_request_and_are_written_once() {
-    let config = global(1, "hour", 1);
-    let a = Gateway::new(&config);
-    // 64 slots and the marker.
-    assert_eq!(a.host.shared_keys(), 65);
+    let config = r#"{"slots": 64, "rules": [
+        {"name": "all", "limits": [{"rate": 1, "per": "hour"}]},
+        {"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "hour"}]},
+        {"name": "login", "by": ["ip"], "slots": 16, "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let a = Gateway::new(config);
+    // One slot for the rule without `by`, 64 and 16 for the others, and a marker per rule.
+    assert_eq!(a.host.shared_keys(), 1 + 64 + 16 + 3);
     assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized"), 1);
-    let b = a.worker(&config);
+    assert!(a.host.logs().iter().any(|(_, m)| m.contains("initialized 81 of 81 bucket slots")));
+    let b = a.worker(config);
     assert_eq!(b.host.counter("tollgate.rate_limit.slots_initialized"), 0, "the second worker finds them");
 }
 
@@ -297,7 +301,7 @@ fn many_distinct_keys_stay_within_the_slots() {
         let client = format!("client-{i}");
         assert_eq!(gw.request("/", &[("x-client", &client)], &[]).1, Action::Continue);
     }
-    assert_eq!(gw.host.shared_keys(), 33);
+    assert_eq!(gw.host.shared_keys(), 33, "32 slots and the marker");
     assert!(gw.host.counter("tollgate.rate_limit.rule.h.collisions") > 0);
 }
 
@@ -453,4 +457,31 @@ fn the_forwarded_for_hop_counts_every_field_line() {
     };
     assert_eq!(send("198.51.100.1"), Action::Continue);
     assert_eq!(send("198.51.100.2"), Action::Pause, "the proxy's entry, not the client's line");
+}
+
+#[test]
+fn one_rules_flood_leaves_other_rules_slots_alone() {
+    let config = r#"{"slots": 8, "rules": [
+        {"name": "a", "match": {"path_prefix": "/a"}, "by": [{"header": "x-client"}],
+         "limits": [{"rate": 1, "per": "second", "burst": 4}]},
+        {"name": "b", "match": {"path_prefix": "/b"}, "by": [{"header": "x-client"}],
+         "limits": [{"rate": 100, "per": "second", "burst": 100}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let mut a_refused = 0;
+    for i in 0..200 {
+        a_refused += usize::from(gw.status_of("/a", &[("x-client", format!("flood-{i}").as_bytes())]) == 429);
+    }
+    assert!(a_refused > 100, "{a_refused}: a's 8 slots are saturated");
+    for i in 0..20 {
+        let client = format!("b-{i}");
+        assert_eq!(gw.status_of("/b", &[("x-client", client.as_bytes())]), 200, "{client}");
+    }
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.b.limited"), 0);
+    // Rule a's new clients wait until a's buckets are full again, then take them over.
+    assert_eq!(gw.status_of("/a", &[("x-client", b"late-0")]), 429);
+    gw.host.advance(std::time::Duration::from_secs(4));
+    for i in 0..20 {
+        let client = format!("late-{i}");
+        assert_eq!(gw.status_of("/a", &[("x-client", client.as_bytes())]), 200, "{client}");
+    }
 }

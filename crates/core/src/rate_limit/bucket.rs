@@ -380,6 +380,40 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_reclaimed_exactly_when_every_bucket_is_full_again() {
+        // 4 per second and 100 per day: one request leaves 864 s of debt in the daily bucket.
+        let limits = [lim(1, Period::Second, 4), lim(100, Period::Day, 100)];
+        let busy = take(None, 1, &limits, NORMAL, T0).next.unwrap();
+        let full_again = T0 + 864 * SEC;
+        assert!(!busy.is_idle(full_again - 1));
+        let d = take(Some(&busy), 2, &limits, NORMAL, full_again - 1);
+        assert!(d.collided, "one nanosecond early, the entry still holds key 1's debt");
+        assert_eq!(d.next.unwrap().owner, 1);
+        assert!(busy.is_idle(full_again));
+        let d = take(Some(&busy), 2, &limits, NORMAL, full_again);
+        assert!(!d.collided);
+        assert_eq!(d.next.unwrap().owner, 2, "a full entry carries nothing: the newcomer owns it");
+        assert_eq!((d.status[0].remaining, d.status[1].remaining), (3, 99), "with full buckets");
+        // A malformed entry is as good as a full one.
+        assert_eq!(State::decode(b"garbage"), None);
+        assert!(take(None, 2, &limits, NORMAL, T0).allowed);
+    }
+
+    #[test]
+    fn a_short_window_sharing_a_long_debt_is_refused_until_it_clears() {
+        // Why each rule has its own slots: a bucket of 1 s (100 per second) sharing an entry
+        // with 4 s of another limit's debt has no token until that debt is under 1 s.
+        let long = [lim(1, Period::Second, 4)];
+        let short = [lim(100, Period::Second, 100)];
+        let mut s = None;
+        assert_eq!(run(&mut s, &long, NORMAL, T0, 10), 4);
+        let d = take(s.as_ref(), 2, &short, NORMAL, T0);
+        assert!(!d.allowed && d.collided);
+        assert_eq!(d.retry_after_secs, 4);
+        assert!(take(s.as_ref(), 2, &short, NORMAL, T0 + 3 * SEC + SEC / 100).allowed);
+    }
+
+    #[test]
     fn sharing_never_admits_more_than_either_key_alone() {
         // Key A: 2/min; key B: 100/s. Interleaved on one entry, A never gets more than 2.
         let a = [lim(2, Period::Minute, 2)];

@@ -7,8 +7,10 @@ use super::bucket::{Limit, MAX_LIMITS, Period};
 use super::descriptor::Part;
 use crate::route::{RequestFacts, RouteMatch};
 
-/// Upper bound on bucket slots: each is one shared-data entry of about 100 bytes.
+/// Upper bound on the bucket slots of all rules together: each is one shared-data entry of
+/// about 100 bytes.
 pub const MAX_SLOTS: u32 = 1 << 20;
+/// Slots of each rule keyed by request values, unless the rule says otherwise.
 pub const DEFAULT_SLOTS: u32 = 16_384;
 /// At most this many rules, and this many parts in a bucket key.
 pub const MAX_RULES: usize = 64;
@@ -73,6 +75,8 @@ struct RawRule {
     priority: Option<RawPriority>,
     #[serde(default)]
     mode: Mode,
+    #[serde(default)]
+    slots: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +218,9 @@ pub struct Rule {
     pub key_limits: bool,
     pub priority: Option<Priority>,
     pub mode: Mode,
+    /// The rule's own bucket slots: one for a rule without `by` (it has one bucket), else
+    /// `rules[].slots` or the configuration's `slots`. No other rule's buckets live in them.
+    pub slots: u32,
 }
 
 /// Which rate-limit headers responses carry.
@@ -230,6 +237,7 @@ pub struct Headers {
 pub struct Config {
     /// Namespace of this configuration's shared data.
     pub domain: String,
+    /// Slots of a rule keyed by request values that does not set its own.
     pub slots: u32,
     pub failure_mode: FailureMode,
     /// `x-forwarded-for` hop (from the right) taken as the client IP; `None`: downstream address.
@@ -316,7 +324,7 @@ pub fn compile_key_limits(limits: &[crate::key_auth::cache::Limit]) -> Option<Ve
         .collect()
 }
 
-fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
+fn compile_rule(field: &str, r: RawRule, default_slots: u32) -> Result<Rule, ConfigError> {
     if !is_name(&r.name) {
         return Err(err(
             format!("{field}.name"),
@@ -380,6 +388,20 @@ fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
             Some(Priority { reserve_percent: p.reserve_percent, critical })
         }
     };
+    let slots = match (r.slots, by.is_empty()) {
+        (Some(_), true) => {
+            return Err(err(
+                format!("{field}.slots"),
+                "a rule without `by` has one bucket and needs no slots",
+            ));
+        }
+        (Some(n), false) if n == 0 || n > MAX_SLOTS => {
+            return Err(err(format!("{field}.slots"), format!("must be between 1 and {MAX_SLOTS}")));
+        }
+        (Some(n), false) => n,
+        (None, true) => 1,
+        (None, false) => default_slots,
+    };
     Ok(Rule {
         name: r.name,
         matcher,
@@ -389,6 +411,7 @@ fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
         key_limits: r.key_limits,
         priority,
         mode: r.mode,
+        slots,
     })
 }
 
@@ -413,8 +436,20 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("rules", format!("needs 1 to {MAX_RULES} rules")));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        let mut total_slots: u64 = 0;
         for (i, r) in raw.rules.into_iter().enumerate() {
-            let rule = compile_rule(&format!("rules[{i}]"), r)?;
+            let own_slots = r.slots.is_some();
+            let rule = compile_rule(&format!("rules[{i}]"), r, slots)?;
+            total_slots += u64::from(rule.slots);
+            if total_slots > u64::from(MAX_SLOTS) {
+                let field = if own_slots { format!("rules[{i}].slots") } else { "slots".to_owned() };
+                return Err(err(
+                    field,
+                    format!(
+                        "the rules' slots add up to more than {MAX_SLOTS} (each rule keyed by `by` has its own)"
+                    ),
+                ));
+            }
             if rules.iter().any(|other| other.name == rule.name) {
                 return Err(err(
                     format!("rules[{i}].name"),
@@ -546,6 +581,8 @@ mod tests {
             (rule(r#", "by": ["user"]"#), "rules[0].by[0]", "unknown part `user`"),
             (rule(r#", "by": [{"header": "a b"}]"#), "rules[0].by[0].header", "not a valid header"),
             (rule(r#", "by": ["ip", "ip"]"#), "rules[0].by[1]", "twice"),
+            (rule(r#", "slots": 8"#), "rules[0].slots", "needs no slots"),
+            (rule(r#", "by": ["ip"], "slots": 0"#), "rules[0].slots", "between"),
             (rule(r#", "missing": "maybe""#), "rules[0].missing", "unknown variant"),
             (rule(r#", "mode": "dry""#), "rules[0].mode", "unknown variant"),
             (rule(r#", "match": {"path_prefix": "api"}"#), "rules[0].match.path_prefix", "start with"),
@@ -565,6 +602,42 @@ mod tests {
             assert!(e.message.contains(text), "{json}: {e}");
             assert!(e.to_string().contains(field));
         }
+    }
+
+    #[test]
+    fn each_rule_keyed_by_request_values_has_its_own_slots() {
+        let c = parse(
+            r#"{"slots": 100, "rules": [
+                {"name": "global", "limits": [{"rate": 1, "per": "second"}]},
+                {"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "second"}]},
+                {"name": "login", "by": ["ip"], "slots": 7, "limits": [{"rate": 1, "per": "second"}]}]}"#,
+        )
+        .unwrap();
+        let slots: Vec<u32> = c.rules.iter().map(|r| r.slots).collect();
+        assert_eq!(slots, [1, 100, 7]);
+        assert_eq!(
+            parse(EXAMPLE).unwrap().rules.iter().map(|r| r.slots).collect::<Vec<_>>(),
+            [16_384, 16_384]
+        );
+    }
+
+    #[test]
+    fn the_slots_of_all_rules_are_bounded() {
+        let keyed = |name: &str, extra: &str| {
+            format!(
+                r#"{{"name": "{name}", "by": ["ip"], "limits": [{{"rate": 1, "per": "second"}}]{extra}}}"#
+            )
+        };
+        let config =
+            |slots: u32, rules: &[String]| format!(r#"{{"slots": {slots}, "rules": [{}]}}"#, rules.join(","));
+        // 64 rules of the default size fit exactly.
+        let all: Vec<String> = (0..64).map(|i| keyed(&format!("r{i}"), "")).collect();
+        assert!(parse(&config(DEFAULT_SLOTS, &all)).is_ok());
+        let e = parse(&config(MAX_SLOTS / 2, &[keyed("a", ""), keyed("b", ""), keyed("c", "")])).unwrap_err();
+        assert_eq!(e.field, "slots", "{e}");
+        assert!(e.message.contains("add up to more than 1048576"), "{e}");
+        let e = parse(&config(10, &[keyed("a", ""), keyed("b", r#", "slots": 1048570"#)])).unwrap_err();
+        assert_eq!(e.field, "rules[1].slots", "{e}");
     }
 
     #[test]
