@@ -599,3 +599,16 @@ async fn one_rules_flood_does_not_refuse_another_rules_clients() {
     let a = one_request_per_client(&gw, "/a", clients("late", 6)).await;
     assert_eq!(a, [200; 6], "a's new clients are served once its buckets are full again");
 }
+
+// --- Configuration -------------------------------------------------------------------------------
+
+/// Unknown fields inside a `by` header part are refused like everywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_field_in_a_by_header_is_refused() {
+    let echo = Echo::start();
+    let config = json!({"rules": [{"name": "r", "by": ["ip", {"header": "authorization", "prefix": "Bearer "}],
+        "limits": [{"rate": 1, "per": "second"}]}]});
+    let log =
+        Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config))).await;
+    assert!(log.contains("invalid rate-limit config: `rules[0].by[1].prefix`"), "{log}");
+}

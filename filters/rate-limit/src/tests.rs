@@ -485,3 +485,19 @@ fn one_rules_flood_leaves_other_rules_slots_alone() {
         assert_eq!(gw.status_of("/a", &[("x-client", client.as_bytes())]), 200, "{client}");
     }
 }
+
+#[test]
+fn an_unknown_field_in_a_by_header_is_refused_naming_it() {
+    let host = MockHost::new();
+    host.with_configuration(
+        r#"{"rules": [{"name": "r", "by": ["ip", {"header": "authorization", "prefix": "Bearer "}],
+            "limits": [{"rate": 1, "per": "second"}]}]}"#,
+    );
+    let mut root = RateLimitRoot::new(host.clone());
+    assert!(!root.on_configure(0));
+    let logs = host.logs();
+    assert!(
+        logs.iter().any(|(_, m)| m.contains("`rules[0].by[1].prefix`: unknown field `prefix`")),
+        "{logs:?}"
+    );
+}

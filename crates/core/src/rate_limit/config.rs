@@ -90,11 +90,44 @@ struct RawMatch {
     methods: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A part of `by`: a name (`"consumer"`) or `{"header": name}`.
+#[derive(Debug)]
 enum RawPart {
     Named(String),
-    Header { header: String },
+    Header(String),
+}
+
+/// The object form of a part. Its own struct so that unknown fields are refused, and named in
+/// the error, like everywhere else (an untagged enum would accept them silently).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderPart {
+    header: String,
+}
+
+impl<'de> Deserialize<'de> for RawPart {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for PartVisitor {
+            type Value = RawPart;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a part name or {\"header\": <name>}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawPart, E> {
+                Ok(RawPart::Named(name.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawPart, A::Error> {
+                let part = RawHeaderPart::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPart::Header(part.header))
+            }
+        }
+
+        deserializer.deserialize_any(PartVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +315,7 @@ fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
 
 fn compile_part(field: &str, part: RawPart) -> Result<Part, ConfigError> {
     match part {
-        RawPart::Header { header } => {
+        RawPart::Header(header) => {
             let name = crate::config::check_header_name(FILTER, &format!("{field}.header"), &header)?;
             if name.starts_with(':') {
                 return Err(err(
@@ -581,6 +614,10 @@ mod tests {
             (rule(r#", "by": ["user"]"#), "rules[0].by[0]", "unknown part `user`"),
             (rule(r#", "by": [{"header": "a b"}]"#), "rules[0].by[0].header", "not a valid header"),
             (rule(r#", "by": ["ip", "ip"]"#), "rules[0].by[1]", "twice"),
+            (rule(r#", "by": ["ip", {"header": "x-a", "prefix": "Bearer "}]"#), "rules[0].by[1].prefix", "unknown field `prefix`"),
+            (rule(r#", "by": [{"name": "x-a"}]"#), "rules[0].by[0].name", "unknown field `name`"),
+            (rule(r#", "by": [{}]"#), "rules[0].by[0]", "missing field `header`"),
+            (rule(r#", "by": [7]"#), "rules[0].by[0]", "a part name or"),
             (rule(r#", "slots": 8"#), "rules[0].slots", "needs no slots"),
             (rule(r#", "by": ["ip"], "slots": 0"#), "rules[0].slots", "between"),
             (rule(r#", "missing": "maybe""#), "rules[0].missing", "unknown variant"),
