@@ -131,8 +131,9 @@ async fn exactly_the_burst_gets_through(workers: u32) {
         .iter()
         .filter(|r| r.status == 200)
         .map(|r| {
-            assert_eq!(r.header("ratelimit-policy"), Some(r#""all";q=1;w=3600"#));
-            assert_eq!(r.header("x-ratelimit-limit"), Some("1"));
+            // The quota is the burst; it comes back in full over 60 hours.
+            assert_eq!(r.header("ratelimit-policy"), Some(r#""all";q=60;w=216000"#));
+            assert_eq!(r.header("x-ratelimit-limit"), Some("60"));
             let v = r.header("ratelimit").unwrap();
             assert_eq!(r.header("x-ratelimit-remaining").unwrap().parse::<u64>().ok(), parse_r(v));
             parse_r(v).unwrap()
@@ -143,7 +144,8 @@ async fn exactly_the_burst_gets_through(workers: u32) {
     let refused = responses.iter().find(|r| r.status == 429).unwrap();
     assert_eq!(refused.header("retry-after"), Some("3600"));
     assert_eq!(refused.header("content-type"), Some("application/json"));
-    assert_eq!(refused.header("ratelimit"), Some(format!(r#""all";r=0;t={}"#, LIMIT * 3600).as_str()));
+    // The next token comes back in an hour, as `Retry-After` says.
+    assert_eq!(refused.header("ratelimit"), Some(r#""all";r=0;t=3600"#));
     let body = refused.json();
     assert_eq!(body["error"], "rate_limited");
     assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
@@ -611,4 +613,37 @@ async fn an_unknown_field_in_a_by_header_is_refused() {
     let log =
         Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).http_filter(rate_limit_filter(&config))).await;
     assert!(log.contains("invalid rate-limit config: `rules[0].by[1].prefix`"), "{log}");
+}
+
+// --- Headers -------------------------------------------------------------------------------------
+
+fn param(header: &str, name: &str) -> Option<u64> {
+    header.split(';').find_map(|p| p.trim().strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// With a burst above the rate, the policy's quota is the burst (what a client can use at once)
+/// and its window the time the burst takes to come back, so `r` never exceeds `q`; `t` is when
+/// the next unit comes back, which on a 429 is `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headers_never_report_more_than_the_quota() {
+    let config = json!({"slots": 64, "headers": {"legacy": true},
+        "rules": [{"name": "api", "limits": [{"rate": 2, "per": "hour", "burst": 6}]}]});
+    let gw = Gateway::start(config, 2).await;
+    for expected_r in (0..6).rev() {
+        let res = gw.get("/", &[]).await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.header("ratelimit-policy"), Some(r#""api";q=6;w=10800"#));
+        let rl = res.header("ratelimit").unwrap();
+        assert_eq!(param(rl, "r"), Some(expected_r), "{rl}");
+        // The next token is half an hour (one token interval) after the first was taken.
+        assert!(param(rl, "t").is_some_and(|t| (1700..=1800).contains(&t)), "{rl}");
+        assert_eq!(res.header("x-ratelimit-limit"), Some("6"));
+        assert_eq!(res.header("x-ratelimit-remaining"), Some(expected_r.to_string().as_str()));
+    }
+    let refused = gw.get("/", &[]).await;
+    assert_eq!(refused.status, 429);
+    let retry_after = refused.header("retry-after").unwrap();
+    assert!(retry_after.parse::<u64>().is_ok_and(|t| (1700..=1800).contains(&t)), "{retry_after}");
+    assert_eq!(refused.header("ratelimit"), Some(format!(r#""api";r=0;t={retry_after}"#).as_str()));
+    assert_eq!(refused.header("x-ratelimit-reset"), Some(retry_after));
 }

@@ -277,6 +277,8 @@ impl<H: Host> RateLimitHttp<H> {
             Refusal::Limited { retry_after_secs } => (rl::ERROR_MESSAGE, retry_after_secs),
             Refusal::Missing => (rl::MISSING_MESSAGE, 1),
         };
+        // Never earlier than a limit this request already emptied has a token again.
+        let retry = rl::retry_after_secs(&statuses, retry);
         let reply = rl::limited_reply(&request_id, message, retry, headers);
         let pairs: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         host.send_response(reply.status, &pairs, &reply.body);

@@ -93,7 +93,8 @@ fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header("retry-after"), Some("60"));
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.header("ratelimit"), Some(r#""all";r=0;t=180"#));
+    // The next token in a minute, as Retry-After says.
+    assert_eq!(reply.header("ratelimit"), Some(r#""all";r=0;t=60"#));
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["request_id"], format!("req-{id}"));
@@ -109,9 +110,10 @@ fn allowed_responses_carry_the_headers() {
     let (id, action) = gw.request("/a", &[], &[]);
     assert_eq!(action, Action::Continue);
     let h = |n| gw.host.response_header_of(id, n);
-    assert_eq!(h("ratelimit-policy").as_deref(), Some(r#""all";q=10;w=1"#));
+    // The quota is the burst (5), back in full in half a second: w rounds up to 1.
+    assert_eq!(h("ratelimit-policy").as_deref(), Some(r#""all";q=5;w=1"#));
     assert_eq!(h("ratelimit").as_deref(), Some(r#""all";r=4;t=1"#));
-    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("10"));
+    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("5"));
     assert_eq!(h("x-ratelimit-remaining").as_deref(), Some("4"));
     assert_eq!(h("x-ratelimit-reset").as_deref(), Some("1"));
 }
@@ -484,6 +486,21 @@ fn one_rules_flood_leaves_other_rules_slots_alone() {
         let client = format!("late-{i}");
         assert_eq!(gw.status_of("/a", &[("x-client", client.as_bytes())]), 200, "{client}");
     }
+}
+
+#[test]
+fn retry_after_waits_for_every_emptied_limit() {
+    let config = r#"{"slots": 64, "rules": [
+        {"name": "hourly", "limits": [{"rate": 1, "per": "hour", "burst": 2}]},
+        {"name": "per-second", "limits": [{"rate": 1, "per": "second"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    assert_eq!(gw.get("/"), Action::Continue);
+    // The hourly rule takes its last token, then the per-second rule refuses.
+    let (id, action) = gw.request("/", &[], &[]);
+    assert_eq!(action, Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.header("ratelimit"), Some(r#""hourly";r=0;t=3600"#));
+    assert_eq!(reply.header("retry-after"), Some("3600"), "a second later the hourly rule refuses");
 }
 
 #[test]

@@ -158,14 +158,43 @@ impl State {
     }
 }
 
-/// How one limit stands after a decision.
+/// How one limit stands after a decision, as the request's class sees it: what the response
+/// headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitStatus {
     pub limit: Limit,
+    /// Tokens the class can hold: the burst, less the reserve for a normal request. `remaining`
+    /// never exceeds it.
+    pub quota: u64,
+    /// Seconds in which the quota comes back in full at the limit's rate (rounded up, at least
+    /// 1): `quota / rate × period`.
+    pub window_secs: u64,
     /// Whole tokens this request's class could still take.
     pub remaining: u64,
-    /// Seconds until the bucket is full again (rounded up).
+    /// Seconds until the class can take one more token than `remaining` (rounded up): when
+    /// `remaining` is 0, when the next request can pass.
     pub reset_secs: u64,
+}
+
+impl LimitStatus {
+    /// The status of `limit` for `class` when the bucket's debt (`tat - now`) is `debt_ns`.
+    fn new(limit: &Limit, class: Class, debt_ns: u64) -> Self {
+        let interval = limit.interval_ns;
+        let reserved = class.reserved(limit);
+        let quota = limit.burst - reserved;
+        // What the class may hold in debt, and so how many more tokens fit under it.
+        let allowance = quota.saturating_mul(interval);
+        let remaining = allowance.saturating_sub(debt_ns) / interval;
+        // One more token fits once the debt is down to `allowance - (remaining + 1) × interval`.
+        let next = allowance.saturating_sub((remaining + 1).saturating_mul(interval));
+        Self {
+            limit: *limit,
+            quota,
+            window_secs: allowance.div_ceil(NS_PER_SEC).max(1),
+            remaining,
+            reset_secs: debt_ns.saturating_sub(next).div_ceil(NS_PER_SEC),
+        }
+    }
 }
 
 /// The outcome of taking one token.
@@ -215,15 +244,7 @@ pub fn take(state: Option<&State>, owner: u64, limits: &[Limit], class: Class, n
     let status = limits
         .iter()
         .zip(final_tats)
-        .map(|(limit, tat)| {
-            let debt = tat.saturating_sub(now_ns);
-            let free = limit.window_ns().saturating_sub(debt) / limit.interval_ns;
-            LimitStatus {
-                limit: *limit,
-                remaining: free.saturating_sub(class.reserved(limit)),
-                reset_secs: debt.div_ceil(NS_PER_SEC),
-            }
-        })
+        .map(|(limit, tat)| LimitStatus::new(limit, class, tat.saturating_sub(now_ns)))
         .collect();
     let next = allowed.then(|| State {
         owner: if collided { state.map_or(owner, |s| s.owner) } else { owner },
@@ -411,6 +432,31 @@ mod tests {
         assert!(!d.allowed && d.collided);
         assert_eq!(d.retry_after_secs, 4);
         assert!(take(s.as_ref(), 2, &short, NORMAL, T0 + 3 * SEC + SEC / 100).allowed);
+    }
+
+    #[test]
+    fn status_counts_within_the_quota_and_waits_for_the_next_token() {
+        let limits = [lim(2, Period::Hour, 6)];
+        let mut s = None;
+        for taken in 1..=6u64 {
+            let d = take(s.as_ref(), 1, &limits, NORMAL, T0);
+            let st = d.status[0];
+            assert_eq!((st.quota, st.window_secs, st.remaining), (6, 10_800, 6 - taken));
+            // Whatever is left, the next token is one interval (30 min) after the first taken.
+            assert_eq!(st.reset_secs, 1_800);
+            s = d.next;
+        }
+        let refused = take(s.as_ref(), 1, &limits, NORMAL, T0 + 600 * SEC);
+        assert!(!refused.allowed);
+        assert_eq!(refused.status[0].remaining, 0);
+        assert_eq!(refused.status[0].reset_secs, 1_200);
+        assert_eq!(refused.retry_after_secs, refused.status[0].reset_secs);
+        // The reserve: a normal request's quota leaves it out, and so does its wait.
+        let normal = Class::Normal { reserve_percent: 50 };
+        let d = take(s.as_ref(), 1, &limits, normal, T0);
+        assert_eq!((d.status[0].quota, d.status[0].remaining), (3, 0));
+        assert_eq!(d.status[0].reset_secs, d.retry_after_secs);
+        assert_eq!(d.retry_after_secs, 4 * 1_800);
     }
 
     #[test]
