@@ -1,5 +1,6 @@
 //! The per-request context: apply every matching rule, answer 429 or pass with headers.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::rc::Rc;
 
@@ -8,10 +9,8 @@ use proxy_wasm::types::Action;
 use tollgate_core::error::ErrorBody;
 use tollgate_core::key_auth as ka;
 use tollgate_core::rate_limit::bucket::{Class, Limit};
-use tollgate_core::rate_limit::config::{
-    CriticalFacts, FailureMode, Missing, Mode, Rule, compile_key_limits,
-};
-use tollgate_core::rate_limit::descriptor::{self, Part};
+use tollgate_core::rate_limit::config::{CriticalFacts, FailureMode, Mode, Rule, compile_key_limits};
+use tollgate_core::rate_limit::descriptor::{self, Bucket, Part};
 use tollgate_core::rate_limit::{self as rl, RuleStatus};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel, attributes};
@@ -41,6 +40,10 @@ fn text(bytes: Option<Vec<u8>>) -> Option<String> {
     bytes.and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty())
 }
 
+fn bytes_of(s: Option<&str>) -> Option<Cow<'_, [u8]>> {
+    s.map(|s| Cow::Borrowed(s.as_bytes()))
+}
+
 impl<'h, H: Host> Facts<'h, H> {
     fn new(host: &'h H, forwarded_for_hop: Option<u8>) -> Self {
         Self {
@@ -59,15 +62,30 @@ impl<'h, H: Host> Facts<'h, H> {
         self.route_name.get_or_init(|| text(self.host.property(attributes::ROUTE_NAME))).as_deref()
     }
 
+    /// The client IP in one canonical spelling, or `None` when there is none to be had: the
+    /// `x-forwarded-for` hop is missing or not an IP, or the downstream address is not an IP
+    /// (a pipe, an internal listener).
     fn ip(&self) -> Option<&str> {
         self.ip
-            .get_or_init(|| match self.forwarded_for_hop {
-                Some(hop) => self
-                    .host
-                    .request_header("x-forwarded-for")
-                    .and_then(|xff| descriptor::forwarded_for_hop(&xff, hop).map(str::to_owned)),
-                None => text(self.host.property(attributes::SOURCE_ADDRESS))
-                    .and_then(|a| descriptor::ip_of_address(&a).map(str::to_owned)),
+            .get_or_init(|| {
+                let ip = match self.forwarded_for_hop {
+                    Some(hop) => {
+                        // Every field line, in order: a proxy that appends a line of its own
+                        // must not leave the hop count to the client's first line.
+                        let lines: Vec<Vec<u8>> = self
+                            .host
+                            .request_headers()
+                            .into_iter()
+                            .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+                            .map(|(_, value)| value)
+                            .collect();
+                        descriptor::forwarded_for_hop(&lines.join(&b',')[..], hop)
+                    }
+                    None => {
+                        self.host.property(attributes::SOURCE_ADDRESS).and_then(|a| descriptor::client_ip(&a))
+                    }
+                };
+                ip.map(|ip| ip.to_string())
             })
             .as_deref()
     }
@@ -101,14 +119,16 @@ impl<'h, H: Host> Facts<'h, H> {
             .as_deref()
     }
 
-    fn value(&self, part: &Part, path: &str) -> Option<String> {
+    /// A part's value as bytes: a header exactly as the client sent it, so two values that
+    /// differ in any byte are two buckets.
+    fn value<'s>(&'s self, part: &Part, path: &'s str) -> Option<Cow<'s, [u8]>> {
         match part {
-            Part::Consumer => self.consumer().map(str::to_owned),
-            Part::KeyId => self.key_id().map(str::to_owned),
-            Part::Ip => self.ip().map(str::to_owned),
-            Part::Path => Some(path.to_owned()),
-            Part::Route => self.route_name().map(str::to_owned),
-            Part::Header(name) => self.host.request_header(name),
+            Part::Consumer => bytes_of(self.consumer()),
+            Part::KeyId => bytes_of(self.key_id()),
+            Part::Ip => bytes_of(self.ip()),
+            Part::Path => bytes_of(Some(path)),
+            Part::Route => bytes_of(self.route_name()),
+            Part::Header(name) => self.host.request_header_bytes(name).map(Cow::Owned),
         }
     }
 }
@@ -175,23 +195,18 @@ impl<H: Host> RateLimitHttp<H> {
             let Some(counters) = worker.rule_counters.get(index) else {
                 continue;
             };
-            let key = match descriptor::bucket_key(&rule.name, &rule.by, |p| facts.value(p, path)) {
-                Ok(key) => key,
-                Err(_) => match rule.missing {
-                    Missing::Ip => {
-                        match descriptor::bucket_key(&rule.name, &[Part::Ip], |p| facts.value(p, path)) {
-                            Ok(key) => key,
-                            Err(_) => {
-                                counters.inc(host, "missing_skipped");
-                                continue;
-                            }
-                        }
+            let key =
+                match descriptor::bucket_of(&rule.name, &rule.by, rule.missing, |p| facts.value(p, path)) {
+                    Bucket::Key(key) => key,
+                    Bucket::NoClientIp(key) => {
+                        counters.inc(host, "no_client_ip");
+                        key
                     }
-                    Missing::Skip => {
+                    Bucket::Skip => {
                         counters.inc(host, "missing_skipped");
                         continue;
                     }
-                    Missing::Deny => {
+                    Bucket::Deny => {
                         counters.inc(host, "missing_denied");
                         if rule.mode == Mode::Enforce {
                             refusal = Some(Refusal::Missing);
@@ -199,17 +214,19 @@ impl<H: Host> RateLimitHttp<H> {
                         }
                         continue;
                     }
-                },
-            };
+                };
             // A key's own limits only mean something for a bucket that belongs to the key or its
             // consumer; other rules skip the property read (a host call) altogether.
             let per_caller = rule.by.iter().any(|p| matches!(p, Part::Consumer | Part::KeyId));
             let own = if rule.key_limits && per_caller { facts.key_limits() } else { None };
             let limits = own.unwrap_or(rule.limits.as_slice());
             let class = classify(rule, &facts, host, route_name.as_deref());
-            let owner = descriptor::hash64(key.as_bytes());
-            let slot = descriptor::slot(owner, worker.slots.count);
-            let decision = match worker.slots.take(host, slot, owner, limits, class) {
+            let Some(pool) = worker.slots.get(index) else {
+                continue;
+            };
+            let owner = descriptor::hash64(&key);
+            let slot = descriptor::slot(owner, pool.count);
+            let decision = match pool.take(host, slot, owner, limits, class) {
                 Ok(decision) => decision,
                 Err(_) => {
                     counters.inc(host, "cas_exhausted");
@@ -260,6 +277,8 @@ impl<H: Host> RateLimitHttp<H> {
             Refusal::Limited { retry_after_secs } => (rl::ERROR_MESSAGE, retry_after_secs),
             Refusal::Missing => (rl::MISSING_MESSAGE, 1),
         };
+        // Never earlier than a limit this request already emptied has a token again.
+        let retry = rl::retry_after_secs(&statuses, retry);
         let reply = rl::limited_reply(&request_id, message, retry, headers);
         let pairs: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         host.send_response(reply.status, &pairs, &reply.body);
@@ -279,7 +298,7 @@ fn classify<H: Host>(rule: &Rule, facts: &Facts<'_, H>, host: &H, route_name: Op
         return Class::Normal { reserve_percent: 0 };
     };
     let c = &priority.critical;
-    let header = c.header.as_ref().and_then(|(name, _)| host.request_header(name));
+    let header = c.header.as_ref().and_then(|(name, _)| host.request_header_bytes(name));
     let route_name = match route_name {
         Some(r) => Some(r),
         None if !c.route_names.is_empty() => facts.route_name(),

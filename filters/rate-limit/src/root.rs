@@ -18,6 +18,7 @@ pub const RULE_STATS: &[&str] = &[
     "cas_exhausted",
     "missing_skipped",
     "missing_denied",
+    "no_client_ip",
     "collisions",
 ];
 /// Stats of the filter, under `tollgate.rate_limit.`.
@@ -27,7 +28,8 @@ pub const STATS: &[&str] =
 /// What one worker's HTTP contexts share: immutable after configure.
 pub struct Worker {
     pub config: Config,
-    pub slots: Slots,
+    /// One pool of slots per rule, in the config's order.
+    pub slots: Vec<Slots>,
     pub counters: Counters,
     /// One set per rule, in the config's order.
     pub rule_counters: Vec<Counters>,
@@ -35,7 +37,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
-        let slots = Slots::new(&config.domain, config.slots);
+        let slots = config.rules.iter().map(|r| Slots::new(&config.domain, &r.name, r.slots)).collect();
         let counters = Counters::define(host, "tollgate.rate_limit", STATS);
         let rule_counters = config
             .rules
@@ -66,12 +68,13 @@ impl<H: Host + 'static> RateLimitRoot<H> {
         match Config::from_json(&bytes) {
             Ok(config) => {
                 let worker = Worker::new(host, config);
-                let written = worker.slots.initialize(host);
+                let written: u64 = worker.slots.iter().map(|s| u64::from(s.initialize(host))).sum();
                 if written > 0 {
+                    let total: u64 = worker.slots.iter().map(|s| u64::from(s.count)).sum();
                     worker.counters.inc(host, "slots_initialized");
                     host.log(
                         LogLevel::Info,
-                        &format!("rate-limit: initialized {written} of {} bucket slots", worker.slots.count),
+                        &format!("rate-limit: initialized {written} of {total} bucket slots"),
                     );
                 }
                 self.worker = Some(Rc::new(worker));

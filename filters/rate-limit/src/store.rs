@@ -1,4 +1,5 @@
-//! Buckets in shared data: a fixed array of slots, pre-initialized, updated by compare-and-swap.
+//! Buckets in shared data: a fixed pool of slots per rule, pre-initialized, updated by
+//! compare-and-swap.
 //!
 //! Shared data has no delete, and a key that does not exist yet has no CAS token: two workers
 //! writing it "for the first time" would both succeed and one admission would be lost. So no
@@ -8,11 +9,15 @@
 //! on every admission is a CAS-guarded update of an existing entry. Writing an idle entry twice is
 //! harmless: idle means "full bucket", the same as no entry.
 //!
-//! The number of slots is fixed, so a flood of distinct keys cannot grow memory. Two bucket keys
-//! landing in one slot share it: while the entry is busy (some bucket not full), the newcomer's
-//! tokens come from the same debt, which can only refuse more, never admit more, than each key's
-//! own limit (see `tollgate_core::rate_limit::bucket`). Once the entry is idle again the next key
-//! claims it with a full bucket, which is exactly what it would have had alone.
+//! Each rule has its own pool (`tollgate.rate_limit.<domain>.<rule>.<slot>`), so a flood of
+//! distinct keys on one rule fills that rule's slots and no other's: a slot shared with a bucket
+//! of a long window would otherwise refuse a rule of short windows until that debt cleared. The
+//! number of slots is fixed, so a flood cannot grow memory. Two bucket keys of a rule landing in
+//! one slot share it: while the entry is busy (some bucket not full), the newcomer's tokens come
+//! from the same debt, which can only refuse more, never admit more, than each key's own limit
+//! (see `tollgate_core::rate_limit::bucket`). Once the entry is full again it carries no
+//! information, and the next key takes it over with a full bucket, which is exactly what it
+//! would have had alone.
 
 use tollgate_core::rate_limit::bucket::{self, Class, Decision, Limit, State};
 use tollgate_host::{Host, SharedError};
@@ -20,7 +25,8 @@ use tollgate_host::{Host, SharedError};
 /// Retries of the compare-and-swap loop before the request follows `failure_mode`.
 pub const CAS_RETRIES: usize = 16;
 
-/// Names of this configuration's shared-data keys: `tollgate.rate_limit.<domain>.<slot>`.
+/// One rule's pool of slots: shared-data keys `tollgate.rate_limit.<domain>.<rule>.<slot>`
+/// (domains and rule names have no dots, so no two pools share a key).
 #[derive(Debug, Clone)]
 pub struct Slots {
     prefix: String,
@@ -32,8 +38,8 @@ pub struct Slots {
 pub struct Exhausted;
 
 impl Slots {
-    pub fn new(domain: &str, count: u32) -> Self {
-        Self { prefix: format!("tollgate.rate_limit.{domain}."), count }
+    pub fn new(domain: &str, rule: &str, count: u32) -> Self {
+        Self { prefix: format!("tollgate.rate_limit.{domain}.{rule}."), count }
     }
 
     fn key(&self, slot: u32) -> String {

@@ -93,7 +93,8 @@ fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header("retry-after"), Some("60"));
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.header("ratelimit"), Some(r#""all";r=0;t=180"#));
+    // The next token in a minute, as Retry-After says.
+    assert_eq!(reply.header("ratelimit"), Some(r#""all";r=0;t=60"#));
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["request_id"], format!("req-{id}"));
@@ -109,9 +110,10 @@ fn allowed_responses_carry_the_headers() {
     let (id, action) = gw.request("/a", &[], &[]);
     assert_eq!(action, Action::Continue);
     let h = |n| gw.host.response_header_of(id, n);
-    assert_eq!(h("ratelimit-policy").as_deref(), Some(r#""all";q=10;w=1"#));
+    // The quota is the burst (5), back in full in half a second: w rounds up to 1.
+    assert_eq!(h("ratelimit-policy").as_deref(), Some(r#""all";q=5;w=1"#));
     assert_eq!(h("ratelimit").as_deref(), Some(r#""all";r=4;t=1"#));
-    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("10"));
+    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("5"));
     assert_eq!(h("x-ratelimit-remaining").as_deref(), Some("4"));
     assert_eq!(h("x-ratelimit-reset").as_deref(), Some("1"));
 }
@@ -155,12 +157,16 @@ fn workers_share_one_bucket() {
 
 #[test]
 fn slots_exist_before_the_first_request_and_are_written_once() {
-    let config = global(1, "hour", 1);
-    let a = Gateway::new(&config);
-    // 64 slots and the marker.
-    assert_eq!(a.host.shared_keys(), 65);
+    let config = r#"{"slots": 64, "rules": [
+        {"name": "all", "limits": [{"rate": 1, "per": "hour"}]},
+        {"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "hour"}]},
+        {"name": "login", "by": ["ip"], "slots": 16, "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let a = Gateway::new(config);
+    // One slot for the rule without `by`, 64 and 16 for the others, and a marker per rule.
+    assert_eq!(a.host.shared_keys(), 1 + 64 + 16 + 3);
     assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized"), 1);
-    let b = a.worker(&config);
+    assert!(a.host.logs().iter().any(|(_, m)| m.contains("initialized 81 of 81 bucket slots")));
+    let b = a.worker(config);
     assert_eq!(b.host.counter("tollgate.rate_limit.slots_initialized"), 0, "the second worker finds them");
 }
 
@@ -297,7 +303,7 @@ fn many_distinct_keys_stay_within_the_slots() {
         let client = format!("client-{i}");
         assert_eq!(gw.request("/", &[("x-client", &client)], &[]).1, Action::Continue);
     }
-    assert_eq!(gw.host.shared_keys(), 33);
+    assert_eq!(gw.host.shared_keys(), 33, "32 slots and the marker");
     assert!(gw.host.counter("tollgate.rate_limit.rule.h.collisions") > 0);
 }
 
@@ -310,4 +316,205 @@ fn an_invalid_config_is_refused_naming_the_field() {
     let logs = host.logs();
     assert!(logs.iter().any(|(_, m)| m.contains("`rules[0].limits[0].per`")), "{logs:?}");
     assert!(root.worker().is_none());
+}
+
+impl Gateway {
+    /// A request with header values given as bytes (they need not be UTF-8).
+    fn request_bytes(&mut self, path: &str, headers: &[(&str, &[u8])]) -> (u32, Action) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.host.with_header(id, ":path", path);
+        self.host.with_header(id, ":method", "GET");
+        for (k, v) in headers {
+            self.host.with_header_bytes(id, k, v);
+        }
+        self.host.enter(id);
+        let mut ctx = RateLimitHttp::new(self.host.clone(), self.root.worker().unwrap());
+        let action = ctx.on_http_request_headers(0, true);
+        if action == Action::Continue {
+            ctx.on_http_response_headers(0, true);
+        }
+        (id, action)
+    }
+
+    fn status_of(&mut self, path: &str, headers: &[(&str, &[u8])]) -> u32 {
+        let (id, action) = self.request_bytes(path, headers);
+        match action {
+            Action::Continue => 200,
+            _ => self.host.reply(id).map_or(0, |r| r.status),
+        }
+    }
+}
+
+#[test]
+fn buckets_by_route_and_critical_routes_read_xds_route_name() {
+    let config = r#"{"slots": 64, "rules": [
+        {"name": "per-route", "by": ["route"], "missing": "deny", "limits": [{"rate": 1, "per": "hour", "burst": 10}],
+         "priority": {"reserve_percent": 30, "critical": {"route_names": ["health"]}}}]}"#;
+    let mut gw = Gateway::new(config);
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"api");
+    assert_eq!(gw.allowed_of(20, "/", &[], &[]), 7);
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"web");
+    assert_eq!(gw.allowed_of(20, "/", &[], &[]), 7, "another route, another bucket");
+    gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"health");
+    assert_eq!(gw.allowed_of(20, "/", &[], &[]), 10, "the critical route takes the whole bucket");
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.per-route.missing_denied"), 0);
+}
+
+#[test]
+fn spellings_of_a_path_share_its_bucket() {
+    let config =
+        r#"{"slots": 256, "rules": [{"name": "p", "by": ["path"], "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    assert_eq!(gw.get("/a?x=1"), Action::Continue);
+    for spelling in ["/a", "//a", "/%61", "/x/../a", "/./a", "/%2e%2e/a?y"] {
+        assert_eq!(gw.status_of(spelling, &[]), 429, "{spelling}");
+    }
+    assert_eq!(gw.get("/b"), Action::Continue);
+    let (id, _) = gw.request("/a%2Fb", &[], &[]);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.status, 400);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert_eq!(gw.host.counter("tollgate.rate_limit.denied.bad_path"), 1);
+}
+
+#[test]
+fn header_values_are_keyed_by_their_exact_bytes() {
+    let config = r#"{"slots": 1024, "rules": [{"name": "h", "by": [{"header": "x-client"}], "missing": "deny",
+        "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let client = |v: &'static [u8]| [("x-client", v)];
+    assert_eq!(gw.status_of("/", &client(b"\xff\xfe")), 200);
+    assert_eq!(gw.status_of("/", &client(b"\xfe\xff")), 200);
+    assert_eq!(gw.status_of("/", &client("\u{fffd}\u{fffd}".as_bytes())), 200);
+    assert_eq!(gw.status_of("/", &client(b"\xff\xfe")), 429);
+    assert_eq!(gw.status_of("/", &client(b"\xfe\xff")), 429);
+}
+
+#[test]
+fn a_critical_header_is_compared_as_bytes() {
+    let config = r#"{"slots": 64, "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour", "burst": 2}],
+        "priority": {"reserve_percent": 50, "critical": {"header": {"name": "x-priority", "value": "\ufffd"}}}}]}"#;
+    let mut gw = Gateway::new(config);
+    assert_eq!(gw.status_of("/", &[]), 200);
+    // A byte that is not UTF-8 is not the configured U+FFFD, whatever a lossy decoding says.
+    assert_eq!(gw.status_of("/", &[("x-priority", b"\xff")]), 429);
+    assert_eq!(gw.status_of("/", &[("x-priority", "\u{fffd}".as_bytes())]), 200);
+}
+
+#[test]
+fn requests_without_a_client_ip_share_one_bucket_per_rule() {
+    let config = r#"{"slots": 256, "client_ip": {"forwarded_for_hop": 1}, "rules": [
+        {"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "hour", "burst": 2}]},
+        {"name": "consumer", "by": ["consumer"], "limits": [{"rate": 1, "per": "hour", "burst": 3}]}]}"#;
+    let mut gw = Gateway::new(config);
+    // No x-forwarded-for: no IP. Both rules count the request in their no-IP bucket.
+    let (id, action) = gw.request("/", &[], &[]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(gw.host.response_header_of(id, "ratelimit").as_deref(), Some(r#""ip";r=1;t=3600"#));
+    assert_eq!(gw.allowed_of(5, "/", &[], &[]), 1);
+    assert_eq!(gw.allowed_of(5, "/", &[("x-forwarded-for", "garbage")], &[]), 0, "not an IP: no IP");
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 11);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.consumer.no_client_ip"), 2);
+    // Requests with an IP keep their own buckets.
+    assert_eq!(gw.allowed_of(5, "/", &[("x-forwarded-for", "203.0.113.5")], &[]), 2);
+    // `skip` and `deny` still mean what they say.
+    let skip = config.replace(r#""by": ["ip"],"#, r#""by": ["ip"], "missing": "skip","#);
+    let mut gw = Gateway::new(&skip);
+    assert_eq!(gw.allowed_of(5, "/", &[], &[(ka::PROP_CONSUMER, "alice")]), 3, "alice's own bucket");
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.missing_skipped"), 5);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 0);
+}
+
+#[test]
+fn a_downstream_address_that_is_not_an_ip_is_no_ip() {
+    let config = r#"{"slots": 256, "rules": [{"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "hour", "burst": 2}]}]}"#;
+    let mut gw = Gateway::new(config);
+    gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"envoy://internal_client_address/");
+    assert_eq!(gw.allowed_of(5, "/", &[], &[]), 2);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 5);
+    // One client, one bucket, however its address is spelled.
+    gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"[::ffff:10.0.0.9]:4000");
+    assert_eq!(gw.allowed_of(1, "/", &[], &[]), 1);
+    gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"10.0.0.9:5000");
+    assert_eq!(gw.allowed_of(5, "/", &[], &[]), 1);
+}
+
+#[test]
+fn the_forwarded_for_hop_counts_every_field_line() {
+    let config = r#"{"slots": 256, "client_ip": {"forwarded_for_hop": 1},
+        "rules": [{"name": "ip", "by": ["ip"], "missing": "deny", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    // The client wrote the first line; the proxy in front appended the second.
+    let mut send = |client_line: &str| {
+        gw.next_id += 1;
+        let id = gw.next_id;
+        gw.host.with_header(id, ":path", "/");
+        gw.host.with_header_line(id, "x-forwarded-for", client_line);
+        gw.host.with_header_line(id, "x-forwarded-for", "203.0.113.50");
+        gw.host.enter(id);
+        let mut ctx = RateLimitHttp::new(gw.host.clone(), gw.root.worker().unwrap());
+        ctx.on_http_request_headers(0, true)
+    };
+    assert_eq!(send("198.51.100.1"), Action::Continue);
+    assert_eq!(send("198.51.100.2"), Action::Pause, "the proxy's entry, not the client's line");
+}
+
+#[test]
+fn one_rules_flood_leaves_other_rules_slots_alone() {
+    let config = r#"{"slots": 8, "rules": [
+        {"name": "a", "match": {"path_prefix": "/a"}, "by": [{"header": "x-client"}],
+         "limits": [{"rate": 1, "per": "second", "burst": 4}]},
+        {"name": "b", "match": {"path_prefix": "/b"}, "by": [{"header": "x-client"}],
+         "limits": [{"rate": 100, "per": "second", "burst": 100}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let mut a_refused = 0;
+    for i in 0..200 {
+        a_refused += usize::from(gw.status_of("/a", &[("x-client", format!("flood-{i}").as_bytes())]) == 429);
+    }
+    assert!(a_refused > 100, "{a_refused}: a's 8 slots are saturated");
+    for i in 0..20 {
+        let client = format!("b-{i}");
+        assert_eq!(gw.status_of("/b", &[("x-client", client.as_bytes())]), 200, "{client}");
+    }
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.b.limited"), 0);
+    // Rule a's new clients wait until a's buckets are full again, then take them over.
+    assert_eq!(gw.status_of("/a", &[("x-client", b"late-0")]), 429);
+    gw.host.advance(std::time::Duration::from_secs(4));
+    for i in 0..20 {
+        let client = format!("late-{i}");
+        assert_eq!(gw.status_of("/a", &[("x-client", client.as_bytes())]), 200, "{client}");
+    }
+}
+
+#[test]
+fn retry_after_waits_for_every_emptied_limit() {
+    let config = r#"{"slots": 64, "rules": [
+        {"name": "hourly", "limits": [{"rate": 1, "per": "hour", "burst": 2}]},
+        {"name": "per-second", "limits": [{"rate": 1, "per": "second"}]}]}"#;
+    let mut gw = Gateway::new(config);
+    assert_eq!(gw.get("/"), Action::Continue);
+    // The hourly rule takes its last token, then the per-second rule refuses.
+    let (id, action) = gw.request("/", &[], &[]);
+    assert_eq!(action, Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!(reply.header("ratelimit"), Some(r#""hourly";r=0;t=3600"#));
+    assert_eq!(reply.header("retry-after"), Some("3600"), "a second later the hourly rule refuses");
+}
+
+#[test]
+fn an_unknown_field_in_a_by_header_is_refused_naming_it() {
+    let host = MockHost::new();
+    host.with_configuration(
+        r#"{"rules": [{"name": "r", "by": ["ip", {"header": "authorization", "prefix": "Bearer "}],
+            "limits": [{"rate": 1, "per": "second"}]}]}"#,
+    );
+    let mut root = RateLimitRoot::new(host.clone());
+    assert!(!root.on_configure(0));
+    let logs = host.logs();
+    assert!(
+        logs.iter().any(|(_, m)| m.contains("`rules[0].by[1].prefix`: unknown field `prefix`")),
+        "{logs:?}"
+    );
 }

@@ -158,14 +158,43 @@ impl State {
     }
 }
 
-/// How one limit stands after a decision.
+/// How one limit stands after a decision, as the request's class sees it: what the response
+/// headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitStatus {
     pub limit: Limit,
+    /// Tokens the class can hold: the burst, less the reserve for a normal request. `remaining`
+    /// never exceeds it.
+    pub quota: u64,
+    /// Seconds in which the quota comes back in full at the limit's rate (rounded up, at least
+    /// 1): `quota / rate × period`.
+    pub window_secs: u64,
     /// Whole tokens this request's class could still take.
     pub remaining: u64,
-    /// Seconds until the bucket is full again (rounded up).
+    /// Seconds until the class can take one more token than `remaining` (rounded up): when
+    /// `remaining` is 0, when the next request can pass.
     pub reset_secs: u64,
+}
+
+impl LimitStatus {
+    /// The status of `limit` for `class` when the bucket's debt (`tat - now`) is `debt_ns`.
+    fn new(limit: &Limit, class: Class, debt_ns: u64) -> Self {
+        let interval = limit.interval_ns;
+        let reserved = class.reserved(limit);
+        let quota = limit.burst - reserved;
+        // What the class may hold in debt, and so how many more tokens fit under it.
+        let allowance = quota.saturating_mul(interval);
+        let remaining = allowance.saturating_sub(debt_ns) / interval;
+        // One more token fits once the debt is down to `allowance - (remaining + 1) × interval`.
+        let next = allowance.saturating_sub((remaining + 1).saturating_mul(interval));
+        Self {
+            limit: *limit,
+            quota,
+            window_secs: allowance.div_ceil(NS_PER_SEC).max(1),
+            remaining,
+            reset_secs: debt_ns.saturating_sub(next).div_ceil(NS_PER_SEC),
+        }
+    }
 }
 
 /// The outcome of taking one token.
@@ -215,15 +244,7 @@ pub fn take(state: Option<&State>, owner: u64, limits: &[Limit], class: Class, n
     let status = limits
         .iter()
         .zip(final_tats)
-        .map(|(limit, tat)| {
-            let debt = tat.saturating_sub(now_ns);
-            let free = limit.window_ns().saturating_sub(debt) / limit.interval_ns;
-            LimitStatus {
-                limit: *limit,
-                remaining: free.saturating_sub(class.reserved(limit)),
-                reset_secs: debt.div_ceil(NS_PER_SEC),
-            }
-        })
+        .map(|(limit, tat)| LimitStatus::new(limit, class, tat.saturating_sub(now_ns)))
         .collect();
     let next = allowed.then(|| State {
         owner: if collided { state.map_or(owner, |s| s.owner) } else { owner },
@@ -377,6 +398,65 @@ mod tests {
         assert!(!d.collided);
         assert_eq!(d.next.unwrap().owner, 2);
         assert_eq!(d.status[0].remaining, 2);
+    }
+
+    #[test]
+    fn an_entry_is_reclaimed_exactly_when_every_bucket_is_full_again() {
+        // 4 per second and 100 per day: one request leaves 864 s of debt in the daily bucket.
+        let limits = [lim(1, Period::Second, 4), lim(100, Period::Day, 100)];
+        let busy = take(None, 1, &limits, NORMAL, T0).next.unwrap();
+        let full_again = T0 + 864 * SEC;
+        assert!(!busy.is_idle(full_again - 1));
+        let d = take(Some(&busy), 2, &limits, NORMAL, full_again - 1);
+        assert!(d.collided, "one nanosecond early, the entry still holds key 1's debt");
+        assert_eq!(d.next.unwrap().owner, 1);
+        assert!(busy.is_idle(full_again));
+        let d = take(Some(&busy), 2, &limits, NORMAL, full_again);
+        assert!(!d.collided);
+        assert_eq!(d.next.unwrap().owner, 2, "a full entry carries nothing: the newcomer owns it");
+        assert_eq!((d.status[0].remaining, d.status[1].remaining), (3, 99), "with full buckets");
+        // A malformed entry is as good as a full one.
+        assert_eq!(State::decode(b"garbage"), None);
+        assert!(take(None, 2, &limits, NORMAL, T0).allowed);
+    }
+
+    #[test]
+    fn a_short_window_sharing_a_long_debt_is_refused_until_it_clears() {
+        // Why each rule has its own slots: a bucket of 1 s (100 per second) sharing an entry
+        // with 4 s of another limit's debt has no token until that debt is under 1 s.
+        let long = [lim(1, Period::Second, 4)];
+        let short = [lim(100, Period::Second, 100)];
+        let mut s = None;
+        assert_eq!(run(&mut s, &long, NORMAL, T0, 10), 4);
+        let d = take(s.as_ref(), 2, &short, NORMAL, T0);
+        assert!(!d.allowed && d.collided);
+        assert_eq!(d.retry_after_secs, 4);
+        assert!(take(s.as_ref(), 2, &short, NORMAL, T0 + 3 * SEC + SEC / 100).allowed);
+    }
+
+    #[test]
+    fn status_counts_within_the_quota_and_waits_for_the_next_token() {
+        let limits = [lim(2, Period::Hour, 6)];
+        let mut s = None;
+        for taken in 1..=6u64 {
+            let d = take(s.as_ref(), 1, &limits, NORMAL, T0);
+            let st = d.status[0];
+            assert_eq!((st.quota, st.window_secs, st.remaining), (6, 10_800, 6 - taken));
+            // Whatever is left, the next token is one interval (30 min) after the first taken.
+            assert_eq!(st.reset_secs, 1_800);
+            s = d.next;
+        }
+        let refused = take(s.as_ref(), 1, &limits, NORMAL, T0 + 600 * SEC);
+        assert!(!refused.allowed);
+        assert_eq!(refused.status[0].remaining, 0);
+        assert_eq!(refused.status[0].reset_secs, 1_200);
+        assert_eq!(refused.retry_after_secs, refused.status[0].reset_secs);
+        // The reserve: a normal request's quota leaves it out, and so does its wait.
+        let normal = Class::Normal { reserve_percent: 50 };
+        let d = take(s.as_ref(), 1, &limits, normal, T0);
+        assert_eq!((d.status[0].quota, d.status[0].remaining), (3, 0));
+        assert_eq!(d.status[0].reset_secs, d.retry_after_secs);
+        assert_eq!(d.retry_after_secs, 4 * 1_800);
     }
 
     #[test]

@@ -7,8 +7,10 @@ use super::bucket::{Limit, MAX_LIMITS, Period};
 use super::descriptor::Part;
 use crate::route::{RequestFacts, RouteMatch};
 
-/// Upper bound on bucket slots: each is one shared-data entry of about 100 bytes.
+/// Upper bound on the bucket slots of all rules together: each is one shared-data entry of
+/// about 100 bytes.
 pub const MAX_SLOTS: u32 = 1 << 20;
+/// Slots of each rule keyed by request values, unless the rule says otherwise.
 pub const DEFAULT_SLOTS: u32 = 16_384;
 /// At most this many rules, and this many parts in a bucket key.
 pub const MAX_RULES: usize = 64;
@@ -73,6 +75,8 @@ struct RawRule {
     priority: Option<RawPriority>,
     #[serde(default)]
     mode: Mode,
+    #[serde(default)]
+    slots: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,11 +90,44 @@ struct RawMatch {
     methods: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A part of `by`: a name (`"consumer"`) or `{"header": name}`.
+#[derive(Debug)]
 enum RawPart {
     Named(String),
-    Header { header: String },
+    Header(String),
+}
+
+/// The object form of a part. Its own struct so that unknown fields are refused, and named in
+/// the error, like everywhere else (an untagged enum would accept them silently).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderPart {
+    header: String,
+}
+
+impl<'de> Deserialize<'de> for RawPart {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for PartVisitor {
+            type Value = RawPart;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a part name or {\"header\": <name>}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawPart, E> {
+                Ok(RawPart::Named(name.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawPart, A::Error> {
+                let part = RawHeaderPart::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPart::Header(part.header))
+            }
+        }
+
+        deserializer.deserialize_any(PartVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,7 +212,8 @@ pub struct Critical {
 /// The facts the critical check looks at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CriticalFacts<'a> {
-    pub header: Option<&'a str>,
+    /// The header's value as the client sent it (bytes that need not be UTF-8).
+    pub header: Option<&'a [u8]>,
     pub route_name: Option<&'a str>,
     pub tier: Option<&'a str>,
 }
@@ -184,7 +222,7 @@ impl Critical {
     pub fn matches(&self, facts: &CriticalFacts<'_>) -> bool {
         let header = match (&self.header, facts.header) {
             (Some((_, None)), Some(_)) => true,
-            (Some((_, Some(want))), Some(got)) => want == got.trim(),
+            (Some((_, Some(want))), Some(got)) => want.as_bytes() == got.trim_ascii(),
             _ => false,
         };
         header
@@ -213,6 +251,9 @@ pub struct Rule {
     pub key_limits: bool,
     pub priority: Option<Priority>,
     pub mode: Mode,
+    /// The rule's own bucket slots: one for a rule without `by` (it has one bucket), else
+    /// `rules[].slots` or the configuration's `slots`. No other rule's buckets live in them.
+    pub slots: u32,
 }
 
 /// Which rate-limit headers responses carry.
@@ -229,6 +270,7 @@ pub struct Headers {
 pub struct Config {
     /// Namespace of this configuration's shared data.
     pub domain: String,
+    /// Slots of a rule keyed by request values that does not set its own.
     pub slots: u32,
     pub failure_mode: FailureMode,
     /// `x-forwarded-for` hop (from the right) taken as the client IP; `None`: downstream address.
@@ -273,7 +315,7 @@ fn compile_match(field: &str, m: RawMatch) -> Result<RouteMatch, ConfigError> {
 
 fn compile_part(field: &str, part: RawPart) -> Result<Part, ConfigError> {
     match part {
-        RawPart::Header { header } => {
+        RawPart::Header(header) => {
             let name = crate::config::check_header_name(FILTER, &format!("{field}.header"), &header)?;
             if name.starts_with(':') {
                 return Err(err(
@@ -315,7 +357,7 @@ pub fn compile_key_limits(limits: &[crate::key_auth::cache::Limit]) -> Option<Ve
         .collect()
 }
 
-fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
+fn compile_rule(field: &str, r: RawRule, default_slots: u32) -> Result<Rule, ConfigError> {
     if !is_name(&r.name) {
         return Err(err(
             format!("{field}.name"),
@@ -379,6 +421,20 @@ fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
             Some(Priority { reserve_percent: p.reserve_percent, critical })
         }
     };
+    let slots = match (r.slots, by.is_empty()) {
+        (Some(_), true) => {
+            return Err(err(
+                format!("{field}.slots"),
+                "a rule without `by` has one bucket and needs no slots",
+            ));
+        }
+        (Some(n), false) if n == 0 || n > MAX_SLOTS => {
+            return Err(err(format!("{field}.slots"), format!("must be between 1 and {MAX_SLOTS}")));
+        }
+        (Some(n), false) => n,
+        (None, true) => 1,
+        (None, false) => default_slots,
+    };
     Ok(Rule {
         name: r.name,
         matcher,
@@ -388,6 +444,7 @@ fn compile_rule(field: &str, r: RawRule) -> Result<Rule, ConfigError> {
         key_limits: r.key_limits,
         priority,
         mode: r.mode,
+        slots,
     })
 }
 
@@ -412,8 +469,20 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("rules", format!("needs 1 to {MAX_RULES} rules")));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        let mut total_slots: u64 = 0;
         for (i, r) in raw.rules.into_iter().enumerate() {
-            let rule = compile_rule(&format!("rules[{i}]"), r)?;
+            let own_slots = r.slots.is_some();
+            let rule = compile_rule(&format!("rules[{i}]"), r, slots)?;
+            total_slots += u64::from(rule.slots);
+            if total_slots > u64::from(MAX_SLOTS) {
+                let field = if own_slots { format!("rules[{i}].slots") } else { "slots".to_owned() };
+                return Err(err(
+                    field,
+                    format!(
+                        "the rules' slots add up to more than {MAX_SLOTS} (each rule keyed by `by` has its own)"
+                    ),
+                ));
+            }
             if rules.iter().any(|other| other.name == rule.name) {
                 return Err(err(
                     format!("rules[{i}].name"),
@@ -545,6 +614,12 @@ mod tests {
             (rule(r#", "by": ["user"]"#), "rules[0].by[0]", "unknown part `user`"),
             (rule(r#", "by": [{"header": "a b"}]"#), "rules[0].by[0].header", "not a valid header"),
             (rule(r#", "by": ["ip", "ip"]"#), "rules[0].by[1]", "twice"),
+            (rule(r#", "by": ["ip", {"header": "x-a", "prefix": "Bearer "}]"#), "rules[0].by[1].prefix", "unknown field `prefix`"),
+            (rule(r#", "by": [{"name": "x-a"}]"#), "rules[0].by[0].name", "unknown field `name`"),
+            (rule(r#", "by": [{}]"#), "rules[0].by[0]", "missing field `header`"),
+            (rule(r#", "by": [7]"#), "rules[0].by[0]", "a part name or"),
+            (rule(r#", "slots": 8"#), "rules[0].slots", "needs no slots"),
+            (rule(r#", "by": ["ip"], "slots": 0"#), "rules[0].slots", "between"),
             (rule(r#", "missing": "maybe""#), "rules[0].missing", "unknown variant"),
             (rule(r#", "mode": "dry""#), "rules[0].mode", "unknown variant"),
             (rule(r#", "match": {"path_prefix": "api"}"#), "rules[0].match.path_prefix", "start with"),
@@ -567,6 +642,42 @@ mod tests {
     }
 
     #[test]
+    fn each_rule_keyed_by_request_values_has_its_own_slots() {
+        let c = parse(
+            r#"{"slots": 100, "rules": [
+                {"name": "global", "limits": [{"rate": 1, "per": "second"}]},
+                {"name": "ip", "by": ["ip"], "limits": [{"rate": 1, "per": "second"}]},
+                {"name": "login", "by": ["ip"], "slots": 7, "limits": [{"rate": 1, "per": "second"}]}]}"#,
+        )
+        .unwrap();
+        let slots: Vec<u32> = c.rules.iter().map(|r| r.slots).collect();
+        assert_eq!(slots, [1, 100, 7]);
+        assert_eq!(
+            parse(EXAMPLE).unwrap().rules.iter().map(|r| r.slots).collect::<Vec<_>>(),
+            [16_384, 16_384]
+        );
+    }
+
+    #[test]
+    fn the_slots_of_all_rules_are_bounded() {
+        let keyed = |name: &str, extra: &str| {
+            format!(
+                r#"{{"name": "{name}", "by": ["ip"], "limits": [{{"rate": 1, "per": "second"}}]{extra}}}"#
+            )
+        };
+        let config =
+            |slots: u32, rules: &[String]| format!(r#"{{"slots": {slots}, "rules": [{}]}}"#, rules.join(","));
+        // 64 rules of the default size fit exactly.
+        let all: Vec<String> = (0..64).map(|i| keyed(&format!("r{i}"), "")).collect();
+        assert!(parse(&config(DEFAULT_SLOTS, &all)).is_ok());
+        let e = parse(&config(MAX_SLOTS / 2, &[keyed("a", ""), keyed("b", ""), keyed("c", "")])).unwrap_err();
+        assert_eq!(e.field, "slots", "{e}");
+        assert!(e.message.contains("add up to more than 1048576"), "{e}");
+        let e = parse(&config(10, &[keyed("a", ""), keyed("b", r#", "slots": 1048570"#)])).unwrap_err();
+        assert_eq!(e.field, "rules[1].slots", "{e}");
+    }
+
+    #[test]
     fn critical_requests_match_any_condition() {
         let c = Critical {
             header: Some(("x-priority".into(), Some("critical".into()))),
@@ -575,13 +686,17 @@ mod tests {
         };
         let f = CriticalFacts::default;
         assert!(!c.matches(&f()));
-        assert!(c.matches(&CriticalFacts { header: Some("critical"), ..f() }));
-        assert!(!c.matches(&CriticalFacts { header: Some("bulk"), ..f() }));
+        assert!(c.matches(&CriticalFacts { header: Some(b"critical"), ..f() }));
+        assert!(!c.matches(&CriticalFacts { header: Some(b"bulk"), ..f() }));
+        assert!(c.matches(&CriticalFacts { header: Some(b" critical "), ..f() }));
+        // Bytes that are not UTF-8 never equal the value, not even through a lossy decoding.
+        let fffd = Critical { header: Some(("x-p".into(), Some("\u{fffd}".into()))), ..Critical::default() };
+        assert!(!fffd.matches(&CriticalFacts { header: Some(b"\xff"), ..f() }));
         assert!(c.matches(&CriticalFacts { route_name: Some("health"), ..f() }));
         assert!(c.matches(&CriticalFacts { tier: Some("gold"), ..f() }));
         assert!(!c.matches(&CriticalFacts { tier: Some("free"), ..f() }));
         let any = Critical { header: Some(("x-p".into(), None)), ..Critical::default() };
-        assert!(any.matches(&CriticalFacts { header: Some("whatever"), ..f() }));
+        assert!(any.matches(&CriticalFacts { header: Some(b"\xffwhatever"), ..f() }));
     }
 
     #[test]
