@@ -32,11 +32,11 @@ enum Body {
     Flush(Vec<u8>),
 }
 
-/// A chunk up to this size goes out with the body held before it when the body crosses the
-/// cap; a larger one (a burst on HTTP/1) goes out in front of the next chunk, so that Envoy
-/// never holds the held body and a large chunk at once. `max_body_bytes` plus this must stay
-/// under Envoy's buffer limit.
-const SPLIT_ABOVE: usize = 64 * 1024;
+/// The filter never hands Envoy more than `max_body_bytes` plus this at once (the end of a body
+/// aside, where it must): when a body crosses the cap, the held body and the crossing chunk go
+/// out together if they fit, else the chunk (a burst on HTTP/1) goes out in front of the next
+/// one. `max_body_bytes` plus this must stay under Envoy's buffer limit.
+const MARGIN: usize = 64 * 1024;
 
 pub struct TransformHttp<H: Host> {
     host: Rc<H>,
@@ -174,7 +174,7 @@ impl<H: Host> TransformHttp<H> {
                 if self.set_body(side, 0, &pending) {
                     Action::Continue
                 } else {
-                    self.lost_bytes(side)
+                    self.lost_bytes(side, "the proxy refused a held chunk back")
                 }
             }
             Body::Buffer(mut held) => {
@@ -186,8 +186,8 @@ impl<H: Host> TransformHttp<H> {
                         return self.refuse_current(refusal);
                     }
                     // Unchanged, in order: what was held, then this chunk (now, or in front of
-                    // the next one when it is large).
-                    if end_of_stream || chunk.len() <= SPLIT_ABOVE {
+                    // the next one when both would be more than Envoy should hold at once).
+                    if end_of_stream || held.len() + chunk.len() <= filter.config.max_body_bytes + MARGIN {
                         held.extend_from_slice(&chunk);
                     } else {
                         *self.body_state(side) = Body::Flush(chunk);
@@ -195,26 +195,27 @@ impl<H: Host> TransformHttp<H> {
                     return if self.set_body(side, body_size, &held) {
                         Action::Continue
                     } else {
-                        self.lost_bytes(side)
+                        self.lost_bytes(side, "the proxy refused the held body back")
                     };
                 }
+                let prefix = held.len();
                 held.extend_from_slice(&chunk);
                 if !end_of_stream {
                     // Envoy keeps nothing; the body waits here.
                     if !self.set_body(side, body_size, &[]) {
-                        return self.lost_bytes(side);
+                        return self.lost_bytes(side, "the proxy refused to give up a chunk");
                     }
                     *self.body_state(side) = Body::Buffer(held);
                     return Action::Pause;
                 }
-                self.finish_body(side, body_size, held)
+                self.finish_body(side, body_size, held, prefix)
             }
         }
     }
 
-    /// The body arrived whole (`body`; Envoy holds the last `held_by_envoy` bytes of it):
-    /// transform it and hand it back.
-    fn finish_body(&mut self, side: Side, held_by_envoy: usize, body: Vec<u8>) -> Action {
+    /// The body arrived whole: `body`, of which the filter held the first `prefix` bytes and
+    /// Envoy holds the other `held_by_envoy`. Transform it and hand it back.
+    fn finish_body(&mut self, side: Side, held_by_envoy: usize, body: Vec<u8>, prefix: usize) -> Action {
         let host = Rc::clone(&self.host);
         let host = &*host;
         let filter = Rc::clone(&self.filter);
@@ -230,25 +231,36 @@ impl<H: Host> TransformHttp<H> {
         let out = match change.outcome {
             BodyOutcome::Changed(new) => {
                 filter.counters.inc(host, "body_transformed");
-                new
+                Some(new)
             }
-            BodyOutcome::Unchanged => body,
+            BodyOutcome::Unchanged => None,
             BodyOutcome::Invalid => {
                 filter.counters.inc(host, "invalid_json");
                 if let Some(refusal) = tf::invalid_json(config, side) {
                     return self.refuse_current(refusal);
                 }
-                body
+                None
             }
         };
-        if self.set_body(side, held_by_envoy, &out) { Action::Continue } else { self.lost_bytes(side) }
+        let out = match out {
+            Some(new) => new,
+            // Nothing to hand back when Envoy holds it all already (and there may be no buffer
+            // to write to: trailers straight after the headers).
+            None if prefix == 0 => return Action::Continue,
+            None => body,
+        };
+        if self.set_body(side, held_by_envoy, &out) {
+            Action::Continue
+        } else {
+            self.lost_bytes(side, "the proxy refused the transformed body")
+        }
     }
 
-    /// Envoy refused to take bytes back: the message must not go on without them.
-    fn lost_bytes(&mut self, side: Side) -> Action {
+    /// Bytes of the body cannot go out: the message must not go on without them.
+    fn lost_bytes(&mut self, side: Side, why: &str) -> Action {
         self.filter.counters.inc(&*self.host, "errors");
         let which = if side == Side::Request { "request" } else { "response" };
-        self.host.log(LogLevel::Warn, &format!("transform: the proxy refused the {which} body"));
+        self.host.log(LogLevel::Warn, &format!("transform: {which} refused: {why}"));
         self.refuse_current(Refusal::Failed)
     }
 
@@ -256,13 +268,15 @@ impl<H: Host> TransformHttp<H> {
         match std::mem::replace(self.body_state(side), Body::Pass) {
             Body::Pass => Action::Continue,
             // Envoy holds nothing of the body (every chunk was taken out).
-            Body::Buffer(held) => self.finish_body(side, 0, held),
-            Body::Flush(pending) => {
-                if self.set_body(side, 0, &pending) {
-                    Action::Continue
-                } else {
-                    self.lost_bytes(side)
-                }
+            Body::Buffer(held) => {
+                let prefix = held.len();
+                self.finish_body(side, 0, held, prefix)
+            }
+            // The body was passing again and a chunk was still to go out in front of the next
+            // data: trailers came instead, and Envoy lets nothing be added to a body that is
+            // not buffered. The message must not go on without those bytes.
+            Body::Flush(_) => {
+                self.lost_bytes(side, "a chunk over the cap was still to go out when trailers came")
             }
         }
     }

@@ -436,3 +436,48 @@ fn route_name_is_read_for_templates_and_matchers() {
     assert_eq!(gw.host.header(id, "x-route").as_deref(), Some("orders"));
     assert_eq!(gw.host.header(id, "x-orders").as_deref(), Some("yes"));
 }
+
+#[test]
+fn a_chunk_still_to_go_out_when_trailers_come_refuses_the_message() {
+    // Envoy lets nothing be added to a body that is passing again: the message must not go on
+    // without the chunk.
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, &[b' '; 1000]);
+    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    chunk_of(&gw, id, Req, &vec![b' '; 200_000]);
+    assert_eq!(ctx.on_http_request_body(200_000, false), Action::Continue);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
+    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+}
+
+#[test]
+fn a_body_that_crosses_the_cap_by_a_little_goes_out_at_once() {
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, &[b'a'; 1000]);
+    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    chunk_of(&gw, id, Req, &[b'b'; 30_000]);
+    assert_eq!(ctx.on_http_request_body(30_000, false), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), [vec![b'a'; 1000], vec![b'b'; 30_000]].concat());
+    // Trailers then find nothing waiting.
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert!(gw.host.reply(id).is_none());
+}
+
+#[test]
+fn trailers_right_after_the_headers_leave_the_message_alone() {
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert!(gw.host.request_body_of(id).is_empty());
+    assert!(gw.host.reply(id).is_none());
+}
