@@ -46,6 +46,7 @@ mod paths;
 pub mod patterns;
 mod process;
 mod raw;
+pub mod scripted;
 
 pub use echo::{Echo, EchoRequest};
 pub use envoy::{

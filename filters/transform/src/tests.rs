@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::Action;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_host::mock::MockHost;
 
 use crate::{TransformHttp, TransformRoot};
@@ -94,11 +94,30 @@ fn unmatched_requests_are_untouched_and_not_buffered() {
     assert_eq!(gw.host.counter("tollgate.transform.rules_applied"), 0);
 }
 
+/// What Envoy does with a chunk of a buffered body: it adds the chunk to what it holds (the
+/// filter took everything before out) and calls the filter with the size it holds.
+fn chunk_of(gw: &Gateway, id: u32, side: tollgate_core::transform::Side, chunk: &[u8]) {
+    assert!(
+        match side {
+            tollgate_core::transform::Side::Request => gw.host.request_body_of(id),
+            tollgate_core::transform::Side::Response => gw.host.response_body_of(id),
+        }
+        .is_empty(),
+        "the filter keeps Envoy's buffer empty while it buffers"
+    );
+    match side {
+        tollgate_core::transform::Side::Request => gw.host.with_request_body(id, chunk),
+        tollgate_core::transform::Side::Response => gw.host.with_response_body(id, chunk),
+    }
+}
+
+use tollgate_core::transform::Side::{Request as Req, Response as Resp};
+
 #[test]
 fn json_request_body_is_buffered_changed_and_its_length_fixed() {
     let mut gw = Gateway::new(EXAMPLE);
     gw.host.with_property(&["tollgate.consumer_id"], b"alice");
-    let body = br#"{"name": "bob"}"#;
+    let body = br#"{"name": "bob", "n": 18446744073709551617}"#;
     let (id, mut ctx) = gw.context(&[
         (":method", "POST"),
         (":path", "/api/v1/users"),
@@ -107,13 +126,42 @@ fn json_request_body_is_buffered_changed_and_its_length_fixed() {
     ]);
     assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
     assert_eq!(gw.host.header(id, "content-length"), None, "the length will change: chunked framing");
-    gw.host.with_request_body(id, &body[..5]);
+    chunk_of(&gw, id, Req, &body[..5]);
     assert_eq!(ctx.on_http_request_body(5, false), Action::Pause);
-    gw.host.with_request_body(id, body);
-    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Continue);
+    chunk_of(&gw, id, Req, &body[5..]);
+    assert_eq!(ctx.on_http_request_body(body.len() - 5, true), Action::Continue);
     let sent = gw.host.request_body_of(id);
-    assert_eq!(json_of(&sent), json!({"name": "bob", "meta": {"created_by": "alice"}}));
+    assert_eq!(
+        String::from_utf8(sent).unwrap(),
+        r#"{"name": "bob", "n": 18446744073709551617, "meta": {"created_by":"alice"}}"#
+    );
     assert_eq!(gw.host.counter("tollgate.transform.body_transformed"), 1);
+}
+
+#[test]
+fn a_body_that_ends_with_trailers_is_transformed_there() {
+    let mut gw = Gateway::new(EXAMPLE);
+    gw.host.with_property(&["tollgate.consumer_id"], b"alice");
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, br#"{"meta": {"created_by": "#);
+    assert_eq!(ctx.on_http_request_body(24, false), Action::Pause);
+    chunk_of(&gw, id, Req, br#""mallory"}}"#);
+    assert_eq!(ctx.on_http_request_body(11, false), Action::Pause);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), br#"{"meta": {"created_by": "alice"}}"#);
+
+    // The response side: the internal field does not leak through trailers.
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    gw.host.with_response_header(id, ":status", "200");
+    gw.host.with_response_header(id, "content-type", "application/json");
+    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Resp, br#"{"id": 7, "internal_id": "db-7"}"#);
+    assert_eq!(ctx.on_http_response_body(32, false), Action::Pause);
+    assert_eq!(ctx.on_http_response_trailers(1), Action::Continue);
+    assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
 }
 
 #[test]
@@ -147,21 +195,71 @@ fn oversized_body_is_refused_with_413_by_length_or_while_streaming() {
     let (id, mut ctx) =
         gw.context(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
     assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
-    assert_eq!(ctx.on_http_request_body(262_145, false), Action::Pause);
+    chunk_of(&gw, id, Req, &vec![b' '; 200_000]);
+    assert_eq!(ctx.on_http_request_body(200_000, false), Action::Pause);
+    assert!(gw.host.reply(id).is_none());
+    chunk_of(&gw, id, Req, &vec![b' '; 62_145]);
+    assert_eq!(ctx.on_http_request_body(62_145, false), Action::Pause, "one byte over the cap");
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
     assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 2);
 }
 
+fn pass_config(max: usize) -> String {
+    format!(
+        r#"{{"max_body_bytes": {max}, "rules": [{{"request": {{"body": [{{"op": "set", "path": "a", "value": 1}}]}}, "response": {{"body": [{{"op": "remove", "path": "a"}}]}}}}]}}"#
+    )
+}
+
+#[test]
+fn a_body_over_the_cap_goes_on_whole_and_in_order() {
+    let mut gw = Gateway::new(&pass_config(16));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, b"{\"pad\": \"");
+    assert_eq!(ctx.on_http_request_body(9, false), Action::Pause);
+    chunk_of(&gw, id, Req, b"0123456789");
+    assert_eq!(ctx.on_http_request_body(10, false), Action::Continue, "over the cap: no more buffering");
+    assert_eq!(gw.host.request_body_of(id), b"{\"pad\": \"0123456789", "what was held, then the chunk");
+    gw.host.with_request_body(id, b"\"}");
+    assert_eq!(ctx.on_http_request_body(2, true), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), b"\"}");
+    assert!(gw.host.reply(id).is_none());
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 1);
+}
+
+#[test]
+fn a_large_chunk_crossing_the_cap_follows_the_held_body() {
+    // Envoy must never hold the held body and a burst at once: the burst goes out in front of
+    // the next chunk.
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    gw.host.with_response_header(id, ":status", "200");
+    gw.host.with_response_header(id, "content-type", "application/json");
+    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+    let held = vec![b'h'; 1000];
+    let burst = vec![b'b'; 200_000];
+    chunk_of(&gw, id, Resp, &held);
+    assert_eq!(ctx.on_http_response_body(held.len(), false), Action::Pause);
+    chunk_of(&gw, id, Resp, &burst);
+    assert_eq!(ctx.on_http_response_body(burst.len(), false), Action::Continue);
+    assert_eq!(gw.host.response_body_of(id), held, "only what was held goes now");
+    gw.host.with_response_body(id, b"next");
+    assert_eq!(ctx.on_http_response_body(4, true), Action::Continue);
+    let mut rest = burst.clone();
+    rest.extend_from_slice(b"next");
+    assert_eq!(gw.host.response_body_of(id), rest, "the burst, then the next chunk");
+}
+
 #[test]
 fn oversized_body_passes_untouched_by_default() {
-    let config = r#"{"max_body_bytes": 16, "rules": [{"request": {"body": [{"op": "set", "path": "a", "value": 1}]}}]}"#;
-    let mut gw = Gateway::new(config);
+    let mut gw = Gateway::new(&pass_config(16));
     let (id, mut ctx) =
         gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
     assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
     let big = br#"{"padding": "0123456789abcdef"}"#;
-    gw.host.with_request_body(id, big);
-    assert_eq!(ctx.on_http_request_body(big.len(), false), Action::Continue);
+    chunk_of(&gw, id, Req, big);
     assert_eq!(ctx.on_http_request_body(big.len(), true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), big);
     assert!(gw.host.reply(id).is_none());
@@ -176,13 +274,16 @@ fn malformed_json_passes_by_default_and_gets_400_when_configured() {
             gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
         assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
         let broken = br#"{"a": [1, 2"#;
-        gw.host.with_request_body(id, broken);
-        let action = ctx.on_http_request_body(broken.len(), true);
-        assert_eq!(gw.host.request_body_of(id), broken, "never truncated");
+        chunk_of(&gw, id, Req, &broken[..4]);
+        assert_eq!(ctx.on_http_request_body(4, false), Action::Pause);
+        chunk_of(&gw, id, Req, &broken[4..]);
+        let action = ctx.on_http_request_body(broken.len() - 4, true);
         assert_eq!(gw.host.reply(id).map(|r| r.status), expect);
         assert_eq!(action, if expect.is_some() { Action::Pause } else { Action::Continue });
         if expect.is_some() {
             assert_eq!(json_of(&gw.host.reply(id).unwrap().body)["error"], "bad_request");
+        } else {
+            assert_eq!(gw.host.request_body_of(id), broken, "never truncated");
         }
         assert_eq!(gw.host.counter("tollgate.transform.invalid_json"), 1);
     }
@@ -201,10 +302,9 @@ fn response_status_headers_and_body_are_transformed() {
     assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
     assert_eq!(gw.host.response_header_of(id, "content-length"), None);
     assert_eq!(gw.host.response_header_of(id, "server"), None);
-    gw.host.with_response_body(id, body);
+    chunk_of(&gw, id, Resp, body);
     assert_eq!(ctx.on_http_response_body(body.len(), true), Action::Continue);
-    let sent = gw.host.response_body_of(id);
-    assert_eq!(json_of(&sent), json!({"id": 7, "audit": {"at": 1}}));
+    assert_eq!(gw.host.response_body_of(id), br#"{"id": 7, "audit": { "at": 1}}"#);
 
     let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/legacy/x")]);
     ctx.on_http_request_headers(0, true);
@@ -228,18 +328,156 @@ fn event_streams_are_never_buffered_even_with_body_rules() {
 }
 
 #[test]
-fn invalid_json_response_passes_untouched_even_when_requests_are_refused() {
-    let config = r#"{"on_invalid_json": "reject", "rules": [{"response": {"body": [{"op": "remove", "path": "a"}]}}]}"#;
+fn responses_follow_on_invalid_json_and_on_oversize() {
+    let rules = r#"[{"response": {"body": [{"op": "remove", "path": "a"}]}}]"#;
+    for mode in ["pass", "reject"] {
+        let config = format!(
+            r#"{{"max_body_bytes": 64, "on_invalid_json": "{mode}", "on_oversize": "{mode}", "rules": {rules}}}"#
+        );
+        let mut gw = Gateway::new(&config);
+        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
+        ctx.on_http_request_headers(0, true);
+        gw.host.with_response_header(id, ":status", "200");
+        gw.host.with_response_header(id, "content-type", "application/json");
+        assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+        chunk_of(&gw, id, Resp, b"<html>");
+        assert_eq!(
+            ctx.on_http_response_body(6, true),
+            if mode == "pass" { Action::Continue } else { Action::Pause }
+        );
+        match mode {
+            "pass" => {
+                assert_eq!(gw.host.response_body_of(id), b"<html>");
+                assert!(gw.host.reply(id).is_none());
+            }
+            _ => {
+                let reply = gw.host.reply(id).unwrap();
+                assert_eq!(
+                    (reply.status, json_of(&reply.body)["error"].as_str()),
+                    (502, Some("bad_gateway"))
+                );
+            }
+        }
+
+        // Announced over the cap: decided before the body comes.
+        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
+        ctx.on_http_request_headers(0, true);
+        gw.host.with_response_header(id, ":status", "200");
+        gw.host.with_response_header(id, "content-type", "application/json");
+        gw.host.with_response_header(id, "content-length", "65");
+        let action = ctx.on_http_response_headers(0, false);
+        assert_eq!(gw.host.reply(id).map(|r| r.status), (mode == "reject").then_some(502));
+        assert_eq!(action, if mode == "pass" { Action::Continue } else { Action::Pause });
+    }
+}
+
+#[test]
+fn an_encoded_slash_is_refused_when_a_rule_looks_at_the_path() {
+    let mut gw = Gateway::new(EXAMPLE);
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/legacy%2F..%2Fadmin")]);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (400, Some("bad_request")));
+    assert_eq!(gw.host.counter("tollgate.transform.rejected"), 1);
+    // Another spelling of a rule's path is the path.
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "//legacy/./x")]);
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.host.header(id, ":authority").as_deref(), Some("legacy.internal"));
+}
+
+#[test]
+fn header_bytes_survive_a_rename_and_bad_values_are_counted() {
+    let config = r#"{"rules": [{"request": {"headers": [
+        {"op": "rename", "name": "x-raw", "to": "x-moved"},
+        {"op": "set", "name": "x-copy", "value": "<{header.x-moved}>"},
+        {"op": "set", "name": "x-from-query", "value": "{query.v}"}
+    ]}}]}"#;
     let mut gw = Gateway::new(config);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
-    ctx.on_http_request_headers(0, true);
-    gw.host.with_response_header(id, ":status", "200");
-    gw.host.with_response_header(id, "content-type", "application/json");
-    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
-    gw.host.with_response_body(id, b"<html>");
-    assert_eq!(ctx.on_http_response_body(6, false), Action::Pause);
-    assert_eq!(ctx.on_http_response_body(6, true), Action::Continue);
-    assert_eq!(gw.host.response_body_of(id), b"<html>");
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/?v=a%01b")]);
+    gw.host.with_header_bytes(id, "x-raw", b"\xff\xfe");
+    gw.host.with_header_bytes(id, "x-moved", b"\xc3\xa9");
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.host.header_lines(id, "x-moved"), vec![b"\xff\xfe".to_vec()]);
+    assert_eq!(
+        gw.host.header_lines(id, "x-copy"),
+        vec![b"<\xc3\xa9>".to_vec()],
+        "templates read the request as sent"
+    );
+    assert!(gw.host.header_lines(id, "x-from-query").is_empty());
+    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+    let logged = gw.host.logs().iter().map(|(_, l)| l.clone()).collect::<Vec<_>>().join("\n");
+    assert!(logged.contains(r"a\u{1}b") && !logged.contains('\u{1}'), "{logged}");
+}
+
+#[test]
+fn a_host_that_is_not_an_authority_refuses_the_request() {
+    let config = r#"{"rules": [{"request": {"host": "{header.x-backend}"}}]}"#;
+    let mut gw = Gateway::new(config);
+    for (backend, status) in [("good.example@evil.example", Some(400)), ("svc.internal:8443", None)] {
+        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/"), ("x-backend", backend)]);
+        ctx.on_http_request_headers(0, true);
+        assert_eq!(gw.host.reply(id).map(|r| r.status), status, "{backend}");
+        if status.is_none() {
+            assert_eq!(gw.host.header(id, ":authority").as_deref(), Some(backend));
+        }
+    }
+}
+
+#[test]
+fn route_name_is_read_for_templates_and_matchers() {
+    let config = r#"{"rules": [
+        {"request": {"headers": [{"op": "set", "name": "x-route", "value": "{route_name}"}]}},
+        {"match": {"route_name": "orders"}, "request": {"headers": [{"op": "set", "name": "x-orders", "value": "yes"}]}}
+    ]}"#;
+    let mut gw = Gateway::new(config);
+    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/orders/1")]);
+    gw.host.with_request_property(id, &["xds", "route_name"], b"orders");
+    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.host.header(id, "x-route").as_deref(), Some("orders"));
+    assert_eq!(gw.host.header(id, "x-orders").as_deref(), Some("yes"));
+}
+
+#[test]
+fn a_chunk_still_to_go_out_when_trailers_come_refuses_the_message() {
+    // Envoy lets nothing be added to a body that is passing again: the message must not go on
+    // without the chunk.
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, &[b' '; 1000]);
+    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    chunk_of(&gw, id, Req, &vec![b' '; 200_000]);
+    assert_eq!(ctx.on_http_request_body(200_000, false), Action::Continue);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
+    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+}
+
+#[test]
+fn a_body_that_crosses_the_cap_by_a_little_goes_out_at_once() {
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    chunk_of(&gw, id, Req, &[b'a'; 1000]);
+    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    chunk_of(&gw, id, Req, &[b'b'; 30_000]);
+    assert_eq!(ctx.on_http_request_body(30_000, false), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), [vec![b'a'; 1000], vec![b'b'; 30_000]].concat());
+    // Trailers then find nothing waiting.
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
     assert!(gw.host.reply(id).is_none());
-    assert_eq!(gw.host.counter("tollgate.transform.invalid_json"), 1);
+}
+
+#[test]
+fn trailers_right_after_the_headers_leave_the_message_alone() {
+    let mut gw = Gateway::new(&pass_config(1024));
+    let (id, mut ctx) =
+        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert!(gw.host.request_body_of(id).is_empty());
+    assert!(gw.host.reply(id).is_none());
 }

@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Op;
+use super::doc::{Doc, JsonText};
 use super::json::{BodyValue, JsonPath, ValueType};
-use super::template::Template;
+use super::template::{Template, Var};
 
 /// Default body size cap: well under Envoy's default 1 MiB buffer limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512 * 1024;
@@ -123,10 +124,12 @@ struct RawOp {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOversize {
-    /// Forward it unchanged (counted in `body_skipped_too_large`).
+    /// Forward it unchanged (counted in `body_skipped_too_large`): the body rules do not apply
+    /// to it.
     #[default]
     Pass,
-    /// Refuse a request body with 413. Responses always pass unchanged.
+    /// Refuse: a request with 413, a response with 502. For rules that must apply (an identity
+    /// stamped into a request, a field removed from a response).
     Reject,
 }
 
@@ -137,8 +140,8 @@ pub enum OnInvalidJson {
     /// Forward it unchanged (counted in `invalid_json`).
     #[default]
     Pass,
-    /// Refuse a request with 400. Responses always pass unchanged: their headers are on the way
-    /// to the client before the body is read.
+    /// Refuse: a request with 400, a response with 502 (for upstreams whose parser accepts more
+    /// than JSON: comments, trailing commas).
     Reject,
 }
 
@@ -197,6 +200,24 @@ pub struct Rule {
     pub properties: Vec<Vec<String>>,
 }
 
+impl Rule {
+    /// Whether the rule looks at the path: to match it, or to rewrite it.
+    pub fn uses_path(&self) -> bool {
+        self.matcher.path_prefix.is_some() || self.matcher.path_regex.is_some() || self.request.path.is_some()
+    }
+
+    /// Whether one of the rule's templates reads `var`.
+    pub fn reads(&self, var: &Var) -> bool {
+        let r = &self.request;
+        let names = r.headers.iter().chain(&r.query).chain(&self.response.headers).filter_map(template_of);
+        let bodies = r.body.iter().chain(&self.response.body).filter_map(|op| match value_of(op) {
+            Some(BodyValue::Template(t, _)) => Some(t),
+            _ => None,
+        });
+        names.chain(bodies).chain(r.host.as_ref()).any(|t| t.reads(var))
+    }
+}
+
 /// The compiled, immutable configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,7 +245,7 @@ impl Config {
             }
             error
         })?;
-        compile(raw)
+        compile(raw, json)
     }
 }
 
@@ -235,7 +256,10 @@ fn rule_name_in(json: &[u8], index: &str) -> Option<String> {
     doc.get("rules")?.get(i)?.get("name")?.as_str().map(str::to_owned)
 }
 
-fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+fn compile(raw: RawConfig, json: &[u8]) -> Result<Config, ConfigError> {
+    // Literal body values are written as the config spells them (`18446744073709551617` keeps
+    // every digit), so they are read from the config's text, not from the parsed numbers.
+    let mut source = Doc::parse(json.to_vec()).ok();
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 || max_body_bytes > MAX_BODY_BYTES_LIMIT {
         return Err(err("max_body_bytes", format!("must be between 1 and {MAX_BODY_BYTES_LIMIT}")));
@@ -256,14 +280,20 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 ..err(format!("{field}.name"), "another rule has this name")
             });
         }
-        let rule =
-            compile_rule(&field, name.clone(), r).map_err(|e| ConfigError { rule: Some(name), ..e })?;
+        let rule = compile_rule(&field, name.clone(), r, i, &mut source)
+            .map_err(|e| ConfigError { rule: Some(name), ..e })?;
         rules.push(rule);
     }
     Ok(Config { max_body_bytes, on_oversize: raw.on_oversize, on_invalid_json: raw.on_invalid_json, rules })
 }
 
-fn compile_rule(field: &str, name: String, r: RawRule) -> Result<Rule, ConfigError> {
+fn compile_rule(
+    field: &str,
+    name: String,
+    r: RawRule,
+    index: usize,
+    source: &mut Option<Doc>,
+) -> Result<Rule, ConfigError> {
     let m = r.matcher;
     let mf = format!("{field}.match");
     if m.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
@@ -304,11 +334,20 @@ fn compile_rule(field: &str, name: String, r: RawRule) -> Result<Rule, ConfigErr
         None => None,
     };
     let new_method = q.method.as_deref().map(|x| method(&format!("{rf}.method"), x)).transpose()?;
+    if let Some(m @ ("HEAD" | "CONNECT")) = new_method.as_deref() {
+        return Err(err(
+            format!("{rf}.method"),
+            format!(
+                "`{m}` changes how the response is framed: the client would wait for a body that never \
+                 comes (or get a tunnel it did not ask for)"
+            ),
+        ));
+    }
     let host = match q.host.as_deref() {
         Some(h) => {
             let t = template(&format!("{rf}.host"), h)?;
-            if t.as_literal().is_some_and(|l| l.is_empty() || l.contains(char::is_whitespace)) {
-                return Err(err(format!("{rf}.host"), "is not a host"));
+            if t.as_literal().is_some_and(|l| !super::is_authority(&l)) {
+                return Err(err(format!("{rf}.host"), format!("`{h}` is not a host (and optional port)")));
             }
             Some(t)
         }
@@ -320,12 +359,13 @@ fn compile_rule(field: &str, name: String, r: RawRule) -> Result<Rule, ConfigErr
         host,
         headers: name_ops(&format!("{rf}.headers"), &q.headers, true)?,
         query: name_ops(&format!("{rf}.query"), &q.query, false)?,
-        body: body_ops(&format!("{rf}.body"), &q.body)?,
+        body: body_ops(&format!("{rf}.body"), &q.body, |j| literal_text(source, index, "request", j))?,
     };
 
     let s = r.response;
     let sf = format!("{field}.response");
     let mut status = Vec::with_capacity(s.status.len());
+    const BODYLESS: [u32; 3] = [204, 205, 304];
     for (from, to) in &s.status {
         let f = format!("{sf}.status.{from}");
         let from_code = from.parse::<u32>().ok().filter(|c| (100..=599).contains(c));
@@ -335,12 +375,29 @@ fn compile_rule(field: &str, name: String, r: RawRule) -> Result<Rule, ConfigErr
         if !(100..=599).contains(to) {
             return Err(err(f, format!("`{to}` is not an HTTP status")));
         }
+        if from_code < 200 {
+            return Err(err(f, format!("`{from}` is informational: it never reaches this filter")));
+        }
+        if *to < 200 {
+            return Err(err(
+                f,
+                format!(
+                    "`{to}` is informational: the client would wait for a final response that never comes"
+                ),
+            ));
+        }
+        if BODYLESS.contains(to) && !BODYLESS.contains(&from_code) {
+            return Err(err(
+                f,
+                format!("`{to}` has no body: the upstream's `{from}` does, and the client would misread it"),
+            ));
+        }
         status.push((from_code, *to));
     }
     let response = ResponseOps {
         status,
         headers: name_ops(&format!("{sf}.headers"), &s.headers, true)?,
-        body: body_ops(&format!("{sf}.body"), &s.body)?,
+        body: body_ops(&format!("{sf}.body"), &s.body, |j| literal_text(source, index, "response", j))?,
     };
 
     let mut properties: Vec<Vec<String>> = Vec::new();
@@ -525,7 +582,24 @@ fn name_ops(field: &str, ops: &[RawOp], headers: bool) -> Result<Vec<NameOp>, Co
     Ok(out)
 }
 
-fn body_ops(field: &str, ops: &[RawOp]) -> Result<Vec<BodyOp>, ConfigError> {
+/// The exact text of `rules[rule].<side>.body[op].value` in the config.
+fn literal_text(source: &mut Option<Doc>, rule: usize, side: &str, op: usize) -> Option<JsonText> {
+    let path = [
+        "rules".to_owned(),
+        rule.to_string(),
+        side.to_owned(),
+        "body".to_owned(),
+        op.to_string(),
+        "value".to_owned(),
+    ];
+    JsonText::parse(&source.as_mut()?.text_at(&path)?).ok()
+}
+
+fn body_ops(
+    field: &str,
+    ops: &[RawOp],
+    mut literal: impl FnMut(usize) -> Option<JsonText>,
+) -> Result<Vec<BodyOp>, ConfigError> {
     let mut out = Vec::with_capacity(ops.len());
     for (i, raw) in ops.iter().enumerate() {
         let f = format!("{field}[{i}]");
@@ -551,14 +625,21 @@ fn body_ops(field: &str, ops: &[RawOp]) -> Result<Vec<BodyOp>, ConfigError> {
                     let ty = ty.unwrap_or_default();
                     let t = template(&format!("{f}.value"), s)?;
                     if let Some(text) = t.as_literal() {
-                        ty.coerce(&text).map_err(|e| err(format!("{f}.value"), e))?;
+                        ty.coerce(text.as_bytes()).map_err(|e| err(format!("{f}.value"), e))?;
                     }
                     BodyValue::Template(t, ty)
                 }
                 (Some(_), Some(_)) => {
                     return Err(err(format!("{f}.type"), "`type` applies to a string `value` only"));
                 }
-                (Some(v), None) => BodyValue::Literal(v.clone()),
+                (Some(v), None) => match literal(i) {
+                    Some(text) => BodyValue::Literal(text),
+                    // Not reachable: the config parsed, so its text is JSON.
+                    None => BodyValue::Literal(
+                        JsonText::parse(v.to_string().as_bytes())
+                            .map_err(|e| err(format!("{f}.value"), e.to_string()))?,
+                    ),
+                },
             };
             Some(v)
         } else {

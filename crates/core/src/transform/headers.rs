@@ -5,13 +5,13 @@ use super::request::{Captures, Request};
 use super::template::Template;
 
 /// One change to a header map, in order. Applying the edits in order to the proxy's map gives
-/// the same result as [`Headers`] holds.
+/// the same result as [`Headers`] holds. Values are bytes: a header that is not UTF-8 keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Replace every value with this one.
-    Set(String, String),
+    Set(String, Vec<u8>),
     /// Add a value, keeping the others.
-    Add(String, String),
+    Add(String, Vec<u8>),
     /// Remove every value.
     Remove(String),
 }
@@ -19,38 +19,38 @@ pub enum HeaderEdit {
 /// A header list being transformed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    entries: Vec<(String, Vec<u8>)>,
     edits: Vec<HeaderEdit>,
 }
 
 impl Headers {
     /// Lower-cases the names.
-    pub fn new(entries: Vec<(String, String)>) -> Self {
+    pub fn new(entries: Vec<(String, Vec<u8>)>) -> Self {
         let entries = entries.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
         Self { entries, edits: Vec::new() }
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
-    pub fn get_all(&self, name: &str) -> Vec<&str> {
-        self.entries.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    pub fn get_all(&self, name: &str) -> Vec<&[u8]> {
+        self.entries.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect()
     }
 
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
-    pub fn set(&mut self, name: &str, value: &str) {
+    pub fn set(&mut self, name: &str, value: &[u8]) {
         self.entries.retain(|(n, _)| n != name);
-        self.entries.push((name.to_owned(), value.to_owned()));
-        self.edits.push(HeaderEdit::Set(name.to_owned(), value.to_owned()));
+        self.entries.push((name.to_owned(), value.to_vec()));
+        self.edits.push(HeaderEdit::Set(name.to_owned(), value.to_vec()));
     }
 
-    pub fn add(&mut self, name: &str, value: &str) {
-        self.entries.push((name.to_owned(), value.to_owned()));
-        self.edits.push(HeaderEdit::Add(name.to_owned(), value.to_owned()));
+    pub fn add(&mut self, name: &str, value: &[u8]) {
+        self.entries.push((name.to_owned(), value.to_vec()));
+        self.edits.push(HeaderEdit::Add(name.to_owned(), value.to_vec()));
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -68,9 +68,11 @@ impl Headers {
     }
 }
 
-/// A header value must not smuggle a line break or NUL into the message.
-fn safe_value(value: &str) -> bool {
-    !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+/// Whether `value` may be sent as a header value (RFC 9110 §5.5: visible characters, obs-text,
+/// space and tab). A line break or NUL would smuggle a header in (Envoy stores such a value as
+/// empty), any other control byte makes the upstream refuse the request.
+pub fn valid_field_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// Applies one operation. `Err` (with the reason) when a template rendered a value that cannot
@@ -80,10 +82,13 @@ pub fn apply(
     op: &Op<String, Template>,
     req: &Request,
     captures: &Captures,
-) -> Result<bool, &'static str> {
-    let render = |t: &Template| -> Result<Option<String>, &'static str> {
+) -> Result<bool, String> {
+    let render = |t: &Template| -> Result<Option<Vec<u8>>, String> {
         match t.render(req, captures) {
-            Some(v) if !safe_value(&v) => Err("header value with a line break"),
+            Some(v) if !valid_field_value(&v) => Err(format!(
+                "header value `{}` has a control byte (line break, NUL or other)",
+                super::shown(&v)
+            )),
             other => Ok(other),
         }
     };
@@ -95,7 +100,7 @@ pub fn apply(
             headers.remove(name);
         }
         Op::Rename(from, to) => {
-            let values: Vec<String> = headers.get_all(from).into_iter().map(str::to_owned).collect();
+            let values: Vec<Vec<u8>> = headers.get_all(from).into_iter().map(<[u8]>::to_vec).collect();
             if values.is_empty() {
                 return Ok(false);
             }
@@ -139,7 +144,7 @@ mod tests {
         Template::parse(s).unwrap()
     }
 
-    fn run(headers: &mut Headers, op: Op<String, Template>) -> Result<bool, &'static str> {
+    fn run(headers: &mut Headers, op: Op<String, Template>) -> Result<bool, String> {
         let req = Request::from_headers(vec![("x-from".into(), "client".into())]);
         apply(headers, &op, &req, &Captures::default())
     }
@@ -155,7 +160,7 @@ mod tests {
         assert_eq!(run(&mut h, Op::Remove("x-a".into())), Ok(false));
         assert_eq!(h.get("x-a"), None);
         assert_eq!(run(&mut h, Op::Rename("x-b".into(), "x-c".into())), Ok(true));
-        assert_eq!(h.get_all("x-c"), vec!["2", "3"]);
+        assert_eq!(h.get_all("x-c"), vec![b"2", b"3"]);
         assert!(!h.has("x-b"));
         assert_eq!(run(&mut h, Op::Rename("x-none".into(), "x-d".into())), Ok(false));
         assert_eq!(
@@ -164,8 +169,8 @@ mod tests {
                 HeaderEdit::Remove("x-a".into()),
                 HeaderEdit::Remove("x-b".into()),
                 HeaderEdit::Remove("x-c".into()),
-                HeaderEdit::Add("x-c".into(), "2".into()),
-                HeaderEdit::Add("x-c".into(), "3".into()),
+                HeaderEdit::Add("x-c".into(), b"2".to_vec()),
+                HeaderEdit::Add("x-c".into(), b"3".to_vec()),
             ]
         );
     }
@@ -175,22 +180,22 @@ mod tests {
         let mut h = start();
         assert_eq!(run(&mut h, Op::Replace("x-a".into(), t("new"))), Ok(true));
         assert_eq!(run(&mut h, Op::Replace("x-z".into(), t("new"))), Ok(false));
-        assert_eq!(h.get("x-a"), Some("new"));
+        assert_eq!(h.get("x-a"), Some(&b"new"[..]));
         assert!(!h.has("x-z"));
         assert_eq!(run(&mut h, Op::Add("x-a".into(), t("other"))), Ok(false));
         assert_eq!(run(&mut h, Op::Add("x-z".into(), t("z"))), Ok(true));
-        assert_eq!((h.get("x-a"), h.get("x-z")), (Some("new"), Some("z")));
+        assert_eq!((h.get("x-a"), h.get("x-z")), (Some(&b"new"[..]), Some(&b"z"[..])));
     }
 
     #[test]
     fn append_keeps_values_set_replaces_them() {
         let mut h = start();
         run(&mut h, Op::Append("x-b".into(), t("4"))).unwrap();
-        assert_eq!(h.get_all("x-b"), vec!["2", "3", "4"]);
+        assert_eq!(h.get_all("x-b"), vec![&b"2"[..], b"3", b"4"]);
         run(&mut h, Op::Set("x-b".into(), t("only"))).unwrap();
-        assert_eq!(h.get_all("x-b"), vec!["only"]);
+        assert_eq!(h.get_all("x-b"), vec![b"only"]);
         run(&mut h, Op::Set("x-new".into(), t("{header.x-from}"))).unwrap();
-        assert_eq!(h.get("x-new"), Some("client"));
+        assert_eq!(h.get("x-new"), Some(&b"client"[..]));
     }
 
     #[test]
@@ -198,9 +203,26 @@ mod tests {
         let mut h = start();
         assert_eq!(run(&mut h, Op::Set("x-id".into(), t("{header.absent}"))), Ok(false));
         assert!(!h.has("x-id"));
-        let req = Request::from_headers(vec![("x-evil".into(), "a\r\nx-injected: 1".into())]);
-        let op = Op::Set("x-id".into(), t("{header.x-evil}"));
-        assert!(apply(&mut h, &op, &req, &Captures::default()).is_err());
-        assert!(!h.has("x-id"));
+        for evil in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"a\0b", b"a\x01b", b"a\x1bb", b"a\x7fb"] {
+            let req = Request::from_headers(vec![("x-evil".into(), evil.to_vec())]);
+            let op = Op::Set("x-id".into(), t("{header.x-evil}"));
+            let e = apply(&mut h, &op, &req, &Captures::default()).unwrap_err();
+            assert!(e.contains("control byte"), "{e}");
+            assert!(!e.bytes().any(|b| b < 0x20), "the reason is safe to log: {e:?}");
+            assert!(!h.has("x-id"));
+        }
+        // Tabs, spaces and bytes that are not UTF-8 are field values.
+        let req = Request::from_headers(vec![("x-ok".into(), b"a\tb c\xff".to_vec())]);
+        let op = Op::Set("x-id".into(), t("{header.x-ok}"));
+        assert_eq!(apply(&mut h, &op, &req, &Captures::default()), Ok(true));
+        assert_eq!(h.get("x-id"), Some(&b"a\tb c\xff"[..]));
+    }
+
+    #[test]
+    fn rename_keeps_bytes_that_are_not_utf8() {
+        let mut h = Headers::new(vec![("x-raw".into(), b"\xff\xfe".to_vec())]);
+        assert_eq!(run(&mut h, Op::Rename("x-raw".into(), "x-moved".into())), Ok(true));
+        assert_eq!(h.get("x-moved"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(h.edits().last(), Some(&HeaderEdit::Add("x-moved".into(), b"\xff\xfe".to_vec())));
     }
 }

@@ -1,11 +1,13 @@
 //! transform decisions: which rules match a request, and what they change in its headers,
 //! path, query, method, host and JSON body, and in the response's status, headers and body.
 //!
-//! Rules match the request as the client sent it and run in config order; every matching rule
-//! applies. Templates read the original request too (see [`template`]). The glue feeds plain
-//! data in and applies the [`HeaderEdit`]s and bodies that come out.
+//! Rules match the request as the client sent it (its path normalised) and run in config order;
+//! every matching rule applies. Templates read the original request too (see [`template`]). The
+//! glue feeds plain data in and applies the [`HeaderEdit`]s, bodies and [`Refusal`]s that come
+//! out.
 
 pub mod config;
+pub mod doc;
 pub mod headers;
 pub mod json;
 pub mod query;
@@ -15,6 +17,9 @@ pub mod template;
 use config::{Config, OnInvalidJson, OnOversize, Rule};
 pub use headers::{HeaderEdit, Headers};
 pub use request::{Captures, Request};
+use template::Var;
+
+use crate::route::PathRefused;
 
 /// One operation on a named thing (`K`: header or query name, JSON path) with a value (`V`).
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +49,83 @@ pub const STATS: [&str; 7] = [
     "errors",
 ];
 
+/// Why the filter answers instead of the upstream (or instead of the upstream's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A rule looks at the path and the path has an encoded slash (see
+    /// [`crate::route::normalize_path`]).
+    BadPath,
+    /// A path rewrite or host template gave something that is not a path or an authority.
+    CannotRewrite,
+    /// A request body over `max_body_bytes` with `on_oversize: reject`.
+    RequestTooLarge,
+    /// A request body that is not JSON with `on_invalid_json: reject`.
+    RequestNotJson,
+    /// A response body over `max_body_bytes` with `on_oversize: reject`.
+    ResponseTooLarge,
+    /// A response body that is not JSON with `on_invalid_json: reject`.
+    ResponseNotJson,
+    /// The proxy refused the transformed body: the original must not go on in its place.
+    Failed,
+}
+
+impl Refusal {
+    pub fn status(self) -> u32 {
+        match self {
+            Self::BadPath => crate::route::PATH_REFUSED_STATUS,
+            Self::CannotRewrite | Self::RequestNotJson => 400,
+            Self::RequestTooLarge => 413,
+            Self::ResponseTooLarge | Self::ResponseNotJson => 502,
+            Self::Failed => 500,
+        }
+    }
+
+    /// The `error` of the uniform error body.
+    pub fn error(self) -> &'static str {
+        match self {
+            Self::BadPath | Self::CannotRewrite | Self::RequestNotJson => "bad_request",
+            Self::RequestTooLarge => "payload_too_large",
+            Self::ResponseTooLarge | Self::ResponseNotJson => "bad_gateway",
+            Self::Failed => "internal_error",
+        }
+    }
+
+    /// The client's message (the precise reason goes to the log).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::BadPath => crate::route::PATH_REFUSED_MESSAGE,
+            Self::CannotRewrite => "the request cannot be transformed",
+            Self::RequestTooLarge => "the request body is too large to transform",
+            Self::RequestNotJson => "the request body is not valid JSON",
+            Self::ResponseTooLarge => "the upstream response is too large to transform",
+            Self::ResponseNotJson => "the upstream response is not valid JSON",
+            Self::Failed => "the message could not be transformed",
+        }
+    }
+}
+
+/// Bytes from a request made safe for a log line: shown as text, with control bytes, quotes,
+/// backslashes and bytes that are not UTF-8 escaped, and cut after 128 characters.
+pub fn shown(bytes: &[u8]) -> String {
+    const MAX: usize = 128;
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\u{fffd}' => out.push_str("\\u{fffd}"),
+            // The log quotes values in backticks.
+            '`' => out.push_str("\\u{60}"),
+            c if c.is_control() || c == '\\' => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A rule that matched, with its path captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
@@ -52,18 +134,34 @@ pub struct Matched {
 }
 
 impl Config {
-    /// Whether any rule matches on the route name (so the glue fetches it only then).
-    pub fn uses_route_name(&self) -> bool {
+    /// Whether any rule matches on the route name (so the glue fetches it before matching).
+    pub fn matches_route_name(&self) -> bool {
         self.rules.iter().any(|r| r.matcher.route_name.is_some())
     }
 
-    /// The rules that apply to `req`, in order.
-    pub fn matching(&self, req: &Request) -> Vec<Matched> {
-        self.rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rule)| Some(Matched { rule: i, captures: rule_captures(rule, req)? }))
-            .collect()
+    /// Whether a matched rule's template reads `{route_name}` (so the glue fetches it then).
+    pub fn reads_route_name(&self, matched: &[Matched]) -> bool {
+        self.matched_rules(matched).any(|(r, _)| r.reads(&Var::RouteName))
+    }
+
+    /// The rules that apply to `req`, in order. `Err` when a rule that could apply looks at the
+    /// path and the path cannot be normalised: whether it applies cannot be told.
+    pub fn matching(&self, req: &Request) -> Result<Vec<Matched>, PathRefused> {
+        let mut matched = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !other_conditions_hold(rule, req) {
+                continue;
+            }
+            if let Some(refused) = req.path_refused
+                && rule.uses_path()
+            {
+                return Err(refused);
+            }
+            if let Some(captures) = path_captures(rule, req) {
+                matched.push(Matched { rule: i, captures });
+            }
+        }
+        Ok(matched)
     }
 
     /// The host properties the matched rules' templates read.
@@ -96,24 +194,28 @@ impl Config {
     }
 }
 
-/// `Some(captures)` when the rule matches. Captures come from the match's `path_regex`, else
-/// from the path rewrite's regex (empty when it does not match).
-fn rule_captures(rule: &Rule, req: &Request) -> Option<Captures> {
+/// Route name, methods and headers.
+fn other_conditions_hold(rule: &Rule, req: &Request) -> bool {
     let m = &rule.matcher;
     if let Some(name) = &m.route_name
         && req.route_name.as_deref() != Some(name.as_str())
     {
-        return None;
+        return false;
     }
+    if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(&req.method)) {
+        return false;
+    }
+    m.headers_present.iter().all(|h| req.header(h).is_some())
+}
+
+/// `Some(captures)` when the rule's path conditions hold on the normalised path. Captures come
+/// from the match's `path_regex`, else from the path rewrite's regex (empty when it does not
+/// match).
+fn path_captures(rule: &Rule, req: &Request) -> Option<Captures> {
+    let m = &rule.matcher;
     if let Some(prefix) = &m.path_prefix
         && !req.path.starts_with(prefix.as_str())
     {
-        return None;
-    }
-    if !m.methods.is_empty() && !m.methods.iter().any(|x| x.eq_ignore_ascii_case(&req.method)) {
-        return None;
-    }
-    if !m.headers_present.iter().all(|h| req.header(h).is_some()) {
         return None;
     }
     match (&m.path_regex, &rule.request.path) {
@@ -129,12 +231,16 @@ pub struct HeadChange {
     /// Apply in order. Pseudo-headers (`:path`, `:method`, `:authority`, `:status`) come as
     /// `Set` edits.
     pub edits: Vec<HeaderEdit>,
-    /// `rule name: reason` for operations that could not apply.
+    /// `rule name: reason` for operations that could not apply (safe to log).
     pub errors: Vec<String>,
+    /// Set when the request must be refused instead (the reason is in `errors`).
+    pub refuse: Option<Refusal>,
 }
 
 /// The request head after the matched rules: headers, then path rewrite and query, method and
-/// host, rule by rule.
+/// host, rule by rule. When the path or query changes, `:path` is written from the normalised
+/// path the rules matched: a rewrite never starts from one spelling of the path and sends
+/// another.
 pub fn request_head(config: &Config, req: &Request, matched: &[Matched]) -> HeadChange {
     let mut headers = Headers::new(req.headers.clone());
     let mut path = req.path.clone();
@@ -143,6 +249,7 @@ pub fn request_head(config: &Config, req: &Request, matched: &[Matched]) -> Head
     let mut method = None;
     let mut authority = None;
     let mut errors = Vec::new();
+    let mut refuse = None;
     for (rule, m) in config.matched_rules(matched) {
         let ops = &rule.request;
         for op in &ops.headers {
@@ -152,11 +259,18 @@ pub fn request_head(config: &Config, req: &Request, matched: &[Matched]) -> Head
         }
         if let Some(rewrite) = &ops.path {
             let new = rewrite.regex.replace(&path, rewrite.replace.as_str()).into_owned();
-            if new.starts_with('/') && !new.contains(['?', '#', ' ']) {
+            if is_path(&new) {
                 path_changed |= new != path;
                 path = new;
             } else {
-                errors.push(format!("{}: path rewrite gave `{new}`, not a path", rule.name));
+                // Skipping it would send the request on unrewritten, where the rule says it
+                // must not go.
+                errors.push(format!(
+                    "{}: path rewrite gave `{}`, not a path",
+                    rule.name,
+                    shown(new.as_bytes())
+                ));
+                refuse = Some(Refusal::CannotRewrite);
             }
         }
         for op in &ops.query {
@@ -165,13 +279,19 @@ pub fn request_head(config: &Config, req: &Request, matched: &[Matched]) -> Head
         if let Some(x) = &ops.method {
             method = Some(x.clone());
         }
-        if let Some(t) = &ops.host {
-            match t.render(req, &m.captures) {
-                Some(h) if !h.is_empty() && !h.contains(|c: char| c.is_whitespace() || c.is_control()) => {
-                    authority = Some(h);
+        // A template with no value skips the rewrite, like any operation.
+        if let Some(h) = ops.host.as_ref().and_then(|t| t.render(req, &m.captures)) {
+            match String::from_utf8(h) {
+                Ok(h) if is_authority(&h) => authority = Some(h),
+                other => {
+                    let h = other.unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    errors.push(format!(
+                        "{}: host template gave `{}`, not a host",
+                        rule.name,
+                        shown(h.as_bytes())
+                    ));
+                    refuse = Some(Refusal::CannotRewrite);
                 }
-                Some(h) => errors.push(format!("{}: host template gave `{h}`, not a host", rule.name)),
-                None => {}
             }
         }
     }
@@ -179,15 +299,54 @@ pub fn request_head(config: &Config, req: &Request, matched: &[Matched]) -> Head
     if path_changed {
         let q = query.to_query_string();
         let full = if q.is_empty() { path } else { format!("{path}?{q}") };
-        edits.push(HeaderEdit::Set(":path".to_owned(), full));
+        edits.push(HeaderEdit::Set(":path".to_owned(), full.into_bytes()));
     }
     if let Some(m) = method.filter(|m| *m != req.method) {
-        edits.push(HeaderEdit::Set(":method".to_owned(), m));
+        edits.push(HeaderEdit::Set(":method".to_owned(), m.into_bytes()));
     }
     if let Some(a) = authority.filter(|a| *a != req.authority) {
-        edits.push(HeaderEdit::Set(":authority".to_owned(), a));
+        edits.push(HeaderEdit::Set(":authority".to_owned(), a.into_bytes()));
     }
-    HeadChange { edits, errors }
+    HeadChange { edits, errors, refuse }
+}
+
+/// A path to send upstream: starts with `/`, and every byte may appear in a path (RFC 3986
+/// `pchar` and `/`, `%` for the escapes the path already had).
+pub fn is_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
+}
+
+/// An authority a host template may produce: a host (DNS name or IPv4 address: letters,
+/// digits, `-`, `.`, `_`, `~`; or an IPv6 literal in brackets) and an optional port. No user
+/// information (`good.example@evil.example`), path (`a/../admin`), query or fragment.
+pub fn is_authority(authority: &str) -> bool {
+    let (host_ok, rest) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (
+                !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+                rest,
+            ),
+            None => return false,
+        },
+        None => {
+            let (host, rest) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            (
+                !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+                rest,
+            )
+        }
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        None => rest.is_empty(),
+        Some(port) => {
+            !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|p| p <= 65_535)
+        }
+    };
+    host_ok && port_ok
 }
 
 /// The response head after the matched rules: status mapping, then header operations. Header
@@ -197,7 +356,7 @@ pub fn response_head(
     req: &Request,
     matched: &[Matched],
     status: Option<u32>,
-    response_headers: Vec<(String, String)>,
+    response_headers: Vec<(String, Vec<u8>)>,
 ) -> HeadChange {
     let mut headers = Headers::new(response_headers);
     let mut errors = Vec::new();
@@ -218,15 +377,16 @@ pub fn response_head(
     if let Some(code) = current
         && current != status
     {
-        edits.insert(0, HeaderEdit::Set(":status".to_owned(), code.to_string()));
+        edits.insert(0, HeaderEdit::Set(":status".to_owned(), code.to_string().into_bytes()));
     }
-    HeadChange { edits, errors }
+    HeadChange { edits, errors, refuse: None }
 }
 
 /// Whether a body may be buffered and changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyPlan {
-    /// JSON within the cap (as far as the headers tell): buffer it.
+    /// JSON within the cap (as far as the headers tell: a body without `content-length` may
+    /// still turn out larger): buffer it.
     Buffer,
     /// Not JSON (or compressed, or a stream): leave it alone, unbuffered.
     NotJson,
@@ -298,41 +458,47 @@ fn transform_body<'a>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return BodyChange { outcome: BodyOutcome::Unchanged, errors };
     }
-    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return BodyChange { outcome: BodyOutcome::Invalid, errors };
+    let mut doc = match doc::Doc::parse(body.to_vec()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            errors.push(format!("the body is not JSON: {e}"));
+            return BodyChange { outcome: BodyOutcome::Invalid, errors };
+        }
     };
-    let mut changed = false;
     for (name, ops, m) in rules {
         for op in ops {
-            match json::apply(&mut doc, op, req, &m.captures) {
-                Ok(c) => changed |= c,
-                Err(e) => errors.push(format!("{name}: {e}")),
+            if let Err(e) = json::apply(&mut doc, op, req, &m.captures) {
+                errors.push(format!("{name}: {e}"));
             }
         }
     }
-    let outcome = if changed {
-        match serde_json::to_vec(&doc) {
-            Ok(bytes) => BodyOutcome::Changed(bytes),
-            Err(e) => {
-                errors.push(format!("re-encoding the body: {e}"));
-                BodyOutcome::Unchanged
-            }
-        }
-    } else {
-        BodyOutcome::Unchanged
-    };
+    let outcome = if doc.changed() { BodyOutcome::Changed(doc.to_bytes()) } else { BodyOutcome::Unchanged };
     BodyChange { outcome, errors }
 }
 
-/// What the glue does when a body is over the cap or invalid: the status to refuse with, if any.
-pub fn oversize_status(config: &Config) -> Option<u32> {
-    (config.on_oversize == OnOversize::Reject).then_some(413)
+/// Which message a body belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
 }
 
-/// Status to refuse an invalid JSON request body with. A response always passes unchanged: its
-/// headers are on their way to the client before its body is read.
-pub fn invalid_json_status(config: &Config) -> Option<u32> {
-    (config.on_invalid_json == OnInvalidJson::Reject).then_some(400)
+/// What to do with a body over `max_body_bytes`: refuse (`on_oversize: reject`) or let it pass
+/// unchanged (`None`).
+pub fn oversize(config: &Config, side: Side) -> Option<Refusal> {
+    (config.on_oversize == OnOversize::Reject).then_some(match side {
+        Side::Request => Refusal::RequestTooLarge,
+        Side::Response => Refusal::ResponseTooLarge,
+    })
+}
+
+/// What to do with a body that claims JSON and is not: refuse (`on_invalid_json: reject`) or
+/// let it pass unchanged (`None`).
+pub fn invalid_json(config: &Config, side: Side) -> Option<Refusal> {
+    (config.on_invalid_json == OnInvalidJson::Reject).then_some(match side {
+        Side::Request => Refusal::RequestNotJson,
+        Side::Response => Refusal::ResponseNotJson,
+    })
 }
 
 #[cfg(test)]

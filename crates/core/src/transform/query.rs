@@ -36,7 +36,7 @@ impl Query {
     }
 
     fn is(raw: &str, name: &str) -> bool {
-        decode(raw).as_deref() == Some(name)
+        decode(raw).as_deref() == Some(name.as_bytes())
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -47,12 +47,12 @@ impl Query {
         self.pairs.retain(|(k, _)| !Self::is(k, name));
     }
 
-    fn add(&mut self, name: &str, value: &str) {
-        self.pairs.push((encode(name), Some(encode(value))));
+    fn add(&mut self, name: &str, value: &[u8]) {
+        self.pairs.push((encode(name.as_bytes()), Some(encode(value))));
     }
 
     /// Replaces the first value and drops the others, keeping the position.
-    fn set(&mut self, name: &str, value: &str) {
+    fn set(&mut self, name: &str, value: &[u8]) {
         match self.pairs.iter().position(|(k, _)| Self::is(k, name)) {
             Some(i) => {
                 self.remove_after(name, i);
@@ -74,9 +74,12 @@ impl Query {
     }
 }
 
-/// The first value of `name` in a raw query string, decoded.
-pub fn first_value(query: &str, name: &str) -> Option<String> {
-    crate::route::query_param(query, name).into_iter().next()
+/// The first value of `name` in a raw query string, decoded to the bytes it stands for.
+pub fn first_value(query: &str, name: &str) -> Option<Vec<u8>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k).as_deref() == Some(name.as_bytes()) { decode(v) } else { None }
+    })
 }
 
 /// Applies one operation; `Ok(false)` when it did not apply (absent, present, no value).
@@ -93,7 +96,7 @@ pub fn apply(query: &mut Query, op: &Op<String, Template>, req: &Request, captur
                 return false;
             }
             query.remove(to);
-            let new = encode(to);
+            let new = encode(to.as_bytes());
             for (k, _) in query.pairs.iter_mut().filter(|(k, _)| Query::is(k, from)) {
                 *k = new.clone();
             }
@@ -125,9 +128,9 @@ pub fn apply(query: &mut Query, op: &Op<String, Template>, req: &Request, captur
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn encode(text: &str) -> String {
+pub fn encode(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
+    for &b in text {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
@@ -137,8 +140,8 @@ pub fn encode(text: &str) -> String {
     out
 }
 
-fn decode(raw: &str) -> Option<String> {
-    // The same decoding as `route::query_param`: `%XX` and `+`; invalid input matches nothing.
+/// `%XX` and `+` decoded to bytes; a broken escape decodes to nothing (and matches no name).
+fn decode(raw: &str) -> Option<Vec<u8>> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -155,7 +158,7 @@ fn decode(raw: &str) -> Option<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -195,7 +198,10 @@ mod tests {
     fn rename_replaces_an_existing_target_and_bad_encoding_never_matches() {
         assert_eq!(run("to=0&from=1", vec![Op::Rename("from".into(), "to".into())]).0, "to=1");
         assert_eq!(run("%zz=1", vec![Op::Remove("%zz".into())]).0, "%zz=1");
-        assert_eq!(encode("a/é"), "a%2F%C3%A9");
-        assert_eq!(decode("a+b%2F"), Some("a b/".into()));
+        assert_eq!(encode("a/é".as_bytes()), "a%2F%C3%A9");
+        assert_eq!(encode(b"\xff"), "%FF");
+        assert_eq!(decode("a+b%2F"), Some(b"a b/".to_vec()));
+        assert_eq!(first_value("x=%FF&y=1", "x"), Some(vec![0xff]), "bytes, not text");
+        assert_eq!(first_value("%78=1", "x"), Some(b"1".to_vec()));
     }
 }

@@ -2,16 +2,17 @@
 //!
 //! | placeholder | value |
 //! |---|---|
-//! | `{header.NAME}` | the first value of request header `NAME` |
+//! | `{header.NAME}` | the first value of request header `NAME`, its bytes as sent |
 //! | `{query.NAME}` | the first value of query parameter `NAME`, percent-decoded |
 //! | `{path.N}`, `{path.NAME}` | capture group `N` (or named group) of the rule's path regex |
-//! | `{method}`, `{path}`, `{host}` | the request's method, path (no query) and authority |
+//! | `{method}`, `{path}`, `{host}` | the request's method, normalised path (no query) and authority |
 //! | `{client_ip}` | the downstream address without its port |
 //! | `{route_name}` | Envoy's route name |
 //! | `{identity.NAME}` | filter-state property `tollgate.NAME` published by an auth filter (`consumer_id`, `key_id`, `scopes`, `tier`, `claims.sub`, …) |
 //! | `{filter_state.NAME}` | any filter-state property `NAME` |
 //!
-//! `{{` and `}}` stand for literal braces. Values are read from the request as the client sent it.
+//! `{{` and `}}` stand for literal braces. Values are read from the request as the client sent it;
+//! a template renders bytes (a header that is not UTF-8 keeps its bytes).
 //! When a placeholder has no value the whole template has none, and the operation using it is
 //! skipped (so a missing identity never becomes an empty header).
 
@@ -116,13 +117,18 @@ impl Template {
         })
     }
 
+    /// Whether a placeholder reads `var`.
+    pub fn reads(&self, var: &Var) -> bool {
+        self.vars().any(|v| v == var)
+    }
+
     /// Renders over a request; `None` if a placeholder has no value.
-    pub fn render(&self, req: &Request, captures: &Captures) -> Option<String> {
-        let mut out = String::new();
+    pub fn render(&self, req: &Request, captures: &Captures) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
         for part in &self.parts {
             match part {
-                Part::Lit(s) => out.push_str(s),
-                Part::Var(v) => out.push_str(&req.lookup(v, captures)?),
+                Part::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                Part::Var(v) => out.extend_from_slice(&req.lookup(v, captures)?),
             }
         }
         Some(out)
@@ -173,10 +179,11 @@ mod tests {
     fn request() -> Request {
         let mut req = Request::from_headers(vec![
             (":method".into(), "POST".into()),
-            (":path".into(), "/v1/users/42?page=2&q=a%20b".into()),
+            (":path".into(), "/v1//users/./42?page=2&q=a%20b&raw=%FF".into()),
             (":authority".into(), "api.example".into()),
             ("x-user".into(), "bob".into()),
             ("x-user".into(), "second".into()),
+            ("x-bytes".into(), b"caf\xe9".to_vec()),
         ]);
         req.route_name = Some("users".into());
         req.properties.insert(vec!["tollgate.consumer_id".into()], "alice".into());
@@ -185,7 +192,17 @@ mod tests {
         req
     }
 
+    #[test]
+    fn header_and_query_bytes_are_kept() {
+        assert_eq!(render_bytes("<{header.x-bytes}>"), Some(b"<caf\xe9>".to_vec()));
+        assert_eq!(render_bytes("{query.raw}"), Some(vec![0xff]));
+    }
+
     fn render(t: &str) -> Option<String> {
+        render_bytes(t).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    fn render_bytes(t: &str) -> Option<Vec<u8>> {
         let captures = Captures::from_parts(
             vec![Some("/v1/users/42".into()), Some("42".into())],
             vec![("id".into(), 1)],
@@ -231,8 +248,8 @@ mod tests {
         let none = Captures::default();
         let t = Template::parse("{client_ip}").unwrap();
         req.properties.insert(vec!["source".into(), "address".into()], "[::1]:8080".into());
-        assert_eq!(t.render(&req, &none).as_deref(), Some("::1"));
+        assert_eq!(t.render(&req, &none).as_deref(), Some(&b"::1"[..]));
         req.properties.insert(vec!["source".into(), "address".into()], "192.0.2.1".into());
-        assert_eq!(t.render(&req, &none).as_deref(), Some("192.0.2.1"));
+        assert_eq!(t.render(&req, &none).as_deref(), Some(&b"192.0.2.1"[..]));
     }
 }
