@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use arbitrary::Unstructured;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use tollgate_core::jwt::{self, b64, claims, introspection, jwk, jws, keys::KeySet};
 use tollgate_core::key;
@@ -20,7 +20,7 @@ use tollgate_core::key_auth::{self, cache as ka_cache};
 use tollgate_core::rate_limit::{self, bucket, descriptor};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_core::signature::{base, cache as sig_cache, digest, replay, sf, verify};
-use tollgate_core::transform::{self, json as tjson, query, template::Template};
+use tollgate_core::transform::{self, doc, json as tjson, query, template::Template};
 
 pub mod seeds;
 
@@ -678,16 +678,19 @@ pub fn request_fields(data: &[u8]) {
 /// The transform test request: templates render over it.
 fn transform_request(extra: &str) -> transform::Request {
     let mut req = transform::Request::from_headers(vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), format!("/v1/users/42?page=2&q=a%20b&{}", extra.replace(['\n', '#'], ""))),
-        (":authority".into(), "api.example".into()),
-        ("content-type".into(), "application/json".into()),
-        ("x-user".into(), "bob".into()),
-        ("x-extra".into(), extra.to_owned()),
+        (":method".into(), b"POST".to_vec()),
+        (
+            ":path".into(),
+            format!("/v1/users/42?page=2&q=a%20b&{}", extra.replace(['\n', '#'], "")).into_bytes(),
+        ),
+        (":authority".into(), b"api.example".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+        ("x-user".into(), b"bob".to_vec()),
+        ("x-extra".into(), extra.as_bytes().to_vec()),
     ]);
     req.route_name = Some("users".into());
-    req.properties.insert(vec!["tollgate.consumer_id".into()], "alice".into());
-    req.properties.insert(vec!["source".into(), "address".into()], "[::1]:5555".into());
+    req.properties.insert(vec!["tollgate.consumer_id".into()], b"alice".to_vec());
+    req.properties.insert(vec!["source".into(), "address".into()], b"[::1]:5555".to_vec());
     req
 }
 
@@ -719,7 +722,7 @@ pub fn template(data: &[u8]) {
     match t.as_literal() {
         Some(literal) => {
             assert_eq!(Some(&literal), unescape_braces(s).as_ref(), "literal of {s:?}");
-            assert_eq!(t.render(&req, &captures), Some(literal));
+            assert_eq!(t.render(&req, &captures), Some(literal.into_bytes()));
         }
         None => {
             assert!(t.vars().next().is_some());
@@ -731,45 +734,166 @@ pub fn template(data: &[u8]) {
     }
 }
 
-/// JSON body paths: first line the path, second line a value type and text to coerce, the
-/// rest the JSON document. `set` then `get` finds the value written; `remove` takes out what
-/// `get` found.
+/// JSON bodies edited in place: first line a field path, second line a value to coerce, the
+/// rest the document. Checked against serde_json as an independent parser:
+///
+/// - whatever serde_json reads, the editor accepts (it must never skip a rule on valid JSON);
+/// - a document no operation changed is written back byte for byte;
+/// - after `remove`, `set` or `append`, the document is still one valid JSON text, the value
+///   written is found at its path, a removed value is gone, and serde_json reads the result as
+///   the same edit applied to its own tree (for documents without duplicate names).
 pub fn json_path(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let (path, rest) = first_line(s);
-    let (value_line, doc) = first_line(rest);
+    let (value_line, doc_text) = first_line(rest);
     for ty in [
         tjson::ValueType::String,
         tjson::ValueType::Number,
         tjson::ValueType::Boolean,
         tjson::ValueType::Json,
     ] {
-        if let Ok(v) = ty.coerce(value_line) {
+        if let Ok(v) = ty.coerce(value_line.as_bytes()) {
+            assert!(doc::validate(v.as_bytes()).is_ok(), "{ty:?} coerced {value_line:?} to invalid JSON");
             match ty {
-                tjson::ValueType::String => assert_eq!(v, Value::String(value_line.to_owned())),
-                tjson::ValueType::Number => assert!(v.is_number()),
-                tjson::ValueType::Boolean => assert!(v.is_boolean()),
+                tjson::ValueType::String => assert_eq!(
+                    serde_json::from_slice::<String>(v.as_bytes()).ok().as_deref(),
+                    Some(value_line)
+                ),
+                tjson::ValueType::Number => assert!(doc::is_number(v.as_bytes())),
+                tjson::ValueType::Boolean => assert!(matches!(v.as_bytes(), b"true" | b"false")),
                 tjson::ValueType::Json => {}
             }
         }
     }
+    let serde: Option<Value> = serde_json::from_str(doc_text).ok();
+    if serde.is_some() {
+        assert!(
+            doc::validate(doc_text.as_bytes()).is_ok(),
+            "serde_json reads {doc_text:?}, the editor refused it"
+        );
+    }
     let Ok(p) = tjson::JsonPath::parse(path) else { return };
-    let doc: Value = serde_json::from_str(doc).unwrap_or_else(|_| json!({"a": {"b": [1, 2, {"c": null}]}}));
+    let segs = p.segments();
+    let fallback = br#"{"a": {"b": [1, 2, {"c": null}]}, "n": 18446744073709551617}"#;
+    let (body, serde) = match doc::Doc::parse(doc_text.as_bytes().to_vec()) {
+        Ok(_) => (doc_text.as_bytes().to_vec(), serde),
+        Err(_) => (fallback.to_vec(), serde_json::from_slice(fallback).ok()),
+    };
+    let open = |b: &[u8]| doc::Doc::parse(b.to_vec()).expect("validated above");
+    // Looking changes nothing a reader can see: the text stays as it was, byte for byte.
+    let mut looked = open(&body);
+    let found = looked.text_at(segs);
+    if !looked.changed() {
+        assert_eq!(looked.to_bytes(), body, "a document nobody changed was rewritten");
+    }
+    let unique = serde.as_ref().is_some_and(|v| no_duplicate_names(&body, v));
 
-    let found = p.get(&doc).cloned();
-    let mut removed = doc.clone();
-    assert_eq!(p.remove(&mut removed), found, "remove and get disagree on {path:?}");
+    let mut removed = open(&body);
+    assert_eq!(removed.remove(segs), found.is_some(), "remove and text_at disagree on {path:?}");
+    let after = removed.to_bytes();
+    assert!(doc::validate(&after).is_ok(), "remove left invalid JSON: {}", String::from_utf8_lossy(&after));
+    // (From an array, the next element moves into the index.)
+    let in_object = open(&body).kind_at(&segs[..segs.len() - 1]) == Some(doc::Kind::Object);
+    assert!(
+        !in_object || !unique || open(&after).kind_at(segs).is_none(),
+        "{path:?} still there after remove"
+    );
+    if let (true, Some(mut tree)) = (unique && found.is_some(), serde.clone()) {
+        pointer_remove(&mut tree, segs);
+        assert_eq!(serde_json::from_slice::<Value>(&after).ok(), Some(tree), "remove of {path:?}");
+    }
 
-    let marker = json!({"fuzz-marker": path});
-    let mut written = doc.clone();
-    if p.set(&mut written, marker.clone()).is_ok() {
-        let last = match path.strip_prefix('/') {
-            Some(pointer) => pointer.rsplit('/').next().unwrap_or_default(),
-            None => path.rsplit('.').next().unwrap_or_default(),
-        };
-        if last != "-" {
-            assert_eq!(p.get(&written), Some(&marker), "set then get on {path:?}");
+    let marker = transform::doc::JsonText::string(path);
+    let mut written = open(&body);
+    if written.set(segs, &marker).is_ok() {
+        let after = written.to_bytes();
+        assert!(doc::validate(&after).is_ok(), "set left invalid JSON: {}", String::from_utf8_lossy(&after));
+        if segs.last().map(String::as_str) != Some("-") {
+            assert_eq!(
+                open(&after).text_at(segs).as_deref(),
+                Some(marker.as_bytes()),
+                "set then get on {path:?}"
+            );
         }
+    }
+    let mut appended = open(&body);
+    if appended.append(segs, &marker).is_ok() {
+        let after = appended.to_bytes();
+        assert!(
+            doc::validate(&after).is_ok(),
+            "append left invalid JSON: {}",
+            String::from_utf8_lossy(&after)
+        );
+    }
+}
+
+/// Whether serde_json's tree holds every name the text holds (no object names a field twice).
+fn no_duplicate_names(body: &[u8], tree: &Value) -> bool {
+    fn count(v: &Value) -> usize {
+        match v {
+            Value::Object(m) => m.len() + m.values().map(count).sum::<usize>(),
+            Value::Array(a) => a.iter().map(count).sum(),
+            _ => 0,
+        }
+    }
+    // Every name in the text is a string followed by `:`; serde_json keeps one per distinct
+    // name per object, so equal counts mean no duplicates.
+    let mut names = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut string_end = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    string_end = true;
+                    continue;
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b':' if string_end => names += 1,
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
+            _ => {}
+        }
+        string_end = false;
+    }
+    names == count(tree)
+}
+
+/// Removes what `segs` names from serde_json's tree, as the editor's `remove` does.
+fn pointer_remove(tree: &mut Value, segs: &[String]) {
+    let Some((last, parents)) = segs.split_last() else { return };
+    let mut node = tree;
+    for seg in parents {
+        node = match node {
+            Value::Object(m) => match m.get_mut(seg) {
+                Some(n) => n,
+                None => return,
+            },
+            Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(n) => n,
+                None => return,
+            },
+            _ => return,
+        };
+    }
+    match node {
+        Value::Object(m) => {
+            m.remove(last);
+        }
+        Value::Array(a) => {
+            if let Some(i) = last.parse::<usize>().ok().filter(|i| *i < a.len()) {
+                a.remove(i);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -842,16 +966,29 @@ pub fn config_transform(data: &[u8]) {
     match transform::config::Config::from_json(data) {
         Ok(cfg) => {
             let req = transform_request("x=1");
-            let matched = cfg.matching(&req);
+            let matched = cfg.matching(&req).unwrap_or_default();
             let _ = cfg.properties(&matched);
             let _ = transform::request_head(&cfg, &req, &matched);
-            let _ =
-                transform::response_head(&cfg, &req, &matched, Some(200), vec![("x-a".into(), "1".into())]);
+            let _ = transform::response_head(
+                &cfg,
+                &req,
+                &matched,
+                Some(200),
+                vec![("x-a".into(), b"1".to_vec())],
+            );
             let body = br#"{"a":{"b":[1,2,3]},"user":"x","n":1.5}"#;
-            let _ = transform::request_body(&cfg, &req, &matched, body);
-            let _ = transform::response_body(&cfg, &req, &matched, body);
-            let _ = transform::oversize_status(&cfg);
-            let _ = transform::invalid_json_status(&cfg);
+            for change in [
+                transform::request_body(&cfg, &req, &matched, body),
+                transform::response_body(&cfg, &req, &matched, body),
+            ] {
+                if let transform::BodyOutcome::Changed(out) = change.outcome {
+                    assert!(doc::validate(&out).is_ok(), "a body rule wrote invalid JSON");
+                }
+            }
+            for side in [transform::Side::Request, transform::Side::Response] {
+                let _ = transform::oversize(&cfg, side);
+                let _ = transform::invalid_json(&cfg, side);
+            }
         }
         Err(e) => check_config_error(&e, "transform"),
     }

@@ -350,6 +350,19 @@ pub fn generated() -> Vec<Seed> {
     ] {
         out.push(seed("json_path", name, format!("{path}\n{value}\n{doc}")));
     }
+    // Valid JSON that a tree parser refuses or rewrites: every byte must survive, rules must apply.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for (name, path, doc) in [
+        ("huge-exponent", "owner", r#"{"n": 1e400, "owner": "mallory"}"#.to_owned()),
+        ("big-integer", "owner", r#"{"n": 18446744073709551617, "m": 1E2, "owner": "x"}"#.to_owned()),
+        ("lone-surrogate", "owner", r#"{"s": "\ud800", "owner": "x"}"#.to_owned()),
+        ("deep-nesting", "/0/0/0", deep),
+        ("duplicate-names", "a.b", r#"{"a": {"b": 1}, "a": {"b": 2, "c": 3}}"#.to_owned()),
+        ("whitespace-and-escapes", "k", "\t{ \"k\" :\r\n \"v\\u00e9\" , \"z\": [ ] }\n".to_owned()),
+        ("byte-order-mark", "k", "\u{feff}{\"k\": 1}".to_owned()),
+    ] {
+        out.push(seed("json_path", name, format!("{path}\nalice\n{doc}")));
+    }
 
     out
 }
