@@ -30,8 +30,10 @@ WASM_DIR      := target/$(WASM_TARGET)/$(WASM_PROFILE)
 # Every crate under filters/ is a filter; its package name is tollgate-<folder>.
 FILTERS       := $(patsubst filters/%/Cargo.toml,%,$(wildcard filters/*/Cargo.toml))
 FILTER_PKGS   := $(addprefix -p tollgate-,$(FILTERS))
+# The test-only module the end-to-end tests drive EnvoyHost with (tests/probe; never shipped).
+PROBE_PKG     := -p tollgate-host-probe
 # Crates that must also pass clippy when compiled for wasm.
-WASM_LINT_PKGS := $(FILTER_PKGS) -p tollgate-host -p tollgate-core
+WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) -p tollgate-host -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
@@ -72,6 +74,7 @@ run: build $(ENVOY)
 # The end-to-end tests run the debug binaries of the key service, the echo upstream and the CLI, the wasm
 # filters and Envoy from the virtualenv.
 test: wasm $(ENVOY)
+	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
 	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli --bins
 	$(MAKE) --no-print-directory test-envoy-configs
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/debug \

@@ -27,7 +27,8 @@ const WASI_SUBSET: &[&str] = &[
     "sched_yield",
 ];
 
-/// The module file of each crate under `filters/`.
+/// The module file of each crate under `filters/`, and of the test-only probe (`tests/probe`),
+/// which calls every host function `EnvoyHost` wraps.
 fn filter_modules() -> Vec<(String, std::path::PathBuf)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(workspace_root().join("filters")).unwrap() {
@@ -38,6 +39,7 @@ fn filter_modules() -> Vec<(String, std::path::PathBuf)> {
         }
     }
     out.sort();
+    out.push(("host_probe".to_owned(), wasm_dir().join("tollgate_host_probe.wasm")));
     out
 }
 

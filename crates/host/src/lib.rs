@@ -1,11 +1,19 @@
 //! proxy-wasm host glue shared by the Tollgate filters.
 //!
-//! Filter logic talks to the host only through [`Host`]. [`EnvoyHost`] implements it over
-//! `proxy_wasm::hostcalls` (which return `Result`; the SDK's trait helpers unwrap and would
-//! panic inside Envoy), and [`mock::MockHost`] implements it in memory for native tests.
+//! Filter logic talks to the host only through [`Host`]. `EnvoyHost` (built for wasm32)
+//! implements it over the proxy-wasm ABI through this crate's own import wrappers, which map
+//! every status the host answers to a value: the SDK's `proxy_wasm::hostcalls` panic on statuses
+//! they do not expect, and a panic inside Envoy kills the VM. [`mock::MockHost`] implements it in
+//! memory for native tests.
 
 use std::time::Duration;
 
+// The ABI imports and the buffers the host hands back cannot be used without `unsafe`; it is
+// allowed in this one module only (the workspace denies it everywhere else), and every block
+// there says why it is sound.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod abi;
 pub mod attributes;
 #[cfg(target_arch = "wasm32")]
 mod envoy;
@@ -13,6 +21,7 @@ pub mod feed;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 pub mod shared;
+pub mod wire;
 #[cfg(target_arch = "wasm32")]
 pub use envoy::{EnvoyHost, install_panic_hook};
 
