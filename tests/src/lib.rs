@@ -60,6 +60,12 @@ pub use raw::{RawRequest, RawResponse};
 
 pub use serde_json::{Value, json};
 
+/// Standard base64 with padding (what `tollgate keys create --signing hmac` prints).
+pub fn base64_standard(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Runs `exchange`, failing with "timed out after …" when it takes longer than `timeout`.
 pub(crate) async fn within<T>(
     timeout: std::time::Duration,

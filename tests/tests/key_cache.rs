@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use tollgate_e2e::{
-    DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, HttpClient, KEYD_CLUSTER, Keyd, binary, eventually, json,
-    wasm_filter, wasm_module,
+    DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, HttpClient, KEYD_CLUSTER, Keyd, base64_standard, binary,
+    eventually, json, wasm_filter, wasm_module,
 };
 use tollgate_proto::v1::{CreateKeyRequest, SigningAlgorithm, UpdateKeyRequest};
 
@@ -65,7 +65,7 @@ impl Gateway {
             .into_inner();
         let id = response.key.unwrap().id;
         let path = self.dir.path().join(format!("{id}.secret"));
-        std::fs::write(&path, base64(&response.signing_secret)).unwrap();
+        std::fs::write(&path, base64_standard(&response.signing_secret)).unwrap();
         (id, path)
     }
 
@@ -104,24 +104,6 @@ impl Gateway {
     async fn stat_reaches(&self, name: &str, value: u64) -> bool {
         eventually(Duration::from_secs(5), || async { self.stat(name).await >= value }).await
     }
-}
-
-/// Standard base64 with padding (what `keys create --signing hmac` prints).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A key service restored from a backup: its change feed goes back to the backup's head, and

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::Method;
 use tollgate_e2e::{
     DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, H2Request, HttpClient, KEYD_CLUSTER, Keyd, RawRequest, Response,
-    Value, binary, eventually, json, wasm_filter, wasm_module,
+    Value, base64_standard, binary, eventually, json, wasm_filter, wasm_module,
 };
 use tollgate_proto::v1::{CreateKeyRequest, SigningAlgorithm};
 
@@ -70,7 +70,7 @@ impl Gateway {
         assert_eq!(response.signing_secret.len(), 32);
         let id = response.key.unwrap().id;
         let path = self.dir.path().join(format!("{id}.secret"));
-        std::fs::write(&path, base64(&response.signing_secret)).unwrap();
+        std::fs::write(&path, base64_standard(&response.signing_secret)).unwrap();
         (id, path)
     }
 
@@ -153,24 +153,6 @@ fn raw(method: &str, target: &str, headers: &[(String, String)]) -> RawRequest {
 /// An HTTP/2 request carrying `headers`; its `:authority` is the listener's address.
 fn h2(method: Method, path: &str, headers: &[(String, String)]) -> H2Request {
     headers.iter().fold(H2Request::new(method, path), |r, (k, v)| r.header(k, v))
-}
-
-/// Standard base64 with padding (what `keys create --signing hmac` prints).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn assert_401(res: &Response) {

@@ -155,6 +155,12 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
+/// `value` without `prefix`, matched case-insensitively (an auth scheme such as `Bearer `).
+pub fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
+}
+
 /// Splits `:path` into path and query.
 pub fn split_path(path_and_query: &str) -> (&str, &str) {
     match path_and_query.split_once('?') {
@@ -287,6 +293,14 @@ mod tests {
             let path = norm(spelling);
             assert!(rule.matches(&facts(None, &path, "GET")), "{spelling}");
         }
+    }
+
+    #[test]
+    fn a_scheme_prefix_is_stripped_in_any_case() {
+        assert_eq!(strip_prefix_ignore_case("bEaReR abc", "Bearer "), Some("abc"));
+        assert_eq!(strip_prefix_ignore_case("Basic abc", "Bearer "), None);
+        assert_eq!(strip_prefix_ignore_case("Bear", "Bearer "), None);
+        assert_eq!(strip_prefix_ignore_case("Beare\u{e9} x", "Bearer "), None, "no panic inside a character");
     }
 
     #[test]

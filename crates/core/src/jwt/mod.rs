@@ -244,11 +244,8 @@ pub fn find_token(sources: &[Source], headers: &[(String, String)], query: &str)
                 for value in lines(name) {
                     match prefix {
                         Some(p) => {
-                            let matches = value.len() >= p.len()
-                                && value.is_char_boundary(p.len())
-                                && value[..p.len()].eq_ignore_ascii_case(p);
-                            if matches {
-                                found.push(value[p.len()..].trim().to_owned());
+                            if let Some(token) = crate::route::strip_prefix_ignore_case(value, p) {
+                                found.push(token.trim().to_owned());
                             }
                         }
                         None => found.push(value.trim().to_owned()),

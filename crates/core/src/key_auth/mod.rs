@@ -152,11 +152,8 @@ pub fn find_key(sources: &[Source], headers: &[(String, String)], query: &str) -
                 for (_, value) in headers.iter().filter(|(n, _)| n == name) {
                     match prefix {
                         Some(p) => {
-                            let matches = value.len() >= p.len()
-                                && value.is_char_boundary(p.len())
-                                && value[..p.len()].eq_ignore_ascii_case(p);
-                            if matches {
-                                offer(&value[p.len()..])?;
+                            if let Some(key) = crate::route::strip_prefix_ignore_case(value, p) {
+                                offer(key)?;
                             }
                         }
                         None => offer(value)?,
