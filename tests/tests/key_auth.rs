@@ -563,3 +563,25 @@ async fn a_restored_store_that_got_as_far_again_before_the_gateway_polled_is_det
     assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 401), "on every worker");
     assert!(gw.stat_reaches("feed_resets", 1).await);
 }
+
+/// What a client sends is escaped in the log line of its denial: it can neither break the line
+/// nor add a field that looks like the filter's own.
+#[tokio::test]
+async fn client_text_in_a_denial_log_line_is_escaped() {
+    let gw = Gateway::start().await;
+    let res = RawRequest::get("/hello")
+        .header("x-request-id", "abc reason=allowed key=tgk_forged")
+        .send(gw.envoy.addr())
+        .await
+        .unwrap();
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert_eq!(res.json()["request_id"], "abc reason=allowed key=tgk_forged", "the client gets its id back");
+    assert!(gw.stat_reaches("denied.missing_key", 1).await);
+    let logs = gw.envoy.logs();
+    assert!(
+        logs.contains(r#"request_id="abc reason=allowed key=tgk_forged""#),
+        "the id is one quoted field: {}",
+        logs.lines().filter(|l| l.contains("key-auth: denied")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(!logs.contains("request_id=abc reason"), "no forged field");
+}

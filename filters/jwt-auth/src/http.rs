@@ -10,7 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tollgate_core::error::ErrorBody;
+use tollgate_core::error::{ErrorBody, log_field};
 use tollgate_core::jwt::claims::{self, Identity, Requirements};
 use tollgate_core::jwt::config::Source;
 use tollgate_core::jwt::introspection::{self, Answer};
@@ -464,7 +464,10 @@ fn publish<H: Host + ?Sized>(
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, scopes: &[String]) {
     w.counters.inc(host, &format!("denied.{}", deny.reason()));
-    host.log(LogLevel::Info, &format!("jwt-auth: denied reason={} request_id={request_id}", deny.reason()));
+    host.log(
+        LogLevel::Info,
+        &format!("jwt-auth: denied reason={} request_id={}", deny.reason(), log_field(request_id)),
+    );
     let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
     let challenge = deny.challenge(&w.config.realm, scopes);
     let mut headers = vec![("content-type", "application/json")];

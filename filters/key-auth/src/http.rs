@@ -5,7 +5,7 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::ErrorBody;
+use tollgate_core::error::{ErrorBody, log_field};
 use tollgate_core::key;
 use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
 use tollgate_core::key_auth::config::{Config, FailureMode, Source};
@@ -392,7 +392,12 @@ fn respond_denied<H: Host + ?Sized>(
     worker.counters.inc(host, &format!("denied.{}", deny.reason()));
     host.log(
         LogLevel::Info,
-        &format!("key-auth: denied reason={} key={display_prefix} request_id={request_id}", deny.reason()),
+        &format!(
+            "key-auth: denied reason={} key={} request_id={}",
+            deny.reason(),
+            log_field(display_prefix),
+            log_field(request_id)
+        ),
     );
     let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
     let challenge = format!("ApiKey realm=\"{}\"", worker.config.realm);

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::ErrorBody;
+use tollgate_core::error::{ErrorBody, log_field};
 use tollgate_core::key_auth as ka;
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_core::signature::base::Message as SignedMessage;
@@ -499,7 +499,12 @@ fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id
     w.counters.inc(host, denied_name(deny));
     host.log(
         LogLevel::Info,
-        &format!("request-signing: denied reason={} keyid={key_id} request_id={request_id}", deny.reason()),
+        &format!(
+            "request-signing: denied reason={} keyid={} request_id={}",
+            deny.reason(),
+            log_field(key_id),
+            log_field(request_id)
+        ),
     );
     let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
     let challenge = format!("Signature realm=\"{}\", accept=\"hmac-sha256 ed25519\"", w.config.realm);
