@@ -101,7 +101,7 @@ impl JwtKey for Es256 {
 
     fn key_material(&self) -> Value {
         let point = self.verifying_key().to_encoded_point(false);
-        let coordinate = |c: Option<&p256::FieldBytes>| c.map_or_else(String::new, |c| b64url(c));
+        let coordinate = |c: Option<&p256::FieldBytes>| c.map_or_else(String::new, b64url);
         json!({"kty": "EC", "crv": "P-256", "x": coordinate(point.x()), "y": coordinate(point.y())})
     }
 }
