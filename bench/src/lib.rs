@@ -1,6 +1,8 @@
 //! The parts of `make bench` that are plain data: reading the load generators' output (wrk's text,
 //! oha's JSON), CPU time and memory from `/proc`, medians and ratios, and rendering the results as
-//! Markdown and JSON. The binary (`src/main.rs`) starts the processes and runs the load.
+//! Markdown and JSON. The binary starts the processes and runs the load: `src/variants.rs` says
+//! what each variant's Envoy config and request are, `src/measure.rs` runs the load and reads CPU
+//! and memory, `src/main.rs` puts them in order and writes the report.
 
 pub mod noop;
 pub mod parse;

@@ -2,8 +2,9 @@
 //!
 //! Everything runs for real on loopback ports chosen by the kernel, so tests run in parallel:
 //!
-//! - [`Echo`]: an in-process upstream that answers every request with a JSON description of it and
-//!   records what it received;
+//! - [`Echo`]: `tollgate-echo`'s upstream run in-process: answers every request with a JSON
+//!   description of it, records what it received, and has switches for health checks, failures,
+//!   delays and WebSocket;
 //! - [`Keyd`]: the `tollgate-keyd` binary with a temporary data directory and fixed test tokens;
 //! - [`Envoy`]: Envoy with a generated config (optionally the key-auth wasm filter), one or more
 //!   workers, its admin API and logs;
@@ -48,7 +49,7 @@ mod process;
 mod raw;
 pub mod scripted;
 
-pub use echo::{Echo, EchoRequest};
+pub use echo::Echo;
 pub use envoy::{
     Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, static_cluster, wasm_filter,
 };
@@ -59,6 +60,7 @@ pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, was
 pub use raw::{RawRequest, RawResponse};
 
 pub use serde_json::{Value, json};
+pub use tollgate_echo::EchoRequest;
 
 /// Standard base64 with padding (what `tollgate keys create --signing hmac` prints).
 pub fn base64_standard(bytes: &[u8]) -> String {

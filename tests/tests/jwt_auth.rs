@@ -7,61 +7,33 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use p256::ecdsa::SigningKey;
-use p256::ecdsa::signature::Signer;
 use tollgate_e2e::{
     Echo, Envoy, EnvoyOpts, H2Request, RawRequest, RawResponse, Response, Value, eventually, json,
     static_cluster, wasm_filter, wasm_module,
 };
+use tollgate_testkit::jwt::{self, Es256, JwtKey, b64url};
 
 const ROOT_ID: &str = "tollgate.jwt_auth";
 const STATS: &str = "wasmcustom.tollgate.jwt_auth.";
 const ISS: &str = "https://idp.test/realms/demo";
 
-fn b64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
 /// A fresh P-256 key from the OS's randomness.
-fn new_key() -> SigningKey {
-    loop {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).unwrap();
-        if let Ok(k) = SigningKey::from_slice(&bytes) {
-            return k;
-        }
-    }
-}
-
-fn jwk(k: &SigningKey, kid: &str) -> Value {
-    let p = k.verifying_key().to_encoded_point(false);
-    json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-           "x": b64(p.x().unwrap()), "y": b64(p.y().unwrap())})
+fn new_key() -> Es256 {
+    jwt::random_es256().unwrap()
 }
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-fn token(k: &SigningKey, kid: &str, extra: Value) -> String {
+/// An ES256 token for `ISS`/`api`, subject alice, valid for 10 minutes, with `extra` claims on top.
+fn token(k: &Es256, kid: &str, extra: Value) -> String {
     let mut claims = json!({"iss": ISS, "aud": "api", "sub": "alice", "exp": now() + 600, "iat": now(),
                             "scope": "read", "email": "alice@example.com"});
     for (name, v) in extra.as_object().unwrap() {
         claims[name] = v.clone();
     }
-    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
-    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-    let sig: p256::ecdsa::Signature = k.sign(input.as_bytes());
-    format!("{input}.{}", b64(&sig.to_bytes()))
+    jwt::mint(k, kid, &claims)
 }
 
 /// A loopback JWKS endpoint: serves the current document, or 503 when it is `None`, after the
@@ -163,7 +135,7 @@ fn assert_invalid_token(res: &Response, what: &str) {
 #[tokio::test]
 async fn jwt_auth_against_a_real_jwks_endpoint() {
     let k1 = new_key();
-    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let jwks = Jwks::start(json!({"keys": [k1.jwk("k1")]}));
     let echo = Echo::start();
     let envoy = gateway(&echo, &jwks).await;
     let good = token(&k1, "k1", json!({}));
@@ -206,8 +178,8 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
     assert_invalid_token(&call(&envoy, "/hello", &forged).await, "bad signature");
     let none = format!(
         "{}.{}.",
-        b64(br#"{"alg":"none"}"#),
-        b64(json!({"iss": ISS, "aud": "api", "sub": "x", "exp": now() + 60}).to_string().as_bytes())
+        b64url(br#"{"alg":"none"}"#),
+        b64url(json!({"iss": ISS, "aud": "api", "sub": "x", "exp": now() + 60}).to_string().as_bytes())
     );
     assert_invalid_token(&call(&envoy, "/hello", &none).await, "alg none");
     let two = envoy
@@ -233,7 +205,7 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
 
     // Key rotation at the IdP: a token with a new kid is accepted without restarting Envoy.
     let k2 = new_key();
-    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    jwks.set(Some(json!({"keys": [k1.jwk("k1"), k2.jwk("k2")]})));
     let rotated = token(&k2, "k2", json!({"sub": "bob"}));
     let accepted = eventually(Duration::from_secs(10), || async {
         call(&envoy, "/hello", &rotated).await.status == 200
@@ -352,7 +324,7 @@ impl Idp {
 #[tokio::test]
 async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
     let k1 = new_key();
-    let idp = Idp::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let idp = Idp::start(json!({"keys": [k1.jwk("k1")]}));
     let echo = Echo::start();
     let config = json!({
         "providers": [{
@@ -440,7 +412,7 @@ async fn a_route_name_rule_applies_through_envoy() {
     let k1 = new_key();
     let echo = Echo::start();
     let config = json!({
-        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "providers": [inline_provider(&[k1.jwk("k1")])],
         "routes": [{"route_name": "admin-console", "scopes": ["admin"]}]
     });
     let envoy = start_with(&echo, &config, |o| o.named_route("admin-console", "/console")).await;
@@ -464,7 +436,7 @@ async fn a_path_rule_applies_to_every_spelling_of_the_path() {
     let k1 = new_key();
     let echo = Echo::start();
     let config = json!({
-        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "providers": [inline_provider(&[k1.jwk("k1")])],
         "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}]
     });
     let envoy = start_with(&echo, &config, |o| o).await;
@@ -495,7 +467,7 @@ async fn a_path_rule_applies_to_every_spelling_of_the_path() {
 #[tokio::test]
 async fn requests_with_a_new_kid_wait_for_one_slow_fetch() {
     let k1 = new_key();
-    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let jwks = Jwks::start(json!({"keys": [k1.jwk("k1")]}));
     let echo = Echo::start();
     let mut config = json!({"providers": [remote_provider("5s")]});
     // No cooldown: the first request with k2 fetches at once, however soon after the first fetch.
@@ -514,7 +486,7 @@ async fn requests_with_a_new_kid_wait_for_one_slow_fetch() {
 
     // The IdP rotates to k2 and answers slowly.
     let k2 = new_key();
-    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    jwks.set(Some(json!({"keys": [k1.jwk("k1"), k2.jwk("k2")]})));
     jwks.set_delay(Duration::from_millis(1500));
     let served = jwks.served();
     let mut requests = tokio::task::JoinSet::new();
@@ -545,7 +517,7 @@ async fn requests_with_a_new_kid_wait_for_one_slow_fetch() {
 #[tokio::test]
 async fn a_waiting_request_that_goes_away_does_not_strand_the_others() {
     let k1 = new_key();
-    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1")]}));
+    let jwks = Jwks::start(json!({"keys": [k1.jwk("k1")]}));
     let echo = Echo::start();
     let mut config = json!({"providers": [remote_provider("5s")]});
     config["providers"][0]["remote_jwks"]["refetch_cooldown"] = json!("0s");
@@ -559,7 +531,7 @@ async fn a_waiting_request_that_goes_away_does_not_strand_the_others() {
     assert!(ready, "no 200 with a valid token; log:\n{}", envoy.logs());
 
     let k2 = new_key();
-    jwks.set(Some(json!({"keys": [jwk(&k1, "k1"), jwk(&k2, "k2")]})));
+    jwks.set(Some(json!({"keys": [k1.jwk("k1"), k2.jwk("k2")]})));
     jwks.set_delay(Duration::from_millis(1500));
     // The first request starts the fetch, then its client gives up and closes the connection.
     let impatient = RawRequest::get("/first")
@@ -596,14 +568,14 @@ async fn a_waiting_request_that_goes_away_does_not_strand_the_others() {
 #[tokio::test]
 async fn keys_not_meant_for_verification_are_skipped() {
     let (k1, k_ops, k_enc, k_verify) = (new_key(), new_key(), new_key(), new_key());
-    let mut sign_only = jwk(&k_ops, "sign-only");
+    let mut sign_only = k_ops.jwk("sign-only");
     sign_only["key_ops"] = json!(["sign"]);
-    let mut encryption = jwk(&k_enc, "encryption");
+    let mut encryption = k_enc.jwk("encryption");
     encryption["use"] = json!("enc");
-    let mut verifying = jwk(&k_verify, "verifying");
+    let mut verifying = k_verify.jwk("verifying");
     verifying["key_ops"] = json!(["verify"]);
     verifying.as_object_mut().unwrap().remove("use");
-    let jwks = Jwks::start(json!({"keys": [jwk(&k1, "k1"), sign_only, encryption, verifying]}));
+    let jwks = Jwks::start(json!({"keys": [k1.jwk("k1"), sign_only, encryption, verifying]}));
     let echo = Echo::start();
     let config = json!({"providers": [remote_provider("2s")]});
     let envoy = start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false))).await;
@@ -626,7 +598,7 @@ async fn scopes_reach_the_upstream_exactly_or_not_at_all() {
     let k1 = new_key();
     let echo = Echo::start();
     let config = json!({
-        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "providers": [inline_provider(&[k1.jwk("k1")])],
         "routes": [{"path_prefix": "/admin", "scopes": ["admin"]}]
     });
     let envoy = start_with(&echo, &config, |o| o).await;
@@ -668,7 +640,7 @@ async fn cookies_are_read_from_every_field_line() {
     let k1 = new_key();
     let echo = Echo::start();
     let config = json!({
-        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "providers": [inline_provider(&[k1.jwk("k1")])],
         "sources": [{"header": "authorization", "prefix": "Bearer "}, {"cookie": "access_token"}]
     });
     let envoy = start_with(&echo, &config, |o| o).await;
@@ -738,7 +710,7 @@ fn random_odd_number(bytes: usize) -> String {
     getrandom::fill(&mut n).unwrap();
     n[0] |= 0x80;
     n[bytes - 1] |= 1;
-    b64(&n)
+    b64url(&n)
 }
 
 /// One key the filter cannot use (a 1024-bit RSA key) does not take the provider down: it is
@@ -748,7 +720,7 @@ async fn one_unusable_key_does_not_take_the_provider_down() {
     let k1 = new_key();
     let weak = json!({"kty": "RSA", "kid": "legacy-1024", "use": "sig", "alg": "RS256",
                       "n": random_odd_number(128), "e": "AQAB"});
-    let jwks = Jwks::start(json!({"keys": [weak, jwk(&k1, "k1")]}));
+    let jwks = Jwks::start(json!({"keys": [weak, k1.jwk("k1")]}));
     let echo = Echo::start();
     let config = json!({"providers": [remote_provider("2s")]});
     let envoy = start_with(&echo, &config, |o| o.cluster(static_cluster("idp_jwks", jwks.addr, false))).await;
@@ -772,7 +744,7 @@ async fn an_identity_that_cannot_be_carried_is_refused() {
     let k1 = new_key();
     let echo = Echo::start();
     let config = json!({
-        "providers": [inline_provider(&[jwk(&k1, "k1")])],
+        "providers": [inline_provider(&[k1.jwk("k1")])],
         "claim_headers": {"x-user-email": "email"}
     });
     let envoy = start_with(&echo, &config, |o| o).await;

@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tollgate_e2e::patterns::{Backend, render_template, start_yaml, tally};
-use tollgate_e2e::{HttpClient, Keyd};
+use tollgate_e2e::patterns::{render_template, start_yaml, tally};
+use tollgate_e2e::{Echo, HttpClient, Keyd};
 
 #[tokio::test]
 async fn weighted_split_and_header_and_consumer_overrides_send_callers_to_the_canary() {
-    let (stable, canary) = (Backend::start("stable"), Backend::start("canary"));
+    let (stable, canary) = (Echo::start_named("stable"), Echo::start_named("canary"));
     let keyd = Keyd::start_temp().await;
     let yaml = render_template(
         "examples/canary/envoy.yaml",

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::patterns::{Backend, render_template, render_text, replace_file, start_yaml};
-use tollgate_e2e::{HttpClient, eventually, workspace_root};
+use tollgate_e2e::patterns::{render_template, render_text, replace_file, start_yaml};
+use tollgate_e2e::{Echo, HttpClient, eventually, workspace_root};
 
 #[tokio::test]
 async fn strict_dns_resolves_localhost_and_an_endpoint_added_to_the_eds_file_gets_traffic() {
-    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (a, b) = (Echo::start_named("a"), Echo::start_named("b"));
     let xds = tempfile::tempdir().unwrap();
     let endpoints = xds.path().join("endpoints.yaml");
     let shipped =

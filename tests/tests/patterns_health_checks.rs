@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::patterns::{Backend, host_health, render_template, start_yaml, tally};
-use tollgate_e2e::{Envoy, HttpClient, eventually};
+use tollgate_e2e::patterns::{host_health, render_template, start_yaml, tally};
+use tollgate_e2e::{Echo, Envoy, HttpClient, eventually};
 
-async fn healthy(envoy: &Envoy, backend: &Backend) -> Option<bool> {
+async fn healthy(envoy: &Envoy, backend: &Echo) -> Option<bool> {
     host_health(envoy, "service").await.into_iter().find(|(addr, _)| *addr == backend.addr()).map(|(_, h)| h)
 }
 
@@ -24,7 +24,7 @@ async fn spread(envoy: &Envoy, client: &HttpClient, n: usize) -> std::collection
 
 #[tokio::test]
 async fn an_unhealthy_instance_stops_receiving_traffic_and_comes_back() {
-    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let (a, b) = (Echo::start_named("a"), Echo::start_named("b"));
     let yaml = render_template(
         "examples/health-checks/envoy.yaml",
         &[("UPSTREAM_A_PORT", a.port()), ("UPSTREAM_B_PORT", b.port())],

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tollgate_e2e::patterns::{Backend, host_health, render_text, replace_file, start_yaml, tally};
-use tollgate_e2e::{Envoy, HttpClient, Keyd, eventually, workspace_root};
+use tollgate_e2e::patterns::{host_health, render_text, replace_file, start_yaml, tally};
+use tollgate_e2e::{Echo, Envoy, HttpClient, Keyd, eventually, workspace_root};
 
 /// The loop: at most this many requests per worker, and at most this long.
 const MAX_REQUESTS_PER_WORKER: usize = 5_000;
@@ -80,7 +80,7 @@ async fn instance(envoy: &Envoy, client: &HttpClient, key: &str) -> Option<Strin
 
 #[tokio::test]
 async fn routes_clusters_and_key_auth_config_change_under_load_without_a_failed_request() {
-    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let (blue, green) = (Echo::start_named("blue"), Echo::start_named("green"));
     let keyd = Keyd::start_temp().await;
     let xds = tempfile::tempdir().unwrap();
     let dir = xds.path();

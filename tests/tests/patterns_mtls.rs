@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
-use tollgate_e2e::patterns::{Backend, listener_addr, render_template, reserve_port, start_yaml};
-use tollgate_e2e::{HttpClient, Value};
+use tollgate_e2e::patterns::{listener_addr, render_template, reserve_port, start_yaml};
+use tollgate_e2e::{Echo, HttpClient, Value};
 
 const ALICE_URI: &str = "spiffe://tollgate.test/client/alice";
 const ALICE_DNS: &str = "alice.clients.tollgate.test";
@@ -155,7 +155,7 @@ async fn request(
 async fn client_certificates_are_required_and_their_identity_reaches_filters_and_a_tls_upstream() {
     let certs = tempfile::tempdir().unwrap();
     let pki = Pki::write(certs.path());
-    let echo = Backend::start("echo");
+    let echo = Echo::start_named("echo");
     let yaml = render_template(
         "examples/mtls/envoy.yaml",
         &[

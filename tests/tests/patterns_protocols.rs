@@ -10,8 +10,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_stream::wrappers::TcpListenerStream;
-use tollgate_e2e::patterns::{Backend, WebSocket, render_template, start_yaml};
-use tollgate_e2e::{Envoy, Keyd};
+use tollgate_e2e::patterns::{WebSocket, render_template, start_yaml};
+use tollgate_e2e::{Echo, Envoy, Keyd};
 use tonic::metadata::MetadataValue;
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
@@ -22,12 +22,12 @@ const SERVICE: &str = "tollgate.demo.Orders";
 struct Setup {
     envoy: Envoy,
     keyd: Keyd,
-    _web: Backend,
+    _web: Echo,
     reporter: tonic_health::server::HealthReporter,
 }
 
 async fn setup() -> Setup {
-    let web = Backend::start("web");
+    let web = Echo::start_named("web");
     // A real gRPC upstream: the standard health service, with unary Check and streaming Watch.
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status(SERVICE, ServingStatus::Serving).await;
@@ -119,7 +119,7 @@ async fn sse_events_stream_through_the_filters_without_buffering() {
     assert_eq!(denied.status(), 401);
 
     // 3 events, 1.5 s apart.
-    let req = hyper::Request::get(s.envoy.url("/events?events=3&gap_ms=1500"))
+    let req = hyper::Request::get(s.envoy.url("/events?events=3&interval_ms=1500"))
         .header("x-api-key", &key)
         .body(Full::default())
         .unwrap();
@@ -136,11 +136,11 @@ async fn sse_events_stream_through_the_filters_without_buffering() {
             text.push_str(&String::from_utf8_lossy(&data));
         }
     }
-    assert!(text.starts_with("id: 1\n"), "{text}");
-    assert!(!text.contains("id: 2"), "events were held back and delivered together: {text}");
+    assert!(text.starts_with("data: {\"n\":0}\n"), "{text}");
+    assert!(!text.contains("\"n\":1"), "events were held back and delivered together: {text}");
     // The rest follow, then the stream ends.
     let rest =
         tokio::time::timeout(Duration::from_secs(10), body.collect()).await.unwrap().unwrap().to_bytes();
     let rest = String::from_utf8_lossy(&rest);
-    assert!(rest.contains("id: 2\n") && rest.contains("id: 3\n"), "{rest}");
+    assert!(rest.contains("data: {\"n\":1}\n") && rest.contains("data: {\"n\":2}\n"), "{rest}");
 }

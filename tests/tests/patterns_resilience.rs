@@ -5,19 +5,19 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::patterns::{Backend, render_template, start_yaml, tally};
-use tollgate_e2e::{Envoy, HttpClient, eventually};
+use tollgate_e2e::patterns::{render_template, start_yaml, tally};
+use tollgate_e2e::{Echo, Envoy, HttpClient, eventually};
 
 struct Setup {
-    a: Backend,
-    b: Backend,
-    c: Backend,
+    a: Echo,
+    b: Echo,
+    c: Echo,
     envoy: Envoy,
     client: HttpClient,
 }
 
 async fn setup() -> Setup {
-    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let (a, b, c) = (Echo::start_named("a"), Echo::start_named("b"), Echo::start_named("c"));
     let yaml = render_template(
         "examples/resilience/envoy.yaml",
         &[("UPSTREAM_A_PORT", a.port()), ("UPSTREAM_B_PORT", b.port()), ("UPSTREAM_C_PORT", c.port())],

@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::patterns::{Backend, render_template, start_yaml};
-use tollgate_e2e::{HttpClient, RawRequest};
+use tollgate_e2e::patterns::{render_template, start_yaml};
+use tollgate_e2e::{Echo, HttpClient, RawRequest};
 
 /// (method, path, extra headers, expected instance)
 type Case = (&'static str, &'static str, &'static [(&'static str, &'static str)], &'static str);
 
 #[tokio::test]
 async fn requests_route_by_host_path_regex_header_and_method_with_per_route_timeouts() {
-    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let (a, b, c) = (Echo::start_named("a"), Echo::start_named("b"), Echo::start_named("c"));
     let yaml = render_template(
         "examples/routing/envoy.yaml",
         &[("UPSTREAM_A_PORT", a.port()), ("UPSTREAM_B_PORT", b.port()), ("UPSTREAM_C_PORT", c.port())],
@@ -62,7 +62,7 @@ async fn requests_route_by_host_path_regex_header_and_method_with_per_route_time
 /// `/users/123`, `//orders/42` that of `/orders/42`, and an encoded slash is refused.
 #[tokio::test]
 async fn the_shipped_config_routes_on_the_normalised_path() {
-    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let (a, b, c) = (Echo::start_named("a"), Echo::start_named("b"), Echo::start_named("c"));
     let yaml = render_template(
         "examples/routing/envoy.yaml",
         &[("UPSTREAM_A_PORT", a.port()), ("UPSTREAM_B_PORT", b.port()), ("UPSTREAM_C_PORT", c.port())],

@@ -4,13 +4,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use p256::ecdsa::SigningKey;
-use p256::ecdsa::signature::Signer;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use serde_json::{Value, json};
 use tollgate_core::jwt::b64;
 use tollgate_host::Host;
 use tollgate_host::mock::MockHost;
+use tollgate_testkit::jwt::mint as sign;
 
 use crate::worker::{FLIGHT_GRACE_MS, MAX_WAITERS};
 use crate::{JwtAuthHttp, JwtAuthRoot};
@@ -27,17 +27,6 @@ fn jwk(k: &SigningKey, kid: &str) -> Value {
     let point = k.verifying_key().to_encoded_point(false);
     json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
            "x": b64::encode(point.x().unwrap()), "y": b64::encode(point.y().unwrap())})
-}
-
-fn sign(k: &SigningKey, kid: &str, claims: &Value) -> String {
-    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
-    let input = format!(
-        "{}.{}",
-        b64::encode(header.to_string().as_bytes()),
-        b64::encode(claims.to_string().as_bytes())
-    );
-    let sig: p256::ecdsa::Signature = k.sign(input.as_bytes());
-    format!("{input}.{}", b64::encode(&sig.to_bytes()))
 }
 
 const NOW_S: i64 = 1_700_000_000;

@@ -240,14 +240,7 @@ pub(crate) mod tests {
     use crate::jwt::b64;
     use crate::jwt::jwk::{Limits, parse_jwks};
     use crate::jwt::jws::parse;
-
-    /// Signs `header`/`claims` with HS256 (test helper).
-    pub fn hs256(key: &[u8], header: &str, claims: &str) -> String {
-        let input = format!("{}.{}", b64::encode(header.as_bytes()), b64::encode(claims.as_bytes()));
-        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
-        mac.update(input.as_bytes());
-        format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()))
-    }
+    use tollgate_testkit::jwt::{Hs256, mint_raw};
 
     fn set(jwks: &str) -> KeySet {
         KeySet::compile(&parse_jwks(jwks.as_bytes(), Limits::default()).unwrap()).unwrap()
@@ -338,7 +331,11 @@ pub(crate) mod tests {
     fn algorithm_confusion_hs256_with_the_rsa_public_key_as_secret_is_rejected() {
         // The attacker signs with the bytes of the provider's public modulus as HMAC secret.
         let n = b64::decode(b"n4EPtAOCc9AlkeQHPzHStgAbgs7bTZLwUBZdR8_KuKPEHLd4rHVTeT-O-XV2jRojdNhxJWTDvNd7nqQ0VEiZQHz_AJmSCpMaJMRBSFKrKb2wqVwGU_NsYOYL-QtiWN2lbzcEe6XC0dApr5ydQLrHqkHHig3RBordaZ6Aj-oBHqFEHYpPe7Tpe-OfVfHd1E6cS6M1FZcD1NNLYD5lFHpPI9bTwJlsde3uhGqC0ZCuEHg8lhzwOHrtIQbS0FVbb9k3-tVTU4fg_3L_vniUFAKwuCLqKnS2BYwdq_mzSnbLY7h_qixoR7jig3__kRhuaxwUkRz5iaiQkqgc5gHdrNP5zw").unwrap();
-        let token = hs256(&n, r#"{"alg":"HS256","kid":"bilbo.baggins@hobbiton.example"}"#, r#"{"sub":"x"}"#);
+        let token = mint_raw(
+            &Hs256(n),
+            r#"{"alg":"HS256","kid":"bilbo.baggins@hobbiton.example"}"#,
+            br#"{"sub":"x"}"#,
+        );
         let jws = parse(&token, 8192).unwrap();
         let rsa = set(COOKBOOK_RSA);
         // Even with HS256 allowed, an RSA key never verifies an HMAC token.
@@ -348,11 +345,13 @@ pub(crate) mod tests {
 
     #[test]
     fn kid_selects_the_key_and_unknown_kids_are_reported() {
-        let jws = parse(&hs256(&[7u8; 32], r#"{"alg":"HS256","kid":"nope"}"#, "{}"), 8192).unwrap();
+        let jws =
+            parse(&mint_raw(&Hs256(vec![7; 32]), r#"{"alg":"HS256","kid":"nope"}"#, b"{}"), 8192).unwrap();
         let keys =
             set(r#"{"keys":[{"kty":"oct","kid":"k1","k":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"}]}"#);
         assert_eq!(keys.verify(&jws, &[Alg::HS256]), Err(Deny::UnknownKid));
-        let jws = parse(&hs256(&[7u8; 32], r#"{"alg":"HS256","kid":"k1"}"#, "{}"), 8192).unwrap();
+        let jws =
+            parse(&mint_raw(&Hs256(vec![7; 32]), r#"{"alg":"HS256","kid":"k1"}"#, b"{}"), 8192).unwrap();
         keys.verify(&jws, &[Alg::HS256]).unwrap();
         // A key's own `alg` restricts it further.
         let pinned = set(

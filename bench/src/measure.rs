@@ -1,0 +1,326 @@
+//! Measuring a running variant: load at saturation (wrk) and at a fixed rate (oha), Envoy's CPU
+//! time per request and memory, percentiles, key-auth's cache misses and the key service's own
+//! throughput.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+use tollgate_bench::report::{CacheMiss, Memory, Sample};
+use tollgate_bench::{Error, Result, parse, procfs, stats};
+use tollgate_e2e::{DATAPLANE_TOKEN, Envoy, HttpClient, Keyd};
+use tollgate_proto::v1::VerifyKeyRequest;
+
+use crate::Settings;
+use crate::variants::{BODY, Credentials, PATH, Variant, start_envoy};
+
+/// Every external process gets this much longer than its own bound before it is killed.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// A started variant.
+pub(crate) struct Running {
+    pub(crate) variant: Variant,
+    pub(crate) envoy: Envoy,
+    pub(crate) pid: u32,
+    pub(crate) wrk_script: PathBuf,
+    pub(crate) samples: Vec<Sample>,
+}
+
+/// Checks every variant answers 200, then sends it a few hundred requests and, unless quick, a
+/// short wrk run.
+pub(crate) async fn warm_up(settings: &Settings, running: &mut [Running], creds: &Credentials) -> Result<()> {
+    for r in running {
+        let probe = r
+            .envoy
+            .post(PATH)
+            .headers(creds.headers(r.variant.token).iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .body(BODY)
+            .try_send()
+            .await;
+        match probe {
+            Ok(res) if res.status == 200 => {}
+            Ok(res) => {
+                return Err(Error(format!(
+                    "variant `{}` answers {}: {}",
+                    r.variant.name,
+                    res.status,
+                    res.text()
+                )));
+            }
+            Err(e) => return Err(Error(format!("variant `{}`: {e}", r.variant.name))),
+        }
+        for _ in 0..if settings.quick { 20 } else { 200 } {
+            let _ = r
+                .envoy
+                .post(PATH)
+                .headers(creds.headers(r.variant.token).iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .body(BODY)
+                .try_send()
+                .await;
+        }
+        if settings.warmup_seconds > 0 {
+            let url = r.envoy.url(PATH);
+            let _ = wrk(settings, &url, &r.wrk_script, settings.warmup_seconds).await;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn envoy_pid(envoy: &Envoy) -> Result<u32> {
+    let config = envoy.config_path();
+    procfs::find_pid(&["envoy", &config.to_string_lossy()])
+        .ok_or_else(|| Error(format!("no process runs Envoy with {}", config.display())))
+}
+
+/// wrk at saturation; records rps and CPU µs/request. Returns the rps.
+pub(crate) async fn measure_saturation(settings: &Settings, r: &mut Running, round: usize) -> Option<f64> {
+    let url = r.envoy.url(PATH);
+    let before = procfs::cpu_ticks(r.pid);
+    let result = wrk(settings, &url, &r.wrk_script, settings.seconds).await;
+    let after = procfs::cpu_ticks(r.pid);
+    let sample = sample_for(&mut r.samples, round);
+    match result {
+        Ok(summary) => {
+            sample.rps = Some(summary.requests_per_sec);
+            sample.errors += summary.non_2xx + summary.socket_errors;
+            if let (Ok(before), Ok(after)) = (before, after) {
+                sample.cpu_us_per_request = procfs::cpu_us_per_request(
+                    after.saturating_sub(before),
+                    settings.ticks_per_second,
+                    summary.requests,
+                );
+            }
+            eprintln!(
+                "  {:<18} {:>8.0} req/s  {:>6.1} µs CPU/req",
+                r.variant.name,
+                summary.requests_per_sec,
+                sample.cpu_us_per_request.unwrap_or(f64::NAN)
+            );
+            Some(summary.requests_per_sec)
+        }
+        Err(e) => {
+            sample.failure = Some(format!("round {}: wrk: {e}", round + 1));
+            None
+        }
+    }
+}
+
+/// oha at a fixed rate; records the corrected latency percentiles.
+pub(crate) async fn measure_latency(
+    settings: &Settings,
+    r: &mut Running,
+    round: usize,
+    rate: f64,
+    creds: &Credentials,
+) {
+    let url = r.envoy.url(PATH);
+    let mut args = vec![
+        "--no-tui".to_owned(),
+        "--output-format".to_owned(),
+        "json".to_owned(),
+        "--latency-correction".to_owned(),
+        "-z".to_owned(),
+        format!("{}s", settings.seconds),
+        "-q".to_owned(),
+        format!("{rate:.0}"),
+        "-c".to_owned(),
+        settings.connections.to_string(),
+        "-m".to_owned(),
+        "POST".to_owned(),
+        "-d".to_owned(),
+        BODY.to_owned(),
+    ];
+    for (name, value) in creds.headers(r.variant.token) {
+        args.push("-H".to_owned());
+        args.push(format!("{name}: {value}"));
+    }
+    args.push(url);
+    let result =
+        load(settings, &settings.oha, &args, settings.seconds).await.and_then(|out| parse::oha(&out));
+    let sample = sample_for(&mut r.samples, round);
+    sample.fixed_rate = Some(rate);
+    match result {
+        Ok(summary) => {
+            sample.p50_ms = Some(summary.p50_ms);
+            sample.p99_ms = Some(summary.p99_ms);
+            sample.p999_ms = Some(summary.p999_ms);
+            let failed = ((1.0 - summary.success_rate) * summary.requests as f64).round() as u64;
+            sample.errors += summary.non_2xx + failed;
+        }
+        Err(e) => {
+            let failure = format!("round {}: oha: {e}", round + 1);
+            sample.failure =
+                Some(sample.failure.take().map_or(failure.clone(), |f| format!("{f}; {failure}")));
+        }
+    }
+}
+
+fn sample_for(samples: &mut Vec<Sample>, round: usize) -> &mut Sample {
+    let index = match samples.iter().position(|s| s.round == round) {
+        Some(i) => i,
+        None => {
+            samples.push(Sample { round, ..Sample::default() });
+            samples.len() - 1
+        }
+    };
+    &mut samples[index]
+}
+
+async fn wrk(settings: &Settings, url: &str, script: &Path, seconds: u64) -> Result<parse::WrkSummary> {
+    let args = [
+        "-t1".to_owned(),
+        format!("-c{}", settings.connections),
+        format!("-d{seconds}s"),
+        "-s".to_owned(),
+        script.to_string_lossy().into_owned(),
+        url.to_owned(),
+    ];
+    parse::wrk(&load(settings, &settings.wrk, &args, seconds).await?)
+}
+
+/// Runs a load generator pinned to the load core; killed if it overruns its bound.
+async fn load(settings: &Settings, program: &str, args: &[String], seconds: u64) -> Result<String> {
+    let mut command = Command::new("taskset");
+    command.arg("-c").arg(&settings.load_cpu).arg(program).args(args).kill_on_drop(true);
+    let bound = Duration::from_secs(seconds) + GRACE;
+    let out = tokio::time::timeout(bound, command.output())
+        .await
+        .map_err(|_| Error(format!("{program} ran longer than {bound:?}")))?
+        .map_err(|e| Error(format!("run {program}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error(format!(
+            "{program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A wrk script sending the benchmark request.
+pub(crate) fn wrk_script_text(headers: &[(String, String)]) -> String {
+    let mut script = format!("wrk.method = \"POST\"\nwrk.body = [[{BODY}]]\n");
+    for (name, value) in headers {
+        script.push_str(&format!("wrk.headers[\"{name}\"] = [[{value}]]\n"));
+    }
+    script
+}
+
+/// Pins every thread of `pid` to `cpu` (best effort: without `taskset` nothing is pinned).
+pub(crate) async fn pin(pid: u32, cpu: &str) {
+    if let Err(e) = output("taskset", &["-a", "-p", "-c", cpu, &pid.to_string()]).await {
+        eprintln!("bench: could not pin {pid} to CPU {cpu}: {e}");
+    }
+}
+
+pub(crate) async fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::time::timeout(GRACE, Command::new(program).args(args).kill_on_drop(true).output())
+        .await
+        .map_err(|_| Error(format!("{program} did not finish")))?
+        .map_err(|e| Error(format!("{program}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Latency of first requests with fresh keys (key-auth calls the key service), then of the same
+/// keys cached.
+pub(crate) async fn cache_miss(keyd: &Keyd, envoy: &Envoy, keys: usize) -> CacheMiss {
+    let mut secrets = Vec::new();
+    for i in 0..keys {
+        secrets.push(keyd.create_key(&format!("miss-{i}"), &[]).await.1);
+    }
+    let client = HttpClient::new();
+    let timed = |secrets: &[String]| {
+        let client = client.clone();
+        let secrets = secrets.to_vec();
+        let url = envoy.url(PATH);
+        async move {
+            let mut ms = Vec::new();
+            for secret in &secrets {
+                let start = Instant::now();
+                let res = client.get(url.clone()).header("x-api-key", secret).try_send().await;
+                if matches!(res, Ok(ref r) if r.status == 200) {
+                    ms.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            ms
+        }
+    };
+    let misses = timed(&secrets).await;
+    let hits = timed(&secrets).await;
+    CacheMiss {
+        keys: misses.len(),
+        p50_ms: percentile(&misses, 0.5),
+        p99_ms: percentile(&misses, 0.99),
+        max_ms: misses.iter().copied().reduce(f64::max),
+        hit_p50_ms: stats::median(&hits),
+    }
+}
+
+fn percentile(values: &[f64], q: f64) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+    sorted.get(index).copied()
+}
+
+/// RSS of Envoy with no filter at 1 worker and with `every_filter` at 1 and 2 workers.
+pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value]) -> Memory {
+    let rss = |filters: Vec<Value>, workers: u32, keyd_addr: Option<std::net::SocketAddr>| async move {
+        let envoy = start_envoy(&filters, keyd_addr, workers).await.ok()?;
+        // Let every worker finish loading its VMs.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = envoy.get(PATH).try_send().await;
+        procfs::rss_kib(envoy_pid(&envoy).ok()?).ok()
+    };
+    let (no_filter_1_worker_kib, all_filters_1_worker_kib, all_filters_2_workers_kib) = tokio::join!(
+        rss(vec![], 1, None),
+        rss(every_filter.to_vec(), 1, Some(keyd.addr())),
+        rss(every_filter.to_vec(), 2, Some(keyd.addr()))
+    );
+    Memory { no_filter_1_worker_kib, all_filters_1_worker_kib, all_filters_2_workers_kib }
+}
+
+/// VerifyKey calls per second the key service answers on its core, from a tonic client with 64
+/// calls in flight on the other core.
+pub(crate) async fn verify_key_throughput(keyd: &Keyd, api_key: &str, duration: Duration) -> Result<f64> {
+    let client = keyd.client(DATAPLANE_TOKEN).await;
+    let key_hash = Sha256::digest(api_key.as_bytes()).to_vec();
+    // Warm up, and check the call works at all.
+    client
+        .clone()
+        .verify_key(VerifyKeyRequest { key_hash: key_hash.clone() })
+        .await
+        .map_err(|status| Error(format!("VerifyKey: {status}")))?;
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let mut client = client.clone();
+        let key_hash = key_hash.clone();
+        tasks.spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while tokio::time::Instant::now() < deadline {
+                match client.verify_key(VerifyKeyRequest { key_hash: key_hash.clone() }).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let (o, f) = joined.map_err(|e| Error(format!("load task: {e}")))?;
+        ok += o;
+        failed += f;
+    }
+    if failed > 0 {
+        return Err(Error(format!("{failed} of {} VerifyKey calls failed", ok + failed)));
+    }
+    Ok(ok as f64 / start.elapsed().as_secs_f64())
+}

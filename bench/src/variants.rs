@@ -1,0 +1,320 @@
+//! What each variant is: its Envoy config (the filters in front of a `direct_response` route) and
+//! the request the load generators send it, with the credentials that request carries.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tollgate_bench::{Error, Result};
+use tollgate_e2e::{Envoy, EnvoyOpts, Keyd, wasm_dir, wasm_filter};
+use tollgate_testkit::jwt::{self, Hs256, JwtKey};
+
+pub(crate) const ISSUER: &str = "https://idp.bench.test/realms/bench";
+pub(crate) const AUDIENCE: &str = "bench-api";
+pub(crate) const PATH: &str = "/api/bench";
+pub(crate) const BODY: &str =
+    r#"{"user":"alice","password":"hunter2","items":[1,2,3],"meta":{"source":"bench"}}"#;
+pub(crate) const BASELINE: &str = "no filter";
+
+/// Which bearer token a variant's requests carry.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Token {
+    Hs256,
+    Es256,
+}
+
+/// One Envoy configuration to measure.
+pub(crate) struct Variant {
+    pub(crate) name: String,
+    pub(crate) what: String,
+    pub(crate) native: Option<String>,
+    pub(crate) filters: Vec<Value>,
+    pub(crate) keyd: bool,
+    pub(crate) token: Token,
+}
+
+impl Variant {
+    pub(crate) fn new(name: &str, what: &str, filters: Vec<Value>) -> Variant {
+        Variant {
+            name: name.to_owned(),
+            what: what.to_owned(),
+            native: None,
+            filters,
+            keyd: false,
+            token: Token::Hs256,
+        }
+    }
+
+    pub(crate) fn native(mut self, native: &str) -> Variant {
+        self.native = Some(native.to_owned());
+        self
+    }
+
+    pub(crate) fn with_keyd(mut self) -> Variant {
+        self.keyd = true;
+        self
+    }
+
+    pub(crate) fn token(mut self, token: Token) -> Variant {
+        self.token = token;
+        self
+    }
+}
+
+/// What every request carries.
+pub(crate) struct Credentials {
+    api_key: String,
+    hs256: String,
+    es256: String,
+}
+
+/// The key sets that verify the [`Credentials`]' tokens, for the providers' inline JWKS.
+pub(crate) struct KeySets {
+    pub(crate) hs256: Value,
+    pub(crate) es256: Value,
+}
+
+impl Credentials {
+    /// The API key, and an HS256 and an ES256 token (fresh keys) for [`ISSUER`]/[`AUDIENCE`], valid
+    /// for six hours.
+    pub(crate) fn mint(api_key: String) -> Result<(Credentials, KeySets)> {
+        let now =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| Error(format!("clock: {e}")))?.as_secs();
+        let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 6 * 3600, "scope": "read"});
+        let hs_key = Hs256::random()?;
+        let es_key = jwt::random_es256()?;
+        let credentials = Credentials {
+            api_key,
+            hs256: jwt::mint(&hs_key, "hs", &claims),
+            es256: jwt::mint(&es_key, "es", &claims),
+        };
+        let keys = KeySets {
+            hs256: json!({"keys": [hs_key.jwk("hs")]}),
+            es256: json!({"keys": [es_key.jwk("es")]}),
+        };
+        Ok((credentials, keys))
+    }
+
+    pub(crate) fn headers(&self, token: Token) -> Vec<(String, String)> {
+        let bearer = match token {
+            Token::Hs256 => &self.hs256,
+            Token::Es256 => &self.es256,
+        };
+        vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("x-api-key".to_owned(), self.api_key.clone()),
+            ("authorization".to_owned(), format!("Bearer {bearer}")),
+        ]
+    }
+}
+
+/// The variants, the no-filter baseline first.
+pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &Path) -> Vec<Variant> {
+    let (hs_jwks, es_jwks) = (&keys.hs256, &keys.es256);
+    let module = |name: &str| wasm_dir().join(format!("{name}.wasm"));
+    let tollgate = |name: &str, root: &str, module_name: &str, config: &Value| {
+        let mut filter = wasm_filter(name, root, &module(module_name), config);
+        // One VM per module, named after it.
+        filter["typed_config"]["config"]["vm_config"]["vm_id"] = json!(module_name);
+        filter
+    };
+    let mut key_auth_config = keyd.key_auth_config();
+    key_auth_config["cache"] = json!({"ttl": "1h", "stale_window": "1h"});
+    let key_auth = tollgate("key_auth", "tollgate.key_auth", "tollgate_key_auth", &key_auth_config);
+    let never_empty = json!([{"rate": 1_000_000_000u64, "per": "second"}]);
+    let rate_limit = tollgate(
+        "rate_limit",
+        "tollgate.rate_limit",
+        "tollgate_rate_limit",
+        &json!({"slots": 1024, "headers": {"ietf": false}, "rules": [{"name": "bench", "limits": never_empty}]}),
+    );
+    let chain_rate_limit = tollgate(
+        "rate_limit",
+        "tollgate.rate_limit",
+        "tollgate_rate_limit",
+        &json!({"slots": 1024, "headers": {"ietf": false},
+                "rules": [{"name": "per-consumer", "by": ["consumer"], "key_limits": false, "limits": never_empty}]}),
+    );
+    let transform = tollgate(
+        "transform",
+        "tollgate.transform",
+        "tollgate_transform",
+        &json!({
+            "max_body_bytes": 65536,
+            "rules": [{
+                "name": "bench",
+                "match": {"path_prefix": "/api/"},
+                "request": {
+                    "headers": [
+                        {"op": "set", "name": "x-gateway", "value": "tollgate"},
+                        {"op": "add", "name": "x-api-version", "value": "2"},
+                        {"op": "remove", "name": "x-debug"}
+                    ],
+                    "body": [
+                        {"op": "set", "path": "meta.gateway", "value": "tollgate"},
+                        {"op": "remove", "path": "password"}
+                    ]
+                },
+                "response": {"headers": [{"op": "set", "name": "x-transformed", "value": "{method}"}]}
+            }]
+        }),
+    );
+    let jwt_auth = |alg: &str, jwks: &Value| {
+        tollgate(
+            "jwt_auth",
+            "tollgate.jwt_auth",
+            "tollgate_jwt_auth",
+            &json!({"providers": [{"name": "bench", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": [alg], "jwks": jwks}]}),
+        )
+    };
+    let jwt_authn = |jwks: &Value| {
+        json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {"bench": {
+                    "issuer": ISSUER,
+                    "audiences": [AUDIENCE],
+                    "local_jwks": {"inline_string": jwks.to_string()},
+                    "forward": true,
+                    "jwt_cache_config": {"jwt_cache_size": 100}
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+            }
+        })
+    };
+    let local_ratelimit = json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enforced"}
+        }
+    });
+    let lua = json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": format!(
+                "function envoy_on_request(h)\n  if h:headers():get(\"x-api-key\") ~= \"{api_key}\" then\n    h:respond({{[\":status\"] = \"401\"}}, \"denied\")\n  end\nend\n"
+            )}
+        }
+    });
+    let noop = wasm_filter("noop", "noop", noop_path, &json!(""));
+
+    vec![
+        Variant::new(BASELINE, "Envoy alone (router + direct_response)", vec![]),
+        Variant::new(
+            "wasm no-op",
+            "a proxy-wasm module that does nothing: the fixed cost of a wasm filter in V8",
+            vec![noop],
+        ),
+        Variant::new("key-auth", "key-auth, the key already cached in shared data", vec![key_auth.clone()])
+            .native("lua header check")
+            .with_keyd(),
+        Variant::new(
+            "lua header check",
+            "native `lua` filter comparing x-api-key with a constant",
+            vec![lua],
+        ),
+        Variant::new("rate-limit", "rate-limit, one rule, a bucket that never empties", vec![rate_limit])
+            .native("local_ratelimit"),
+        Variant::new(
+            "local_ratelimit",
+            "native `local_ratelimit`, a bucket that never empties",
+            vec![local_ratelimit],
+        ),
+        Variant::new(
+            "jwt-auth HS256",
+            "jwt-auth, inline JWKS, the same HS256 token every time",
+            vec![jwt_auth("HS256", hs_jwks)],
+        )
+        .native("jwt_authn HS256"),
+        Variant::new(
+            "jwt_authn HS256",
+            "native `jwt_authn`, same provider, key and token",
+            vec![jwt_authn(hs_jwks)],
+        ),
+        Variant::new(
+            "jwt-auth ES256",
+            "jwt-auth, inline JWKS, the same ES256 token every time",
+            vec![jwt_auth("ES256", es_jwks)],
+        )
+        .native("jwt_authn ES256")
+        .token(Token::Es256),
+        Variant::new(
+            "jwt_authn ES256",
+            "native `jwt_authn`, same provider, key and token",
+            vec![jwt_authn(es_jwks)],
+        )
+        .token(Token::Es256),
+        Variant::new(
+            "transform",
+            "transform: 3 request header ops, 2 JSON body ops, 1 response header op",
+            vec![transform.clone()],
+        ),
+        Variant::new(
+            "chain",
+            "key-auth → rate-limit (per consumer) → transform",
+            vec![key_auth, chain_rate_limit, transform],
+        )
+        .with_keyd(),
+    ]
+}
+
+/// Envoy with `filters` in front of a `direct_response` route, without access log, at warn level.
+pub(crate) async fn start_envoy(
+    filters: &[Value],
+    keyd: Option<std::net::SocketAddr>,
+    workers: u32,
+) -> Result<Envoy> {
+    // The upstream cluster is never used: the route answers directly.
+    let mut opts = EnvoyOpts::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9))).workers(workers);
+    if let Some(addr) = keyd {
+        opts = opts.keyd(addr);
+    }
+    for filter in filters {
+        opts = opts.http_filter(filter.clone());
+    }
+    let mut config = opts.render();
+    let hcm =
+        &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    if let Some(hcm) = hcm.as_object_mut() {
+        hcm.remove("access_log");
+    }
+    hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}},
+        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]
+    });
+    Envoy::start_config(&config, workers, &["-l".to_owned(), "warn".to_owned()])
+        .await
+        .map_err(|log| Error(format!("Envoy did not start:\n{}", last_lines(&log, 30))))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Every Tollgate filter at once, each in its own VM (the memory measurement).
+pub(crate) fn every_filter(keyd: &Keyd, hs_jwks: &Value) -> Vec<Value> {
+    let module = |name: &str| wasm_dir().join(format!("{name}.wasm"));
+    let mut key_auth = keyd.key_auth_config();
+    key_auth["cache"] = json!({"ttl": "1h"});
+    vec![
+        wasm_filter("key_auth", "tollgate.key_auth", &module("tollgate_key_auth"), &key_auth),
+        wasm_filter("jwt_auth", "tollgate.jwt_auth", &module("tollgate_jwt_auth"), &json!({"providers": [{"name": "bench", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"], "jwks": hs_jwks}]})),
+        wasm_filter("rate_limit", "tollgate.rate_limit", &module("tollgate_rate_limit"), &json!({"rules": [{"name": "all", "limits": [{"rate": 1_000_000, "per": "second"}]}]})),
+        wasm_filter("transform", "tollgate.transform", &module("tollgate_transform"), &json!({"rules": [{"name": "t", "request": {"headers": [{"op": "set", "name": "x-a", "value": "b"}]}}]})),
+    ]
+    .into_iter()
+    .map(|mut f| {
+        let module = f["typed_config"]["config"]["name"].clone();
+        f["typed_config"]["config"]["vm_config"]["vm_id"] = module;
+        f
+    })
+    .collect::<Vec<_>>()
+}
