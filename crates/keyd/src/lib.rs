@@ -5,6 +5,7 @@
 //! outside the database. Admin RPCs and data-plane RPCs take separate bearer tokens.
 
 pub mod auth;
+pub mod convert;
 pub mod error;
 pub mod feed;
 pub mod files;

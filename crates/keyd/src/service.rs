@@ -20,7 +20,7 @@ use crate::model::{
 };
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
-use crate::validate;
+use crate::{convert, validate};
 
 /// Current Unix time in seconds.
 pub fn unix_now() -> i64 {
@@ -158,14 +158,14 @@ impl KeyService for KeyServiceImpl {
         let new = NewConsumer { id, name, metadata };
         let consumer = self.mutate(move |s| s.create_consumer(&ctx, new)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.create", consumer_id = %consumer.id, "audit");
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn get_consumer(&self, request: Request<pb::GetConsumerRequest>) -> Reply<pb::Consumer> {
         let id = request.into_inner().id;
         validate::required("id", &id)?;
         let consumer = self.run(move |s| s.get_consumer(&id)).await?;
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn list_consumers(
@@ -184,7 +184,7 @@ impl KeyService for KeyServiceImpl {
             String::new()
         };
         Ok(Response::new(pb::ListConsumersResponse {
-            consumers: consumers.into_iter().map(validate::consumer_to_proto).collect(),
+            consumers: consumers.into_iter().map(convert::consumer_to_proto).collect(),
             next_page_token,
         }))
     }
@@ -203,7 +203,7 @@ impl KeyService for KeyServiceImpl {
         let id = req.id;
         let consumer = self.mutate(move |s| s.update_consumer(&ctx, &id, patch)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.update", consumer_id = %consumer.id, "audit");
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn delete_consumer(
@@ -280,7 +280,7 @@ impl KeyService for KeyServiceImpl {
             "audit"
         );
         Ok(Response::new(pb::CreateKeyResponse {
-            key: Some(validate::key_to_proto(key, now)),
+            key: Some(convert::key_to_proto(key, now)),
             secret,
             signing_secret,
         }))
@@ -290,7 +290,7 @@ impl KeyService for KeyServiceImpl {
         let id = request.into_inner().id;
         validate::required("id", &id)?;
         let key = self.run(move |s| s.get_key(&id)).await?;
-        Ok(Response::new(validate::key_to_proto(key, unix_now())))
+        Ok(Response::new(convert::key_to_proto(key, unix_now())))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
@@ -322,7 +322,7 @@ impl KeyService for KeyServiceImpl {
             String::new()
         };
         Ok(Response::new(pb::ListKeysResponse {
-            keys: keys.into_iter().map(|k| validate::key_to_proto(k, now)).collect(),
+            keys: keys.into_iter().map(|k| convert::key_to_proto(k, now)).collect(),
             next_page_token,
         }))
     }
@@ -349,7 +349,7 @@ impl KeyService for KeyServiceImpl {
         let id = req.id;
         let key = self.mutate(move |s| s.update_key(&ctx, &id, patch)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "key.update", key_id = %key.id, consumer_id = %key.consumer_id, "audit");
-        Ok(Response::new(validate::key_to_proto(key, now)))
+        Ok(Response::new(convert::key_to_proto(key, now)))
     }
 
     async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
@@ -368,7 +368,7 @@ impl KeyService for KeyServiceImpl {
             display_prefix = %key.display_prefix,
             "audit"
         );
-        Ok(Response::new(validate::key_to_proto(key, now)))
+        Ok(Response::new(convert::key_to_proto(key, now)))
     }
 
     async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
@@ -390,7 +390,7 @@ impl KeyService for KeyServiceImpl {
             previous_expires_at = key.previous_expires_at,
             "audit"
         );
-        Ok(Response::new(pb::RotateKeyResponse { key: Some(validate::key_to_proto(key, now)), secret }))
+        Ok(Response::new(pb::RotateKeyResponse { key: Some(convert::key_to_proto(key, now)), secret }))
     }
 
     async fn verify_key(&self, request: Request<pb::VerifyKeyRequest>) -> Reply<pb::VerifyKeyResponse> {
@@ -398,7 +398,7 @@ impl KeyService for KeyServiceImpl {
         let stored = self.pepper.stored_hash(&key_hash)?;
         let lookup = self.run(move |s| s.lookup_secret(&stored)).await?;
         let now = unix_now();
-        let response = validate::verify_response(lookup, now);
+        let response = convert::verify_response(lookup, now);
         if response.result == pb::VerifyResult::Valid as i32 {
             self.usage.record(&response.key_id, now);
         }
@@ -429,7 +429,7 @@ impl KeyService for KeyServiceImpl {
         };
         response.consumer_id = key.consumer_id.clone();
         response.expires_at = key.expires_at;
-        response.algorithm = validate::signing_algorithm_to_proto(signing.algorithm()) as i32;
+        response.algorithm = convert::signing_algorithm_to_proto(signing.algorithm()) as i32;
         response.result = match key.status(now) {
             crate::model::KeyStatus::Active => pb::VerifyResult::Valid,
             crate::model::KeyStatus::Revoked => pb::VerifyResult::Revoked,
@@ -452,7 +452,7 @@ impl KeyService for KeyServiceImpl {
         let after = req.after_seq;
         let (changes, head_seq) = self.run(move |s| s.list_changes(after, limit)).await?;
         Ok(Response::new(pb::ListChangesResponse {
-            changes: changes.into_iter().map(validate::change_to_proto).collect(),
+            changes: changes.into_iter().map(convert::change_to_proto).collect(),
             head_seq,
         }))
     }
