@@ -3,9 +3,7 @@
 
 use tollgate_proto::v1 as pb;
 
-use crate::model::{
-    self, Change, ChangeKind, Consumer, Key, KeyStatus, Period, RateLimitPolicy, SigningAlgorithm,
-};
+use crate::model::{self, Change, ChangeKind, Consumer, Key, KeyStatus, RateLimitPolicy, SigningAlgorithm};
 
 /// Protobuf form of a rate-limit policy.
 pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
@@ -16,12 +14,7 @@ pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
             .iter()
             .map(|l| pb::RateLimit {
                 rate: l.rate,
-                period: match l.period {
-                    Period::Second => pb::Period::Second,
-                    Period::Minute => pb::Period::Minute,
-                    Period::Hour => pb::Period::Hour,
-                    Period::Day => pb::Period::Day,
-                } as i32,
+                period: pb::Period::from(l.period) as i32,
                 burst: l.burst,
             })
             .collect(),

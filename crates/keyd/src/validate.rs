@@ -118,15 +118,10 @@ pub fn scopes(field: &str, scopes: Vec<String>) -> Result<Vec<String>> {
 }
 
 fn period(field: &str, value: i32) -> Result<Period> {
-    match pb::Period::try_from(value) {
-        Ok(pb::Period::Second) => Ok(Period::Second),
-        Ok(pb::Period::Minute) => Ok(Period::Minute),
-        Ok(pb::Period::Hour) => Ok(Period::Hour),
-        Ok(pb::Period::Day) => Ok(Period::Day),
-        Ok(pb::Period::Unspecified) | Err(_) => {
-            Err(Error::invalid(field, "must be SECOND, MINUTE, HOUR or DAY"))
-        }
-    }
+    pb::Period::try_from(value)
+        .ok()
+        .and_then(|period| Period::try_from(period).ok())
+        .ok_or_else(|| Error::invalid(field, "must be SECOND, MINUTE, HOUR or DAY"))
 }
 
 /// Checks and converts a rate-limit policy. An empty policy means none.
