@@ -11,6 +11,7 @@ use tollgate_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::master::MasterKeys;
@@ -21,14 +22,6 @@ use crate::model::{
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
 use crate::{convert, validate};
-
-/// Current Unix time in seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Last-use times seen by VerifyKey, written to the store in batches so that verifying never
 /// waits for a write.
@@ -88,12 +81,21 @@ pub struct KeyServiceImpl {
     feed: Feed,
     /// Encrypts and decrypts HMAC signing secrets; without it, HMAC signing keys are refused.
     master: Option<Arc<MasterKeys>>,
+    /// Every time the service uses: expiry, rotation grace, audit, feed and last-use times.
+    clock: Arc<dyn Clock>,
 }
 
 impl KeyServiceImpl {
-    /// A service over `store`, with `feed` (reading the same store) for WatchChanges.
-    pub fn new(store: Arc<dyn Store>, pepper: Pepper, usage: Arc<UsageTracker>, feed: Feed) -> Self {
-        Self { store, pepper: Arc::new(pepper), usage, feed, master: None }
+    /// A service over `store`, with `feed` (reading the same store) for WatchChanges, reading
+    /// the time from `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        pepper: Pepper,
+        usage: Arc<UsageTracker>,
+        feed: Feed,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, pepper: Arc::new(pepper), usage, feed, master: None, clock }
     }
 
     /// Adds the master keys that protect HMAC signing secrets.
@@ -108,9 +110,9 @@ impl KeyServiceImpl {
         })
     }
 
-    fn ctx<T>(request: &Request<T>) -> Ctx {
+    fn ctx<T>(&self, request: &Request<T>) -> Ctx {
         let actor = request.extensions().get::<Role>().map_or("unknown", |r| r.as_str());
-        Ctx { actor: actor.to_owned(), now: unix_now() }
+        Ctx { actor: actor.to_owned(), now: self.clock.now() }
     }
 
     async fn run<T: Send + 'static>(
@@ -143,7 +145,7 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl KeyService for KeyServiceImpl {
     async fn create_consumer(&self, request: Request<pb::CreateConsumerRequest>) -> Reply<pb::Consumer> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let req = request.into_inner();
         let id = if req.id.is_empty() {
@@ -190,7 +192,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn update_consumer(&self, request: Request<pb::UpdateConsumerRequest>) -> Reply<pb::Consumer> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let req = request.into_inner();
         validate::required("id", &req.id)?;
@@ -210,7 +212,7 @@ impl KeyService for KeyServiceImpl {
         &self,
         request: Request<pb::DeleteConsumerRequest>,
     ) -> Reply<pb::DeleteConsumerResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let id = request.into_inner().id;
         validate::required("id", &id)?;
@@ -221,7 +223,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -290,7 +292,7 @@ impl KeyService for KeyServiceImpl {
         let id = request.into_inner().id;
         validate::required("id", &id)?;
         let key = self.run(move |s| s.get_key(&id)).await?;
-        Ok(Response::new(convert::key_to_proto(key, unix_now())))
+        Ok(Response::new(convert::key_to_proto(key, self.clock.now())))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
@@ -298,7 +300,7 @@ impl KeyService for KeyServiceImpl {
         let size = validate::page_size(req.page_size);
         let after = validate::decode_page_token(&req.page_token)?;
         let status = validate::status_filter(req.status)?;
-        let now = unix_now();
+        let now = self.clock.now();
         let consumer = req.consumer;
         let mut keys = self
             .run(move |s| {
@@ -328,7 +330,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -353,7 +355,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -372,7 +374,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -397,7 +399,7 @@ impl KeyService for KeyServiceImpl {
         let key_hash = validate::key_hash(&request.into_inner().key_hash)?;
         let stored = self.pepper.stored_hash(&key_hash)?;
         let lookup = self.run(move |s| s.lookup_secret(&stored)).await?;
-        let now = unix_now();
+        let now = self.clock.now();
         let response = convert::verify_response(lookup, now);
         if response.result == pb::VerifyResult::Valid as i32 {
             self.usage.record(&response.key_id, now);
@@ -419,7 +421,7 @@ impl KeyService for KeyServiceImpl {
         validate::required("key_id", &key_id)?;
         let lookup_id = key_id.clone();
         let lookup = self.run(move |s| s.get_signing(&lookup_id)).await?;
-        let now = unix_now();
+        let now = self.clock.now();
         let mut response =
             pb::GetSigningKeyResponse { key_id, feed_seq: lookup.head_seq, ..Default::default() };
         let Some((key, signing)) = lookup.found else {
