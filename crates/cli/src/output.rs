@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
-use tollgate_proto::v1::{Consumer, Key, KeyStatus, Period, RateLimitPolicy};
+use tollgate_core::rate_limit::bucket::Period;
+use tollgate_proto::v1::{self, Consumer, Key, KeyStatus, RateLimitPolicy};
 
 use crate::parse::rfc3339;
 
@@ -118,23 +119,26 @@ pub fn status_name(status: KeyStatus) -> &'static str {
     }
 }
 
-pub fn period_name(period: Period) -> &'static str {
-    match period {
-        Period::Second => "second",
-        Period::Minute => "minute",
-        Period::Hour => "hour",
-        Period::Day => "day",
-        Period::Unspecified => "unspecified",
+/// A limit's period in JSON: `second`, `minute`, `hour`, `day`, or `unspecified` when the
+/// answer names none.
+pub fn period_name(period: v1::Period) -> &'static str {
+    match Period::try_from(period) {
+        Ok(Period::Second) => "second",
+        Ok(Period::Minute) => "minute",
+        Ok(Period::Hour) => "hour",
+        Ok(Period::Day) => "day",
+        Err(_) => "unspecified",
     }
 }
 
-fn period_short(period: Period) -> &'static str {
-    match period {
-        Period::Second => "s",
-        Period::Minute => "min",
-        Period::Hour => "h",
-        Period::Day => "day",
-        Period::Unspecified => "?",
+/// A limit's period in tables, as `--rate` takes it: `s`, `min`, `h`, `day`, or `?`.
+fn period_short(period: v1::Period) -> &'static str {
+    match Period::try_from(period) {
+        Ok(Period::Second) => "s",
+        Ok(Period::Minute) => "min",
+        Ok(Period::Hour) => "h",
+        Ok(Period::Day) => "day",
+        Err(_) => "?",
     }
 }
 
@@ -302,7 +306,7 @@ pub fn write_consumer_detail(out: &mut dyn Write, c: &Consumer) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_proto::v1::RateLimit;
+    use tollgate_proto::v1::{Period, RateLimit};
 
     fn sample_key() -> Key {
         Key {

@@ -4,7 +4,8 @@
 //! usage error.
 
 use jiff::Timestamp;
-use tollgate_proto::v1::{Period, RateLimit};
+use tollgate_core::rate_limit::bucket::Period;
+use tollgate_proto::v1::{self, RateLimit};
 
 /// Parses a duration such as `30d`, `12h`, `15m`, `90s`, `1w` or `1h30m` into seconds.
 /// Units: `s`, `m`, `h`, `d`, `w`. A bare `0` is accepted.
@@ -71,7 +72,7 @@ pub fn rate(text: &str) -> Result<RateLimit, String> {
         "d" | "day" => Period::Day,
         _ => return Err(bad()),
     };
-    Ok(RateLimit { rate, period: period as i32, burst: 0 })
+    Ok(RateLimit { rate, period: v1::Period::from(period) as i32, burst: 0 })
 }
 
 /// Parses an absolute time: RFC 3339 (`2030-01-01T00:00:00Z`, `2030-01-01T02:00:00+02:00`), a
@@ -107,6 +108,7 @@ pub fn now_secs() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_proto::v1::Period;
 
     #[test]
     fn durations_in_each_unit() {

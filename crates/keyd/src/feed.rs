@@ -23,10 +23,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tollgate_proto::v1 as pb;
 
+use crate::convert;
 use crate::error::{Error, Result};
 use crate::service::blocking;
 use crate::store::Store;
-use crate::validate::{self, MAX_CHANGES};
+use crate::validate::MAX_CHANGES;
 
 /// How many of the newest changes the tail keeps (a few hundred kilobytes at most).
 pub const TAIL_CAPACITY: usize = 4096;
@@ -73,7 +74,7 @@ impl Shared {
             let mut tail = self.tail.write().unwrap_or_else(PoisonError::into_inner);
             for change in changes {
                 tail.end = change.seq;
-                tail.changes.push_back(validate::change_to_proto(change));
+                tail.changes.push_back(convert::change_to_proto(change));
             }
             while tail.changes.len() > self.capacity {
                 match tail.changes.pop_front() {
@@ -236,7 +237,7 @@ impl Cursor {
         let _permit = self.shared.catch_up.acquire().await.map_err(|e| Error::internal("change feed", e))?;
         let after = self.pos;
         let (changes, _) = blocking(&self.shared.store, move |s| s.list_changes(after, CHUNK)).await?;
-        self.pending.extend(changes.into_iter().map(validate::change_to_proto));
+        self.pending.extend(changes.into_iter().map(convert::change_to_proto));
         Ok(())
     }
 }

@@ -5,6 +5,8 @@
 //! outside the database. Admin RPCs and data-plane RPCs take separate bearer tokens.
 
 pub mod auth;
+pub mod clock;
+pub mod convert;
 pub mod error;
 pub mod feed;
 pub mod files;
@@ -16,6 +18,7 @@ pub mod service;
 pub mod store;
 pub mod validate;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use server::{Config, Options, serve};
 pub use store::{SqliteStore, Store};

@@ -7,15 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Free-form string metadata of a consumer or key.
 pub type Metadata = BTreeMap<String, String>;
 
-/// Unit of a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Period {
-    Second,
-    Minute,
-    Hour,
-    Day,
-}
+/// Unit of a rate limit: the core's, stored by its snake_case name.
+pub use tollgate_core::rate_limit::bucket::Period;
 
 /// One token bucket: `rate` requests per `period`, up to `burst` at once (0 = same as rate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,4 +289,30 @@ pub struct SecretMatch {
 pub struct Lookup {
     pub found: Option<SecretMatch>,
     pub head_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Policies are stored as JSON in the database: the period names must never change.
+    #[test]
+    fn stored_rate_limit_policy_names_each_period_in_snake_case() {
+        let limit = |rate, period| RateLimit { rate, period, burst: 0 };
+        let policy = RateLimitPolicy {
+            tier: "gold".into(),
+            limits: vec![
+                limit(1, Period::Second),
+                limit(2, Period::Minute),
+                limit(3, Period::Hour),
+                limit(4, Period::Day),
+            ],
+        };
+        let json = serde_json::to_string(&policy).unwrap();
+        assert_eq!(
+            json,
+            r#"{"tier":"gold","limits":[{"rate":1,"period":"second","burst":0},{"rate":2,"period":"minute","burst":0},{"rate":3,"period":"hour","burst":0},{"rate":4,"period":"day","burst":0}]}"#
+        );
+        assert_eq!(serde_json::from_str::<RateLimitPolicy>(&json).unwrap(), policy);
+    }
 }

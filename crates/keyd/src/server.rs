@@ -13,6 +13,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::feed::{self, Feed};
 use crate::files;
@@ -109,6 +110,8 @@ pub struct Config {
     pub feed_poll_interval: Duration,
     /// After a shutdown signal, how long open connections get to finish before the server stops.
     pub drain_timeout: Duration,
+    /// Where the service reads the time (the system clock unless a test sets another).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -149,6 +152,7 @@ impl Config {
             usage_flush_interval: Duration::from_secs(30),
             feed_poll_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         })
     }
 }
@@ -197,8 +201,9 @@ pub async fn serve(
     let (feed, feed_reader) =
         Feed::start(Arc::clone(&store), stop_rx.clone(), config.feed_poll_interval, feed::TAIL_CAPACITY)
             .await?;
-    let service = KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed)
-        .with_master_keys(config.master_keys.clone());
+    let service =
+        KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed, config.clock)
+            .with_master_keys(config.master_keys.clone());
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -11,6 +11,7 @@ use tollgate_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::master::MasterKeys;
@@ -20,15 +21,7 @@ use crate::model::{
 };
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
-use crate::validate;
-
-/// Current Unix time in seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use crate::{convert, validate};
 
 /// Last-use times seen by VerifyKey, written to the store in batches so that verifying never
 /// waits for a write.
@@ -88,12 +81,21 @@ pub struct KeyServiceImpl {
     feed: Feed,
     /// Encrypts and decrypts HMAC signing secrets; without it, HMAC signing keys are refused.
     master: Option<Arc<MasterKeys>>,
+    /// Every time the service uses: expiry, rotation grace, audit, feed and last-use times.
+    clock: Arc<dyn Clock>,
 }
 
 impl KeyServiceImpl {
-    /// A service over `store`, with `feed` (reading the same store) for WatchChanges.
-    pub fn new(store: Arc<dyn Store>, pepper: Pepper, usage: Arc<UsageTracker>, feed: Feed) -> Self {
-        Self { store, pepper: Arc::new(pepper), usage, feed, master: None }
+    /// A service over `store`, with `feed` (reading the same store) for WatchChanges, reading
+    /// the time from `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        pepper: Pepper,
+        usage: Arc<UsageTracker>,
+        feed: Feed,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, pepper: Arc::new(pepper), usage, feed, master: None, clock }
     }
 
     /// Adds the master keys that protect HMAC signing secrets.
@@ -108,9 +110,9 @@ impl KeyServiceImpl {
         })
     }
 
-    fn ctx<T>(request: &Request<T>) -> Ctx {
+    fn ctx<T>(&self, request: &Request<T>) -> Ctx {
         let actor = request.extensions().get::<Role>().map_or("unknown", |r| r.as_str());
-        Ctx { actor: actor.to_owned(), now: unix_now() }
+        Ctx { actor: actor.to_owned(), now: self.clock.now() }
     }
 
     async fn run<T: Send + 'static>(
@@ -143,7 +145,7 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl KeyService for KeyServiceImpl {
     async fn create_consumer(&self, request: Request<pb::CreateConsumerRequest>) -> Reply<pb::Consumer> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let req = request.into_inner();
         let id = if req.id.is_empty() {
@@ -158,14 +160,14 @@ impl KeyService for KeyServiceImpl {
         let new = NewConsumer { id, name, metadata };
         let consumer = self.mutate(move |s| s.create_consumer(&ctx, new)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.create", consumer_id = %consumer.id, "audit");
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn get_consumer(&self, request: Request<pb::GetConsumerRequest>) -> Reply<pb::Consumer> {
         let id = request.into_inner().id;
         validate::required("id", &id)?;
         let consumer = self.run(move |s| s.get_consumer(&id)).await?;
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn list_consumers(
@@ -184,13 +186,13 @@ impl KeyService for KeyServiceImpl {
             String::new()
         };
         Ok(Response::new(pb::ListConsumersResponse {
-            consumers: consumers.into_iter().map(validate::consumer_to_proto).collect(),
+            consumers: consumers.into_iter().map(convert::consumer_to_proto).collect(),
             next_page_token,
         }))
     }
 
     async fn update_consumer(&self, request: Request<pb::UpdateConsumerRequest>) -> Reply<pb::Consumer> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let req = request.into_inner();
         validate::required("id", &req.id)?;
@@ -203,14 +205,14 @@ impl KeyService for KeyServiceImpl {
         let id = req.id;
         let consumer = self.mutate(move |s| s.update_consumer(&ctx, &id, patch)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "consumer.update", consumer_id = %consumer.id, "audit");
-        Ok(Response::new(validate::consumer_to_proto(consumer)))
+        Ok(Response::new(convert::consumer_to_proto(consumer)))
     }
 
     async fn delete_consumer(
         &self,
         request: Request<pb::DeleteConsumerRequest>,
     ) -> Reply<pb::DeleteConsumerResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let id = request.into_inner().id;
         validate::required("id", &id)?;
@@ -221,7 +223,7 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Reply<pb::CreateKeyResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -280,7 +282,7 @@ impl KeyService for KeyServiceImpl {
             "audit"
         );
         Ok(Response::new(pb::CreateKeyResponse {
-            key: Some(validate::key_to_proto(key, now)),
+            key: Some(convert::key_to_proto(key, now)),
             secret,
             signing_secret,
         }))
@@ -290,7 +292,7 @@ impl KeyService for KeyServiceImpl {
         let id = request.into_inner().id;
         validate::required("id", &id)?;
         let key = self.run(move |s| s.get_key(&id)).await?;
-        Ok(Response::new(validate::key_to_proto(key, unix_now())))
+        Ok(Response::new(convert::key_to_proto(key, self.clock.now())))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Reply<pb::ListKeysResponse> {
@@ -298,7 +300,7 @@ impl KeyService for KeyServiceImpl {
         let size = validate::page_size(req.page_size);
         let after = validate::decode_page_token(&req.page_token)?;
         let status = validate::status_filter(req.status)?;
-        let now = unix_now();
+        let now = self.clock.now();
         let consumer = req.consumer;
         let mut keys = self
             .run(move |s| {
@@ -322,13 +324,13 @@ impl KeyService for KeyServiceImpl {
             String::new()
         };
         Ok(Response::new(pb::ListKeysResponse {
-            keys: keys.into_iter().map(|k| validate::key_to_proto(k, now)).collect(),
+            keys: keys.into_iter().map(|k| convert::key_to_proto(k, now)).collect(),
             next_page_token,
         }))
     }
 
     async fn update_key(&self, request: Request<pb::UpdateKeyRequest>) -> Reply<pb::Key> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -349,11 +351,11 @@ impl KeyService for KeyServiceImpl {
         let id = req.id;
         let key = self.mutate(move |s| s.update_key(&ctx, &id, patch)).await?;
         tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "key.update", key_id = %key.id, consumer_id = %key.consumer_id, "audit");
-        Ok(Response::new(validate::key_to_proto(key, now)))
+        Ok(Response::new(convert::key_to_proto(key, now)))
     }
 
     async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Reply<pb::Key> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -368,11 +370,11 @@ impl KeyService for KeyServiceImpl {
             display_prefix = %key.display_prefix,
             "audit"
         );
-        Ok(Response::new(validate::key_to_proto(key, now)))
+        Ok(Response::new(convert::key_to_proto(key, now)))
     }
 
     async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Reply<pb::RotateKeyResponse> {
-        let ctx = Self::ctx(&request);
+        let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let now = ctx.now;
         let req = request.into_inner();
@@ -390,15 +392,15 @@ impl KeyService for KeyServiceImpl {
             previous_expires_at = key.previous_expires_at,
             "audit"
         );
-        Ok(Response::new(pb::RotateKeyResponse { key: Some(validate::key_to_proto(key, now)), secret }))
+        Ok(Response::new(pb::RotateKeyResponse { key: Some(convert::key_to_proto(key, now)), secret }))
     }
 
     async fn verify_key(&self, request: Request<pb::VerifyKeyRequest>) -> Reply<pb::VerifyKeyResponse> {
         let key_hash = validate::key_hash(&request.into_inner().key_hash)?;
         let stored = self.pepper.stored_hash(&key_hash)?;
         let lookup = self.run(move |s| s.lookup_secret(&stored)).await?;
-        let now = unix_now();
-        let response = validate::verify_response(lookup, now);
+        let now = self.clock.now();
+        let response = convert::verify_response(lookup, now);
         if response.result == pb::VerifyResult::Valid as i32 {
             self.usage.record(&response.key_id, now);
         }
@@ -419,7 +421,7 @@ impl KeyService for KeyServiceImpl {
         validate::required("key_id", &key_id)?;
         let lookup_id = key_id.clone();
         let lookup = self.run(move |s| s.get_signing(&lookup_id)).await?;
-        let now = unix_now();
+        let now = self.clock.now();
         let mut response =
             pb::GetSigningKeyResponse { key_id, feed_seq: lookup.head_seq, ..Default::default() };
         let Some((key, signing)) = lookup.found else {
@@ -429,7 +431,7 @@ impl KeyService for KeyServiceImpl {
         };
         response.consumer_id = key.consumer_id.clone();
         response.expires_at = key.expires_at;
-        response.algorithm = validate::signing_algorithm_to_proto(signing.algorithm()) as i32;
+        response.algorithm = convert::signing_algorithm_to_proto(signing.algorithm()) as i32;
         response.result = match key.status(now) {
             crate::model::KeyStatus::Active => pb::VerifyResult::Valid,
             crate::model::KeyStatus::Revoked => pb::VerifyResult::Revoked,
@@ -452,7 +454,7 @@ impl KeyService for KeyServiceImpl {
         let after = req.after_seq;
         let (changes, head_seq) = self.run(move |s| s.list_changes(after, limit)).await?;
         Ok(Response::new(pb::ListChangesResponse {
-            changes: changes.into_iter().map(validate::change_to_proto).collect(),
+            changes: changes.into_iter().map(convert::change_to_proto).collect(),
             head_seq,
         }))
     }

@@ -1,5 +1,6 @@
-//! Request validation and conversion between protobuf messages and domain types. Every error
-//! names the offending field.
+//! Request validation: checks each field of a request and turns it into the domain value it
+//! stands for. Every error names the offending field. The answers' protobuf form is
+//! [`crate::convert`]'s job.
 
 use std::collections::HashMap;
 
@@ -8,9 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tollgate_proto::v1 as pb;
 
 use crate::error::{Error, Result};
-use crate::model::{
-    self, Change, ChangeKind, Consumer, Key, KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy,
-};
+use crate::model::{KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy};
 
 /// Longest consumer id.
 pub const MAX_ID_LEN: usize = 64;
@@ -119,15 +118,10 @@ pub fn scopes(field: &str, scopes: Vec<String>) -> Result<Vec<String>> {
 }
 
 fn period(field: &str, value: i32) -> Result<Period> {
-    match pb::Period::try_from(value) {
-        Ok(pb::Period::Second) => Ok(Period::Second),
-        Ok(pb::Period::Minute) => Ok(Period::Minute),
-        Ok(pb::Period::Hour) => Ok(Period::Hour),
-        Ok(pb::Period::Day) => Ok(Period::Day),
-        Ok(pb::Period::Unspecified) | Err(_) => {
-            Err(Error::invalid(field, "must be SECOND, MINUTE, HOUR or DAY"))
-        }
-    }
+    pb::Period::try_from(value)
+        .ok()
+        .and_then(|period| Period::try_from(period).ok())
+        .ok_or_else(|| Error::invalid(field, "must be SECOND, MINUTE, HOUR or DAY"))
 }
 
 /// Checks and converts a rate-limit policy. An empty policy means none.
@@ -268,80 +262,6 @@ pub fn key_hash(bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| Error::invalid("key_hash", "must be the 32-byte SHA-256 of the key"))
 }
 
-// ---- domain → protobuf ----
-
-/// Protobuf form of a rate-limit policy.
-pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
-    pb::RateLimitPolicy {
-        tier: policy.tier.clone(),
-        limits: policy
-            .limits
-            .iter()
-            .map(|l| pb::RateLimit {
-                rate: l.rate,
-                period: match l.period {
-                    Period::Second => pb::Period::Second,
-                    Period::Minute => pb::Period::Minute,
-                    Period::Hour => pb::Period::Hour,
-                    Period::Day => pb::Period::Day,
-                } as i32,
-                burst: l.burst,
-            })
-            .collect(),
-    }
-}
-
-/// Protobuf form of a consumer.
-pub fn consumer_to_proto(consumer: Consumer) -> pb::Consumer {
-    pb::Consumer {
-        id: consumer.id,
-        name: consumer.name,
-        metadata: consumer.metadata.into_iter().collect(),
-        created_at: consumer.created_at,
-    }
-}
-
-/// Protobuf form of a key status.
-pub fn status_to_proto(status: KeyStatus) -> pb::KeyStatus {
-    match status {
-        KeyStatus::Active => pb::KeyStatus::Active,
-        KeyStatus::Revoked => pb::KeyStatus::Revoked,
-        KeyStatus::Expired => pb::KeyStatus::Expired,
-    }
-}
-
-/// Protobuf form of a key, with its status at `now`.
-pub fn key_to_proto(key: Key, now: i64) -> pb::Key {
-    let status = status_to_proto(key.status(now)) as i32;
-    pb::Key {
-        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
-        id: key.id,
-        consumer_id: key.consumer_id,
-        name: key.name,
-        display_prefix: key.display_prefix,
-        scopes: key.scopes,
-        metadata: key.metadata.into_iter().collect(),
-        expires_at: key.expires_at,
-        created_at: key.created_at,
-        last_used_at: key.last_used_at,
-        status,
-        revoked_at: key.revoked_at,
-        previous_display_prefix: key.previous_display_prefix,
-        previous_expires_at: key.previous_expires_at,
-        rotated_at: key.rotated_at,
-        signing_algorithm: key.signing.map_or(pb::SigningAlgorithm::Unspecified, signing_algorithm_to_proto)
-            as i32,
-    }
-}
-
-/// Protobuf form of a signing algorithm.
-pub fn signing_algorithm_to_proto(alg: crate::model::SigningAlgorithm) -> pb::SigningAlgorithm {
-    match alg {
-        crate::model::SigningAlgorithm::HmacSha256 => pb::SigningAlgorithm::HmacSha256,
-        crate::model::SigningAlgorithm::Ed25519 => pb::SigningAlgorithm::Ed25519,
-    }
-}
-
 /// The requested signing algorithm and its public key (Ed25519), checked.
 pub fn signing_request(
     algorithm: i32,
@@ -374,55 +294,6 @@ pub fn signing_request(
             }
             Ok(Some((SigningAlgorithm::Ed25519, Some(key))))
         }
-    }
-}
-
-/// Protobuf form of a change.
-pub fn change_to_proto(change: Change) -> pb::Change {
-    let kind = match change.kind {
-        ChangeKind::KeyCreated => pb::ChangeKind::KeyCreated,
-        ChangeKind::KeyUpdated => pb::ChangeKind::KeyUpdated,
-        ChangeKind::KeyRevoked => pb::ChangeKind::KeyRevoked,
-        ChangeKind::KeyRotated => pb::ChangeKind::KeyRotated,
-        ChangeKind::ConsumerUpdated => pb::ChangeKind::ConsumerUpdated,
-        ChangeKind::ConsumerDeleted => pb::ChangeKind::ConsumerDeleted,
-    };
-    pb::Change {
-        seq: change.seq,
-        kind: kind as i32,
-        key_id: change.key_id,
-        consumer_id: change.consumer_id,
-        at: change.at,
-    }
-}
-
-/// The verify answer for a lookup at `now`.
-pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse {
-    let Some(found) = lookup.found else {
-        return pb::VerifyKeyResponse {
-            result: pb::VerifyResult::NotFound as i32,
-            feed_seq: lookup.head_seq,
-            ..Default::default()
-        };
-    };
-    let key = found.key;
-    let expires_at = model::earliest(key.expires_at, found.expires_at);
-    let result = if key.revoked_at != 0 {
-        pb::VerifyResult::Revoked
-    } else if model::has_passed(expires_at, now) {
-        pb::VerifyResult::Expired
-    } else {
-        pb::VerifyResult::Valid
-    };
-    pb::VerifyKeyResponse {
-        result: result as i32,
-        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
-        key_id: key.id,
-        consumer_id: key.consumer_id,
-        scopes: key.scopes,
-        expires_at,
-        display_prefix: found.display_prefix,
-        feed_seq: lookup.head_seq,
     }
 }
 

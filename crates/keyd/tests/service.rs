@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, TestServer, kind, now, result, with_token};
 use tokio_stream::StreamExt;
+use tollgate_keyd::{Clock, ManualClock};
 use tollgate_proto::v1 as pb;
 use tonic::{Code, Request};
 
@@ -191,7 +193,8 @@ async fn revoked_key_verifies_as_revoked_and_appears_in_the_feed() {
 
 #[tokio::test]
 async fn key_past_its_expiry_verifies_as_expired() {
-    let mut h = Harness::new().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let mut h = Harness::with_clock(clock.clone()).await;
     let request = pb::CreateKeyRequest {
         consumer: "carol".into(),
         create_consumer: true,
@@ -200,10 +203,10 @@ async fn key_past_its_expiry_verifies_as_expired() {
     };
     let created = h.client.create_key(h.server.admin(request)).await.unwrap().into_inner();
     let key = created.key.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    while now() < key.expires_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Valid until its expiry time, expired from then on.
+    assert_eq!(key.expires_at, clock.now() + 1);
+    assert_eq!(result(&h.verify(&created.secret).await), pb::VerifyResult::Valid);
+    clock.set(key.expires_at);
     let verified = h.verify(&created.secret).await;
     assert_eq!(result(&verified), pb::VerifyResult::Expired);
     assert_eq!(verified.expires_at, key.expires_at);
@@ -224,7 +227,8 @@ async fn key_past_its_expiry_verifies_as_expired() {
 
 #[tokio::test]
 async fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
-    let mut h = Harness::new().await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let mut h = Harness::with_clock(clock.clone()).await;
     let created = h.create_key("dave", &["read"]).await;
     let key = created.key.unwrap();
     let old = created.secret;
@@ -244,7 +248,7 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
     assert_eq!(rotated_key.previous_display_prefix, key.display_prefix);
     assert!(rotated_key.rotated_at > 0);
     let grace_end = rotated_key.previous_expires_at;
-    assert!((grace_end - (now() + 1)).abs() <= 1);
+    assert_eq!(grace_end, clock.now() + 1);
 
     let during = h.verify(&old).await;
     assert_eq!(result(&during), pb::VerifyResult::Valid);
@@ -258,10 +262,7 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
     let changes = h.changes(0, 0).await.changes;
     assert_eq!(kind(changes.last().unwrap()), pb::ChangeKind::KeyRotated);
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    while now() < grace_end {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    clock.set(grace_end);
     assert_eq!(result(&h.verify(&old).await), pb::VerifyResult::Expired);
     assert_eq!(result(&h.verify(&new).await), pb::VerifyResult::Valid);
 
@@ -841,4 +842,58 @@ async fn audit_log_records_every_admin_mutation() {
     assert!(audit.iter().all(|a| a.actor == "admin-token"));
     assert_eq!(audit[2].key_id, key.id);
     assert_eq!(audit[2].detail["reason"], "test");
+}
+
+/// Every time the service records — creation, rotation and its grace end, revocation, last use,
+/// the change feed and the audit log — is its clock's, not the machine's.
+#[tokio::test]
+async fn every_recorded_time_comes_from_the_service_clock() {
+    const T0: i64 = 4_000_000_000;
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut h = Harness::with_clock(clock.clone()).await;
+    let created = h.create_key("olga", &[]).await;
+    let key = created.key.unwrap();
+    assert_eq!(key.created_at, T0);
+    assert_eq!(result(&h.verify(&created.secret).await), pb::VerifyResult::Valid);
+
+    clock.advance(10);
+    let rotated = h
+        .client
+        .rotate_key(h.server.admin(pb::RotateKeyRequest { id: key.id.clone(), grace_period_seconds: 60 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!((rotated.rotated_at, rotated.previous_expires_at), (T0 + 10, T0 + 70));
+
+    clock.advance(10);
+    let revoked = h
+        .client
+        .revoke_key(h.server.admin(pb::RevokeKeyRequest { id: key.id.clone(), reason: String::new() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked_at, T0 + 20);
+
+    let at: Vec<i64> = h.changes(0, 0).await.changes.iter().map(|c| c.at).collect();
+    assert_eq!(at, [T0, T0 + 10, T0 + 20]);
+
+    // Stopping writes the pending last-use time.
+    let dir = h.dir.path().to_owned();
+    h.server.stop().await;
+    use tollgate_keyd::Store;
+    let store = tollgate_keyd::SqliteStore::open(&dir.join("keys.db")).unwrap();
+    assert_eq!(store.get_key(&key.id).unwrap().last_used_at, T0);
+    let audit: Vec<(String, i64)> =
+        store.list_audit(0, 100).unwrap().into_iter().map(|a| (a.action, a.at)).collect();
+    assert_eq!(
+        audit,
+        [
+            ("consumer.create".to_owned(), T0),
+            ("key.create".to_owned(), T0),
+            ("key.rotate".to_owned(), T0 + 10),
+            ("key.revoke".to_owned(), T0 + 20),
+        ]
+    );
 }

@@ -1,7 +1,11 @@
-//! Generated types of the `tollgate.keys.v1` protobuf package.
+//! Generated types of the `tollgate.keys.v1` protobuf package, and their conversions to the
+//! core's domain types ([`convert`]).
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+mod convert;
 
+pub use convert::UnspecifiedPeriod;
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod keys {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/tollgate.keys.v1.rs"));

@@ -26,8 +26,10 @@ pub const MAX_WINDOW_NS: u64 = 1 << 62;
 const NS_PER_SEC: u64 = 1_000_000_000;
 const ENTRY_VERSION: u8 = 1;
 
-/// How often a limit refills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+/// How often a limit refills. The one definition of a rate-limit period: the key service stores
+/// it (by these snake_case names) and the CLI parses it; `tollgate-proto` converts it to and
+/// from the wire enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Second,

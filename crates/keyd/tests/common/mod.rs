@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tollgate_keyd::{Config, Options};
+use tollgate_keyd::{Clock, Config, Options, SystemClock};
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::key_service_client::KeyServiceClient;
 use tonic::Request;
@@ -25,7 +26,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with_clock(dir, Arc::new(SystemClock)).await
+    }
+
+    /// A server reading the time from `clock`.
+    pub async fn start_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Self {
         let mut config = Config::prepare(&Options::in_dir(dir)).unwrap();
+        config.clock = clock;
         config.usage_flush_interval = Duration::from_millis(100);
         config.feed_poll_interval = Duration::from_millis(500);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,8 +87,13 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// A harness whose server reads the time from `clock`.
+    pub async fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(dir.path()).await;
+        let server = TestServer::start_with_clock(dir.path(), clock).await;
         let client = server.client().await;
         Self { dir, server, client }
     }

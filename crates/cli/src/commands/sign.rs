@@ -2,64 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
 use tollgate_signing::{Options, Request, SigningMaterial};
 
+use crate::args::SignArgs;
 use crate::{CliError, Output};
-
-#[derive(Debug, Clone, Args)]
-pub struct SignArgs {
-    /// The key id (`keyid`), as `tollgate keys create` printed it.
-    #[arg(long)]
-    pub key_id: String,
-    /// File holding the key's HMAC secret (base64, as printed by `keys create --signing hmac`).
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with = "private_key",
-        required_unless_present = "private_key"
-    )]
-    pub secret_file: Option<PathBuf>,
-    /// Ed25519 private key file (PEM `BEGIN PRIVATE KEY`, or the 32-byte seed in base64).
-    #[arg(long, value_name = "FILE")]
-    pub private_key: Option<PathBuf>,
-    /// Request method.
-    #[arg(long, short = 'X', default_value = "GET")]
-    pub method: String,
-    /// Absolute request URL, as the gateway sees it (scheme, host[:port], path, query).
-    #[arg(long)]
-    pub url: String,
-    /// A header the request will carry, `Name: value`. Repeat for several (a repeated name is
-    /// one field line each, in order). The value is taken as the bytes given, so it may hold
-    /// bytes that are not UTF-8 (e.g. `-H $'X-Bin: \xff\xfe'` in bash).
-    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
-    pub headers: Vec<std::ffi::OsString>,
-    /// File with the request body; its Content-Digest is computed and covered.
-    #[arg(long, value_name = "FILE")]
-    pub body_file: Option<PathBuf>,
-    /// A covered component (`@method`, `content-type`, `"@query-param";name="id"`). Repeat;
-    /// replaces the default set (@method @authority @path @query, plus content-digest with a body).
-    #[arg(long = "component", value_name = "ID")]
-    pub components: Vec<String>,
-    /// Signature label.
-    #[arg(long, default_value = "sig1")]
-    pub label: String,
-    /// Add a random nonce.
-    #[arg(long)]
-    pub nonce: bool,
-    /// Set `expires` this long after `created` (e.g. 5m).
-    #[arg(long, value_parser = crate::parse::duration_secs)]
-    pub expires_in: Option<u64>,
-    /// Sign as of this Unix time instead of now.
-    #[arg(long)]
-    pub created: Option<i64>,
-    /// Leave out the `alg` parameter.
-    #[arg(long)]
-    pub no_alg: bool,
-    /// A `tag` parameter.
-    #[arg(long)]
-    pub tag: Option<String>,
-}
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
@@ -231,10 +177,5 @@ mod tests {
         assert_ne!(printed["Signature"].as_str().unwrap(), library(&[0xfe, 0xff]));
         assert!(header(std::ffi::OsStr::new("no colon")).is_err());
         assert!(header(std::ffi::OsStr::new(": no name")).is_err());
-    }
-
-    #[test]
-    fn sign_needs_a_key() {
-        assert!(Cli::try_parse_from(["tollgate", "sign", "--key-id", "k", "--url", "http://h/"]).is_err());
     }
 }

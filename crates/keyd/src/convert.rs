@@ -1,0 +1,122 @@
+//! Domain types in their protobuf form: what the handlers and the change feed answer with.
+//! Checking and converting requests is [`crate::validate`]'s job.
+
+use tollgate_proto::v1 as pb;
+
+use crate::model::{self, Change, ChangeKind, Consumer, Key, KeyStatus, RateLimitPolicy, SigningAlgorithm};
+
+/// Protobuf form of a rate-limit policy.
+pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
+    pb::RateLimitPolicy {
+        tier: policy.tier.clone(),
+        limits: policy
+            .limits
+            .iter()
+            .map(|l| pb::RateLimit {
+                rate: l.rate,
+                period: pb::Period::from(l.period) as i32,
+                burst: l.burst,
+            })
+            .collect(),
+    }
+}
+
+/// Protobuf form of a consumer.
+pub fn consumer_to_proto(consumer: Consumer) -> pb::Consumer {
+    pb::Consumer {
+        id: consumer.id,
+        name: consumer.name,
+        metadata: consumer.metadata.into_iter().collect(),
+        created_at: consumer.created_at,
+    }
+}
+
+/// Protobuf form of a key status.
+pub fn status_to_proto(status: KeyStatus) -> pb::KeyStatus {
+    match status {
+        KeyStatus::Active => pb::KeyStatus::Active,
+        KeyStatus::Revoked => pb::KeyStatus::Revoked,
+        KeyStatus::Expired => pb::KeyStatus::Expired,
+    }
+}
+
+/// Protobuf form of a key, with its status at `now`.
+pub fn key_to_proto(key: Key, now: i64) -> pb::Key {
+    let status = status_to_proto(key.status(now)) as i32;
+    pb::Key {
+        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
+        id: key.id,
+        consumer_id: key.consumer_id,
+        name: key.name,
+        display_prefix: key.display_prefix,
+        scopes: key.scopes,
+        metadata: key.metadata.into_iter().collect(),
+        expires_at: key.expires_at,
+        created_at: key.created_at,
+        last_used_at: key.last_used_at,
+        status,
+        revoked_at: key.revoked_at,
+        previous_display_prefix: key.previous_display_prefix,
+        previous_expires_at: key.previous_expires_at,
+        rotated_at: key.rotated_at,
+        signing_algorithm: key.signing.map_or(pb::SigningAlgorithm::Unspecified, signing_algorithm_to_proto)
+            as i32,
+    }
+}
+
+/// Protobuf form of a signing algorithm.
+pub fn signing_algorithm_to_proto(alg: SigningAlgorithm) -> pb::SigningAlgorithm {
+    match alg {
+        SigningAlgorithm::HmacSha256 => pb::SigningAlgorithm::HmacSha256,
+        SigningAlgorithm::Ed25519 => pb::SigningAlgorithm::Ed25519,
+    }
+}
+
+/// Protobuf form of a change.
+pub fn change_to_proto(change: Change) -> pb::Change {
+    let kind = match change.kind {
+        ChangeKind::KeyCreated => pb::ChangeKind::KeyCreated,
+        ChangeKind::KeyUpdated => pb::ChangeKind::KeyUpdated,
+        ChangeKind::KeyRevoked => pb::ChangeKind::KeyRevoked,
+        ChangeKind::KeyRotated => pb::ChangeKind::KeyRotated,
+        ChangeKind::ConsumerUpdated => pb::ChangeKind::ConsumerUpdated,
+        ChangeKind::ConsumerDeleted => pb::ChangeKind::ConsumerDeleted,
+    };
+    pb::Change {
+        seq: change.seq,
+        kind: kind as i32,
+        key_id: change.key_id,
+        consumer_id: change.consumer_id,
+        at: change.at,
+    }
+}
+
+/// The verify answer for a lookup at `now`.
+pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse {
+    let Some(found) = lookup.found else {
+        return pb::VerifyKeyResponse {
+            result: pb::VerifyResult::NotFound as i32,
+            feed_seq: lookup.head_seq,
+            ..Default::default()
+        };
+    };
+    let key = found.key;
+    let expires_at = model::earliest(key.expires_at, found.expires_at);
+    let result = if key.revoked_at != 0 {
+        pb::VerifyResult::Revoked
+    } else if model::has_passed(expires_at, now) {
+        pb::VerifyResult::Expired
+    } else {
+        pb::VerifyResult::Valid
+    };
+    pb::VerifyKeyResponse {
+        result: result as i32,
+        rate_limit: key.rate_limit.as_ref().map(rate_limit_to_proto),
+        key_id: key.id,
+        consumer_id: key.consumer_id,
+        scopes: key.scopes,
+        expires_at,
+        display_prefix: found.display_prefix,
+        feed_seq: lookup.head_seq,
+    }
+}
