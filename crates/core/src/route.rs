@@ -313,4 +313,41 @@ mod tests {
         assert_eq!(remove_query_param("a=1&api_key=x&b=2", "api_key"), "a=1&b=2");
         assert_eq!(remove_query_param("api_key=x", "api_key"), "");
     }
+
+    #[test]
+    fn query_names_and_values_decode_plus_and_escapes() {
+        let q = |query: &str| query_param(query, "api_key");
+        assert_eq!(q("api_key=a+b"), vec!["a b"]);
+        assert_eq!(q("api_key=a%2Bb&api_key=%2b"), vec!["a+b", "+"]);
+        assert_eq!(q("api_key=%C3%A9&api_key=%c3%a9&api_key=\u{e9}"), vec!["\u{e9}"; 3]);
+        assert_eq!(q("api_key=&api_key&api_key=a=b"), vec!["", "", "a=b"]);
+        assert_eq!(q("api%5Fkey=1&api%5fkey=2&api_key%3D=3&API_KEY=4&api_key+=5"), vec!["1", "2"]);
+        assert_eq!(query_param("a+b=1&a%20b=2&a%2Bb=3", "a b"), vec!["1", "2"]);
+        assert_eq!(query_param("a=1&&a=2", "a"), vec!["1", "2"]);
+    }
+
+    #[test]
+    fn a_broken_escape_or_text_that_is_not_utf8_refuses_the_pair() {
+        let broken = ["%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%\u{e9}", "%4\u{e9}"];
+        let not_utf8 = ["%FF", "%C3", "%C3%28", "%ED%A0%80"];
+        for bad in broken.into_iter().chain(not_utf8) {
+            assert_eq!(query_param(&format!("api_key={bad}"), "api_key"), Vec::<String>::new(), "{bad}");
+            assert_eq!(query_param(&format!("{bad}=x"), bad), Vec::<String>::new(), "{bad}");
+            // One refused pair hides no other.
+            assert_eq!(query_param(&format!("api_key={bad}&api_key=ok"), "api_key"), vec!["ok"], "{bad}");
+            // A name that does not decode is never the parameter, so removal keeps it.
+            assert_eq!(remove_query_param(&format!("{bad}=1&b=2"), bad), format!("{bad}=1&b=2"));
+        }
+    }
+
+    #[test]
+    fn removal_matches_decoded_names_and_keeps_other_pairs_as_sent() {
+        assert_eq!(
+            remove_query_param("api%5Fkey=1&a=%41&api+key=2&api_key&&b=c+d&API_KEY=3", "api_key"),
+            "a=%41&api+key=2&b=c+d&API_KEY=3"
+        );
+        assert_eq!(remove_query_param("a%20b=1&a+b=2&ab=3&a%2Bb=4", "a b"), "ab=3&a%2Bb=4");
+        assert_eq!(remove_query_param("", "api_key"), "");
+        assert_eq!(remove_query_param("&&", "api_key"), "");
+    }
 }

@@ -86,4 +86,69 @@ mod tests {
         }
         assert_eq!(decode(b""), Some(vec![]));
     }
+
+    /// Every string of up to three characters over the alphabet and the characters a lax
+    /// decoder takes (standard alphabet, padding, whitespace, other bytes): exactly the
+    /// encodings of byte strings decode, and to those bytes.
+    #[test]
+    fn exactly_the_canonical_encodings_decode() {
+        const URL_SAFE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let chars: Vec<u8> = URL_SAFE.iter().chain(b"+/= \t\r\n.\0\xff").copied().collect();
+        let mut canonical = std::collections::HashMap::new();
+        canonical.insert(String::new(), vec![]);
+        for a in 0..=255u8 {
+            canonical.insert(encode(&[a]), vec![a]);
+            for b in 0..=255u8 {
+                canonical.insert(encode(&[a, b]), vec![a, b]);
+            }
+        }
+        let mut texts: Vec<Vec<u8>> = vec![vec![]];
+        for _ in 0..3 {
+            let longer: Vec<Vec<u8>> = texts
+                .iter()
+                .flat_map(|t| chars.iter().map(move |&c| [t.as_slice(), &[c]].concat()))
+                .collect();
+            for text in &longer {
+                let want = std::str::from_utf8(text).ok().and_then(|t| canonical.get(t));
+                assert_eq!(decode(text).as_ref(), want, "{text:?}");
+            }
+            texts = longer;
+        }
+    }
+
+    #[test]
+    fn padding_standard_alphabet_whitespace_and_stray_bits_are_refused_at_any_length() {
+        assert_eq!(decode(b"QUJD"), Some(b"ABC".to_vec()));
+        assert_eq!(decode(b"QUJDREVG"), Some(b"ABCDEF".to_vec()));
+        assert_eq!(decode(b"QUJDQQ"), Some(b"ABCA".to_vec()));
+        assert_eq!(decode(b"QUJDQUI"), Some(b"ABCAB".to_vec()));
+        assert_eq!(decode(b"-_8"), Some(b"\xfb\xff".to_vec()));
+        for bad in [
+            &b"QUJD="[..],
+            b"QUJD====",
+            b"QUJDQQ==",
+            b"QUJDQUI=",
+            b"QQ==QUJD",
+            b"=QUJD",
+            b"====",
+            b"+/8",
+            b"-/8",
+            b"+_8",
+            b"QUJD/A",
+            b"QUJD QUJD",
+            b" QUJD",
+            b"QUJD\n",
+            b"QUJD\r\nQUJD",
+            b"QUJD\tQQ",
+            b"QUJDQ",
+            b"QUJDREVGQ",
+            b"QUJDQR",
+            b"QUJDQUJ",
+            b"QUJD.QQ",
+            b"QUJ\xc3\xa9",
+            b"QUJ\0",
+        ] {
+            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

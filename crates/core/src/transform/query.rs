@@ -204,4 +204,32 @@ mod tests {
         assert_eq!(first_value("x=%FF&y=1", "x"), Some(vec![0xff]), "bytes, not text");
         assert_eq!(first_value("%78=1", "x"), Some(b"1".to_vec()));
     }
+
+    #[test]
+    fn names_and_values_decode_plus_and_escapes_to_bytes() {
+        assert_eq!(first_value("a+b=c+d", "a b"), Some(b"c d".to_vec()));
+        assert_eq!(first_value("a%20b=1", "a b"), Some(b"1".to_vec()));
+        assert_eq!(first_value("x=%2B%2b", "x"), Some(b"++".to_vec()));
+        assert_eq!(first_value("x", "x"), Some(vec![]));
+        assert_eq!(first_value("x=a=b", "x"), Some(b"a=b".to_vec()));
+        assert_eq!(first_value("x=%C3&x=2", "x"), Some(vec![0xc3]), "bytes need not be UTF-8");
+        assert_eq!(first_value("x=\u{e9}", "x"), Some("\u{e9}".as_bytes().to_vec()));
+        assert_eq!(first_value("y=1", "x"), None);
+    }
+
+    #[test]
+    fn a_broken_escape_decodes_to_nothing() {
+        for bad in ["%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%\u{e9}", "%4\u{e9}"] {
+            assert_eq!(decode(bad), None, "{bad}");
+            assert_eq!(first_value(&format!("x={bad}"), "x"), None, "{bad}");
+            // The pair is skipped: a later good value is the first value.
+            assert_eq!(first_value(&format!("x={bad}&x=2"), "x"), Some(b"2".to_vec()), "{bad}");
+            assert_eq!(first_value(&format!("{bad}=1"), bad), None, "{bad}");
+            assert_eq!(
+                run(&format!("{bad}=1"), vec![Op::Remove(bad.into())]),
+                (format!("{bad}=1"), vec![false])
+            );
+        }
+        assert_eq!(run("a+b=1&a%20b=2&ab=3", vec![Op::Remove("a b".into())]).0, "ab=3");
+    }
 }
