@@ -2,6 +2,7 @@
 //! `@signature-params` line.
 
 use super::sf::{self, BareItem, Item, Member, Params};
+use crate::route::form_decode;
 
 /// The parts of an HTTP message a signature can cover. Header names may be in any case;
 /// repeated headers appear once per field line, in order. Header values are the bytes received:
@@ -250,32 +251,6 @@ fn derived_value(message: &Message, name: &str, item: &Item) -> Option<String> {
         "status" => message.status.map(|s| format!("{s:03}")),
         _ => None,
     }
-}
-
-/// `application/x-www-form-urlencoded` parsing of one name or value.
-fn form_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 /// Percent-encoding with the `application/x-www-form-urlencoded` set, space as `%20`

@@ -5,6 +5,9 @@ use super::Op;
 use super::request::{Captures, Request};
 use super::template::Template;
 
+// `%XX` and `+` decoded to bytes; a broken escape decodes to nothing (and matches no name).
+use crate::route::strict_form_decode as decode;
+
 /// A query string as `(raw name, raw value)` pairs; a pair without `=` has value `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
@@ -140,27 +143,6 @@ pub fn encode(text: &[u8]) -> String {
     out
 }
 
-/// `%XX` and `+` decoded to bytes; a broken escape decodes to nothing (and matches no name).
-fn decode(raw: &str) -> Option<Vec<u8>> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes.get(i) {
-            Some(b'+') => out.push(b' '),
-            Some(b'%') => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            Some(b) => out.push(*b),
-            None => break,
-        }
-        i += 1;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +201,10 @@ mod tests {
 
     #[test]
     fn a_broken_escape_decodes_to_nothing() {
-        for bad in ["%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%\u{e9}", "%4\u{e9}"] {
+        for bad in [
+            "%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%+1", "%+f", "%-1", "%\u{e9}",
+            "%4\u{e9}",
+        ] {
             assert_eq!(decode(bad), None, "{bad}");
             assert_eq!(first_value(&format!("x={bad}"), "x"), None, "{bad}");
             // The pair is skipped: a later good value is the first value.
