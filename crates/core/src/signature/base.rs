@@ -1,6 +1,8 @@
 //! Signature bases (RFC 9421 section 2): component identifiers, component values and the
 //! `@signature-params` line.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
 use super::sf::{self, BareItem, Item, Member, Params};
 use crate::route::form_decode;
 
@@ -253,18 +255,14 @@ fn derived_value(message: &Message, name: &str, item: &Item) -> Option<String> {
     }
 }
 
+/// The `application/x-www-form-urlencoded` percent-encode set: all but ASCII letters, digits
+/// and `*-._`.
+const FORM_URLENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'*').remove(b'-').remove(b'.').remove(b'_');
+
 /// Percent-encoding with the `application/x-www-form-urlencoded` set, space as `%20`
 /// (RFC 9421 section 2.2.8).
 fn query_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"*-._".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(bytes, FORM_URLENCODED).to_string()
 }
 
 /// Signature parameters: the inner list of covered components and its parameters.

@@ -1,6 +1,8 @@
 //! Query-string operations. Names are compared percent-decoded; untouched pairs keep their
 //! original encoding; new values are percent-encoded.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
 use super::Op;
 use super::request::{Captures, Request};
 use super::template::Template;
@@ -130,17 +132,12 @@ pub fn apply(query: &mut Query, op: &Op<String, Template>, req: &Request, captur
     true
 }
 
+/// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode(text: &[u8]) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(text, RESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -197,6 +194,17 @@ mod tests {
         assert_eq!(first_value("x=%C3&x=2", "x"), Some(vec![0xc3]), "bytes need not be UTF-8");
         assert_eq!(first_value("x=\u{e9}", "x"), Some("\u{e9}".as_bytes().to_vec()));
         assert_eq!(first_value("y=1", "x"), None);
+    }
+
+    #[test]
+    fn encoding_keeps_only_unreserved_characters() {
+        for b in 0..=255u8 {
+            let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let want = if unreserved { char::from(b).to_string() } else { format!("%{b:02X}") };
+            assert_eq!(encode(&[b]), want);
+        }
+        assert_eq!(encode(b"a b+c%/~*\xc3\xa9"), "a%20b%2Bc%25%2F~%2A%C3%A9");
+        assert_eq!(encode(b""), "");
     }
 
     #[test]
