@@ -1,4 +1,5 @@
-//! Matching a request against a rule: Envoy route name, path prefix and method.
+//! Matching a request against a rule: Envoy route name, path prefix and method; and reading
+//! the query string (the one place its names and values are percent-decoded).
 //!
 //! Rules match the *normalised* path ([`normalize_path`]), never the raw `:path`: otherwise
 //! `//admin`, `/./admin`, `/%61dmin` or `/x/../admin` would escape a rule written for `/admin`
@@ -192,24 +193,30 @@ pub fn remove_query_param(query: &str, name: &str) -> String {
         .join("&")
 }
 
+/// A query name or value as text: [`strict_form_decode`], and UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(strict_form_decode(s)?).ok()
+}
+
+/// One name or value of a query string, decoded as `application/x-www-form-urlencoded`
+/// does: `+` is a space, `%XX` (hex of either case) the byte it names, and a `%` that starts
+/// no escape stays a `%`.
+pub fn form_decode(raw: &str) -> Vec<u8> {
+    let spaced = if raw.contains('+') { Cow::Owned(raw.replace('+', " ")) } else { Cow::Borrowed(raw) };
+    percent_encoding::percent_decode_str(&spaced).collect()
+}
+
+/// [`form_decode`] for names and values that select or gate something: a `%` not followed by
+/// two hex digits makes the whole name or value undecodable (`None`), so it matches no name
+/// and yields no value.
+pub fn strict_form_decode(raw: &str) -> Option<Vec<u8>> {
+    let bytes = raw.as_bytes();
+    let escapes_whole = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'%')
+        .all(|(i, _)| bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    escapes_whole.then(|| form_decode(raw))
 }
 
 #[cfg(test)]
@@ -312,5 +319,46 @@ mod tests {
         assert_eq!(query_param("a=%zz&api_key=%", "api_key"), Vec::<String>::new());
         assert_eq!(remove_query_param("a=1&api_key=x&b=2", "api_key"), "a=1&b=2");
         assert_eq!(remove_query_param("api_key=x", "api_key"), "");
+    }
+
+    #[test]
+    fn query_names_and_values_decode_plus_and_escapes() {
+        let q = |query: &str| query_param(query, "api_key");
+        assert_eq!(q("api_key=a+b"), vec!["a b"]);
+        assert_eq!(q("api_key=a%2Bb&api_key=%2b"), vec!["a+b", "+"]);
+        assert_eq!(q("api_key=%C3%A9&api_key=%c3%a9&api_key=\u{e9}"), vec!["\u{e9}"; 3]);
+        assert_eq!(q("api_key=&api_key&api_key=a=b"), vec!["", "", "a=b"]);
+        assert_eq!(q("api%5Fkey=1&api%5fkey=2&api_key%3D=3&API_KEY=4&api_key+=5"), vec!["1", "2"]);
+        assert_eq!(query_param("a+b=1&a%20b=2&a%2Bb=3", "a b"), vec!["1", "2"]);
+        assert_eq!(query_param("a=1&&a=2", "a"), vec!["1", "2"]);
+    }
+
+    #[test]
+    fn a_broken_escape_or_text_that_is_not_utf8_refuses_the_pair() {
+        // `%+1` and `%-1` are not escapes either (RFC 3986: `%` HEXDIG HEXDIG).
+        let broken = [
+            "%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%+1", "%+F", "%-1", "%\u{e9}",
+            "%4\u{e9}",
+        ];
+        let not_utf8 = ["%FF", "%C3", "%C3%28", "%ED%A0%80"];
+        for bad in broken.into_iter().chain(not_utf8) {
+            assert_eq!(query_param(&format!("api_key={bad}"), "api_key"), Vec::<String>::new(), "{bad}");
+            assert_eq!(query_param(&format!("{bad}=x"), bad), Vec::<String>::new(), "{bad}");
+            // One refused pair hides no other.
+            assert_eq!(query_param(&format!("api_key={bad}&api_key=ok"), "api_key"), vec!["ok"], "{bad}");
+            // A name that does not decode is never the parameter, so removal keeps it.
+            assert_eq!(remove_query_param(&format!("{bad}=1&b=2"), bad), format!("{bad}=1&b=2"));
+        }
+    }
+
+    #[test]
+    fn removal_matches_decoded_names_and_keeps_other_pairs_as_sent() {
+        assert_eq!(
+            remove_query_param("api%5Fkey=1&a=%41&api+key=2&api_key&&b=c+d&API_KEY=3", "api_key"),
+            "a=%41&api+key=2&b=c+d&API_KEY=3"
+        );
+        assert_eq!(remove_query_param("a%20b=1&a+b=2&ab=3&a%2Bb=4", "a b"), "ab=3&a%2Bb=4");
+        assert_eq!(remove_query_param("", "api_key"), "");
+        assert_eq!(remove_query_param("&&", "api_key"), "");
     }
 }

@@ -1,7 +1,10 @@
 //! Signature bases (RFC 9421 section 2): component identifiers, component values and the
 //! `@signature-params` line.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
 use super::sf::{self, BareItem, Item, Member, Params};
+use crate::route::form_decode;
 
 /// The parts of an HTTP message a signature can cover. Header names may be in any case;
 /// repeated headers appear once per field line, in order. Header values are the bytes received:
@@ -252,44 +255,14 @@ fn derived_value(message: &Message, name: &str, item: &Item) -> Option<String> {
     }
 }
 
-/// `application/x-www-form-urlencoded` parsing of one name or value.
-fn form_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
+/// The `application/x-www-form-urlencoded` percent-encode set: all but ASCII letters, digits
+/// and `*-._`.
+const FORM_URLENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'*').remove(b'-').remove(b'.').remove(b'_');
 
 /// Percent-encoding with the `application/x-www-form-urlencoded` set, space as `%20`
 /// (RFC 9421 section 2.2.8).
 fn query_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"*-._".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(bytes, FORM_URLENCODED).to_string()
 }
 
 /// Signature parameters: the inner list of covered components and its parameters.

@@ -173,6 +173,47 @@ fn derived_components_follow_section_2_2() {
     assert!(matches!(qp("missing"), Err(base::BaseError::Missing(_))));
 }
 
+/// `@query-param` values are re-encoded with the form-urlencoded set, space as `%20`
+/// (RFC 9421 §2.2.8): only ASCII letters, digits and `*-._` stay as they are.
+#[test]
+fn query_param_values_are_re_encoded_with_the_form_set() {
+    let mut m = test_request();
+    for b in 0..=255u8 {
+        m.target = format!("/p?v=%{b:02X}&v%{b:02x}=x");
+        let kept = b.is_ascii_alphanumeric() || b"*-._".contains(&b);
+        let want = if kept { char::from(b).to_string() } else { format!("%{b:02X}") };
+        let value = |name: &str| {
+            let id =
+                base::component_with("@query-param", vec![("name".into(), BareItem::String(name.into()))]);
+            base::component_value(&m, &id).map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(value("v").unwrap(), want);
+        assert_eq!(value(&format!("v{want}")).unwrap(), "x", "names are compared re-encoded");
+    }
+}
+
+/// `@query-param` parses the query as `application/x-www-form-urlencoded` (RFC 9421 §2.2.8):
+/// a `%` that starts no escape is a literal `%`, never a refusal.
+#[test]
+fn query_param_decoding_is_form_urlencoded() {
+    let mut m = test_request();
+    m.target = "/p?a=%zz&b=%4&c=%&d=%+1&e=%2b+%41&f=%FF&g%20h=1&i+j=2&k=%%41&l=%41%".into();
+    let qp = |name: &str| {
+        let id = base::component_with("@query-param", vec![("name".into(), BareItem::String(name.into()))]);
+        String::from_utf8(base::component_value(&m, &id).unwrap()).unwrap()
+    };
+    assert_eq!(qp("a"), "%25zz");
+    assert_eq!(qp("b"), "%254");
+    assert_eq!(qp("c"), "%25");
+    assert_eq!(qp("d"), "%25%201");
+    assert_eq!(qp("e"), "%2B%20A");
+    assert_eq!(qp("f"), "%FF");
+    assert_eq!(qp("g%20h"), "1");
+    assert_eq!(qp("i%20j"), "2");
+    assert_eq!(qp("k"), "%25A");
+    assert_eq!(qp("l"), "A%25");
+}
+
 #[test]
 fn header_fields_combine_and_support_sf_key_and_bs() {
     let mut m = test_request();

@@ -1,9 +1,14 @@
 //! Query-string operations. Names are compared percent-decoded; untouched pairs keep their
 //! original encoding; new values are percent-encoded.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
 use super::Op;
 use super::request::{Captures, Request};
 use super::template::Template;
+
+// `%XX` and `+` decoded to bytes; a broken escape decodes to nothing (and matches no name).
+use crate::route::strict_form_decode as decode;
 
 /// A query string as `(raw name, raw value)` pairs; a pair without `=` has value `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,38 +132,12 @@ pub fn apply(query: &mut Query, op: &Op<String, Template>, req: &Request, captur
     true
 }
 
+/// Everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode(text: &[u8]) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `%XX` and `+` decoded to bytes; a broken escape decodes to nothing (and matches no name).
-fn decode(raw: &str) -> Option<Vec<u8>> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes.get(i) {
-            Some(b'+') => out.push(b' '),
-            Some(b'%') => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            Some(b) => out.push(*b),
-            None => break,
-        }
-        i += 1;
-    }
-    Some(out)
+    percent_encode(text, RESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -203,5 +182,47 @@ mod tests {
         assert_eq!(decode("a+b%2F"), Some(b"a b/".to_vec()));
         assert_eq!(first_value("x=%FF&y=1", "x"), Some(vec![0xff]), "bytes, not text");
         assert_eq!(first_value("%78=1", "x"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn names_and_values_decode_plus_and_escapes_to_bytes() {
+        assert_eq!(first_value("a+b=c+d", "a b"), Some(b"c d".to_vec()));
+        assert_eq!(first_value("a%20b=1", "a b"), Some(b"1".to_vec()));
+        assert_eq!(first_value("x=%2B%2b", "x"), Some(b"++".to_vec()));
+        assert_eq!(first_value("x", "x"), Some(vec![]));
+        assert_eq!(first_value("x=a=b", "x"), Some(b"a=b".to_vec()));
+        assert_eq!(first_value("x=%C3&x=2", "x"), Some(vec![0xc3]), "bytes need not be UTF-8");
+        assert_eq!(first_value("x=\u{e9}", "x"), Some("\u{e9}".as_bytes().to_vec()));
+        assert_eq!(first_value("y=1", "x"), None);
+    }
+
+    #[test]
+    fn encoding_keeps_only_unreserved_characters() {
+        for b in 0..=255u8 {
+            let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let want = if unreserved { char::from(b).to_string() } else { format!("%{b:02X}") };
+            assert_eq!(encode(&[b]), want);
+        }
+        assert_eq!(encode(b"a b+c%/~*\xc3\xa9"), "a%20b%2Bc%25%2F~%2A%C3%A9");
+        assert_eq!(encode(b""), "");
+    }
+
+    #[test]
+    fn a_broken_escape_decodes_to_nothing() {
+        for bad in [
+            "%", "%4", "a%", "%zz", "%4g", "%g4", "%%41", "%41%", "% 1", "%+1", "%+f", "%-1", "%\u{e9}",
+            "%4\u{e9}",
+        ] {
+            assert_eq!(decode(bad), None, "{bad}");
+            assert_eq!(first_value(&format!("x={bad}"), "x"), None, "{bad}");
+            // The pair is skipped: a later good value is the first value.
+            assert_eq!(first_value(&format!("x={bad}&x=2"), "x"), Some(b"2".to_vec()), "{bad}");
+            assert_eq!(first_value(&format!("{bad}=1"), bad), None, "{bad}");
+            assert_eq!(
+                run(&format!("{bad}=1"), vec![Op::Remove(bad.into())]),
+                (format!("{bad}=1"), vec![false])
+            );
+        }
+        assert_eq!(run("a+b=1&a%20b=2&ab=3", vec![Op::Remove("a b".into())]).0, "ab=3");
     }
 }
