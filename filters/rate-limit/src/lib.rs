@@ -11,16 +11,13 @@
 mod http;
 mod root;
 mod store;
+mod worker;
 
-pub use http::RateLimitHttp;
-pub use root::{RateLimitRoot, Worker};
+pub use root::RateLimit;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(RateLimitRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
-    });
+    tollgate_host::start::<RateLimit>();
 }}
 
 #[cfg(test)]
