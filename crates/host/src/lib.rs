@@ -33,7 +33,7 @@ pub use envoy::{EnvoyHost, install_panic_hook};
 #[cfg(target_arch = "wasm32")]
 pub use root::start;
 pub use root::{Filter, Root};
-pub use stats::Stat;
+pub use stats::{Counters, Stat};
 use tollgate_core::credentials::Removal;
 use tollgate_core::error::Reply;
 
@@ -176,31 +176,6 @@ pub fn lossy(bytes: Vec<u8>) -> String {
 /// refuses other control bytes, so such values are never set.
 pub fn valid_field_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// A set of counters named `<prefix>.<name>`, defined once per VM.
-#[derive(Debug, Default)]
-pub struct Counters {
-    ids: Vec<(&'static str, Option<u32>)>,
-}
-
-impl Counters {
-    pub fn define<H: Host + ?Sized>(host: &H, prefix: &str, names: &[&'static str]) -> Self {
-        let ids = names.iter().map(|n| (*n, host.define_counter(&format!("{prefix}.{n}")))).collect();
-        Self { ids }
-    }
-
-    /// Adds one to `name`; unknown names are ignored (a stat must never fail a request).
-    pub fn inc<H: Host + ?Sized>(&self, host: &H, name: &str) {
-        self.add(host, name, 1);
-    }
-
-    /// Adds `n` to `name`.
-    pub fn add<H: Host + ?Sized>(&self, host: &H, name: &str, n: u64) {
-        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
-            host.increment_counter(*id, i64::try_from(n).unwrap_or(i64::MAX));
-        }
-    }
 }
 
 /// Sends a local reply (a refusal: see [`tollgate_core::error::denial_reply`]) and stops the
