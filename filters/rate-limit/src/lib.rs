@@ -6,7 +6,7 @@
 //! shared data with a compare-and-swap loop. A refusing rule answers 429 unless it is in shadow
 //! mode; allowed responses carry the `RateLimit` headers.
 //!
-//! The decisions live in `tollgate_core::rate_limit`; this crate is the glue to the proxy.
+//! The logic lives in `tollgate_core::rate_limit`; this crate is the glue to the proxy.
 
 mod http;
 mod root;
