@@ -24,8 +24,11 @@ FILTERS       := $(patsubst filters/%/Cargo.toml,%,$(wildcard filters/*/Cargo.to
 FILTER_PKGS   := $(addprefix -p tollgate-,$(FILTERS))
 # The test-only module the end-to-end tests drive EnvoyHost with (tests/probe; never shipped).
 PROBE_PKG     := -p tollgate-host-probe
-# Crates that must also pass clippy when compiled for wasm.
-WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) -p tollgate-host -p tollgate-core
+# Crates that must also pass clippy when compiled for wasm. The glue must not index (`v[i]`,
+# `s[a..b]`) either: an index out of range panics, and a panic kills the filter's VM; it uses
+# `.get()`. The core does not pass that lint yet, so it is linted apart.
+WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) -p tollgate-host
+WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
@@ -93,7 +96,8 @@ test-envoy-configs: $(ENVOY)
 lint: toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy $(LOCKED) --workspace --all-targets -- -D warnings
-	$(CARGO) clippy $(LOCKED) --target $(WASM_TARGET) $(WASM_LINT_PKGS) -- -D warnings
+	$(CARGO) clippy $(LOCKED) --target $(WASM_TARGET) $(WASM_CORE_PKG) -- -D warnings
+	$(CARGO) clippy $(LOCKED) --no-deps --target $(WASM_TARGET) $(WASM_LINT_PKGS) -- -D warnings -D clippy::indexing_slicing
 	bash -n .ci/run scripts/*.sh
 
 # Every filter against Envoy alone and against Envoy's native filters, each variant its own

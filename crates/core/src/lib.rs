@@ -4,6 +4,7 @@
 //! with the clock passed in, so they are tested natively.
 
 pub mod config;
+pub mod credentials;
 pub mod duration;
 pub mod error;
 pub mod jwt;

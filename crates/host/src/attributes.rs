@@ -113,9 +113,7 @@ pub fn is_readable(path: &[&str]) -> bool {
         _ => {
             let joined = path.join(".");
             ENVOY.contains(&joined.as_str())
-                || STRUCTURED.iter().any(|s| {
-                    joined.len() > s.len() && joined.starts_with(s) && joined.as_bytes()[s.len()] == b'.'
-                })
+                || STRUCTURED.iter().any(|s| joined.strip_prefix(s).is_some_and(|rest| rest.starts_with('.')))
         }
     }
 }

@@ -4,7 +4,11 @@
 //! implements it over the proxy-wasm ABI through this crate's own import wrappers, which map
 //! every status the host answers to a value: the SDK's `proxy_wasm::hostcalls` panic on statuses
 //! they do not expect, and a panic inside Envoy kills the VM. [`mock::MockHost`] implements it in
-//! memory for native tests.
+//! memory for native tests, with [`mock::Harness`] to drive a filter through its contexts.
+//!
+//! Every filter runs on the one generic root context ([`root::Root`]), supplying only what
+//! differs ([`root::Filter`]); its stats come from one list ([`stats`]), its refusals go out
+//! through [`send_reply`], and a credential comes off a request through [`remove_credentials`].
 
 use std::time::Duration;
 
@@ -20,10 +24,18 @@ mod envoy;
 pub mod feed;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
+pub mod root;
 pub mod shared;
+pub mod stats;
 pub mod wire;
 #[cfg(target_arch = "wasm32")]
 pub use envoy::{EnvoyHost, install_panic_hook};
+#[cfg(target_arch = "wasm32")]
+pub use root::start;
+pub use root::{Filter, Root};
+pub use stats::{Counters, Stat};
+use tollgate_core::credentials::Removal;
+use tollgate_core::error::Reply;
 
 pub use proxy_wasm::types::LogLevel;
 
@@ -166,28 +178,21 @@ pub fn valid_field_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-/// A set of counters named `<prefix>.<name>`, defined once per VM.
-#[derive(Debug, Default)]
-pub struct Counters {
-    ids: Vec<(&'static str, Option<u32>)>,
+/// Sends a local reply (a refusal: see [`tollgate_core::error::denial_reply`]) and stops the
+/// request. False when the host refused.
+pub fn send_reply<H: Host + ?Sized>(host: &H, reply: &Reply) -> bool {
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    host.send_response(reply.status, &headers, &reply.body)
 }
 
-impl Counters {
-    pub fn define<H: Host + ?Sized>(host: &H, prefix: &str, names: &[&'static str]) -> Self {
-        let ids = names.iter().map(|n| (*n, host.define_counter(&format!("{prefix}.{n}")))).collect();
-        Self { ids }
+/// Takes a credential off the request (see [`tollgate_core::credentials::removal`]): removes
+/// its headers, then rewrites `:path` when its query carried it.
+pub fn remove_credentials<H: Host + ?Sized>(host: &H, removal: &Removal<'_>) {
+    for name in &removal.headers {
+        host.set_request_header(name, None);
     }
-
-    /// Adds one to `name`; unknown names are ignored (a stat must never fail a request).
-    pub fn inc<H: Host + ?Sized>(&self, host: &H, name: &str) {
-        self.add(host, name, 1);
-    }
-
-    /// Adds `n` to `name`.
-    pub fn add<H: Host + ?Sized>(&self, host: &H, name: &str, n: u64) {
-        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
-            host.increment_counter(*id, i64::try_from(n).unwrap_or(i64::MAX));
-        }
+    if let Some(path) = &removal.path {
+        host.set_request_header(":path", Some(path.as_bytes()));
     }
 }
 

@@ -1,4 +1,5 @@
-//! An in-memory [`Host`] for native tests of the filters' contexts.
+//! An in-memory [`Host`] for native tests of the filters' contexts, and [`Harness`], which drives
+//! any filter through the generic root context as Envoy does.
 //!
 //! One `MockHost` stands for one Envoy worker; [`MockHost::sharing_with`] makes another worker
 //! that shares the first one's shared data, as Envoy's workers do. Per-request state (headers,
@@ -10,6 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::Action;
+
+use crate::root::{Filter, Root};
 use crate::{Host, LogLevel, SharedError, attributes};
 
 /// A gRPC call a context started.
@@ -80,7 +85,9 @@ impl Headers {
         let name = name.to_ascii_lowercase();
         match self.0.iter().position(|(n, _)| *n == name) {
             Some(i) => {
-                self.0[i].1 = value.to_vec();
+                if let Some(line) = self.0.get_mut(i) {
+                    line.1 = value.to_vec();
+                }
                 let mut seen = 0;
                 self.0.retain(|(n, _)| {
                     if *n == name {
@@ -550,7 +557,7 @@ impl Host for MockHost {
     }
 
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        self.http_response.borrow().1.as_ref().map(|b| b[..size.min(b.len())].to_vec())
+        self.http_response.borrow().1.as_ref().and_then(|b| b.get(..size.min(b.len())).map(<[u8]>::to_vec))
     }
 
     fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
@@ -599,6 +606,173 @@ impl Host for MockHost {
         if let Some(name) = name {
             *self.counters.borrow_mut().entry(name).or_default() += by;
         }
+    }
+}
+
+/// The id [`Harness`] gives the root context.
+pub const ROOT_ID: u32 = 1;
+
+/// One worker of a proxy running filter `F`, driven as Envoy drives it: the generic root context
+/// is configured, makes a context for each request, ticks and gets the answers to its calls;
+/// each request's context gets its callbacks with [`MockHost::enter`] done first.
+///
+/// The filter talks to `H`, which is the mock itself unless a test wraps it (a host that
+/// answers some call otherwise, see [`Harness::wrapping`]); `host` is the mock either way, to set
+/// a request up and look at what the filter did.
+#[allow(clippy::panic)] // a test that drives a context it never made is wrong
+pub struct Harness<F: Filter, H: Host + 'static = MockHost> {
+    pub host: Rc<MockHost>,
+    root: Root<F, H>,
+    contexts: HashMap<u32, F::Http<H>>,
+    next_id: u32,
+}
+
+impl<F: Filter> Harness<F> {
+    /// A new worker with the filter configured with `config`; panics when it is refused.
+    pub fn new(config: &str) -> Self {
+        Self::configured(MockHost::new(), config)
+    }
+
+    /// The filter configured with `config` on `host` (e.g. `MockHost::sharing_with(..)`: another
+    /// worker of the same proxy); panics when it is refused.
+    pub fn configured(host: Rc<MockHost>, config: &str) -> Self {
+        let mut harness = Self::on(host);
+        assert!(harness.configure(config), "configuration refused: {:?}", harness.host.logs());
+        harness
+    }
+
+    /// The filter on `host`, not configured yet (see [`Harness::configure`]).
+    pub fn on(host: Rc<MockHost>) -> Self {
+        Self::wrapping(host.clone(), host)
+    }
+}
+
+#[allow(clippy::panic)]
+impl<F: Filter, H: Host + 'static> Harness<F, H> {
+    /// The filter on `proxy`, a host that wraps the mock `host`; not configured yet.
+    pub fn wrapping(host: Rc<MockHost>, proxy: Rc<H>) -> Self {
+        Self { host, root: Root::new(proxy, ROOT_ID), contexts: HashMap::new(), next_id: 100 }
+    }
+
+    /// Gives the root context `config` (`on_configure`); true when the filter accepts it.
+    pub fn configure(&mut self, config: &str) -> bool {
+        self.host.with_configuration(config);
+        self.host.enter(ROOT_ID);
+        self.root.on_configure(config.len())
+    }
+
+    /// The filter's worker, once configured.
+    pub fn worker(&self) -> Option<Rc<F::Worker>> {
+        self.root.worker()
+    }
+
+    /// The root context's tick.
+    pub fn tick(&mut self) {
+        self.host.enter(ROOT_ID);
+        self.root.on_tick();
+    }
+
+    /// A new request: a new context id, and the context the root context makes for it. Set its
+    /// headers (and body, properties) on [`Harness::host`] before [`Harness::request_headers`].
+    pub fn new_request(&mut self) -> u32 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let Some(context) = self.root.http_context(id) else {
+            panic!("no HTTP context before the filter is configured");
+        };
+        self.contexts.insert(id, context);
+        id
+    }
+
+    /// A new request with these request headers (a name given twice keeps the later value).
+    pub fn request(&mut self, headers: &[(&str, &str)]) -> u32 {
+        let id = self.new_request();
+        for (name, value) in headers {
+            self.host.with_header(id, name, value);
+        }
+        id
+    }
+
+    fn context(&mut self, id: u32) -> &mut F::Http<H> {
+        self.host.enter(id);
+        match self.contexts.get_mut(&id) {
+            Some(context) => context,
+            None => panic!("no context {id} (never made, or done)"),
+        }
+    }
+
+    pub fn request_headers(&mut self, id: u32, end_of_stream: bool) -> Action {
+        self.context(id).on_http_request_headers(0, end_of_stream)
+    }
+
+    pub fn request_body(&mut self, id: u32, body_size: usize, end_of_stream: bool) -> Action {
+        self.context(id).on_http_request_body(body_size, end_of_stream)
+    }
+
+    pub fn request_trailers(&mut self, id: u32) -> Action {
+        self.context(id).on_http_request_trailers(1)
+    }
+
+    pub fn response_headers(&mut self, id: u32, end_of_stream: bool) -> Action {
+        self.context(id).on_http_response_headers(0, end_of_stream)
+    }
+
+    pub fn response_body(&mut self, id: u32, body_size: usize, end_of_stream: bool) -> Action {
+        self.context(id).on_http_response_body(body_size, end_of_stream)
+    }
+
+    pub fn response_trailers(&mut self, id: u32) -> Action {
+        self.context(id).on_http_response_trailers(1)
+    }
+
+    /// The request ends (a reset, a timeout, or done): `on_done`, then the proxy deletes the
+    /// context (later calls acting for it fail). Returns what `on_done` answered.
+    pub fn done(&mut self, id: u32) -> bool {
+        let done = self.context(id).on_done();
+        self.contexts.remove(&id);
+        self.host.destroy(id);
+        done
+    }
+
+    /// Delivers a gRPC response to context `id` (the root context for [`ROOT_ID`]) under call
+    /// `token`, whatever call it made: the response set with [`MockHost::set_grpc_response`].
+    pub fn grpc_response(&mut self, id: u32, token: u32, status: u32, size: usize) {
+        if id == ROOT_ID {
+            self.host.enter(ROOT_ID);
+            self.root.on_grpc_call_response(token, status, size);
+        } else {
+            self.context(id).on_grpc_call_response(token, status, size);
+        }
+    }
+
+    /// Delivers an HTTP call response to context `id` (the root context for [`ROOT_ID`]) under
+    /// call `token`: the response set with [`MockHost::set_http_response`].
+    pub fn http_response(&mut self, id: u32, token: u32, body_size: usize) {
+        if id == ROOT_ID {
+            self.host.enter(ROOT_ID);
+            self.root.on_http_call_response(token, 1, body_size, 0);
+        } else {
+            self.context(id).on_http_call_response(token, 1, body_size, 0);
+        }
+    }
+
+    /// Answers gRPC call `token` with gRPC `status`, the response message `body` and the status
+    /// `message`, to the context that made the call, as the proxy does.
+    pub fn answer_grpc(&mut self, token: u32, status: u32, body: Option<&[u8]>, message: Option<&str>) {
+        let Some(call) = self.host.calls().into_iter().find(|c| c.token == token) else {
+            panic!("no gRPC call {token}");
+        };
+        self.host.set_grpc_response(body.map(<[u8]>::to_vec), message);
+        self.grpc_response(call.context_id, token, status, body.map_or(0, <[u8]>::len));
+    }
+
+    /// Answers HTTP call `token` with `:status` and `body`, to the context that made the call.
+    pub fn answer_http(&mut self, token: u32, status: &str, body: &[u8]) {
+        let Some(call) = self.host.http_calls().into_iter().find(|c| c.token == token) else {
+            panic!("no HTTP call {token}");
+        };
+        self.host.set_http_response(&[(":status", status)], Some(body));
+        self.http_response(call.context_id, token, body.len());
     }
 }
 
@@ -695,14 +869,117 @@ mod tests {
         assert_eq!(h.property(&["tollgate.consumer_id"]).as_deref(), Some(&b"alice"[..]));
     }
 
+    crate::stats! {
+        enum TestStat {
+            A => "a",
+            B => "b",
+        }
+    }
+
     #[test]
     fn counters_count() {
         let h = MockHost::new();
-        let c = crate::Counters::define(&*h, "p", &["a", "b"]);
-        c.inc(&*h, "a");
-        c.inc(&*h, "a");
-        c.inc(&*h, "zzz");
+        let c = crate::stats::Counters::<TestStat>::define(&*h, "p");
+        c.inc(&*h, TestStat::A);
+        c.inc(&*h, TestStat::A);
         assert_eq!(h.counter("p.a"), 2);
         assert_eq!(h.counter("p.b"), 0);
+        assert_eq!(crate::stats::Counters::<TestStat>::names(), ["a", "b"]);
+    }
+
+    /// A filter that answers every request with its configuration's first byte as the status,
+    /// counts its ticks and what its root context's calls answered, and lets a request wait for a
+    /// gRPC call of its own.
+    struct Echo;
+
+    #[derive(Default)]
+    struct EchoWorker {
+        status: u32,
+        ticks: Cell<u32>,
+        answers: RefCell<Vec<(u32, usize)>>,
+    }
+
+    struct EchoHttp<H> {
+        host: Rc<H>,
+        worker: Rc<EchoWorker>,
+    }
+
+    impl<H: Host> Context for EchoHttp<H> {
+        fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
+            self.worker.answers.borrow_mut().push((token, status as usize));
+            self.host.resume_request();
+        }
+    }
+
+    impl<H: Host> HttpContext for EchoHttp<H> {
+        fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+            if self.host.request_header("x-wait").is_some() {
+                let _ = self.host.grpc_call("c", "s", "m", &[], b"", Duration::from_secs(1));
+                return Action::Pause;
+            }
+            self.host.send_response(self.worker.status, &[], b"");
+            Action::Pause
+        }
+    }
+
+    impl Filter for Echo {
+        type Worker = EchoWorker;
+        type Http<H: Host + 'static> = EchoHttp<H>;
+
+        fn configure<H: Host>(_host: &H, config: &[u8]) -> Result<EchoWorker, String> {
+            match config.first() {
+                Some(b) if b.is_ascii_digit() => {
+                    Ok(EchoWorker { status: 200 + u32::from(b - b'0'), ..Default::default() })
+                }
+                _ => Err("`status`: not a digit".into()),
+            }
+        }
+
+        fn tick_period(_worker: &EchoWorker) -> Option<Duration> {
+            Some(Duration::from_secs(1))
+        }
+
+        fn tick<H: Host>(host: &H, _root_id: u32, worker: &EchoWorker) {
+            worker.ticks.set(worker.ticks.get() + 1);
+            let _ = host.http_call("c", &[], None, Duration::from_secs(1));
+        }
+
+        fn http_response<H: Host>(_host: &H, root_id: u32, worker: &EchoWorker, token: u32, size: usize) {
+            worker.answers.borrow_mut().push((token + root_id * 100, size));
+        }
+
+        fn http_context<H: Host + 'static>(host: Rc<H>, worker: Rc<EchoWorker>, _id: u32) -> EchoHttp<H> {
+            EchoHttp { host, worker }
+        }
+    }
+
+    #[test]
+    fn the_harness_drives_a_filter_through_the_generic_root() {
+        let mut refused = Harness::<Echo>::on(MockHost::new());
+        assert!(!refused.configure("x"));
+        assert!(refused.host.logs().iter().any(|(l, m)| *l == LogLevel::Critical && m.contains("`status`")));
+        assert!(refused.worker().is_none());
+
+        let mut h = Harness::<Echo>::new("4");
+        assert_eq!(h.host.tick_period(), Some(Duration::from_secs(1)));
+        let id = h.request(&[(":path", "/")]);
+        assert_eq!(h.request_headers(id, true), Action::Pause);
+        assert_eq!(h.host.reply(id).map(|r| r.status), Some(204));
+
+        h.tick();
+        let call = h.host.http_calls().last().cloned().unwrap();
+        assert_eq!(call.context_id, ROOT_ID);
+        h.answer_http(call.token, "200", b"abc");
+        let waiting = h.request(&[("x-wait", "1")]);
+        assert_eq!(h.request_headers(waiting, true), Action::Pause);
+        let call = h.host.calls().last().cloned().unwrap();
+        assert_eq!(call.context_id, waiting);
+        h.answer_grpc(call.token, 14, None, Some("down"));
+        assert_eq!(h.host.resumed(waiting), 1);
+        let worker = h.worker().unwrap();
+        assert_eq!(worker.ticks.get(), 1);
+        assert_eq!(*worker.answers.borrow(), [(1 + ROOT_ID * 100, 3), (2, 14)]);
+        assert!(h.done(waiting));
+        assert!(!h.host.set_effective_context(waiting), "the proxy deleted the context");
     }
 }

@@ -4,13 +4,15 @@
 //! ([`crate::worker::Flight`]), and is finished by whichever context sees the fetch end
 //! ([`complete_flight`]).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tollgate_core::error::{ErrorBody, log_field};
+use tollgate_core::credentials;
+use tollgate_core::error::{denial_reply, log_field};
 use tollgate_core::jwt::claims::{self, Identity, Requirements};
 use tollgate_core::jwt::config::Source;
 use tollgate_core::jwt::introspection::{self, Answer};
@@ -19,8 +21,7 @@ use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel, attributes};
 
 use crate::worker::{
-    Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, Flight, MAX_WAITERS, Shared, Waiter, Worker,
-    call_answer_body,
+    Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, Flight, MAX_WAITERS, Stat, Waiter, Worker, call_answer_body,
 };
 
 /// A request paused while its opaque token is introspected.
@@ -35,7 +36,7 @@ struct Pending {
 
 pub struct JwtAuthHttp<H: Host> {
     host: Rc<H>,
-    worker: Shared,
+    worker: Rc<RefCell<Worker>>,
     context_id: u32,
     pending: Option<Pending>,
     /// The provider whose key set this request waits for (it is in that provider's flight).
@@ -45,7 +46,7 @@ pub struct JwtAuthHttp<H: Host> {
 }
 
 impl<H: Host> JwtAuthHttp<H> {
-    pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
+    pub fn new(host: Rc<H>, worker: Rc<RefCell<Worker>>, context_id: u32) -> Self {
         Self { host, worker, context_id, pending: None, waiting_for_keys: None, fetching: None }
     }
 
@@ -110,7 +111,7 @@ impl<H: Host> JwtAuthHttp<H> {
         if let Some(entry) = w.cache_get(host, &hash)
             && providers.contains(&usize::from(entry.provider))
         {
-            w.counters.inc(host, "cache_hit");
+            w.counters.inc(host, Stat::CacheHit);
             let idx = usize::from(entry.provider);
             if entry.payload.is_empty() {
                 // An introspection answer `active: false`.
@@ -120,16 +121,16 @@ impl<H: Host> JwtAuthHttp<H> {
                 .map_err(|_| Deny::Malformed)
                 .and_then(|c| {
                     // `typ` was checked when the token was verified; the header is not cached.
-                    let typ = w.config.providers[idx].rules.typ.clone();
+                    let typ = w.provider(idx).and_then(|p| p.rules.typ.clone());
                     admit(host, &w, idx, &c, typ.as_deref(), &requirements, None, 0)
                 });
             return finish(host, &w, outcome, &request_id, &requirements);
         }
-        w.counters.inc(host, "cache_miss");
+        w.counters.inc(host, Stat::CacheMiss);
 
         if !introspection::looks_like_jwt(&token) {
             let introspecting =
-                providers.iter().copied().find(|i| w.config.providers[*i].introspection.is_some());
+                providers.iter().copied().find(|i| w.provider(*i).is_some_and(|p| p.introspection.is_some()));
             let Some(idx) = introspecting else {
                 return finish(host, &w, Err(Deny::Malformed), &request_id, &requirements);
             };
@@ -187,11 +188,11 @@ impl<H: Host> JwtAuthHttp<H> {
         let timeout_ms = w.remote(idx).map_or(0, |r| r.timeout.as_millis() as u64);
         if let Some(flight) = w.flights.get_mut(&idx) {
             if flight.waiters.len() >= MAX_WAITERS {
-                w.counters.inc(host, "jwks_waiters_full");
+                w.counters.inc(host, Stat::JwksWaitersFull);
                 return Err((Deny::KeysUnavailable, waiter));
             }
             flight.waiters.push(waiter);
-            w.counters.inc(host, "jwks_singleflight_joined");
+            w.counters.inc(host, Stat::JwksSingleflightJoined);
             self.waiting_for_keys = Some(idx);
             return Ok(());
         }
@@ -199,7 +200,7 @@ impl<H: Host> JwtAuthHttp<H> {
         let (fetcher, deadline_ms) = match w.claim_fetch(host, idx, reason) {
             Claim::Granted => {
                 if deny == Deny::UnknownKid {
-                    w.counters.inc(host, "jwks_refetch_unknown_kid");
+                    w.counters.inc(host, Stat::JwksRefetchUnknownKid);
                 }
                 let Ok(token) = w.dispatch_fetch(host, idx) else { return Err((deny, waiter)) };
                 self.fetching = Some((idx, token));
@@ -212,7 +213,7 @@ impl<H: Host> JwtAuthHttp<H> {
                     Some(token) => Fetcher::Root { token },
                     None => Fetcher::Elsewhere,
                 };
-                w.counters.inc(host, "jwks_singleflight_joined");
+                w.counters.inc(host, Stat::JwksSingleflightJoined);
                 (fetcher, until.max(now) + FLIGHT_GRACE_MS)
             }
             Claim::Refused => return Err((deny, waiter)),
@@ -303,7 +304,8 @@ fn find_provider(w: &Worker, allowed: &[usize], jws: &jws::Jws) -> Result<usize,
     let Some(Value::String(iss)) = jws.claims.get("iss") else {
         return Err(Deny::UnknownIssuer);
     };
-    allowed.iter().copied().find(|i| w.config.providers[*i].rules.issuer == *iss).ok_or(Deny::UnknownIssuer)
+    let accepts = |i: &usize| w.provider(*i).is_some_and(|p| p.rules.issuer == *iss);
+    allowed.iter().copied().find(accepts).ok_or(Deny::UnknownIssuer)
 }
 
 /// Checks the claims and the route's requirements of a token whose signature verified, caching
@@ -341,7 +343,8 @@ fn admit<H: Host + ?Sized>(
     max_ttl_s: i64,
 ) -> Result<(), Deny> {
     let now_s = (host.now_ms() / 1000) as i64;
-    let identity = claims::check(claim_map, typ, &w.config.providers[idx].rules, now_s)?;
+    let rules = &w.provider(idx).ok_or(Deny::UnknownIssuer)?.rules;
+    let identity = claims::check(claim_map, typ, rules, now_s)?;
     if let Some(mut entry) = cache_entry {
         entry.valid_until_s = cache::valid_until(now_s, identity.expires_at_s, max_ttl_s);
         w.cache_put(host, &entry);
@@ -352,11 +355,12 @@ fn admit<H: Host + ?Sized>(
 
 /// POSTs an opaque token to provider `idx`'s introspection endpoint; returns the call's token.
 fn start_introspection<H: Host + ?Sized>(host: &H, w: &Worker, idx: usize, token: &str) -> Result<u32, Deny> {
-    let Some(config) = w.config.providers[idx].introspection.as_ref() else { return Err(Deny::Malformed) };
-    w.counters.inc(host, "introspection");
+    let Some(provider) = w.provider(idx) else { return Err(Deny::Malformed) };
+    let Some(config) = provider.introspection.as_ref() else { return Err(Deny::Malformed) };
+    w.counters.inc(host, Stat::Introspection);
     let Some(path) = w.introspection_path(idx) else {
-        w.counters.inc(host, "introspection_error");
-        let name = &w.config.providers[idx].name;
+        w.counters.inc(host, Stat::IntrospectionError);
+        let name = &provider.name;
         host.log(LogLevel::Warn, &format!("jwt-auth: no introspection endpoint known yet for `{name}`"));
         return Err(Deny::IntrospectionFailed);
     };
@@ -364,7 +368,7 @@ fn start_introspection<H: Host + ?Sized>(host: &H, w: &Worker, idx: usize, token
     let body = introspection::form_body(token);
     let headers = config.headers(&path, &authorization);
     host.http_call(&config.cluster, &headers, Some(body.as_bytes()), config.timeout).map_err(|_| {
-        w.counters.inc(host, "introspection_error");
+        w.counters.inc(host, Stat::IntrospectionError);
         host.log(LogLevel::Error, &format!("jwt-auth: cannot call cluster `{}`", config.cluster));
         Deny::IntrospectionFailed
     })
@@ -380,7 +384,7 @@ fn introspection_done<H: Host + ?Sized>(
     body_size: usize,
 ) -> Result<(), Deny> {
     let idx = p.provider;
-    let provider = &w.config.providers[idx];
+    let Some(provider) = w.provider(idx) else { return Err(Deny::IntrospectionFailed) };
     let Some(config) = provider.introspection.as_ref() else { return Err(Deny::IntrospectionFailed) };
     let answer = call_answer_body(host, body_size, introspection::MAX_RESPONSE_BYTES)
         .and_then(|body| introspection::parse_answer(&body).map_err(str::to_owned));
@@ -389,7 +393,7 @@ fn introspection_done<H: Host + ?Sized>(
     let ttl_s = config.cache_ttl.as_secs() as i64;
     match answer {
         Err(reason) => {
-            w.counters.inc(host, "introspection_error");
+            w.counters.inc(host, Stat::IntrospectionError);
             host.log(
                 LogLevel::Warn,
                 &format!("jwt-auth: introspection for `{}` failed: {reason}", provider.name),
@@ -397,7 +401,7 @@ fn introspection_done<H: Host + ?Sized>(
             Err(Deny::IntrospectionFailed)
         }
         Ok(Answer::Inactive) => {
-            w.counters.inc(host, "introspection_inactive");
+            w.counters.inc(host, Stat::IntrospectionInactive);
             let now_s = (host.now_ms() / 1000) as i64;
             let valid_until_s = now_s.saturating_add(introspection::INACTIVE_TTL_S.min(ttl_s));
             w.cache_put(
@@ -407,7 +411,7 @@ fn introspection_done<H: Host + ?Sized>(
             Err(Deny::InactiveToken)
         }
         Ok(Answer::Active(mut claim_map)) => {
-            w.counters.inc(host, "introspection_active");
+            w.counters.inc(host, Stat::IntrospectionActive);
             let audience = provider.rules.audiences.first().map(String::as_str).unwrap_or_default();
             introspection::complete_claims(&mut claim_map, &provider.rules.issuer, audience);
             let payload = serde_json::to_vec(&claim_map).map_err(|_| Deny::IntrospectionFailed)?;
@@ -458,28 +462,22 @@ fn publish<H: Host + ?Sized>(
             return Err(Deny::UnpublishableIdentity);
         }
     }
-    w.counters.inc(host, "allowed");
+    w.counters.inc(host, Stat::Allowed);
     Ok(())
 }
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, scopes: &[String]) {
-    w.counters.inc(host, &format!("denied.{}", deny.reason()));
+    w.counters.denied(host, deny);
     host.log(
         LogLevel::Info,
         &format!("jwt-auth: denied reason={} request_id={}", deny.reason(), log_field(request_id)),
     );
-    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
-    let challenge = deny.challenge(&w.config.realm, scopes);
-    let mut headers = vec![("content-type", "application/json")];
-    if deny.status() != 503 {
-        headers.push(("www-authenticate", challenge.as_str()));
-    } else {
-        headers.push(("retry-after", "1"));
-    }
-    host.send_response(deny.status(), &headers, &body);
+    let challenge = || deny.challenge(&w.config.realm, scopes);
+    tollgate_host::send_reply(host, &denial_reply(deny, request_id, challenge));
 }
 
-/// Removes the token from the request before it goes upstream (`forward_token: false`).
+/// Removes the token from the request before it goes upstream (`forward_token: false`): every
+/// header source present, and every query source.
 fn strip_token<H: Host + ?Sized>(
     host: &H,
     w: &Worker,
@@ -487,20 +485,19 @@ fn strip_token<H: Host + ?Sized>(
     path: &str,
     query: &str,
 ) {
-    let mut new_query = query.to_owned();
-    for source in &w.config.sources {
-        match source {
-            Source::Header { name, .. } if header_values.iter().any(|(n, _)| n == name) => {
-                host.set_request_header(name, None);
-            }
-            Source::Query { name } => new_query = route::remove_query_param(&new_query, name),
-            _ => {}
-        }
-    }
-    if new_query != query {
-        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
-        host.set_request_header(":path", Some(new_path.as_bytes()));
-    }
+    let present = |name: &str| header_values.iter().any(|(n, _)| n == name);
+    let header_sources = w.config.sources.iter().filter_map(|source| match source {
+        Source::Header { name, .. } if present(name) => Some(name.as_str()),
+        _ => None,
+    });
+    let query_sources = w.config.sources.iter().filter_map(|source| match source {
+        Source::Query { name } => Some(name.as_str()),
+        _ => None,
+    });
+    tollgate_host::remove_credentials(
+        host,
+        &credentials::removal(header_sources, query_sources, path, query),
+    );
 }
 
 impl<H: Host> Context for JwtAuthHttp<H> {

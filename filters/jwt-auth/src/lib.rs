@@ -12,20 +12,19 @@
 //! discovery document, fetched once per worker, for its key-set (and introspection) path.
 //! Opaque tokens are introspected (RFC 7662) by the request's context, which waits for the
 //! answer; answers are cached like verified tokens, and a failing endpoint means 503.
+//!
+//! The logic lives in `tollgate_core::jwt`; this crate is the glue to the proxy.
 
 mod http;
 mod root;
+mod store;
 mod worker;
 
-pub use http::JwtAuthHttp;
-pub use root::JwtAuthRoot;
+pub use root::JwtAuth;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(JwtAuthRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost), context_id))
-    });
+    tollgate_host::start::<JwtAuth>();
 }}
 
 #[cfg(test)]

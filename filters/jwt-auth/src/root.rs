@@ -1,62 +1,41 @@
-//! The root context: configuration, and on every tick the key-set refresh and the flights of
-//! requests waiting for a key set that this worker's request contexts cannot finish themselves.
+//! Configure and tick, over the generic root context: on every tick the key-set refresh and
+//! the flights of requests waiting for a key set that this worker's request contexts cannot
+//! finish themselves; and the answers to the root context's calls.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 use tollgate_core::jwt::config::Config;
-use tollgate_host::{Host, LogLevel};
+use tollgate_host::{Filter, Host, LogLevel};
 
 use crate::http::{JwtAuthHttp, complete_flight};
-use crate::worker::{Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, RootCall, Shared, Worker};
+use crate::worker::{Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, RootCall, Worker};
 
 /// How often the root context looks at the remote key sets.
 pub const TICK: Duration = Duration::from_secs(1);
 
-pub struct JwtAuthRoot<H: Host> {
-    host: Rc<H>,
-    /// This root context's id (calls made after finishing other requests act for it again).
-    context_id: u32,
-    worker: Option<Shared>,
-}
+/// The jwt-auth filter.
+pub struct JwtAuth;
 
-impl<H: Host + 'static> JwtAuthRoot<H> {
-    pub fn new(host: Rc<H>, context_id: u32) -> Self {
-        Self { host, context_id, worker: None }
+impl Filter for JwtAuth {
+    type Worker = RefCell<Worker>;
+    type Http<H: Host + 'static> = JwtAuthHttp<H>;
+
+    fn configure<H: Host>(host: &H, config: &[u8]) -> Result<Self::Worker, String> {
+        let worker = Config::from_json(config).and_then(|parsed| Worker::new(host, parsed, config));
+        worker.map(RefCell::new).map_err(|e| e.to_string())
     }
 
-    pub fn worker(&self) -> Option<Shared> {
-        self.worker.clone()
-    }
-
-    fn configure(&mut self) -> bool {
-        let host = &*self.host;
-        let bytes = host.plugin_configuration().unwrap_or_default();
-        let worker = Config::from_json(&bytes).and_then(|config| Worker::new(host, config, &bytes));
-        match worker {
-            Ok(worker) => {
-                if (0..worker.config.providers.len()).any(|i| worker.remote(i).is_some()) {
-                    host.set_tick_period(TICK);
-                }
-                self.worker = Some(Rc::new(RefCell::new(worker)));
-                true
-            }
-            Err(e) => {
-                host.log(LogLevel::Critical, &e.to_string());
-                false
-            }
-        }
+    /// Only remote key sets need the tick.
+    fn tick_period(worker: &Self::Worker) -> Option<Duration> {
+        worker.borrow().has_remote().then_some(TICK)
     }
 
     /// Picks up key sets other workers fetched, starts the fetches that are due, fetches again
     /// for requests whose fetching request went away, and settles flights that cannot wait
     /// longer (another worker's fetch ended, or a call never answered).
-    fn tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
-        let host = &*self.host;
+    fn tick<H: Host>(host: &H, root_id: u32, worker: &Self::Worker) {
         let mut w = worker.borrow_mut();
         let now = host.now_ms();
         let mut settle = Vec::new();
@@ -100,19 +79,17 @@ impl<H: Host + 'static> JwtAuthRoot<H> {
         }
         // Last: finishing requests switches the effective context.
         for idx in settle {
-            complete_flight(host, &mut w, idx, self.context_id);
+            complete_flight(host, &mut w, idx, root_id);
         }
     }
 
-    fn call_done(&mut self, token: u32, body_size: usize) {
-        let Some(worker) = self.worker.clone() else { return };
+    fn http_response<H: Host>(host: &H, root_id: u32, worker: &Self::Worker, token: u32, body_size: usize) {
         let mut w = worker.borrow_mut();
-        let host = &*self.host;
         match w.root_calls.remove(&token) {
             Some(RootCall::Jwks(idx)) => {
                 w.fetch_done(host, idx, body_size);
                 if w.flights.get(&idx).is_some_and(|f| f.fetcher == Fetcher::Root { token }) {
-                    complete_flight(host, &mut w, idx, self.context_id);
+                    complete_flight(host, &mut w, idx, root_id);
                 }
             }
             Some(RootCall::Discovery(idx)) => {
@@ -128,35 +105,12 @@ impl<H: Host + 'static> JwtAuthRoot<H> {
             None => host.log(LogLevel::Debug, &format!("jwt-auth: response to unknown call {token}")),
         }
     }
-}
 
-impl<H: Host + 'static> Context for JwtAuthRoot<H> {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        self.call_done(token_id, body_size);
-    }
-}
-
-impl<H: Host + 'static> RootContext for JwtAuthRoot<H> {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        self.configure()
-    }
-
-    fn on_tick(&mut self) {
-        self.tick();
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.clone()?;
-        Some(Box::new(JwtAuthHttp::new(self.host.clone(), worker, context_id)))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn http_context<H: Host + 'static>(
+        host: Rc<H>,
+        worker: Rc<Self::Worker>,
+        context_id: u32,
+    ) -> JwtAuthHttp<H> {
+        JwtAuthHttp::new(host, worker, context_id)
     }
 }

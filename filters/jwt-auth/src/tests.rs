@@ -4,16 +4,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use p256::ecdsa::SigningKey;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use serde_json::{Value, json};
 use tollgate_core::jwt::b64;
 use tollgate_host::Host;
-use tollgate_host::mock::MockHost;
+use tollgate_host::mock::{Harness, MockHost, ROOT_ID};
 use tollgate_testkit::jwt::mint as sign;
 
+use crate::JwtAuth;
 use crate::worker::{FLIGHT_GRACE_MS, MAX_WAITERS};
-use crate::{JwtAuthHttp, JwtAuthRoot};
 
 const ISS: &str = "https://idp.example/realms/demo";
 
@@ -60,67 +59,87 @@ fn remote_config() -> String {
     .to_string()
 }
 
-struct Gateway {
-    host: Rc<MockHost>,
-    root: JwtAuthRoot<MockHost>,
-    next_id: u32,
+type Gateway = Harness<JwtAuth>;
+
+/// A worker with the filter configured, its clock at [`NOW_S`].
+fn gateway(config: &str) -> Gateway {
+    let host = MockHost::new();
+    host.set_now_ms(NOW_S as u64 * 1000);
+    Gateway::configured(host, config)
 }
 
-impl Gateway {
-    fn new(config: &str) -> Self {
-        let host = MockHost::new();
-        host.set_now_ms(NOW_S as u64 * 1000);
-        host.with_configuration(config);
-        let mut root = JwtAuthRoot::new(host.clone(), 1);
-        host.enter(1);
-        assert!(root.on_configure(0));
-        Self { host, root, next_id: 100 }
-    }
+/// Requests and answers as the tests speak of them.
+trait Drive {
+    /// Starts a GET with these headers; returns its id and the action.
+    fn send(&mut self, path: &str, headers: &[(&str, &str)]) -> (u32, Action);
+    fn bearer(&mut self, path: &str, token: &str) -> (u32, Action);
+    /// A request whose headers are these field lines, repeated names kept as separate lines.
+    fn send_lines(&mut self, path: &str, lines: &[(&str, &str)]) -> (u32, Action);
+    /// Answers the root context's last HTTP call.
+    fn answer_root(&mut self, status: &str, body: &[u8]);
+    /// Answers the last HTTP call, made by request `id`'s context.
+    fn answer(&mut self, id: u32, status: &str, body: &[u8]);
+    fn status(&self, id: u32) -> Option<u32>;
+    fn calls(&self) -> usize;
+    /// The request went away (the proxy destroys its context after `on_done`).
+    fn gone(&mut self, id: u32);
+}
 
-    fn request(&mut self, path: &str, headers: &[(&str, &str)]) -> (u32, JwtAuthHttp<MockHost>, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":method", "GET");
+impl Drive for Gateway {
+    fn send(&mut self, path: &str, headers: &[(&str, &str)]) -> (u32, Action) {
+        let id = self.request(&[(":path", path), (":method", "GET")]);
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         for (k, v) in headers {
             self.host.with_header(id, k, v);
         }
-        let mut ctx = JwtAuthHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
-        self.host.enter(id);
-        let action = ctx.on_http_request_headers(0, true);
-        (id, ctx, action)
+        (id, self.request_headers(id, true))
     }
 
-    fn bearer(&mut self, path: &str, token: &str) -> (u32, JwtAuthHttp<MockHost>, Action) {
+    fn bearer(&mut self, path: &str, token: &str) -> (u32, Action) {
         let auth = format!("Bearer {token}");
-        self.request(path, &[("authorization", &auth)])
+        self.send(path, &[("authorization", &auth)])
     }
 
-    fn tick(&mut self) {
-        self.host.enter(1);
-        self.root.on_tick();
+    fn send_lines(&mut self, path: &str, lines: &[(&str, &str)]) -> (u32, Action) {
+        let id = self.request(&[(":path", path), (":method", "GET")]);
+        for (k, v) in lines {
+            self.host.with_header_line(id, k, v);
+        }
+        (id, self.request_headers(id, true))
     }
 
-    /// Answers the root context's last HTTP call.
     fn answer_root(&mut self, status: &str, body: &[u8]) {
         let call = self.host.http_calls().last().cloned().unwrap();
         self.host.set_http_response(&[(":status", status)], Some(body));
-        self.host.enter(1);
-        self.root.on_http_call_response(call.token, 1, body.len(), 0);
+        self.http_response(ROOT_ID, call.token, body.len());
+    }
+
+    fn answer(&mut self, id: u32, status: &str, body: &[u8]) {
+        let call = self.host.http_calls().last().cloned().unwrap();
+        assert_eq!(call.context_id, id);
+        self.host.set_http_response(&[(":status", status)], Some(body));
+        self.http_response(id, call.token, body.len());
     }
 
     fn status(&self, id: u32) -> Option<u32> {
         self.host.reply(id).map(|r| r.status)
     }
+
+    fn calls(&self) -> usize {
+        self.host.http_calls().len()
+    }
+
+    fn gone(&mut self, id: u32) {
+        assert!(self.done(id));
+    }
 }
 
 #[test]
 fn a_valid_token_passes_with_identity_headers_and_properties() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
     let auth = format!("Bearer {token}");
-    let (id, _ctx, action) = gw.request(
+    let (id, action) = gw.send(
         "/hello",
         &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory"), ("x-user-email", "forged@x")],
     );
@@ -141,8 +160,8 @@ fn a_valid_token_passes_with_identity_headers_and_properties() {
 
 #[test]
 fn missing_token_gets_a_bare_challenge_and_json() {
-    let mut gw = Gateway::new(&inline_config());
-    let (id, _ctx, action) = gw.request("/hello", &[("x-tollgate-consumer-id", "mallory")]);
+    let mut gw = gateway(&inline_config());
+    let (id, action) = gw.send("/hello", &[("x-tollgate-consumer-id", "mallory")]);
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 401);
@@ -156,7 +175,7 @@ fn missing_token_gets_a_bare_challenge_and_json() {
 
 #[test]
 fn bad_tokens_get_401_invalid_token_with_the_reason_counted() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let k = key(1);
     let tampered = format!("{}=", sign(&k, "k1", &claims(json!({}))));
     let cases = [
@@ -171,7 +190,7 @@ fn bad_tokens_get_401_invalid_token_with_the_reason_counted() {
     for (token, reason) in cases {
         let stat = format!("tollgate.jwt_auth.denied.{reason}");
         let before = gw.host.counter(&stat);
-        let (id, _ctx, action) = gw.bearer("/hello", &token);
+        let (id, action) = gw.bearer("/hello", &token);
         assert_eq!(action, Action::Pause, "{reason}");
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 401, "{reason}");
@@ -184,9 +203,9 @@ fn bad_tokens_get_401_invalid_token_with_the_reason_counted() {
 
 #[test]
 fn missing_scope_is_403_insufficient_scope() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
-    let (id, _ctx, _) = gw.bearer("/admin/users", &token);
+    let (id, _) = gw.bearer("/admin/users", &token);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 403);
     let challenge = reply.header("www-authenticate").unwrap();
@@ -195,53 +214,53 @@ fn missing_scope_is_403_insufficient_scope() {
         "{challenge}"
     );
     let admin = sign(&key(1), "k1", &claims(json!({"scope": "read admin"})));
-    let (_, _, action) = gw.bearer("/admin/users", &admin);
+    let (_, action) = gw.bearer("/admin/users", &admin);
     assert_eq!(action, Action::Continue);
 }
 
 #[test]
 fn a_repeated_token_is_served_from_the_cache_and_still_expires() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let token = sign(&key(1), "k1", &claims(json!({"exp": NOW_S + 30})));
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_miss"), 1);
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_hit"), 1);
     // Route rules still apply to cached tokens.
-    let (id, _, _) = gw.bearer("/admin", &token);
+    let (id, _) = gw.bearer("/admin", &token);
     assert_eq!(gw.status(id), Some(403));
     // Past exp the entry is not used, and the token is refused.
     gw.host.advance(Duration::from_secs(100));
-    let (id, _, _) = gw.bearer("/a", &token);
+    let (id, _) = gw.bearer("/a", &token);
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.expired"), 1);
 }
 
 #[test]
 fn two_tokens_are_refused() {
-    let mut gw = Gateway::new(&inline_config().replace(
+    let mut gw = gateway(&inline_config().replace(
         r#""cache""#,
         r#""sources":[{"header":"authorization","prefix":"Bearer "},{"query":"access_token"}],"cache""#,
     ));
     let token = sign(&key(1), "k1", &claims(json!({})));
-    let (id, _, _) = gw.bearer(&format!("/a?access_token={token}"), &token);
+    let (id, _) = gw.bearer(&format!("/a?access_token={token}"), &token);
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.multiple_tokens"), 1);
 }
 
 #[test]
 fn invalid_config_is_refused_naming_the_field() {
-    let host = MockHost::new();
-    host.with_configuration(r#"{"providers":[{"name":"idp","issuer":"x","audiences":["a"],"jwks":{"keys":[{"kty":"oct","k":"AQID"}]},"algorithms":["HS256"]}]}"#);
-    let mut root = JwtAuthRoot::new(host.clone(), 1);
-    assert!(!root.on_configure(0));
-    let logs = host.logs();
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(
+        r#"{"providers":[{"name":"idp","issuer":"x","audiences":["a"],"jwks":{"keys":[{"kty":"oct","k":"AQID"}]},"algorithms":["HS256"]}]}"#
+    ));
+    let logs = gw.host.logs();
     assert!(logs.iter().any(|(_, m)| m.contains("providers[0].jwks")), "{logs:?}");
 }
 
 #[test]
 fn remote_keys_are_fetched_on_tick_and_shared_with_other_workers() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
     gw.tick();
     let calls = gw.host.http_calls();
@@ -252,42 +271,36 @@ fn remote_keys_are_fetched_on_tick_and_shared_with_other_workers() {
     gw.tick();
     assert_eq!(gw.host.http_calls().len(), 1);
     gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
 
     // Another worker uses the stored set without fetching.
-    let other = MockHost::sharing_with(&gw.host);
-    other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
-    assert!(root2.on_configure(0));
-    other.with_header(7, ":path", "/a");
-    other.with_header(7, "authorization", &format!("Bearer {token}"));
-    other.enter(7);
-    let mut ctx = JwtAuthHttp::new(other.clone(), root2.worker().unwrap(), 7);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
-    assert!(other.http_calls().is_empty());
+    let mut other = Gateway::configured(MockHost::sharing_with(&gw.host), &remote_config());
+    let id = other.request(&[(":path", "/a"), ("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(other.request_headers(id, true), Action::Continue);
+    assert!(other.host.http_calls().is_empty());
 }
 
 #[test]
 fn unknown_kid_refetches_once_and_resumes_the_request() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     gw.tick();
     gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
     gw.host.advance(Duration::from_secs(20)); // past the cooldown
 
     // The IdP rotated to k2.
     let token = sign(&key(2), "k2", &claims(json!({"exp": NOW_S + 600})));
-    let (id, mut ctx, action) = gw.bearer("/a", &token);
+    let (id, action) = gw.bearer("/a", &token);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.status(id), None, "waiting, not refused");
     assert_eq!(gw.host.http_calls().len(), 2);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_refetch_unknown_kid"), 1);
     let body = json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string();
-    gw.answer(id, &mut ctx, "200", body.as_bytes());
+    gw.answer(id, "200", body.as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.status(id), None);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
     // Within the cooldown, another unknown kid is refused without a fetch.
-    let (id3, _, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    let (id3, _) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
     assert_eq!(gw.status(id3), Some(401));
     assert_eq!(gw.host.http_calls().len(), 2);
 }
@@ -301,51 +314,38 @@ fn rotated() -> String {
     json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string()
 }
 
-impl Gateway {
-    /// A gateway whose key set (k1) was fetched, past the unknown-`kid` cooldown.
-    fn with_k1(config: &str) -> Self {
-        let mut gw = Gateway::new(config);
-        gw.tick();
-        gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
-        gw.host.advance(Duration::from_secs(20));
-        gw
-    }
-
-    fn calls(&self) -> usize {
-        self.host.http_calls().len()
-    }
-
-    /// The request went away (the proxy destroys its context after `on_done`).
-    fn gone(&self, id: u32, ctx: &mut JwtAuthHttp<MockHost>) {
-        self.host.destroy(id);
-        self.host.enter(id);
-        assert!(ctx.on_done());
-    }
+/// A gateway whose key set (k1) was fetched, past the unknown-`kid` cooldown.
+fn with_k1(config: &str) -> Gateway {
+    let mut gw = gateway(config);
+    gw.tick();
+    gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
+    gw.host.advance(Duration::from_secs(20));
+    gw
 }
 
 #[test]
 fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
-    let mut gw = Gateway::with_k1(&remote_config_with_rules());
+    let mut gw = with_k1(&remote_config_with_rules());
     let k2 = sign(&key(2), "k2", &claims(json!({})));
-    let (a, mut ctx_a, action) = gw.bearer("/a", &k2);
+    let (a, action) = gw.bearer("/a", &k2);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.calls(), 2, "one fetch");
-    let (b, _ctx_b, action) = gw.bearer("/admin/x", &sign(&key(2), "k2", &claims(json!({"sub": "bob"}))));
+    let (b, action) = gw.bearer("/admin/x", &sign(&key(2), "k2", &claims(json!({"sub": "bob"}))));
     assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(b));
-    let (c, _ctx_c, action) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
+    let (c, action) = gw.bearer("/a", &sign(&key(3), "k3", &claims(json!({}))));
     assert_eq!(action, Action::Pause);
-    let (d, _ctx_d, action) =
+    let (d, action) =
         gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({"sub": "dan", "exp": NOW_S - 3600}))));
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.calls(), 2, "the others wait for the same fetch");
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_singleflight_joined"), 3);
     // A token of a known key does not wait.
-    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).1, Action::Continue);
     for id in [a, b, c, d] {
         assert_eq!(gw.status(id), None, "{id} waits");
     }
 
-    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    gw.answer(a, "200", rotated().as_bytes());
     assert_eq!(gw.host.resumed(a), 1);
     assert_eq!(gw.host.header(a, "x-tollgate-consumer-id").as_deref(), Some("alice"));
     assert_eq!(gw.status(b), Some(403), "bob lacks `admin` on /admin");
@@ -361,15 +361,15 @@ fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
 
 #[test]
 fn a_waiter_that_goes_away_is_dropped_and_a_leader_that_goes_away_hands_the_fetch_to_the_root() {
-    let mut gw = Gateway::with_k1(&remote_config());
+    let mut gw = with_k1(&remote_config());
     let k2 = sign(&key(2), "k2", &claims(json!({})));
-    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
-    let (b, _ctx_b, _) = gw.bearer("/b", &k2);
-    let (c, mut ctx_c, _) = gw.bearer("/c", &k2);
+    let (a, _) = gw.bearer("/a", &k2);
+    let (b, _) = gw.bearer("/b", &k2);
+    let (c, _) = gw.bearer("/c", &k2);
     assert_eq!(gw.calls(), 2);
-    gw.gone(c, &mut ctx_c);
+    gw.gone(c);
     // The leader goes away: its call is cancelled with it; the root context fetches again.
-    gw.gone(a, &mut ctx_a);
+    gw.gone(a);
     gw.tick();
     let calls = gw.host.http_calls();
     assert_eq!(calls.len(), 3);
@@ -383,61 +383,52 @@ fn a_waiter_that_goes_away_is_dropped_and_a_leader_that_goes_away_hands_the_fetc
     }
     assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 1);
     // Requests after it need no fetch.
-    assert_eq!(gw.bearer("/d", &k2).2, Action::Continue);
+    assert_eq!(gw.bearer("/d", &k2).1, Action::Continue);
     assert_eq!(gw.calls(), 3);
 }
 
 #[test]
 fn a_leader_alone_that_goes_away_still_gets_the_new_keys_fetched() {
-    let mut gw = Gateway::with_k1(&remote_config());
+    let mut gw = with_k1(&remote_config());
     let k2 = sign(&key(2), "k2", &claims(json!({})));
-    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
-    gw.gone(a, &mut ctx_a);
+    let (a, _) = gw.bearer("/a", &k2);
+    gw.gone(a);
     gw.tick();
     assert_eq!(gw.calls(), 3);
     gw.answer_root("200", rotated().as_bytes());
-    assert_eq!(gw.bearer("/b", &k2).2, Action::Continue, "the rotation was picked up");
+    assert_eq!(gw.bearer("/b", &k2).1, Action::Continue, "the rotation was picked up");
 }
 
 #[test]
 fn requests_wait_for_the_fetch_another_worker_has_in_flight() {
-    let mut gw = Gateway::with_k1(&remote_config());
+    let mut gw = with_k1(&remote_config());
     let k2 = sign(&key(2), "k2", &claims(json!({})));
-    let (a, mut ctx_a, _) = gw.bearer("/a", &k2);
+    let (a, _) = gw.bearer("/a", &k2);
     assert_eq!(gw.calls(), 2);
 
     // Worker 2 (same shared data) sees a k2 token while worker 1 fetches.
-    let other = MockHost::sharing_with(&gw.host);
-    other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
-    other.enter(1);
-    assert!(root2.on_configure(0));
-    other.with_header(7, ":path", "/a");
-    other.with_header(7, "authorization", &format!("Bearer {k2}"));
-    other.enter(7);
-    let mut ctx = JwtAuthHttp::new(other.clone(), root2.worker().unwrap(), 7);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
-    assert!(other.http_calls().is_empty(), "no second fetch");
-    assert_eq!(other.reply(7), None, "waits");
-    other.enter(1);
-    root2.on_tick();
-    assert_eq!(other.reply(7), None, "still waits while worker 1 fetches");
+    let mut other = Gateway::configured(MockHost::sharing_with(&gw.host), &remote_config());
+    let id = other.request(&[(":path", "/a"), ("authorization", &format!("Bearer {k2}"))]);
+    assert_eq!(other.request_headers(id, true), Action::Pause);
+    assert!(other.host.http_calls().is_empty(), "no second fetch");
+    assert_eq!(other.host.reply(id), None, "waits");
+    other.tick();
+    assert_eq!(other.host.reply(id), None, "still waits while worker 1 fetches");
 
-    gw.answer(a, &mut ctx_a, "200", rotated().as_bytes());
+    gw.answer(a, "200", rotated().as_bytes());
     assert_eq!(gw.host.resumed(a), 1);
-    other.enter(1);
-    root2.on_tick();
-    assert_eq!(other.resumed(7), 1, "{:?}", other.reply(7));
-    assert_eq!(other.header(7, "x-tollgate-consumer-id").as_deref(), Some("alice"));
-    assert!(other.http_calls().is_empty());
+    other.tick();
+    assert_eq!(other.host.resumed(id), 1, "{:?}", other.host.reply(id));
+    assert_eq!(other.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
+    assert!(other.host.http_calls().is_empty());
 }
 
 #[test]
 fn a_request_waits_for_the_root_contexts_fetch_in_flight() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     gw.tick(); // no keys yet: the root context fetches
     assert_eq!(gw.calls(), 1);
-    let (a, _ctx, action) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    let (a, action) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
     assert_eq!(action, Action::Pause, "{:?}", gw.host.reply(a));
     assert_eq!(gw.calls(), 1);
     gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
@@ -446,8 +437,8 @@ fn a_request_waits_for_the_root_contexts_fetch_in_flight() {
 
 #[test]
 fn a_fetch_that_never_answers_is_settled_by_the_tick() {
-    let mut gw = Gateway::with_k1(&remote_config());
-    let (a, _ctx_a, _) = gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({}))));
+    let mut gw = with_k1(&remote_config());
+    let (a, _) = gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({}))));
     gw.tick();
     assert_eq!(gw.status(a), None);
     gw.host.advance(Duration::from_secs(2) + Duration::from_millis(FLIGHT_GRACE_MS));
@@ -457,27 +448,26 @@ fn a_fetch_that_never_answers_is_settled_by_the_tick() {
 
 #[test]
 fn waiters_are_bounded() {
-    let mut gw = Gateway::with_k1(&remote_config());
+    let mut gw = with_k1(&remote_config());
     let k2 = sign(&key(2), "k2", &claims(json!({})));
     let mut contexts = Vec::new();
     for _ in 0..MAX_WAITERS {
-        let (id, ctx, action) = gw.bearer("/a", &k2);
+        let (id, action) = gw.bearer("/a", &k2);
         assert_eq!(action, Action::Pause);
-        contexts.push((id, ctx));
+        contexts.push(id);
     }
-    let (id, _, _) = gw.bearer("/a", &k2);
+    let (id, _) = gw.bearer("/a", &k2);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_waiters_full"), 1);
-    let (first, ref mut ctx) = contexts[0];
-    gw.answer(first, ctx, "200", rotated().as_bytes());
-    assert!(contexts.iter().all(|(id, _)| gw.host.resumed(*id) == 1));
+    gw.answer(contexts[0], "200", rotated().as_bytes());
+    assert!(contexts.iter().all(|id| gw.host.resumed(*id) == 1));
 }
 
 #[test]
 fn a_failed_refresh_keeps_the_last_good_keys_until_max_stale() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     gw.tick();
     gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
     gw.host.advance(Duration::from_secs(61));
@@ -489,19 +479,19 @@ fn a_failed_refresh_keeps_the_last_good_keys_until_max_stale() {
     assert!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error") >= 1);
     assert!(gw.host.logs().iter().any(|(_, m)| m.contains("keeping the last good key set")));
     let token = sign(&key(1), "k1", &claims(json!({"exp": NOW_S + 7200})));
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
     // Past max_stale the keys are no longer trusted.
     gw.host.advance(Duration::from_secs(3600));
     gw.host.refuse_calls(true);
-    let (id, _, _) = gw.bearer("/a", &token);
+    let (id, _) = gw.bearer("/a", &token);
     assert_eq!(gw.status(id), Some(503));
 }
 
 #[test]
 fn no_keys_yet_and_a_refused_call_is_503() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     gw.host.refuse_calls(true);
-    let (id, _, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    let (id, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
@@ -521,21 +511,10 @@ fn introspection_config() -> String {
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
 
-impl Gateway {
-    /// Answers the last HTTP call, made by request `id`'s context.
-    fn answer(&mut self, id: u32, ctx: &mut JwtAuthHttp<MockHost>, status: &str, body: &[u8]) {
-        let call = self.host.http_calls().last().cloned().unwrap();
-        assert_eq!(call.context_id, id);
-        self.host.set_http_response(&[(":status", status)], Some(body));
-        self.host.enter(id);
-        ctx.on_http_call_response(call.token, 1, body.len(), 0);
-    }
-}
-
 #[test]
 fn an_opaque_token_is_introspected_and_the_answer_cached() {
-    let mut gw = Gateway::new(&introspection_config());
-    let (id, mut ctx, action) = gw.bearer("/a", OPAQUE);
+    let mut gw = gateway(&introspection_config());
+    let (id, action) = gw.bearer("/a", OPAQUE);
     assert_eq!(action, Action::Pause);
     let call = gw.host.http_calls().last().cloned().unwrap();
     assert_eq!(call.cluster, "idp");
@@ -549,21 +528,21 @@ fn an_opaque_token_is_introspected_and_the_answer_cached() {
     let body = String::from_utf8(call.body.clone().unwrap()).unwrap();
     assert!(body.starts_with(&format!("token={OPAQUE}")), "{body}");
     let answer = json!({"active": true, "scope": "read", "sub": "svc", "exp": NOW_S + 30, "client_id": "x"});
-    gw.answer(id, &mut ctx, "200", answer.to_string().as_bytes());
+    gw.answer(id, "200", answer.to_string().as_bytes());
     assert_eq!(gw.host.resumed(id), 1, "{:?}", gw.host.reply(id));
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("svc"));
     assert_eq!(gw.host.header(id, "x-tollgate-issuer").as_deref(), Some(ISS));
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
 
     // Cached: no second call; route rules still apply.
-    assert_eq!(gw.bearer("/a", OPAQUE).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", OPAQUE).1, Action::Continue);
     assert_eq!(gw.host.http_calls().len(), 1);
-    let (id, _, _) = gw.bearer("/admin", OPAQUE);
+    let (id, _) = gw.bearer("/admin", OPAQUE);
     assert_eq!(gw.status(id), Some(403));
     assert_eq!(gw.host.http_calls().len(), 1);
     // Cached until exp (30 s < cache_ttl), then asked again.
     gw.host.advance(Duration::from_secs(31));
-    let (_, _, action) = gw.bearer("/a", OPAQUE);
+    let (_, action) = gw.bearer("/a", OPAQUE);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.http_calls().len(), 2);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_active"), 1);
@@ -571,13 +550,13 @@ fn an_opaque_token_is_introspected_and_the_answer_cached() {
 
 #[test]
 fn an_inactive_token_is_401_and_cached_briefly() {
-    let mut gw = Gateway::new(&introspection_config());
-    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
-    gw.answer(id, &mut ctx, "200", br#"{"active": false}"#);
+    let mut gw = gateway(&introspection_config());
+    let (id, _) = gw.bearer("/a", OPAQUE);
+    gw.answer(id, "200", br#"{"active": false}"#);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 401);
     assert!(reply.header("www-authenticate").unwrap().contains("invalid_token"));
-    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    let (id, _) = gw.bearer("/a", OPAQUE);
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.http_calls().len(), 1, "answered from the cache");
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.inactive_token"), 2);
@@ -588,48 +567,43 @@ fn an_inactive_token_is_401_and_cached_briefly() {
 
 #[test]
 fn introspection_failures_are_503_and_other_calls_are_ignored() {
-    let mut gw = Gateway::new(&introspection_config());
+    let mut gw = gateway(&introspection_config());
     for (status, body) in
         [("500", &b"oops"[..]), ("200", b"<html>"), ("200", br#"{"active":"yes"}"#), ("", b"")]
     {
-        let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
-        gw.answer(id, &mut ctx, status, body);
+        let (id, _) = gw.bearer("/a", OPAQUE);
+        gw.answer(id, status, body);
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 503, "{status} {body:?}");
         assert_eq!(reply.header("retry-after"), Some("1"));
     }
     assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_error"), 4);
     // A response to a call this request did not make leaves it waiting for its own.
-    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+    let (id, _) = gw.bearer("/a", OPAQUE);
     let call = gw.host.http_calls().last().cloned().unwrap();
     gw.host.set_http_response(&[(":status", "200")], Some(br#"{"active":true,"exp":1}"#));
-    ctx.on_http_call_response(call.token + 1000, 1, 22, 0);
+    gw.http_response(id, call.token + 1000, 22);
     assert!(gw.host.reply(id).is_none());
     assert_eq!(gw.host.resumed(id), 0);
     let good = json!({"active": true, "sub": "svc", "exp": NOW_S + 60, "aud": ["other", "api"]}).to_string();
-    gw.answer(id, &mut ctx, "200", good.as_bytes());
+    gw.answer(id, "200", good.as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
     // Claims are checked as for JWTs.
     let opaque2 = "another-opaque-token";
-    let (id, mut ctx, _) = gw.bearer("/a", opaque2);
-    gw.answer(
-        id,
-        &mut ctx,
-        "200",
-        json!({"active": true, "exp": NOW_S + 60, "aud": "other"}).to_string().as_bytes(),
-    );
+    let (id, _) = gw.bearer("/a", opaque2);
+    gw.answer(id, "200", json!({"active": true, "exp": NOW_S + 60, "aud": "other"}).to_string().as_bytes());
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.wrong_audience"), 1);
     // The endpoint unreachable: fail closed.
     gw.host.refuse_calls(true);
-    let (id, _, _) = gw.bearer("/a", "third-opaque-token");
+    let (id, _) = gw.bearer("/a", "third-opaque-token");
     assert_eq!(gw.status(id), Some(503));
 }
 
 #[test]
 fn opaque_tokens_without_introspection_are_malformed() {
-    let mut gw = Gateway::new(&inline_config());
-    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    let mut gw = gateway(&inline_config());
+    let (id, _) = gw.bearer("/a", OPAQUE);
     assert_eq!(gw.status(id), Some(401));
     assert!(gw.host.http_calls().is_empty());
 }
@@ -643,10 +617,10 @@ fn discovery_finds_the_key_set_and_the_introspection_endpoint() {
         "cache": {"slots": 64}
     })
     .to_string();
-    let mut gw = Gateway::new(&config);
+    let mut gw = gateway(&config);
     assert!(gw.host.tick_period().is_some());
     // Nothing known yet: 503 for JWTs and opaque tokens alike.
-    let (id, _, _) = gw.bearer("/a", OPAQUE);
+    let (id, _) = gw.bearer("/a", OPAQUE);
     assert_eq!(gw.status(id), Some(503));
     gw.tick();
     let calls = gw.host.http_calls();
@@ -668,24 +642,19 @@ fn discovery_finds_the_key_set_and_the_introspection_endpoint() {
     assert_eq!(calls.len(), 3, "the key set is fetched right away");
     assert!(calls[2].headers.contains(&(":path".into(), "/realms/demo/certs".into())));
     gw.answer_root("200", json!({"keys": [jwk(&key(1), "k1")]}).to_string().as_bytes());
-    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).1, Action::Continue);
     gw.tick();
     assert_eq!(gw.host.http_calls().len(), 3, "the document is fetched once");
-    let (id, mut ctx, _) = gw.bearer("/a", OPAQUE);
+    let (id, _) = gw.bearer("/a", OPAQUE);
     let call = gw.host.http_calls().last().cloned().unwrap();
     assert!(call.headers.contains(&(":path".into(), "/realms/demo/introspect".into())));
-    gw.answer(
-        id,
-        &mut ctx,
-        "200",
-        json!({"active": true, "sub": "svc", "exp": NOW_S + 60}).to_string().as_bytes(),
-    );
+    gw.answer(id, "200", json!({"active": true, "sub": "svc", "exp": NOW_S + 60}).to_string().as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
 }
 
 #[test]
 fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
-    let mut gw = Gateway::new(&remote_config());
+    let mut gw = gateway(&remote_config());
     let weak = json!({"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"});
     let body = json!({"keys": [weak, jwk(&key(1), "k1")]}).to_string();
     gw.tick();
@@ -696,18 +665,14 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0].1.contains("2048 bits"), "{logged:?}");
     let token = sign(&key(1), "k1", &claims(json!({})));
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
 
     // Another worker compiles the stored set quietly.
-    let other = MockHost::sharing_with(&gw.host);
-    other.with_configuration(&remote_config());
-    let mut root2 = JwtAuthRoot::new(other.clone(), 1);
-    assert!(root2.on_configure(0));
-    other.enter(1);
-    root2.on_tick();
-    assert!(other.http_calls().is_empty(), "the stored set is used");
-    assert_eq!(other.counter("tollgate.jwt_auth.jwks_key_skipped"), 0);
-    assert!(!other.logs().iter().any(|(_, m)| m.contains("legacy-1024")));
+    let mut other = Gateway::configured(MockHost::sharing_with(&gw.host), &remote_config());
+    other.tick();
+    assert!(other.host.http_calls().is_empty(), "the stored set is used");
+    assert_eq!(other.host.counter("tollgate.jwt_auth.jwks_key_skipped"), 0);
+    assert!(!other.host.logs().iter().any(|(_, m)| m.contains("legacy-1024")));
 
     // A set with no usable key at all is a failed fetch: the last good set stays.
     gw.host.advance(Duration::from_secs(61));
@@ -716,7 +681,7 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
         json!({"keys": [{"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"}]});
     gw.answer_root("200", only_weak.to_string().as_bytes());
     assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error"), 1);
-    assert_eq!(gw.bearer("/a", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
 }
 
 #[test]
@@ -730,11 +695,11 @@ fn keys_whose_key_ops_exclude_verify_never_verify() {
         "cache": {"slots": 0}
     })
     .to_string();
-    let mut gw = Gateway::new(&config);
-    let (id, _, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
+    let mut gw = gateway(&config);
+    let (id, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
-    assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).2, Action::Continue);
+    assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).1, Action::Continue);
 }
 
 #[test]
@@ -742,20 +707,20 @@ fn every_refusal_reason_has_a_stat() {
     let names = crate::worker::stat_names();
     for deny in tollgate_core::jwt::Deny::ALL {
         let stat = format!("denied.{}", deny.reason());
-        assert!(names.contains(&stat.as_str()), "no stat {stat}");
+        assert!(names.contains(&stat), "no stat {stat}");
     }
 }
 
 #[test]
 fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     for sub in ["alice\r\nx-evil: 1", "al\u{0}ice", " alice"] {
         let token = sign(&key(1), "k1", &claims(json!({"sub": sub})));
         // Twice: the second answer comes from the verified-token cache.
         for _ in 0..2 {
             let auth = format!("Bearer {token}");
-            let (id, _, action) =
-                gw.request("/hello", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+            let (id, action) =
+                gw.send("/hello", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
             assert_eq!(action, Action::Pause, "{sub:?}");
             let reply = gw.host.reply(id).unwrap();
             assert_eq!(reply.status, 401, "{sub:?}");
@@ -765,7 +730,7 @@ fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
         }
     }
     // A mapped claim that cannot be written as it is refuses the token too.
-    let (id, _, _) = gw.bearer("/hello", &sign(&key(1), "k1", &claims(json!({"email": "a@b\nx-evil: 1"}))));
+    let (id, _) = gw.bearer("/hello", &sign(&key(1), "k1", &claims(json!({"email": "a@b\nx-evil: 1"}))));
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 7);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
@@ -773,20 +738,20 @@ fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
 
 #[test]
 fn scopes_are_published_space_separated_or_the_token_refused() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let comma = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["orders", "read,admin"]})));
-    let (id, _, action) = gw.bearer("/hello", &comma);
+    let (id, action) = gw.bearer("/hello", &comma);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("orders read,admin"));
     assert_eq!(
         gw.host.request_property(id, &["tollgate.scopes"]).as_deref(),
         Some(&b"orders read,admin"[..])
     );
-    let (id, _, _) = gw.bearer("/admin", &comma);
+    let (id, _) = gw.bearer("/admin", &comma);
     assert_eq!(gw.status(id), Some(403), "`read,admin` is not `admin`");
     let spaced = sign(&key(1), "k1", &claims(json!({"scope": null, "scp": ["read admin"]})));
     for path in ["/hello", "/admin"] {
-        let (id, _, _) = gw.bearer(path, &spaced);
+        let (id, _) = gw.bearer(path, &spaced);
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 401, "{path}");
         assert!(reply.header("www-authenticate").unwrap().contains("invalid_token"), "{path}");
@@ -801,11 +766,10 @@ fn a_token_without_a_subject_publishes_no_consumer_id() {
         "claim_headers": {"x-user-email": "email"}
     })
     .to_string();
-    let mut gw = Gateway::new(&config);
+    let mut gw = gateway(&config);
     let token = sign(&key(1), "k1", &claims(json!({"sub": null, "email": ""})));
     let auth = format!("Bearer {token}");
-    let (id, _, action) =
-        gw.request("/a", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
+    let (id, action) = gw.send("/a", &[("authorization", &auth), ("x-tollgate-consumer-id", "mallory")]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
     assert_eq!(gw.host.header(id, "x-user-email"), None);
@@ -951,18 +915,13 @@ fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
     ] {
         let inner = MockHost::new();
         inner.set_now_ms(NOW_S as u64 * 1000);
-        inner.with_configuration(&inline_config());
         let host = Rc::new(Refusing { inner: inner.clone(), name });
-        let mut root = JwtAuthRoot::new(host.clone(), 1);
-        inner.enter(1);
-        assert!(root.on_configure(0));
+        let mut gw = Harness::<JwtAuth, Refusing>::wrapping(inner.clone(), host);
+        assert!(gw.configure(&inline_config()));
         let token = sign(&key(1), "k1", &claims(json!({})));
-        inner.with_header(7, ":path", "/hello");
-        inner.with_header(7, "authorization", &format!("Bearer {token}"));
-        inner.enter(7);
-        let mut ctx = JwtAuthHttp::new(host.clone(), root.worker().unwrap(), 7);
-        assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause, "{name}");
-        assert_eq!(inner.reply(7).map(|r| r.status), Some(401), "{name}");
+        let id = gw.request(&[(":path", "/hello"), ("authorization", &format!("Bearer {token}"))]);
+        assert_eq!(gw.request_headers(id, true), Action::Pause, "{name}");
+        assert_eq!(inner.reply(id).map(|r| r.status), Some(401), "{name}");
         assert_eq!(inner.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 1, "{name}");
         assert_eq!(inner.counter("tollgate.jwt_auth.allowed"), 0, "{name}");
         assert!(inner.logs().iter().any(|(_, m)| m.contains(name)), "{name}");
@@ -976,26 +935,9 @@ fn cookie_config() -> String {
     )
 }
 
-impl Gateway {
-    /// A request whose headers are these field lines, repeated names kept as separate lines.
-    fn request_lines(&mut self, path: &str, lines: &[(&str, &str)]) -> (u32, JwtAuthHttp<MockHost>, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":method", "GET");
-        for (k, v) in lines {
-            self.host.with_header_line(id, k, v);
-        }
-        let mut ctx = JwtAuthHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
-        self.host.enter(id);
-        let action = ctx.on_http_request_headers(0, true);
-        (id, ctx, action)
-    }
-}
-
 #[test]
 fn a_token_in_any_cookie_line_is_found() {
-    let mut gw = Gateway::new(&cookie_config());
+    let mut gw = gateway(&cookie_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
     let pair = format!("access_token={token}");
     let joined = format!("theme=dark, {pair}");
@@ -1005,7 +947,7 @@ fn a_token_in_any_cookie_line_is_found() {
         &[("cookie", &joined)],
     ];
     for lines in crumbs {
-        let (id, _, action) = gw.request_lines("/a", lines);
+        let (id, action) = gw.send_lines("/a", lines);
         assert_eq!(action, Action::Continue, "{lines:?}: {:?}", gw.host.reply(id));
         assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
     }
@@ -1013,7 +955,7 @@ fn a_token_in_any_cookie_line_is_found() {
 
 #[test]
 fn two_tokens_in_separate_lines_are_refused() {
-    let mut gw = Gateway::new(&cookie_config());
+    let mut gw = gateway(&cookie_config());
     let a = sign(&key(1), "k1", &claims(json!({})));
     let b = sign(&key(1), "k1", &claims(json!({"sub": "bob"})));
     let (ca, cb) = (format!("access_token={a}"), format!("access_token={b}"));
@@ -1024,7 +966,7 @@ fn two_tokens_in_separate_lines_are_refused() {
         &[("cookie", "theme=dark"), ("cookie", &cb), ("authorization", &ba)],
     ];
     for lines in cases {
-        let (id, _, action) = gw.request_lines("/a", lines);
+        let (id, action) = gw.send_lines("/a", lines);
         assert_eq!(action, Action::Pause);
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 401, "{lines:?}");
@@ -1041,50 +983,54 @@ fn route_name_rules_read_envoys_route_name() {
         "routes": [{"route_name": "admin-console", "scopes": ["admin"]}]
     })
     .to_string();
-    let mut gw = Gateway::new(&config);
+    let mut gw = gateway(&config);
     let token = sign(&key(1), "k1", &claims(json!({})));
-    assert_eq!(gw.bearer("/console", &token).2, Action::Continue, "no route name: no rule");
+    assert_eq!(gw.bearer("/console", &token).1, Action::Continue, "no route name: no rule");
     gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"admin-console");
-    let (id, _, _) = gw.bearer("/console", &token);
+    let (id, _) = gw.bearer("/console", &token);
     assert_eq!(gw.status(id), Some(403));
     let admin = sign(&key(1), "k1", &claims(json!({"scope": "admin"})));
-    assert_eq!(gw.bearer("/console", &admin).2, Action::Continue);
+    assert_eq!(gw.bearer("/console", &admin).1, Action::Continue);
 }
 
 #[test]
 fn path_rules_see_the_normalised_path() {
-    let mut gw = Gateway::new(&inline_config());
+    let mut gw = gateway(&inline_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
     for path in ["//admin", "/./admin", "/%61dmin/x", "/x/../admin", "/%2e%2e/admin"] {
-        let (id, _, _) = gw.bearer(path, &token);
+        let (id, _) = gw.bearer(path, &token);
         assert_eq!(gw.status(id), Some(403), "{path}");
     }
     for path in ["/admin%2fx", "/%2Fadmin", "/admin%5Cx"] {
-        let (id, _, _) = gw.bearer(path, &token);
+        let (id, _) = gw.bearer(path, &token);
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 400, "{path}");
         assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
     }
     assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.bad_path"), 3);
-    assert_eq!(gw.bearer("/x/../hello", &token).2, Action::Continue);
+    assert_eq!(gw.bearer("/x/../hello", &token).1, Action::Continue);
 }
 
 #[test]
 fn a_cookie_line_with_bytes_that_are_not_utf8_still_yields_the_token() {
-    let gw = Gateway::new(&cookie_config());
+    let mut gw = gateway(&cookie_config());
     let token = sign(&key(1), "k1", &claims(json!({})));
-    gw.host.with_header(9, ":path", "/a");
-    gw.host.with_header_bytes(9, "cookie", b"junk=\xff\xfe");
-    gw.host.with_header_line(9, "cookie", &format!("access_token={token}"));
-    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 9);
-    gw.host.enter(9);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue, "{:?}", gw.host.reply(9));
+    let id = gw.request(&[(":path", "/a")]);
+    gw.host.with_header_bytes(id, "cookie", b"junk=\xff\xfe");
+    gw.host.with_header_line(id, "cookie", &format!("access_token={token}"));
+    assert_eq!(gw.request_headers(id, true), Action::Continue, "{:?}", gw.host.reply(id));
     // A token with such bytes is garbled, never a valid one.
-    gw.host.with_header(10, ":path", "/a");
-    gw.host.with_header_bytes(10, "cookie", format!("access_token={token}\u{0}").as_bytes());
-    gw.host.with_header_bytes(10, "authorization", b"Bearer \xffabc");
-    let mut ctx = JwtAuthHttp::new(gw.host.clone(), gw.root.worker().unwrap(), 10);
-    gw.host.enter(10);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
-    assert_eq!(gw.status(10), Some(401));
+    let id = gw.request(&[(":path", "/a")]);
+    gw.host.with_header_bytes(id, "cookie", format!("access_token={token}\u{0}").as_bytes());
+    gw.host.with_header_bytes(id, "authorization", b"Bearer \xffabc");
+    assert_eq!(gw.request_headers(id, true), Action::Pause);
+    assert_eq!(gw.status(id), Some(401));
+}
+
+#[test]
+fn shipped_example_config_is_accepted() {
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
+    assert_eq!(gw.host.tick_period(), Some(crate::root::TICK), "its key set is fetched");
+    assert_eq!(gw.worker().unwrap().borrow().config.providers.len(), 1);
 }

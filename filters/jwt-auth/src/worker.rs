@@ -1,79 +1,56 @@
-//! State one worker's root context shares with its HTTP contexts: the compiled config, the
-//! compiled key sets, stats, the key-set records in shared data, and the requests waiting for a
-//! key-set fetch (one flight per provider).
+//! Per-VM state, shared by the root context and the HTTP contexts: the compiled config, what
+//! this worker knows of each provider (its compiled key set, its discovery document), stats,
+//! the requests waiting for a key-set fetch (one flight per provider) and the calls the root
+//! context made.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
+use tollgate_core::jwt::Deny;
+use tollgate_core::jwt::cache;
 use tollgate_core::jwt::claims::Requirements;
-use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Remote, err};
+use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Provider, Remote, err};
 use tollgate_core::jwt::introspection::{self, Discovered};
 use tollgate_core::jwt::jwk::Limits;
-use tollgate_core::jwt::jws::Jws;
+use tollgate_core::jwt::jws::{Alg, Jws};
 use tollgate_core::jwt::keys::KeySet;
-use tollgate_core::jwt::{Deny, cache};
-use tollgate_host::{CallRefused, Counters, Host, LogLevel, SharedError};
+use tollgate_host::shared::{CAS_RETRIES, Cas, cas_apply, cas_update};
+use tollgate_host::{CallRefused, Host, LogLevel};
 
-/// Stat names, under `tollgate.jwt_auth.`.
-pub fn stat_names() -> Vec<&'static str> {
-    let mut names = vec![
-        "allowed",
-        "cache_hit",
-        "cache_miss",
-        "jwks_fetch",
-        "jwks_fetch_ok",
-        "jwks_fetch_error",
-        "jwks_refetch_unknown_kid",
-        "jwks_key_skipped",
-        "jwks_singleflight_joined",
-        "jwks_waiters_full",
-        "introspection",
-        "introspection_active",
-        "introspection_inactive",
-        "introspection_error",
-        "discovery_fetch",
-        "discovery_fetch_ok",
-        "discovery_fetch_error",
-    ];
-    names.extend(DENIED.iter().copied());
-    names
+use crate::store::{self, FetchLease, Keys};
+
+tollgate_host::stats! {
+    /// jwt-auth's counters, under `tollgate.jwt_auth.`; with `denied.<reason>` for every [`Deny`].
+    pub enum Stat {
+        Allowed => "allowed",
+        CacheHit => "cache_hit",
+        CacheMiss => "cache_miss",
+        JwksFetch => "jwks_fetch",
+        JwksFetchOk => "jwks_fetch_ok",
+        JwksFetchError => "jwks_fetch_error",
+        JwksRefetchUnknownKid => "jwks_refetch_unknown_kid",
+        JwksKeySkipped => "jwks_key_skipped",
+        JwksSingleflightJoined => "jwks_singleflight_joined",
+        JwksWaitersFull => "jwks_waiters_full",
+        Introspection => "introspection",
+        IntrospectionActive => "introspection_active",
+        IntrospectionInactive => "introspection_inactive",
+        IntrospectionError => "introspection_error",
+        DiscoveryFetch => "discovery_fetch",
+        DiscoveryFetchOk => "discovery_fetch_ok",
+        DiscoveryFetchError => "discovery_fetch_error",
+    }
 }
 
-const DENIED: [&str; 28] = [
-    "denied.missing_token",
-    "denied.multiple_tokens",
-    "denied.token_too_large",
-    "denied.malformed",
-    "denied.alg_none",
-    "denied.unsupported_alg",
-    "denied.alg_not_allowed",
-    "denied.crit_header",
-    "denied.embedded_key",
-    "denied.unknown_issuer",
-    "denied.unknown_kid",
-    "denied.no_matching_key",
-    "denied.bad_signature",
-    "denied.missing_exp",
-    "denied.expired",
-    "denied.not_yet_valid",
-    "denied.iat_in_future",
-    "denied.lifetime_too_long",
-    "denied.wrong_audience",
-    "denied.wrong_typ",
-    "denied.missing_subject",
-    "denied.insufficient_scope",
-    "denied.claim_mismatch",
-    "denied.keys_unavailable",
-    "denied.inactive_token",
-    "denied.introspection_unavailable",
-    "denied.bad_path",
-    "denied.unpublishable_identity",
-];
+/// Every counter of the filter.
+pub type Counters = tollgate_host::stats::Counters<Stat, Deny>;
 
-/// Retries of a compare-and-swap loop.
-const CAS_RETRIES: usize = 8;
+/// Every counter's name, under `tollgate.jwt_auth.`.
+#[cfg(test)]
+pub fn stat_names() -> Vec<String> {
+    Counters::names()
+}
+
 /// Wait after a failed fetch before the next one (bounded by the refresh interval).
 const RETRY_BACKOFF_MS: u64 = 5_000;
 /// A fetch lease lasts the fetch's timeout and this much more.
@@ -84,12 +61,17 @@ pub const MAX_WAITERS: usize = 256;
 /// answered (a call that never answers leaves no request paused).
 pub const FLIGHT_GRACE_MS: u64 = 2_000;
 
-/// One provider's keys as this worker knows them.
+/// What this worker knows of one provider.
 #[derive(Default)]
-pub struct ProviderKeys {
-    pub set: Option<Rc<KeySet>>,
+pub struct ProviderState {
+    /// Its keys: inline, or the remote set as last fetched or picked up from shared data.
+    set: Option<Rc<KeySet>>,
     /// When the shared record these keys came from was fetched (0: inline or none).
-    pub fetched_at_ms: u64,
+    fetched_at_ms: u64,
+    /// What its discovery document gave (this worker fetches it once).
+    discovered: Option<Discovered>,
+    /// No discovery fetch before this time (ms); `u64::MAX` while one is in flight.
+    discovery_next_ms: u64,
 }
 
 /// Why a fetch is wanted.
@@ -147,17 +129,14 @@ pub struct Flight {
 
 pub struct Worker {
     pub config: Config,
-    prefix: String,
+    keys: Keys,
     pub counters: Counters,
-    pub keys: Vec<ProviderKeys>,
+    /// Per provider, in the config's order.
+    providers: Vec<ProviderState>,
     /// Calls the root context started: token → what for.
     pub root_calls: HashMap<u32, RootCall>,
     /// Per provider: the requests waiting for its key set, if any.
     pub flights: HashMap<usize, Flight>,
-    /// Per provider: what its discovery document gave (this worker fetches it once).
-    pub discovered: Vec<Option<Discovered>>,
-    /// Per provider: no discovery fetch before this time (ms); `u64::MAX` while one is in flight.
-    discovery_next_ms: Vec<u64>,
 }
 
 /// A call of the root context.
@@ -167,38 +146,45 @@ pub enum RootCall {
     Discovery(usize),
 }
 
-pub type Shared = Rc<RefCell<Worker>>;
-
 impl Worker {
     /// Compiles the config's inline keys; an unusable key is a config error naming its field.
     pub fn new<H: Host + ?Sized>(host: &H, config: Config, raw: &[u8]) -> Result<Self, ConfigError> {
-        let mut keys = Vec::with_capacity(config.providers.len());
+        let mut providers = Vec::with_capacity(config.providers.len());
         for (i, p) in config.providers.iter().enumerate() {
-            keys.push(match &p.keys {
-                KeySource::Inline(jwks) => ProviderKeys {
-                    set: Some(Rc::new(
-                        KeySet::compile(jwks)
-                            .map_err(|e| err(format!("providers[{i}].jwks"), e.to_string()))?,
-                    )),
-                    fetched_at_ms: 0,
-                },
-                KeySource::Remote(_) => ProviderKeys::default(),
-            });
+            let set = match &p.keys {
+                KeySource::Inline(jwks) => Some(Rc::new(
+                    KeySet::compile(jwks).map_err(|e| err(format!("providers[{i}].jwks"), e.to_string()))?,
+                )),
+                KeySource::Remote(_) => None,
+            };
+            providers.push(ProviderState { set, ..ProviderState::default() });
         }
-        // Shared data is per proxy: scope it by configuration so two jwt-auth filters with
-        // different providers never read each other's records.
-        let digest = Sha256::digest(raw);
-        let prefix = format!("tollgate.jwt_auth.{}.", hex::encode(&digest[..6]));
         Ok(Self {
-            counters: Counters::define(host, "tollgate.jwt_auth", &stat_names()),
+            counters: Counters::define(host, "tollgate.jwt_auth"),
             config,
-            prefix,
-            discovered: vec![None; keys.len()],
-            discovery_next_ms: vec![0; keys.len()],
-            keys,
+            keys: Keys::new(raw),
+            providers,
             root_calls: HashMap::new(),
             flights: HashMap::new(),
         })
+    }
+
+    /// Provider `idx` of the config.
+    pub fn provider(&self, idx: usize) -> Option<&Provider> {
+        self.config.providers.get(idx)
+    }
+
+    fn state(&self, idx: usize) -> Option<&ProviderState> {
+        self.providers.get(idx)
+    }
+
+    fn state_mut(&mut self, idx: usize) -> Option<&mut ProviderState> {
+        self.providers.get_mut(idx)
+    }
+
+    /// Whether any provider's keys are fetched (the root context then ticks).
+    pub fn has_remote(&self) -> bool {
+        (0..self.config.providers.len()).any(|i| self.remote(i).is_some())
     }
 
     pub fn remote(&self, idx: usize) -> Option<&Remote> {
@@ -214,7 +200,7 @@ impl Worker {
         if !r.path.is_empty() {
             return Some(r.path.clone());
         }
-        self.discovered.get(idx)?.as_ref().map(|d| d.jwks_path.clone())
+        self.state(idx)?.discovered.as_ref().map(|d| d.jwks_path.clone())
     }
 
     /// The introspection endpoint's path: configured, or from the discovery document.
@@ -223,14 +209,13 @@ impl Worker {
         if !i.path.is_empty() {
             return Some(i.path.clone());
         }
-        self.discovered.get(idx)?.as_ref().and_then(|d| d.introspection_path.clone())
+        self.state(idx)?.discovered.as_ref().and_then(|d| d.introspection_path.clone())
     }
 
     /// Whether the discovery document of provider `idx` should be fetched now.
     pub fn discovery_due(&self, idx: usize, now_ms: u64) -> bool {
         self.remote(idx).is_some_and(|r| r.discovery.is_some())
-            && self.discovered.get(idx).is_some_and(Option::is_none)
-            && self.discovery_next_ms.get(idx).is_some_and(|t| now_ms >= *t)
+            && self.state(idx).is_some_and(|s| s.discovered.is_none() && now_ms >= s.discovery_next_ms)
     }
 
     /// Starts the fetch of provider `idx`'s discovery document.
@@ -238,10 +223,12 @@ impl Worker {
         let r = self.remote(idx)?;
         let d = r.discovery.as_ref()?;
         let result = get_json(host, r, &d.path);
-        self.counters.inc(host, "discovery_fetch");
+        self.counters.inc(host, Stat::DiscoveryFetch);
         match result {
             Ok(token) => {
-                self.discovery_next_ms[idx] = u64::MAX;
+                if let Some(state) = self.state_mut(idx) {
+                    state.discovery_next_ms = u64::MAX;
+                }
                 Some(token)
             }
             Err(_) => {
@@ -259,55 +246,53 @@ impl Worker {
             .and_then(|body| introspection::parse_discovery(&body, &r.authority));
         match outcome {
             Ok(found) => {
-                self.counters.inc(host, "discovery_fetch_ok");
-                self.discovered[idx] = Some(found);
-                self.discovery_next_ms[idx] = 0;
+                self.counters.inc(host, Stat::DiscoveryFetchOk);
+                if let Some(state) = self.state_mut(idx) {
+                    state.discovered = Some(found);
+                    state.discovery_next_ms = 0;
+                }
             }
             Err(reason) => self.discovery_failed(host, idx, &reason),
         }
     }
 
     fn discovery_failed<H: Host + ?Sized>(&mut self, host: &H, idx: usize, reason: &str) {
-        self.counters.inc(host, "discovery_fetch_error");
-        self.discovery_next_ms[idx] = host.now_ms().saturating_add(RETRY_BACKOFF_MS);
-        let name = &self.config.providers[idx].name;
+        self.counters.inc(host, Stat::DiscoveryFetchError);
+        if let Some(state) = self.state_mut(idx) {
+            state.discovery_next_ms = host.now_ms().saturating_add(RETRY_BACKOFF_MS);
+        }
+        let name = self.name(idx);
         host.log(LogLevel::Error, &format!("jwt-auth: OpenID discovery for `{name}` failed: {reason}"));
     }
 
-    fn jwks_key(&self, idx: usize) -> String {
-        format!("{}jwks.{}", self.prefix, self.config.providers[idx].name)
-    }
-
-    fn fetch_key(&self, idx: usize) -> String {
-        format!("{}fetch.{}", self.prefix, self.config.providers[idx].name)
-    }
-
-    fn cache_key(&self, slot: u32) -> String {
-        format!("{}c.{slot}", self.prefix)
+    /// Provider `idx`'s name, for log lines and its shared-data keys.
+    fn name(&self, idx: usize) -> &str {
+        self.provider(idx).map_or("", |p| p.name.as_str())
     }
 
     /// Picks up a key set another worker (or this one) stored in shared data.
     pub fn sync<H: Host + ?Sized>(&mut self, host: &H, idx: usize) {
         let Some(remote) = self.remote(idx) else { return };
         let limits = remote.limits;
-        let Some(bytes) = host.shared_get(&self.jwks_key(idx)).0 else { return };
-        let Some((stamp, body)) = bytes.split_first_chunk::<8>() else { return };
-        let fetched_at_ms = u64::from_le_bytes(*stamp);
-        if fetched_at_ms == self.keys[idx].fetched_at_ms {
+        let Some(record) = host.shared_get(&self.keys.jwks(self.name(idx))).0 else { return };
+        let Some((fetched_at_ms, body)) = store::decode_key_set(&record) else { return };
+        let Some(state) = self.state_mut(idx) else { return };
+        if fetched_at_ms == state.fetched_at_ms {
             return;
         }
         // Only valid sets are stored, so this succeeds unless the record is corrupt.
         if let Some(set) = compile(body, limits) {
-            self.keys[idx] = ProviderKeys { set: Some(Rc::new(set)), fetched_at_ms };
+            state.set = Some(Rc::new(set));
+            state.fetched_at_ms = fetched_at_ms;
         }
     }
 
     /// The provider's keys if they may be used now (remote ones for at most `max_stale`).
     pub fn usable(&self, idx: usize, now_ms: u64) -> Option<Rc<KeySet>> {
-        let keys = self.keys.get(idx)?;
-        let set = keys.set.clone()?;
+        let state = self.state(idx)?;
+        let set = state.set.clone()?;
         match self.remote(idx) {
-            Some(r) if now_ms.saturating_sub(keys.fetched_at_ms) > r.max_stale.as_millis() as u64 => None,
+            Some(r) if now_ms.saturating_sub(state.fetched_at_ms) > r.max_stale.as_millis() as u64 => None,
             _ => Some(set),
         }
     }
@@ -319,16 +304,20 @@ impl Worker {
             self.sync(host, idx);
         }
         let set = self.usable(idx, now).ok_or(Deny::KeysUnavailable)?;
-        let algorithms = &self.config.providers[idx].algorithms;
-        match set.verify(jws, algorithms) {
+        match set.verify(jws, self.algorithms(idx)?) {
             Err(Deny::UnknownKid) if self.remote(idx).is_some() => {
                 // Another worker may have fetched the rotated set already.
                 self.sync(host, idx);
                 let set = self.usable(idx, now).ok_or(Deny::KeysUnavailable)?;
-                set.verify(jws, &self.config.providers[idx].algorithms)
+                set.verify(jws, self.algorithms(idx)?)
             }
             other => other,
         }
+    }
+
+    /// The algorithms provider `idx` accepts (no provider: no keys to verify with).
+    fn algorithms(&self, idx: usize) -> Result<&[Alg], Deny> {
+        self.provider(idx).map(|p| p.algorithms.as_slice()).ok_or(Deny::KeysUnavailable)
     }
 
     /// Whether a fetch is due for provider `idx` (no keys yet, or the refresh interval passed).
@@ -337,9 +326,9 @@ impl Worker {
         if self.jwks_path(idx).is_none() {
             return false;
         }
-        let keys = &self.keys[idx];
-        keys.set.is_none()
-            || now_ms >= keys.fetched_at_ms.saturating_add(r.refresh_interval.as_millis() as u64)
+        let Some(state) = self.state(idx) else { return false };
+        state.set.is_none()
+            || now_ms >= state.fetched_at_ms.saturating_add(r.refresh_interval.as_millis() as u64)
     }
 
     /// Claims the proxy-wide right to fetch provider `idx` now. One fetch at a time across all
@@ -351,35 +340,29 @@ impl Worker {
             return Claim::Refused;
         }
         let now = host.now_ms();
-        let key = self.fetch_key(idx);
-        for _ in 0..CAS_RETRIES {
-            let (bytes, cas) = host.shared_get(&key);
-            let lease = FetchLease::decode(bytes.as_deref());
+        let claim = cas_apply(host, &self.keys.fetch(self.name(idx)), CAS_RETRIES, None, |bytes| {
+            let lease = FetchLease::decode(bytes);
             if lease.in_flight_until > now {
-                return Claim::InFlight(lease.in_flight_until);
+                return Cas::Keep(Claim::InFlight(lease.in_flight_until));
             }
             if lease.not_before > now {
-                return Claim::Refused;
+                return Cas::Keep(Claim::Refused);
             }
             if reason == FetchReason::UnknownKid
                 && now < lease.last_start.saturating_add(r.refetch_cooldown.as_millis() as u64)
             {
-                return Claim::Refused;
+                return Cas::Keep(Claim::Refused);
             }
             let until = now + r.timeout.as_millis() as u64 + LEASE_MARGIN_MS;
             let claimed = FetchLease { in_flight_until: until, not_before: 0, last_start: now };
-            match host.shared_set(&key, &claimed.encode(), cas) {
-                Ok(()) => return Claim::Granted,
-                Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Failed) => return Claim::Refused,
-            }
-        }
-        Claim::Refused
+            Cas::Write(claimed.encode(), Claim::Granted)
+        });
+        claim.unwrap_or(Claim::Refused)
     }
 
     /// Whether a fetch of provider `idx`'s key set is in flight in some worker.
     pub fn fetch_in_flight<H: Host + ?Sized>(&self, host: &H, idx: usize) -> bool {
-        let lease = FetchLease::decode(host.shared_get(&self.fetch_key(idx)).0.as_deref());
+        let lease = FetchLease::decode(host.shared_get(&self.keys.fetch(self.name(idx))).0.as_deref());
         lease.in_flight_until > host.now_ms()
     }
 
@@ -393,9 +376,9 @@ impl Worker {
         let Some(r) = self.remote(idx) else { return Err(CallRefused) };
         let Some(path) = self.jwks_path(idx) else { return Err(CallRefused) };
         let result = get_json(host, r, &path);
-        self.counters.inc(host, "jwks_fetch");
+        self.counters.inc(host, Stat::JwksFetch);
         if result.is_err() {
-            self.counters.inc(host, "jwks_fetch_error");
+            self.counters.inc(host, Stat::JwksFetchError);
             host.log(LogLevel::Error, &format!("jwt-auth: cannot call cluster `{}`", r.cluster));
             self.finish_fetch(host, idx, false);
         }
@@ -414,9 +397,9 @@ impl Worker {
             Ok((fetched, body)) => {
                 if !fetched.skipped.is_empty() {
                     let n = fetched.skipped.len();
-                    self.counters.add(host, "jwks_key_skipped", n as u64);
+                    self.counters.add(host, Stat::JwksKeySkipped, n as u64);
                     let list: Vec<String> = fetched.skipped.iter().map(ToString::to_string).collect();
-                    let name = &self.config.providers[idx].name;
+                    let name = self.name(idx);
                     host.log(
                         LogLevel::Warn,
                         &format!(
@@ -428,19 +411,25 @@ impl Worker {
                 }
                 let set = fetched.keys;
                 let now = host.now_ms().max(1);
-                let mut record = now.to_le_bytes().to_vec();
-                record.extend_from_slice(&body);
-                if host.shared_set(&self.jwks_key(idx), &record, None).is_err() {
+                let record = store::encode_key_set(now, &body);
+                if host.shared_set(&self.keys.jwks(self.name(idx)), &record, None).is_err() {
                     host.log(LogLevel::Warn, "jwt-auth: could not store the key set in shared data");
                 }
-                self.keys[idx] = ProviderKeys { set: Some(Rc::new(set)), fetched_at_ms: now };
-                self.counters.inc(host, "jwks_fetch_ok");
+                if let Some(state) = self.state_mut(idx) {
+                    state.set = Some(Rc::new(set));
+                    state.fetched_at_ms = now;
+                }
+                self.counters.inc(host, Stat::JwksFetchOk);
                 self.finish_fetch(host, idx, true);
             }
             Err(reason) => {
-                self.counters.inc(host, "jwks_fetch_error");
-                let name = &self.config.providers[idx].name;
-                let kept = if self.keys[idx].set.is_some() { "; keeping the last good key set" } else { "" };
+                self.counters.inc(host, Stat::JwksFetchError);
+                let name = self.name(idx);
+                let kept = if self.state(idx).is_some_and(|s| s.set.is_some()) {
+                    "; keeping the last good key set"
+                } else {
+                    ""
+                };
                 host.log(
                     LogLevel::Warn,
                     &format!("jwt-auth: JWKS fetch for `{name}` failed: {reason}{kept}"),
@@ -453,70 +442,27 @@ impl Worker {
     fn finish_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, ok: bool) {
         let Some(r) = self.remote(idx) else { return };
         let now = host.now_ms();
-        let key = self.fetch_key(idx);
         let backoff = RETRY_BACKOFF_MS.min(r.refresh_interval.as_millis() as u64);
-        for _ in 0..CAS_RETRIES {
-            let (bytes, cas) = host.shared_get(&key);
-            let last_start = FetchLease::decode(bytes.as_deref()).last_start;
-            let not_before = if ok { 0 } else { now + backoff };
-            let done = FetchLease { in_flight_until: 0, not_before, last_start };
-            match host.shared_set(&key, &done.encode(), cas) {
-                Err(SharedError::CasMismatch) => continue,
-                _ => return,
-            }
-        }
+        let not_before = if ok { 0 } else { now + backoff };
+        cas_update(host, &self.keys.fetch(self.name(idx)), |bytes| {
+            let last_start = FetchLease::decode(bytes).last_start;
+            Some(FetchLease { in_flight_until: 0, not_before, last_start }.encode())
+        });
     }
 
     /// A cached verification of the token with this hash, if any.
     pub fn cache_get<H: Host + ?Sized>(&self, host: &H, hash: &[u8; 32]) -> Option<cache::Entry> {
-        if self.config.cache_slots == 0 {
-            return None;
-        }
-        let slot = cache::slot(hash, self.config.cache_slots);
-        let bytes = host.shared_get(&self.cache_key(slot)).0?;
-        cache::Entry::lookup(&bytes, hash, (host.now_ms() / 1000) as i64)
+        store::cache_get(host, &self.keys, self.config.cache_slots, hash)
     }
 
     pub fn cache_put<H: Host + ?Sized>(&self, host: &H, entry: &cache::Entry) {
-        if self.config.cache_slots == 0 {
-            return;
-        }
-        let slot = cache::slot(&entry.hash, self.config.cache_slots);
-        // Last writer wins: the hash in the entry tells tokens sharing a slot apart.
-        let _ = host.shared_set(&self.cache_key(slot), &entry.encode(), None);
+        store::cache_put(host, &self.keys, self.config.cache_slots, entry);
     }
 }
 
 /// Compiles a stored key set (its unusable keys were reported by the worker that fetched it).
 fn compile(body: &[u8], limits: Limits) -> Option<KeySet> {
     KeySet::compile_fetched(body, limits).ok().map(|fetched| fetched.keys)
-}
-
-/// The proxy-wide fetch record of one provider, in shared data.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct FetchLease {
-    /// A fetch is in flight until this time (ms): others wait for it rather than fetch.
-    in_flight_until: u64,
-    /// After a failed fetch, none before this time (ms).
-    not_before: u64,
-    /// When the last fetch started (ms), for the unknown-`kid` cooldown.
-    last_start: u64,
-}
-
-impl FetchLease {
-    fn decode(bytes: Option<&[u8]>) -> Self {
-        let Some(b) = bytes.filter(|b| b.len() == 24) else { return Self::default() };
-        let get =
-            |i: usize| b.get(i * 8..i * 8 + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes);
-        Self { in_flight_until: get(0), not_before: get(1), last_start: get(2) }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        [self.in_flight_until, self.not_before, self.last_start]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
-    }
 }
 
 /// GETs the JSON document at `path` from `remote`'s cluster; returns the call's token.

@@ -1,27 +1,26 @@
 //! The per-request context: find the key, consult the cache, look it up once, decide.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::{ErrorBody, log_field};
+use tollgate_core::credentials;
+use tollgate_core::error::{denial_reply, log_field};
 use tollgate_core::key;
 use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
 use tollgate_core::key_auth::config::{Config, FailureMode, Source};
 use tollgate_core::key_auth::{self as ka, Deny};
 use tollgate_core::route::{self, RequestFacts};
-use tollgate_host::{Host, LogLevel, attributes, grpc_status};
-use tollgate_proto::v1;
+use tollgate_host::{Host, LogLevel, attributes};
 
+use crate::reply::{Outcome, read_verify_reply};
 use crate::store;
-use crate::worker::{
-    Flight, Outcome, REFRESH_RETRY, Refresh, Shared, Unusable, Waiter, Worker, entry_from_reply, millis,
-};
+use crate::worker::{Flight, REFRESH_RETRY, Refresh, Stat, Waiter, Worker, millis};
 
 pub struct KeyAuthHttp<H: Host> {
     host: Rc<H>,
-    worker: Shared,
+    worker: Rc<RefCell<Worker>>,
     context_id: u32,
     /// The key hash this context is waiting on, and whether it made the call.
     waiting: Option<[u8; 32]>,
@@ -29,7 +28,7 @@ pub struct KeyAuthHttp<H: Host> {
 }
 
 impl<H: Host> KeyAuthHttp<H> {
-    pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
+    pub fn new(host: Rc<H>, worker: Rc<RefCell<Worker>>, context_id: u32) -> Self {
         Self { host, worker, context_id, waiting: None, leading: false }
     }
 
@@ -89,7 +88,7 @@ impl<H: Host> KeyAuthHttp<H> {
         let now_ms = host.now_ms();
         match store::lookup(host, &worker.keys, &worker.config, &hash, worker.feed.epoch()) {
             Lookup::Fresh(entry) => {
-                worker.counters.inc(host, "cache_hit");
+                worker.counters.inc(host, Stat::CacheHit);
                 return if apply_answer(host, &worker, &waiter, &entry) {
                     Action::Continue
                 } else {
@@ -100,7 +99,7 @@ impl<H: Host> KeyAuthHttp<H> {
                 // Past its TTL, within the stale window, not invalidated: served at once while
                 // the root context refreshes it in the background. The request never waits
                 // for the key service (which may be down or hung).
-                worker.counters.inc(host, "cache_stale_served");
+                worker.counters.inc(host, Stat::CacheStaleServed);
                 worker.want_refresh(hash, now_ms);
                 return if apply_answer(host, &worker, &waiter, &entry) {
                     Action::Continue
@@ -110,11 +109,11 @@ impl<H: Host> KeyAuthHttp<H> {
             }
             Lookup::Miss => {}
         }
-        worker.counters.inc(host, "cache_miss");
+        worker.counters.inc(host, Stat::CacheMiss);
 
         if let Some(flight) = worker.flights.get_mut(&hash) {
             flight.waiters.push(waiter);
-            worker.counters.inc(host, "singleflight_joined");
+            worker.counters.inc(host, Stat::SingleflightJoined);
             self.waiting = Some(hash);
             return Action::Pause;
         }
@@ -135,7 +134,7 @@ impl<H: Host> KeyAuthHttp<H> {
                 Action::Pause
             }
             Err(_) => {
-                worker.counters.inc(host, "callout_error");
+                worker.counters.inc(host, Stat::CalloutError);
                 host.log(
                     LogLevel::Error,
                     &format!("key-auth: cannot call cluster `{}`", worker.config.cluster),
@@ -197,42 +196,6 @@ impl<H: Host> HttpContext for KeyAuthHttp<H> {
     }
 }
 
-/// Decodes a VerifyKey reply to a lookup made in feed epoch `epoch` into an outcome, counting
-/// and logging failures.
-pub fn read_verify_reply<H: Host + ?Sized>(
-    host: &H,
-    worker: &Worker,
-    hash: [u8; 32],
-    epoch: u64,
-    status: u32,
-    size: usize,
-) -> Outcome {
-    if status != grpc_status::OK {
-        worker.counters.inc(host, "callout_error");
-        let detail = host.grpc_status_message().unwrap_or_default();
-        let level = if status == grpc_status::UNAUTHENTICATED { LogLevel::Error } else { LogLevel::Warn };
-        let hint = if status == grpc_status::UNAUTHENTICATED { " (check key_service.token)" } else { "" };
-        host.log(level, &format!("key-auth: VerifyKey failed with gRPC status {status}{hint}: {detail}"));
-        return Outcome::Failed;
-    }
-    let body = host.grpc_response_body(size).unwrap_or_default();
-    let entry = v1::VerifyKeyResponse::decode(body.as_slice())
-        .map_err(|_| Unusable::Nonsense)
-        .and_then(|r| entry_from_reply(hash, host.now_ms(), epoch, &r));
-    match entry {
-        Ok(entry) => Outcome::Answer(Box::new(entry)),
-        Err(why) => {
-            worker.counters.inc(host, "callout_error");
-            let detail = match why {
-                Unusable::Nonsense => "could not be understood",
-                Unusable::UnpublishableScope => "has a scope that cannot be sent in a header",
-            };
-            host.log(LogLevel::Warn, &format!("key-auth: VerifyKey reply {detail}; treated as no answer"));
-            Outcome::Failed
-        }
-    }
-}
-
 /// Whether the change feed went back (a store restored from a backup) since a call made in
 /// `epoch`: its answer may then come from the store that is gone, and is not trusted.
 fn answer_predates_reset<H: Host + ?Sized>(host: &H, worker: &Worker, epoch: u64) -> bool {
@@ -244,7 +207,7 @@ fn answer_predates_reset<H: Host + ?Sized>(host: &H, worker: &Worker, epoch: u64
 /// the flight is handed to the root context, which asks again on its next tick.
 pub fn lookup_done<H: Host + ?Sized>(
     host: &H,
-    worker: &Shared,
+    worker: &RefCell<Worker>,
     hash: [u8; 32],
     epoch: u64,
     status: u32,
@@ -275,7 +238,7 @@ pub fn lookup_done<H: Host + ?Sized>(
 /// [`REFRESH_RETRY`], during which the stale answer keeps being served without a call.
 pub fn refresh_done<H: Host + ?Sized>(
     host: &H,
-    worker: &Shared,
+    worker: &RefCell<Worker>,
     hash: [u8; 32],
     epoch: u64,
     status: u32,
@@ -289,19 +252,24 @@ pub fn refresh_done<H: Host + ?Sized>(
             // old epoch too, so the next request for the key makes a lookup of its own.
             if !answer_predates_reset(host, &w, epoch) {
                 store::store(host, &w.keys, &w.config, &entry);
-                w.counters.inc(host, "cache_refreshed");
+                w.counters.inc(host, Stat::CacheRefreshed);
             }
         }
         Outcome::Failed => {
             let until_ms = host.now_ms().saturating_add(millis(REFRESH_RETRY));
             w.refreshes.insert(hash, Refresh::Failed { until_ms });
-            w.counters.inc(host, "cache_refresh_failed");
+            w.counters.inc(host, Stat::CacheRefreshFailed);
         }
     }
 }
 
 /// Finishes every request waiting on `hash`.
-pub fn complete_flight<H: Host + ?Sized>(host: &H, worker: &Shared, hash: [u8; 32], outcome: Outcome) {
+pub fn complete_flight<H: Host + ?Sized>(
+    host: &H,
+    worker: &RefCell<Worker>,
+    hash: [u8; 32],
+    outcome: Outcome,
+) {
     let Some(flight) = worker.borrow_mut().flights.remove(&hash) else {
         return;
     };
@@ -339,7 +307,7 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
     match verdict {
         Ok(scopes) => {
             set_identity(host, entry, &scopes);
-            worker.counters.inc(host, "allowed");
+            worker.counters.inc(host, Stat::Allowed);
             true
         }
         Err(deny) => {
@@ -357,7 +325,7 @@ fn apply_failure<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter) -
             false
         }
         FailureMode::Allow => {
-            worker.counters.inc(host, "failure_mode_allowed");
+            worker.counters.inc(host, Stat::FailureModeAllowed);
             host.log(
                 LogLevel::Warn,
                 "key-auth: key service unavailable; request allowed without identity (failure_mode: allow)",
@@ -389,7 +357,7 @@ fn respond_denied<H: Host + ?Sized>(
     request_id: &str,
     display_prefix: &str,
 ) {
-    worker.counters.inc(host, &format!("denied.{}", deny.reason()));
+    worker.counters.denied(host, deny);
     host.log(
         LogLevel::Info,
         &format!(
@@ -399,16 +367,8 @@ fn respond_denied<H: Host + ?Sized>(
             log_field(request_id)
         ),
     );
-    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
-    let challenge = format!("ApiKey realm=\"{}\"", worker.config.realm);
-    let mut headers = vec![("content-type", "application/json")];
-    if deny.status() == 401 {
-        headers.push(("www-authenticate", challenge.as_str()));
-    }
-    if deny.status() == 503 {
-        headers.push(("retry-after", "1"));
-    }
-    host.send_response(deny.status(), &headers, &body);
+    let challenge = || format!("ApiKey realm=\"{}\"", worker.config.realm);
+    tollgate_host::send_reply(host, &denial_reply(deny, request_id, challenge));
 }
 
 /// Removes the key from the request before it goes upstream: every header source that carried
@@ -421,19 +381,17 @@ fn hide_credentials<H: Host + ?Sized>(
     path: &str,
     query: &str,
 ) {
-    let mut new_query = query.to_owned();
-    for source in &config.sources {
-        match source {
-            Source::Header { name, .. } => {
-                if headers.iter().any(|(n, v)| n == name && v.contains(key)) {
-                    host.set_request_header(name, None);
-                }
-            }
-            Source::Query { name } => new_query = route::remove_query_param(&new_query, name),
-        }
-    }
-    if new_query != query {
-        let new_path = if new_query.is_empty() { path.to_owned() } else { format!("{path}?{new_query}") };
-        host.set_request_header(":path", Some(new_path.as_bytes()));
-    }
+    let carried = |name: &str| headers.iter().any(|(n, v)| n == name && v.contains(key));
+    let header_sources = config.sources.iter().filter_map(|source| match source {
+        Source::Header { name, .. } if carried(name) => Some(name.as_str()),
+        _ => None,
+    });
+    let query_sources = config.sources.iter().filter_map(|source| match source {
+        Source::Query { name } => Some(name.as_str()),
+        Source::Header { .. } => None,
+    });
+    tollgate_host::remove_credentials(
+        host,
+        &credentials::removal(header_sources, query_sources, path, query),
+    );
 }

@@ -5,21 +5,20 @@
 //! the cache in shared data answers most requests; a miss makes one VerifyKey call per key per
 //! worker (later requests for the same key wait on it). The root context polls the key
 //! service's change feed so revocations reach every worker within a poll interval.
+//!
+//! The logic lives in `tollgate_core::key_auth`; this crate is the glue to the proxy.
 
 mod http;
+mod reply;
 mod root;
 mod store;
 mod worker;
 
-pub use http::KeyAuthHttp;
-pub use root::KeyAuthRoot;
+pub use root::KeyAuth;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(KeyAuthRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
-    });
+    tollgate_host::start::<KeyAuth>();
 }}
 
 #[cfg(test)]

@@ -1,193 +1,159 @@
-//! The root context: configuration, the change-feed poll, orphaned lookups and background
-//! refreshes of stale answers — calls that must outlive the request that needed them.
+//! Configure and tick, over the generic root context: the change-feed poll, orphaned lookups
+//! and background refreshes of stale answers — calls that must outlive the request that needed
+//! them — and their answers.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 use tollgate_core::key_auth::cache::Lookup;
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Host, LogLevel, feed};
+use tollgate_host::{Filter, Host, feed};
 
 use crate::http::{KeyAuthHttp, complete_flight, lookup_done, refresh_done};
+use crate::reply::Outcome;
 use crate::store;
-use crate::worker::{Outcome, REFRESH_RETRY, Refresh, RootCall, Shared, Worker, millis};
+use crate::worker::{REFRESH_RETRY, Refresh, RootCall, Stat, Worker, millis};
 
-pub struct KeyAuthRoot<H: Host> {
-    host: Rc<H>,
-    worker: Option<Shared>,
-}
+/// The key-auth filter.
+pub struct KeyAuth;
 
-impl<H: Host + 'static> KeyAuthRoot<H> {
-    pub fn new(host: Rc<H>) -> Self {
-        Self { host, worker: None }
+impl Filter for KeyAuth {
+    type Worker = RefCell<Worker>;
+    type Http<H: Host + 'static> = KeyAuthHttp<H>;
+
+    fn configure<H: Host>(host: &H, config: &[u8]) -> Result<Self::Worker, String> {
+        let config = Config::from_json(config).map_err(|e| e.to_string())?;
+        Ok(RefCell::new(Worker::new(host, config)))
     }
 
-    pub fn worker(&self) -> Option<Shared> {
-        self.worker.clone()
+    fn tick_period(worker: &Self::Worker) -> Option<Duration> {
+        Some(worker.borrow().config.poll_interval)
     }
 
-    fn configure(&mut self) -> bool {
-        let host = &*self.host;
-        let bytes = host.plugin_configuration().unwrap_or_default();
-        match Config::from_json(&bytes) {
-            Ok(config) => {
-                host.set_tick_period(config.poll_interval);
-                self.worker = Some(Rc::new(RefCell::new(Worker::new(host, config))));
-                true
-            }
-            Err(e) => {
-                host.log(LogLevel::Critical, &e.to_string());
-                false
-            }
-        }
+    fn tick<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker) {
+        poll_feed(host, worker);
+        retry_orphans(host, worker);
+        start_refreshes(host, worker);
     }
 
-    fn tick(&mut self) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        self.poll_feed(&worker);
-        self.retry_orphans(&worker);
-        self.start_refreshes(&worker);
-    }
-
-    /// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
-    fn poll_feed(&self, worker: &Shared) {
-        let host = &*self.host;
-        let mut w = worker.borrow_mut();
-        let poll = w.feed.poll(host, w.feed_target());
-        match poll {
-            feed::Poll::Started(token) => {
-                w.root_calls.insert(token, RootCall::Feed);
-                w.counters.inc(host, "feed_poll");
-            }
-            feed::Poll::Refused => w.counters.inc(host, "feed_error"),
-            feed::Poll::NotMyTurn => {}
-        }
-    }
-
-    /// Calls again for requests whose leading request went away before its answer.
-    fn retry_orphans(&self, worker: &Shared) {
-        let host = &*self.host;
-        let orphans: Vec<[u8; 32]> = worker
-            .borrow()
-            .flights
-            .iter()
-            .filter(|(_, f)| f.leader.is_none() && f.token.is_none())
-            .map(|(h, _)| *h)
-            .collect();
-        for hash in orphans {
-            let (epoch, dispatched) = {
-                let w = worker.borrow();
-                (store::current_epoch(host, &w.keys), w.dispatch_verify(host, &hash))
-            };
-            match dispatched {
-                Ok(token) => {
-                    let mut w = worker.borrow_mut();
-                    w.root_calls.insert(token, RootCall::Verify { hash, epoch });
-                    if let Some(f) = w.flights.get_mut(&hash) {
-                        f.token = Some(token);
-                        f.epoch = epoch;
-                    }
-                }
-                Err(_) => {
-                    worker.borrow().counters.inc(host, "callout_error");
-                    complete_flight(host, worker, hash, Outcome::Failed);
-                }
-            }
-        }
-    }
-
-    /// Makes the calls for the stale answers requests asked to refresh (see
-    /// [`Worker::want_refresh`]), and forgets refreshes whose time is up.
-    fn start_refreshes(&self, worker: &Shared) {
-        let host = &*self.host;
-        let now = host.now_ms();
-        let queued: Vec<[u8; 32]> = {
-            let mut w = worker.borrow_mut();
-            w.refreshes.retain(|_, r| match r {
-                Refresh::Queued => true,
-                Refresh::InFlight { until_ms } | Refresh::Failed { until_ms } => *until_ms > now,
-            });
-            w.refreshes.iter().filter(|(_, r)| **r == Refresh::Queued).map(|(h, _)| *h).collect()
-        };
-        for hash in queued {
-            let w = worker.borrow();
-            // Refreshed by another worker meanwhile, invalidated, or past the stale window: the
-            // next request decides.
-            if !matches!(store::lookup(host, &w.keys, &w.config, &hash, w.feed.epoch()), Lookup::Stale(_)) {
-                drop(w);
-                worker.borrow_mut().refreshes.remove(&hash);
-                continue;
-            }
-            let epoch = store::current_epoch(host, &w.keys);
-            let dispatched = w.dispatch_verify(host, &hash);
-            let until_ms = now.saturating_add(millis(w.config.timeout).saturating_add(1_000));
-            drop(w);
-            let mut w = worker.borrow_mut();
-            match dispatched {
-                Ok(token) => {
-                    w.root_calls.insert(token, RootCall::Refresh { hash, epoch });
-                    w.refreshes.insert(hash, Refresh::InFlight { until_ms });
-                    w.counters.inc(host, "cache_refresh_started");
-                }
-                Err(_) => {
-                    let until_ms = now.saturating_add(millis(REFRESH_RETRY));
-                    w.refreshes.insert(hash, Refresh::Failed { until_ms });
-                    w.counters.inc(host, "callout_error");
-                    w.counters.inc(host, "cache_refresh_failed");
-                }
-            }
-        }
-    }
-
-    fn call_done(&mut self, token: u32, status: u32, size: usize) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let host = &*self.host;
+    fn grpc_response<H: Host>(
+        host: &H,
+        _root_id: u32,
+        worker: &Self::Worker,
+        token: u32,
+        status: u32,
+        size: usize,
+    ) {
         let call = worker.borrow_mut().root_calls.remove(&token);
         match call {
-            Some(RootCall::Verify { hash, epoch }) => lookup_done(host, &worker, hash, epoch, status, size),
-            Some(RootCall::Refresh { hash, epoch }) => refresh_done(host, &worker, hash, epoch, status, size),
-            Some(RootCall::Feed) => self.feed_done(&worker.borrow(), status, size),
+            Some(RootCall::Verify { hash, epoch }) => lookup_done(host, worker, hash, epoch, status, size),
+            Some(RootCall::Refresh { hash, epoch }) => refresh_done(host, worker, hash, epoch, status, size),
+            Some(RootCall::Feed) => feed_done(host, &worker.borrow(), status, size),
             None => {}
         }
     }
 
-    fn feed_done(&self, w: &Worker, status: u32, size: usize) {
-        let host = &*self.host;
-        match w.feed.done(host, w.feed_target(), status, size) {
-            feed::Done::Applied(n) => w.counters.add(host, "feed_invalidations", n as u64),
-            feed::Done::Reset => w.counters.inc(host, "feed_resets"),
-            feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, "feed_error"),
+    fn http_context<H: Host + 'static>(
+        host: Rc<H>,
+        worker: Rc<Self::Worker>,
+        context_id: u32,
+    ) -> KeyAuthHttp<H> {
+        KeyAuthHttp::new(host, worker, context_id)
+    }
+}
+
+/// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
+fn poll_feed<H: Host>(host: &H, worker: &RefCell<Worker>) {
+    let mut w = worker.borrow_mut();
+    let poll = w.feed.poll(host, w.feed_target());
+    match poll {
+        feed::Poll::Started(token) => {
+            w.root_calls.insert(token, RootCall::Feed);
+            w.counters.inc(host, Stat::FeedPoll);
+        }
+        feed::Poll::Refused => w.counters.inc(host, Stat::FeedError),
+        feed::Poll::NotMyTurn => {}
+    }
+}
+
+/// Calls again for requests whose leading request went away before its answer.
+fn retry_orphans<H: Host>(host: &H, worker: &RefCell<Worker>) {
+    let orphans: Vec<[u8; 32]> = worker
+        .borrow()
+        .flights
+        .iter()
+        .filter(|(_, f)| f.leader.is_none() && f.token.is_none())
+        .map(|(h, _)| *h)
+        .collect();
+    for hash in orphans {
+        let (epoch, dispatched) = {
+            let w = worker.borrow();
+            (store::current_epoch(host, &w.keys), w.dispatch_verify(host, &hash))
+        };
+        match dispatched {
+            Ok(token) => {
+                let mut w = worker.borrow_mut();
+                w.root_calls.insert(token, RootCall::Verify { hash, epoch });
+                if let Some(f) = w.flights.get_mut(&hash) {
+                    f.token = Some(token);
+                    f.epoch = epoch;
+                }
+            }
+            Err(_) => {
+                worker.borrow().counters.inc(host, Stat::CalloutError);
+                complete_flight(host, worker, hash, Outcome::Failed);
+            }
         }
     }
 }
 
-impl<H: Host + 'static> Context for KeyAuthRoot<H> {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        self.call_done(token_id, status_code, response_size);
+/// Makes the calls for the stale answers requests asked to refresh (see
+/// [`Worker::want_refresh`]), and forgets refreshes whose time is up.
+fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
+    let now = host.now_ms();
+    let queued: Vec<[u8; 32]> = {
+        let mut w = worker.borrow_mut();
+        w.refreshes.retain(|_, r| match r {
+            Refresh::Queued => true,
+            Refresh::InFlight { until_ms } | Refresh::Failed { until_ms } => *until_ms > now,
+        });
+        w.refreshes.iter().filter(|(_, r)| **r == Refresh::Queued).map(|(h, _)| *h).collect()
+    };
+    for hash in queued {
+        let w = worker.borrow();
+        // Refreshed by another worker meanwhile, invalidated, or past the stale window: the
+        // next request decides.
+        if !matches!(store::lookup(host, &w.keys, &w.config, &hash, w.feed.epoch()), Lookup::Stale(_)) {
+            drop(w);
+            worker.borrow_mut().refreshes.remove(&hash);
+            continue;
+        }
+        let epoch = store::current_epoch(host, &w.keys);
+        let dispatched = w.dispatch_verify(host, &hash);
+        let until_ms = now.saturating_add(millis(w.config.timeout).saturating_add(1_000));
+        drop(w);
+        let mut w = worker.borrow_mut();
+        match dispatched {
+            Ok(token) => {
+                w.root_calls.insert(token, RootCall::Refresh { hash, epoch });
+                w.refreshes.insert(hash, Refresh::InFlight { until_ms });
+                w.counters.inc(host, Stat::CacheRefreshStarted);
+            }
+            Err(_) => {
+                let until_ms = now.saturating_add(millis(REFRESH_RETRY));
+                w.refreshes.insert(hash, Refresh::Failed { until_ms });
+                w.counters.inc(host, Stat::CalloutError);
+                w.counters.inc(host, Stat::CacheRefreshFailed);
+            }
+        }
     }
 }
 
-impl<H: Host + 'static> RootContext for KeyAuthRoot<H> {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        self.configure()
-    }
-
-    fn on_tick(&mut self) {
-        self.tick();
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.clone()?;
-        Some(Box::new(KeyAuthHttp::new(self.host.clone(), worker, context_id)))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+fn feed_done<H: Host>(host: &H, w: &Worker, status: u32, size: usize) {
+    match w.feed.done(host, w.feed_target(), status, size) {
+        feed::Done::Applied(n) => w.counters.add(host, Stat::FeedInvalidations, n as u64),
+        feed::Done::Reset => w.counters.inc(host, Stat::FeedResets),
+        feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, Stat::FeedError),
     }
 }

@@ -1,18 +1,16 @@
 //! The contexts driven against the mock host.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use tollgate_core::key;
 use tollgate_host::Host;
-use tollgate_host::mock::MockHost;
+use tollgate_host::mock::{Harness, MockHost, ROOT_ID};
 use tollgate_proto::v1;
 
+use crate::KeyAuth;
 use crate::worker::MAX_REFRESHES;
-use crate::{KeyAuthHttp, KeyAuthRoot};
 
 const CONFIG: &str = r#"{
   "key_service": {"cluster": "keyd", "token": "tgd_test", "timeout": "200ms"},
@@ -26,80 +24,56 @@ fn a_key(seed: u8) -> String {
     key::key_from_entropy(&entropy).unwrap()
 }
 
-struct Gateway {
-    host: Rc<MockHost>,
-    root: KeyAuthRoot<MockHost>,
-    next_id: u32,
+type Gateway = Harness<KeyAuth>;
+
+/// Requests and answers as the tests speak of them.
+trait Drive {
+    /// Starts a request with the given headers; returns its context and the action.
+    fn send(&mut self, path: &str, method: &str, headers: &[(&str, &str)]) -> (u32, Action);
+    /// Delivers a VerifyKey answer to the context that made the call.
+    fn answer(&mut self, ctx_id: u32, reply: &v1::VerifyKeyResponse);
+    fn fail(&mut self, ctx_id: u32, status: u32);
+    /// VerifyKey calls made so far, by any context.
+    fn verify_calls(&self) -> usize;
+    /// Fails the root context's latest call to `method` with gRPC `status`.
+    fn fail_root_call(&mut self, method: &str, status: u32);
+    /// Ticks (this worker's turn to poll, the interval having passed) and answers the poll
+    /// with `changes` (seq, key id) and `head`.
+    fn poll_feed(&mut self, changes: &[(u64, &str)], head: u64);
 }
 
-impl Gateway {
-    fn new(config: &str) -> Self {
-        Self::on_host(MockHost::new(), config)
-    }
-
-    fn on_host(host: Rc<MockHost>, config: &str) -> Self {
-        host.with_configuration(config);
-        let mut root = KeyAuthRoot::new(host.clone());
-        host.enter(1);
-        assert!(root.on_configure(0));
-        Self { host, root, next_id: 100 }
-    }
-
-    /// Starts a request with the given headers; returns its context and the action.
-    fn request(
-        &mut self,
-        path: &str,
-        method: &str,
-        headers: &[(&str, &str)],
-    ) -> (u32, KeyAuthHttp<MockHost>, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":method", method);
+impl Drive for Gateway {
+    fn send(&mut self, path: &str, method: &str, headers: &[(&str, &str)]) -> (u32, Action) {
+        let id = self.request(&[(":path", path), (":method", method)]);
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         for (k, v) in headers {
             self.host.with_header(id, k, v);
         }
-        let mut ctx = KeyAuthHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
-        self.host.enter(id);
-        let action = ctx.on_http_request_headers(0, true);
-        (id, ctx, action)
+        (id, self.request_headers(id, true))
     }
 
-    /// Delivers a VerifyKey answer to the context that made the call.
-    fn answer(&self, ctx: &mut KeyAuthHttp<MockHost>, ctx_id: u32, reply: &v1::VerifyKeyResponse) {
+    fn answer(&mut self, ctx_id: u32, reply: &v1::VerifyKeyResponse) {
         self.host.set_grpc_response(Some(reply.encode_to_vec()), None);
-        self.host.enter(ctx_id);
-        ctx.on_grpc_call_response(0, 0, 1);
+        self.grpc_response(ctx_id, 0, 0, 1);
     }
 
-    fn fail(&self, ctx: &mut KeyAuthHttp<MockHost>, ctx_id: u32, status: u32) {
+    fn fail(&mut self, ctx_id: u32, status: u32) {
         self.host.set_grpc_response(None, Some("unavailable"));
-        self.host.enter(ctx_id);
-        ctx.on_grpc_call_response(0, status, 0);
+        self.grpc_response(ctx_id, 0, status, 0);
     }
 
-    fn tick(&mut self) {
-        self.host.enter(1);
-        self.root.on_tick();
-    }
-
-    /// VerifyKey calls made so far, by any context.
     fn verify_calls(&self) -> usize {
         self.host.calls().iter().filter(|c| c.method == "VerifyKey").count()
     }
 
-    /// Fails the root context's latest call to `method` with gRPC `status`.
     fn fail_root_call(&mut self, method: &str, status: u32) {
-        let call = self.host.calls().into_iter().rev().find(|c| c.method == method && c.context_id == 1);
+        let call =
+            self.host.calls().into_iter().rev().find(|c| c.method == method && c.context_id == ROOT_ID);
         let call = call.expect("a call from the root context");
         self.host.set_grpc_response(None, Some("unavailable"));
-        self.host.enter(1);
-        self.root.on_grpc_call_response(call.token, status, 0);
+        self.grpc_response(ROOT_ID, call.token, status, 0);
     }
 
-    /// Ticks (this worker's turn to poll, the interval having passed) and answers the poll
-    /// with `changes` (seq, key id) and `head`.
     fn poll_feed(&mut self, changes: &[(u64, &str)], head: u64) {
         let before = self.host.calls().len();
         self.tick();
@@ -118,8 +92,7 @@ impl Gateway {
             Some(v1::ListChangesResponse { changes, head_seq: head }.encode_to_vec()),
             None,
         );
-        self.host.enter(1);
-        self.root.on_grpc_call_response(poll.token, 0, 1);
+        self.grpc_response(ROOT_ID, poll.token, 0, 1);
     }
 }
 
@@ -139,7 +112,7 @@ fn valid(key_id: &str, scopes: &[&str], expires_at: i64, feed_seq: u64) -> v1::V
 #[test]
 fn request_without_key_gets_401_with_challenge_and_json() {
     let mut gw = Gateway::new(CONFIG);
-    let (id, _ctx, action) = gw.request("/hello", "GET", &[]);
+    let (id, action) = gw.send("/hello", "GET", &[]);
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 401);
@@ -155,7 +128,7 @@ fn malformed_key_is_refused_with_no_lookup() {
     let mut gw = Gateway::new(CONFIG);
     let mut typo = a_key(1);
     typo.replace_range(10..11, if &typo[10..11] == "a" { "b" } else { "a" });
-    let (id, _ctx, _) = gw.request("/hello", "GET", &[("x-api-key", &typo)]);
+    let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &typo)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert!(gw.host.calls().is_empty());
     assert_eq!(gw.host.counter("tollgate.key_auth.denied.malformed_key"), 1);
@@ -166,8 +139,7 @@ fn malformed_key_is_refused_with_no_lookup() {
 fn valid_key_is_looked_up_once_then_served_from_cache() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(2);
-    let (id, mut ctx, action) =
-        gw.request("/hello", "GET", &[("x-api-key", &k), ("x-tollgate-consumer-id", "mallory")]);
+    let (id, action) = gw.send("/hello", "GET", &[("x-api-key", &k), ("x-tollgate-consumer-id", "mallory")]);
     assert_eq!(action, Action::Pause);
     let calls = gw.host.calls();
     assert_eq!(calls.len(), 1);
@@ -181,14 +153,14 @@ fn valid_key_is_looked_up_once_then_served_from_cache() {
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
     assert_eq!(gw.host.header(id, "x-api-key"), None);
 
-    gw.answer(&mut ctx, id, &valid("key_1", &["read"], 0, 5));
+    gw.answer(id, &valid("key_1", &["read"], 0, 5));
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
     assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_1"));
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
     assert_eq!(gw.host.request_property(id, &["tollgate.consumer_id"]).as_deref(), Some(&b"alice"[..]));
 
-    let (id2, _ctx2, action2) = gw.request("/hello", "GET", &[("x-api-key", &k)]);
+    let (id2, action2) = gw.send("/hello", "GET", &[("x-api-key", &k)]);
     assert_eq!(action2, Action::Continue);
     assert_eq!(gw.host.calls().len(), 1, "second request is a cache hit");
     assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_1"));
@@ -200,8 +172,8 @@ fn valid_key_is_looked_up_once_then_served_from_cache() {
 fn key_in_query_is_stripped_from_the_path() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(3);
-    let (id, mut ctx, _) = gw.request(&format!("/hello?a=1&api_key={k}"), "GET", &[]);
-    gw.answer(&mut ctx, id, &valid("key_q", &[], 0, 1));
+    let (id, _) = gw.send(&format!("/hello?a=1&api_key={k}"), "GET", &[]);
+    gw.answer(id, &valid("key_q", &[], 0, 1));
     assert_eq!(gw.host.header(id, ":path").as_deref(), Some("/hello?a=1"));
 }
 
@@ -210,7 +182,7 @@ fn two_different_keys_are_refused() {
     let mut gw = Gateway::new(CONFIG);
     let (a, b) = (a_key(4), a_key(5));
     let bearer = format!("Bearer {b}");
-    let (id, _ctx, _) = gw.request("/", "GET", &[("x-api-key", &a), ("authorization", &bearer)]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &a), ("authorization", &bearer)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.key_auth.denied.multiple_keys"), 1);
 }
@@ -219,12 +191,12 @@ fn two_different_keys_are_refused() {
 fn concurrent_misses_for_one_key_make_one_call() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(6);
-    let (id1, mut ctx1, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    let (id2, _ctx2, a2) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    let (id3, _ctx3, a3) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id1, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    let (id2, a2) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    let (id3, a3) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!((a2, a3), (Action::Pause, Action::Pause));
     assert_eq!(gw.host.calls().len(), 1);
-    gw.answer(&mut ctx1, id1, &valid("key_sf", &[], 0, 1));
+    gw.answer(id1, &valid("key_sf", &[], 0, 1));
     for id in [id1, id2, id3] {
         assert_eq!(gw.host.resumed(id), 1, "context {id}");
         assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_sf"));
@@ -236,17 +208,15 @@ fn concurrent_misses_for_one_key_make_one_call() {
 fn waiters_are_not_stranded_when_the_leading_request_goes_away() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(7);
-    let (id1, mut ctx1, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    let (id2, _ctx2, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.host.enter(id1);
-    assert!(ctx1.on_done());
-    gw.host.destroy(id1);
+    let (id1, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    let (id2, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    assert!(gw.done(id1));
     gw.tick();
     let calls = gw.host.calls();
-    let retry = calls.iter().find(|c| c.method == "VerifyKey" && c.context_id == 1).expect("root retried");
+    let retry =
+        calls.iter().find(|c| c.method == "VerifyKey" && c.context_id == ROOT_ID).expect("root retried");
     gw.host.set_grpc_response(Some(valid("key_orphan", &[], 0, 1).encode_to_vec()), None);
-    gw.host.enter(1);
-    gw.root.on_grpc_call_response(retry.token, 0, 1);
+    gw.grpc_response(ROOT_ID, retry.token, 0, 1);
     assert_eq!(gw.host.resumed(id2), 1);
     assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_orphan"));
 }
@@ -260,18 +230,18 @@ fn unknown_revoked_and_expired_answers_are_401_and_cached() {
         (10, v1::VerifyResult::Expired, "expired_key"),
     ] {
         let k = a_key(seed);
-        let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
         let reply = v1::VerifyKeyResponse {
             result: result as i32,
             key_id: "key_x".into(),
             consumer_id: "c".into(),
             ..Default::default()
         };
-        gw.answer(&mut ctx, id, &reply);
+        gw.answer(id, &reply);
         assert_eq!(gw.host.reply(id).unwrap().status, 401, "{reason}");
         assert_eq!(gw.host.counter(&format!("tollgate.key_auth.denied.{reason}")), 1);
         let calls = gw.host.calls().len();
-        let (id2, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        let (id2, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(gw.host.reply(id2).unwrap().status, 401);
         assert_eq!(gw.host.calls().len(), calls, "{reason} answer is cached");
     }
@@ -282,11 +252,11 @@ fn expired_key_is_rejected_even_when_cached() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(11);
     let now_s = (gw.host.now_ms() / 1000) as i64;
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_exp", &[], now_s + 2, 1));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_exp", &[], now_s + 2, 1));
     assert_eq!(gw.host.resumed(id), 1);
     gw.host.advance(Duration::from_secs(3));
-    let (id2, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id2, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(gw.host.reply(id2).unwrap().status, 401);
     assert_eq!(gw.host.calls().len(), 1, "decided from the cache");
 }
@@ -295,12 +265,12 @@ fn expired_key_is_rejected_even_when_cached() {
 fn missing_scope_is_403() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(12);
-    let (id, mut ctx, _) = gw.request("/admin/users", "POST", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_s", &["read"], 0, 1));
+    let (id, _) = gw.send("/admin/users", "POST", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_s", &["read"], 0, 1));
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 403);
     assert_eq!(reply.header("www-authenticate"), None);
-    let (_, _c, action) = gw.request("/admin/users", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/admin/users", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "the rule only covers POST");
 }
 
@@ -308,10 +278,10 @@ fn missing_scope_is_403() {
 fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(13);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_stale", &[], 0, 1));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_stale", &[], 0, 1));
     gw.host.advance(Duration::from_secs(61)); // past the TTL
-    let (id2, _ctx2, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id2, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "the stale answer is served at once");
     assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_stale"));
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 1);
@@ -319,12 +289,12 @@ fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window()
     gw.tick();
     gw.fail_root_call("VerifyKey", 14);
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
 
     let other = a_key(14);
-    let (id3, mut ctx3, _) = gw.request("/", "GET", &[("x-api-key", &other)]);
-    gw.fail(&mut ctx3, id3, 4);
+    let (id3, _) = gw.send("/", "GET", &[("x-api-key", &other)]);
+    gw.fail(id3, 4);
     let reply = gw.host.reply(id3).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
@@ -338,12 +308,12 @@ fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window()
 fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(20);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_swr", &[], 0, 1));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_swr", &[], 0, 1));
     gw.host.advance(Duration::from_secs(61));
 
     for _ in 0..3 {
-        let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(action, Action::Continue);
     }
     assert_eq!(gw.verify_calls(), 1, "no request made a call");
@@ -355,18 +325,17 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
     assert_eq!(refresh.timeout, Duration::from_millis(200));
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_started"), 1);
     gw.tick();
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
     gw.tick();
     assert_eq!(gw.verify_calls(), 2, "one refresh in flight at a time");
 
     // It fails: remembered, so the next requests and ticks make no call.
     gw.host.set_grpc_response(None, Some("deadline exceeded"));
-    gw.host.enter(1);
-    gw.root.on_grpc_call_response(refresh.token, 4, 0);
+    gw.grpc_response(ROOT_ID, refresh.token, 4, 0);
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
     for _ in 0..3 {
-        let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(action, Action::Continue);
         gw.tick();
     }
@@ -374,7 +343,7 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
 
     // Later, a request asks again; the new answer (revoked) replaces the stale one.
     gw.host.advance(Duration::from_secs(6));
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
     gw.tick();
     let retry = gw.host.calls().into_iter().filter(|c| c.method == "VerifyKey").nth(2).expect("retried");
@@ -386,10 +355,9 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
         ..Default::default()
     };
     gw.host.set_grpc_response(Some(revoked.encode_to_vec()), None);
-    gw.host.enter(1);
-    gw.root.on_grpc_call_response(retry.token, 0, 1);
+    gw.grpc_response(ROOT_ID, retry.token, 0, 1);
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_refreshed"), 1);
-    let (id, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.verify_calls(), 3);
 }
@@ -397,24 +365,23 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
 #[test]
 fn a_stale_answer_refreshed_by_another_worker_is_not_asked_for_again() {
     let mut gw = Gateway::new(CONFIG);
-    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), CONFIG);
     let k = a_key(21);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_two", &[], 0, 1));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_two", &[], 0, 1));
     gw.host.advance(Duration::from_secs(61));
     gw2.host.advance(Duration::from_secs(61));
-    let (_, _c, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    let (_, _c, _) = gw2.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    let (_, _) = gw2.send("/", "GET", &[("x-api-key", &k)]);
     // Worker 2 refreshes first.
     gw2.tick();
     let call = gw2.host.calls().into_iter().find(|c| c.method == "VerifyKey").unwrap();
     gw2.host.set_grpc_response(Some(valid("key_two", &[], 0, 1).encode_to_vec()), None);
-    gw2.host.enter(1);
-    gw2.root.on_grpc_call_response(call.token, 0, 1);
+    gw2.grpc_response(ROOT_ID, call.token, 0, 1);
     // Worker 1's tick finds the answer fresh and makes no call.
     gw.tick();
     assert_eq!(gw.verify_calls(), 1);
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_hit"), 1);
 }
@@ -423,13 +390,13 @@ fn a_stale_answer_refreshed_by_another_worker_is_not_asked_for_again() {
 fn past_the_stale_window_a_key_waits_for_its_lookup_and_is_refused_when_it_fails() {
     let mut gw = Gateway::new(CONFIG);
     let k = a_key(22);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_old", &[], 0, 1));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_old", &[], 0, 1));
     gw.host.advance(Duration::from_secs(60 + 300));
-    let (id2, mut ctx2, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id2, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.verify_calls(), 2);
-    gw.fail(&mut ctx2, id2, 14);
+    gw.fail(id2, 14);
     assert_eq!(gw.host.reply(id2).unwrap().status, 503);
     assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 0);
 }
@@ -437,7 +404,7 @@ fn past_the_stale_window_a_key_waits_for_its_lookup_and_is_refused_when_it_fails
 #[test]
 fn refreshes_in_progress_are_bounded() {
     let gw = Gateway::new(CONFIG);
-    let worker = gw.root.worker().unwrap();
+    let worker = gw.worker().unwrap();
     let now = gw.host.now_ms();
     for i in 0..(MAX_REFRESHES as u32 + 50) {
         worker.borrow_mut().want_refresh(key::key_hash(&i.to_string()), now);
@@ -452,25 +419,25 @@ fn refreshes_in_progress_are_bounded() {
 #[test]
 fn a_feed_going_backwards_retires_every_answer_cached_before() {
     let mut gw = Gateway::new(CONFIG);
-    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), CONFIG);
     let (k, unknown) = (a_key(23), a_key(24));
     gw.poll_feed(&[], 18);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_r", &["read"], 0, 18));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_r", &["read"], 0, 18));
     // The lost timeline changes the key at 19 (its scopes) and 20; the answer is re-fetched.
     gw.host.advance(Duration::from_secs(1));
     gw.poll_feed(&[(19, "key_r"), (20, "key_other")], 20);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_r", &["read", "write"], 0, 20));
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &unknown)]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_r", &["read", "write"], 0, 20));
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &unknown)]);
     let not_found = v1::VerifyKeyResponse {
         result: v1::VerifyResult::NotFound as i32,
         feed_seq: 20,
         ..Default::default()
     };
-    gw.answer(&mut ctx, id, &not_found);
+    gw.answer(id, &not_found);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "cached");
 
     // Restored: the head is 12. Worker 2 polls and learns it.
@@ -481,25 +448,25 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
 
     // Worker 1: the answer about the key is asked for again at once, and is cached.
     let calls = gw.verify_calls();
-    let (id, mut ctx, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause, "asked for again within its TTL");
     assert_eq!(gw.verify_calls(), calls + 1);
-    gw.answer(&mut ctx, id, &valid("key_r", &["read"], 0, 12));
+    gw.answer(id, &valid("key_r", &["read"], 0, 12));
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
-    let (id, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "cached although the lost timeline changed it at 19");
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
     // The negative answer too, once worker 1's tick has seen the new epoch.
     gw.tick();
     let calls = gw.verify_calls();
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &unknown)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &unknown)]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.verify_calls(), calls + 1);
 
     // Revoked at 13 on the new timeline (13 was used by the lost one too).
     gw2.host.advance(Duration::from_secs(2));
     gw2.poll_feed(&[(13, "key_r")], 13);
-    let (_, _c, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause, "the revocation invalidates the new answer");
 }
 
@@ -508,15 +475,15 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
 #[test]
 fn an_answer_asked_for_before_a_feed_reset_is_not_trusted_and_asked_for_again() {
     let mut gw = Gateway::new(CONFIG);
-    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), CONFIG);
     let k = a_key(25);
     gw.poll_feed(&[], 20);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    let (id_b, _ctx_b, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    let (id_b, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
     // Meanwhile worker 2 learns of the restore; then the old answer arrives.
     gw2.host.advance(Duration::from_secs(2));
     gw2.poll_feed(&[], 12);
-    gw.answer(&mut ctx, id, &valid("key_late", &[], 0, 20));
+    gw.answer(id, &valid("key_late", &[], 0, 20));
     assert_eq!((gw.host.resumed(id), gw.host.reply(id)), (0, None), "still waiting");
     assert_eq!(gw.host.resumed(id_b), 0);
     assert!(gw.host.logs().iter().any(|(_, l)| l.contains("asking again")));
@@ -530,8 +497,7 @@ fn an_answer_asked_for_before_a_feed_reset_is_not_trusted_and_asked_for_again() 
         ..Default::default()
     };
     gw.host.set_grpc_response(Some(not_found.encode_to_vec()), None);
-    gw.host.enter(1);
-    gw.root.on_grpc_call_response(again.token, 0, 1);
+    gw.grpc_response(ROOT_ID, again.token, 0, 1);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.reply(id_b).unwrap().status, 401);
 }
@@ -545,10 +511,10 @@ fn an_answer_with_a_scope_that_cannot_be_published_is_refused_not_published_empt
     let k = a_key(26);
     for bad in ["two words", "tab\there", "bell\u{7}", "del\u{7f}", ""] {
         let calls = gw.verify_calls();
-        let (id, mut ctx, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+        let (id, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(action, Action::Pause);
         assert_eq!(gw.verify_calls(), calls + 1, "{bad:?}: not cached");
-        gw.answer(&mut ctx, id, &valid("key_sc", &["read", bad], 0, 1));
+        gw.answer(id, &valid("key_sc", &["read", bad], 0, 1));
         let reply = gw.host.reply(id).unwrap();
         assert_eq!(reply.status, 503, "{bad:?}");
         assert_eq!(gw.host.header(id, "x-tollgate-scopes"), None, "{bad:?}");
@@ -563,8 +529,7 @@ fn failure_mode_allow_lets_requests_through_without_identity_and_counts_them() {
     let config = CONFIG.replace("\"routes\"", "\"failure_mode\": \"allow\", \"routes\"");
     let mut gw = Gateway::new(&config);
     gw.host.refuse_calls(true);
-    let (id, _ctx, action) =
-        gw.request("/", "GET", &[("x-api-key", &a_key(15)), ("x-tollgate-key-id", "spoof")]);
+    let (id, action) = gw.send("/", "GET", &[("x-api-key", &a_key(15)), ("x-tollgate-key-id", "spoof")]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.header(id, "x-tollgate-key-id"), None);
     assert_eq!(gw.host.counter("tollgate.key_auth.failure_mode_allowed"), 1);
@@ -573,8 +538,8 @@ fn failure_mode_allow_lets_requests_through_without_identity_and_counts_them() {
 #[test]
 fn unauthenticated_key_service_fails_closed_and_logs_the_token_hint() {
     let mut gw = Gateway::new(CONFIG);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &a_key(16))]);
-    gw.fail(&mut ctx, id, 16);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &a_key(16))]);
+    gw.fail(id, 16);
     assert_eq!(gw.host.reply(id).unwrap().status, 503);
     assert!(gw.host.logs().iter().any(|(_, l)| l.contains("key_service.token")));
 }
@@ -583,7 +548,7 @@ fn unauthenticated_key_service_fails_closed_and_logs_the_token_hint() {
 fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
     let mut gw = Gateway::new(CONFIG);
     let other_worker = MockHost::sharing_with(&gw.host);
-    let mut gw2 = Gateway::on_host(other_worker, CONFIG);
+    let mut gw2 = Gateway::configured(other_worker, CONFIG);
     let k = a_key(17);
 
     // The feed consumer starts at the head (seq 5).
@@ -593,12 +558,11 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
         Some(v1::ListChangesResponse { changes: vec![], head_seq: 5 }.encode_to_vec()),
         None,
     );
-    gw.host.enter(1);
-    gw.root.on_grpc_call_response(poll.token, 0, 1);
+    gw.grpc_response(ROOT_ID, poll.token, 0, 1);
 
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &k)]);
-    gw.answer(&mut ctx, id, &valid("key_rev", &[], 0, 5));
-    let (_, _c, hit) = gw2.request("/", "GET", &[("x-api-key", &k)]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_rev", &[], 0, 5));
+    let (_, hit) = gw2.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(hit, Action::Continue, "the other worker shares the cache");
 
     // Worker 2 polls next and learns of the revocation (seq 6).
@@ -617,12 +581,11 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
         Some(v1::ListChangesResponse { changes: vec![change], head_seq: 6 }.encode_to_vec()),
         None,
     );
-    gw2.host.enter(1);
-    gw2.root.on_grpc_call_response(poll2.token, 0, 1);
+    gw2.grpc_response(ROOT_ID, poll2.token, 0, 1);
 
     // Worker 1's cached answer is no longer used.
     let before = gw.host.calls().len();
-    let (id3, mut ctx3, action) = gw.request("/", "GET", &[("x-api-key", &k)]);
+    let (id3, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.calls().len(), before + 1);
     let revoked = v1::VerifyKeyResponse {
@@ -631,14 +594,14 @@ fn revocation_from_the_feed_invalidates_a_cached_key_on_every_worker() {
         feed_seq: 6,
         ..Default::default()
     };
-    gw.answer(&mut ctx3, id3, &revoked);
+    gw.answer(id3, &revoked);
     assert_eq!(gw.host.reply(id3).unwrap().status, 401);
 }
 
 #[test]
 fn only_one_worker_polls_at_a_time() {
     let mut gw = Gateway::new(CONFIG);
-    let mut gw2 = Gateway::on_host(MockHost::sharing_with(&gw.host), CONFIG);
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), CONFIG);
     gw.tick();
     gw2.tick();
     let polls = gw.host.calls().len() + gw2.host.calls().len();
@@ -647,29 +610,24 @@ fn only_one_worker_polls_at_a_time() {
 
 #[test]
 fn invalid_config_is_refused_naming_the_field() {
-    let host = MockHost::new();
-    host.with_configuration(r#"{"key_service": {"cluster": "keyd", "token": "t", "timeout": "soon"}}"#);
-    let mut root = KeyAuthRoot::new(host.clone());
-    assert!(!root.on_configure(0));
-    assert!(host.logs().iter().any(|(_, l)| l.contains("key_service.timeout")));
-    assert!(root.worker().is_none(), "no HTTP contexts without a config");
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(r#"{"key_service": {"cluster": "keyd", "token": "t", "timeout": "soon"}}"#));
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("key_service.timeout")));
+    assert!(gw.worker().is_none(), "no HTTP contexts without a config");
 }
 
 #[test]
 fn garbage_from_the_key_service_is_a_failure_not_a_panic() {
     let mut gw = Gateway::new(CONFIG);
-    let (id, mut ctx, _) = gw.request("/", "GET", &[("x-api-key", &a_key(18))]);
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &a_key(18))]);
     gw.host.set_grpc_response(Some(vec![0xff, 0xff, 0xff]), None);
-    gw.host.enter(id);
-    ctx.on_grpc_call_response(0, 0, 3);
+    gw.grpc_response(id, 0, 0, 3);
     assert_eq!(gw.host.reply(id).unwrap().status, 503);
 }
 
 #[test]
 fn shipped_example_config_is_accepted() {
-    let host = MockHost::new();
-    host.with_configuration(include_str!("../config.example.json"));
-    let mut root = KeyAuthRoot::new(host.clone());
-    assert!(root.on_configure(0), "{:?}", host.logs());
-    assert_eq!(host.tick_period(), Some(Duration::from_millis(500)));
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
+    assert_eq!(gw.host.tick_period(), Some(Duration::from_millis(500)));
 }

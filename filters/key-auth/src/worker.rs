@@ -1,46 +1,40 @@
-//! State one worker's root context shares with its HTTP contexts: the compiled config, stats,
-//! the single-flight table of key lookups in progress and the background refreshes of stale
-//! answers.
+//! Per-VM state, shared by the root context and the HTTP contexts: the compiled config, stats,
+//! the single-flight table of key lookups in progress, the background refreshes of stale
+//! answers and the calls the root context made.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
-use tollgate_core::key_auth as ka;
-use tollgate_core::key_auth::cache::{Entry, KeyState, Limit};
+use tollgate_core::key_auth::Deny;
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Counters, Host, feed};
+use tollgate_host::{Host, feed};
 use tollgate_proto::v1;
 
 use crate::store::Keys;
 
-/// Stat names, under `tollgate.key_auth.`.
-pub const STATS: &[&str] = &[
-    "allowed",
-    "denied.missing_key",
-    "denied.multiple_keys",
-    "denied.malformed_key",
-    "denied.unknown_key",
-    "denied.revoked_key",
-    "denied.expired_key",
-    "denied.insufficient_scope",
-    "denied.key_service_unavailable",
-    "denied.bad_path",
-    "cache_hit",
-    "cache_miss",
-    "cache_stale_served",
-    "cache_refresh_started",
-    "cache_refresh_failed",
-    "cache_refreshed",
-    "singleflight_joined",
-    "callout_error",
-    "failure_mode_allowed",
-    "feed_poll",
-    "feed_error",
-    "feed_invalidations",
-    "feed_resets",
-];
+tollgate_host::stats! {
+    /// key-auth's counters, under `tollgate.key_auth.`; with `denied.<reason>` for every [`Deny`].
+    pub enum Stat {
+        Allowed => "allowed",
+        CacheHit => "cache_hit",
+        CacheMiss => "cache_miss",
+        CacheStaleServed => "cache_stale_served",
+        CacheRefreshStarted => "cache_refresh_started",
+        CacheRefreshFailed => "cache_refresh_failed",
+        CacheRefreshed => "cache_refreshed",
+        SingleflightJoined => "singleflight_joined",
+        CalloutError => "callout_error",
+        FailureModeAllowed => "failure_mode_allowed",
+        FeedPoll => "feed_poll",
+        FeedError => "feed_error",
+        FeedInvalidations => "feed_invalidations",
+        FeedResets => "feed_resets",
+    }
+}
+
+/// Every counter of the filter.
+pub type Counters = tollgate_host::stats::Counters<Stat, Deny>;
 
 /// Most refreshes of stale answers a worker keeps track of (queued, in flight or recently
 /// failed). Past it, a stale answer is still served, and its refresh is asked for by a later
@@ -119,7 +113,7 @@ impl Worker {
         Self {
             feed: feed::Consumer::new("key-auth", keys.prefix()),
             keys,
-            counters: Counters::define(host, "tollgate.key_auth", STATS),
+            counters: Counters::define(host, "tollgate.key_auth"),
             config,
             flights: HashMap::new(),
             refreshes: HashMap::new(),
@@ -172,83 +166,7 @@ impl Worker {
     }
 }
 
-pub type Shared = Rc<std::cell::RefCell<Worker>>;
-
 /// A duration in whole milliseconds, saturating.
 pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What a finished lookup produced.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Answer(Box<Entry>),
-    /// The key service could not answer (status, timeout, undecodable reply).
-    Failed,
-}
-
-/// Why a VerifyKey reply cannot be used (it is then treated as no answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
-    /// Unspecified result, or a valid key without key id or consumer.
-    Nonsense,
-    /// A scope that cannot travel in the scopes header (see [`ka::scopes_value`]): publishing
-    /// the list without it, or without any, would misstate what the key may do.
-    UnpublishableScope,
-}
-
-/// Turns a VerifyKey reply for a lookup made in feed epoch `epoch` into a cache entry.
-pub fn entry_from_reply(
-    hash: [u8; 32],
-    now_ms: u64,
-    epoch: u64,
-    reply: &v1::VerifyKeyResponse,
-) -> Result<Entry, Unusable> {
-    let result = v1::VerifyResult::try_from(reply.result).map_err(|_| Unusable::Nonsense)?;
-    let state = match result {
-        v1::VerifyResult::Valid => KeyState::Valid,
-        v1::VerifyResult::NotFound => return Ok(Entry::not_found(hash, now_ms, reply.feed_seq, epoch)),
-        v1::VerifyResult::Revoked => KeyState::Revoked,
-        v1::VerifyResult::Expired => KeyState::Expired,
-        v1::VerifyResult::Unspecified => return Err(Unusable::Nonsense),
-    };
-    if state == KeyState::Valid && (reply.key_id.is_empty() || reply.consumer_id.is_empty()) {
-        return Err(Unusable::Nonsense);
-    }
-    if state == KeyState::Valid && ka::scopes_value(&reply.scopes).is_none() {
-        return Err(Unusable::UnpublishableScope);
-    }
-    let (tier, limits) = match &reply.rate_limit {
-        Some(p) => (
-            p.tier.clone(),
-            p.limits
-                .iter()
-                .filter_map(|l| {
-                    let period_secs = match v1::Period::try_from(l.period).ok()? {
-                        v1::Period::Second => 1,
-                        v1::Period::Minute => 60,
-                        v1::Period::Hour => 3_600,
-                        v1::Period::Day => 86_400,
-                        v1::Period::Unspecified => return None,
-                    };
-                    Some(Limit { rate: l.rate, period_secs, burst: l.burst })
-                })
-                .collect(),
-        ),
-        None => (String::new(), Vec::new()),
-    };
-    Ok(Entry {
-        hash,
-        state,
-        fetched_at_ms: now_ms,
-        expires_at_s: reply.expires_at,
-        feed_seq: reply.feed_seq,
-        epoch,
-        key_id: reply.key_id.clone(),
-        consumer_id: reply.consumer_id.clone(),
-        display_prefix: reply.display_prefix.clone(),
-        scopes: reply.scopes.clone(),
-        tier,
-        limits,
-    })
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::ErrorBody;
+use tollgate_core::error::Reply;
 use tollgate_core::key_auth as ka;
 use tollgate_core::rate_limit::bucket::{Class, Limit};
 use tollgate_core::rate_limit::config::{CriticalFacts, FailureMode, Mode, Rule, compile_key_limits};
@@ -15,7 +15,7 @@ use tollgate_core::rate_limit::{self as rl, RuleStatus};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel, attributes};
 
-use crate::root::Worker;
+use crate::worker::{RuleStat, Stat, Worker};
 
 pub struct RateLimitHttp<H: Host> {
     host: Rc<H>,
@@ -163,20 +163,16 @@ impl<H: Host> RateLimitHttp<H> {
         let path = match route::normalize_path(raw_path) {
             Ok(p) => p,
             Err(refused) => {
-                worker.counters.inc(host, "denied.bad_path");
+                worker.counters.inc(host, Stat::DeniedBadPath);
                 host.log(LogLevel::Info, &format!("rate-limit: path refused ({})", refused.reason()));
                 let request_id = host.request_header("x-request-id").unwrap_or_default();
-                let body = ErrorBody {
-                    error: "bad_request",
-                    message: route::PATH_REFUSED_MESSAGE,
-                    request_id: &request_id,
-                }
-                .to_json();
-                host.send_response(
+                let reply = Reply::error(
                     route::PATH_REFUSED_STATUS,
-                    &[("content-type", "application/json")],
-                    &body,
+                    "bad_request",
+                    route::PATH_REFUSED_MESSAGE,
+                    &request_id,
                 );
+                tollgate_host::send_reply(host, &reply);
                 return Action::Pause;
             }
         };
@@ -199,15 +195,15 @@ impl<H: Host> RateLimitHttp<H> {
                 match descriptor::bucket_of(&rule.name, &rule.by, rule.missing, |p| facts.value(p, path)) {
                     Bucket::Key(key) => key,
                     Bucket::NoClientIp(key) => {
-                        counters.inc(host, "no_client_ip");
+                        counters.inc(host, RuleStat::NoClientIp);
                         key
                     }
                     Bucket::Skip => {
-                        counters.inc(host, "missing_skipped");
+                        counters.inc(host, RuleStat::MissingSkipped);
                         continue;
                     }
                     Bucket::Deny => {
-                        counters.inc(host, "missing_denied");
+                        counters.inc(host, RuleStat::MissingDenied);
                         if rule.mode == Mode::Enforce {
                             refusal = Some(Refusal::Missing);
                             break;
@@ -229,14 +225,14 @@ impl<H: Host> RateLimitHttp<H> {
             let decision = match pool.take(host, slot, owner, limits, class) {
                 Ok(decision) => decision,
                 Err(_) => {
-                    counters.inc(host, "cas_exhausted");
+                    counters.inc(host, RuleStat::CasExhausted);
                     match config.failure_mode {
                         FailureMode::Allow => {
-                            worker.counters.inc(host, "failure_mode_allowed");
+                            worker.counters.inc(host, Stat::FailureModeAllowed);
                             continue;
                         }
                         FailureMode::Deny => {
-                            worker.counters.inc(host, "failure_mode_denied");
+                            worker.counters.inc(host, Stat::FailureModeDenied);
                             refusal = Some(Refusal::Limited { retry_after_secs: 1 });
                             break;
                         }
@@ -244,19 +240,19 @@ impl<H: Host> RateLimitHttp<H> {
                 }
             };
             if decision.collided {
-                counters.inc(host, "collisions");
+                counters.inc(host, RuleStat::Collisions);
             }
             if decision.allowed {
-                counters.inc(host, "allowed");
+                counters.inc(host, RuleStat::Allowed);
             } else if rule.mode == Mode::Shadow {
-                counters.inc(host, "shadow_limited");
+                counters.inc(host, RuleStat::ShadowLimited);
                 host.log(
                     LogLevel::Info,
                     &format!("rate-limit: rule `{}` would limit this request (shadow mode)", rule.name),
                 );
                 continue;
             } else {
-                counters.inc(host, "limited");
+                counters.inc(host, RuleStat::Limited);
             }
             if rule.mode == Mode::Enforce {
                 statuses.push(RuleStatus { rule: &rule.name, limits: decision.status });
@@ -279,9 +275,7 @@ impl<H: Host> RateLimitHttp<H> {
         };
         // Never earlier than a limit this request already emptied has a token again.
         let retry = rl::retry_after_secs(&statuses, retry);
-        let reply = rl::limited_reply(&request_id, message, retry, headers);
-        let pairs: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        host.send_response(reply.status, &pairs, &reply.body);
+        tollgate_host::send_reply(host, &rl::limited_reply(&request_id, message, retry, headers));
         Action::Pause
     }
 

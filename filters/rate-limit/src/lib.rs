@@ -6,21 +6,18 @@
 //! shared data with a compare-and-swap loop. A refusing rule answers 429 unless it is in shadow
 //! mode; allowed responses carry the `RateLimit` headers.
 //!
-//! The decisions live in `tollgate_core::rate_limit`; this crate is the glue to the proxy.
+//! The logic lives in `tollgate_core::rate_limit`; this crate is the glue to the proxy.
 
 mod http;
 mod root;
 mod store;
+mod worker;
 
-pub use http::RateLimitHttp;
-pub use root::{RateLimitRoot, Worker};
+pub use root::RateLimit;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(RateLimitRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
-    });
+    tollgate_host::start::<RateLimit>();
 }}
 
 #[cfg(test)]

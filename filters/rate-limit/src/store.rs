@@ -20,7 +20,8 @@
 //! would have had alone.
 
 use tollgate_core::rate_limit::bucket::{self, Class, Decision, Limit, State};
-use tollgate_host::{Host, SharedError};
+use tollgate_host::Host;
+use tollgate_host::shared::{Cas, cas_apply};
 
 /// Retries of the compare-and-swap loop before the request follows `failure_mode`.
 pub const CAS_RETRIES: usize = 16;
@@ -82,27 +83,18 @@ impl Slots {
         limits: &[Limit],
         class: Class,
     ) -> Result<Decision, Exhausted> {
-        let key = self.key(slot);
-        for _ in 0..CAS_RETRIES {
-            let (bytes, cas) = host.shared_get(&key);
-            if bytes.is_none() {
-                // Not initialized (it always is after configure): create it idle, then retry
-                // through the CAS path like every other admission.
-                let _ = host.shared_set(&key, &State::default().encode(), None);
-                continue;
-            }
-            let state = bytes.as_deref().and_then(State::decode);
+        let idle = State::default().encode();
+        // A slot that does not exist yet (it always does after configure) is created idle, then
+        // taken from through the CAS path like every other admission.
+        let decision = cas_apply(host, &self.key(slot), CAS_RETRIES, Some(&idle), |current| {
+            let state = current.and_then(State::decode);
             let now_ns = bucket::ms_to_ns(host.now_ms());
             let decision = bucket::take(state.as_ref(), owner, limits, class, now_ns);
-            let Some(next) = &decision.next else {
-                return Ok(decision);
-            };
-            match host.shared_set(&key, &next.encode(), cas) {
-                Ok(()) => return Ok(decision),
-                Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Failed) => return Err(Exhausted),
+            match decision.next.as_ref().map(State::encode) {
+                Some(next) => Cas::Write(next, decision),
+                None => Cas::Keep(decision),
             }
-        }
-        Err(Exhausted)
+        });
+        decision.ok_or(Exhausted)
     }
 }

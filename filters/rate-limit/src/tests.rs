@@ -1,49 +1,33 @@
 //! The contexts driven against the mock host.
 
-use std::rc::Rc;
-
-use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use tollgate_core::key_auth as ka;
 use tollgate_host::Host;
-use tollgate_host::mock::MockHost;
+use tollgate_host::mock::{Harness, MockHost};
 
-use crate::{RateLimitHttp, RateLimitRoot};
+use crate::RateLimit;
 
 /// A gateway worker: one mock host (one Envoy worker) with the filter configured.
-struct Gateway {
-    host: Rc<MockHost>,
-    root: RateLimitRoot<MockHost>,
-    next_id: u32,
-}
+type Gateway = Harness<RateLimit>;
 
-impl Gateway {
-    fn new(config: &str) -> Self {
-        Self::on_host(MockHost::new(), config)
-    }
-
-    fn on_host(host: Rc<MockHost>, config: &str) -> Self {
-        host.with_configuration(config);
-        let mut root = RateLimitRoot::new(host.clone());
-        host.enter(1);
-        assert!(root.on_configure(0), "{:?}", host.logs());
-        Self { host, root, next_id: 100 }
-    }
-
-    /// Another worker of the same Envoy: shares the first one's shared data.
-    fn worker(&self, config: &str) -> Self {
-        let mut gw = Self::on_host(MockHost::sharing_with(&self.host), config);
-        gw.next_id = self.next_id + 10_000;
-        gw
-    }
-
+/// Requests as the tests speak of them.
+trait Drive {
     /// Runs a request through the filter: request headers, then (if it passed) the response.
     /// `props` are filter-state properties (what key-auth published).
-    fn request(&mut self, path: &str, headers: &[(&str, &str)], props: &[(&str, &str)]) -> (u32, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":method", "GET");
+    fn send(&mut self, path: &str, headers: &[(&str, &str)], props: &[(&str, &str)]) -> (u32, Action);
+    fn get(&mut self, path: &str) -> Action;
+    fn allowed_of(&mut self, n: usize, path: &str, headers: &[(&str, &str)], props: &[(&str, &str)])
+    -> usize;
+    /// A request with header values given as bytes (they need not be UTF-8).
+    fn send_bytes(&mut self, path: &str, headers: &[(&str, &[u8])]) -> (u32, Action);
+    fn status_of(&mut self, path: &str, headers: &[(&str, &[u8])]) -> u32;
+    /// Request headers, then (if they passed) the response headers.
+    fn run(&mut self, id: u32) -> Action;
+}
+
+impl Drive for Gateway {
+    fn send(&mut self, path: &str, headers: &[(&str, &str)], props: &[(&str, &str)]) -> (u32, Action) {
+        let id = self.request(&[(":path", path), (":method", "GET")]);
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         for (k, v) in headers {
             self.host.with_header(id, k, v);
@@ -52,16 +36,11 @@ impl Gateway {
         for (k, v) in props {
             self.host.set_property(&[k], v.as_bytes());
         }
-        let mut ctx = RateLimitHttp::new(self.host.clone(), self.root.worker().unwrap());
-        let action = ctx.on_http_request_headers(0, true);
-        if action == Action::Continue {
-            ctx.on_http_response_headers(0, true);
-        }
-        (id, action)
+        (id, self.run(id))
     }
 
     fn get(&mut self, path: &str) -> Action {
-        self.request(path, &[], &[]).1
+        self.send(path, &[], &[]).1
     }
 
     fn allowed_of(
@@ -71,7 +50,31 @@ impl Gateway {
         headers: &[(&str, &str)],
         props: &[(&str, &str)],
     ) -> usize {
-        (0..n).filter(|_| self.request(path, headers, props).1 == Action::Continue).count()
+        (0..n).filter(|_| self.send(path, headers, props).1 == Action::Continue).count()
+    }
+
+    fn send_bytes(&mut self, path: &str, headers: &[(&str, &[u8])]) -> (u32, Action) {
+        let id = self.request(&[(":path", path), (":method", "GET")]);
+        for (k, v) in headers {
+            self.host.with_header_bytes(id, k, v);
+        }
+        (id, self.run(id))
+    }
+
+    fn status_of(&mut self, path: &str, headers: &[(&str, &[u8])]) -> u32 {
+        let (id, action) = self.send_bytes(path, headers);
+        match action {
+            Action::Continue => 200,
+            _ => self.host.reply(id).map_or(0, |r| r.status),
+        }
+    }
+
+    fn run(&mut self, id: u32) -> Action {
+        let action = self.request_headers(id, true);
+        if action == Action::Continue {
+            self.response_headers(id, true);
+        }
+        action
     }
 }
 
@@ -87,7 +90,7 @@ fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
     for _ in 0..3 {
         assert_eq!(gw.get("/a"), Action::Continue);
     }
-    let (id, action) = gw.request("/a", &[], &[]);
+    let (id, action) = gw.send("/a", &[], &[]);
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 429);
@@ -107,7 +110,7 @@ fn allowed_responses_carry_the_headers() {
     let config = r#"{"slots": 64, "headers": {"legacy": true},
         "rules": [{"name": "all", "limits": [{"rate": 10, "per": "second", "burst": 5}]}]}"#;
     let mut gw = Gateway::new(config);
-    let (id, action) = gw.request("/a", &[], &[]);
+    let (id, action) = gw.send("/a", &[], &[]);
     assert_eq!(action, Action::Continue);
     let h = |n| gw.host.response_header_of(id, n);
     // The quota is the burst (5), back in full in half a second: w rounds up to 1.
@@ -123,9 +126,9 @@ fn headers_can_be_switched_off() {
     let config = r#"{"slots": 64, "headers": {"ietf": false},
         "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
     let mut gw = Gateway::new(config);
-    let (id, _) = gw.request("/a", &[], &[]);
+    let (id, _) = gw.send("/a", &[], &[]);
     assert_eq!(gw.host.response_header_of(id, "ratelimit"), None);
-    let (id, _) = gw.request("/a", &[], &[]);
+    let (id, _) = gw.send("/a", &[], &[]);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header("ratelimit"), None);
@@ -146,7 +149,7 @@ fn tokens_refill_with_the_host_clock() {
 fn workers_share_one_bucket() {
     let config = global(1, "hour", 10);
     let mut a = Gateway::new(&config);
-    let mut b = a.worker(&config);
+    let mut b = Gateway::configured(MockHost::sharing_with(&a.host), &config);
     let mut allowed = 0;
     for i in 0..40 {
         let gw = if i % 2 == 0 { &mut a } else { &mut b };
@@ -166,7 +169,7 @@ fn slots_exist_before_the_first_request_and_are_written_once() {
     assert_eq!(a.host.shared_keys(), 1 + 64 + 16 + 3);
     assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized"), 1);
     assert!(a.host.logs().iter().any(|(_, m)| m.contains("initialized 81 of 81 bucket slots")));
-    let b = a.worker(config);
+    let b = Gateway::configured(MockHost::sharing_with(&a.host), config);
     assert_eq!(b.host.counter("tollgate.rate_limit.slots_initialized"), 0, "the second worker finds them");
 }
 
@@ -190,7 +193,7 @@ fn exhausted_retries_follow_failure_mode() {
     let deny = r#"{"slots": 64, "failure_mode": "deny", "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour", "burst": 5}]}]}"#;
     let mut gw = Gateway::new(deny);
     gw.host.fail_next_cas(1000);
-    let (id, action) = gw.request("/", &[], &[]);
+    let (id, action) = gw.send("/", &[], &[]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 429);
     assert_eq!(gw.host.counter("tollgate.rate_limit.failure_mode_denied"), 1);
@@ -211,7 +214,7 @@ fn consumers_have_their_own_buckets() {
 #[test]
 fn missing_descriptor_follows_the_fallback() {
     let mut gw = Gateway::new(PER_CONSUMER);
-    let (id, action) = gw.request("/", &[], &[]);
+    let (id, action) = gw.send("/", &[], &[]);
     assert_eq!(action, Action::Pause);
     let body: serde_json::Value = serde_json::from_slice(&gw.host.reply(id).unwrap().body).unwrap();
     assert_eq!(body["message"], tollgate_core::rate_limit::MISSING_MESSAGE);
@@ -273,7 +276,7 @@ fn critical_requests_use_the_reserve() {
 fn shadow_mode_counts_but_never_refuses() {
     let config = r#"{"slots": 64, "rules": [{"name": "all", "mode": "shadow", "limits": [{"rate": 1, "per": "hour", "burst": 2}]}]}"#;
     let mut gw = Gateway::new(config);
-    let ids: Vec<_> = (0..5).map(|_| gw.request("/", &[], &[])).collect();
+    let ids: Vec<_> = (0..5).map(|_| gw.send("/", &[], &[])).collect();
     assert!(ids.iter().all(|(_, a)| *a == Action::Continue));
     assert!(ids.iter().all(|(id, _)| gw.host.reply(*id).is_none()));
     assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.allowed"), 2);
@@ -301,7 +304,7 @@ fn many_distinct_keys_stay_within_the_slots() {
     let mut gw = Gateway::new(config);
     for i in 0..2_000 {
         let client = format!("client-{i}");
-        assert_eq!(gw.request("/", &[("x-client", &client)], &[]).1, Action::Continue);
+        assert_eq!(gw.send("/", &[("x-client", &client)], &[]).1, Action::Continue);
     }
     assert_eq!(gw.host.shared_keys(), 33, "32 slots and the marker");
     assert!(gw.host.counter("tollgate.rate_limit.rule.h.collisions") > 0);
@@ -309,41 +312,11 @@ fn many_distinct_keys_stay_within_the_slots() {
 
 #[test]
 fn an_invalid_config_is_refused_naming_the_field() {
-    let host = MockHost::new();
-    host.with_configuration(r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "week"}]}]}"#);
-    let mut root = RateLimitRoot::new(host.clone());
-    assert!(!root.on_configure(0));
-    let logs = host.logs();
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(r#"{"rules": [{"name": "r", "limits": [{"rate": 1, "per": "week"}]}]}"#));
+    let logs = gw.host.logs();
     assert!(logs.iter().any(|(_, m)| m.contains("`rules[0].limits[0].per`")), "{logs:?}");
-    assert!(root.worker().is_none());
-}
-
-impl Gateway {
-    /// A request with header values given as bytes (they need not be UTF-8).
-    fn request_bytes(&mut self, path: &str, headers: &[(&str, &[u8])]) -> (u32, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":method", "GET");
-        for (k, v) in headers {
-            self.host.with_header_bytes(id, k, v);
-        }
-        self.host.enter(id);
-        let mut ctx = RateLimitHttp::new(self.host.clone(), self.root.worker().unwrap());
-        let action = ctx.on_http_request_headers(0, true);
-        if action == Action::Continue {
-            ctx.on_http_response_headers(0, true);
-        }
-        (id, action)
-    }
-
-    fn status_of(&mut self, path: &str, headers: &[(&str, &[u8])]) -> u32 {
-        let (id, action) = self.request_bytes(path, headers);
-        match action {
-            Action::Continue => 200,
-            _ => self.host.reply(id).map_or(0, |r| r.status),
-        }
-    }
+    assert!(gw.worker().is_none());
 }
 
 #[test]
@@ -371,7 +344,7 @@ fn spellings_of_a_path_share_its_bucket() {
         assert_eq!(gw.status_of(spelling, &[]), 429, "{spelling}");
     }
     assert_eq!(gw.get("/b"), Action::Continue);
-    let (id, _) = gw.request("/a%2Fb", &[], &[]);
+    let (id, _) = gw.send("/a%2Fb", &[], &[]);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 400);
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
@@ -410,7 +383,7 @@ fn requests_without_a_client_ip_share_one_bucket_per_rule() {
         {"name": "consumer", "by": ["consumer"], "limits": [{"rate": 1, "per": "hour", "burst": 3}]}]}"#;
     let mut gw = Gateway::new(config);
     // No x-forwarded-for: no IP. Both rules count the request in their no-IP bucket.
-    let (id, action) = gw.request("/", &[], &[]);
+    let (id, action) = gw.send("/", &[], &[]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.response_header_of(id, "ratelimit").as_deref(), Some(r#""ip";r=1;t=3600"#));
     assert_eq!(gw.allowed_of(5, "/", &[], &[]), 1);
@@ -448,14 +421,10 @@ fn the_forwarded_for_hop_counts_every_field_line() {
     let mut gw = Gateway::new(config);
     // The client wrote the first line; the proxy in front appended the second.
     let mut send = |client_line: &str| {
-        gw.next_id += 1;
-        let id = gw.next_id;
-        gw.host.with_header(id, ":path", "/");
+        let id = gw.request(&[(":path", "/")]);
         gw.host.with_header_line(id, "x-forwarded-for", client_line);
         gw.host.with_header_line(id, "x-forwarded-for", "203.0.113.50");
-        gw.host.enter(id);
-        let mut ctx = RateLimitHttp::new(gw.host.clone(), gw.root.worker().unwrap());
-        ctx.on_http_request_headers(0, true)
+        gw.request_headers(id, true)
     };
     assert_eq!(send("198.51.100.1"), Action::Continue);
     assert_eq!(send("198.51.100.2"), Action::Pause, "the proxy's entry, not the client's line");
@@ -496,7 +465,7 @@ fn retry_after_waits_for_every_emptied_limit() {
     let mut gw = Gateway::new(config);
     assert_eq!(gw.get("/"), Action::Continue);
     // The hourly rule takes its last token, then the per-second rule refuses.
-    let (id, action) = gw.request("/", &[], &[]);
+    let (id, action) = gw.send("/", &[], &[]);
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.header("ratelimit"), Some(r#""hourly";r=0;t=3600"#));
@@ -505,16 +474,22 @@ fn retry_after_waits_for_every_emptied_limit() {
 
 #[test]
 fn an_unknown_field_in_a_by_header_is_refused_naming_it() {
-    let host = MockHost::new();
-    host.with_configuration(
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(
         r#"{"rules": [{"name": "r", "by": ["ip", {"header": "authorization", "prefix": "Bearer "}],
             "limits": [{"rate": 1, "per": "second"}]}]}"#,
-    );
-    let mut root = RateLimitRoot::new(host.clone());
-    assert!(!root.on_configure(0));
-    let logs = host.logs();
+    ));
+    let logs = gw.host.logs();
     assert!(
         logs.iter().any(|(_, m)| m.contains("`rules[0].by[1].prefix`: unknown field `prefix`")),
         "{logs:?}"
     );
+}
+
+#[test]
+fn shipped_example_config_is_accepted() {
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
+    assert_eq!(gw.worker().unwrap().config.rules.len(), 2);
+    assert_eq!(gw.host.tick_period(), None, "nothing to do on a tick");
 }

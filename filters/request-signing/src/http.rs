@@ -17,23 +17,25 @@
 //! manager). So in the first body callback after a resume, a body that already matches its
 //! digest is let through at once; any byte that follows it is refused.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::{ErrorBody, log_field};
+use tollgate_core::error::{denial_reply, log_field};
 use tollgate_core::key_auth as ka;
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_core::signature::base::Message as SignedMessage;
 use tollgate_core::signature::cache::{MaterialEntry, MaterialState};
 use tollgate_core::signature::replay::{self, ReplayEntry};
-use tollgate_core::signature::verify::{self, Candidate, Deny, KeyMaterial, Policy};
-use tollgate_host::{Host, LogLevel, attributes, grpc_status};
+use tollgate_core::signature::verify::{self, Candidate, Deny, Policy};
+use tollgate_host::{Host, LogLevel, attributes};
 use tollgate_proto::v1;
 
-use crate::root::{SERVICE, Shared, Worker, denied_name};
+use crate::reply::read_reply;
 use crate::store;
+use crate::worker::{SERVICE, Stat, Worker};
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +51,7 @@ enum Phase {
 
 pub struct SigningHttp<H: Host> {
     host: Rc<H>,
-    worker: Shared,
+    worker: Rc<RefCell<Worker>>,
     context_id: u32,
     phase: Phase,
     request_id: String,
@@ -74,7 +76,7 @@ pub struct SigningHttp<H: Host> {
 }
 
 impl<H: Host> SigningHttp<H> {
-    pub fn new(host: Rc<H>, worker: Shared, context_id: u32) -> Self {
+    pub fn new(host: Rc<H>, worker: Rc<RefCell<Worker>>, context_id: u32) -> Self {
         Self {
             host,
             worker,
@@ -170,10 +172,10 @@ impl<H: Host> SigningHttp<H> {
         self.policy = Some(policy);
         self.hold_body = has_body && bound;
         if let Some(entry) = store::lookup(host, &w.keys, &w.config, &key_id) {
-            w.counters.inc(host, "cache_hit");
+            w.counters.inc(host, Stat::CacheHit);
             self.material = Some(entry);
         } else {
-            w.counters.inc(host, "cache_miss");
+            w.counters.inc(host, Stat::CacheMiss);
             self.call_epoch = store::current_epoch(host, &w.keys);
             let message = v1::GetSigningKeyRequest { key_id: key_id.clone() }.encode_to_vec();
             let metadata = w.metadata();
@@ -188,7 +190,7 @@ impl<H: Host> SigningHttp<H> {
             ) {
                 Ok(token) => self.call = Some(token),
                 Err(_) => {
-                    w.counters.inc(host, "callout_error");
+                    w.counters.inc(host, Stat::CalloutError);
                     host.log(
                         LogLevel::Error,
                         &format!("request-signing: cannot call cluster `{}`", w.config.cluster),
@@ -314,7 +316,7 @@ impl<H: Host> SigningHttp<H> {
     }
 
     fn allow(&self) {
-        self.worker.borrow().counters.inc(&*self.host, "allowed");
+        self.worker.borrow().counters.inc(&*self.host, Stat::Allowed);
     }
 
     /// Decides once the material is there; otherwise keeps waiting.
@@ -389,7 +391,13 @@ impl<H: Host> SigningHttp<H> {
         let key_id = self.key_id();
         let entry = {
             let w = self.worker.borrow();
-            read_reply(&*self.host, &w, &key_id, status, size, self.call_epoch)
+            let entry = read_reply(&*self.host, &w, &key_id, status, size);
+            if let Some(entry) = &entry {
+                // Cached as of the call: an answer asked for before a restored store was
+                // noticed is not trusted afterwards.
+                store::store_from(&*self.host, &w.keys, &w.config, entry, self.call_epoch);
+            }
+            entry
         };
         match entry {
             Some(entry) => {
@@ -412,82 +420,6 @@ fn replay_id(candidate: &Candidate) -> [u8; 16] {
     replay::replay_id(&candidate.key_id, candidate.nonce.as_deref(), &candidate.signature)
 }
 
-/// Decodes a GetSigningKey reply into a cache entry (and caches it as of feed epoch `epoch`, when
-/// the call was made); `None` on failure.
-fn read_reply<H: Host + ?Sized>(
-    host: &H,
-    w: &Worker,
-    key_id: &str,
-    status: u32,
-    size: usize,
-    epoch: u64,
-) -> Option<MaterialEntry> {
-    if status != grpc_status::OK {
-        w.counters.inc(host, "callout_error");
-        let detail = host.grpc_status_message().unwrap_or_default();
-        let hint = if status == grpc_status::UNAUTHENTICATED { " (check key_service.token)" } else { "" };
-        host.log(
-            LogLevel::Warn,
-            &format!("request-signing: GetSigningKey failed with gRPC status {status}{hint}: {detail}"),
-        );
-        return None;
-    }
-    let body = host.grpc_response_body(size).unwrap_or_default();
-    let entry = v1::GetSigningKeyResponse::decode(body.as_slice())
-        .ok()
-        .and_then(|r| entry_from_reply(key_id, host.now_ms(), &r));
-    match entry {
-        Some(entry) => {
-            store::store_from(host, &w.keys, &w.config, &entry, epoch);
-            Some(entry)
-        }
-        None => {
-            w.counters.inc(host, "callout_error");
-            host.log(LogLevel::Warn, "request-signing: GetSigningKey reply could not be understood");
-            None
-        }
-    }
-}
-
-/// Turns a GetSigningKey reply into a cache entry; `None` for a reply that makes no sense.
-pub fn entry_from_reply(key_id: &str, now_ms: u64, r: &v1::GetSigningKeyResponse) -> Option<MaterialEntry> {
-    if r.key_id != key_id {
-        return None;
-    }
-    let state = match v1::VerifyResult::try_from(r.result).ok()? {
-        v1::VerifyResult::Valid => MaterialState::Valid,
-        v1::VerifyResult::NotFound => MaterialState::NotFound,
-        v1::VerifyResult::Revoked => MaterialState::Revoked,
-        v1::VerifyResult::Expired => MaterialState::Expired,
-        v1::VerifyResult::Unspecified => return None,
-    };
-    let material = if state == MaterialState::Valid {
-        Some(match v1::SigningAlgorithm::try_from(r.algorithm).ok()? {
-            v1::SigningAlgorithm::HmacSha256 if !r.hmac_secret.is_empty() => {
-                KeyMaterial::Hmac(r.hmac_secret.clone())
-            }
-            v1::SigningAlgorithm::Ed25519 => {
-                KeyMaterial::Ed25519(r.ed25519_public_key.as_slice().try_into().ok()?)
-            }
-            _ => return None,
-        })
-    } else {
-        None
-    };
-    if state == MaterialState::Valid && r.consumer_id.is_empty() {
-        return None;
-    }
-    Some(MaterialEntry {
-        key_id: key_id.to_owned(),
-        state,
-        material,
-        consumer_id: r.consumer_id.clone(),
-        expires_at_s: r.expires_at,
-        fetched_at_ms: now_ms,
-        feed_seq: r.feed_seq,
-    })
-}
-
 fn set_identity<H: Host + ?Sized>(host: &H, entry: &MaterialEntry) {
     host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
     host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
@@ -496,7 +428,7 @@ fn set_identity<H: Host + ?Sized>(host: &H, entry: &MaterialEntry) {
 }
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, key_id: &str) {
-    w.counters.inc(host, denied_name(deny));
+    w.counters.denied(host, deny);
     host.log(
         LogLevel::Info,
         &format!(
@@ -506,16 +438,8 @@ fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id
             log_field(request_id)
         ),
     );
-    let body = ErrorBody { error: deny.code(), message: deny.message(), request_id }.to_json();
-    let challenge = format!("Signature realm=\"{}\", accept=\"hmac-sha256 ed25519\"", w.config.realm);
-    let mut headers = vec![("content-type", "application/json")];
-    if deny.status() == 401 {
-        headers.push(("www-authenticate", challenge.as_str()));
-    }
-    if deny.status() == 503 {
-        headers.push(("retry-after", "1"));
-    }
-    host.send_response(deny.status(), &headers, &body);
+    let challenge = || format!("Signature realm=\"{}\", accept=\"hmac-sha256 ed25519\"", w.config.realm);
+    tollgate_host::send_reply(host, &denial_reply(deny, request_id, challenge));
 }
 
 impl<H: Host> Context for SigningHttp<H> {

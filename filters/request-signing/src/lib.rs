@@ -10,22 +10,21 @@
 //! `Content-Digest` is held up to `max_body_bytes` (over it: 413) until the end of the stream or
 //! the trailers, and checked; only then is the signature (or nonce) remembered for the replay
 //! window and the request counted as allowed. The root context polls the key service's change
-//! feed so revocations reach every worker within a poll interval. The logic lives in
-//! `tollgate_core::signature`.
+//! feed so revocations reach every worker within a poll interval.
+//!
+//! The logic lives in `tollgate_core::signature`; this crate is the glue to the proxy.
 
 mod http;
+mod reply;
 mod root;
 mod store;
+mod worker;
 
-pub use http::SigningHttp;
-pub use root::{SigningRoot, Worker};
+pub use root::RequestSigning;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    tollgate_host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(SigningRoot::new(std::rc::Rc::new(tollgate_host::EnvoyHost)))
-    });
+    tollgate_host::start::<RequestSigning>();
 }}
 
 #[cfg(test)]

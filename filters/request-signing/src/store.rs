@@ -103,6 +103,10 @@ pub fn init_replay<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32) {
 }
 
 /// Remembers `mine` unless its id is already remembered (see [`tollgate_core::signature::replay`]).
+///
+/// Its compare-and-swap loop is its own, not [`shared::cas_apply`]: a try reads every slot of
+/// the id's probe sequence and writes the first free one, and a lost race must read them all
+/// again (the other writer may have remembered the same id in an earlier slot).
 pub fn remember<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, mine: &ReplayEntry) -> Result<(), Deny> {
     let probe_slots = replay::probe_slots(&mine.id, slots);
     let read_all = |host: &H| -> Vec<(Option<ReplayEntry>, Option<u32>)> {

@@ -1,16 +1,14 @@
 //! The contexts driven against the mock host.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use prost::Message;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
-use tollgate_host::mock::MockHost;
+use tollgate_host::mock::{Harness, MockHost, ROOT_ID};
 use tollgate_proto::v1;
 use tollgate_signing::{Options, Request, SigningMaterial};
 
-use crate::{SigningHttp, SigningRoot};
+use crate::RequestSigning;
 
 const CONFIG: &str = r#"{
   "key_service": {"cluster": "keyd", "token": "tgd_test", "timeout": "200ms"},
@@ -23,68 +21,77 @@ const CONFIG: &str = r#"{
 const NOW_S: i64 = 1_700_000_000;
 const SECRET: [u8; 32] = [7; 32];
 
-struct Gateway {
-    host: Rc<MockHost>,
-    root: SigningRoot<MockHost>,
-    next_id: u32,
+type Gateway = Harness<RequestSigning>;
+
+/// A worker with the filter configured with [`CONFIG`], its clock at [`NOW_S`].
+fn gateway() -> Gateway {
+    let host = MockHost::new();
+    host.set_now_ms(NOW_S as u64 * 1000);
+    Gateway::configured(host, CONFIG)
 }
 
-impl Gateway {
-    fn new() -> Self {
-        let host = MockHost::new();
-        host.set_now_ms(NOW_S as u64 * 1000);
-        host.with_configuration(CONFIG);
-        let mut root = SigningRoot::new(host.clone());
-        host.enter(1);
-        assert!(root.on_configure(0));
-        Self { host, root, next_id: 100 }
-    }
-
-    /// Starts a request; returns its context and the header action.
-    fn request(
+/// Requests and answers as the tests speak of them.
+trait Drive {
+    /// Starts a request; returns its id and the header action.
+    fn send(
         &mut self,
         method: &str,
         path: &str,
         headers: &[(String, String)],
         body: Option<&[u8]>,
-    ) -> (u32, SigningHttp<MockHost>, Action) {
-        self.request_with(method, path, body, |host, id| {
+    ) -> (u32, Action);
+    /// Starts a request whose headers `set` adds (field lines, bytes).
+    fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        set: impl FnOnce(&MockHost, u32),
+    ) -> (u32, Action);
+    /// Delivers a GetSigningKey answer to request `id`, under the latest call's token.
+    fn answer(&mut self, id: u32, reply: &v1::GetSigningKeyResponse);
+}
+
+impl Drive for Gateway {
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+    ) -> (u32, Action) {
+        self.send_with(method, path, body, |host, id| {
             for (k, v) in headers {
                 host.with_header(id, &k.to_ascii_lowercase(), v);
             }
         })
     }
 
-    /// Starts a request whose headers `set` adds (field lines, bytes).
-    fn request_with(
+    fn send_with(
         &mut self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
         set: impl FnOnce(&MockHost, u32),
-    ) -> (u32, SigningHttp<MockHost>, Action) {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.host.with_header(id, ":method", method);
-        self.host.with_header(id, ":path", path);
-        self.host.with_header(id, ":authority", "api.test");
-        self.host.with_header(id, ":scheme", "http");
+    ) -> (u32, Action) {
+        let id = self.request(&[
+            (":method", method),
+            (":path", path),
+            (":authority", "api.test"),
+            (":scheme", "http"),
+        ]);
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         set(&self.host, id);
         if let Some(b) = body {
             self.host.with_request_body(id, b);
         }
-        let mut ctx = SigningHttp::new(self.host.clone(), self.root.worker().unwrap(), id);
-        self.host.enter(id);
-        let action = ctx.on_http_request_headers(0, body.is_none());
-        (id, ctx, action)
+        (id, self.request_headers(id, body.is_none()))
     }
 
-    fn answer(&self, ctx: &mut SigningHttp<MockHost>, id: u32, reply: &v1::GetSigningKeyResponse) {
+    fn answer(&mut self, id: u32, reply: &v1::GetSigningKeyResponse) {
         self.host.set_grpc_response(Some(reply.encode_to_vec()), None);
-        self.host.enter(id);
         let token = self.host.calls().len() as u32; // the mock numbers calls from 1
-        ctx.on_grpc_call_response(token, 0, 1);
+        self.grpc_response(id, token, 0, 1);
     }
 }
 
@@ -130,8 +137,8 @@ fn value<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
 
 #[test]
 fn unsigned_request_gets_401_json_and_challenge_without_lookup() {
-    let mut gw = Gateway::new();
-    let (id, _ctx, action) = gw.request("GET", "/x", &[], None);
+    let mut gw = gateway();
+    let (id, action) = gw.send("GET", "/x", &[], None);
     assert_eq!(action, Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 401);
@@ -144,22 +151,22 @@ fn unsigned_request_gets_401_json_and_challenge_without_lookup() {
 
 #[test]
 fn signed_get_is_allowed_after_one_lookup_then_from_cache_and_identity_is_set() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let mut headers = signed("GET", "/orders?id=1", None, NOW_S);
     headers.push(("x-tollgate-consumer-id".into(), "mallory".into()));
-    let (id, mut ctx, action) = gw.request("GET", "/orders?id=1", &headers, None);
+    let (id, action) = gw.send("GET", "/orders?id=1", &headers, None);
     assert_eq!(action, Action::Pause);
     let calls = gw.host.calls();
     assert_eq!((calls.len(), calls[0].method.as_str()), (1, "GetSigningKey"));
     assert_eq!(v1::GetSigningKeyRequest::decode(calls[0].message.as_slice()).unwrap().key_id, "key_a");
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None, "client copy removed");
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id").as_deref(), Some("alice"));
     assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_a"));
     // A second, differently signed request uses the cache.
     let headers = signed("GET", "/orders?id=2", None, NOW_S);
-    let (_, _ctx, action) = gw.request("GET", "/orders?id=2", &headers, None);
+    let (_, action) = gw.send("GET", "/orders?id=2", &headers, None);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.calls().len(), 1);
     assert_eq!(gw.host.counter("tollgate.request_signing.cache_hit"), 1);
@@ -167,100 +174,98 @@ fn signed_get_is_allowed_after_one_lookup_then_from_cache_and_identity_is_set() 
 
 #[test]
 fn replayed_signature_is_refused() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed("GET", "/a", None, NOW_S);
-    let (id, mut ctx, _) = gw.request("GET", "/a", &headers, None);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    let (id, _) = gw.send("GET", "/a", &headers, None);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     assert_eq!(gw.host.resumed(id), 1);
-    let (id2, _ctx, action) = gw.request("GET", "/a", &headers, None);
+    let (id2, action) = gw.send("GET", "/a", &headers, None);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id2).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 1);
     // After the replay window the signature is refused as too old, not as a replay.
     gw.host.advance(Duration::from_secs(400));
-    let (id3, _ctx, _) = gw.request("GET", "/a", &headers, None);
+    let (id3, _) = gw.send("GET", "/a", &headers, None);
     assert_eq!(gw.host.reply(id3).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.signature_too_old"), 1);
 }
 
 #[test]
 fn body_is_buffered_and_its_digest_checked() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let body = br#"{"amount": 10}"#;
     let headers = signed("POST", "/pay", Some(body), NOW_S);
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Pause);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     assert_eq!(gw.host.resumed(id), 1, "headers go on once the signature is verified");
-    assert_eq!(ctx.on_http_request_body(5, false), Action::Pause, "the body is held until complete");
-    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Continue);
+    assert_eq!(gw.request_body(id, 5, false), Action::Pause, "the body is held until complete");
+    assert_eq!(gw.request_body(id, body.len(), true), Action::Continue);
     // Same headers, other body: the digest no longer matches.
     let headers = signed("POST", "/pay", Some(body), NOW_S + 1);
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
     assert_eq!(action, Action::Continue, "material cached: the signature is accepted at once");
-    assert_eq!(ctx.on_http_request_body(14, true), Action::Pause);
+    assert_eq!(gw.request_body(id, 14, true), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
 }
 
 #[test]
 fn body_without_covered_digest_and_oversized_body_are_refused() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed("POST", "/pay", None, NOW_S);
-    let (id, _ctx, _) = gw.request("POST", "/pay", &headers, Some(b"x"));
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(b"x"));
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.missing_digest"), 1);
     let big = vec![b'a'; 100];
     let headers = signed("POST", "/pay", Some(&big), NOW_S);
-    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(&big));
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
-    assert_eq!(ctx.on_http_request_body(100, false), Action::Pause);
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(&big));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.request_body(id, 100, false), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
     let mut declared = signed("POST", "/pay", Some(&big), NOW_S);
     declared.push(("content-length".into(), "100".into()));
-    let (id, _ctx, _) = gw.request("POST", "/pay", &declared, Some(&big));
+    let (id, _) = gw.send("POST", "/pay", &declared, Some(&big));
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.body_too_large"), 2);
 }
 
 #[test]
 fn revoked_unknown_wrong_alg_and_unavailable_keys_are_refused() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed("GET", "/r", None, NOW_S);
-    let (id, mut ctx, _) = gw.request("GET", "/r", &headers, None);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Revoked));
+    let (id, _) = gw.send("GET", "/r", &headers, None);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Revoked));
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.revoked_key"), 1);
 
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed("GET", "/r", None, NOW_S);
-    let (id, mut ctx, _) = gw.request("GET", "/r", &headers, None);
+    let (id, _) = gw.send("GET", "/r", &headers, None);
     let mut ed = hmac_reply("key_a", v1::VerifyResult::Valid);
     ed.algorithm = v1::SigningAlgorithm::Ed25519 as i32;
     ed.hmac_secret.clear();
     ed.ed25519_public_key = SigningMaterial::Ed25519([3; 32]).verifying_bytes();
-    gw.answer(&mut ctx, id, &ed);
+    gw.answer(id, &ed);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.algorithm_mismatch"), 1);
 
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed("GET", "/r", None, NOW_S);
-    let (id, mut ctx, _) = gw.request("GET", "/r", &headers, None);
+    let (id, _) = gw.send("GET", "/r", &headers, None);
     gw.host.set_grpc_response(None, Some("down"));
-    gw.host.enter(id);
-    ctx.on_grpc_call_response(1, 14, 0);
+    gw.grpc_response(id, 1, 14, 0);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, reply.header("retry-after")), (503, Some("1")));
 }
 
 #[test]
 fn revocation_on_the_change_feed_invalidates_the_cached_material() {
-    let mut gw = Gateway::new();
-    let (id, mut ctx, _) = gw.request("GET", "/a", &signed("GET", "/a", None, NOW_S), None);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    let mut gw = gateway();
+    let (id, _) = gw.send("GET", "/a", &signed("GET", "/a", None, NOW_S), None);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     // First poll learns the head; the second sees the revocation.
     for (changes, head) in [(vec![], 1u64), (vec![(2u64, "key_a")], 2)] {
-        gw.host.enter(1);
-        gw.root.on_tick();
+        gw.tick();
         let reply = v1::ListChangesResponse {
             changes: changes
                 .iter()
@@ -270,57 +275,54 @@ fn revocation_on_the_change_feed_invalidates_the_cached_material() {
         };
         gw.host.set_grpc_response(Some(reply.encode_to_vec()), None);
         let token = gw.host.calls().len() as u32;
-        gw.root.on_grpc_call_response(token, 0, 1);
+        gw.grpc_response(ROOT_ID, token, 0, 1);
         gw.host.advance(Duration::from_secs(1));
     }
     let calls_before = gw.host.calls().len();
-    let (_, _ctx, action) = gw.request("GET", "/b", &signed("GET", "/b", None, NOW_S), None);
+    let (_, action) = gw.send("GET", "/b", &signed("GET", "/b", None, NOW_S), None);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.calls().len(), calls_before + 1, "asks the key service again");
 }
 
 #[test]
 fn bad_config_is_rejected() {
-    let host = MockHost::new();
-    host.with_configuration(r#"{"key_service": {"cluster": "keyd", "token": "t"}, "max_body_bytes": 0}"#);
-    let mut root = SigningRoot::new(host.clone());
-    host.enter(1);
-    assert!(!root.on_configure(0));
-    assert!(host.logs().iter().any(|(_, l)| l.contains("max_body_bytes")));
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(r#"{"key_service": {"cluster": "keyd", "token": "t"}, "max_body_bytes": 0}"#));
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("max_body_bytes")));
 }
 
 /// Trailers end the stream: the held body is checked there, and only a body that matches
 /// lets the request be remembered; a tampered copy leaves the nonce for the genuine request.
 #[test]
 fn body_ending_with_trailers_is_checked_and_a_refused_copy_keeps_the_nonce() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let body = br#"{"amount": 10}"#;
     let warm = signed("GET", "/warm", None, NOW_S);
-    let (id, mut ctx, _) = gw.request("GET", "/warm", &warm, None);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    let (id, _) = gw.send("GET", "/warm", &warm, None);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
     // Tampered: material cached, the headers go on, the body is held and refused at the trailers.
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
     assert_eq!(action, Action::Continue);
-    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    assert_eq!(gw.request_body(id, 14, false), Action::Pause);
+    assert_eq!(gw.request_trailers(id), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
     // Genuine, same nonce: accepted, and only now remembered.
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Continue);
-    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.request_body(id, 14, false), Action::Pause);
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert!(gw.host.reply(id).is_none());
     // A replay is refused at its headers, before its body.
-    let (id, _ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 1);
     // A stream of no DATA frames and trailers: the content is empty.
     let headers = signed_nonce("POST", "/pay", Some(b""), "n-2");
-    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(b""));
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(b""));
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert!(gw.host.reply(id).is_none());
     assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 3);
 }
@@ -330,37 +332,37 @@ fn body_ending_with_trailers_is_checked_and_a_refused_copy_keeps_the_nonce() {
 /// it matches; a byte more is refused. A body that does not match waits for the trailers.
 #[test]
 fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let body = br#"{"amount": 10}"#;
     let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Pause);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     assert_eq!(gw.host.resumed(id), 1);
-    assert_eq!(ctx.on_http_request_body(body.len(), false), Action::Continue, "released");
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.request_body(id, body.len(), false), Action::Continue, "released");
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 1);
     assert!(gw.host.reply(id).is_none());
 
     // The signed body, then more bytes: refused when they come.
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed_nonce("POST", "/pay", Some(body), "n-2");
-    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(body));
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
-    assert_eq!(ctx.on_http_request_body(body.len(), false), Action::Continue);
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(body));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.request_body(id, body.len(), false), Action::Continue);
     gw.host.with_request_body(id, b"extra");
-    assert_eq!(ctx.on_http_request_body(5, true), Action::Pause);
+    assert_eq!(gw.request_body(id, 5, true), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
 
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
 
     // Tampered: held after the resume, refused at the trailers.
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let headers = signed_nonce("POST", "/pay", Some(body), "n-3");
-    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
-    assert_eq!(ctx.on_http_request_body(14, false), Action::Pause);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(br#"{"amount": 99}"#));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.request_body(id, 14, false), Action::Pause);
+    assert_eq!(gw.request_trailers(id), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
     assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 0);
@@ -371,21 +373,21 @@ fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
 /// `Content-Digest` sent without being covered binds the content too.
 #[test]
 fn a_stripped_body_is_refused_without_using_the_nonce() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let body = br#"{"amount": 10}"#;
     let headers = signed_nonce("POST", "/pay", Some(body), "n-1");
-    let (id, _ctx, action) = gw.request("POST", "/pay", &headers, None);
+    let (id, action) = gw.send("POST", "/pay", &headers, None);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert!(gw.host.calls().is_empty(), "refused without a lookup");
-    let (id, mut ctx, _) = gw.request("POST", "/pay", &headers, Some(body));
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
-    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Continue);
+    let (id, _) = gw.send("POST", "/pay", &headers, Some(body));
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    assert_eq!(gw.request_body(id, body.len(), true), Action::Continue);
     assert!(gw.host.reply(id).is_none());
 
     let mut get = signed("GET", "/a", None, NOW_S);
     get.push(("content-digest".into(), value(&headers, "content-digest").to_owned()));
-    let (id, _ctx, _) = gw.request("GET", "/a", &get, None);
+    let (id, _) = gw.send("GET", "/a", &get, None);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 2);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 0);
@@ -395,7 +397,7 @@ fn a_stripped_body_is_refused_without_using_the_nonce() {
 /// on the second lines), and a covered header that is not UTF-8 is verified over its bytes.
 #[test]
 fn signature_lines_are_combined_and_header_bytes_verified_exactly() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let mut weak = Options::new("key_a", NOW_S);
     weak.label = "sig1".into();
     weak.components = Some(vec!["@method".into()]);
@@ -406,20 +408,20 @@ fn signature_lines_are_combined_and_header_bytes_verified_exactly() {
         Some(["@method", "@authority", "@path", "@query", r#""x-bin";bs"#].map(str::to_owned).to_vec());
     let sig2 = signed_with("GET", "/b", None, vec![("x-bin".into(), vec![0xff, 0xfe])], strong);
     let send = |gw: &mut Gateway, bin: &[u8]| {
-        let (id, ctx, action) = gw.request_with("GET", "/b", None, |host, id| {
+        let (id, action) = gw.send_with("GET", "/b", None, |host, id| {
             for name in ["signature-input", "signature"] {
                 host.with_header_line(id, name, value(&sig1, name));
                 host.with_header_line(id, name, value(&sig2, name));
             }
             host.with_header_bytes(id, "x-bin", bin);
         });
-        (id, ctx, action)
+        (id, action)
     };
-    let (id, mut ctx, _) = send(&mut gw, &[0xff, 0xfe]);
-    gw.answer(&mut ctx, id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    let (id, _) = send(&mut gw, &[0xff, 0xfe]);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
     assert_eq!(gw.host.resumed(id), 1, "{:?}", gw.host.reply(id));
     // Other invalid bytes are another value (a lossy decoding would make them the same).
-    let (id, _ctx, action) = send(&mut gw, &[0xfe, 0xff]);
+    let (id, action) = send(&mut gw, &[0xfe, 0xff]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.host.counter("tollgate.request_signing.denied.bad_signature"), 1);
@@ -429,11 +431,19 @@ fn signature_lines_are_combined_and_header_bytes_verified_exactly() {
 /// is never passed on unchecked.
 #[test]
 fn a_body_before_the_headers_go_on_is_refused() {
-    let mut gw = Gateway::new();
+    let mut gw = gateway();
     let body = br#"{"amount": 10}"#;
     let headers = signed("POST", "/pay", Some(body), NOW_S);
-    let (id, mut ctx, action) = gw.request("POST", "/pay", &headers, Some(body));
+    let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Pause);
-    assert_eq!(ctx.on_http_request_body(body.len(), true), Action::Pause);
+    assert_eq!(gw.request_body(id, body.len(), true), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
+}
+
+#[test]
+fn shipped_example_config_is_accepted() {
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
+    assert_eq!(gw.host.tick_period(), Some(Duration::from_millis(500)));
+    assert_eq!(gw.worker().unwrap().borrow().config.replay_slots, 8192);
 }

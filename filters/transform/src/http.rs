@@ -12,13 +12,13 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use tollgate_core::error::ErrorBody;
+use tollgate_core::error::Reply;
 use tollgate_core::transform::{
     self as tf, BodyOutcome, BodyPlan, HeaderEdit, Matched, Refusal, Request, Side,
 };
 use tollgate_host::{Host, LogLevel, attributes};
 
-use crate::root::Filter;
+use crate::worker::{Stat, Worker};
 
 /// Whether a body is being buffered to be transformed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ const MARGIN: usize = 64 * 1024;
 
 pub struct TransformHttp<H: Host> {
     host: Rc<H>,
-    filter: Rc<Filter>,
+    worker: Rc<Worker>,
     /// The request as the client sent it, kept while matched rules still have work to do.
     request: Option<Request>,
     matched: Vec<Matched>,
@@ -49,10 +49,10 @@ pub struct TransformHttp<H: Host> {
 }
 
 impl<H: Host> TransformHttp<H> {
-    pub fn new(host: Rc<H>, filter: Rc<Filter>) -> Self {
+    pub fn new(host: Rc<H>, worker: Rc<Worker>) -> Self {
         Self {
             host,
-            filter,
+            worker,
             request: None,
             matched: Vec::new(),
             request_body: Body::Pass,
@@ -67,8 +67,8 @@ impl<H: Host> TransformHttp<H> {
     fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let host_rc = Rc::clone(&self.host);
         let host = &*host_rc;
-        let filter = Rc::clone(&self.filter);
-        let config = &filter.config;
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
         if config.rules.is_empty() {
             return Action::Continue;
         }
@@ -95,7 +95,7 @@ impl<H: Host> TransformHttp<H> {
                 req.properties.insert(path, value);
             }
         }
-        filter.counters.add(host, "rules_applied", matched.len() as u64);
+        worker.counters.add(host, Stat::RulesApplied, matched.len() as u64);
 
         let change = tf::request_head(config, &req, &matched);
         self.count_errors(&change.errors);
@@ -128,9 +128,9 @@ impl<H: Host> TransformHttp<H> {
                     host.set_request_header("content-length", None);
                     buffering = true;
                 }
-                BodyPlan::NotJson => filter.counters.inc(host, "body_skipped_not_json"),
+                BodyPlan::NotJson => worker.counters.inc(host, Stat::BodySkippedNotJson),
                 BodyPlan::TooLarge => {
-                    filter.counters.inc(host, "body_skipped_too_large");
+                    worker.counters.inc(host, Stat::BodySkippedTooLarge);
                     if let Some(refusal) = tf::oversize(config, Side::Request) {
                         return self.refuse(&req, refusal);
                     }
@@ -178,16 +178,16 @@ impl<H: Host> TransformHttp<H> {
                 }
             }
             Body::Buffer(mut held) => {
-                let filter = Rc::clone(&self.filter);
+                let worker = Rc::clone(&self.worker);
                 let chunk = self.body(side, body_size);
-                if held.len() + chunk.len() > filter.config.max_body_bytes {
-                    filter.counters.inc(&*self.host, "body_skipped_too_large");
-                    if let Some(refusal) = tf::oversize(&filter.config, side) {
+                if held.len() + chunk.len() > worker.config.max_body_bytes {
+                    worker.counters.inc(&*self.host, Stat::BodySkippedTooLarge);
+                    if let Some(refusal) = tf::oversize(&worker.config, side) {
                         return self.refuse_current(refusal);
                     }
                     // Unchanged, in order: what was held, then this chunk (now, or in front of
                     // the next one when both would be more than Envoy should hold at once).
-                    if end_of_stream || held.len() + chunk.len() <= filter.config.max_body_bytes + MARGIN {
+                    if end_of_stream || held.len() + chunk.len() <= worker.config.max_body_bytes + MARGIN {
                         held.extend_from_slice(&chunk);
                     } else {
                         *self.body_state(side) = Body::Flush(chunk);
@@ -218,8 +218,8 @@ impl<H: Host> TransformHttp<H> {
     fn finish_body(&mut self, side: Side, held_by_envoy: usize, body: Vec<u8>, prefix: usize) -> Action {
         let host = Rc::clone(&self.host);
         let host = &*host;
-        let filter = Rc::clone(&self.filter);
-        let config = &filter.config;
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
         let change = match self.request.as_ref() {
             Some(req) => match side {
                 Side::Request => tf::request_body(config, req, &self.matched, &body),
@@ -230,12 +230,12 @@ impl<H: Host> TransformHttp<H> {
         self.count_errors(&change.errors);
         let out = match change.outcome {
             BodyOutcome::Changed(new) => {
-                filter.counters.inc(host, "body_transformed");
+                worker.counters.inc(host, Stat::BodyTransformed);
                 Some(new)
             }
             BodyOutcome::Unchanged => None,
             BodyOutcome::Invalid => {
-                filter.counters.inc(host, "invalid_json");
+                worker.counters.inc(host, Stat::InvalidJson);
                 if let Some(refusal) = tf::invalid_json(config, side) {
                     return self.refuse_current(refusal);
                 }
@@ -258,7 +258,7 @@ impl<H: Host> TransformHttp<H> {
 
     /// Bytes of the body cannot go out: the message must not go on without them.
     fn lost_bytes(&mut self, side: Side, why: &str) -> Action {
-        self.filter.counters.inc(&*self.host, "errors");
+        self.worker.counters.inc(&*self.host, Stat::Errors);
         let which = if side == Side::Request { "request" } else { "response" };
         self.host.log(LogLevel::Warn, &format!("transform: {which} refused: {why}"));
         self.refuse_current(Refusal::Failed)
@@ -284,8 +284,8 @@ impl<H: Host> TransformHttp<H> {
     fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         let host_rc = Rc::clone(&self.host);
         let host = &*host_rc;
-        let filter = Rc::clone(&self.filter);
-        let config = &filter.config;
+        let worker = Rc::clone(&self.worker);
+        let config = &worker.config;
         let Some(req) = self.request.as_ref() else {
             return Action::Continue;
         };
@@ -324,11 +324,11 @@ impl<H: Host> TransformHttp<H> {
                 Action::Continue
             }
             BodyPlan::NotJson => {
-                filter.counters.inc(host, "body_skipped_not_json");
+                worker.counters.inc(host, Stat::BodySkippedNotJson);
                 Action::Continue
             }
             BodyPlan::TooLarge => {
-                filter.counters.inc(host, "body_skipped_too_large");
+                worker.counters.inc(host, Stat::BodySkippedTooLarge);
                 match tf::oversize(config, Side::Response) {
                     Some(refusal) => self.refuse_current(refusal),
                     None => Action::Continue,
@@ -350,20 +350,20 @@ impl<H: Host> TransformHttp<H> {
         self.matched.clear();
         self.request_body = Body::Pass;
         self.response_body = Body::Pass;
-        self.filter.counters.inc(host, "rejected");
+        self.worker.counters.inc(host, Stat::Rejected);
         let request_id = req.header_text("x-request-id").unwrap_or_default();
-        let body = ErrorBody { error: refusal.error(), message: refusal.message(), request_id: &request_id };
+        let reply = Reply::error(refusal.status(), refusal.error(), refusal.message(), &request_id);
         host.log(
             LogLevel::Debug,
             &format!("transform: refused with {}: {}", refusal.status(), refusal.message()),
         );
-        host.send_response(refusal.status(), &[("content-type", "application/json")], &body.to_json());
+        tollgate_host::send_reply(host, &reply);
         Action::Pause
     }
 
     fn count_errors(&self, errors: &[String]) {
         for e in errors {
-            self.filter.counters.inc(&*self.host, "errors");
+            self.worker.counters.inc(&*self.host, Stat::Errors);
             self.host.log(LogLevel::Debug, &format!("transform: rule {e}"));
         }
     }
@@ -374,7 +374,7 @@ impl<H: Host> TransformHttp<H> {
             let name = match edit {
                 HeaderEdit::Set(n, _) | HeaderEdit::Add(n, _) | HeaderEdit::Remove(n) => n,
             };
-            self.filter.counters.inc(&*self.host, "errors");
+            self.worker.counters.inc(&*self.host, Stat::Errors);
             self.host.log(
                 LogLevel::Debug,
                 &format!("transform: the proxy refused header `{}`", tf::shown(name.as_bytes())),

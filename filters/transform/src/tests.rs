@@ -1,42 +1,31 @@
 //! The contexts driven against the mock host.
 
-use std::rc::Rc;
-
-use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use serde_json::Value;
-use tollgate_host::mock::MockHost;
+use tollgate_host::Stat as _;
+use tollgate_host::mock::{Harness, MockHost};
 
-use crate::{TransformHttp, TransformRoot};
+use crate::Transform;
+use crate::worker::Stat;
 
 const EXAMPLE: &str = include_str!("../config.example.json");
 
-struct Gateway {
-    host: Rc<MockHost>,
-    root: TransformRoot<MockHost>,
-    next_id: u32,
+type Gateway = Harness<Transform>;
+
+/// Requests as the tests speak of them.
+trait Drive {
+    /// A request's context with these headers (pseudo-headers included); returns its id.
+    fn start(&mut self, headers: &[(&str, &str)]) -> u32;
 }
 
-impl Gateway {
-    fn new(config: &str) -> Self {
-        let host = MockHost::new();
-        host.with_configuration(config);
-        let mut root = TransformRoot::new(host.clone());
-        host.enter(1);
-        assert!(root.on_configure(0), "{:?}", host.logs());
-        Self { host, root, next_id: 100 }
-    }
-
-    /// A request's context with these headers (pseudo-headers included) and its id.
-    fn context(&mut self, headers: &[(&str, &str)]) -> (u32, TransformHttp<MockHost>) {
-        self.next_id += 1;
-        let id = self.next_id;
+impl Drive for Gateway {
+    fn start(&mut self, headers: &[(&str, &str)]) -> u32 {
+        let id = self.new_request();
         self.host.with_header(id, "x-request-id", &format!("req-{id}"));
         for (k, v) in headers {
             self.host.with_header(id, k, v);
         }
-        self.host.enter(id);
-        (id, TransformHttp::new(self.host.clone(), self.root.filter().unwrap()))
+        id
     }
 }
 
@@ -47,36 +36,34 @@ fn json_of(bytes: &[u8]) -> Value {
 #[test]
 fn example_config_parses_and_every_stat_is_defined() {
     let gw = Gateway::new(EXAMPLE);
-    for stat in tollgate_core::transform::STATS {
-        assert_eq!(gw.host.counter(&format!("tollgate.transform.{stat}")), 0);
+    for stat in Stat::ALL {
+        assert_eq!(gw.host.counter(&format!("tollgate.transform.{}", stat.name())), 0);
     }
-    assert_eq!(gw.root.filter().unwrap().config.rules.len(), 2);
+    assert_eq!(gw.worker().unwrap().config.rules.len(), 2);
 }
 
 #[test]
 fn invalid_config_is_refused_naming_rule_and_field() {
-    let host = MockHost::new();
-    host.with_configuration(r#"{"rules": [{"name": "broken", "match": {"path_regex": "(unclosed"}}]}"#);
-    let mut root = TransformRoot::new(host.clone());
-    assert!(!root.on_configure(0));
-    let logs = host.logs();
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(r#"{"rules": [{"name": "broken", "match": {"path_regex": "(unclosed"}}]}"#));
+    let logs = gw.host.logs();
     let (level, line) = logs.last().unwrap();
     assert_eq!(*level, tollgate_host::LogLevel::Critical);
     assert!(line.contains("rule `broken`") && line.contains("rules[0].match.path_regex"), "{line}");
-    assert!(root.filter().is_none());
+    assert!(gw.worker().is_none());
 }
 
 #[test]
 fn request_head_is_rewritten_with_identity() {
     let mut gw = Gateway::new(EXAMPLE);
     gw.host.with_property(&["tollgate.consumer_id"], b"alice");
-    let (id, mut ctx) = gw.context(&[
+    let id = gw.start(&[
         (":method", "GET"),
         (":path", "/api/v1/users/7?page_size=5&x=1"),
         (":authority", "gw"),
         ("x-debug", "1"),
     ]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     assert_eq!(gw.host.header(id, ":path").as_deref(), Some("/v2/users/7?limit=5&x=1"));
     assert_eq!(gw.host.header(id, "x-consumer").as_deref(), Some("alice"));
     assert_eq!(gw.host.header(id, "x-api-version").as_deref(), Some("2"));
@@ -87,9 +74,9 @@ fn request_head_is_rewritten_with_identity() {
 #[test]
 fn unmatched_requests_are_untouched_and_not_buffered() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) = gw.context(&[(":method", "DELETE"), (":path", "/api/v1/users/7"), ("x-debug", "1")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
-    assert_eq!(ctx.on_http_request_body(10, false), Action::Continue);
+    let id = gw.start(&[(":method", "DELETE"), (":path", "/api/v1/users/7"), ("x-debug", "1")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    assert_eq!(gw.request_body(id, 10, false), Action::Continue);
     assert_eq!(gw.host.header(id, "x-debug").as_deref(), Some("1"));
     assert_eq!(gw.host.counter("tollgate.transform.rules_applied"), 0);
 }
@@ -118,18 +105,18 @@ fn json_request_body_is_buffered_changed_and_its_length_fixed() {
     let mut gw = Gateway::new(EXAMPLE);
     gw.host.with_property(&["tollgate.consumer_id"], b"alice");
     let body = br#"{"name": "bob", "n": 18446744073709551617}"#;
-    let (id, mut ctx) = gw.context(&[
+    let id = gw.start(&[
         (":method", "POST"),
         (":path", "/api/v1/users"),
         ("content-type", "application/json"),
         ("content-length", &body.len().to_string()),
     ]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     assert_eq!(gw.host.header(id, "content-length"), None, "the length will change: chunked framing");
     chunk_of(&gw, id, Req, &body[..5]);
-    assert_eq!(ctx.on_http_request_body(5, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 5, false), Action::Pause);
     chunk_of(&gw, id, Req, &body[5..]);
-    assert_eq!(ctx.on_http_request_body(body.len() - 5, true), Action::Continue);
+    assert_eq!(gw.request_body(id, body.len() - 5, true), Action::Continue);
     let sent = gw.host.request_body_of(id);
     assert_eq!(
         String::from_utf8(sent).unwrap(),
@@ -142,36 +129,35 @@ fn json_request_body_is_buffered_changed_and_its_length_fixed() {
 fn a_body_that_ends_with_trailers_is_transformed_there() {
     let mut gw = Gateway::new(EXAMPLE);
     gw.host.with_property(&["tollgate.consumer_id"], b"alice");
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id =
+        gw.start(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Req, br#"{"meta": {"created_by": "#);
-    assert_eq!(ctx.on_http_request_body(24, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 24, false), Action::Pause);
     chunk_of(&gw, id, Req, br#""mallory"}}"#);
-    assert_eq!(ctx.on_http_request_body(11, false), Action::Pause);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.request_body(id, 11, false), Action::Pause);
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), br#"{"meta": {"created_by": "alice"}}"#);
 
     // The response side: the internal field does not leak through trailers.
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    let id = gw.start(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     gw.host.with_response_header(id, ":status", "200");
     gw.host.with_response_header(id, "content-type", "application/json");
-    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Resp, br#"{"id": 7, "internal_id": "db-7"}"#);
-    assert_eq!(ctx.on_http_response_body(32, false), Action::Pause);
-    assert_eq!(ctx.on_http_response_trailers(1), Action::Continue);
+    assert_eq!(gw.response_body(id, 32, false), Action::Pause);
+    assert_eq!(gw.response_trailers(id), Action::Continue);
     assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
 }
 
 #[test]
 fn non_json_body_flows_through_unbuffered() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "text/plain")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "text/plain")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     gw.host.with_request_body(id, b"not json");
-    assert_eq!(ctx.on_http_request_body(8, true), Action::Continue);
+    assert_eq!(gw.request_body(id, 8, true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), b"not json");
     assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json"), 1);
 }
@@ -179,27 +165,27 @@ fn non_json_body_flows_through_unbuffered() {
 #[test]
 fn oversized_body_is_refused_with_413_by_length_or_while_streaming() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) = gw.context(&[
+    let id = gw.start(&[
         (":method", "POST"),
         (":path", "/api/v1/users"),
         ("content-type", "application/json"),
         ("content-length", "999999"),
     ]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Pause);
+    assert_eq!(gw.request_headers(id, false), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 413);
     assert_eq!(json_of(&reply.body)["error"], "payload_too_large");
     assert_eq!(json_of(&reply.body)["request_id"], format!("req-{id}"));
 
     // Chunked: no length up front, the cap is crossed while buffering.
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id =
+        gw.start(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Req, &vec![b' '; 200_000]);
-    assert_eq!(ctx.on_http_request_body(200_000, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 200_000, false), Action::Pause);
     assert!(gw.host.reply(id).is_none());
     chunk_of(&gw, id, Req, &vec![b' '; 62_145]);
-    assert_eq!(ctx.on_http_request_body(62_145, false), Action::Pause, "one byte over the cap");
+    assert_eq!(gw.request_body(id, 62_145, false), Action::Pause, "one byte over the cap");
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
     assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 2);
 }
@@ -213,16 +199,15 @@ fn pass_config(max: usize) -> String {
 #[test]
 fn a_body_over_the_cap_goes_on_whole_and_in_order() {
     let mut gw = Gateway::new(&pass_config(16));
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Req, b"{\"pad\": \"");
-    assert_eq!(ctx.on_http_request_body(9, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 9, false), Action::Pause);
     chunk_of(&gw, id, Req, b"0123456789");
-    assert_eq!(ctx.on_http_request_body(10, false), Action::Continue, "over the cap: no more buffering");
+    assert_eq!(gw.request_body(id, 10, false), Action::Continue, "over the cap: no more buffering");
     assert_eq!(gw.host.request_body_of(id), b"{\"pad\": \"0123456789", "what was held, then the chunk");
     gw.host.with_request_body(id, b"\"}");
-    assert_eq!(ctx.on_http_request_body(2, true), Action::Continue);
+    assert_eq!(gw.request_body(id, 2, true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), b"\"}");
     assert!(gw.host.reply(id).is_none());
     assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 1);
@@ -233,20 +218,20 @@ fn a_large_chunk_crossing_the_cap_follows_the_held_body() {
     // Envoy must never hold the held body and a burst at once: the burst goes out in front of
     // the next chunk.
     let mut gw = Gateway::new(&pass_config(1024));
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    let id = gw.start(&[(":method", "GET"), (":path", "/")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     gw.host.with_response_header(id, ":status", "200");
     gw.host.with_response_header(id, "content-type", "application/json");
-    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
     let held = vec![b'h'; 1000];
     let burst = vec![b'b'; 200_000];
     chunk_of(&gw, id, Resp, &held);
-    assert_eq!(ctx.on_http_response_body(held.len(), false), Action::Pause);
+    assert_eq!(gw.response_body(id, held.len(), false), Action::Pause);
     chunk_of(&gw, id, Resp, &burst);
-    assert_eq!(ctx.on_http_response_body(burst.len(), false), Action::Continue);
+    assert_eq!(gw.response_body(id, burst.len(), false), Action::Continue);
     assert_eq!(gw.host.response_body_of(id), held, "only what was held goes now");
     gw.host.with_response_body(id, b"next");
-    assert_eq!(ctx.on_http_response_body(4, true), Action::Continue);
+    assert_eq!(gw.response_body(id, 4, true), Action::Continue);
     let mut rest = burst.clone();
     rest.extend_from_slice(b"next");
     assert_eq!(gw.host.response_body_of(id), rest, "the burst, then the next chunk");
@@ -255,12 +240,11 @@ fn a_large_chunk_crossing_the_cap_follows_the_held_body() {
 #[test]
 fn oversized_body_passes_untouched_by_default() {
     let mut gw = Gateway::new(&pass_config(16));
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     let big = br#"{"padding": "0123456789abcdef"}"#;
     chunk_of(&gw, id, Req, big);
-    assert_eq!(ctx.on_http_request_body(big.len(), true), Action::Continue);
+    assert_eq!(gw.request_body(id, big.len(), true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), big);
     assert!(gw.host.reply(id).is_none());
 }
@@ -270,14 +254,13 @@ fn malformed_json_passes_by_default_and_gets_400_when_configured() {
     let rules = r#"[{"request": {"body": [{"op": "set", "path": "a", "value": 1}]}}]"#;
     for (mode, expect) in [("pass", None), ("reject", Some(400))] {
         let mut gw = Gateway::new(&format!(r#"{{"on_invalid_json": "{mode}", "rules": {rules}}}"#));
-        let (id, mut ctx) =
-            gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-        assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+        let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+        assert_eq!(gw.request_headers(id, false), Action::Continue);
         let broken = br#"{"a": [1, 2"#;
         chunk_of(&gw, id, Req, &broken[..4]);
-        assert_eq!(ctx.on_http_request_body(4, false), Action::Pause);
+        assert_eq!(gw.request_body(id, 4, false), Action::Pause);
         chunk_of(&gw, id, Req, &broken[4..]);
-        let action = ctx.on_http_request_body(broken.len() - 4, true);
+        let action = gw.request_body(id, broken.len() - 4, true);
         assert_eq!(gw.host.reply(id).map(|r| r.status), expect);
         assert_eq!(action, if expect.is_some() { Action::Pause } else { Action::Continue });
         if expect.is_some() {
@@ -292,38 +275,38 @@ fn malformed_json_passes_by_default_and_gets_400_when_configured() {
 #[test]
 fn response_status_headers_and_body_are_transformed() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    let id = gw.start(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     let body = br#"{"id": 7, "internal_id": "db-7", "audit": {"ip": "10.0.0.1", "at": 1}}"#;
     gw.host.with_response_header(id, ":status", "200");
     gw.host.with_response_header(id, "server", "upstream");
     gw.host.with_response_header(id, "content-type", "application/json");
     gw.host.with_response_header(id, "content-length", &body.len().to_string());
-    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
     assert_eq!(gw.host.response_header_of(id, "content-length"), None);
     assert_eq!(gw.host.response_header_of(id, "server"), None);
     chunk_of(&gw, id, Resp, body);
-    assert_eq!(ctx.on_http_response_body(body.len(), true), Action::Continue);
+    assert_eq!(gw.response_body(id, body.len(), true), Action::Continue);
     assert_eq!(gw.host.response_body_of(id), br#"{"id": 7, "audit": { "at": 1}}"#);
 
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/legacy/x")]);
-    ctx.on_http_request_headers(0, true);
+    let id = gw.start(&[(":method", "GET"), (":path", "/legacy/x")]);
+    gw.request_headers(id, true);
     assert_eq!(gw.host.header(id, ":authority").as_deref(), Some("legacy.internal"));
     assert_eq!(gw.host.header(id, ":method").as_deref(), Some("POST"));
     gw.host.with_response_header(id, ":status", "404");
-    assert_eq!(ctx.on_http_response_headers(0, true), Action::Continue);
+    assert_eq!(gw.response_headers(id, true), Action::Continue);
     assert_eq!(gw.host.response_header_of(id, ":status").as_deref(), Some("200"));
 }
 
 #[test]
 fn event_streams_are_never_buffered_even_with_body_rules() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/api/v1/users/stream")]);
-    ctx.on_http_request_headers(0, true);
+    let id = gw.start(&[(":method", "GET"), (":path", "/api/v1/users/stream")]);
+    gw.request_headers(id, true);
     gw.host.with_response_header(id, ":status", "200");
     gw.host.with_response_header(id, "content-type", "text/event-stream");
-    assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
-    assert_eq!(ctx.on_http_response_body(20, false), Action::Continue);
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
+    assert_eq!(gw.response_body(id, 20, false), Action::Continue);
     assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json"), 1);
 }
 
@@ -335,14 +318,14 @@ fn responses_follow_on_invalid_json_and_on_oversize() {
             r#"{{"max_body_bytes": 64, "on_invalid_json": "{mode}", "on_oversize": "{mode}", "rules": {rules}}}"#
         );
         let mut gw = Gateway::new(&config);
-        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
-        ctx.on_http_request_headers(0, true);
+        let id = gw.start(&[(":method", "GET"), (":path", "/")]);
+        gw.request_headers(id, true);
         gw.host.with_response_header(id, ":status", "200");
         gw.host.with_response_header(id, "content-type", "application/json");
-        assert_eq!(ctx.on_http_response_headers(0, false), Action::Continue);
+        assert_eq!(gw.response_headers(id, false), Action::Continue);
         chunk_of(&gw, id, Resp, b"<html>");
         assert_eq!(
-            ctx.on_http_response_body(6, true),
+            gw.response_body(id, 6, true),
             if mode == "pass" { Action::Continue } else { Action::Pause }
         );
         match mode {
@@ -360,12 +343,12 @@ fn responses_follow_on_invalid_json_and_on_oversize() {
         }
 
         // Announced over the cap: decided before the body comes.
-        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/")]);
-        ctx.on_http_request_headers(0, true);
+        let id = gw.start(&[(":method", "GET"), (":path", "/")]);
+        gw.request_headers(id, true);
         gw.host.with_response_header(id, ":status", "200");
         gw.host.with_response_header(id, "content-type", "application/json");
         gw.host.with_response_header(id, "content-length", "65");
-        let action = ctx.on_http_response_headers(0, false);
+        let action = gw.response_headers(id, false);
         assert_eq!(gw.host.reply(id).map(|r| r.status), (mode == "reject").then_some(502));
         assert_eq!(action, if mode == "pass" { Action::Continue } else { Action::Pause });
     }
@@ -374,14 +357,14 @@ fn responses_follow_on_invalid_json_and_on_oversize() {
 #[test]
 fn an_encoded_slash_is_refused_when_a_rule_looks_at_the_path() {
     let mut gw = Gateway::new(EXAMPLE);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/legacy%2F..%2Fadmin")]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Pause);
+    let id = gw.start(&[(":method", "GET"), (":path", "/legacy%2F..%2Fadmin")]);
+    assert_eq!(gw.request_headers(id, true), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (400, Some("bad_request")));
     assert_eq!(gw.host.counter("tollgate.transform.rejected"), 1);
     // Another spelling of a rule's path is the path.
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "//legacy/./x")]);
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    let id = gw.start(&[(":method", "GET"), (":path", "//legacy/./x")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     assert_eq!(gw.host.header(id, ":authority").as_deref(), Some("legacy.internal"));
 }
 
@@ -393,10 +376,10 @@ fn header_bytes_survive_a_rename_and_bad_values_are_counted() {
         {"op": "set", "name": "x-from-query", "value": "{query.v}"}
     ]}}]}"#;
     let mut gw = Gateway::new(config);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/?v=a%01b")]);
+    let id = gw.start(&[(":method", "GET"), (":path", "/?v=a%01b")]);
     gw.host.with_header_bytes(id, "x-raw", b"\xff\xfe");
     gw.host.with_header_bytes(id, "x-moved", b"\xc3\xa9");
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     assert_eq!(gw.host.header_lines(id, "x-moved"), vec![b"\xff\xfe".to_vec()]);
     assert_eq!(
         gw.host.header_lines(id, "x-copy"),
@@ -414,8 +397,8 @@ fn a_host_that_is_not_an_authority_refuses_the_request() {
     let config = r#"{"rules": [{"request": {"host": "{header.x-backend}"}}]}"#;
     let mut gw = Gateway::new(config);
     for (backend, status) in [("good.example@evil.example", Some(400)), ("svc.internal:8443", None)] {
-        let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/"), ("x-backend", backend)]);
-        ctx.on_http_request_headers(0, true);
+        let id = gw.start(&[(":method", "GET"), (":path", "/"), ("x-backend", backend)]);
+        gw.request_headers(id, true);
         assert_eq!(gw.host.reply(id).map(|r| r.status), status, "{backend}");
         if status.is_none() {
             assert_eq!(gw.host.header(id, ":authority").as_deref(), Some(backend));
@@ -430,9 +413,9 @@ fn route_name_is_read_for_templates_and_matchers() {
         {"match": {"route_name": "orders"}, "request": {"headers": [{"op": "set", "name": "x-orders", "value": "yes"}]}}
     ]}"#;
     let mut gw = Gateway::new(config);
-    let (id, mut ctx) = gw.context(&[(":method", "GET"), (":path", "/orders/1")]);
+    let id = gw.start(&[(":method", "GET"), (":path", "/orders/1")]);
     gw.host.with_request_property(id, &["xds", "route_name"], b"orders");
-    assert_eq!(ctx.on_http_request_headers(0, true), Action::Continue);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
     assert_eq!(gw.host.header(id, "x-route").as_deref(), Some("orders"));
     assert_eq!(gw.host.header(id, "x-orders").as_deref(), Some("yes"));
 }
@@ -442,14 +425,13 @@ fn a_chunk_still_to_go_out_when_trailers_come_refuses_the_message() {
     // Envoy lets nothing be added to a body that is passing again: the message must not go on
     // without the chunk.
     let mut gw = Gateway::new(&pass_config(1024));
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Req, &[b' '; 1000]);
-    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 1000, false), Action::Pause);
     chunk_of(&gw, id, Req, &vec![b' '; 200_000]);
-    assert_eq!(ctx.on_http_request_body(200_000, false), Action::Continue);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Pause);
+    assert_eq!(gw.request_body(id, 200_000, false), Action::Continue);
+    assert_eq!(gw.request_trailers(id), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
     assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
@@ -458,26 +440,24 @@ fn a_chunk_still_to_go_out_when_trailers_come_refuses_the_message() {
 #[test]
 fn a_body_that_crosses_the_cap_by_a_little_goes_out_at_once() {
     let mut gw = Gateway::new(&pass_config(1024));
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
     chunk_of(&gw, id, Req, &[b'a'; 1000]);
-    assert_eq!(ctx.on_http_request_body(1000, false), Action::Pause);
+    assert_eq!(gw.request_body(id, 1000, false), Action::Pause);
     chunk_of(&gw, id, Req, &[b'b'; 30_000]);
-    assert_eq!(ctx.on_http_request_body(30_000, false), Action::Continue);
+    assert_eq!(gw.request_body(id, 30_000, false), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), [vec![b'a'; 1000], vec![b'b'; 30_000]].concat());
     // Trailers then find nothing waiting.
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert!(gw.host.reply(id).is_none());
 }
 
 #[test]
 fn trailers_right_after_the_headers_leave_the_message_alone() {
     let mut gw = Gateway::new(&pass_config(1024));
-    let (id, mut ctx) =
-        gw.context(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
-    assert_eq!(ctx.on_http_request_headers(0, false), Action::Continue);
-    assert_eq!(ctx.on_http_request_trailers(1), Action::Continue);
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    assert_eq!(gw.request_trailers(id), Action::Continue);
     assert!(gw.host.request_body_of(id).is_empty());
     assert!(gw.host.reply(id).is_none());
 }

@@ -16,7 +16,7 @@ pub mod descriptor;
 use bucket::LimitStatus;
 use config::Headers;
 
-use crate::error::ErrorBody;
+pub use crate::error::Reply;
 
 /// The `error` code and message of a refused request.
 pub const ERROR_CODE: &str = "rate_limited";
@@ -91,14 +91,6 @@ pub fn retry_after_secs(rules: &[RuleStatus<'_>], refused_secs: u64) -> u64 {
         .max(1)
 }
 
-/// A local reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
 /// The 429 reply: the uniform JSON body, `Retry-After` and the rate-limit headers.
 pub fn limited_reply(
     request_id: &str,
@@ -106,11 +98,9 @@ pub fn limited_reply(
     retry_after_secs: u64,
     rate_headers: Vec<(&'static str, String)>,
 ) -> Reply {
-    let mut headers = vec![("content-type", "application/json".to_owned())];
-    headers.push(("retry-after", retry_after_secs.max(1).to_string()));
-    headers.extend(rate_headers);
-    let body = ErrorBody { error: ERROR_CODE, message, request_id }.to_json();
-    Reply { status: 429, headers, body }
+    let mut reply = Reply::error(429, ERROR_CODE, message, request_id).with_retry_after(retry_after_secs);
+    reply.headers.extend(rate_headers);
+    reply
 }
 
 #[cfg(test)]

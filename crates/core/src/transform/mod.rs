@@ -38,17 +38,6 @@ pub enum Op<K, V> {
     Set(K, V),
 }
 
-/// The filter's stats, `tollgate.transform.<name>`.
-pub const STATS: [&str; 7] = [
-    "rules_applied",
-    "body_transformed",
-    "body_skipped_too_large",
-    "body_skipped_not_json",
-    "invalid_json",
-    "rejected",
-    "errors",
-];
-
 /// Why the filter answers instead of the upstream (or instead of the upstream's answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

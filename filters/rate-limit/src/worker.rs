@@ -1,0 +1,54 @@
+//! Per-VM state, shared by the root context and the HTTP contexts: the compiled config, the
+//! shared-data slots of each rule and the stats. Immutable after configure.
+
+use tollgate_core::rate_limit::config::Config;
+use tollgate_host::Host;
+use tollgate_host::stats::Counters;
+
+use crate::store::Slots;
+
+tollgate_host::stats! {
+    /// The filter's counters, under `tollgate.rate_limit.`.
+    pub enum Stat {
+        FailureModeAllowed => "failure_mode_allowed",
+        FailureModeDenied => "failure_mode_denied",
+        SlotsInitialized => "slots_initialized",
+        DeniedBadPath => "denied.bad_path",
+    }
+}
+
+tollgate_host::stats! {
+    /// Each rule's counters, under `tollgate.rate_limit.rule.<name>.`.
+    pub enum RuleStat {
+        Allowed => "allowed",
+        Limited => "limited",
+        ShadowLimited => "shadow_limited",
+        CasExhausted => "cas_exhausted",
+        MissingSkipped => "missing_skipped",
+        MissingDenied => "missing_denied",
+        NoClientIp => "no_client_ip",
+        Collisions => "collisions",
+    }
+}
+
+pub struct Worker {
+    pub config: Config,
+    /// One pool of slots per rule, in the config's order.
+    pub slots: Vec<Slots>,
+    pub counters: Counters<Stat>,
+    /// One set per rule, in the config's order.
+    pub rule_counters: Vec<Counters<RuleStat>>,
+}
+
+impl Worker {
+    pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
+        let slots = config.rules.iter().map(|r| Slots::new(&config.domain, &r.name, r.slots)).collect();
+        let counters = Counters::define(host, "tollgate.rate_limit");
+        let rule_counters = config
+            .rules
+            .iter()
+            .map(|r| Counters::define(host, &format!("tollgate.rate_limit.rule.{}", r.name)))
+            .collect();
+        Self { config, slots, counters, rule_counters }
+    }
+}

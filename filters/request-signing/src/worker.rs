@@ -1,0 +1,54 @@
+//! Per-VM state, shared by the root context and the HTTP contexts: the compiled config, the
+//! shared-data key names, stats, the change-feed consumer and its call in flight.
+
+use tollgate_core::signature::config::Config;
+use tollgate_core::signature::verify::Deny;
+use tollgate_host::feed;
+
+use crate::store::Keys;
+
+pub const SERVICE: &str = tollgate_proto::KEY_SERVICE;
+
+tollgate_host::stats! {
+    /// request-signing's counters, under `tollgate.request_signing.`; with `denied.<reason>`
+    /// for every [`Deny`].
+    pub enum Stat {
+        Allowed => "allowed",
+        CacheHit => "cache_hit",
+        CacheMiss => "cache_miss",
+        CalloutError => "callout_error",
+        FeedPoll => "feed_poll",
+        FeedError => "feed_error",
+        FeedInvalidations => "feed_invalidations",
+        FeedResets => "feed_resets",
+    }
+}
+
+/// Every counter of the filter.
+pub type Counters = tollgate_host::stats::Counters<Stat, Deny>;
+
+pub struct Worker {
+    pub config: Config,
+    pub keys: Keys,
+    pub counters: Counters,
+    /// Distinguishes this worker's replay-table writes from other workers'.
+    pub seed: u64,
+    pub feed: feed::Consumer,
+    /// The change-feed poll in flight, if any.
+    pub feed_token: Option<u32>,
+}
+
+impl Worker {
+    pub fn feed_target(&self) -> feed::Target<'_> {
+        feed::Target {
+            cluster: &self.config.cluster,
+            token: self.config.token.expose(),
+            timeout: self.config.timeout,
+            interval: self.config.poll_interval,
+        }
+    }
+
+    pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
+        vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
+    }
+}
