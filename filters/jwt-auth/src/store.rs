@@ -1,6 +1,7 @@
 //! Shared-data layout, under `tollgate.jwt_auth.<config digest>.`: each remote provider's key set
-//! (`jwks.<provider>`: when it was fetched, then the JWKS as fetched) and fetch lease
-//! (`fetch.<provider>`), and the verified-token cache (`c.<slot>`).
+//! (`jwks.<provider>`: when it was fetched, then the JWKS as fetched) and fetch record
+//! (`fetch.<provider>`: [`tollgate_core::jwt::fetch::FetchState`]), and the verified-token cache
+//! (`c.<slot>`).
 
 use sha2::{Digest, Sha256};
 use tollgate_core::jwt::cache;
@@ -26,7 +27,7 @@ impl Keys {
         format!("{}jwks.{provider}", self.prefix)
     }
 
-    /// A provider's fetch lease.
+    /// A provider's fetch record (its lease, back-off and last start).
     pub fn fetch(&self, provider: &str) -> String {
         format!("{}fetch.{provider}", self.prefix)
     }
@@ -47,33 +48,6 @@ pub fn encode_key_set(fetched_at_ms: u64, body: &[u8]) -> Vec<u8> {
 pub fn decode_key_set(record: &[u8]) -> Option<(u64, &[u8])> {
     let (stamp, body) = record.split_first_chunk::<8>()?;
     Some((u64::from_le_bytes(*stamp), body))
-}
-
-/// The proxy-wide fetch record of one provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FetchLease {
-    /// A fetch is in flight until this time (ms): others wait for it rather than fetch.
-    pub in_flight_until: u64,
-    /// After a failed fetch, none before this time (ms).
-    pub not_before: u64,
-    /// When the last fetch started (ms), for the unknown-`kid` cooldown.
-    pub last_start: u64,
-}
-
-impl FetchLease {
-    pub fn decode(bytes: Option<&[u8]>) -> Self {
-        let Some(b) = bytes.filter(|b| b.len() == 24) else { return Self::default() };
-        let get =
-            |i: usize| b.get(i * 8..i * 8 + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes);
-        Self { in_flight_until: get(0), not_before: get(1), last_start: get(2) }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        [self.in_flight_until, self.not_before, self.last_start]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
-    }
 }
 
 /// A cached verification of the token with this hash, if any (`slots` 0: no cache).

@@ -10,6 +10,7 @@ use tollgate_core::jwt::Deny;
 use tollgate_core::jwt::cache;
 use tollgate_core::jwt::claims::Requirements;
 use tollgate_core::jwt::config::{Config, ConfigError, KeySource, Provider, Remote, err};
+use tollgate_core::jwt::fetch::{self, FetchOutcome, FetchState};
 use tollgate_core::jwt::introspection::{self, Discovered};
 use tollgate_core::jwt::jwk::Limits;
 use tollgate_core::jwt::jws::{Alg, Jws};
@@ -17,7 +18,9 @@ use tollgate_core::jwt::keys::KeySet;
 use tollgate_host::shared::{CAS_RETRIES, Cas, cas_apply, cas_update};
 use tollgate_host::{CallRefused, Host, LogLevel};
 
-use crate::store::{self, FetchLease, Keys};
+use crate::store::{self, Keys};
+
+pub use tollgate_core::jwt::fetch::{Claim, FetchReason};
 
 tollgate_host::stats! {
     /// jwt-auth's counters, under `tollgate.jwt_auth.`; with `denied.<reason>` for every [`Deny`].
@@ -51,10 +54,6 @@ pub fn stat_names() -> Vec<String> {
     Counters::names()
 }
 
-/// Wait after a failed fetch before the next one (bounded by the refresh interval).
-const RETRY_BACKOFF_MS: u64 = 5_000;
-/// A fetch lease lasts the fetch's timeout and this much more.
-const LEASE_MARGIN_MS: u64 = 1_000;
 /// Most requests of one worker that wait for one provider's key set; more get 503.
 pub const MAX_WAITERS: usize = 256;
 /// A flight is settled by the root context's tick this long after its fetch should have
@@ -72,26 +71,6 @@ pub struct ProviderState {
     discovered: Option<Discovered>,
     /// No discovery fetch before this time (ms); `u64::MAX` while one is in flight.
     discovery_next_ms: u64,
-}
-
-/// Why a fetch is wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchReason {
-    /// Periodic refresh, or no keys yet.
-    Refresh,
-    /// A token named a `kid` the key set does not have.
-    UnknownKid,
-}
-
-/// What [`Worker::claim_fetch`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// This worker may fetch now (it holds the proxy-wide lease).
-    Granted,
-    /// A fetch is in flight (in some worker) until at most this time (ms).
-    InFlight(u64),
-    /// No fetch now: backing off after a failure, or an unknown-`kid` fetch within the cooldown.
-    Refused,
 }
 
 /// A request paused until its provider's key set is fetched: enough to finish it from another
@@ -259,7 +238,7 @@ impl Worker {
     fn discovery_failed<H: Host + ?Sized>(&mut self, host: &H, idx: usize, reason: &str) {
         self.counters.inc(host, Stat::DiscoveryFetchError);
         if let Some(state) = self.state_mut(idx) {
-            state.discovery_next_ms = host.now_ms().saturating_add(RETRY_BACKOFF_MS);
+            state.discovery_next_ms = host.now_ms().saturating_add(fetch::RETRY_BACKOFF_MS);
         }
         let name = self.name(idx);
         host.log(LogLevel::Error, &format!("jwt-auth: OpenID discovery for `{name}` failed: {reason}"));
@@ -292,7 +271,7 @@ impl Worker {
         let state = self.state(idx)?;
         let set = state.set.clone()?;
         match self.remote(idx) {
-            Some(r) if now_ms.saturating_sub(state.fetched_at_ms) > r.max_stale.as_millis() as u64 => None,
+            Some(r) if !fetch::within_max_stale(state.fetched_at_ms, r, now_ms) => None,
             _ => Some(set),
         }
     }
@@ -327,13 +306,12 @@ impl Worker {
             return false;
         }
         let Some(state) = self.state(idx) else { return false };
-        state.set.is_none()
-            || now_ms >= state.fetched_at_ms.saturating_add(r.refresh_interval.as_millis() as u64)
+        fetch::refresh_due(state.set.as_ref().map(|_| state.fetched_at_ms), r, now_ms)
     }
 
-    /// Claims the proxy-wide right to fetch provider `idx` now. One fetch at a time across all
-    /// workers (a lease), after a failure not before a back-off, and unknown-`kid` fetches not
-    /// more often than the cooldown.
+    /// Claims the proxy-wide right to fetch provider `idx` now ([`fetch::claim`] over the
+    /// shared fetch record, written back under compare-and-swap). A record that cannot be
+    /// updated refuses the fetch.
     pub fn claim_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, reason: FetchReason) -> Claim {
         let Some(r) = self.remote(idx) else { return Claim::Refused };
         if self.jwks_path(idx).is_none() {
@@ -341,29 +319,19 @@ impl Worker {
         }
         let now = host.now_ms();
         let claim = cas_apply(host, &self.keys.fetch(self.name(idx)), CAS_RETRIES, None, |bytes| {
-            let lease = FetchLease::decode(bytes);
-            if lease.in_flight_until > now {
-                return Cas::Keep(Claim::InFlight(lease.in_flight_until));
+            let decision = fetch::claim(&FetchState::decode(bytes), r, reason, now);
+            match decision.next {
+                Some(next) => Cas::Write(next.encode(), decision.claim),
+                None => Cas::Keep(decision.claim),
             }
-            if lease.not_before > now {
-                return Cas::Keep(Claim::Refused);
-            }
-            if reason == FetchReason::UnknownKid
-                && now < lease.last_start.saturating_add(r.refetch_cooldown.as_millis() as u64)
-            {
-                return Cas::Keep(Claim::Refused);
-            }
-            let until = now + r.timeout.as_millis() as u64 + LEASE_MARGIN_MS;
-            let claimed = FetchLease { in_flight_until: until, not_before: 0, last_start: now };
-            Cas::Write(claimed.encode(), Claim::Granted)
         });
         claim.unwrap_or(Claim::Refused)
     }
 
     /// Whether a fetch of provider `idx`'s key set is in flight in some worker.
     pub fn fetch_in_flight<H: Host + ?Sized>(&self, host: &H, idx: usize) -> bool {
-        let lease = FetchLease::decode(host.shared_get(&self.keys.fetch(self.name(idx))).0.as_deref());
-        lease.in_flight_until > host.now_ms()
+        let record = host.shared_get(&self.keys.fetch(self.name(idx))).0;
+        FetchState::decode(record.as_deref()).in_flight(host.now_ms())
     }
 
     /// The root context's key-set call for provider `idx` in flight, if any.
@@ -380,7 +348,7 @@ impl Worker {
         if result.is_err() {
             self.counters.inc(host, Stat::JwksFetchError);
             host.log(LogLevel::Error, &format!("jwt-auth: cannot call cluster `{}`", r.cluster));
-            self.finish_fetch(host, idx, false);
+            self.finish_fetch(host, idx, FetchOutcome::Failed);
         }
         result
     }
@@ -420,7 +388,7 @@ impl Worker {
                     state.fetched_at_ms = now;
                 }
                 self.counters.inc(host, Stat::JwksFetchOk);
-                self.finish_fetch(host, idx, true);
+                self.finish_fetch(host, idx, FetchOutcome::Fetched);
             }
             Err(reason) => {
                 self.counters.inc(host, Stat::JwksFetchError);
@@ -434,19 +402,17 @@ impl Worker {
                     LogLevel::Warn,
                     &format!("jwt-auth: JWKS fetch for `{name}` failed: {reason}{kept}"),
                 );
-                self.finish_fetch(host, idx, false);
+                self.finish_fetch(host, idx, FetchOutcome::Failed);
             }
         }
     }
 
-    fn finish_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, ok: bool) {
+    /// Releases provider `idx`'s fetch lease ([`fetch::finished`]).
+    fn finish_fetch<H: Host + ?Sized>(&self, host: &H, idx: usize, outcome: FetchOutcome) {
         let Some(r) = self.remote(idx) else { return };
         let now = host.now_ms();
-        let backoff = RETRY_BACKOFF_MS.min(r.refresh_interval.as_millis() as u64);
-        let not_before = if ok { 0 } else { now + backoff };
         cas_update(host, &self.keys.fetch(self.name(idx)), |bytes| {
-            let last_start = FetchLease::decode(bytes).last_start;
-            Some(FetchLease { in_flight_until: 0, not_before, last_start }.encode())
+            Some(fetch::finished(&FetchState::decode(bytes), r, outcome, now).encode())
         });
     }
 

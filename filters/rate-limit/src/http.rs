@@ -1,6 +1,7 @@
-//! The per-request context: apply every matching rule, answer 429 or pass with headers.
+//! The per-request context: read the request's facts as the rules ask for them, let
+//! [`tollgate_core::rate_limit::policy::decide`] apply the rules, then carry out its decision —
+//! counters, log lines, the 429 reply or the headers of the response.
 
-use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::rc::Rc;
 
@@ -8,14 +9,15 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::error::Reply;
 use tollgate_core::key_auth as ka;
-use tollgate_core::rate_limit::bucket::{Class, Limit};
-use tollgate_core::rate_limit::config::{CriticalFacts, FailureMode, Mode, Rule, compile_key_limits};
-use tollgate_core::rate_limit::descriptor::{self, Bucket, Part};
-use tollgate_core::rate_limit::{self as rl, RuleStatus};
-use tollgate_core::route::{self, RequestFacts};
+use tollgate_core::rate_limit::bucket::{self, Class, Limit};
+use tollgate_core::rate_limit::config::compile_key_limits;
+use tollgate_core::rate_limit::policy::{self, Count, Exhausted, SlotStore};
+use tollgate_core::rate_limit::{self as rl, descriptor};
+use tollgate_core::route;
 use tollgate_host::{Host, LogLevel, attributes};
 
-use crate::worker::{RuleStat, Stat, Worker};
+use crate::store::Slots;
+use crate::worker::{Stat, Worker};
 
 pub struct RateLimitHttp<H: Host> {
     host: Rc<H>,
@@ -25,7 +27,7 @@ pub struct RateLimitHttp<H: Host> {
 }
 
 /// What the request says, read from the host at most once and only when a rule needs it.
-struct Facts<'h, H: Host> {
+struct HostFacts<'h, H: Host> {
     host: &'h H,
     forwarded_for_hop: Option<u8>,
     route_name: OnceCell<Option<String>>,
@@ -40,11 +42,7 @@ fn text(bytes: Option<Vec<u8>>) -> Option<String> {
     bytes.and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty())
 }
 
-fn bytes_of(s: Option<&str>) -> Option<Cow<'_, [u8]>> {
-    s.map(|s| Cow::Borrowed(s.as_bytes()))
-}
-
-impl<'h, H: Host> Facts<'h, H> {
+impl<'h, H: Host> HostFacts<'h, H> {
     fn new(host: &'h H, forwarded_for_hop: Option<u8>) -> Self {
         Self {
             host,
@@ -57,7 +55,9 @@ impl<'h, H: Host> Facts<'h, H> {
             key_limits: OnceCell::new(),
         }
     }
+}
 
+impl<H: Host> policy::Facts for HostFacts<'_, H> {
     fn route_name(&self) -> Option<&str> {
         self.route_name.get_or_init(|| text(self.host.property(attributes::ROUTE_NAME))).as_deref()
     }
@@ -102,7 +102,11 @@ impl<'h, H: Host> Facts<'h, H> {
         self.tier.get_or_init(|| text(self.host.property(&[ka::PROP_TIER]))).as_deref()
     }
 
-    /// The key's own limits, when key-auth published usable ones.
+    /// Each call reads the header again: rules rarely ask for the same one twice.
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header_bytes(name)
+    }
+
     fn key_limits(&self) -> Option<&[Limit]> {
         self.key_limits
             .get_or_init(|| {
@@ -118,25 +122,27 @@ impl<'h, H: Host> Facts<'h, H> {
             })
             .as_deref()
     }
-
-    /// A part's value as bytes: a header exactly as the client sent it, so two values that
-    /// differ in any byte are two buckets.
-    fn value<'s>(&'s self, part: &Part, path: &'s str) -> Option<Cow<'s, [u8]>> {
-        match part {
-            Part::Consumer => bytes_of(self.consumer()),
-            Part::KeyId => bytes_of(self.key_id()),
-            Part::Ip => bytes_of(self.ip()),
-            Part::Path => bytes_of(Some(path)),
-            Part::Route => bytes_of(self.route_name()),
-            Part::Header(name) => self.host.request_header_bytes(name).map(Cow::Owned),
-        }
-    }
 }
 
-/// Why a request is refused.
-enum Refusal {
-    Limited { retry_after_secs: u64 },
-    Missing,
+/// The rules' slots in shared data.
+struct HostSlots<'a, H: Host> {
+    host: &'a H,
+    slots: &'a [Slots],
+}
+
+impl<H: Host> SlotStore for HostSlots<'_, H> {
+    fn take(
+        &mut self,
+        rule: usize,
+        slot: u32,
+        owner: u64,
+        limits: &[Limit],
+        class: Class,
+    ) -> Result<bucket::Decision, Exhausted> {
+        // One pool per rule (see `Worker::new`), so a missing one does not happen.
+        let pool = self.slots.get(rule).ok_or(Exhausted)?;
+        pool.take(self.host, slot, owner, limits, class).map_err(|_| Exhausted)
+    }
 }
 
 impl<H: Host> RateLimitHttp<H> {
@@ -149,14 +155,11 @@ impl<H: Host> RateLimitHttp<H> {
         let worker = &*self.worker;
         let config = &worker.config;
         // Each header read is a host call: read the path and method only when a rule uses them.
-        let needs_path =
-            config.rules.iter().any(|r| r.matcher.path_prefix.is_some() || r.by.contains(&Part::Path));
-        let needs_method = config.rules.iter().any(|r| !r.matcher.methods.is_empty());
         let read = |name: &str, needed: bool| {
             if needed { host.request_header(name).unwrap_or_default() } else { String::new() }
         };
-        let full_path = read(":path", needs_path);
-        let method = read(":method", needs_method);
+        let full_path = read(":path", config.reads_path());
+        let method = read(":method", config.reads_method());
         let (raw_path, _) = route::split_path(&full_path);
         // Rules and `by: ["path"]` see the normalised path: `//a` and `/%61` are `/a` to them, so
         // a client cannot spell its way into a fresh bucket or past a rule.
@@ -176,106 +179,31 @@ impl<H: Host> RateLimitHttp<H> {
                 return Action::Pause;
             }
         };
-        let path = &*path;
-        let facts = Facts::new(host, config.forwarded_for_hop);
-        let needs_route = config.rules.iter().any(|r| r.matcher.route_name.is_some());
-        let route_name = if needs_route { facts.route_name().map(str::to_owned) } else { None };
-        let req = RequestFacts { route_name: route_name.as_deref(), path, method: &method };
+        let facts = HostFacts::new(host, config.forwarded_for_hop);
+        let mut slots = HostSlots { host, slots: &worker.slots };
+        let decision = policy::decide(config, &path, &method, &facts, &mut slots);
 
-        let mut statuses: Vec<RuleStatus<'_>> = Vec::new();
-        let mut refusal: Option<Refusal> = None;
-        for (index, rule) in config.rules.iter().enumerate() {
-            if !rule.matcher.matches(&req) {
-                continue;
-            }
-            let Some(counters) = worker.rule_counters.get(index) else {
-                continue;
-            };
-            let key =
-                match descriptor::bucket_of(&rule.name, &rule.by, rule.missing, |p| facts.value(p, path)) {
-                    Bucket::Key(key) => key,
-                    Bucket::NoClientIp(key) => {
-                        counters.inc(host, RuleStat::NoClientIp);
-                        key
-                    }
-                    Bucket::Skip => {
-                        counters.inc(host, RuleStat::MissingSkipped);
-                        continue;
-                    }
-                    Bucket::Deny => {
-                        counters.inc(host, RuleStat::MissingDenied);
-                        if rule.mode == Mode::Enforce {
-                            refusal = Some(Refusal::Missing);
-                            break;
-                        }
-                        continue;
-                    }
-                };
-            // A key's own limits only mean something for a bucket that belongs to the key or its
-            // consumer; other rules skip the property read (a host call) altogether.
-            let per_caller = rule.by.iter().any(|p| matches!(p, Part::Consumer | Part::KeyId));
-            let own = if rule.key_limits && per_caller { facts.key_limits() } else { None };
-            let limits = own.unwrap_or(rule.limits.as_slice());
-            let class = classify(rule, &facts, host, route_name.as_deref());
-            let Some(pool) = worker.slots.get(index) else {
-                continue;
-            };
-            let owner = descriptor::hash64(&key);
-            let slot = descriptor::slot(owner, pool.count);
-            let decision = match pool.take(host, slot, owner, limits, class) {
-                Ok(decision) => decision,
-                Err(_) => {
-                    counters.inc(host, RuleStat::CasExhausted);
-                    match config.failure_mode {
-                        FailureMode::Allow => {
-                            worker.counters.inc(host, Stat::FailureModeAllowed);
-                            continue;
-                        }
-                        FailureMode::Deny => {
-                            worker.counters.inc(host, Stat::FailureModeDenied);
-                            refusal = Some(Refusal::Limited { retry_after_secs: 1 });
-                            break;
-                        }
+        for count in &decision.counts {
+            match *count {
+                Count::Rule(index, stat) => {
+                    if let Some(counters) = worker.rule_counters.get(index) {
+                        counters.inc(host, stat.into());
                     }
                 }
-            };
-            if decision.collided {
-                counters.inc(host, RuleStat::Collisions);
-            }
-            if decision.allowed {
-                counters.inc(host, RuleStat::Allowed);
-            } else if rule.mode == Mode::Shadow {
-                counters.inc(host, RuleStat::ShadowLimited);
-                host.log(
-                    LogLevel::Info,
-                    &format!("rate-limit: rule `{}` would limit this request (shadow mode)", rule.name),
-                );
-                continue;
-            } else {
-                counters.inc(host, RuleStat::Limited);
-            }
-            if rule.mode == Mode::Enforce {
-                statuses.push(RuleStatus { rule: &rule.name, limits: decision.status });
-            }
-            if !decision.allowed {
-                refusal = Some(Refusal::Limited { retry_after_secs: decision.retry_after_secs });
-                break;
+                Count::FailureModeAllowed => worker.counters.inc(host, Stat::FailureModeAllowed),
+                Count::FailureModeDenied => worker.counters.inc(host, Stat::FailureModeDenied),
             }
         }
-
-        let headers = rl::response_headers(&statuses, config.headers);
-        let Some(refusal) = refusal else {
+        for line in &decision.logs {
+            host.log(LogLevel::Info, line);
+        }
+        let headers = rl::response_headers(&decision.statuses, config.headers);
+        let Some(refusal) = decision.refusal else {
             self.pending = headers;
             return Action::Continue;
         };
         let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let (message, retry) = match refusal {
-            Refusal::Limited { retry_after_secs } => (rl::ERROR_MESSAGE, retry_after_secs),
-            Refusal::Missing => (rl::MISSING_MESSAGE, 1),
-        };
-        // Never earlier than a limit this request already emptied has a token again.
-        let retry = rl::retry_after_secs(&statuses, retry);
-        tollgate_host::send_reply(host, &rl::limited_reply(&request_id, message, retry, headers));
+        tollgate_host::send_reply(host, &refusal.reply(&request_id, &decision.statuses, headers));
         Action::Pause
     }
 
@@ -284,23 +212,6 @@ impl<H: Host> RateLimitHttp<H> {
             self.host.set_response_header(name, Some(value.as_bytes()));
         }
     }
-}
-
-/// Whether a request may use the rule's reserved share.
-fn classify<H: Host>(rule: &Rule, facts: &Facts<'_, H>, host: &H, route_name: Option<&str>) -> Class {
-    let Some(priority) = &rule.priority else {
-        return Class::Normal { reserve_percent: 0 };
-    };
-    let c = &priority.critical;
-    let header = c.header.as_ref().and_then(|(name, _)| host.request_header_bytes(name));
-    let route_name = match route_name {
-        Some(r) => Some(r),
-        None if !c.route_names.is_empty() => facts.route_name(),
-        None => None,
-    };
-    let tier = if c.tiers.is_empty() { None } else { facts.tier() };
-    let critical = c.matches(&CriticalFacts { header: header.as_deref(), route_name, tier });
-    if critical { Class::Critical } else { Class::Normal { reserve_percent: priority.reserve_percent } }
 }
 
 impl<H: Host> Context for RateLimitHttp<H> {}

@@ -2,6 +2,7 @@
 //! shared-data slots of each rule and the stats. Immutable after configure.
 
 use tollgate_core::rate_limit::config::Config;
+use tollgate_core::rate_limit::policy::RuleCount;
 use tollgate_host::Host;
 use tollgate_host::stats::Counters;
 
@@ -28,6 +29,21 @@ tollgate_host::stats! {
         MissingDenied => "missing_denied",
         NoClientIp => "no_client_ip",
         Collisions => "collisions",
+    }
+}
+
+impl From<RuleCount> for RuleStat {
+    fn from(count: RuleCount) -> Self {
+        match count {
+            RuleCount::Allowed => Self::Allowed,
+            RuleCount::Limited => Self::Limited,
+            RuleCount::ShadowLimited => Self::ShadowLimited,
+            RuleCount::CasExhausted => Self::CasExhausted,
+            RuleCount::MissingSkipped => Self::MissingSkipped,
+            RuleCount::MissingDenied => Self::MissingDenied,
+            RuleCount::NoClientIp => Self::NoClientIp,
+            RuleCount::Collisions => Self::Collisions,
+        }
     }
 }
 

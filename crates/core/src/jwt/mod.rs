@@ -6,7 +6,9 @@
 //!   by the trusted key's type and the provider's allow-list, never by the token alone;
 //! - [`claims`]: `iss`, `aud`, `exp`, `nbf`, `iat`, lifetime, `typ`, scopes and route rules;
 //! - [`config`]: the filter's schema; [`cache`]: the verified-token cache codec;
-//! - [`introspection`]: RFC 7662 requests and answers, OpenID discovery documents.
+//! - [`introspection`]: RFC 7662 requests and answers, OpenID discovery documents;
+//! - [`fetch`]: when a remote key set is fetched (the proxy-wide lease, back-off after a
+//!   failure, unknown-`kid` cooldown) and for how long it is used.
 //!
 //! Everything is plain data with the clock passed in.
 
@@ -14,6 +16,7 @@ pub mod b64;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod fetch;
 pub mod introspection;
 pub mod jwk;
 pub mod jws;

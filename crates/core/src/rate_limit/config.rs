@@ -298,6 +298,21 @@ impl Config {
     pub fn matching_rules<'a>(&'a self, req: &'a RequestFacts<'_>) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| r.matcher.matches(req))
     }
+
+    /// Whether a rule looks at the request path (a path prefix, or `by: ["path"]`).
+    pub fn reads_path(&self) -> bool {
+        self.rules.iter().any(|r| r.matcher.path_prefix.is_some() || r.by.contains(&Part::Path))
+    }
+
+    /// Whether a rule looks at the request method.
+    pub fn reads_method(&self) -> bool {
+        self.rules.iter().any(|r| !r.matcher.methods.is_empty())
+    }
+
+    /// Whether a rule matches by route name.
+    pub fn reads_route_name(&self) -> bool {
+        self.rules.iter().any(|r| r.matcher.route_name.is_some())
+    }
 }
 
 fn is_name(s: &str) -> bool {

@@ -5,6 +5,8 @@
 //! - [`descriptor`]: what a bucket is keyed by (consumer, key id, IP, header, path, route) and
 //!   which of the fixed slots it lives in.
 //! - [`config`]: the filter's configuration schema.
+//! - [`policy`]: one request under every matching rule — bucket keys, `missing` fallbacks, the
+//!   key's own limits, critical requests, shadow mode, `failure_mode` — as a decision value.
 //!
 //! This module turns the per-rule outcomes of one request into its response: the `RateLimit`
 //! headers and, when a rule refuses it, the 429 reply.
@@ -12,6 +14,7 @@
 pub mod bucket;
 pub mod config;
 pub mod descriptor;
+pub mod policy;
 
 use bucket::LimitStatus;
 use config::Headers;
