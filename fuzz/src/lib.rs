@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use arbitrary::Unstructured;
 use serde_json::Value;
 
+use tollgate_core::identity;
 use tollgate_core::jwt::{self, b64, claims, introspection, jwk, jws, keys::KeySet};
 use tollgate_core::key;
 use tollgate_core::key_auth::{self, cache as ka_cache};
@@ -554,9 +555,9 @@ pub fn shared_data(data: &[u8]) {
         _ => {
             // `tollgate.rate_limit` filter state: key-auth writes it, rate-limit reads it.
             let Some(s) = text(rest) else { return };
-            if let Some(limits) = key_auth::parse_limits(s) {
-                let again = key_auth::format_limits(&limits);
-                assert_eq!(key_auth::parse_limits(&again).as_deref(), Some(limits.as_slice()), "{again:?}");
+            if let Some(limits) = identity::parse_limits(s) {
+                let again = identity::format_limits(&limits);
+                assert_eq!(identity::parse_limits(&again).as_deref(), Some(limits.as_slice()), "{again:?}");
                 let _ = rate_limit::config::compile_key_limits(&limits);
             }
         }

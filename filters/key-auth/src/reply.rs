@@ -1,8 +1,8 @@
 //! The key service's VerifyKey answer (proto) turned into the core's cache entry.
 
 use prost::Message;
-use tollgate_core::key_auth as ka;
-use tollgate_core::key_auth::cache::{Entry, KeyState, Limit};
+use tollgate_core::identity::{self, Limit};
+use tollgate_core::key_auth::cache::{Entry, KeyState};
 use tollgate_host::{Host, LogLevel, grpc_status};
 use tollgate_proto::v1;
 
@@ -57,7 +57,7 @@ pub fn read_verify_reply<H: Host + ?Sized>(
 pub enum Unusable {
     /// Unspecified result, or a valid key without key id or consumer.
     Nonsense,
-    /// A scope that cannot travel in the scopes header (see [`ka::scopes_value`]): publishing
+    /// A scope that cannot travel in the scopes header (see [`identity::scopes_value`]): publishing
     /// the list without it, or without any, would misstate what the key may do.
     UnpublishableScope,
 }
@@ -80,7 +80,7 @@ pub fn entry_from_reply(
     if state == KeyState::Valid && (reply.key_id.is_empty() || reply.consumer_id.is_empty()) {
         return Err(Unusable::Nonsense);
     }
-    if state == KeyState::Valid && ka::scopes_value(&reply.scopes).is_none() {
+    if state == KeyState::Valid && identity::scopes_value(&reply.scopes).is_none() {
         return Err(Unusable::UnpublishableScope);
     }
     let (tier, limits) = match &reply.rate_limit {

@@ -24,6 +24,9 @@
 use std::time::Duration;
 
 use super::config::CacheConfig;
+/// The key's limits an entry carries are published as they are (see
+/// [`crate::identity::PROP_RATE_LIMIT`]).
+pub use crate::identity::Limit;
 
 /// Number of invalidation slots.
 pub const INVALIDATION_SLOTS: u32 = 4096;
@@ -51,14 +54,6 @@ impl KeyState {
             _ => return None,
         })
     }
-}
-
-/// One rate limit of a key's tier: `rate` per `period_secs`, bursting to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub rate: u64,
-    pub period_secs: u64,
-    pub burst: u64,
 }
 
 /// What the key service said about one key, as cached.
