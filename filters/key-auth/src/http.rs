@@ -87,7 +87,7 @@ impl<H: Host> KeyAuthHttp<H> {
 
         let hash = key::key_hash(&key);
         let now_ms = host.now_ms();
-        match store::lookup(host, &worker.keys, &worker.config, &hash, worker.feed.epoch()) {
+        match store::lookup(host, &worker.keys, &worker.feed, &worker.config, &hash) {
             Lookup::Fresh(entry) => {
                 worker.counters.inc(host, Stat::CacheHit);
                 return if apply_answer(host, &worker, &waiter, &entry) {
@@ -118,7 +118,7 @@ impl<H: Host> KeyAuthHttp<H> {
             self.waiting = Some(hash);
             return Action::Pause;
         }
-        let epoch = store::current_epoch(host, &worker.keys);
+        let epoch = worker.feed.epoch(host);
         match worker.dispatch_verify(host, &hash) {
             Ok(token) => {
                 worker.flights.insert(
@@ -200,7 +200,7 @@ impl<H: Host> HttpContext for KeyAuthHttp<H> {
 /// Whether the change feed went back (a store restored from a backup) since a call made in
 /// `epoch`: its answer may then come from the store that is gone, and is not trusted.
 fn answer_predates_reset<H: Host + ?Sized>(host: &H, worker: &Worker, epoch: u64) -> bool {
-    store::current_epoch(host, &worker.keys) > epoch
+    worker.feed.epoch(host) > epoch
 }
 
 /// Handles the answer to the lookup for `hash` made in feed epoch `epoch`: caches it and

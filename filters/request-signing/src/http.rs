@@ -171,12 +171,12 @@ impl<H: Host> SigningHttp<H> {
         }
         self.policy = Some(policy);
         self.hold_body = has_body && bound;
-        if let Some(entry) = store::lookup(host, &w.keys, &w.config, &key_id) {
+        if let Some(entry) = store::lookup(host, &w.keys, &w.feed, &w.config, &key_id) {
             w.counters.inc(host, Stat::CacheHit);
             self.material = Some(entry);
         } else {
             w.counters.inc(host, Stat::CacheMiss);
-            self.call_epoch = store::current_epoch(host, &w.keys);
+            self.call_epoch = w.feed.epoch(host);
             let message = v1::GetSigningKeyRequest { key_id: key_id.clone() }.encode_to_vec();
             let metadata = w.metadata();
             let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
