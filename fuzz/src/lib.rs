@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use arbitrary::Unstructured;
 use serde_json::Value;
 
+use tollgate_core::feed;
+use tollgate_core::identity;
 use tollgate_core::jwt::{self, b64, claims, introspection, jwk, jws, keys::KeySet};
 use tollgate_core::key;
 use tollgate_core::key_auth::{self, cache as ka_cache};
@@ -447,9 +449,9 @@ pub fn shared_data(data: &[u8]) {
                 let cfg = key_auth_cache_config();
                 let hash = entry.hash;
                 for now_ms in [0, entry.fetched_at_ms, u64::MAX] {
-                    let fresh = ka_cache::Freshness { invalidated_at: 3, base: 2 };
                     for epoch in [0, entry.epoch, entry.epoch.saturating_add(1)] {
-                        let _ = ka_cache::classify(Some(entry.clone()), &hash, now_ms, fresh, epoch, &cfg);
+                        let fresh = feed::Freshness { epoch, invalidated_at: 3, base: 2 };
+                        let _ = ka_cache::classify(Some(entry.clone()), &hash, now_ms, fresh, &cfg);
                     }
                 }
             }
@@ -459,21 +461,21 @@ pub fn shared_data(data: &[u8]) {
             assert_eq!(ka_cache::Entry::decode(&entry.encode()).as_ref(), Some(&entry), "key-auth entry");
         }
         2 => {
-            if let Some(state) = ka_cache::FeedState::decode(rest) {
+            if let Some(state) = feed::FeedState::decode(rest) {
                 assert_eq!(state.encode().as_slice(), rest);
-                let changes: Vec<ka_cache::FeedChange> = (0..4)
+                let changes: Vec<feed::FeedChange> = (0..4)
                     .map_while(|i| {
                         let seq = u.arbitrary::<u64>().ok()?;
                         let mark = u.arbitrary::<u64>().ok()?;
-                        Some(ka_cache::FeedChange { seq, key_id: format!("key_{i}"), mark })
+                        Some(feed::FeedChange { seq, key_id: format!("key_{i}"), mark })
                     })
                     .collect();
                 let head = u.arbitrary::<u64>().unwrap_or(0);
-                let step = ka_cache::feed_step(state, &changes, head);
+                let step = feed::feed_step(state, &changes, head);
                 assert!(step.next.started);
                 assert!(step.next.epoch >= state.epoch, "the feed epoch never goes back");
                 for (slot, _) in &step.invalidate {
-                    assert!(*slot < ka_cache::INVALIDATION_SLOTS);
+                    assert!(*slot < feed::INVALIDATION_SLOTS);
                 }
             }
         }
@@ -491,11 +493,10 @@ pub fn shared_data(data: &[u8]) {
                     Some((entry.clone(), epoch))
                 );
                 let _ = entry.usable_at(1_700_000_000);
-                let fresh = ka_cache::Freshness::default();
                 let ttl = std::time::Duration::from_secs(60);
                 let slot = Some((entry.clone(), epoch));
-                let newer = epoch.saturating_add(1);
-                let later = sig_cache::fresh_in_epoch(slot, &entry.key_id, 0, fresh, newer, ttl, ttl);
+                let newer = feed::Freshness::epoch_only(epoch.saturating_add(1));
+                let later = sig_cache::fresh_in_epoch(slot, &entry.key_id, 0, newer, ttl, ttl);
                 assert!(epoch == u64::MAX || later.is_none(), "material of an older epoch was used");
             }
         }
@@ -554,9 +555,9 @@ pub fn shared_data(data: &[u8]) {
         _ => {
             // `tollgate.rate_limit` filter state: key-auth writes it, rate-limit reads it.
             let Some(s) = text(rest) else { return };
-            if let Some(limits) = key_auth::parse_limits(s) {
-                let again = key_auth::format_limits(&limits);
-                assert_eq!(key_auth::parse_limits(&again).as_deref(), Some(limits.as_slice()), "{again:?}");
+            if let Some(limits) = identity::parse_limits(s) {
+                let again = identity::format_limits(&limits);
+                assert_eq!(identity::parse_limits(&again).as_deref(), Some(limits.as_slice()), "{again:?}");
                 let _ = rate_limit::config::compile_key_limits(&limits);
             }
         }
@@ -929,7 +930,7 @@ pub fn config_key_auth(data: &[u8]) {
             let entry = ka_cache::Entry::not_found(hash, 0, 0, 0);
             for now_ms in [0, u64::MAX] {
                 let _ =
-                    ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), 0, &cfg.cache);
+                    ka_cache::classify(Some(entry.clone()), &hash, now_ms, Default::default(), &cfg.cache);
             }
             assert!(ka_cache::cache_slot(&hash, cfg.cache.slots) < cfg.cache.slots);
         }

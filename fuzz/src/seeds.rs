@@ -6,6 +6,7 @@ use hmac::Mac as _;
 use serde_json::json;
 use sha2::Sha256;
 
+use tollgate_core::feed;
 use tollgate_core::jwt::b64;
 use tollgate_core::key;
 use tollgate_core::key_auth::cache as ka_cache;
@@ -256,7 +257,7 @@ pub fn generated() -> Vec<Seed> {
         &ka_cache::Entry::not_found([1; 32], 5, 6, 0).encode(),
     ));
     out.push(tagged("shared_data", "key-auth-arbitrary", 1, &entry.encode()));
-    let feed = ka_cache::FeedState {
+    let feed_state = feed::FeedState {
         started: true,
         cursor: 7,
         base: 3,
@@ -268,7 +269,7 @@ pub fn generated() -> Vec<Seed> {
         "shared_data",
         "feed-state",
         2,
-        &[feed.encode().as_slice(), &9u64.to_le_bytes()].concat(),
+        &[feed_state.encode().as_slice(), &9u64.to_le_bytes()].concat(),
     ));
     let jwt_entry = tollgate_core::jwt::cache::Entry {
         hash: [3; 32],

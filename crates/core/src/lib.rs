@@ -7,6 +7,8 @@ pub mod config;
 pub mod credentials;
 pub mod duration;
 pub mod error;
+pub mod feed;
+pub mod identity;
 pub mod jwt;
 pub mod key;
 pub mod key_auth;

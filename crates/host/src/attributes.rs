@@ -103,7 +103,7 @@ pub const STRUCTURED: &[&str] = &[
 
 /// Filter state written by Tollgate's filters (`set_property` with one path segment; Envoy keeps
 /// it as filter state and answers it to later filters of the same request) starts with this.
-pub const FILTER_STATE_PREFIX: &str = "tollgate.";
+pub use tollgate_core::identity::FILTER_STATE_PREFIX;
 
 /// Whether Envoy 1.40 answers a `get_property` of `path`.
 pub fn is_readable(path: &[&str]) -> bool {

@@ -1,10 +1,13 @@
 //! The key service's change feed, consumed by the filters that cache key-service answers
-//! (key-auth, request-signing).
+//! (key-auth, request-signing): the one poller, and the only code that names the feed's
+//! shared-data keys. A filter's store asks its [`Consumer`] what the feed says about a key id
+//! ([`Consumer::freshness`]) and which epoch to stamp an answer with ([`Consumer::epoch`]); the
+//! protocol itself (records, steps, epochs, invalidation) is `tollgate_core::feed`'s.
 //!
 //! One worker at a time polls: the consumer's record in shared data carries a lease. A page of
 //! changes raises the invalidation slot of each changed key id to the change's sequence; a
 //! cached answer fetched at an older sequence is then no longer used (see
-//! `tollgate_core::key_auth::cache`). A head lower than the consumer's cursor, or another change
+//! `tollgate_core::feed::invalidated`). A head lower than the consumer's cursor, or another change
 //! than the one applied at the cursor (each poll asks for it again), means the key service's
 //! store went back to an older state (restored from a backup): the record's epoch is bumped,
 //! which retires every answer cached and every invalidation recorded before it. After a
@@ -16,7 +19,9 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use prost::Message;
-use tollgate_core::key_auth::cache::{FeedChange, FeedState, Invalidation, change_mark, feed_step};
+use tollgate_core::feed::{
+    FeedChange, FeedState, Freshness, Invalidation, change_mark, feed_step, invalidation_slot,
+};
 use tollgate_proto::v1;
 
 use crate::{Host, LogLevel, grpc_status, shared};
@@ -67,7 +72,7 @@ pub struct Consumer {
     prefix: String,
     failing: Cell<bool>,
     /// The newest feed epoch this worker has read from the record (on its tick, or at a poll's
-    /// answer); see [`Consumer::epoch`].
+    /// answer); see [`Consumer::seen_epoch`].
     epoch: Cell<u64>,
 }
 
@@ -80,8 +85,26 @@ impl Consumer {
     /// behind the record. Behind is the safe side for stamping and checking cached answers: an
     /// answer stamped too old is asked for again, and one checked against an older epoch is
     /// at worst used until the next tick.
-    pub fn epoch(&self) -> u64 {
+    pub fn seen_epoch(&self) -> u64 {
         self.epoch.get()
+    }
+
+    /// The feed's current epoch, read from the record: what to stamp into the answer of a
+    /// lookup about to be made, and what an answer that arrives is checked against.
+    pub fn epoch<H: Host + ?Sized>(&self, host: &H) -> u64 {
+        self.state(host).epoch
+    }
+
+    /// What the feed says now about the answers cached for `key_id`: its epoch and base (one
+    /// read of the record) and the key id's invalidation slot as seen in that epoch.
+    pub fn freshness<H: Host + ?Sized>(&self, host: &H, key_id: &str) -> Freshness {
+        let state = self.state(host);
+        let slot = self.invalidation_key(invalidation_slot(key_id));
+        Freshness {
+            epoch: state.epoch,
+            invalidated_at: read_invalidation(host, &slot, state.epoch),
+            base: state.base,
+        }
     }
 
     fn saw(&self, state: &FeedState) {
@@ -89,25 +112,25 @@ impl Consumer {
     }
 
     /// The shared-data key of the consumer's record.
-    pub fn record_key(&self) -> String {
+    fn record_key(&self) -> String {
         format!("{}feed", self.prefix)
     }
 
     /// The shared-data key of an invalidation slot.
-    pub fn invalidation_key(&self, slot: u32) -> String {
+    fn invalidation_key(&self, slot: u32) -> String {
         format!("{}i.{slot}", self.prefix)
     }
 
-    /// The consumer's record (for its `base`).
+    /// The consumer's record.
     pub fn state<H: Host + ?Sized>(&self, host: &H) -> FeedState {
-        shared::read_feed(host, &self.record_key()).0
+        read_feed(host, &self.record_key()).0
     }
 
     /// Starts a poll if it is this worker's turn.
     pub fn poll<H: Host + ?Sized>(&self, host: &H, target: Target<'_>) -> Poll {
         let now = host.now_ms();
         let key = self.record_key();
-        let (state, cas) = shared::read_feed(host, &key);
+        let (state, cas) = read_feed(host, &key);
         self.saw(&state);
         if state.busy_until_ms > now {
             return Poll::NotMyTurn;
@@ -131,7 +154,7 @@ impl Consumer {
             Ok(token) => Poll::Started(token),
             Err(_) => {
                 let backoff = FeedState { busy_until_ms: now + millis(target.interval), ..state };
-                shared::finish_poll(host, &key, backoff);
+                finish_poll(host, &key, backoff);
                 Poll::Refused
             }
         }
@@ -142,7 +165,7 @@ impl Consumer {
         let now = host.now_ms();
         let interval = millis(target.interval);
         let key = self.record_key();
-        let state = shared::read_feed(host, &key).0;
+        let state = read_feed(host, &key).0;
         self.saw(&state);
         let body = host.grpc_response_body(size).unwrap_or_default();
         let reply = (status == grpc_status::OK)
@@ -156,7 +179,7 @@ impl Consumer {
                     &format!("{}: change feed unavailable (gRPC status {status}): {detail}", self.label),
                 );
             }
-            shared::finish_poll(host, &key, FeedState { busy_until_ms: now + interval, ..state });
+            finish_poll(host, &key, FeedState { busy_until_ms: now + interval, ..state });
             return Done::Failed;
         };
         if self.failing.replace(false) {
@@ -191,23 +214,19 @@ impl Consumer {
                     self.label
                 ),
             );
-            shared::finish_poll(host, &key, step.next);
+            finish_poll(host, &key, step.next);
             self.saw(&step.next);
             return Done::Reset;
         }
         for (slot, seq) in &step.invalidate {
-            if !shared::raise_invalidation(
-                host,
-                &self.invalidation_key(*slot),
-                Invalidation { epoch, seq: *seq },
-            ) {
+            if !raise_invalidation(host, &self.invalidation_key(*slot), Invalidation { epoch, seq: *seq }) {
                 // Could not record it: re-check everything cached rather than miss a revocation.
                 let next = FeedState { base: step.next.cursor, ..step.next };
-                shared::finish_poll(host, &key, next);
+                finish_poll(host, &key, next);
                 return Done::Rebased;
             }
         }
-        shared::finish_poll(host, &key, step.next);
+        finish_poll(host, &key, step.next);
         Done::Applied(step.invalidate.len())
     }
 }
@@ -216,10 +235,38 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// An invalidation slot's sequence as seen from feed epoch `epoch` (see
+/// [`Invalidation::seq_in`]).
+fn read_invalidation<H: Host + ?Sized>(host: &H, key: &str, epoch: u64) -> u64 {
+    Invalidation::seq_in(host.shared_get(key).0.as_deref(), epoch)
+}
+
+/// Raises an invalidation slot to `to` (see [`Invalidation::raised`]). Returns false when the
+/// retries ran out.
+fn raise_invalidation<H: Host + ?Sized>(host: &H, key: &str, to: Invalidation) -> bool {
+    shared::cas_update(host, key, |current| Invalidation::raised(current, to).map(|v| v.encode().to_vec()))
+}
+
+/// The consumer's record and its CAS token.
+fn read_feed<H: Host + ?Sized>(host: &H, key: &str) -> (FeedState, Option<u32>) {
+    let (bytes, cas) = host.shared_get(key);
+    (bytes.and_then(|b| FeedState::decode(&b)).unwrap_or_default(), cas)
+}
+
+/// Stores the consumer's next state after a poll, never undoing a reset nor moving the cursor
+/// backwards (see [`FeedState::merge`]).
+fn finish_poll<H: Host + ?Sized>(host: &H, key: &str, next: FeedState) -> bool {
+    shared::cas_update(host, key, |current| {
+        let current = current.and_then(FeedState::decode).unwrap_or_default();
+        Some(FeedState::merge(current, next).encode().to_vec())
+    })
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::mock::MockHost;
+    use crate::shared::CAS_RETRIES;
 
     const TARGET: Target<'static> = Target {
         cluster: "keyd",
@@ -259,28 +306,28 @@ mod tests {
         let consumer = Consumer::new("test", "t.");
         assert_eq!(poll(&host, &consumer, &[], 20), (0, Done::Applied(0)));
         assert_eq!(poll(&host, &consumer, &[(21, "key_a", CREATED)], 21), (20, Done::Applied(1)));
-        let slot = consumer.invalidation_key(tollgate_core::key_auth::cache::invalidation_slot("key_a"));
-        assert_eq!(shared::read_invalidation(&*host, &slot, 0), 21);
+        let slot = consumer.invalidation_key(invalidation_slot("key_a"));
+        assert_eq!(read_invalidation(&*host, &slot, 0), 21);
 
         // Restored to 12.
         assert_eq!(poll(&host, &consumer, &[(21, "key_a", CREATED)], 12), (20, Done::Reset));
         let state = consumer.state(&*host);
         assert_eq!((state.epoch, state.cursor, state.base), (1, 12, 12));
-        assert_eq!(consumer.epoch(), 1);
+        assert_eq!(consumer.seen_epoch(), 1);
         assert!(host.logs().iter().any(|(_, l)| l.contains("went back from 21 to 12")));
-        assert_eq!(shared::read_invalidation(&*host, &slot, 1), 0, "the lost timeline's change");
+        assert_eq!(read_invalidation(&*host, &slot, 1), 0, "the lost timeline's change");
 
         // The new timeline's changes are applied in the new epoch, though 13 < 21.
         assert_eq!(poll(&host, &consumer, &[(13, "key_a", REVOKED)], 13), (12, Done::Applied(1)));
-        assert_eq!(shared::read_invalidation(&*host, &slot, 1), 13);
+        assert_eq!(read_invalidation(&*host, &slot, 1), 13);
         assert_eq!(consumer.state(&*host).epoch, 1);
 
         // Another worker learns the epoch on its tick, whether or not it is its turn to poll.
         let other = MockHost::sharing_with(&host);
         let other_consumer = Consumer::new("test", "t.");
-        assert_eq!(other_consumer.epoch(), 0);
+        assert_eq!(other_consumer.seen_epoch(), 0);
         let _ = other_consumer.poll(&*other, TARGET);
-        assert_eq!(other_consumer.epoch(), 1);
+        assert_eq!(other_consumer.seen_epoch(), 1);
     }
 
     /// The restored store got as far as the consumer's cursor again before the next poll: the
@@ -308,5 +355,60 @@ mod tests {
         let state = consumer.state(&*host);
         assert_eq!((state.epoch, state.cursor, state.base), (1, 23, 23));
         assert!(host.logs().iter().any(|(_, l)| l.contains("has another change at 21")));
+    }
+
+    /// What a filter's store is told about a key id: the record's epoch and base, and the key
+    /// id's invalidation slot as seen in that epoch, under this consumer's prefix only.
+    #[test]
+    fn freshness_is_the_records_epoch_and_base_and_the_key_ids_slot_in_that_epoch() {
+        let host = MockHost::new();
+        let consumer = Consumer::new("test", "t.");
+        assert_eq!(consumer.freshness(&*host, "key_a"), Freshness::default(), "nothing polled yet");
+        poll(&host, &consumer, &[], 20);
+        poll(&host, &consumer, &[(21, "key_a", REVOKED)], 21);
+        let revoked = Freshness { epoch: 0, invalidated_at: 21, base: 20 };
+        assert_eq!(consumer.freshness(&*host, "key_a"), revoked);
+        assert_ne!(invalidation_slot("key_b"), invalidation_slot("key_a"));
+        assert_eq!(consumer.freshness(&*host, "key_b"), Freshness { invalidated_at: 0, ..revoked });
+        let elsewhere = Consumer::new("other", "u.");
+        assert_eq!(elsewhere.freshness(&*host, "key_a"), Freshness::default(), "another prefix");
+
+        // Restored to 12: the slot's change belongs to the lost timeline.
+        poll(&host, &consumer, &[], 12);
+        assert_eq!(consumer.epoch(&*host), 1);
+        assert_eq!(consumer.freshness(&*host, "key_a"), Freshness { epoch: 1, invalidated_at: 0, base: 12 });
+    }
+
+    #[test]
+    fn raise_only_moves_up_within_an_epoch_and_survives_contention() {
+        let host = MockHost::new();
+        let at = |seq| Invalidation { epoch: 0, seq };
+        assert!(raise_invalidation(&*host, "k", at(5)));
+        assert!(raise_invalidation(&*host, "k", at(3)));
+        assert_eq!(read_invalidation(&*host, "k", 0), 5);
+        host.fail_next_cas(CAS_RETRIES as u32 - 1);
+        assert!(raise_invalidation(&*host, "k", at(9)), "succeeds on the last retry");
+        assert_eq!(read_invalidation(&*host, "k", 0), 9);
+        host.fail_next_cas(CAS_RETRIES as u32);
+        assert!(!raise_invalidation(&*host, "k", at(10)), "gives up after the bounded retries");
+        assert_eq!(read_invalidation(&*host, "k", 0), 9);
+        // A new epoch (a restored store) starts lower; the old value means nothing in it.
+        assert_eq!(read_invalidation(&*host, "k", 1), 0);
+        assert!(raise_invalidation(&*host, "k", Invalidation { epoch: 1, seq: 2 }));
+        assert_eq!(read_invalidation(&*host, "k", 1), 2);
+    }
+
+    #[test]
+    fn finishing_a_poll_never_moves_the_cursor_back_nor_undoes_a_reset() {
+        let host = MockHost::new();
+        let ahead = FeedState { started: true, cursor: 10, base: 2, epoch: 0, mark: 3, busy_until_ms: 7 };
+        assert!(finish_poll(&*host, "f", ahead));
+        assert!(finish_poll(&*host, "f", FeedState { cursor: 4, busy_until_ms: 0, ..ahead }));
+        assert_eq!(read_feed(&*host, "f").0, FeedState { busy_until_ms: 0, ..ahead });
+        let reset = FeedState { started: true, cursor: 1, base: 1, epoch: 1, mark: 0, busy_until_ms: 0 };
+        assert!(finish_poll(&*host, "f", reset));
+        assert_eq!(read_feed(&*host, "f").0, reset);
+        assert!(finish_poll(&*host, "f", ahead), "a poll of the old epoch finishing late");
+        assert_eq!(read_feed(&*host, "f").0, reset);
     }
 }

@@ -2,8 +2,6 @@
 //! data has no delete, no per-key expiry and no atomic update other than compare-and-swap, so
 //! every update here is a CAS loop with bounded retries.
 
-use tollgate_core::key_auth::cache::{FeedState, Invalidation};
-
 use crate::{Host, SharedError};
 
 /// Retries of a compare-and-swap loop before giving up.
@@ -71,56 +69,10 @@ pub fn cas_apply<H: Host + ?Sized, T>(
     None
 }
 
-/// An invalidation slot's sequence as seen from feed epoch `epoch` (see
-/// [`Invalidation::seq_in`]).
-pub fn read_invalidation<H: Host + ?Sized>(host: &H, key: &str, epoch: u64) -> u64 {
-    Invalidation::seq_in(host.shared_get(key).0.as_deref(), epoch)
-}
-
-/// Raises an invalidation slot to `to` (see [`Invalidation::raised`]). Returns false when the
-/// retries ran out.
-pub fn raise_invalidation<H: Host + ?Sized>(host: &H, key: &str, to: Invalidation) -> bool {
-    cas_update(host, key, |current| Invalidation::raised(current, to).map(|v| v.encode().to_vec()))
-}
-
-/// A change-feed consumer's record and its CAS token.
-pub fn read_feed<H: Host + ?Sized>(host: &H, key: &str) -> (FeedState, Option<u32>) {
-    let (bytes, cas) = host.shared_get(key);
-    (bytes.and_then(|b| FeedState::decode(&b)).unwrap_or_default(), cas)
-}
-
-/// Stores a change-feed consumer's next state after a poll, never undoing a reset nor moving
-/// the cursor backwards (see [`FeedState::merge`]).
-pub fn finish_poll<H: Host + ?Sized>(host: &H, key: &str, next: FeedState) -> bool {
-    cas_update(host, key, |current| {
-        let current = current.and_then(FeedState::decode).unwrap_or_default();
-        Some(FeedState::merge(current, next).encode().to_vec())
-    })
-}
-
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::mock::MockHost;
-
-    #[test]
-    fn raise_only_moves_up_within_an_epoch_and_survives_contention() {
-        let host = MockHost::new();
-        let at = |seq| Invalidation { epoch: 0, seq };
-        assert!(raise_invalidation(&*host, "k", at(5)));
-        assert!(raise_invalidation(&*host, "k", at(3)));
-        assert_eq!(read_invalidation(&*host, "k", 0), 5);
-        host.fail_next_cas(CAS_RETRIES as u32 - 1);
-        assert!(raise_invalidation(&*host, "k", at(9)), "succeeds on the last retry");
-        assert_eq!(read_invalidation(&*host, "k", 0), 9);
-        host.fail_next_cas(CAS_RETRIES as u32);
-        assert!(!raise_invalidation(&*host, "k", at(10)), "gives up after the bounded retries");
-        assert_eq!(read_invalidation(&*host, "k", 0), 9);
-        // A new epoch (a restored store) starts lower; the old value means nothing in it.
-        assert_eq!(read_invalidation(&*host, "k", 1), 0);
-        assert!(raise_invalidation(&*host, "k", Invalidation { epoch: 1, seq: 2 }));
-        assert_eq!(read_invalidation(&*host, "k", 1), 2);
-    }
 
     #[test]
     fn an_update_that_creates_its_key_guards_every_write_and_gives_up_after_its_retries() {
@@ -137,19 +89,5 @@ mod tests {
         host.fail_next_cas(3);
         assert_eq!(cas_apply(&*host, "j", 4, Some(&[1]), take), None, "creating took one retry");
         assert_eq!(host.shared_get("j").0, Some(vec![1]), "created, never taken");
-    }
-
-    #[test]
-    fn finishing_a_poll_never_moves_the_cursor_back_nor_undoes_a_reset() {
-        let host = MockHost::new();
-        let ahead = FeedState { started: true, cursor: 10, base: 2, epoch: 0, mark: 3, busy_until_ms: 7 };
-        assert!(finish_poll(&*host, "f", ahead));
-        assert!(finish_poll(&*host, "f", FeedState { cursor: 4, busy_until_ms: 0, ..ahead }));
-        assert_eq!(read_feed(&*host, "f").0, FeedState { busy_until_ms: 0, ..ahead });
-        let reset = FeedState { started: true, cursor: 1, base: 1, epoch: 1, mark: 0, busy_until_ms: 0 };
-        assert!(finish_poll(&*host, "f", reset));
-        assert_eq!(read_feed(&*host, "f").0, reset);
-        assert!(finish_poll(&*host, "f", ahead), "a poll of the old epoch finishing late");
-        assert_eq!(read_feed(&*host, "f").0, reset);
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tollgate_core::credentials;
 use tollgate_core::error::{denial_reply, log_field};
+use tollgate_core::identity;
 use tollgate_core::jwt::claims::{self, Identity, Requirements};
 use tollgate_core::jwt::config::Source;
 use tollgate_core::jwt::introspection::{self, Answer};
@@ -61,7 +62,7 @@ impl<H: Host> JwtAuthHttp<H> {
             host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity and mapped-claim headers are ours to set: never pass on a client's copies.
-        let ours = jwt::IDENTITY_HEADERS
+        let ours = identity::TOKEN_IDENTITY_HEADERS
             .iter()
             .copied()
             .chain(w.config.claim_headers.iter().map(|(n, _)| n.as_str()));

@@ -7,6 +7,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::credentials;
 use tollgate_core::error::{denial_reply, log_field};
+use tollgate_core::identity;
 use tollgate_core::key;
 use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
 use tollgate_core::key_auth::config::{Config, FailureMode, Source};
@@ -40,7 +41,7 @@ impl<H: Host> KeyAuthHttp<H> {
             host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity headers are ours to set: never let a client send them upstream.
-        for name in ka::IDENTITY_HEADERS {
+        for name in identity::KEY_IDENTITY_HEADERS {
             if get(name).is_some() {
                 host.set_request_header(name, None);
             }
@@ -86,7 +87,7 @@ impl<H: Host> KeyAuthHttp<H> {
 
         let hash = key::key_hash(&key);
         let now_ms = host.now_ms();
-        match store::lookup(host, &worker.keys, &worker.config, &hash, worker.feed.epoch()) {
+        match store::lookup(host, &worker.keys, &worker.feed, &worker.config, &hash) {
             Lookup::Fresh(entry) => {
                 worker.counters.inc(host, Stat::CacheHit);
                 return if apply_answer(host, &worker, &waiter, &entry) {
@@ -117,7 +118,7 @@ impl<H: Host> KeyAuthHttp<H> {
             self.waiting = Some(hash);
             return Action::Pause;
         }
-        let epoch = store::current_epoch(host, &worker.keys);
+        let epoch = worker.feed.epoch(host);
         match worker.dispatch_verify(host, &hash) {
             Ok(token) => {
                 worker.flights.insert(
@@ -199,7 +200,7 @@ impl<H: Host> HttpContext for KeyAuthHttp<H> {
 /// Whether the change feed went back (a store restored from a backup) since a call made in
 /// `epoch`: its answer may then come from the store that is gone, and is not trusted.
 fn answer_predates_reset<H: Host + ?Sized>(host: &H, worker: &Worker, epoch: u64) -> bool {
-    store::current_epoch(host, &worker.keys) > epoch
+    worker.feed.epoch(host) > epoch
 }
 
 /// Handles the answer to the lookup for `hash` made in feed epoch `epoch`: caches it and
@@ -302,7 +303,7 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
     let verdict = verdict.and_then(|()| {
         // Answers are checked for this when they arrive; a cache slot is shared data, so check
         // again rather than publish a wrong list.
-        ka::scopes_value(&entry.scopes).ok_or(Deny::KeyServiceUnavailable)
+        identity::scopes_value(&entry.scopes).ok_or(Deny::KeyServiceUnavailable)
     });
     match verdict {
         Ok(scopes) => {
@@ -336,17 +337,17 @@ fn apply_failure<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter) -
 }
 
 fn set_identity<H: Host + ?Sized>(host: &H, entry: &Entry, scopes: &str) {
-    host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
-    host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
-    host.set_request_header(ka::SCOPES_HEADER, Some(scopes.as_bytes()));
-    host.set_property(&[ka::PROP_CONSUMER], entry.consumer_id.as_bytes());
-    host.set_property(&[ka::PROP_KEY_ID], entry.key_id.as_bytes());
-    host.set_property(&[ka::PROP_SCOPES], scopes.as_bytes());
+    host.set_request_header(identity::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
+    host.set_request_header(identity::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
+    host.set_request_header(identity::SCOPES_HEADER, Some(scopes.as_bytes()));
+    host.set_property(&[identity::PROP_CONSUMER], entry.consumer_id.as_bytes());
+    host.set_property(&[identity::PROP_KEY_ID], entry.key_id.as_bytes());
+    host.set_property(&[identity::PROP_SCOPES], scopes.as_bytes());
     if !entry.tier.is_empty() {
-        host.set_property(&[ka::PROP_TIER], entry.tier.as_bytes());
+        host.set_property(&[identity::PROP_TIER], entry.tier.as_bytes());
     }
     if !entry.limits.is_empty() {
-        host.set_property(&[ka::PROP_RATE_LIMIT], ka::format_limits(&entry.limits).as_bytes());
+        host.set_property(&[identity::PROP_RATE_LIMIT], identity::format_limits(&entry.limits).as_bytes());
     }
 }
 

@@ -1,8 +1,9 @@
 //! The key service's VerifyKey answer (proto) turned into the core's cache entry.
 
 use prost::Message;
-use tollgate_core::key_auth as ka;
-use tollgate_core::key_auth::cache::{Entry, KeyState, Limit};
+use tollgate_core::identity::{self, Limit};
+use tollgate_core::key_auth::cache::{Entry, KeyState};
+use tollgate_core::rate_limit::bucket::Period;
 use tollgate_host::{Host, LogLevel, grpc_status};
 use tollgate_proto::v1;
 
@@ -57,7 +58,7 @@ pub fn read_verify_reply<H: Host + ?Sized>(
 pub enum Unusable {
     /// Unspecified result, or a valid key without key id or consumer.
     Nonsense,
-    /// A scope that cannot travel in the scopes header (see [`ka::scopes_value`]): publishing
+    /// A scope that cannot travel in the scopes header (see [`identity::scopes_value`]): publishing
     /// the list without it, or without any, would misstate what the key may do.
     UnpublishableScope,
 }
@@ -80,7 +81,7 @@ pub fn entry_from_reply(
     if state == KeyState::Valid && (reply.key_id.is_empty() || reply.consumer_id.is_empty()) {
         return Err(Unusable::Nonsense);
     }
-    if state == KeyState::Valid && ka::scopes_value(&reply.scopes).is_none() {
+    if state == KeyState::Valid && identity::scopes_value(&reply.scopes).is_none() {
         return Err(Unusable::UnpublishableScope);
     }
     let (tier, limits) = match &reply.rate_limit {
@@ -89,14 +90,9 @@ pub fn entry_from_reply(
             p.limits
                 .iter()
                 .filter_map(|l| {
-                    let period_secs = match v1::Period::try_from(l.period).ok()? {
-                        v1::Period::Second => 1,
-                        v1::Period::Minute => 60,
-                        v1::Period::Hour => 3_600,
-                        v1::Period::Day => 86_400,
-                        v1::Period::Unspecified => return None,
-                    };
-                    Some(Limit { rate: l.rate, period_secs, burst: l.burst })
+                    // An unknown or unspecified period names no period: the limit is left out.
+                    let period = Period::try_from(v1::Period::try_from(l.period).ok()?).ok()?;
+                    Some(Limit { rate: l.rate, period_secs: period.secs(), burst: l.burst })
                 })
                 .collect(),
         ),
@@ -116,4 +112,39 @@ pub fn entry_from_reply(
         tier,
         limits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every wire period becomes its length in seconds; a limit naming no period (unspecified,
+    /// or a value this build does not know) is left out rather than guessed.
+    #[test]
+    fn a_keys_limits_carry_their_periods_in_seconds() {
+        let limit = |period: i32| v1::RateLimit { rate: 10, period, burst: 20 };
+        let periods = [
+            v1::Period::Second as i32,
+            v1::Period::Minute as i32,
+            v1::Period::Hour as i32,
+            v1::Period::Day as i32,
+            v1::Period::Unspecified as i32,
+            99,
+        ];
+        let reply = v1::VerifyKeyResponse {
+            result: v1::VerifyResult::Valid as i32,
+            key_id: "key_a".into(),
+            consumer_id: "alice".into(),
+            rate_limit: Some(v1::RateLimitPolicy {
+                tier: "gold".into(),
+                limits: periods.into_iter().map(limit).collect(),
+            }),
+            ..Default::default()
+        };
+        let entry = entry_from_reply([1; 32], 0, 0, &reply).unwrap();
+        assert_eq!(entry.tier, "gold");
+        let secs: Vec<u64> = entry.limits.iter().map(|l| l.period_secs).collect();
+        assert_eq!(secs, [1, 60, 3_600, 86_400]);
+        assert!(entry.limits.iter().all(|l| (l.rate, l.burst) == (10, 20)));
+    }
 }

@@ -89,7 +89,7 @@ fn retry_orphans<H: Host>(host: &H, worker: &RefCell<Worker>) {
     for hash in orphans {
         let (epoch, dispatched) = {
             let w = worker.borrow();
-            (store::current_epoch(host, &w.keys), w.dispatch_verify(host, &hash))
+            (w.feed.epoch(host), w.dispatch_verify(host, &hash))
         };
         match dispatched {
             Ok(token) => {
@@ -124,12 +124,12 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
         let w = worker.borrow();
         // Refreshed by another worker meanwhile, invalidated, or past the stale window: the
         // next request decides.
-        if !matches!(store::lookup(host, &w.keys, &w.config, &hash, w.feed.epoch()), Lookup::Stale(_)) {
+        if !matches!(store::lookup(host, &w.keys, &w.feed, &w.config, &hash), Lookup::Stale(_)) {
             drop(w);
             worker.borrow_mut().refreshes.remove(&hash);
             continue;
         }
-        let epoch = store::current_epoch(host, &w.keys);
+        let epoch = w.feed.epoch(host);
         let dispatched = w.dispatch_verify(host, &hash);
         let until_ms = now.saturating_add(millis(w.config.timeout).saturating_add(1_000));
         drop(w);

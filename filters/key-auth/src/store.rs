@@ -1,8 +1,11 @@
-//! The cache, invalidation slots and feed record in shared data, over the [`Host`] trait.
+//! The cache in shared data, over the [`Host`] trait. What the change feed says about an
+//! answer comes from the feed's consumer ([`feed::Consumer`]), which alone names the feed's
+//! keys.
 
-use tollgate_core::key_auth::cache::{self, Entry, FeedState, Freshness, Lookup};
+use tollgate_core::feed::Freshness;
+use tollgate_core::key_auth::cache::{self, Entry, Lookup};
 use tollgate_core::key_auth::config::Config;
-use tollgate_host::{Host, shared};
+use tollgate_host::{Host, feed};
 
 /// Names of this filter's shared-data keys. Scoped by the key-service cluster, so two
 /// key-auth configurations against different key services never read each other's answers.
@@ -16,6 +19,7 @@ impl Keys {
         Self { prefix: format!("tollgate.key_auth.{}.", config.cluster) }
     }
 
+    /// The prefix of every key of this filter, the feed consumer's among them.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -23,50 +27,29 @@ impl Keys {
     fn entry(&self, slot: u32) -> String {
         format!("{}c.{slot}", self.prefix)
     }
-
-    fn invalidation(&self, slot: u32) -> String {
-        format!("{}i.{slot}", self.prefix)
-    }
-
-    fn feed(&self) -> String {
-        format!("{}feed", self.prefix)
-    }
 }
 
 /// Reads what the cache says about `hash`.
 ///
-/// An answer about a key id is checked against the feed record and the key id's invalidation
-/// slot. A negative answer has no key id, so no slot, and is checked against `seen_epoch`, the
-/// feed epoch this worker last read (see [`tollgate_host::feed::Consumer::epoch`]) rather than
-/// by reading the record: unknown keys cost no more than one read, and a negative answer
-/// outlives a feed reset by at most one tick (it only ever refuses).
+/// An answer about a key id is checked against what the feed says now about the key id
+/// ([`feed::Consumer::freshness`]). A negative answer has no key id, so no invalidation slot, and
+/// is checked against the feed epoch this worker last read ([`feed::Consumer::seen_epoch`])
+/// rather than by reading the record: unknown keys cost no more than one read, and a negative
+/// answer outlives a feed reset by at most one tick (it only ever refuses).
 pub fn lookup<H: Host + ?Sized>(
     host: &H,
     keys: &Keys,
+    feed: &feed::Consumer,
     config: &Config,
     hash: &[u8; 32],
-    seen_epoch: u64,
 ) -> Lookup {
     let slot = cache::cache_slot(hash, config.cache.slots);
     let entry = host.shared_get(&keys.entry(slot)).0.and_then(|b| Entry::decode(&b));
-    let (freshness, epoch) = match &entry {
-        Some(e) if e.hash == *hash && !e.key_id.is_empty() => {
-            let feed = read_feed(host, keys).0;
-            let invalidation = keys.invalidation(cache::invalidation_slot(&e.key_id));
-            let freshness = Freshness {
-                invalidated_at: shared::read_invalidation(host, &invalidation, feed.epoch),
-                base: feed.base,
-            };
-            (freshness, feed.epoch)
-        }
-        _ => (Freshness::default(), seen_epoch),
+    let freshness = match &entry {
+        Some(e) if e.hash == *hash && !e.key_id.is_empty() => feed.freshness(host, &e.key_id),
+        _ => Freshness::epoch_only(feed.seen_epoch()),
     };
-    cache::classify(entry, hash, host.now_ms(), freshness, epoch, &config.cache)
-}
-
-/// The feed's current epoch, to stamp into the answer of a lookup about to be made.
-pub fn current_epoch<H: Host + ?Sized>(host: &H, keys: &Keys) -> u64 {
-    read_feed(host, keys).0.epoch
+    cache::classify(entry, hash, host.now_ms(), freshness, &config.cache)
 }
 
 /// Stores an answer. Last writer wins: two workers storing answers for the same slot both
@@ -74,9 +57,4 @@ pub fn current_epoch<H: Host + ?Sized>(host: &H, keys: &Keys) -> u64 {
 pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &Entry) -> bool {
     let slot = cache::cache_slot(&entry.hash, config.cache.slots);
     host.shared_set(&keys.entry(slot), &entry.encode(), None).is_ok()
-}
-
-/// The change-feed consumer's record and its CAS token.
-pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
-    shared::read_feed(host, &keys.feed())
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::error::Reply;
-use tollgate_core::key_auth as ka;
+use tollgate_core::identity;
 use tollgate_core::rate_limit::bucket::{self, Class, Limit};
 use tollgate_core::rate_limit::config::compile_key_limits;
 use tollgate_core::rate_limit::policy::{self, Count, Exhausted, SlotStore};
@@ -91,15 +91,15 @@ impl<H: Host> policy::Facts for HostFacts<'_, H> {
     }
 
     fn consumer(&self) -> Option<&str> {
-        self.consumer.get_or_init(|| text(self.host.property(&[ka::PROP_CONSUMER]))).as_deref()
+        self.consumer.get_or_init(|| text(self.host.property(&[identity::PROP_CONSUMER]))).as_deref()
     }
 
     fn key_id(&self) -> Option<&str> {
-        self.key_id.get_or_init(|| text(self.host.property(&[ka::PROP_KEY_ID]))).as_deref()
+        self.key_id.get_or_init(|| text(self.host.property(&[identity::PROP_KEY_ID]))).as_deref()
     }
 
     fn tier(&self) -> Option<&str> {
-        self.tier.get_or_init(|| text(self.host.property(&[ka::PROP_TIER]))).as_deref()
+        self.tier.get_or_init(|| text(self.host.property(&[identity::PROP_TIER]))).as_deref()
     }
 
     /// Each call reads the header again: rules rarely ask for the same one twice.
@@ -110,8 +110,8 @@ impl<H: Host> policy::Facts for HostFacts<'_, H> {
     fn key_limits(&self) -> Option<&[Limit]> {
         self.key_limits
             .get_or_init(|| {
-                let published = text(self.host.property(&[ka::PROP_RATE_LIMIT]))?;
-                let parsed = ka::parse_limits(&published).and_then(|l| compile_key_limits(&l));
+                let published = text(self.host.property(&[identity::PROP_RATE_LIMIT]))?;
+                let parsed = identity::parse_limits(&published).and_then(|l| compile_key_limits(&l));
                 if parsed.is_none() {
                     self.host.log(
                         LogLevel::Warn,

@@ -1,7 +1,7 @@
 //! The contexts driven against the mock host.
 
 use proxy_wasm::types::Action;
-use tollgate_core::key_auth as ka;
+use tollgate_core::identity;
 use tollgate_host::Host;
 use tollgate_host::mock::{Harness, MockHost};
 
@@ -205,8 +205,8 @@ const PER_CONSUMER: &str = r#"{"slots": 1024, "rules": [{"name": "c", "by": ["co
 #[test]
 fn consumers_have_their_own_buckets() {
     let mut gw = Gateway::new(PER_CONSUMER);
-    let alice = [(ka::PROP_CONSUMER, "alice")];
-    let bob = [(ka::PROP_CONSUMER, "bob")];
+    let alice = [(identity::PROP_CONSUMER, "alice")];
+    let bob = [(identity::PROP_CONSUMER, "bob")];
     assert_eq!(gw.allowed_of(5, "/", &[], &alice), 2);
     assert_eq!(gw.allowed_of(5, "/", &[], &bob), 2);
 }
@@ -235,10 +235,10 @@ fn missing_descriptor_follows_the_fallback() {
 #[test]
 fn a_keys_own_limits_replace_the_rules() {
     let mut gw = Gateway::new(PER_CONSUMER);
-    let gold = [(ka::PROP_CONSUMER, "gold"), (ka::PROP_RATE_LIMIT, "1/3600/5")];
+    let gold = [(identity::PROP_CONSUMER, "gold"), (identity::PROP_RATE_LIMIT, "1/3600/5")];
     assert_eq!(gw.allowed_of(10, "/", &[], &gold), 5);
     // Unusable published limits fall back to the rule's, with a warning.
-    let odd = [(ka::PROP_CONSUMER, "odd"), (ka::PROP_RATE_LIMIT, "1/7/5")];
+    let odd = [(identity::PROP_CONSUMER, "odd"), (identity::PROP_RATE_LIMIT, "1/7/5")];
     assert_eq!(gw.allowed_of(10, "/", &[], &odd), 2);
     assert!(gw.host.logs().iter().any(|(_, m)| m.contains("unusable key limits")));
     // Unless the rule says so.
@@ -268,7 +268,7 @@ fn critical_requests_use_the_reserve() {
     let mut gw = Gateway::new(config);
     assert_eq!(gw.allowed_of(20, "/", &[], &[]), 7);
     assert_eq!(gw.allowed_of(2, "/", &[("x-priority", "critical")], &[]), 2);
-    assert_eq!(gw.allowed_of(5, "/", &[], &[(ka::PROP_TIER, "gold")]), 1);
+    assert_eq!(gw.allowed_of(5, "/", &[], &[(identity::PROP_TIER, "gold")]), 1);
     assert_eq!(gw.allowed_of(5, "/", &[("x-priority", "critical")], &[]), 0);
 }
 
@@ -395,7 +395,7 @@ fn requests_without_a_client_ip_share_one_bucket_per_rule() {
     // `skip` and `deny` still mean what they say.
     let skip = config.replace(r#""by": ["ip"],"#, r#""by": ["ip"], "missing": "skip","#);
     let mut gw = Gateway::new(&skip);
-    assert_eq!(gw.allowed_of(5, "/", &[], &[(ka::PROP_CONSUMER, "alice")]), 3, "alice's own bucket");
+    assert_eq!(gw.allowed_of(5, "/", &[], &[(identity::PROP_CONSUMER, "alice")]), 3, "alice's own bucket");
     assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.missing_skipped"), 5);
     assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 0);
 }

@@ -24,7 +24,7 @@ use prost::Message;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use tollgate_core::error::{denial_reply, log_field};
-use tollgate_core::key_auth as ka;
+use tollgate_core::identity;
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_core::signature::base::Message as SignedMessage;
 use tollgate_core::signature::cache::{MaterialEntry, MaterialState};
@@ -111,7 +111,7 @@ impl<H: Host> SigningHttp<H> {
     fn on_headers(&mut self, end_of_stream: bool) -> Action {
         let host = &*self.host;
         // Identity headers are ours to set: never let a client send them upstream.
-        for name in ka::IDENTITY_HEADERS {
+        for name in identity::KEY_IDENTITY_HEADERS {
             host.set_request_header(name, None);
         }
         self.request_id = host.request_header("x-request-id").unwrap_or_default();
@@ -171,12 +171,12 @@ impl<H: Host> SigningHttp<H> {
         }
         self.policy = Some(policy);
         self.hold_body = has_body && bound;
-        if let Some(entry) = store::lookup(host, &w.keys, &w.config, &key_id) {
+        if let Some(entry) = store::lookup(host, &w.keys, &w.feed, &w.config, &key_id) {
             w.counters.inc(host, Stat::CacheHit);
             self.material = Some(entry);
         } else {
             w.counters.inc(host, Stat::CacheMiss);
-            self.call_epoch = store::current_epoch(host, &w.keys);
+            self.call_epoch = w.feed.epoch(host);
             let message = v1::GetSigningKeyRequest { key_id: key_id.clone() }.encode_to_vec();
             let metadata = w.metadata();
             let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -421,10 +421,10 @@ fn replay_id(candidate: &Candidate) -> [u8; 16] {
 }
 
 fn set_identity<H: Host + ?Sized>(host: &H, entry: &MaterialEntry) {
-    host.set_request_header(ka::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
-    host.set_request_header(ka::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
-    host.set_property(&[ka::PROP_CONSUMER], entry.consumer_id.as_bytes());
-    host.set_property(&[ka::PROP_KEY_ID], entry.key_id.as_bytes());
+    host.set_request_header(identity::CONSUMER_HEADER, Some(entry.consumer_id.as_bytes()));
+    host.set_request_header(identity::KEY_ID_HEADER, Some(entry.key_id.as_bytes()));
+    host.set_property(&[identity::PROP_CONSUMER], entry.consumer_id.as_bytes());
+    host.set_property(&[identity::PROP_KEY_ID], entry.key_id.as_bytes());
 }
 
 fn respond_denied<H: Host + ?Sized>(host: &H, w: &Worker, deny: Deny, request_id: &str, key_id: &str) {

@@ -1,12 +1,12 @@
-//! Shared-data layout: the material cache, invalidation slots, the feed record and the
-//! replay table, all under `tollgate.request_signing.<cluster>.`.
+//! Shared-data layout: the material cache and the replay table, under
+//! `tollgate.request_signing.<cluster>.` with the change feed's consumer's keys (which only the
+//! consumer, [`feed::Consumer`], names).
 
-use tollgate_core::key_auth::cache::{FeedState, Freshness, invalidation_slot};
 use tollgate_core::signature::cache::{self, MaterialEntry};
 use tollgate_core::signature::config::Config;
 use tollgate_core::signature::replay::{self, Probe, ReplayEntry};
 use tollgate_core::signature::verify::Deny;
-use tollgate_host::{Host, SharedError, shared};
+use tollgate_host::{Host, SharedError, feed};
 
 use tollgate_host::shared::CAS_RETRIES;
 
@@ -19,17 +19,12 @@ impl Keys {
     pub fn new(config: &Config) -> Self {
         Self { prefix: format!("tollgate.request_signing.{}.", config.cluster) }
     }
+    /// The prefix of every key of this filter, the feed consumer's among them.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
     fn material(&self, slot: u32) -> String {
         format!("{}m.{slot}", self.prefix)
-    }
-    fn invalidation(&self, slot: u32) -> String {
-        format!("{}i.{slot}", self.prefix)
-    }
-    pub fn feed(&self) -> String {
-        format!("{}feed", self.prefix)
     }
     fn replay(&self, slot: u32) -> String {
         format!("{}r.{slot}", self.prefix)
@@ -37,44 +32,38 @@ impl Keys {
 }
 
 /// The cached material of `key_id`, if fresh: of the feed's current epoch, not invalidated
-/// within it, within its TTL.
+/// within it (as the feed's consumer says: [`feed::Consumer::freshness`]), within its TTL.
 pub fn lookup<H: Host + ?Sized>(
     host: &H,
     keys: &Keys,
+    feed: &feed::Consumer,
     config: &Config,
     key_id: &str,
 ) -> Option<MaterialEntry> {
     let slot = cache::cache_slot(key_id, config.cache_slots);
     let stored = host.shared_get(&keys.material(slot)).0.and_then(|b| cache::decode_slot(&b));
-    let feed = read_feed(host, keys).0;
-    let freshness = Freshness {
-        invalidated_at: shared::read_invalidation(
-            host,
-            &keys.invalidation(invalidation_slot(key_id)),
-            feed.epoch,
-        ),
-        base: feed.base,
-    };
+    let freshness = feed.freshness(host, key_id);
     let (ttl, negative_ttl) = (config.cache_ttl, config.negative_ttl);
-    cache::fresh_in_epoch(stored, key_id, host.now_ms(), freshness, feed.epoch, ttl, negative_ttl)
-}
-
-/// The feed's current epoch, to stamp into the answer of a lookup about to be made (see
-/// [`store_from`]).
-pub fn current_epoch<H: Host + ?Sized>(host: &H, keys: &Keys) -> u64 {
-    read_feed(host, keys).0.epoch
+    cache::fresh_in_epoch(stored, key_id, host.now_ms(), freshness, ttl, negative_ttl)
 }
 
 /// Stores an answer, stamped with the feed epoch at the time it is stored (for tests: the filter
 /// stores with [`store_from`] and the epoch read when the call was made, so an answer asked for
 /// before a feed reset and arriving after it is not trusted).
 #[cfg(test)]
-pub fn store<H: Host + ?Sized>(host: &H, keys: &Keys, config: &Config, entry: &MaterialEntry) {
-    store_from(host, keys, config, entry, current_epoch(host, keys));
+pub fn store<H: Host + ?Sized>(
+    host: &H,
+    keys: &Keys,
+    feed: &feed::Consumer,
+    config: &Config,
+    entry: &MaterialEntry,
+) {
+    store_from(host, keys, config, entry, feed.epoch(host));
 }
 
-/// Stores the answer of a lookup made in feed epoch `epoch` (read with [`current_epoch`] when
-/// the call was made). Last writer wins; the key id in the entry tells slot sharers apart.
+/// Stores the answer of a lookup made in feed epoch `epoch` (read with
+/// [`feed::Consumer::epoch`] when the call was made). Last writer wins; the key id in the entry
+/// tells slot sharers apart.
 pub fn store_from<H: Host + ?Sized>(
     host: &H,
     keys: &Keys,
@@ -84,11 +73,6 @@ pub fn store_from<H: Host + ?Sized>(
 ) {
     let slot = cache::cache_slot(&entry.key_id, config.cache_slots);
     let _ = host.shared_set(&keys.material(slot), &cache::encode_slot(entry, epoch), None);
-}
-
-/// The change-feed consumer's record and its CAS token.
-pub fn read_feed<H: Host + ?Sized>(host: &H, keys: &Keys) -> (FeedState, Option<u32>) {
-    shared::read_feed(host, &keys.feed())
 }
 
 /// Creates every replay slot that does not exist yet (empty), so that later writes always
@@ -104,7 +88,7 @@ pub fn init_replay<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32) {
 
 /// Remembers `mine` unless its id is already remembered (see [`tollgate_core::signature::replay`]).
 ///
-/// Its compare-and-swap loop is its own, not [`shared::cas_apply`]: a try reads every slot of
+/// Its compare-and-swap loop is its own, not [`tollgate_host::shared::cas_apply`]: a try reads every slot of
 /// the id's probe sequence and writes the first free one, and a lost race must read them all
 /// again (the other writer may have remembered the same id in an earlier slot).
 pub fn remember<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, mine: &ReplayEntry) -> Result<(), Deny> {
@@ -166,10 +150,12 @@ pub fn seen<H: Host + ?Sized>(host: &H, keys: &Keys, slots: u32, id: &[u8; 16]) 
 
 #[cfg(test)]
 mod tests {
-    use tollgate_core::key_auth::cache::Invalidation;
+    use prost::Message;
     use tollgate_core::signature::cache::MaterialState;
     use tollgate_core::signature::verify::KeyMaterial;
+    use tollgate_host::grpc_status;
     use tollgate_host::mock::MockHost;
+    use tollgate_proto::v1;
 
     use super::*;
 
@@ -190,9 +176,29 @@ mod tests {
         }
     }
 
-    fn set_epoch(host: &MockHost, keys: &Keys, epoch: u64) {
-        let state = FeedState { started: true, cursor: 12, base: 12, epoch, mark: 0, busy_until_ms: 0 };
-        host.shared_set(&keys.feed(), &state.encode(), None).unwrap();
+    /// One poll of the change feed, answered with `changes` (seq, key id) and `head`.
+    fn poll(host: &MockHost, feed: &feed::Consumer, config: &Config, changes: &[(u64, &str)], head: u64) {
+        let target = feed::Target {
+            cluster: &config.cluster,
+            token: config.token.expose(),
+            timeout: config.timeout,
+            interval: config.poll_interval,
+        };
+        host.advance(config.poll_interval);
+        assert!(matches!(feed.poll(host, target), feed::Poll::Started(_)), "no poll");
+        let changes = changes
+            .iter()
+            .map(|(seq, key_id)| v1::Change {
+                seq: *seq,
+                key_id: (*key_id).into(),
+                kind: v1::ChangeKind::KeyRevoked as i32,
+                consumer_id: "alice".into(),
+                at: 1_700_000_000,
+            })
+            .collect();
+        let reply = v1::ListChangesResponse { changes, head_seq: head };
+        host.set_grpc_response(Some(reply.encode_to_vec()), None);
+        feed.done(host, target, grpc_status::OK, 1);
     }
 
     /// Material cached before the key service's store was restored (a new feed epoch) is not
@@ -201,20 +207,26 @@ mod tests {
     fn material_of_an_older_feed_epoch_is_not_used() {
         let host = MockHost::new();
         let (config, keys) = (config(), Keys::new(&config()));
+        let feed = feed::Consumer::new("request-signing", keys.prefix());
         let now = host.now_ms();
-        store(&*host, &keys, &config, &material("key_a", now, 20));
-        assert!(lookup(&*host, &keys, &config, "key_a").is_some());
-        let lost = Invalidation { epoch: 0, seq: 30 };
-        let slot = keys.invalidation(invalidation_slot("key_a"));
-        host.shared_set(&slot, &lost.encode(), None).unwrap();
-        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "invalidated in its epoch");
+        store(&*host, &keys, &feed, &config, &material("key_a", now, 20));
+        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_some());
+        // The lost timeline changes key_a at 30.
+        poll(&host, &feed, &config, &[], 20);
+        poll(&host, &feed, &config, &[(30, "key_a")], 30);
+        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "invalidated in its epoch");
 
-        set_epoch(&host, &keys, 1);
+        // The store is restored to its state at 12: a new epoch.
+        poll(&host, &feed, &config, &[], 12);
+        assert_eq!(feed.epoch(&*host), 1);
         store_from(&*host, &keys, &config, &material("key_a", now, 20), 0);
-        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "asked for before the reset");
-        store_from(&*host, &keys, &config, &material("key_a", now, 12), current_epoch(&*host, &keys));
-        assert!(lookup(&*host, &keys, &config, "key_a").is_some(), "the lost timeline's 30 is ignored");
-        shared::raise_invalidation(&*host, &slot, Invalidation { epoch: 1, seq: 13 });
-        assert!(lookup(&*host, &keys, &config, "key_a").is_none(), "a change of the new timeline");
+        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "asked for before the reset");
+        store_from(&*host, &keys, &config, &material("key_a", now, 12), feed.epoch(&*host));
+        assert!(
+            lookup(&*host, &keys, &feed, &config, "key_a").is_some(),
+            "the lost timeline's 30 is ignored"
+        );
+        poll(&host, &feed, &config, &[(13, "key_a")], 13);
+        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "a change of the new timeline");
     }
 }

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::Deny;
-use crate::key_auth::scopes_value;
+use crate::identity::scopes_value;
 
 /// A provider's claim rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub fn published(
     claims: &Map<String, Value>,
     claim_headers: &[(String, String)],
 ) -> Result<Published, Deny> {
-    use super::{
+    use crate::identity::{
         CONSUMER_HEADER, ISSUER_HEADER, PROP_CLAIMS_PREFIX, PROP_CONSUMER, PROP_ISSUER, PROP_SCOPES,
         PROP_SUBJECT, SCOPES_HEADER,
     };

@@ -25,20 +25,6 @@ pub mod keys;
 
 use config::Source;
 
-/// Headers carrying the caller's identity upstream (the consumer and scopes headers are the
-/// ones key-auth sets). Client-sent copies are always removed.
-pub use crate::key_auth::{CONSUMER_HEADER, SCOPES_HEADER};
-pub const ISSUER_HEADER: &str = "x-tollgate-issuer";
-pub const IDENTITY_HEADERS: [&str; 3] = [CONSUMER_HEADER, SCOPES_HEADER, ISSUER_HEADER];
-
-/// Filter-state properties for later filters. Consumer id and scopes mean what they mean for
-/// key-auth (the consumer of a JWT is its subject).
-pub use crate::key_auth::{PROP_CONSUMER, PROP_SCOPES};
-pub const PROP_SUBJECT: &str = "tollgate.subject";
-pub const PROP_ISSUER: &str = "tollgate.issuer";
-/// Prefix of the properties holding mapped claims: `tollgate.claims.<claim>`.
-pub const PROP_CLAIMS_PREFIX: &str = "tollgate.claims.";
-
 /// Why a request is refused. Clients get a short RFC 6750 description; logs and stats get
 /// [`Deny::reason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

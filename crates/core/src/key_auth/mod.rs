@@ -1,56 +1,11 @@
-//! key-auth decisions: where the key comes from, and why a request is refused.
+//! key-auth decisions: where the key comes from, and why a request is refused. The identity it
+//! publishes is named in [`crate::identity`].
 
 pub mod cache;
 pub mod config;
 
 use crate::key::{self, KeyFormatError};
 use config::Source;
-
-/// Headers carrying the caller's identity upstream. Client-sent copies are always removed.
-pub const CONSUMER_HEADER: &str = "x-tollgate-consumer-id";
-pub const KEY_ID_HEADER: &str = "x-tollgate-key-id";
-pub const SCOPES_HEADER: &str = "x-tollgate-scopes";
-pub const IDENTITY_HEADERS: [&str; 3] = [CONSUMER_HEADER, KEY_ID_HEADER, SCOPES_HEADER];
-
-/// Filter-state properties through which later filters read the identity.
-pub const PROP_CONSUMER: &str = "tollgate.consumer_id";
-pub const PROP_KEY_ID: &str = "tollgate.key_id";
-pub const PROP_SCOPES: &str = "tollgate.scopes";
-pub const PROP_TIER: &str = "tollgate.tier";
-/// The key's rate-limit policy, when it has one: limits separated by `,`, each
-/// `<rate>/<period seconds>/<burst>` (e.g. `10/1/20,1000/86400/1000`). See [`format_limits`].
-pub const PROP_RATE_LIMIT: &str = "tollgate.rate_limit";
-
-/// The scopes as published in [`SCOPES_HEADER`] and [`PROP_SCOPES`]: separated by one space, as in
-/// OAuth 2.0's `scope` (RFC 6749 §3.3). A scope never contains a space (the key service refuses
-/// whitespace in scopes; a JWT `scope` claim is split on spaces), so the list reads back exactly;
-/// a comma would not do, since `read,admin` is a valid scope. `None` when a scope holds a space or
-/// a byte that cannot travel in a header, so the caller refuses rather than publish a wrong list.
-pub fn scopes_value(scopes: &[String]) -> Option<String> {
-    let publishable = |s: &String| !s.is_empty() && s.bytes().all(|b| b > 0x20 && b != 0x7f);
-    scopes.iter().all(publishable).then(|| scopes.join(" "))
-}
-
-/// Encodes limits for [`PROP_RATE_LIMIT`].
-pub fn format_limits(limits: &[cache::Limit]) -> String {
-    limits.iter().map(|l| format!("{}/{}/{}", l.rate, l.period_secs, l.burst)).collect::<Vec<_>>().join(",")
-}
-
-/// Decodes [`PROP_RATE_LIMIT`]; `None` if any part is malformed.
-pub fn parse_limits(text: &str) -> Option<Vec<cache::Limit>> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            let mut it = part.split('/');
-            let limit = cache::Limit {
-                rate: it.next()?.parse().ok()?,
-                period_secs: it.next()?.parse().ok()?,
-                burst: it.next()?.parse().ok()?,
-            };
-            it.next().is_none().then_some(limit)
-        })
-        .collect()
-}
 
 /// Why a request is refused. The client sees a uniform message; the reason goes to logs and
 /// stats.
@@ -266,21 +221,6 @@ mod tests {
         let r = find_key(&sources(), &hdr("x-api-key", "tgk_short"), "");
         assert_eq!(r, Err(Deny::Malformed(KeyFormatError::TooShort)));
         assert_eq!(Deny::Malformed(KeyFormatError::TooShort).status(), 401);
-    }
-
-    #[test]
-    fn limits_round_trip_through_the_property_text() {
-        let limits = vec![
-            cache::Limit { rate: 10, period_secs: 1, burst: 20 },
-            cache::Limit { rate: 1000, period_secs: 86_400, burst: 1000 },
-        ];
-        let text = format_limits(&limits);
-        assert_eq!(text, "10/1/20,1000/86400/1000");
-        assert_eq!(parse_limits(&text), Some(limits));
-        assert_eq!(parse_limits(""), Some(vec![]));
-        assert_eq!(parse_limits("10/1"), None);
-        assert_eq!(parse_limits("10/1/2/3"), None);
-        assert_eq!(parse_limits("x/1/2"), None);
     }
 
     #[test]

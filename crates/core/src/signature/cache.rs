@@ -1,12 +1,12 @@
 //! Cached signing material of one key id, as the filter keeps it in a shared-data slot.
-//! Invalidation reuses key-auth's change-feed consumer ([`crate::key_auth::cache::feed_step`]):
-//! an entry fetched before a change to its key id is not used, and neither is one fetched in an
-//! older feed epoch (before the key service's store was restored from a backup; see
-//! [`crate::key_auth::cache`]). A slot holds the entry stamped with its epoch ([`encode_slot`]).
+//! Invalidation is the key service's change feed's ([`crate::feed`]): an entry fetched before a
+//! change to its key id is not used, and neither is one fetched in an older feed epoch (before
+//! the key service's store was restored from a backup). A slot holds the entry stamped with its
+//! epoch ([`encode_slot`]); [`fresh_in_epoch`] asks [`feed::invalidated`] about both.
 
 use std::time::Duration;
 
-use crate::key_auth::cache::Freshness;
+use crate::feed::{self, Freshness, Stamp};
 
 use super::verify::KeyMaterial;
 
@@ -147,19 +147,24 @@ pub fn decode_slot(bytes: &[u8]) -> Option<(MaterialEntry, u64)> {
     Some((MaterialEntry::decode(entry)?, u64::from_le_bytes(epoch.try_into().ok()?)))
 }
 
-/// The cached entry of a slot if it may be used at `now_ms`: of the feed's current `epoch` (or
-/// a newer one the reader has not learned of yet), then as [`fresh`].
+/// The cached entry of a slot, stamped with `epoch`, if it may be used at `now_ms`: same key
+/// id, not retired by the change feed ([`feed::invalidated`]: `freshness` says what the feed says
+/// now about the key id), within its TTL (the negative TTL for unknown keys).
 pub fn fresh_in_epoch(
     slot: Option<(MaterialEntry, u64)>,
     key_id: &str,
     now_ms: u64,
     freshness: Freshness,
-    epoch: u64,
     ttl: Duration,
     negative_ttl: Duration,
 ) -> Option<MaterialEntry> {
-    let entry = slot.filter(|(_, stamped)| *stamped >= epoch).map(|(entry, _)| entry);
-    fresh(entry, key_id, now_ms, freshness, ttl, negative_ttl)
+    let (entry, epoch) = slot.filter(|(e, _)| e.key_id == key_id)?;
+    if feed::invalidated(Stamp { epoch, seq: entry.feed_seq }, freshness) {
+        return None;
+    }
+    let ttl = if entry.state == MaterialState::NotFound { negative_ttl } else { ttl };
+    let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
+    (age < ttl).then_some(entry)
 }
 
 /// The cache slot of a key id (FNV-1a).
@@ -172,8 +177,7 @@ pub fn cache_slot(key_id: &str, slots: u32) -> u32 {
     (h % u64::from(slots.max(1))) as u32
 }
 
-/// The cached entry for `key_id` if it may be used at `now_ms`: same key id, within its TTL
-/// (the negative TTL for unknown keys) and not invalidated by the change feed.
+/// [`fresh_in_epoch`] for an entry of the feed's current epoch.
 pub fn fresh(
     entry: Option<MaterialEntry>,
     key_id: &str,
@@ -182,13 +186,8 @@ pub fn fresh(
     ttl: Duration,
     negative_ttl: Duration,
 ) -> Option<MaterialEntry> {
-    let entry = entry.filter(|e| e.key_id == key_id)?;
-    if freshness.invalidated_at > entry.feed_seq || entry.feed_seq < freshness.base {
-        return None;
-    }
-    let ttl = if entry.state == MaterialState::NotFound { negative_ttl } else { ttl };
-    let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
-    (age < ttl).then_some(entry)
+    let slot = entry.map(|e| (e, freshness.epoch));
+    fresh_in_epoch(slot, key_id, now_ms, freshness, ttl, negative_ttl)
 }
 
 #[cfg(test)]
@@ -221,12 +220,12 @@ mod tests {
     #[test]
     fn material_asked_for_before_a_feed_reset_is_not_used() {
         let ttl = Duration::from_secs(60);
-        let f = Freshness::default();
+        let f = Freshness::epoch_only(1);
         for state in [MaterialState::Valid, MaterialState::NotFound, MaterialState::Revoked] {
             let slot = |epoch| Some((entry(state), epoch));
-            assert_eq!(fresh_in_epoch(slot(0), "key_1", 2_000, f, 1, ttl, ttl), None, "{state:?}");
-            assert!(fresh_in_epoch(slot(1), "key_1", 2_000, f, 1, ttl, ttl).is_some(), "{state:?}");
-            assert!(fresh_in_epoch(slot(2), "key_1", 2_000, f, 1, ttl, ttl).is_some(), "{state:?}");
+            assert_eq!(fresh_in_epoch(slot(0), "key_1", 2_000, f, ttl, ttl), None, "{state:?}");
+            assert!(fresh_in_epoch(slot(1), "key_1", 2_000, f, ttl, ttl).is_some(), "{state:?}");
+            assert!(fresh_in_epoch(slot(2), "key_1", 2_000, f, ttl, ttl).is_some(), "{state:?}");
         }
     }
 }

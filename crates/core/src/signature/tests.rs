@@ -524,11 +524,11 @@ fn material_cache_entries_round_trip_and_expire() {
     assert_eq!(entry.usable_at(99), MaterialState::Valid);
     assert_eq!(entry.usable_at(100), MaterialState::Expired);
     let ttl = Duration::from_secs(60);
-    let f = crate::key_auth::cache::Freshness::default();
+    let f = crate::feed::Freshness::default();
     assert!(cache::fresh(Some(entry.clone()), "key_1", 2_000, f, ttl, ttl).is_some());
     assert!(cache::fresh(Some(entry.clone()), "key_2", 2_000, f, ttl, ttl).is_none());
     assert!(cache::fresh(Some(entry.clone()), "key_1", 70_000, f, ttl, ttl).is_none());
-    let revoked_later = crate::key_auth::cache::Freshness { invalidated_at: 6, base: 0 };
+    let revoked_later = crate::feed::Freshness { epoch: 0, invalidated_at: 6, base: 0 };
     assert!(cache::fresh(Some(entry), "key_1", 2_000, revoked_later, ttl, ttl).is_none());
 }
 

@@ -17,6 +17,7 @@
 //! skipped (so a missing identity never becomes an empty header).
 
 use super::request::{Captures, Request};
+use crate::identity::FILTER_STATE_PREFIX;
 
 /// What a placeholder reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +166,7 @@ fn parse_var(name: &str) -> Result<Var, String> {
             }
             Err(_) => return Err(bad()),
         },
-        ("identity", Some(id)) => Var::Property(vec![format!("tollgate.{id}")]),
+        ("identity", Some(id)) => Var::Property(vec![format!("{FILTER_STATE_PREFIX}{id}")]),
         ("filter_state", Some(fs)) => Var::Property(vec![fs.to_owned()]),
         _ => return Err(bad()),
     };
