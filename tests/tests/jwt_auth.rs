@@ -149,11 +149,17 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
         .get("/hello")
         .header("authorization", &format!("Bearer {good}"))
         .header("x-tollgate-consumer-id", "mallory")
+        .header("x-tollgate-key-id", "key_forged")
         .header("x-user-email", "forged@evil.test")
         .send()
         .await;
     assert_eq!(res.status, 200);
     let seen = res.json();
+    assert_eq!(
+        seen["headers"]["x-tollgate-key-id"],
+        Value::Null,
+        "every identity header a client sends is removed"
+    );
     assert_eq!(seen["headers"]["x-tollgate-consumer-id"], "alice", "{seen}");
     assert_eq!(seen["headers"]["x-tollgate-issuer"], ISS);
     assert_eq!(seen["headers"]["x-tollgate-scopes"], "read");

@@ -128,10 +128,12 @@ async fn valid_key_reaches_the_upstream_with_identity_and_without_the_key() {
         .header("x-tollgate-consumer-id", "mallory")
         .header("x-tollgate-key-id", "key_spoofed")
         .header("x-tollgate-scopes", "admin")
+        .header("x-tollgate-issuer", "https://evil.example")
         .send()
         .await;
     assert_eq!(res.status, 200, "{}", res.text());
     let seen = gw.echo.last_request().unwrap();
+    assert_eq!(seen.header("x-tollgate-issuer"), None, "every identity header a client sends is removed");
     assert_eq!(seen.header("x-tollgate-consumer-id"), Some("alice"));
     assert_eq!(seen.header("x-tollgate-key-id"), Some(id.as_str()));
     assert_eq!(seen.header("x-tollgate-scopes"), Some("read write"), "scopes are space-separated");

@@ -14,12 +14,10 @@ pub const SCOPES_HEADER: &str = "x-tollgate-scopes";
 /// The issuer of the caller's JWT.
 pub const ISSUER_HEADER: &str = "x-tollgate-issuer";
 
-/// The identity headers of a key (key-auth, request-signing): client-sent copies are always
-/// removed.
-pub const KEY_IDENTITY_HEADERS: [&str; 3] = [CONSUMER_HEADER, KEY_ID_HEADER, SCOPES_HEADER];
-/// The identity headers of a token (jwt-auth; the consumer and scopes headers are the ones a
-/// key's identity has too): client-sent copies are always removed.
-pub const TOKEN_IDENTITY_HEADERS: [&str; 3] = [CONSUMER_HEADER, SCOPES_HEADER, ISSUER_HEADER];
+/// Every identity header. Each auth filter removes client-sent copies of all of them, whichever
+/// it publishes itself: an upstream behind key-auth must not read a client's `x-tollgate-issuer`,
+/// nor one behind jwt-auth a client's `x-tollgate-key-id`.
+pub const IDENTITY_HEADERS: [&str; 4] = [CONSUMER_HEADER, KEY_ID_HEADER, SCOPES_HEADER, ISSUER_HEADER];
 
 /// Every filter-state name Tollgate writes starts with this (the host lets a filter write no
 /// other name).

@@ -62,7 +62,7 @@ impl<H: Host> JwtAuthHttp<H> {
             host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity and mapped-claim headers are ours to set: never pass on a client's copies.
-        let ours = identity::TOKEN_IDENTITY_HEADERS
+        let ours = identity::IDENTITY_HEADERS
             .iter()
             .copied()
             .chain(w.config.claim_headers.iter().map(|(n, _)| n.as_str()));

@@ -41,7 +41,7 @@ impl<H: Host> KeyAuthHttp<H> {
             host.request_headers().into_iter().map(|(n, v)| (n, tollgate_host::lossy(v))).collect();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         // Identity headers are ours to set: never let a client send them upstream.
-        for name in identity::KEY_IDENTITY_HEADERS {
+        for name in identity::IDENTITY_HEADERS {
             if get(name).is_some() {
                 host.set_request_header(name, None);
             }

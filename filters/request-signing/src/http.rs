@@ -111,7 +111,7 @@ impl<H: Host> SigningHttp<H> {
     fn on_headers(&mut self, end_of_stream: bool) -> Action {
         let host = &*self.host;
         // Identity headers are ours to set: never let a client send them upstream.
-        for name in identity::KEY_IDENTITY_HEADERS {
+        for name in identity::IDENTITY_HEADERS {
             host.set_request_header(name, None);
         }
         self.request_id = host.request_header("x-request-id").unwrap_or_default();
