@@ -2,11 +2,26 @@
 //! a matched rule changes it.
 //!
 //! A buffered body is held in the filter, not in Envoy: each chunk is taken out of Envoy's
-//! buffer as it arrives. Envoy counts what it holds against its buffer limit before the filter
-//! sees a chunk, and answers 413 (or cuts a response off) when the limit is passed; holding the
-//! body here keeps Envoy at one chunk, so a body that grows past `max_body_bytes` can still go
-//! on unchanged, as configured. The end of a body is its last data, or its trailers when it has
-//! some (HTTP/2, HTTP/1.1 with trailers enabled): the body is transformed there too.
+//! buffer as it arrives, so that a body that grows past `max_body_bytes` can still go on
+//! unchanged, as configured. How the stream waits meanwhile depends on how the body can end
+//! ([`Hold`]):
+//!
+//! - A body that cannot end with trailers — chunked HTTP/1.1 that announces none — keeps
+//!   flowing: each chunk goes on empty, and the body goes out with its last data. Envoy buffers
+//!   none of it, so neither its buffer limit nor the size of its reads matter. They would: over
+//!   HTTP/1.1 a chunk is everything Envoy read from the connection at once, in reads of up to
+//!   128 KiB until it holds at least the connection's buffer limit, so a chunk can be nearly
+//!   128 KiB past that limit, which is also the stream's.
+//! - A body that may end with trailers — HTTP/2, HTTP/3, or HTTP/1.1 announcing them with a
+//!   `trailer` field — waits with the stream paused: Envoy lets nothing be added to a body that
+//!   went on, so only a paused body can still go out in front of its trailers. While the stream
+//!   is paused, Envoy adds each next chunk to its buffer before the filter sees it, and answers
+//!   413 (or cuts a response off) when that chunk alone passes its buffer limit. An HTTP/2
+//!   chunk is one DATA frame (16 KiB), far under any limit, unless flow control had stopped
+//!   Envoy reading the stream: then what piled up meanwhile comes at once.
+//!
+//! The end of a body is its last data, or its trailers when it has some (HTTP/2, HTTP/1.1 with
+//! trailers enabled): the body is transformed there too.
 
 use std::rc::Rc;
 
@@ -26,16 +41,37 @@ enum Body {
     /// Flows through untouched.
     Pass,
     /// Buffered until the end of the stream, then transformed: the body so far.
-    Buffer(Vec<u8>),
+    Buffer(Vec<u8>, Hold),
     /// Flows through again; these bytes (the large chunk that crossed the cap) go out first, in
-    /// front of the next data.
+    /// front of the next data. Only after a [`Hold::Paused`] body.
     Flush(Vec<u8>),
 }
 
-/// The filter never hands Envoy more than `max_body_bytes` plus this at once (the end of a body
-/// aside, where it must): when a body crosses the cap, the held body and the crossing chunk go
-/// out together if they fit, else the chunk (a burst on HTTP/1) goes out in front of the next
-/// one. `max_body_bytes` plus this must stay under Envoy's buffer limit.
+/// How the stream waits while the filter holds a body (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Each chunk goes on empty and the body goes out with its last data; it cannot go out in
+    /// front of trailers.
+    Flowing,
+    /// The stream is paused; Envoy adds each next chunk to its buffer before the filter sees it.
+    Paused,
+}
+
+impl Hold {
+    /// `http1`: the body comes in HTTP/1 framing, where a chunk is a whole read from the
+    /// connection and trailers come only when announced; `trailer`: the head announces some.
+    fn of(http1: bool, trailer: bool) -> Self {
+        if http1 && !trailer { Hold::Flowing } else { Hold::Paused }
+    }
+}
+
+/// The protocol of the client's request (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`).
+const REQUEST_PROTOCOL: &[&str] = &["request", "protocol"];
+
+/// A paused body never hands Envoy's buffer more than `max_body_bytes` plus this at once (the
+/// end of a body aside, where it must): when it crosses the cap, the held body and the crossing
+/// chunk go back together if they fit, else the chunk goes out in front of the next one.
+/// `max_body_bytes` plus this must stay under Envoy's buffer limit.
 const MARGIN: usize = 64 * 1024;
 
 pub struct TransformHttp<H: Host> {
@@ -124,7 +160,9 @@ impl<H: Host> TransformHttp<H> {
                 // The length the headers announce cannot stay: the body is framed by chunks,
                 // whatever its final size. The headers wait for the body.
                 BodyPlan::Buffer => {
-                    self.request_body = Body::Buffer(Vec::new());
+                    let http1 = host.property(REQUEST_PROTOCOL).is_some_and(|p| p.starts_with(b"HTTP/1"));
+                    let hold = Hold::of(http1, req.header("trailer").is_some());
+                    self.request_body = Body::Buffer(Vec::new(), hold);
                     host.set_request_header("content-length", None);
                     buffering = true;
                 }
@@ -177,17 +215,22 @@ impl<H: Host> TransformHttp<H> {
                     self.lost_bytes(side, "the proxy refused a held chunk back")
                 }
             }
-            Body::Buffer(mut held) => {
+            Body::Buffer(mut held, hold) => {
                 let worker = Rc::clone(&self.worker);
+                let max = worker.config.max_body_bytes;
                 let chunk = self.body(side, body_size);
-                if held.len() + chunk.len() > worker.config.max_body_bytes {
+                if held.len() + chunk.len() > max {
                     worker.counters.inc(&*self.host, Stat::BodySkippedTooLarge);
                     if let Some(refusal) = tf::oversize(&worker.config, side) {
                         return self.refuse_current(refusal);
                     }
-                    // Unchanged, in order: what was held, then this chunk (now, or in front of
-                    // the next one when both would be more than Envoy should hold at once).
-                    if end_of_stream || held.len() + chunk.len() <= worker.config.max_body_bytes + MARGIN {
+                    // Unchanged, in order: what was held, then this chunk. Flowing, both go on
+                    // at once outside Envoy's buffer; paused, they go into it, so the chunk
+                    // waits in front of the next one when both would be more than Envoy should
+                    // hold at once.
+                    let together =
+                        hold == Hold::Flowing || end_of_stream || held.len() + chunk.len() <= max + MARGIN;
+                    if together {
                         held.extend_from_slice(&chunk);
                     } else {
                         *self.body_state(side) = Body::Flush(chunk);
@@ -205,8 +248,11 @@ impl<H: Host> TransformHttp<H> {
                     if !self.set_body(side, body_size, &[]) {
                         return self.lost_bytes(side, "the proxy refused to give up a chunk");
                     }
-                    *self.body_state(side) = Body::Buffer(held);
-                    return Action::Pause;
+                    *self.body_state(side) = Body::Buffer(held, hold);
+                    return match hold {
+                        Hold::Flowing => Action::Continue,
+                        Hold::Paused => Action::Pause,
+                    };
                 }
                 self.finish_body(side, body_size, held, prefix)
             }
@@ -214,7 +260,7 @@ impl<H: Host> TransformHttp<H> {
     }
 
     /// The body arrived whole: `body`, of which the filter held the first `prefix` bytes and
-    /// Envoy holds the other `held_by_envoy`. Transform it and hand it back.
+    /// Envoy holds the other `held_by_envoy` (the last chunk). Transform it and hand it back.
     fn finish_body(&mut self, side: Side, held_by_envoy: usize, body: Vec<u8>, prefix: usize) -> Action {
         let host = Rc::clone(&self.host);
         let host = &*host;
@@ -267,8 +313,14 @@ impl<H: Host> TransformHttp<H> {
     fn on_trailers(&mut self, side: Side) -> Action {
         match std::mem::replace(self.body_state(side), Body::Pass) {
             Body::Pass => Action::Continue,
+            // Chunks went on empty: the held body can no longer go out in front of the trailers,
+            // and the message must not go on without it. (HTTP/1.1 trailers the head did not
+            // announce: Envoy passes them only with trailers enabled.)
+            Body::Buffer(held, Hold::Flowing) if !held.is_empty() => {
+                self.lost_bytes(side, "trailers came that the head did not announce (`trailer`)")
+            }
             // Envoy holds nothing of the body (every chunk was taken out).
-            Body::Buffer(held) => {
+            Body::Buffer(held, _) => {
                 let prefix = held.len();
                 self.finish_body(side, 0, held, prefix)
             }
@@ -299,6 +351,9 @@ impl<H: Host> TransformHttp<H> {
         let status = find(":status").and_then(|s| s.parse::<u32>().ok());
         let (content_type, encoding, length) =
             (find("content-type"), find("content-encoding"), find("content-length"));
+        // Envoy keeps `transfer-encoding` in the head of an HTTP/1.1 response (HTTP/2 and HTTP/3
+        // have none): the body comes in chunks that are whole reads from the upstream.
+        let hold = Hold::of(find("transfer-encoding").is_some(), find("trailer").is_some());
         let change = tf::response_head(config, req, &self.matched, status, headers);
         self.count_errors(&change.errors);
         for edit in &change.edits {
@@ -319,7 +374,7 @@ impl<H: Host> TransformHttp<H> {
             config.max_body_bytes,
         ) {
             BodyPlan::Buffer => {
-                self.response_body = Body::Buffer(Vec::new());
+                self.response_body = Body::Buffer(Vec::new(), hold);
                 host.set_response_header("content-length", None);
                 Action::Continue
             }

@@ -151,6 +151,136 @@ fn a_body_that_ends_with_trailers_is_transformed_there() {
     assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
 }
 
+/// A request over HTTP/1.1, as Envoy reports it.
+fn over_http1(gw: &Gateway, id: u32) {
+    gw.host.with_request_property(id, &["request", "protocol"], b"HTTP/1.1");
+}
+
+#[test]
+fn a_chunked_http1_body_keeps_flowing_while_the_filter_holds_it() {
+    // A chunk over HTTP/1.1 is a whole read, which can be past Envoy's buffer limit: the stream
+    // is never paused (Envoy would add the next chunk to its buffer first), each chunk goes on
+    // empty and the body goes out with the last one.
+    let mut gw = Gateway::new(EXAMPLE);
+    gw.host.with_property(&["tollgate.consumer_id"], b"alice");
+    let id =
+        gw.start(&[(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")]);
+    over_http1(&gw, id);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    chunk_of(&gw, id, Req, br#"{"meta": {"created_by": "#);
+    assert_eq!(gw.request_body(id, 24, false), Action::Continue);
+    assert!(gw.host.request_body_of(id).is_empty(), "the chunk goes on empty");
+    chunk_of(&gw, id, Req, br#""mallory"}}"#);
+    assert_eq!(gw.request_body(id, 11, true), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), br#"{"meta": {"created_by": "alice"}}"#);
+
+    // The response from an HTTP/1.1 upstream: Envoy keeps its `transfer-encoding`.
+    let id = gw.start(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
+    gw.host.with_response_header(id, ":status", "200");
+    gw.host.with_response_header(id, "content-type", "application/json");
+    gw.host.with_response_header(id, "transfer-encoding", "chunked");
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
+    for chunk in [&br#"{"id": 7, "#[..], br#""internal_id": "db-7"}"#] {
+        chunk_of(&gw, id, Resp, chunk);
+        assert_eq!(gw.response_body(id, chunk.len(), false), Action::Continue);
+        assert!(gw.host.response_body_of(id).is_empty(), "nothing of the body goes out yet");
+    }
+    chunk_of(&gw, id, Resp, b"");
+    assert_eq!(gw.response_body(id, 0, true), Action::Continue);
+    assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
+    assert_eq!(gw.host.counter("tollgate.transform.body_transformed"), 2);
+}
+
+#[test]
+fn a_flowing_body_over_the_cap_goes_on_at_once_whatever_the_burst() {
+    // Nothing of it passes through Envoy's buffer: what was held and the burst go on together.
+    let mut gw = Gateway::new(&pass_config(1024));
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    over_http1(&gw, id);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    let held = vec![b'h'; 1000];
+    let burst = vec![b'b'; 2_000_000];
+    chunk_of(&gw, id, Req, &held);
+    assert_eq!(gw.request_body(id, held.len(), false), Action::Continue);
+    chunk_of(&gw, id, Req, &burst);
+    assert_eq!(gw.request_body(id, burst.len(), false), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), [held, burst].concat(), "what was held, then the burst");
+    gw.host.with_request_body(id, b"next");
+    assert_eq!(gw.request_body(id, 4, true), Action::Continue);
+    assert_eq!(gw.host.request_body_of(id), b"next", "then the body passes");
+    assert_eq!(gw.request_trailers(id), Action::Continue, "nothing waits for trailers");
+    assert!(gw.host.reply(id).is_none());
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 1);
+}
+
+#[test]
+fn trailers_after_a_flowing_body_refuse_the_message() {
+    // HTTP/1.1 trailers the head did not announce: the held body can no longer go out in front
+    // of them, and the message must not go on without it.
+    let mut gw = Gateway::new(&pass_config(1024));
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    over_http1(&gw, id);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    chunk_of(&gw, id, Req, br#"{"a": 0}"#);
+    assert_eq!(gw.request_body(id, 8, false), Action::Continue);
+    assert_eq!(gw.request_trailers(id), Action::Pause);
+    let reply = gw.host.reply(id).unwrap();
+    assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
+    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.rejected"), 1);
+    let logs = gw.host.logs();
+    assert!(logs.iter().any(|(level, line)| *level == tollgate_host::LogLevel::Warn
+        && line.contains("request refused: trailers came that the head did not announce")));
+
+    // Trailers straight after the headers find nothing held.
+    let id = gw.start(&[(":method", "POST"), (":path", "/"), ("content-type", "application/json")]);
+    over_http1(&gw, id);
+    assert_eq!(gw.request_headers(id, false), Action::Continue);
+    assert_eq!(gw.request_trailers(id), Action::Continue);
+    assert!(gw.host.reply(id).is_none());
+}
+
+#[test]
+fn bodies_that_may_end_with_trailers_are_held_paused() {
+    let mut gw = Gateway::new(EXAMPLE);
+    gw.host.with_property(&["tollgate.consumer_id"], b"alice");
+    // HTTP/1.1 announcing them, and HTTP/2.
+    for (protocol, trailer) in [("HTTP/1.1", true), ("HTTP/2", false)] {
+        let mut head =
+            vec![(":method", "POST"), (":path", "/api/v1/users"), ("content-type", "application/json")];
+        if trailer {
+            head.push(("trailer", "x-checksum"));
+        }
+        let id = gw.start(&head);
+        gw.host.with_request_property(id, &["request", "protocol"], protocol.as_bytes());
+        assert_eq!(gw.request_headers(id, false), Action::Continue);
+        chunk_of(&gw, id, Req, br#"{"meta": {"created_by": "#);
+        assert_eq!(gw.request_body(id, 24, false), Action::Pause, "{protocol}");
+        chunk_of(&gw, id, Req, br#""mallory"}}"#);
+        assert_eq!(gw.request_body(id, 11, false), Action::Pause, "{protocol}");
+        assert_eq!(gw.request_trailers(id), Action::Continue);
+        assert_eq!(gw.host.request_body_of(id), br#"{"meta": {"created_by": "alice"}}"#, "{protocol}");
+    }
+
+    // A response from an HTTP/1.1 upstream announcing them.
+    let id = gw.start(&[(":method", "GET"), (":path", "/api/v1/users/7")]);
+    assert_eq!(gw.request_headers(id, true), Action::Continue);
+    for (name, value) in [
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("transfer-encoding", "chunked"),
+        ("trailer", "x-checksum"),
+    ] {
+        gw.host.with_response_header(id, name, value);
+    }
+    assert_eq!(gw.response_headers(id, false), Action::Continue);
+    chunk_of(&gw, id, Resp, br#"{"id": 7, "internal_id": "db-7"}"#);
+    assert_eq!(gw.response_body(id, 32, false), Action::Pause);
+    assert_eq!(gw.response_trailers(id), Action::Continue);
+    assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
+}
+
 #[test]
 fn non_json_body_flows_through_unbuffered() {
     let mut gw = Gateway::new(EXAMPLE);
