@@ -10,6 +10,8 @@
 
 /// The name of the route that matched (`route.name` in the route configuration).
 pub const ROUTE_NAME: &[&str] = &["xds", "route_name"];
+/// The request's protocol: `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
+pub const REQUEST_PROTOCOL: &[&str] = &["request", "protocol"];
 /// The downstream connection's remote address, `ip:port`.
 pub const SOURCE_ADDRESS: &[&str] = &["source", "address"];
 

@@ -65,9 +65,6 @@ impl Hold {
     }
 }
 
-/// The protocol of the client's request (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`).
-const REQUEST_PROTOCOL: &[&str] = &["request", "protocol"];
-
 /// A paused body never hands Envoy's buffer more than `max_body_bytes` plus this at once (the
 /// end of a body aside, where it must): when it crosses the cap, the held body and the crossing
 /// chunk go back together if they fit, else the chunk goes out in front of the next one.
@@ -160,7 +157,8 @@ impl<H: Host> TransformHttp<H> {
                 // The length the headers announce cannot stay: the body is framed by chunks,
                 // whatever its final size. The headers wait for the body.
                 BodyPlan::Buffer => {
-                    let http1 = host.property(REQUEST_PROTOCOL).is_some_and(|p| p.starts_with(b"HTTP/1"));
+                    let http1 =
+                        host.property(attributes::REQUEST_PROTOCOL).is_some_and(|p| p.starts_with(b"HTTP/1"));
                     let hold = Hold::of(http1, req.header("trailer").is_some());
                     self.request_body = Body::Buffer(Vec::new(), hold);
                     host.set_request_header("content-length", None);
