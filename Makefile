@@ -22,7 +22,7 @@ WASM_DIR      := target/$(WASM_TARGET)/$(WASM_PROFILE)
 # Every crate under filters/ is a filter; its package name is tollgate-<folder>.
 FILTERS       := $(patsubst filters/%/Cargo.toml,%,$(wildcard filters/*/Cargo.toml))
 FILTER_PKGS   := $(addprefix -p tollgate-,$(FILTERS))
-# The test-only module the end-to-end tests drive EnvoyHost with (tests/probe; never shipped).
+# The test-only module the end-to-end tests drive EnvoyHost with (e2e/probe; never shipped).
 PROBE_PKG     := -p tollgate-host-probe
 # Crates that must also pass clippy when compiled for wasm. The glue must not index (`v[i]`,
 # `s[a..b]`) either: an index out of range panics, and a panic kills the filter's VM; it uses

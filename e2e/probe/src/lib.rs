@@ -1,7 +1,7 @@
 //! A test-only proxy-wasm module, never shipped: in each callback of a request it makes, through
 //! `tollgate_host::EnvoyHost`, host calls that Envoy refuses there (and a few it accepts, as
 //! controls), then lets the request through and reports what every call answered in response
-//! headers `x-probe-<call>: ok | error | some | none | …`. `tests/tests/host_abi.rs` drives it
+//! headers `x-probe-<call>: ok | error | some | none | …`. `e2e/tests/host_abi.rs` drives it
 //! through real Envoy: with host calls that panic on a refusal, the first one kills the VM.
 //!
 //! What a request probes depends on its path (see [`Probe`]); any other path makes no host

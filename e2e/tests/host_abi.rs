@@ -1,4 +1,4 @@
-//! `EnvoyHost` in real Envoy when Envoy refuses a host call. The probe module (`tests/probe`)
+//! `EnvoyHost` in real Envoy when Envoy refuses a host call. The probe module (`e2e/probe`)
 //! makes, through `EnvoyHost`, calls that Envoy refuses in the callback at hand — a header map or
 //! body that does not exist there, a write into the middle of a buffered body, filter state from
 //! the root context, a context that is gone, callouts Envoy will not start — and reports what

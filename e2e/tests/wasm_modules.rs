@@ -27,7 +27,7 @@ const WASI_SUBSET: &[&str] = &[
     "sched_yield",
 ];
 
-/// The module file of each crate under `filters/`, and of the test-only probe (`tests/probe`),
+/// The module file of each crate under `filters/`, and of the test-only probe (`e2e/probe`),
 /// which calls every host function `EnvoyHost` wraps.
 fn filter_modules() -> Vec<(String, std::path::PathBuf)> {
     let mut out = Vec::new();
