@@ -72,6 +72,37 @@ pub trait Denial: Copy + 'static {
     }
 }
 
+/// Implements [`Denial`] for a reason enum whose inherent `status`, `code`, `message` and `reason`
+/// functions and `ALL` list already say everything; `challenges = path` names a
+/// `fn(Self) -> bool` that replaces the default rule.
+#[macro_export]
+macro_rules! impl_denial {
+    ($ty:ty $(, challenges = $challenges:path)?) => {
+        impl $crate::error::Denial for $ty {
+            fn all() -> &'static [Self] {
+                &<$ty>::ALL
+            }
+            fn status(self) -> u32 {
+                <$ty>::status(self)
+            }
+            fn code(self) -> &'static str {
+                <$ty>::code(self)
+            }
+            fn message(self) -> &'static str {
+                <$ty>::message(self)
+            }
+            fn reason(self) -> &'static str {
+                <$ty>::reason(self)
+            }
+            $(
+                fn challenges(self) -> bool {
+                    $challenges(self)
+                }
+            )?
+        }
+    };
+}
+
 /// The reply to a refusal: the uniform JSON error, the filter's `challenge` when the refusal
 /// [challenges](Denial::challenges), and `Retry-After: 1` on a 503 (the filter could not decide
 /// now: the client may try again).

@@ -197,26 +197,13 @@ impl Deny {
     }
 }
 
-impl crate::error::Denial for Deny {
-    fn all() -> &'static [Self] {
-        &Self::ALL
-    }
-    fn status(self) -> u32 {
-        Deny::status(self)
-    }
-    fn code(self) -> &'static str {
-        Deny::code(self)
-    }
-    fn message(self) -> &'static str {
-        Deny::message(self)
-    }
-    fn reason(self) -> &'static str {
-        Deny::reason(self)
-    }
+crate::impl_denial!(Deny, challenges = Deny::challenges);
+
+impl Deny {
     /// Every refusal but the provider's unavailability (503) carries the Bearer challenge, with
     /// its RFC 6750 error code when there is one.
     fn challenges(self) -> bool {
-        Deny::status(self) != 503
+        self.status() != 503
     }
 }
 

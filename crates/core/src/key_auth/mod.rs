@@ -84,23 +84,7 @@ impl Deny {
     ];
 }
 
-impl crate::error::Denial for Deny {
-    fn all() -> &'static [Self] {
-        &Self::ALL
-    }
-    fn status(self) -> u32 {
-        Deny::status(self)
-    }
-    fn code(self) -> &'static str {
-        Deny::code(self)
-    }
-    fn message(self) -> &'static str {
-        Deny::message(self)
-    }
-    fn reason(self) -> &'static str {
-        Deny::reason(self)
-    }
-}
+crate::impl_denial!(Deny);
 
 /// Finds the key among the configured sources, given every request header as (lower-case name,
 /// value) pairs. Every source and every value of a repeated header is read: two *different*

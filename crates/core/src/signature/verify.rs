@@ -179,23 +179,7 @@ impl Deny {
     }
 }
 
-impl crate::error::Denial for Deny {
-    fn all() -> &'static [Self] {
-        &Self::ALL
-    }
-    fn status(self) -> u32 {
-        Deny::status(self)
-    }
-    fn code(self) -> &'static str {
-        Deny::code(self)
-    }
-    fn message(self) -> &'static str {
-        Deny::message(self)
-    }
-    fn reason(self) -> &'static str {
-        Deny::reason(self)
-    }
-}
+crate::impl_denial!(Deny);
 
 /// When `Content-Digest` must be covered and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
