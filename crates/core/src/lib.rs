@@ -12,6 +12,7 @@ pub mod identity;
 pub mod jwt;
 pub mod key;
 pub mod key_auth;
+pub mod local;
 pub mod rate_limit;
 pub mod route;
 pub mod secret;

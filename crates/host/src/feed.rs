@@ -22,6 +22,7 @@ use prost::Message;
 use tollgate_core::feed::{
     FeedChange, FeedState, Freshness, Invalidation, change_mark, feed_step, invalidation_slot,
 };
+use tollgate_core::local::View;
 use tollgate_proto::v1;
 
 use crate::{Host, LogLevel, grpc_status, shared};
@@ -74,11 +75,19 @@ pub struct Consumer {
     /// The newest feed epoch this worker has read from the record (on its tick, or at a poll's
     /// answer); see [`Consumer::seen_epoch`].
     epoch: Cell<u64>,
+    /// The record as this worker last read it (see [`Consumer::view`]).
+    view: Cell<View>,
 }
 
 impl Consumer {
     pub fn new(label: &'static str, prefix: &str) -> Self {
-        Self { label, prefix: prefix.to_owned(), failing: Cell::new(false), epoch: Cell::new(0) }
+        Self {
+            label,
+            prefix: prefix.to_owned(),
+            failing: Cell::new(false),
+            epoch: Cell::new(0),
+            view: Cell::new(View::default()),
+        }
     }
 
     /// The newest feed epoch this worker has seen, without reading shared data: at most one tick
@@ -107,8 +116,18 @@ impl Consumer {
         }
     }
 
+    /// What this worker last read of the feed's record, on its tick or at a poll's answer: the
+    /// view a worker's own cache checks its answers against ([`tollgate_core::local`]). An
+    /// answer checked in this view stays as the feed said until the view moves.
+    pub fn view(&self) -> View {
+        self.view.get()
+    }
+
     fn saw(&self, state: &FeedState) {
         self.epoch.set(self.epoch.get().max(state.epoch));
+        if state.epoch >= self.view.get().epoch() {
+            self.view.set(View::of(state));
+        }
     }
 
     /// The shared-data key of the consumer's record.
@@ -223,10 +242,13 @@ impl Consumer {
                 // Could not record it: re-check everything cached rather than miss a revocation.
                 let next = FeedState { base: step.next.cursor, ..step.next };
                 finish_poll(host, &key, next);
+                self.saw(&read_feed(host, &key).0);
                 return Done::Rebased;
             }
         }
         finish_poll(host, &key, step.next);
+        // The poller's own cache sees what it applied at once; the other workers on their tick.
+        self.saw(&read_feed(host, &key).0);
         Done::Applied(step.invalidate.len())
     }
 }

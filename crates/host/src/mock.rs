@@ -172,6 +172,8 @@ pub struct MockHost {
     configuration: RefCell<Option<Vec<u8>>>,
     http_calls: RefCell<Vec<HttpCall>>,
     http_response: RefCell<HttpResponse>,
+    /// Shared-data reads this host made (not those of hosts sharing its data).
+    shared_reads: Cell<u64>,
 }
 
 impl Default for MockHost {
@@ -195,6 +197,7 @@ impl Default for MockHost {
             configuration: RefCell::default(),
             http_calls: RefCell::default(),
             http_response: RefCell::default(),
+            shared_reads: Cell::new(0),
         }
     }
 }
@@ -379,6 +382,11 @@ impl MockHost {
         self.counters.borrow().get(name).copied().unwrap_or(0)
     }
 
+    /// How many shared-data reads this host has made.
+    pub fn shared_reads(&self) -> u64 {
+        self.shared_reads.get()
+    }
+
     pub fn logs(&self) -> Vec<(LogLevel, String)> {
         self.logs.borrow().clone()
     }
@@ -470,6 +478,7 @@ impl Host for MockHost {
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared_reads.set(self.shared_reads.get() + 1);
         match self.shared.borrow().data.get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),

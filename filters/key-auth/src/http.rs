@@ -9,14 +9,14 @@ use tollgate_core::credentials;
 use tollgate_core::error::{denial_reply, log_field};
 use tollgate_core::identity;
 use tollgate_core::key;
-use tollgate_core::key_auth::cache::{Entry, KeyState, Lookup};
+use tollgate_core::key_auth::cache::{Entry, KeyState};
 use tollgate_core::key_auth::config::{Config, FailureMode, Source};
 use tollgate_core::key_auth::{self as ka, Deny};
 use tollgate_core::route::{self, RequestFacts};
 use tollgate_host::{Host, LogLevel, attributes};
 
 use crate::reply::{Outcome, read_verify_reply};
-use crate::store;
+use crate::store::{self, Found};
 use crate::worker::{Flight, REFRESH_RETRY, Refresh, Stat, Waiter, Worker, millis};
 
 pub struct KeyAuthHttp<H: Host> {
@@ -87,8 +87,8 @@ impl<H: Host> KeyAuthHttp<H> {
 
         let hash = key::key_hash(&key);
         let now_ms = host.now_ms();
-        match store::lookup(host, &worker.keys, &worker.feed, &worker.config, &hash) {
-            Lookup::Fresh(entry) => {
+        match store::lookup(host, &mut worker, &hash) {
+            Found::Fresh(entry) => {
                 worker.counters.inc(host, Stat::CacheHit);
                 return if apply_answer(host, &worker, &waiter, &entry) {
                     Action::Continue
@@ -96,7 +96,7 @@ impl<H: Host> KeyAuthHttp<H> {
                     Action::Pause
                 };
             }
-            Lookup::Stale(entry) => {
+            Found::Stale(entry) => {
                 // Past its TTL, within the stale window, not invalidated: served at once while
                 // the root context refreshes it in the background. The request never waits
                 // for the key service (which may be down or hung).
@@ -108,7 +108,7 @@ impl<H: Host> KeyAuthHttp<H> {
                     Action::Pause
                 };
             }
-            Lookup::Miss => {}
+            Found::Miss => {}
         }
         worker.counters.inc(host, Stat::CacheMiss);
 
@@ -216,7 +216,7 @@ pub fn lookup_done<H: Host + ?Sized>(
 ) {
     let outcome = read_verify_reply(host, &worker.borrow(), hash, epoch, status, size);
     if let Outcome::Answer(entry) = &outcome {
-        let w = worker.borrow();
+        let mut w = worker.borrow_mut();
         if answer_predates_reset(host, &w, epoch) {
             host.log(
                 LogLevel::Info,
@@ -229,7 +229,7 @@ pub fn lookup_done<H: Host + ?Sized>(
             }
             return;
         }
-        store::store(host, &w.keys, &w.config, entry);
+        store::store(host, &mut w, (**entry).clone());
     }
     complete_flight(host, worker, hash, outcome);
 }
@@ -252,7 +252,7 @@ pub fn refresh_done<H: Host + ?Sized>(
             // An answer asked for before a feed reset is dropped: the stale answer is of the
             // old epoch too, so the next request for the key makes a lookup of its own.
             if !answer_predates_reset(host, &w, epoch) {
-                store::store(host, &w.keys, &w.config, &entry);
+                store::store(host, &mut w, *entry);
                 w.counters.inc(host, Stat::CacheRefreshed);
             }
         }

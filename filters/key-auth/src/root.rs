@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tollgate_core::key_auth::cache::Lookup;
 use tollgate_core::key_auth::config::Config;
 use tollgate_host::{Filter, Host, feed};
 
@@ -121,10 +120,10 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
         w.refreshes.iter().filter(|(_, r)| **r == Refresh::Queued).map(|(h, _)| *h).collect()
     };
     for hash in queued {
-        let w = worker.borrow();
+        let mut w = worker.borrow_mut();
         // Refreshed by another worker meanwhile, invalidated, or past the stale window: the
         // next request decides.
-        if !matches!(store::lookup(host, &w.keys, &w.feed, &w.config, &hash), Lookup::Stale(_)) {
+        if !matches!(store::lookup(host, &mut w, &hash), store::Found::Stale(_)) {
             drop(w);
             worker.borrow_mut().refreshes.remove(&hash);
             continue;

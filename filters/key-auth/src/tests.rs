@@ -446,7 +446,9 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
     assert_eq!(gw2.host.counter("tollgate.key_auth.feed_resets"), 1);
     assert!(gw2.host.logs().iter().any(|(_, l)| l.contains("went back from 20 to 12")));
 
-    // Worker 1: the answer about the key is asked for again at once, and is cached.
+    // Worker 1, once its tick has read the feed: the answer about the key is asked for again,
+    // and is cached.
+    gw.tick();
     let calls = gw.verify_calls();
     let (id, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause, "asked for again within its TTL");
@@ -456,8 +458,7 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
     let (id, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "cached although the lost timeline changed it at 19");
     assert_eq!(gw.host.header(id, "x-tollgate-scopes").as_deref(), Some("read"));
-    // The negative answer too, once worker 1's tick has seen the new epoch.
-    gw.tick();
+    // The negative answer too.
     let calls = gw.verify_calls();
     let (_, action) = gw.send("/", "GET", &[("x-api-key", &unknown)]);
     assert_eq!(action, Action::Pause);
@@ -466,6 +467,7 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
     // Revoked at 13 on the new timeline (13 was used by the lost one too).
     gw2.host.advance(Duration::from_secs(2));
     gw2.poll_feed(&[(13, "key_r")], 13);
+    gw.tick();
     let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Pause, "the revocation invalidates the new answer");
 }
@@ -630,4 +632,41 @@ fn shipped_example_config_is_accepted() {
     let mut gw = Gateway::on(MockHost::new());
     assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
     assert_eq!(gw.host.tick_period(), Some(Duration::from_millis(500)));
+}
+
+/// A worker keeps the answers it used: once it has checked one against the feed, requests read
+/// no shared data until its view of the feed moves. Another worker's answer is read from shared
+/// data once; a revocation applied by the poller reaches the other worker at its next tick.
+#[test]
+fn a_workers_own_cache_reads_no_shared_data_until_the_feed_moves() {
+    let mut gw = Gateway::new(CONFIG);
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), CONFIG);
+    let k = a_key(31);
+    gw.poll_feed(&[], 5);
+    gw2.tick();
+    let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_own", &["read"], 0, 5));
+    let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
+    assert_eq!(action, Action::Continue);
+    let reads = gw.host.shared_reads();
+    for _ in 0..10 {
+        assert_eq!(gw.send("/", "GET", &[("x-api-key", &k)]).1, Action::Continue);
+    }
+    assert_eq!(gw.host.shared_reads(), reads, "ten requests served from the worker's own table");
+
+    // Worker 2 finds worker 1's answer in shared data once, then keeps it.
+    let before = gw2.host.calls().len();
+    assert_eq!(gw2.send("/", "GET", &[("x-api-key", &k)]).1, Action::Continue);
+    let reads2 = gw2.host.shared_reads();
+    assert_eq!(gw2.send("/", "GET", &[("x-api-key", &k)]).1, Action::Continue);
+    assert_eq!(gw2.host.shared_reads(), reads2);
+    assert_eq!(gw2.host.calls().len(), before, "no lookup: the answer came from shared data");
+
+    // Worker 1 polls and applies a change to the key: it refuses the cached answer at once,
+    // worker 2 once its tick has read the feed.
+    gw.host.advance(Duration::from_secs(1));
+    gw.poll_feed(&[(6, "key_own")], 6);
+    assert_eq!(gw.send("/", "GET", &[("x-api-key", &k)]).1, Action::Pause, "asked for again");
+    gw2.tick();
+    assert_eq!(gw2.send("/", "GET", &[("x-api-key", &k)]).1, Action::Pause, "asked for again");
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use prost::Message;
 use tollgate_core::key_auth::Deny;
+use tollgate_core::key_auth::cache::Entry;
 use tollgate_core::key_auth::config::Config;
+use tollgate_core::local::Local;
 use tollgate_host::{Host, feed};
 use tollgate_proto::v1;
 
@@ -44,6 +46,10 @@ pub const MAX_REFRESHES: usize = 256;
 /// How long a failed refresh is remembered: meanwhile the stale answer is served without
 /// asking the key service again.
 pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
+/// Most answers a worker keeps in its own table (fewer when the shared cache has fewer slots).
+/// An entry is a few hundred bytes: a full table costs a worker about 1 MiB.
+pub const MAX_LOCAL_SLOTS: u32 = 4096;
 
 pub const SERVICE: &str = tollgate_proto::KEY_SERVICE;
 
@@ -89,6 +95,8 @@ pub struct Worker {
     /// Calls the root context made: token → what it is for.
     pub root_calls: HashMap<u32, RootCall>,
     pub feed: feed::Consumer,
+    /// The answers this worker used, in front of shared data (see [`tollgate_core::local`]).
+    pub local: Local<[u8; 32], Entry>,
 }
 
 /// A call the root context made. Lookups carry the feed epoch at the time of the call.
@@ -110,6 +118,7 @@ pub enum RootCall {
 impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
         let keys = Keys::new(&config);
+        let config_local_slots = config.cache.slots.min(MAX_LOCAL_SLOTS);
         Self {
             feed: feed::Consumer::new("key-auth", keys.prefix()),
             keys,
@@ -118,6 +127,7 @@ impl Worker {
             flights: HashMap::new(),
             refreshes: HashMap::new(),
             root_calls: HashMap::new(),
+            local: Local::new(config_local_slots),
         }
     }
 

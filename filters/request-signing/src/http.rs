@@ -122,7 +122,7 @@ impl<H: Host> SigningHttp<H> {
         let headers: Vec<(String, Vec<u8>)> =
             host.request_headers().into_iter().filter(|(n, _)| !n.starts_with(':')).collect();
         let worker = Rc::clone(&self.worker);
-        let w = worker.borrow();
+        let mut w = worker.borrow_mut();
         let now_s = (host.now_ms() / 1000) as i64;
         let declared_length =
             host.request_header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
@@ -171,7 +171,7 @@ impl<H: Host> SigningHttp<H> {
         }
         self.policy = Some(policy);
         self.hold_body = has_body && bound;
-        if let Some(entry) = store::lookup(host, &w.keys, &w.feed, &w.config, &key_id) {
+        if let Some(entry) = store::lookup(host, &mut w, &key_id) {
             w.counters.inc(host, Stat::CacheHit);
             self.material = Some(entry);
         } else {
@@ -390,12 +390,12 @@ impl<H: Host> SigningHttp<H> {
         self.call = None;
         let key_id = self.key_id();
         let entry = {
-            let w = self.worker.borrow();
+            let mut w = self.worker.borrow_mut();
             let entry = read_reply(&*self.host, &w, &key_id, status, size);
             if let Some(entry) = &entry {
                 // Cached as of the call: an answer asked for before a restored store was
                 // noticed is not trusted afterwards.
-                store::store_from(&*self.host, &w.keys, &w.config, entry, self.call_epoch);
+                store::store_from(&*self.host, &mut w, entry, self.call_epoch);
             }
             entry
         };

@@ -10,7 +10,8 @@ use tollgate_host::{Filter, Host, feed};
 
 use crate::http::SigningHttp;
 use crate::store::{self, Keys};
-use crate::worker::{Counters, Stat, Worker};
+use crate::worker::{Counters, MAX_LOCAL_SLOTS, Stat, Worker};
+use tollgate_core::local::Local;
 
 /// The request-signing filter.
 pub struct RequestSigning;
@@ -28,7 +29,8 @@ impl Filter for RequestSigning {
         // Workers differ in their heap addresses and start times.
         let address = keys.prefix().as_ptr() as usize as u64;
         let seed = host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ address.rotate_left(32);
-        Ok(RefCell::new(Worker { config, keys, counters, seed, feed, feed_token: None }))
+        let local = Local::new(config.cache_slots.min(MAX_LOCAL_SLOTS));
+        Ok(RefCell::new(Worker { config, keys, counters, seed, feed, feed_token: None, local }))
     }
 
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {

@@ -2,13 +2,17 @@
 //! `tollgate.request_signing.<cluster>.` with the change feed's consumer's keys (which only the
 //! consumer, [`feed::Consumer`], names).
 
+use std::rc::Rc;
+
 use tollgate_core::signature::cache::{self, MaterialEntry};
 use tollgate_core::signature::config::Config;
 use tollgate_core::signature::replay::{self, Probe, ReplayEntry};
 use tollgate_core::signature::verify::Deny;
-use tollgate_host::{Host, SharedError, feed};
+use tollgate_host::{Host, SharedError};
 
 use tollgate_host::shared::CAS_RETRIES;
+
+use crate::worker::Worker;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -33,46 +37,52 @@ impl Keys {
 
 /// The cached material of `key_id`, if fresh: of the feed's current epoch, not invalidated
 /// within it (as the feed's consumer says: [`feed::Consumer::freshness`]), within its TTL.
-pub fn lookup<H: Host + ?Sized>(
-    host: &H,
-    keys: &Keys,
-    feed: &feed::Consumer,
-    config: &Config,
-    key_id: &str,
-) -> Option<MaterialEntry> {
-    let slot = cache::cache_slot(key_id, config.cache_slots);
-    let stored = host.shared_get(&keys.material(slot)).0.and_then(|b| cache::decode_slot(&b));
-    let freshness = feed.freshness(host, key_id);
-    let (ttl, negative_ttl) = (config.cache_ttl, config.negative_ttl);
-    cache::fresh_in_epoch(stored, key_id, host.now_ms(), freshness, ttl, negative_ttl)
+///
+/// The worker's own table is asked first ([`tollgate_core::local`]): material it checked
+/// against the feed in its current view of the feed is used with no shared-data read.
+pub fn lookup<H: Host + ?Sized>(host: &H, worker: &mut Worker, key_id: &str) -> Option<MaterialEntry> {
+    let now_ms = host.now_ms();
+    let view = worker.feed.view();
+    let (ttl, negative_ttl) = (worker.config.cache_ttl, worker.config.negative_ttl);
+    let id = key_id.to_owned();
+    if let Some(hit) = worker.local.get(&id, view) {
+        let freshness = hit.freshness.unwrap_or_else(|| worker.feed.freshness(host, key_id));
+        let (entry, epoch) = &*hit.value;
+        if cache::usable(entry, *epoch, key_id, now_ms, freshness, ttl, negative_ttl) {
+            worker.local.checked(&id, view, freshness);
+            return Some(entry.clone());
+        }
+        worker.local.remove(&id);
+    }
+    let slot = cache::cache_slot(key_id, worker.config.cache_slots);
+    let (entry, epoch) =
+        host.shared_get(&worker.keys.material(slot)).0.and_then(|b| cache::decode_slot(&b))?;
+    let freshness = worker.feed.freshness(host, key_id);
+    if !cache::usable(&entry, epoch, key_id, now_ms, freshness, ttl, negative_ttl) {
+        return None;
+    }
+    worker.local.insert(id, Rc::new((entry.clone(), epoch)), Some((view, freshness)));
+    Some(entry)
 }
 
 /// Stores an answer, stamped with the feed epoch at the time it is stored (for tests: the filter
 /// stores with [`store_from`] and the epoch read when the call was made, so an answer asked for
 /// before a feed reset and arriving after it is not trusted).
 #[cfg(test)]
-pub fn store<H: Host + ?Sized>(
-    host: &H,
-    keys: &Keys,
-    feed: &feed::Consumer,
-    config: &Config,
-    entry: &MaterialEntry,
-) {
-    store_from(host, keys, config, entry, feed.epoch(host));
+pub fn store<H: Host + ?Sized>(host: &H, worker: &mut Worker, entry: &MaterialEntry) {
+    let epoch = worker.feed.epoch(host);
+    store_from(host, worker, entry, epoch);
 }
 
 /// Stores the answer of a lookup made in feed epoch `epoch` (read with
 /// [`feed::Consumer::epoch`] when the call was made). Last writer wins; the key id in the entry
 /// tells slot sharers apart.
-pub fn store_from<H: Host + ?Sized>(
-    host: &H,
-    keys: &Keys,
-    config: &Config,
-    entry: &MaterialEntry,
-    epoch: u64,
-) {
-    let slot = cache::cache_slot(&entry.key_id, config.cache_slots);
-    let _ = host.shared_set(&keys.material(slot), &cache::encode_slot(entry, epoch), None);
+///
+/// The worker keeps it too, to be checked against the feed on first use.
+pub fn store_from<H: Host + ?Sized>(host: &H, worker: &mut Worker, entry: &MaterialEntry, epoch: u64) {
+    let slot = cache::cache_slot(&entry.key_id, worker.config.cache_slots);
+    let _ = host.shared_set(&worker.keys.material(slot), &cache::encode_slot(entry, epoch), None);
+    worker.local.insert(entry.key_id.clone(), Rc::new((entry.clone(), epoch)), None);
 }
 
 /// Creates every replay slot that does not exist yet (empty), so that later writes always
@@ -153,6 +163,7 @@ mod tests {
     use prost::Message;
     use tollgate_core::signature::cache::MaterialState;
     use tollgate_core::signature::verify::KeyMaterial;
+    use tollgate_host::feed;
     use tollgate_host::grpc_status;
     use tollgate_host::mock::MockHost;
     use tollgate_proto::v1;
@@ -206,27 +217,34 @@ mod tests {
     #[test]
     fn material_of_an_older_feed_epoch_is_not_used() {
         let host = MockHost::new();
-        let (config, keys) = (config(), Keys::new(&config()));
-        let feed = feed::Consumer::new("request-signing", keys.prefix());
+        let config = config();
+        let keys = Keys::new(&config);
+        let mut w = Worker {
+            counters: crate::worker::Counters::define(&*host, "tollgate.request_signing"),
+            feed: feed::Consumer::new("request-signing", keys.prefix()),
+            local: tollgate_core::local::Local::new(16),
+            keys,
+            seed: 0,
+            feed_token: None,
+            config: config.clone(),
+        };
         let now = host.now_ms();
-        store(&*host, &keys, &feed, &config, &material("key_a", now, 20));
-        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_some());
+        store(&*host, &mut w, &material("key_a", now, 20));
+        assert!(lookup(&*host, &mut w, "key_a").is_some());
         // The lost timeline changes key_a at 30.
-        poll(&host, &feed, &config, &[], 20);
-        poll(&host, &feed, &config, &[(30, "key_a")], 30);
-        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "invalidated in its epoch");
+        poll(&host, &w.feed, &config, &[], 20);
+        poll(&host, &w.feed, &config, &[(30, "key_a")], 30);
+        assert!(lookup(&*host, &mut w, "key_a").is_none(), "invalidated in its epoch");
 
         // The store is restored to its state at 12: a new epoch.
-        poll(&host, &feed, &config, &[], 12);
-        assert_eq!(feed.epoch(&*host), 1);
-        store_from(&*host, &keys, &config, &material("key_a", now, 20), 0);
-        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "asked for before the reset");
-        store_from(&*host, &keys, &config, &material("key_a", now, 12), feed.epoch(&*host));
-        assert!(
-            lookup(&*host, &keys, &feed, &config, "key_a").is_some(),
-            "the lost timeline's 30 is ignored"
-        );
-        poll(&host, &feed, &config, &[(13, "key_a")], 13);
-        assert!(lookup(&*host, &keys, &feed, &config, "key_a").is_none(), "a change of the new timeline");
+        poll(&host, &w.feed, &config, &[], 12);
+        assert_eq!(w.feed.epoch(&*host), 1);
+        store_from(&*host, &mut w, &material("key_a", now, 20), 0);
+        assert!(lookup(&*host, &mut w, "key_a").is_none(), "asked for before the reset");
+        let epoch = w.feed.epoch(&*host);
+        store_from(&*host, &mut w, &material("key_a", now, 12), epoch);
+        assert!(lookup(&*host, &mut w, "key_a").is_some(), "the lost timeline's 30 is ignored");
+        poll(&host, &w.feed, &config, &[(13, "key_a")], 13);
+        assert!(lookup(&*host, &mut w, "key_a").is_none(), "a change of the new timeline");
     }
 }

@@ -1,6 +1,8 @@
 //! Per-VM state, shared by the root context and the HTTP contexts: the compiled config, the
 //! shared-data key names, stats, the change-feed consumer and its call in flight.
 
+use tollgate_core::local::Local;
+use tollgate_core::signature::cache::MaterialEntry;
 use tollgate_core::signature::config::Config;
 use tollgate_core::signature::verify::Deny;
 use tollgate_host::feed;
@@ -36,7 +38,14 @@ pub struct Worker {
     pub feed: feed::Consumer,
     /// The change-feed poll in flight, if any.
     pub feed_token: Option<u32>,
+    /// The key material this worker used, in front of shared data (see
+    /// [`tollgate_core::local`]).
+    pub local: Local<String, (MaterialEntry, u64)>,
 }
+
+/// Most key ids whose material a worker keeps in its own table (fewer when the shared cache has
+/// fewer slots).
+pub const MAX_LOCAL_SLOTS: u32 = 1024;
 
 impl Worker {
     pub fn feed_target(&self) -> feed::Target<'_> {

@@ -240,6 +240,14 @@ pub enum Lookup {
     Miss,
 }
 
+/// How a cached answer may be used now (see [`usable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Fresh,
+    Stale,
+    Miss,
+}
+
 /// Decides how the entry found in a key's slot may be used at `now_ms`, `freshness` being what
 /// the change feed says now about the entry's key id.
 pub fn classify(
@@ -252,15 +260,24 @@ pub fn classify(
     let Some(entry) = entry else {
         return Lookup::Miss;
     };
+    match usable(&entry, hash, now_ms, freshness, cfg) {
+        Use::Fresh => Lookup::Fresh(entry),
+        Use::Stale => Lookup::Stale(entry),
+        Use::Miss => Lookup::Miss,
+    }
+}
+
+/// [`classify`] without taking the entry: how `entry` may be used for the key `hash`.
+pub fn usable(entry: &Entry, hash: &[u8; 32], now_ms: u64, freshness: Freshness, cfg: &CacheConfig) -> Use {
     if entry.hash != *hash {
-        return Lookup::Miss;
+        return Use::Miss;
     }
     // A negative answer is about no key id, so no invalidation slot: only its epoch counts.
     let freshness = if entry.key_id.is_empty() { Freshness::epoch_only(freshness.epoch) } else { freshness };
     if feed::invalidated(entry.stamp(), freshness) {
         // Asked for before the key service's store went back to an older state, or something
         // changed about this key since (perhaps a revocation): never serve it, not even stale.
-        return Lookup::Miss;
+        return Use::Miss;
     }
     let ttl = match entry.state {
         KeyState::NotFound => cfg.negative_ttl,
@@ -269,11 +286,11 @@ pub fn classify(
     // A clock that went backwards makes the entry younger, never older than its TTL.
     let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
     if age < ttl {
-        Lookup::Fresh(entry)
+        Use::Fresh
     } else if entry.state == KeyState::Valid && age < ttl + cfg.stale_window {
-        Lookup::Stale(entry)
+        Use::Stale
     } else {
-        Lookup::Miss
+        Use::Miss
     }
 }
 

@@ -158,13 +158,27 @@ pub fn fresh_in_epoch(
     ttl: Duration,
     negative_ttl: Duration,
 ) -> Option<MaterialEntry> {
-    let (entry, epoch) = slot.filter(|(e, _)| e.key_id == key_id)?;
-    if feed::invalidated(Stamp { epoch, seq: entry.feed_seq }, freshness) {
-        return None;
+    let (entry, epoch) = slot?;
+    usable(&entry, epoch, key_id, now_ms, freshness, ttl, negative_ttl).then_some(entry)
+}
+
+/// [`fresh_in_epoch`] without taking the entry: whether `entry`, cached in feed epoch `epoch`,
+/// may be used for `key_id`.
+pub fn usable(
+    entry: &MaterialEntry,
+    epoch: u64,
+    key_id: &str,
+    now_ms: u64,
+    freshness: Freshness,
+    ttl: Duration,
+    negative_ttl: Duration,
+) -> bool {
+    if entry.key_id != key_id || feed::invalidated(Stamp { epoch, seq: entry.feed_seq }, freshness) {
+        return false;
     }
     let ttl = if entry.state == MaterialState::NotFound { negative_ttl } else { ttl };
     let age = Duration::from_millis(now_ms.saturating_sub(entry.fetched_at_ms));
-    (age < ttl).then_some(entry)
+    age < ttl
 }
 
 /// The cache slot of a key id (FNV-1a).
