@@ -27,12 +27,14 @@ PROBE_PKG     := -p tollgate-host-probe
 # Crates that must also pass clippy when compiled for wasm. The glue must not index (`v[i]`,
 # `s[a..b]`) either: an index out of range panics, and a panic kills the filter's VM; it uses
 # `.get()`. The core does not pass that lint yet, so it is linted apart.
-WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) -p tollgate-host
+# The benchmark-only module that prices each host call (bench/probe; never shipped).
+BENCH_PROBE_PKG := -p tollgate-bench-probe
+WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) $(BENCH_PROBE_PKG) -p tollgate-host
 WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
-.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench clean distclean \
+.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench bench-probe clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 ## help: list the public targets (this text)
@@ -117,6 +119,18 @@ bench: build $(ENVOY) $(OHA)
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
 	BENCH_OHA=$(CURDIR)/$(OHA) \
+		target/release/tollgate-bench
+
+## bench-probe: the price of each host call a filter can make (writes bench/probe.md)
+bench-probe: build $(ENVOY)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
+	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)
+	$(CARGO) build $(LOCKED) --release -p tollgate-bench
+	TOLLGATE_BIN_DIR=$(CURDIR)/target/release \
+	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
+	BENCH_OHA=true BENCH_PROBE=1 \
 		target/release/tollgate-bench
 
 # oha (open-loop load with latency correction) is installed into the project, not system-wide.

@@ -5,10 +5,12 @@
 //! Settings (environment): `BENCH_QUICK=1` (one short round, for smoke checks), `BENCH_ROUNDS`,
 //! `BENCH_SECONDS` (length of each load run), `BENCH_CONNECTIONS`, `BENCH_ENVOY_CPU` / `BENCH_LOAD_CPU`
 //! (default 0 / 1), `BENCH_WRK` / `BENCH_OHA` (the load generators), `BENCH_OUT` (output folder,
-//! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
+//! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline), `BENCH_PROBE=1` (price
+//! each host call instead: see `probe.rs`). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
 //! `ENVOY_BIN` like the end-to-end tests.
 
 mod measure;
+mod probe;
 mod variants;
 
 use std::path::PathBuf;
@@ -133,11 +135,15 @@ async fn run() -> Result<()> {
 
     let noop_path = scratch.join("tollgate_bench_noop.wasm");
     std::fs::write(&noop_path, noop::module()).map_err(|e| Error(format!("write noop module: {e}")))?;
-    let mut variants = variants(&keyd, &api_key, &keys, &noop_path);
+    let probe_mode = env("BENCH_PROBE").is_some_and(|v| v != "0");
+    let mut variants =
+        if probe_mode { probe::variants() } else { variants(&keyd, &api_key, &keys, &noop_path) };
     // BENCH_ONLY=a,b keeps the baseline and the named variants (to rerun one comparison quickly).
     if let Some(only) = env("BENCH_ONLY") {
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
-        variants.retain(|v| v.name == BASELINE || wanted.contains(&v.name.as_str()));
+        variants.retain(|v| {
+            v.name == BASELINE || v.name == probe::PROBE_BASELINE || wanted.contains(&v.name.as_str())
+        });
     }
     let skipped = vec![
         Skipped {
@@ -197,8 +203,32 @@ async fn run() -> Result<()> {
             if position > 0 {
                 measure_saturation(&settings, r, round).await;
             }
-            measure_latency(&settings, r, round, rate, &creds).await;
+            if !probe_mode {
+                measure_latency(&settings, r, round, rate, &creds).await;
+            }
         }
+    }
+
+    if probe_mode {
+        let runs: Vec<(String, Vec<report::Sample>)> =
+            running.iter().map(|r| (r.variant.name.clone(), r.samples.clone())).collect();
+        let text = format!(
+            "# Host-call prices\n\n- date: {date}\n- machine: {cpu_model} ({cores} cores)\n- Envoy {envoy_version}, \
+             {rounds} round(s) of {seconds} s, wrk with {connections} connections, Envoy pinned to one core\n\n\
+             Envoy's CPU time per request with the probe module making each call n times, minus the same module \
+             making none, divided by n.\n\n{}",
+            probe::table(&runs),
+            rounds = settings.rounds,
+            seconds = settings.seconds,
+            connections = settings.connections,
+        );
+        println!("{text}");
+        std::fs::create_dir_all(&settings.out_dir)
+            .map_err(|e| Error(format!("create {}: {e}", settings.out_dir.display())))?;
+        let path = settings.out_dir.join("probe.md");
+        std::fs::write(&path, text).map_err(|e| Error(format!("write {}: {e}", path.display())))?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
     }
 
     let runs: Vec<VariantRun> = running
