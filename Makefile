@@ -114,6 +114,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: build $(ENVOY) $(OHA)
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
+	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)
 	$(CARGO) build $(LOCKED) --release -p tollgate-bench
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/release \
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \

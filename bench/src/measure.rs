@@ -78,14 +78,18 @@ pub(crate) fn envoy_pid(envoy: &Envoy) -> Result<u32> {
 pub(crate) async fn measure_saturation(settings: &Settings, r: &mut Running, round: usize) -> Option<f64> {
     let url = r.envoy.url(PATH);
     let before = procfs::cpu_ticks(r.pid);
+    let started = Instant::now();
     let result = wrk(settings, &url, &r.wrk_script, settings.seconds).await;
     let after = procfs::cpu_ticks(r.pid);
+    let wall = started.elapsed().as_secs_f64();
     let sample = sample_for(&mut r.samples, round);
     match result {
         Ok(summary) => {
             sample.rps = Some(summary.requests_per_sec);
             sample.errors += summary.non_2xx + summary.socket_errors;
             if let (Ok(before), Ok(after)) = (before, after) {
+                let cpu_seconds = after.saturating_sub(before) as f64 / settings.ticks_per_second as f64;
+                sample.envoy_cpu_share = (wall > 0.0).then(|| cpu_seconds / wall);
                 sample.cpu_us_per_request = procfs::cpu_us_per_request(
                     after.saturating_sub(before),
                     settings.ticks_per_second,
@@ -93,10 +97,11 @@ pub(crate) async fn measure_saturation(settings: &Settings, r: &mut Running, rou
                 );
             }
             eprintln!(
-                "  {:<18} {:>8.0} req/s  {:>6.1} µs CPU/req",
+                "  {:<18} {:>8.0} req/s  {:>6.1} µs CPU/req  Envoy {:>3.0} %",
                 r.variant.name,
                 summary.requests_per_sec,
-                sample.cpu_us_per_request.unwrap_or(f64::NAN)
+                sample.cpu_us_per_request.unwrap_or(f64::NAN),
+                sample.envoy_cpu_share.unwrap_or(f64::NAN) * 100.0
             );
             Some(summary.requests_per_sec)
         }

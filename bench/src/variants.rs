@@ -159,6 +159,33 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             }]
         }),
     );
+    let transform_headers = tollgate(
+        "transform",
+        "tollgate.transform",
+        "tollgate_transform",
+        &json!({
+            "rules": [{
+                "name": "bench",
+                "match": {"path_prefix": "/api/"},
+                "request": {"headers": [
+                    {"op": "set", "name": "x-gateway", "value": "tollgate"},
+                    {"op": "add", "name": "x-api-version", "value": "2"},
+                    {"op": "remove", "name": "x-debug"}
+                ]},
+                "response": {"headers": [{"op": "set", "name": "x-transformed", "value": "yes"}]}
+            }]
+        }),
+    );
+    let sdk_noop = {
+        let mut filter = wasm_filter(
+            "probe",
+            "probe",
+            &wasm_dir().join("tollgate_bench_probe.wasm"),
+            &json!({"call": "nothing", "n": 0}),
+        );
+        filter["typed_config"]["config"]["vm_config"]["vm_id"] = json!("probe");
+        filter
+    };
     let jwt_auth = |alg: &str, jwks: &Value| {
         tollgate(
             "jwt_auth",
@@ -211,7 +238,12 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             "a proxy-wasm module that does nothing: the fixed cost of a wasm filter in V8",
             vec![noop],
         ),
-        Variant::new("key-auth", "key-auth, the key already cached in shared data", vec![key_auth.clone()])
+        Variant::new(
+            "wasm SDK no-op",
+            "a Rust proxy-wasm SDK module that does nothing (every callback exported, as in every Tollgate filter)",
+            vec![sdk_noop],
+        ),
+        Variant::new("key-auth", "key-auth, the key already cached", vec![key_auth.clone()])
             .native("lua header check")
             .with_keyd(),
         Variant::new(
@@ -254,6 +286,11 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             "transform",
             "transform: 3 request header ops, 2 JSON body ops, 1 response header op",
             vec![transform.clone()],
+        ),
+        Variant::new(
+            "transform headers",
+            "transform: 3 request header ops, 1 response header op (no body rules)",
+            vec![transform_headers],
         ),
         Variant::new(
             "chain",
