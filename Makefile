@@ -34,7 +34,7 @@ WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
-.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench bench-probe clean distclean \
+.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench bench-probe bench-tools clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 ## help: list the public targets (this text)
@@ -110,29 +110,23 @@ BENCH_TOOLS   := .tools
 OHA           := $(BENCH_TOOLS)/bin/oha
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-## bench: throughput, CPU and latency of every filter vs Envoy alone and native filters
-bench: build $(ENVOY) $(OHA)
+# What both benchmarks need: the load generators' tools, the release binaries, the probe module.
+bench-tools: build $(ENVOY)
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)
 	$(CARGO) build $(LOCKED) --release -p tollgate-bench
-	TOLLGATE_BIN_DIR=$(CURDIR)/target/release \
-	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
-	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
-	BENCH_OHA=$(CURDIR)/$(OHA) \
-		target/release/tollgate-bench
+
+BENCH_RUN     := TOLLGATE_BIN_DIR=$(CURDIR)/target/release TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
+	ENVOY_BIN=$(CURDIR)/$(ENVOY)
+
+## bench: throughput, CPU and latency of every filter vs Envoy alone and native filters
+bench: bench-tools $(OHA)
+	$(BENCH_RUN) BENCH_OHA=$(CURDIR)/$(OHA) target/release/tollgate-bench
 
 ## bench-probe: the price of each host call a filter can make (writes bench/probe.md)
-bench-probe: build $(ENVOY)
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
-	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
-	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)
-	$(CARGO) build $(LOCKED) --release -p tollgate-bench
-	TOLLGATE_BIN_DIR=$(CURDIR)/target/release \
-	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
-	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
-	BENCH_OHA=true BENCH_PROBE=1 \
-		target/release/tollgate-bench
+bench-probe: bench-tools
+	$(BENCH_RUN) BENCH_OHA=true BENCH_PROBE=1 target/release/tollgate-bench
 
 # oha (open-loop load with latency correction) is installed into the project, not system-wide.
 $(OHA):
