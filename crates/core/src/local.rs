@@ -12,6 +12,9 @@
 //! its next use. A revocation therefore reaches every worker within one poll interval of the
 //! poller applying it, and no tick does work in proportion to the cache.
 //!
+//! A cache with no change feed (jwt-auth's verified tokens, which only expire) checks every answer
+//! in the default view, which never moves.
+//!
 //! The table is direct-mapped (an answer's slot is fixed by its key hash): a lookup and an
 //! insertion cost the same whatever the size, and a new answer simply replaces the one in its
 //! slot.

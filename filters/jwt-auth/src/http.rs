@@ -109,22 +109,18 @@ impl<H: Host> JwtAuthHttp<H> {
         }
 
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(entry) = w.cache_get(host, &hash)
-            && providers.contains(&usize::from(entry.provider))
+        if let Some(verified) = w.cache_get(host, &hash)
+            && providers.contains(&usize::from(verified.entry.provider))
         {
             w.counters.inc(host, Stat::CacheHit);
-            let idx = usize::from(entry.provider);
-            if entry.payload.is_empty() {
+            let idx = usize::from(verified.entry.provider);
+            let Some(claims) = &verified.claims else {
                 // An introspection answer `active: false`.
                 return finish(host, &w, Err(Deny::InactiveToken), &request_id, &requirements);
-            }
-            let outcome = serde_json::from_slice::<Map<String, Value>>(&entry.payload)
-                .map_err(|_| Deny::Malformed)
-                .and_then(|c| {
-                    // `typ` was checked when the token was verified; the header is not cached.
-                    let typ = w.provider(idx).and_then(|p| p.rules.typ.clone());
-                    admit(host, &w, idx, &c, typ.as_deref(), &requirements, None, 0)
-                });
+            };
+            // `typ` was checked when the token was verified; the header is not cached.
+            let typ = w.provider(idx).and_then(|p| p.rules.typ.clone());
+            let outcome = admit(host, &w, idx, claims, typ.as_deref(), &requirements, None, 0);
             return finish(host, &w, outcome, &request_id, &requirements);
         }
         w.counters.inc(host, Stat::CacheMiss);

@@ -226,6 +226,14 @@ fn a_repeated_token_is_served_from_the_cache_and_still_expires() {
     assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_miss"), 1);
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
     assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_hit"), 1);
+    // The worker keeps the verification, claims parsed: no shared-data read.
+    let reads = gw.host.shared_reads();
+    assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
+    assert_eq!(gw.host.shared_reads(), reads);
+    // Another worker finds it in shared data.
+    let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), &inline_config());
+    assert_eq!(gw2.bearer("/a", &token).1, Action::Continue);
+    assert_eq!(gw2.host.counter("tollgate.jwt_auth.cache_hit"), 1);
     // Route rules still apply to cached tokens.
     let (id, _) = gw.bearer("/admin", &token);
     assert_eq!(gw.status(id), Some(403));

@@ -3,9 +3,13 @@
 //! the requests waiting for a key-set fetch (one flight per provider) and the calls the root
 //! context made.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use serde_json::{Map, Value};
+
+use tollgate_core::feed::Freshness;
 use tollgate_core::jwt::Deny;
 use tollgate_core::jwt::cache;
 use tollgate_core::jwt::claims::Requirements;
@@ -15,6 +19,7 @@ use tollgate_core::jwt::introspection::{self, Discovered};
 use tollgate_core::jwt::jwk::Limits;
 use tollgate_core::jwt::jws::{Alg, Jws};
 use tollgate_core::jwt::keys::KeySet;
+use tollgate_core::local::{Local, View};
 use tollgate_host::shared::{CAS_RETRIES, Cas, cas_apply, cas_update};
 use tollgate_host::{CallRefused, Host, LogLevel};
 
@@ -116,7 +121,33 @@ pub struct Worker {
     pub root_calls: HashMap<u32, RootCall>,
     /// Per provider: the requests waiting for its key set, if any.
     pub flights: HashMap<usize, Flight>,
+    /// The verifications this worker used, claims parsed, in front of the shared cache (see
+    /// [`tollgate_core::local`]; no change feed: an entry only expires).
+    local: RefCell<Local<[u8; 32], Verified>>,
 }
+
+/// A cached verification with its claims parsed once; `None` for an introspection answer
+/// `active: false`.
+#[derive(Debug)]
+pub struct Verified {
+    pub entry: cache::Entry,
+    pub claims: Option<Map<String, Value>>,
+}
+
+impl Verified {
+    fn of(entry: cache::Entry) -> Option<Self> {
+        let claims = if entry.payload.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_slice::<Map<String, Value>>(&entry.payload).ok()?)
+        };
+        Some(Self { entry, claims })
+    }
+}
+
+/// Most verifications a worker keeps in its own table (fewer when the shared cache has fewer
+/// slots).
+pub const MAX_LOCAL_SLOTS: u32 = 4096;
 
 /// A call of the root context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +169,7 @@ impl Worker {
             };
             providers.push(ProviderState { set, ..ProviderState::default() });
         }
+        let config_local_slots = config.cache_slots.min(MAX_LOCAL_SLOTS);
         Ok(Self {
             counters: Counters::define(host, "tollgate.jwt_auth"),
             config,
@@ -145,6 +177,7 @@ impl Worker {
             providers,
             root_calls: HashMap::new(),
             flights: HashMap::new(),
+            local: RefCell::new(Local::new(config_local_slots)),
         })
     }
 
@@ -417,12 +450,36 @@ impl Worker {
     }
 
     /// A cached verification of the token with this hash, if any.
-    pub fn cache_get<H: Host + ?Sized>(&self, host: &H, hash: &[u8; 32]) -> Option<cache::Entry> {
-        store::cache_get(host, &self.keys, self.config.cache_slots, hash)
+    /// A cached verification of the token with this hash, still valid: from the worker's own
+    /// table, else from shared data (then kept in the table).
+    pub fn cache_get<H: Host + ?Sized>(&self, host: &H, hash: &[u8; 32]) -> Option<Rc<Verified>> {
+        if self.config.cache_slots == 0 {
+            return None;
+        }
+        let now_s = (host.now_ms() / 1000) as i64;
+        let mut local = self.local.borrow_mut();
+        if let Some(hit) = local.get(hash, View::default()) {
+            if now_s < hit.value.entry.valid_until_s {
+                return Some(hit.value);
+            }
+            local.remove(hash);
+        }
+        let entry = store::cache_get(host, &self.keys, self.config.cache_slots, hash)?;
+        let verified = Rc::new(Verified::of(entry)?);
+        local.insert(*hash, Rc::clone(&verified), Some((View::default(), Freshness::default())));
+        Some(verified)
     }
 
+    /// Caches a verification, in shared data and in the worker's own table.
     pub fn cache_put<H: Host + ?Sized>(&self, host: &H, entry: &cache::Entry) {
+        if self.config.cache_slots == 0 {
+            return;
+        }
         store::cache_put(host, &self.keys, self.config.cache_slots, entry);
+        if let Some(verified) = Verified::of(entry.clone()) {
+            let checked = Some((View::default(), Freshness::default()));
+            self.local.borrow_mut().insert(entry.hash, Rc::new(verified), checked);
+        }
     }
 }
 
