@@ -22,6 +22,10 @@ WASM_DIR      := target/$(WASM_TARGET)/$(WASM_PROFILE)
 # Every crate under filters/ is a filter; its package name is tollgate-<folder>.
 FILTERS       := $(patsubst filters/%/Cargo.toml,%,$(wildcard filters/*/Cargo.toml))
 FILTER_PKGS   := $(addprefix -p tollgate-,$(FILTERS))
+# Every filter in one module, tollgate.wasm (crates/bundle). It links the filters without their own
+# entry points (their default feature `module`), so it is built in a cargo invocation of its own:
+# built together with the filters, the features would unify and the entry points clash.
+BUNDLE_PKG    := -p tollgate-bundle
 # The test-only module the end-to-end tests drive EnvoyHost with (e2e/probe; never shipped).
 PROBE_PKG     := -p tollgate-host-probe
 # Crates that must also pass clippy when compiled for wasm. The glue must not index (`v[i]`,
@@ -29,7 +33,7 @@ PROBE_PKG     := -p tollgate-host-probe
 # `.get()`. The core does not pass that lint yet, so it is linted apart.
 # The benchmark-only module that prices each host call (bench/probe; never shipped).
 BENCH_PROBE_PKG := -p tollgate-bench-probe
-WASM_LINT_PKGS := $(FILTER_PKGS) $(PROBE_PKG) $(BENCH_PROBE_PKG) -p tollgate-host
+WASM_LINT_PKGS := $(FILTER_PKGS) $(BUNDLE_PKG) $(PROBE_PKG) $(BENCH_PROBE_PKG) -p tollgate-host
 WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
@@ -63,9 +67,10 @@ $(ENVOY):
 
 ## Build ----------------------------------------------------------------------------------------
 
-## wasm: the wasm filters only
+## wasm: the wasm filters only: one module each, and tollgate.wasm holding them all
 wasm: toolchain
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(FILTER_PKGS)
+	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BUNDLE_PKG)
 
 ## build: release binaries and the wasm filters
 build: wasm

@@ -260,7 +260,9 @@ async fn run() -> Result<()> {
     drop(running);
 
     eprintln!("bench: memory with every filter loaded");
-    let memory = memory(&keyd, &every_filter(&keyd, &keys.hs256)).await;
+    let memory =
+        memory(&keyd, &every_filter(&keyd, &keys.hs256, false), &every_filter(&keyd, &keys.hs256, true))
+            .await;
     eprintln!("bench: key service VerifyKey throughput");
     let (keyd_verify_rps, keyd_verify_failure) =
         match verify_key_throughput(&keyd, &api_key, Duration::from_secs(settings.seconds)).await {

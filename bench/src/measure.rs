@@ -273,8 +273,9 @@ fn percentile(values: &[f64], q: f64) -> Option<f64> {
     sorted.get(index).copied()
 }
 
-/// RSS of Envoy with no filter at 1 worker and with `every_filter` at 1 and 2 workers.
-pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value]) -> Memory {
+/// RSS of Envoy with no filter at 1 worker, and with `every_filter` (each filter its own module and
+/// VM) and `bundled` (the same filters from the bundle, one VM) at 1 and 2 workers.
+pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value], bundled: &[Value]) -> Memory {
     let rss = |filters: Vec<Value>, workers: u32, keyd_addr: Option<std::net::SocketAddr>| async move {
         let envoy = start_envoy(&filters, keyd_addr, workers).await.ok()?;
         // Let every worker finish loading its VMs.
@@ -287,7 +288,17 @@ pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value]) -> Memory {
         rss(every_filter.to_vec(), 1, Some(keyd.addr())),
         rss(every_filter.to_vec(), 2, Some(keyd.addr()))
     );
-    Memory { no_filter_1_worker_kib, all_filters_1_worker_kib, all_filters_2_workers_kib }
+    let (bundle_1_worker_kib, bundle_2_workers_kib) = tokio::join!(
+        rss(bundled.to_vec(), 1, Some(keyd.addr())),
+        rss(bundled.to_vec(), 2, Some(keyd.addr()))
+    );
+    Memory {
+        no_filter_1_worker_kib,
+        all_filters_1_worker_kib,
+        all_filters_2_workers_kib,
+        bundle_1_worker_kib,
+        bundle_2_workers_kib,
+    }
 }
 
 /// VerifyKey calls per second the key service answers on its core, from a tonic client with 64

@@ -195,12 +195,25 @@ pub struct Memory {
     pub no_filter_1_worker_kib: Option<u64>,
     pub all_filters_1_worker_kib: Option<u64>,
     pub all_filters_2_workers_kib: Option<u64>,
+    /// The same filters from the bundle module, in one VM per worker.
+    pub bundle_1_worker_kib: Option<u64>,
+    pub bundle_2_workers_kib: Option<u64>,
 }
 
 impl Memory {
     /// What one more worker costs with every filter loaded.
     pub fn per_worker_kib(&self) -> Option<i64> {
         Some(self.all_filters_2_workers_kib? as i64 - self.all_filters_1_worker_kib? as i64)
+    }
+
+    /// Every filter from the bundle, one worker, over Envoy alone.
+    pub fn bundle_over_alone_kib(&self) -> Option<i64> {
+        Some(self.bundle_1_worker_kib? as i64 - self.no_filter_1_worker_kib? as i64)
+    }
+
+    /// What one more worker costs with every filter from the bundle.
+    pub fn bundle_per_worker_kib(&self) -> Option<i64> {
+        Some(self.bundle_2_workers_kib? as i64 - self.bundle_1_worker_kib? as i64)
     }
 }
 
@@ -355,6 +368,16 @@ impl Report {
                 m.per_worker_kib()
                     .map_or_else(|| "–".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
             ));
+            line(format!(
+                "- Envoy RSS with the same filters from the bundle (one VM per worker): 1 worker {}, 2 workers {}; \
+                 over Envoy alone {}; per extra worker {}",
+                mib(m.bundle_1_worker_kib),
+                mib(m.bundle_2_workers_kib),
+                m.bundle_over_alone_kib()
+                    .map_or_else(|| "–".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                m.bundle_per_worker_kib()
+                    .map_or_else(|| "–".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            ));
         }
         if !self.wasm_sizes.is_empty() {
             line("- wasm modules:".to_owned());
@@ -464,6 +487,8 @@ mod tests {
                 no_filter_1_worker_kib: Some(1024),
                 all_filters_1_worker_kib: Some(10_240),
                 all_filters_2_workers_kib: Some(20_480),
+                bundle_1_worker_kib: Some(4096),
+                bundle_2_workers_kib: Some(6144),
             }),
             notes: vec![],
             runs: runs(),

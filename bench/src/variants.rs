@@ -176,6 +176,13 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             }]
         }),
     );
+    // A filter from the bundle module: same root id and config, one shared VM.
+    let bundle = |mut filter: Value| {
+        let code = &mut filter["typed_config"]["config"]["vm_config"];
+        code["vm_id"] = json!("tollgate");
+        code["code"]["local"]["filename"] = json!(module("tollgate").to_string_lossy());
+        filter
+    };
     let sdk_noop = {
         let mut filter = wasm_filter(
             "probe",
@@ -294,8 +301,14 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
         ),
         Variant::new(
             "chain",
-            "key-auth → rate-limit (per consumer) → transform",
-            vec![key_auth, chain_rate_limit, transform],
+            "key-auth → rate-limit (per consumer) → transform, each its own module and VM",
+            vec![key_auth.clone(), chain_rate_limit.clone(), transform.clone()],
+        )
+        .with_keyd(),
+        Variant::new(
+            "chain (bundle)",
+            "the same chain from the bundle module `tollgate.wasm`: one VM for the three filters",
+            vec![bundle(key_auth), bundle(chain_rate_limit), bundle(transform)],
         )
         .with_keyd(),
     ]
@@ -336,9 +349,10 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Every Tollgate filter at once, each in its own VM (the memory measurement).
-pub(crate) fn every_filter(keyd: &Keyd, hs_jwks: &Value) -> Vec<Value> {
-    let module = |name: &str| wasm_dir().join(format!("{name}.wasm"));
+/// Every Tollgate filter at once (the memory measurement): each its own module and VM, or, with
+/// `bundled`, all from the bundle module in one VM.
+pub(crate) fn every_filter(keyd: &Keyd, hs_jwks: &Value, bundled: bool) -> Vec<Value> {
+    let module = |name: &str| wasm_dir().join(format!("{}.wasm", if bundled { "tollgate" } else { name }));
     let mut key_auth = keyd.key_auth_config();
     key_auth["cache"] = json!({"ttl": "1h"});
     vec![
@@ -349,8 +363,8 @@ pub(crate) fn every_filter(keyd: &Keyd, hs_jwks: &Value) -> Vec<Value> {
     ]
     .into_iter()
     .map(|mut f| {
-        let module = f["typed_config"]["config"]["name"].clone();
-        f["typed_config"]["config"]["vm_config"]["vm_id"] = module;
+        let vm = if bundled { json!("tollgate") } else { f["typed_config"]["config"]["name"].clone() };
+        f["typed_config"]["config"]["vm_config"]["vm_id"] = vm;
         f
     })
     .collect::<Vec<_>>()

@@ -27,7 +27,8 @@ const WASI_SUBSET: &[&str] = &[
     "sched_yield",
 ];
 
-/// The module file of each crate under `filters/`, and of the test-only probe (`e2e/probe`),
+/// The module file of each crate under `filters/`, the bundle of them all (`tollgate.wasm`) and the
+/// test-only probe (`e2e/probe`),
 /// which calls every host function `EnvoyHost` wraps.
 fn filter_modules() -> Vec<(String, std::path::PathBuf)> {
     let mut out = Vec::new();
@@ -39,6 +40,7 @@ fn filter_modules() -> Vec<(String, std::path::PathBuf)> {
         }
     }
     out.sort();
+    out.push(("bundle".to_owned(), wasm_dir().join("tollgate.wasm")));
     out.push(("host_probe".to_owned(), wasm_dir().join("tollgate_host_probe.wasm")));
     out
 }

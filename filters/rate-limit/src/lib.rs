@@ -15,7 +15,7 @@ mod worker;
 
 pub use root::RateLimit;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     tollgate_host::start::<RateLimit>();
 }}

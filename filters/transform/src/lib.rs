@@ -13,7 +13,7 @@ mod worker;
 
 pub use root::Transform;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "module"))]
 proxy_wasm::main! {{
     tollgate_host::start::<Transform>();
 }}
