@@ -302,7 +302,10 @@ fn require_consumer(tx: &Transaction<'_>, id_or_name: &str) -> Result<Consumer> 
 }
 
 fn find_key(tx: &Transaction<'_>, id: &str) -> Result<Option<Key>> {
-    tx.query_row(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"), [id], key_from_row)
+    // Cached statements: VerifyKey runs these on every call, and preparing is most of a lookup.
+    tx.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"))
+        .map_err(db)?
+        .query_row([id], key_from_row)
         .optional()
         .map_err(db)
 }
@@ -312,8 +315,11 @@ fn require_key(tx: &Transaction<'_>, id: &str) -> Result<Key> {
 }
 
 fn head_seq(tx: &Transaction<'_>) -> Result<u64> {
-    let head: i64 =
-        tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |row| row.get(0)).map_err(db)?;
+    let head: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")
+        .map_err(db)?
+        .query_row([], |row| row.get(0))
+        .map_err(db)?;
     u64::try_from(head).map_err(|e| Error::internal("database: change sequence", e))
 }
 
@@ -722,11 +728,9 @@ impl Store for SqliteStore {
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
         self.read(|tx| {
             let secret: Option<(String, String, i64)> = tx
-                .query_row(
-                    "SELECT key_id, display_prefix, expires_at FROM key_secrets WHERE hash = ?1",
-                    [&hash[..]],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
+                .prepare_cached("SELECT key_id, display_prefix, expires_at FROM key_secrets WHERE hash = ?1")
+                .map_err(db)?
+                .query_row([&hash[..]], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                 .optional()
                 .map_err(db)?;
             let found = match secret {
