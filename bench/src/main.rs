@@ -24,9 +24,12 @@ use tollgate_e2e::{Envoy, Keyd, wasm_dir, workspace_root};
 
 use crate::measure::{
     Running, cache_miss, envoy_pid, measure_latency, measure_saturation, memory, output, pin,
-    verify_key_throughput, warm_up, wrk_script_text,
+    signed_wrk_script_text, verify_key_throughput, warm_up, wrk_script_text,
 };
-use crate::variants::{BASELINE, Credentials, every_filter, start_envoy, variants};
+use crate::variants::{
+    BASELINE, Credentials, PATH, SIGNED_REQUESTS, SigningKey, every_filter, signed_requests, start_envoy,
+    variants,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -132,6 +135,7 @@ async fn run() -> Result<()> {
     }
     let (_, api_key) = keyd.create_key("bench", &[]).await;
     let (creds, keys) = Credentials::mint(api_key.clone())?;
+    let signing_key = hmac_key(&keyd).await?;
 
     let noop_path = scratch.join("tollgate_bench_noop.wasm");
     std::fs::write(&noop_path, noop::module()).map_err(|e| Error(format!("write noop module: {e}")))?;
@@ -145,20 +149,12 @@ async fn run() -> Result<()> {
             v.name == BASELINE || v.name == probe::PROBE_BASELINE || wanted.contains(&v.name.as_str())
         });
     }
-    let skipped = vec![
-        Skipped {
-            name: "request-signing".to_owned(),
-            reason: "not benchmarked yet: its variant needs a fresh nonce per request from a pre-generated set (a wrk script that \
-                     signs each request); the speed work has not reached it"
-                .to_owned(),
-        },
-        Skipped {
-            name: "ext_authz".to_owned(),
-            reason: "not comparable: it makes a gRPC call per request (no cache), while key-auth answers a \
+    let skipped = vec![Skipped {
+        name: "ext_authz".to_owned(),
+        reason: "not comparable: it makes a gRPC call per request (no cache), while key-auth answers a \
                      cached key without any call, and the key service does not speak the ext_authz protocol"
-                .to_owned(),
-        },
-    ];
+            .to_owned(),
+    }];
 
     eprintln!("bench: starting {} Envoys", variants.len());
     // Started together: most of the time goes into compiling the modules.
@@ -182,9 +178,27 @@ async fn run() -> Result<()> {
         let pid = envoy_pid(&envoy)?;
         pin(pid, &settings.envoy_cpu).await;
         let wrk_script = scratch.join(format!("wrk-{}.lua", running.len()));
-        std::fs::write(&wrk_script, wrk_script_text(&creds.headers(variant.token)))
-            .map_err(|e| Error(format!("write wrk script: {e}")))?;
-        running.push(Running { variant, envoy, pid, wrk_script, samples: Vec::new() });
+        let (script, probe_headers) = if variant.signed {
+            let count = if settings.quick { 20_000 } else { SIGNED_REQUESTS };
+            let (requests, digest) = signed_requests(&signing_key, &envoy.url(PATH), count)?;
+            let (first, rest) =
+                requests.split_first().ok_or_else(|| Error("no signed request".to_owned()))?;
+            let lines: String =
+                rest.iter().map(|(input, signature)| format!("{input}\t{signature}\n")).collect();
+            let data = scratch.join(format!("signed-{}.txt", running.len()));
+            std::fs::write(&data, lines).map_err(|e| Error(format!("write signed requests: {e}")))?;
+            let probe = vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("content-digest".to_owned(), digest.clone()),
+                ("signature-input".to_owned(), first.0.clone()),
+                ("signature".to_owned(), first.1.clone()),
+            ];
+            (signed_wrk_script_text(&data, &digest), Some(probe))
+        } else {
+            (wrk_script_text(&creds.headers(variant.token)), None)
+        };
+        std::fs::write(&wrk_script, script).map_err(|e| Error(format!("write wrk script: {e}")))?;
+        running.push(Running { variant, envoy, pid, wrk_script, probe_headers, samples: Vec::new() });
     }
 
     eprintln!("bench: warming up");
@@ -342,6 +356,24 @@ async fn run() -> Result<()> {
     eprintln!("bench: wrote results.md and results.json to {}", settings.out_dir.display());
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// An HMAC-SHA256 signing key of consumer `bench`, made in the key service.
+async fn hmac_key(keyd: &Keyd) -> Result<SigningKey> {
+    let created = keyd
+        .admin_client()
+        .await
+        .create_key(tollgate_proto::v1::CreateKeyRequest {
+            consumer: "bench-signer".into(),
+            create_consumer: true,
+            signing_algorithm: tollgate_proto::v1::SigningAlgorithm::HmacSha256 as i32,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error(format!("create the signing key: {e}")))?
+        .into_inner();
+    let key_id = created.key.map(|k| k.id).ok_or_else(|| Error("the key service made no key".to_owned()))?;
+    Ok(SigningKey { key_id, secret: created.signing_secret })
 }
 
 fn tempdir() -> Result<PathBuf> {

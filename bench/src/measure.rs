@@ -25,6 +25,9 @@ pub(crate) struct Running {
     pub(crate) envoy: Envoy,
     pub(crate) pid: u32,
     pub(crate) wrk_script: PathBuf,
+    /// For a variant whose every request is signed: the headers of a signed request kept for
+    /// the warm-up's check (the load sends the others).
+    pub(crate) probe_headers: Option<Vec<(String, String)>>,
     pub(crate) samples: Vec<Sample>,
 }
 
@@ -32,10 +35,11 @@ pub(crate) struct Running {
 /// short wrk run.
 pub(crate) async fn warm_up(settings: &Settings, running: &mut [Running], creds: &Credentials) -> Result<()> {
     for r in running {
+        let headers = r.probe_headers.clone().unwrap_or_else(|| creds.headers(r.variant.token));
         let probe = r
             .envoy
             .post(PATH)
-            .headers(creds.headers(r.variant.token).iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .body(BODY)
             .try_send()
             .await;
@@ -51,7 +55,15 @@ pub(crate) async fn warm_up(settings: &Settings, running: &mut [Running], creds:
             }
             Err(e) => return Err(Error(format!("variant `{}`: {e}", r.variant.name))),
         }
-        for _ in 0..if settings.quick { 20 } else { 200 } {
+        // A signed variant's requests are each signed once: only wrk sends them.
+        let warm_requests = if r.probe_headers.is_some() {
+            0
+        } else if settings.quick {
+            20
+        } else {
+            200
+        };
+        for _ in 0..warm_requests {
             let _ = r
                 .envoy
                 .post(PATH)
@@ -120,6 +132,10 @@ pub(crate) async fn measure_latency(
     rate: f64,
     creds: &Credentials,
 ) {
+    if r.variant.signed {
+        // oha sends the same headers every time: a signed request more than once is a replay.
+        return;
+    }
     let url = r.envoy.url(PATH);
     let mut args = vec![
         "--no-tui".to_owned(),
@@ -211,6 +227,32 @@ pub(crate) fn wrk_script_text(headers: &[(String, String)]) -> String {
         script.push_str(&format!("wrk.headers[\"{name}\"] = [[{value}]]\n"));
     }
     script
+}
+
+/// A wrk script sending the benchmark request signed: each request takes the next (Signature-Input,
+/// Signature) line of `requests` (tab-separated), all with the same `digest` of the body. Past the
+/// last line it sends the last one again (a replay, refused and counted as an error).
+pub(crate) fn signed_wrk_script_text(requests: &Path, digest: &str) -> String {
+    format!(
+        "local inputs, signatures = {{}}, {{}}\n\
+         for line in io.lines([[{path}]]) do\n\
+           local tab = line:find(\"\\t\", 1, true)\n\
+           inputs[#inputs + 1] = line:sub(1, tab - 1)\n\
+           signatures[#signatures + 1] = line:sub(tab + 1)\n\
+         end\n\
+         local i = 0\n\
+         local body = [[{BODY}]]\n\
+         request = function()\n\
+           if i < #inputs then i = i + 1 end\n\
+           return wrk.format(\"POST\", nil, {{\n\
+             [\"content-type\"] = \"application/json\",\n\
+             [\"content-digest\"] = [[{digest}]],\n\
+             [\"signature-input\"] = inputs[i],\n\
+             [\"signature\"] = signatures[i],\n\
+           }}, body)\n\
+         end\n",
+        path = requests.display(),
+    )
 }
 
 /// Pins every thread of `pid` to `cpu` (best effort: without `taskset` nothing is pinned).

@@ -31,6 +31,8 @@ pub(crate) struct Variant {
     pub(crate) filters: Vec<Value>,
     pub(crate) keyd: bool,
     pub(crate) token: Token,
+    /// Every request carries its own RFC 9421 signature (see [`signed_requests`]).
+    pub(crate) signed: bool,
 }
 
 impl Variant {
@@ -42,7 +44,13 @@ impl Variant {
             filters,
             keyd: false,
             token: Token::Hs256,
+            signed: false,
         }
+    }
+
+    pub(crate) fn signed(mut self) -> Variant {
+        self.signed = true;
+        self
     }
 
     pub(crate) fn native(mut self, native: &str) -> Variant {
@@ -106,6 +114,45 @@ impl Credentials {
             ("authorization".to_owned(), format!("Bearer {bearer}")),
         ]
     }
+}
+
+/// How many signed requests the request-signing variant gets, each with its own nonce: more than
+/// wrk sends it in a full run (warm-up and three rounds at its saturation), so none is a replay.
+pub(crate) const SIGNED_REQUESTS: usize = 200_000;
+
+/// The signing key of the request-signing variant.
+pub(crate) struct SigningKey {
+    pub(crate) key_id: String,
+    pub(crate) secret: Vec<u8>,
+}
+
+/// `n` requests to `url` (POST [`BODY`]), each signed with a fresh nonce, as (Signature-Input,
+/// Signature) pairs, and the Content-Digest they share.
+pub(crate) fn signed_requests(
+    key: &SigningKey,
+    url: &str,
+    n: usize,
+) -> Result<(Vec<(String, String)>, String)> {
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| Error(format!("clock: {e}")))?.as_secs()
+            as i64;
+    let material = tollgate_signing::SigningMaterial::Hmac(key.secret.clone());
+    let request = tollgate_signing::Request {
+        method: "POST",
+        url,
+        headers: vec![("content-type".to_owned(), b"application/json".to_vec())],
+        body: Some(BODY.as_bytes()),
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut digest = String::new();
+    for _ in 0..n {
+        let mut options = tollgate_signing::Options::new(key.key_id.clone(), now);
+        options.nonce = Some(tollgate_signing::random_nonce().map_err(|e| Error(e.0))?);
+        let signed = tollgate_signing::sign(&request, &material, &options).map_err(|e| Error(e.0))?;
+        digest = signed.content_digest.unwrap_or_default();
+        out.push((signed.signature_input, signed.signature));
+    }
+    Ok((out, digest))
 }
 
 /// The variants, the no-filter baseline first.
@@ -193,6 +240,18 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
         filter["typed_config"]["config"]["vm_config"]["vm_id"] = json!("probe");
         filter
     };
+    // A nonce per request, remembered for the run: every request makes one compare-and-swap round
+    // in the replay table.
+    let request_signing = tollgate(
+        "request_signing",
+        "tollgate.request_signing",
+        "tollgate_request_signing",
+        &json!({
+            "key_service": keyd.key_auth_config()["key_service"],
+            "policy": {"require_nonce": true, "max_age": "1h", "clock_skew": "1h"},
+            "replay": {"slots": 524_288}
+        }),
+    );
     let jwt_auth = |alg: &str, jwks: &Value| {
         tollgate(
             "jwt_auth",
@@ -299,6 +358,13 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             "transform: 3 request header ops, 1 response header op (no body rules)",
             vec![transform_headers],
         ),
+        Variant::new(
+            "request-signing",
+            "request-signing: HMAC-SHA256 over method, authority, path, query and Content-Digest of the body, a fresh nonce per request (no latency: oha repeats one request, which would be a replay)",
+            vec![request_signing],
+        )
+        .with_keyd()
+        .signed(),
         Variant::new(
             "chain",
             "key-auth → rate-limit (per consumer) → transform, each its own module and VM",
