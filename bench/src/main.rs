@@ -27,7 +27,7 @@ use crate::measure::{
     signed_wrk_script_text, verify_key_throughput, warm_up, wrk_script_text,
 };
 use crate::variants::{
-    BASELINE, Credentials, PATH, SIGNED_REQUESTS, SigningKey, every_filter, signed_requests, start_envoy,
+    BASELINE, Credentials, PATH, SIGNED_PER_SECOND, SigningKey, every_filter, signed_requests, start_envoy,
     variants,
 };
 
@@ -179,7 +179,9 @@ async fn run() -> Result<()> {
         pin(pid, &settings.envoy_cpu).await;
         let wrk_script = scratch.join(format!("wrk-{}.lua", running.len()));
         let (script, probe_headers) = if variant.signed {
-            let count = if settings.quick { 20_000 } else { SIGNED_REQUESTS };
+            // More than wrk can send it: the warm-up and every round at up to 12,000 requests/s.
+            let seconds = settings.warmup_seconds + settings.rounds as u64 * settings.seconds;
+            let count = (seconds as usize * SIGNED_PER_SECOND).max(20_000);
             let (requests, digest) = signed_requests(&signing_key, &envoy.url(PATH), count)?;
             let (first, rest) =
                 requests.split_first().ok_or_else(|| Error("no signed request".to_owned()))?;
