@@ -135,7 +135,8 @@ async fn run() -> Result<()> {
     }
     let (_, api_key) = keyd.create_key("bench", &[]).await;
     let (creds, keys) = Credentials::mint(api_key.clone())?;
-    let signing_key = hmac_key(&keyd).await?;
+    let (key_id, secret) = keyd.create_hmac_key("bench-signer").await;
+    let signing_key = SigningKey { key_id, secret };
 
     let noop_path = scratch.join("tollgate_bench_noop.wasm");
     std::fs::write(&noop_path, noop::module()).map_err(|e| Error(format!("write noop module: {e}")))?;
@@ -358,24 +359,6 @@ async fn run() -> Result<()> {
     eprintln!("bench: wrote results.md and results.json to {}", settings.out_dir.display());
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
-}
-
-/// An HMAC-SHA256 signing key of consumer `bench`, made in the key service.
-async fn hmac_key(keyd: &Keyd) -> Result<SigningKey> {
-    let created = keyd
-        .admin_client()
-        .await
-        .create_key(tollgate_proto::v1::CreateKeyRequest {
-            consumer: "bench-signer".into(),
-            create_consumer: true,
-            signing_algorithm: tollgate_proto::v1::SigningAlgorithm::HmacSha256 as i32,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error(format!("create the signing key: {e}")))?
-        .into_inner();
-    let key_id = created.key.map(|k| k.id).ok_or_else(|| Error("the key service made no key".to_owned()))?;
-    Ok(SigningKey { key_id, secret: created.signing_secret })
 }
 
 fn tempdir() -> Result<PathBuf> {

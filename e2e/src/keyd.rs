@@ -242,6 +242,26 @@ impl Keyd {
         (id, response.secret)
     }
 
+    /// Creates an HMAC-SHA256 signing key for `consumer` (created if new); returns its id and the
+    /// secret, which the key service shows only now.
+    pub async fn create_hmac_key(&self, consumer: &str) -> (String, Vec<u8>) {
+        let response = self
+            .admin_client()
+            .await
+            .create_key(CreateKeyRequest {
+                consumer: consumer.to_owned(),
+                create_consumer: true,
+                signing_algorithm: tollgate_proto::v1::SigningAlgorithm::HmacSha256 as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("CreateKey (HMAC) for {consumer}: {status}"))
+            .into_inner();
+        let id = response.key.map(|k| k.id).unwrap_or_default();
+        assert!(!id.is_empty() && !response.signing_secret.is_empty(), "CreateKey returned no id or secret");
+        (id, response.signing_secret)
+    }
+
     /// Revokes a key by id.
     pub async fn revoke_key(&self, id: &str) {
         self.admin_client()

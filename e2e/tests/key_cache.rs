@@ -12,7 +12,7 @@ use tollgate_e2e::{
     DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, HttpClient, KEYD_CLUSTER, Keyd, base64_standard, binary,
     eventually, json, wasm_filter, wasm_module,
 };
-use tollgate_proto::v1::{CreateKeyRequest, SigningAlgorithm, UpdateKeyRequest};
+use tollgate_proto::v1::UpdateKeyRequest;
 
 const WORKERS: u32 = 2;
 const ROOT_ID: &str = "tollgate.request_signing";
@@ -50,22 +50,9 @@ impl Gateway {
 
     /// Creates an HMAC signing key; returns its id and the file holding its secret.
     async fn hmac_key(&self, consumer: &str) -> (String, PathBuf) {
-        let response = self
-            .keyd
-            .admin_client()
-            .await
-            .create_key(CreateKeyRequest {
-                consumer: consumer.into(),
-                create_consumer: true,
-                signing_algorithm: SigningAlgorithm::HmacSha256 as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let id = response.key.unwrap().id;
+        let (id, secret) = self.keyd.create_hmac_key(consumer).await;
         let path = self.dir.path().join(format!("{id}.secret"));
-        std::fs::write(&path, base64_standard(&response.signing_secret)).unwrap();
+        std::fs::write(&path, base64_standard(&secret)).unwrap();
         (id, path)
     }
 

@@ -13,7 +13,6 @@ use tollgate_e2e::{
     DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, H2Request, HttpClient, KEYD_CLUSTER, Keyd, RawRequest, Response,
     Value, base64_standard, binary, eventually, json, wasm_filter, wasm_module,
 };
-use tollgate_proto::v1::{CreateKeyRequest, SigningAlgorithm};
 
 const ROOT_ID: &str = "tollgate.request_signing";
 const STATS: &str = "wasmcustom.tollgate.request_signing.";
@@ -54,23 +53,10 @@ impl Gateway {
 
     /// Creates an HMAC key; returns its id and the secret file.
     async fn hmac_key(&self, consumer: &str) -> (String, PathBuf) {
-        let response = self
-            .keyd
-            .admin_client()
-            .await
-            .create_key(CreateKeyRequest {
-                consumer: consumer.into(),
-                create_consumer: true,
-                signing_algorithm: SigningAlgorithm::HmacSha256 as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(response.signing_secret.len(), 32);
-        let id = response.key.unwrap().id;
+        let (id, secret) = self.keyd.create_hmac_key(consumer).await;
+        assert_eq!(secret.len(), 32);
         let path = self.dir.path().join(format!("{id}.secret"));
-        std::fs::write(&path, base64_standard(&response.signing_secret)).unwrap();
+        std::fs::write(&path, base64_standard(&secret)).unwrap();
         (id, path)
     }
 
