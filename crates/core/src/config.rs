@@ -119,6 +119,13 @@ pub struct KeyService {
     pub poll_interval: Duration,
 }
 
+impl KeyService {
+    /// The `authorization` metadata of every call to the key service.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token.expose())
+    }
+}
+
 impl RawKeyService {
     pub fn compile(self, filter: &'static str) -> Result<KeyService, ConfigError> {
         let err = |field: &str, message: &str| ConfigError::new(filter, field, message);

@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use prost::Message;
+use tollgate_core::config::KeyService;
 use tollgate_core::feed::{
     FeedChange, FeedState, Freshness, Invalidation, change_mark, feed_step, invalidation_slot,
 };
@@ -29,16 +30,6 @@ use crate::{Host, LogLevel, grpc_status, shared};
 
 /// Changes asked for per poll.
 pub const FEED_PAGE: u32 = 500;
-
-/// Where and how to reach the key service.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    pub cluster: &'a str,
-    /// The data-plane token.
-    pub token: &'a str,
-    pub timeout: Duration,
-    pub interval: Duration,
-}
 
 /// What starting a poll did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +137,7 @@ impl Consumer {
     }
 
     /// Starts a poll if it is this worker's turn.
-    pub fn poll<H: Host + ?Sized>(&self, host: &H, target: Target<'_>) -> Poll {
+    pub fn poll<H: Host + ?Sized>(&self, host: &H, target: &KeyService) -> Poll {
         let now = host.now_ms();
         let key = self.record_key();
         let (state, cas) = read_feed(host, &key);
@@ -160,10 +151,10 @@ impl Consumer {
         }
         let message =
             v1::ListChangesRequest { after_seq: state.after_seq(), limit: FEED_PAGE }.encode_to_vec();
-        let auth = format!("Bearer {}", target.token);
+        let auth = target.bearer();
         let metadata = [("authorization", auth.as_bytes())];
         match host.grpc_call(
-            target.cluster,
+            &target.cluster,
             tollgate_proto::KEY_SERVICE,
             "ListChanges",
             &metadata,
@@ -172,7 +163,7 @@ impl Consumer {
         ) {
             Ok(token) => Poll::Started(token),
             Err(_) => {
-                let backoff = FeedState { busy_until_ms: now + millis(target.interval), ..state };
+                let backoff = FeedState { busy_until_ms: now + millis(target.poll_interval), ..state };
                 finish_poll(host, &key, backoff);
                 Poll::Refused
             }
@@ -180,9 +171,9 @@ impl Consumer {
     }
 
     /// Applies the answer to a poll this worker started.
-    pub fn done<H: Host + ?Sized>(&self, host: &H, target: Target<'_>, status: u32, size: usize) -> Done {
+    pub fn done<H: Host + ?Sized>(&self, host: &H, target: &KeyService, status: u32, size: usize) -> Done {
         let now = host.now_ms();
-        let interval = millis(target.interval);
+        let interval = millis(target.poll_interval);
         let key = self.record_key();
         let state = read_feed(host, &key).0;
         self.saw(&state);
@@ -290,18 +281,20 @@ mod tests {
     use crate::mock::MockHost;
     use crate::shared::CAS_RETRIES;
 
-    const TARGET: Target<'static> = Target {
-        cluster: "keyd",
-        token: "tgd_test",
-        timeout: Duration::from_millis(200),
-        interval: Duration::from_secs(1),
-    };
+    fn target() -> KeyService {
+        KeyService {
+            cluster: "keyd".to_owned(),
+            token: tollgate_core::secret::Secret::new("tgd_test"),
+            timeout: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 
     /// Polls (after the interval) and answers with `changes` (seq, key id, kind) and `head`;
     /// returns what the poll asked for (`after_seq`) and what its answer did.
     fn poll(host: &MockHost, consumer: &Consumer, changes: &[(u64, &str, i32)], head: u64) -> (u64, Done) {
         host.advance(Duration::from_secs(1));
-        assert!(matches!(consumer.poll(host, TARGET), Poll::Started(_)), "no poll");
+        assert!(matches!(consumer.poll(host, &target()), Poll::Started(_)), "no poll");
         let asked = host.calls().last().map(|c| v1::ListChangesRequest::decode(c.message.as_slice()));
         let after = asked.and_then(Result::ok).map_or(u64::MAX, |r| r.after_seq);
         let changes = changes
@@ -316,7 +309,7 @@ mod tests {
             .collect();
         let reply = v1::ListChangesResponse { changes, head_seq: head };
         host.set_grpc_response(Some(reply.encode_to_vec()), None);
-        (after, consumer.done(host, TARGET, grpc_status::OK, 1))
+        (after, consumer.done(host, &target(), grpc_status::OK, 1))
     }
 
     const CREATED: i32 = v1::ChangeKind::KeyCreated as i32;
@@ -348,7 +341,7 @@ mod tests {
         let other = MockHost::sharing_with(&host);
         let other_consumer = Consumer::new("test", "t.");
         assert_eq!(other_consumer.seen_epoch(), 0);
-        let _ = other_consumer.poll(&*other, TARGET);
+        let _ = other_consumer.poll(&*other, &target());
         assert_eq!(other_consumer.seen_epoch(), 1);
     }
 

@@ -138,7 +138,7 @@ impl<H: Host> KeyAuthHttp<H> {
                 worker.counters.inc(host, Stat::CalloutError);
                 host.log(
                     LogLevel::Error,
-                    &format!("key-auth: cannot call cluster `{}`", worker.config.cluster),
+                    &format!("key-auth: cannot call cluster `{}`", worker.config.key_service.cluster),
                 );
                 if apply_failure(host, &worker, &waiter) { Action::Continue } else { Action::Pause }
             }

@@ -27,7 +27,7 @@ impl Filter for KeyAuth {
     }
 
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {
-        Some(worker.borrow().config.poll_interval)
+        Some(worker.borrow().config.key_service.poll_interval)
     }
 
     fn tick<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker) {
@@ -65,7 +65,7 @@ impl Filter for KeyAuth {
 /// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
 fn poll_feed<H: Host>(host: &H, worker: &RefCell<Worker>) {
     let mut w = worker.borrow_mut();
-    let poll = w.feed.poll(host, w.feed_target());
+    let poll = w.feed.poll(host, &w.config.key_service);
     match poll {
         feed::Poll::Started(token) => {
             w.root_calls.insert(token, RootCall::Feed);
@@ -130,7 +130,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
         }
         let epoch = w.feed.epoch(host);
         let dispatched = w.dispatch_verify(host, &hash);
-        let until_ms = now.saturating_add(millis(w.config.timeout).saturating_add(1_000));
+        let until_ms = now.saturating_add(millis(w.config.key_service.timeout).saturating_add(1_000));
         drop(w);
         let mut w = worker.borrow_mut();
         match dispatched {
@@ -150,7 +150,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
 }
 
 fn feed_done<H: Host>(host: &H, w: &Worker, status: u32, size: usize) {
-    match w.feed.done(host, w.feed_target(), status, size) {
+    match w.feed.done(host, &w.config.key_service, status, size) {
         feed::Done::Applied(n) => w.counters.add(host, Stat::FeedInvalidations, n as u64),
         feed::Done::Reset => w.counters.inc(host, Stat::FeedResets),
         feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, Stat::FeedError),

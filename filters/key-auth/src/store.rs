@@ -20,7 +20,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(config: &Config) -> Self {
-        Self { prefix: format!("tollgate.key_auth.{}.", config.cluster) }
+        Self { prefix: format!("tollgate.key_auth.{}.", config.key_service.cluster) }
     }
 
     /// The prefix of every key of this filter, the feed consumer's among them.

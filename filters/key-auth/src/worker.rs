@@ -150,17 +150,8 @@ impl Worker {
         }
     }
 
-    pub fn feed_target(&self) -> feed::Target<'_> {
-        feed::Target {
-            cluster: &self.config.cluster,
-            token: self.config.token.expose(),
-            timeout: self.config.timeout,
-            interval: self.config.poll_interval,
-        }
-    }
-
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
-        vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
+        vec![("authorization", self.config.key_service.bearer().into_bytes())]
     }
 
     /// Starts a VerifyKey call for `hash`.
@@ -172,7 +163,8 @@ impl Worker {
         let message = v1::VerifyKeyRequest { key_hash: hash.to_vec() }.encode_to_vec();
         let metadata = self.metadata();
         let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        host.grpc_call(&self.config.cluster, SERVICE, "VerifyKey", &metadata, &message, self.config.timeout)
+        let ks = &self.config.key_service;
+        host.grpc_call(&ks.cluster, SERVICE, "VerifyKey", &metadata, &message, ks.timeout)
     }
 }
 

@@ -181,19 +181,19 @@ impl<H: Host> SigningHttp<H> {
             let metadata = w.metadata();
             let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             match host.grpc_call(
-                &w.config.cluster,
+                &w.config.key_service.cluster,
                 SERVICE,
                 "GetSigningKey",
                 &metadata,
                 &message,
-                w.config.timeout,
+                w.config.key_service.timeout,
             ) {
                 Ok(token) => self.call = Some(token),
                 Err(_) => {
                     w.counters.inc(host, Stat::CalloutError);
                     host.log(
                         LogLevel::Error,
-                        &format!("request-signing: cannot call cluster `{}`", w.config.cluster),
+                        &format!("request-signing: cannot call cluster `{}`", w.config.key_service.cluster),
                     );
                     drop(w);
                     return self.deny(Deny::KeyServiceUnavailable);

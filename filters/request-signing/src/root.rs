@@ -34,13 +34,13 @@ impl Filter for RequestSigning {
     }
 
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {
-        Some(worker.borrow().config.poll_interval)
+        Some(worker.borrow().config.key_service.poll_interval)
     }
 
     /// One worker at a time polls the change feed (see [`tollgate_host::feed`]).
     fn tick<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker) {
         let mut w = worker.borrow_mut();
-        let poll = w.feed.poll(host, w.feed_target());
+        let poll = w.feed.poll(host, &w.config.key_service);
         match poll {
             feed::Poll::Started(token) => {
                 w.feed_token = Some(token);
@@ -64,7 +64,7 @@ impl Filter for RequestSigning {
             return;
         }
         w.feed_token = None;
-        match w.feed.done(host, w.feed_target(), status, size) {
+        match w.feed.done(host, &w.config.key_service, status, size) {
             feed::Done::Applied(n) => w.counters.add(host, Stat::FeedInvalidations, n as u64),
             feed::Done::Reset => w.counters.inc(host, Stat::FeedResets),
             feed::Done::Failed | feed::Done::Rebased => w.counters.inc(host, Stat::FeedError),

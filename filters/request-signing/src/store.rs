@@ -21,7 +21,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(config: &Config) -> Self {
-        Self { prefix: format!("tollgate.request_signing.{}.", config.cluster) }
+        Self { prefix: format!("tollgate.request_signing.{}.", config.key_service.cluster) }
     }
     /// The prefix of every key of this filter, the feed consumer's among them.
     pub fn prefix(&self) -> &str {
@@ -189,13 +189,8 @@ mod tests {
 
     /// One poll of the change feed, answered with `changes` (seq, key id) and `head`.
     fn poll(host: &MockHost, feed: &feed::Consumer, config: &Config, changes: &[(u64, &str)], head: u64) {
-        let target = feed::Target {
-            cluster: &config.cluster,
-            token: config.token.expose(),
-            timeout: config.timeout,
-            interval: config.poll_interval,
-        };
-        host.advance(config.poll_interval);
+        let target = &config.key_service;
+        host.advance(config.key_service.poll_interval);
         assert!(matches!(feed.poll(host, target), feed::Poll::Started(_)), "no poll");
         let changes = changes
             .iter()

@@ -48,16 +48,7 @@ pub struct Worker {
 pub const MAX_LOCAL_SLOTS: u32 = 1024;
 
 impl Worker {
-    pub fn feed_target(&self) -> feed::Target<'_> {
-        feed::Target {
-            cluster: &self.config.cluster,
-            token: self.config.token.expose(),
-            timeout: self.config.timeout,
-            interval: self.config.poll_interval,
-        }
-    }
-
     pub fn metadata(&self) -> Vec<(&'static str, Vec<u8>)> {
-        vec![("authorization", format!("Bearer {}", self.config.token.expose()).into_bytes())]
+        vec![("authorization", self.config.key_service.bearer().into_bytes())]
     }
 }

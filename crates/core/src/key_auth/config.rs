@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::KeyService;
 use crate::duration;
 use crate::route::RouteMatch;
-use crate::secret::Secret;
 
 /// Upper bound on cache slots: each slot is one shared-data entry of a few hundred bytes.
 pub const MAX_SLOTS: u32 = 1 << 20;
@@ -115,10 +115,8 @@ pub struct CacheConfig {
 /// The compiled, immutable configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub cluster: String,
-    pub token: Secret,
-    pub timeout: Duration,
-    pub poll_interval: Duration,
+    /// The key service: its cluster, token, call timeout and feed poll interval.
+    pub key_service: KeyService,
     pub sources: Vec<Source>,
     pub cache: CacheConfig,
     pub failure_mode: FailureMode,
@@ -223,10 +221,7 @@ impl TryFrom<RawConfig> for Config {
         }
 
         Ok(Config {
-            cluster: ks.cluster,
-            token: ks.token,
-            timeout: ks.timeout,
-            poll_interval: ks.poll_interval,
+            key_service: ks,
             sources,
             cache,
             failure_mode: raw.failure_mode,
@@ -266,8 +261,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.cluster, "keyd");
-        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.key_service.cluster, "keyd");
+        assert_eq!(c.key_service.timeout, Duration::from_millis(500));
         assert_eq!(c.sources, vec![Source::Header { name: "x-api-key".into(), prefix: None }]);
         assert_eq!(c.cache.ttl, Duration::from_secs(60));
         assert_eq!(c.cache.slots, 8192);

@@ -7,9 +7,9 @@ use serde::Deserialize;
 
 use super::sf;
 use super::verify::{DigestPolicy, Policy};
+use crate::config::KeyService;
 use crate::duration;
 use crate::route::{RequestFacts, RouteMatch};
-use crate::secret::Secret;
 
 /// Upper bound on cache and replay slots.
 pub const MAX_SLOTS: u32 = 1 << 20;
@@ -94,10 +94,8 @@ pub struct RouteRule {
 /// The compiled, immutable configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub cluster: String,
-    pub token: Secret,
-    pub timeout: Duration,
-    pub poll_interval: Duration,
+    /// The key service: its cluster, token, call timeout and feed poll interval.
+    pub key_service: KeyService,
     pub policy: Policy,
     pub routes: Vec<RouteRule>,
     pub max_body_bytes: u64,
@@ -256,10 +254,7 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("realm", "must not contain quotes or backslashes"));
         }
         Ok(Config {
-            cluster: ks.cluster,
-            token: ks.token,
-            timeout: ks.timeout,
-            poll_interval: ks.poll_interval,
+            key_service: ks,
             policy,
             routes,
             max_body_bytes,
