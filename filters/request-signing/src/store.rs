@@ -46,10 +46,16 @@ pub fn lookup<H: Host + ?Sized>(host: &H, worker: &mut Worker, key_id: &str) -> 
     let (ttl, negative_ttl) = (worker.config.cache_ttl, worker.config.negative_ttl);
     let id = key_id.to_owned();
     if let Some(hit) = worker.local.get(&id, view) {
-        let freshness = hit.freshness.unwrap_or_else(|| worker.feed.freshness(host, key_id));
+        let freshness = match hit.freshness {
+            Some(freshness) => freshness,
+            None => {
+                let freshness = worker.feed.freshness(host, key_id);
+                worker.local.checked(&id, view, freshness);
+                freshness
+            }
+        };
         let (entry, epoch) = &*hit.value;
         if cache::usable(entry, *epoch, key_id, now_ms, freshness, ttl, negative_ttl) {
-            worker.local.checked(&id, view, freshness);
             return Some(entry.clone());
         }
         worker.local.remove(&id);
