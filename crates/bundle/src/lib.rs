@@ -1,6 +1,7 @@
 //! Every Tollgate filter in one module, `tollgate.wasm`. A filter of the listener picks its filter
 //! by its `root_id` (`tollgate.key_auth`, `tollgate.jwt_auth`, `tollgate.rate_limit`,
-//! `tollgate.request_signing`, `tollgate.transform`), and keeps its own configuration, stats,
+//! `tollgate.request_signing`, `tollgate.transform`; or `tollgate.pipeline`, several of them as
+//! stages of one filter: see [`pipeline`]), and keeps its own configuration, stats,
 //! shared-data keys and caches. Filters that load this module with the same `vm_id` share one
 //! VM per worker (Envoy keys a VM by its id and its code) instead of one VM per filter; the
 //! single-filter modules stay for those who want only one filter.
@@ -16,15 +17,18 @@ pub enum Pick {
     RateLimit,
     RequestSigning,
     Transform,
+    /// Several of the filters as stages of one ([`pipeline`]).
+    Pipeline,
 }
 
 /// The root ids the bundle answers to, in [`Pick`]'s order.
-pub const ROOT_IDS: [(&str, Pick); 5] = [
+pub const ROOT_IDS: [(&str, Pick); 6] = [
     ("tollgate.key_auth", Pick::KeyAuth),
     ("tollgate.jwt_auth", Pick::JwtAuth),
     ("tollgate.rate_limit", Pick::RateLimit),
     ("tollgate.request_signing", Pick::RequestSigning),
     ("tollgate.transform", Pick::Transform),
+    ("tollgate.pipeline", Pick::Pipeline),
 ];
 
 impl Pick {
@@ -39,6 +43,9 @@ pub fn unknown_root_id(root_id: &str) -> String {
     let known: Vec<&str> = ROOT_IDS.iter().map(|(id, _)| *id).collect();
     format!("tollgate: root_id `{root_id}` names no filter of this module; use one of: {}", known.join(", "))
 }
+
+pub mod pipeline;
+pub mod stage_host;
 
 #[cfg(target_arch = "wasm32")]
 mod module {
@@ -72,6 +79,7 @@ mod module {
                 Pick::RateLimit => root_of::<tollgate_rate_limit::RateLimit>(id),
                 Pick::RequestSigning => root_of::<tollgate_request_signing::RequestSigning>(id),
                 Pick::Transform => root_of::<tollgate_transform::Transform>(id),
+                Pick::Pipeline => Box::new(crate::pipeline::PipelineRoot::new(Rc::new(EnvoyHost), id)),
             }
         }
     }
@@ -151,7 +159,7 @@ mod tests {
             assert_eq!(Pick::of(near_miss), None, "{near_miss:?}");
         }
         let picks: Vec<Pick> = ROOT_IDS.iter().map(|(_, p)| *p).collect();
-        assert_eq!(picks.len(), 5);
+        assert_eq!(picks.len(), 6);
         assert!(picks.iter().all(|p| picks.iter().filter(|q| *q == p).count() == 1));
     }
 

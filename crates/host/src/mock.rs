@@ -174,6 +174,9 @@ pub struct MockHost {
     http_response: RefCell<HttpResponse>,
     /// Shared-data reads this host made (not those of hosts sharing its data).
     shared_reads: Cell<u64>,
+    /// Reads of every request header, and of properties, this host answered.
+    header_list_reads: Cell<u64>,
+    property_reads: Cell<u64>,
 }
 
 impl Default for MockHost {
@@ -198,6 +201,8 @@ impl Default for MockHost {
             http_calls: RefCell::default(),
             http_response: RefCell::default(),
             shared_reads: Cell::new(0),
+            header_list_reads: Cell::new(0),
+            property_reads: Cell::new(0),
         }
     }
 }
@@ -387,6 +392,16 @@ impl MockHost {
         self.shared_reads.get()
     }
 
+    /// How many times every request header was read at once (`request_headers`).
+    pub fn header_list_reads(&self) -> u64 {
+        self.header_list_reads.get()
+    }
+
+    /// How many properties were read.
+    pub fn property_reads(&self) -> u64 {
+        self.property_reads.get()
+    }
+
     pub fn logs(&self) -> Vec<(LogLevel, String)> {
         self.logs.borrow().clone()
     }
@@ -418,6 +433,7 @@ impl Host for MockHost {
     }
 
     fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.header_list_reads.set(self.header_list_reads.get() + 1);
         self.with_request(|r| r.headers.0.clone())
     }
 
@@ -463,6 +479,7 @@ impl Host for MockHost {
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         assert_readable(path);
+        self.property_reads.set(self.property_reads.get() + 1);
         let key = path.join(".");
         self.with_request(|r| r.properties.get(&key).cloned())
             .or_else(|| self.global_properties.borrow().get(&key).cloned())
