@@ -295,7 +295,7 @@ async fn run() -> Result<()> {
         report::cpu_goal(&summaries, "jwt-auth ES256", true, 1.0),
         report::cpu_goal(&summaries, "rate-limit", true, 0.9),
         report::cpu_goal(&summaries, "transform headers", false, 0.85),
-        report::cpu_goal(&summaries, "chain", false, 0.75),
+        report::cpu_goal(&summaries, "pipeline", false, 0.75),
         report::latency_goal(&summaries, BASELINE, false, 2.0),
         report::latency_goal(&summaries, BASELINE, true, 3.0),
         report::bound_goal(
@@ -319,7 +319,7 @@ async fn run() -> Result<()> {
     ];
     let mut notes = vec![
         "the native jwt_authn runs with its verified-token cache on (`jwt_cache_config`), like jwt-auth's cache".to_owned(),
-        "each Tollgate filter is its own module and VM, except in `chain (bundle)`, where the three filters come from `tollgate.wasm` and share one VM per worker".to_owned(),
+        "each Tollgate filter is its own module and VM, except in `chain (bundle)`, where the three filters come from `tollgate.wasm` and share one VM per worker, and `pipeline`, where they are the stages of one filter of that module".to_owned(),
     ];
     if settings.quick {
         notes.push("quick mode: one short round — a smoke check, not a measurement".to_owned());

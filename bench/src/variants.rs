@@ -175,36 +175,40 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
         "tollgate_rate_limit",
         &json!({"slots": 1024, "headers": {"ietf": false}, "rules": [{"name": "bench", "limits": never_empty}]}),
     );
-    let chain_rate_limit = tollgate(
-        "rate_limit",
-        "tollgate.rate_limit",
-        "tollgate_rate_limit",
-        &json!({"slots": 1024, "headers": {"ietf": false},
-                "rules": [{"name": "per-consumer", "by": ["consumer"], "key_limits": false, "limits": never_empty}]}),
-    );
-    let transform = tollgate(
-        "transform",
-        "tollgate.transform",
-        "tollgate_transform",
-        &json!({
-            "max_body_bytes": 65536,
-            "rules": [{
-                "name": "bench",
-                "match": {"path_prefix": "/api/"},
-                "request": {
-                    "headers": [
-                        {"op": "set", "name": "x-gateway", "value": "tollgate"},
-                        {"op": "add", "name": "x-api-version", "value": "2"},
-                        {"op": "remove", "name": "x-debug"}
-                    ],
-                    "body": [
-                        {"op": "set", "path": "meta.gateway", "value": "tollgate"},
-                        {"op": "remove", "path": "password"}
-                    ]
-                },
-                "response": {"headers": [{"op": "set", "name": "x-transformed", "value": "{method}"}]}
-            }]
-        }),
+    let chain_rate_limit_config = json!({"slots": 1024, "headers": {"ietf": false},
+        "rules": [{"name": "per-consumer", "by": ["consumer"], "key_limits": false, "limits": never_empty}]});
+    let chain_rate_limit =
+        tollgate("rate_limit", "tollgate.rate_limit", "tollgate_rate_limit", &chain_rate_limit_config);
+    let transform_config = json!({
+        "max_body_bytes": 65536,
+        "rules": [{
+            "name": "bench",
+            "match": {"path_prefix": "/api/"},
+            "request": {
+                "headers": [
+                    {"op": "set", "name": "x-gateway", "value": "tollgate"},
+                    {"op": "add", "name": "x-api-version", "value": "2"},
+                    {"op": "remove", "name": "x-debug"}
+                ],
+                "body": [
+                    {"op": "set", "path": "meta.gateway", "value": "tollgate"},
+                    {"op": "remove", "path": "password"}
+                ]
+            },
+            "response": {"headers": [{"op": "set", "name": "x-transformed", "value": "{method}"}]}
+        }]
+    });
+    let transform = tollgate("transform", "tollgate.transform", "tollgate_transform", &transform_config);
+    // The same chain as the stages of one filter: the pipeline of the bundle module.
+    let pipeline = tollgate(
+        "pipeline",
+        "tollgate.pipeline",
+        "tollgate",
+        &json!({"stages": [
+            {"filter": "key_auth", "config": key_auth_config},
+            {"filter": "rate_limit", "config": chain_rate_limit_config},
+            {"filter": "transform", "config": transform_config}
+        ]}),
     );
     let transform_headers = tollgate(
         "transform",
@@ -375,6 +379,12 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             "chain (bundle)",
             "the same chain from the bundle module `tollgate.wasm`: one VM for the three filters",
             vec![bundle(key_auth), bundle(chain_rate_limit), bundle(transform)],
+        )
+        .with_keyd(),
+        Variant::new(
+            "pipeline",
+            "the same chain as the stages of one filter (`tollgate.pipeline`): one HTTP context, one header read",
+            vec![pipeline],
         )
         .with_keyd(),
     ]

@@ -279,7 +279,7 @@ impl<H: Host> Shared<H> {
                 flow.borrow_mut().stopped = true;
             }
         }
-        while let Some(id) = self.host.next_resumed() {
+        while let Some((id, stage)) = self.host.next_resumed() {
             let flow = self.flows.borrow().get(&id).cloned();
             let Some(flow) = flow else {
                 continue;
@@ -288,7 +288,7 @@ impl<H: Host> Shared<H> {
                 continue; // that request is gone
             }
             let mut flow = flow.borrow_mut();
-            if flow.resume(self) == Action::Continue {
+            if flow.resume(self, stage) == Action::Continue {
                 self.host.inner().resume_request();
             }
         }
@@ -308,6 +308,7 @@ impl<H: Host> Shared<H> {
             }
             let mut flow = flow.borrow_mut();
             if let Some(context) = flow.stages.get_mut(stage) {
+                self.host.running(stage);
                 context.answer(answer);
             }
             flow.collect(self, stage);
@@ -348,6 +349,7 @@ impl Flow {
                 return Action::Pause;
             }
             let i = self.at;
+            shared.host.running(i);
             let action = match self.stages.get_mut(i) {
                 Some(stage) => stage.request_headers(self.num_headers, self.end_of_stream),
                 None => Action::Continue,
@@ -357,7 +359,7 @@ impl Flow {
                 return Action::Pause;
             }
             // A stage that resumed the request before returning let it through.
-            if action != Action::Continue && !shared.host.take_resumed(self.id) {
+            if action != Action::Continue && !shared.host.take_resumed(self.id, i) {
                 self.held = Some(i);
                 return Action::Pause;
             }
@@ -366,10 +368,11 @@ impl Flow {
         Action::Continue
     }
 
-    /// The stage that paused the request let it through: the stages after it run.
-    fn resume<H: Host>(&mut self, shared: &Shared<H>) -> Action {
+    /// Stage `stage` resumed the request: if it is the one that paused it, the stages after it
+    /// run. (A stage releases only what it holds.)
+    fn resume<H: Host>(&mut self, shared: &Shared<H>, stage: usize) -> Action {
         match self.held.take() {
-            Some(i) if i == self.at && !self.stopped => {
+            Some(i) if i == stage && i == self.at && !self.stopped => {
                 self.at += 1;
                 self.run(shared)
             }
@@ -385,7 +388,8 @@ impl Flow {
         if self.stopped {
             return None;
         }
-        self.stages.get_mut(i).map(|s| (i, s))
+        let stage = self.stages.get_mut(i)?;
+        Some((i, stage))
     }
 }
 
@@ -423,6 +427,7 @@ impl<H: Host + 'static> PipelineRoot<H> {
         let mut stages = Vec::with_capacity(parsed.len());
         for (i, (kind, config)) in parsed.into_iter().enumerate() {
             let mut root = kind.root(Rc::clone(host), self.shared.root_id);
+            host.running(i);
             host.configuring(Some(config.clone()));
             let accepted = root.configure(config.len());
             let tick = host.asked_tick();
@@ -503,6 +508,7 @@ impl<H: Host + 'static> PipelineRoot<H> {
         shared.host.enter(shared.root_id);
         if let Some(Caller::Root(i)) = shared.answer(answer) {
             if let Some(stage) = self.stages.get_mut(i) {
+                shared.host.running(i);
                 stage.root.answer(answer);
             }
             shared.note_calls(Caller::Root(i));
@@ -538,6 +544,7 @@ impl<H: Host + 'static> RootContext for PipelineRoot<H> {
                 continue;
             }
             stage.next_tick_ms = now_ms.saturating_add(period.as_millis() as u64);
+            shared.host.running(i);
             stage.root.tick();
             shared.note_calls(Caller::Root(i));
         }
@@ -574,6 +581,7 @@ impl<H: Host> PipelineHttp<H> {
     fn body(&mut self, f: impl FnOnce(&mut dyn StageContext) -> Action) -> Action {
         self.callback(|flow, shared| match flow.body_stage() {
             Some((i, stage)) => {
+                shared.host.running(i);
                 let action = f(stage.as_mut());
                 flow.collect(shared, i);
                 action
@@ -586,6 +594,7 @@ impl<H: Host> PipelineHttp<H> {
     fn response(&mut self, f: impl Fn(&mut dyn StageContext) -> Action) -> Action {
         self.callback(|flow, shared| {
             for i in (0..flow.stages.len()).rev() {
+                shared.host.running(i);
                 let action = match flow.stages.get_mut(i) {
                     Some(stage) => f(stage.as_mut()),
                     None => Action::Continue,
@@ -622,7 +631,8 @@ impl<H: Host> Context for PipelineHttp<H> {
     fn on_done(&mut self) -> bool {
         let shared = Rc::clone(&self.shared);
         shared.host.enter(self.id);
-        for stage in self.flow.borrow_mut().stages.iter_mut() {
+        for (i, stage) in self.flow.borrow_mut().stages.iter_mut().enumerate() {
+            shared.host.running(i);
             stage.done();
         }
         shared.flows.borrow_mut().remove(&self.id);
@@ -666,8 +676,9 @@ impl<H: Host> HttpContext for PipelineHttp<H> {
     }
 
     fn on_log(&mut self) {
-        self.callback(|flow, _| {
-            for stage in flow.stages.iter_mut() {
+        self.callback(|flow, shared| {
+            for (i, stage) in flow.stages.iter_mut().enumerate() {
+                shared.host.running(i);
                 stage.log();
             }
         });

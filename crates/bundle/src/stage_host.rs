@@ -29,6 +29,9 @@ use tollgate_host::{CallRefused, Host, LogLevel, SharedError, attributes};
 
 type Headers = Vec<(String, Vec<u8>)>;
 
+/// Filter state of one request: each name, and its value (`None`: the proxy has none).
+type State = Vec<(String, Option<Vec<u8>>)>;
+
 /// See the module documentation.
 pub struct StageHost<H: Host> {
     inner: Rc<H>,
@@ -37,15 +40,17 @@ pub struct StageHost<H: Host> {
     /// Every request header of the request named, as the proxy holds them now.
     headers: RefCell<Option<(u32, Headers)>>,
     /// Filter state by request: what stages wrote, and what was read of it.
-    state: RefCell<HashMap<u32, Vec<(String, Option<Vec<u8>>)>>>,
+    state: RefCell<HashMap<u32, State>>,
     /// The configuration of the stage being configured.
     configuration: RefCell<Option<Vec<u8>>>,
     /// The tick period the stage being configured asked for.
     tick: Cell<Option<Duration>>,
     /// Calls started since the pipeline last looked.
     calls: RefCell<Vec<u32>>,
-    /// Requests a stage resumed, in order.
-    resumed: RefCell<Vec<u32>>,
+    /// The stage the pipeline is running.
+    stage: Cell<usize>,
+    /// Requests a stage resumed, and which stage, in order.
+    resumed: RefCell<Vec<(u32, usize)>>,
     /// Requests that got a local reply.
     replied: RefCell<Vec<u32>>,
 }
@@ -60,6 +65,7 @@ impl<H: Host> StageHost<H> {
             configuration: RefCell::default(),
             tick: Cell::new(None),
             calls: RefCell::default(),
+            stage: Cell::new(0),
             resumed: RefCell::default(),
             replied: RefCell::default(),
         }
@@ -106,17 +112,22 @@ impl<H: Host> StageHost<H> {
         std::mem::take(&mut self.calls.borrow_mut())
     }
 
-    /// The next request a stage resumed, if any.
-    pub fn next_resumed(&self) -> Option<u32> {
+    /// The pipeline runs stage `stage` next (of the root context or of a request).
+    pub fn running(&self, stage: usize) {
+        self.stage.set(stage);
+    }
+
+    /// The next request a stage resumed, and which stage, if any.
+    pub fn next_resumed(&self) -> Option<(u32, usize)> {
         let mut resumed = self.resumed.borrow_mut();
         if resumed.is_empty() { None } else { Some(resumed.remove(0)) }
     }
 
-    /// Whether a stage resumed `context_id` (and forgets it).
-    pub fn take_resumed(&self, context_id: u32) -> bool {
+    /// Whether stage `stage` resumed `context_id` (and forgets it).
+    pub fn take_resumed(&self, context_id: u32, stage: usize) -> bool {
         let mut resumed = self.resumed.borrow_mut();
         let before = resumed.len();
-        resumed.retain(|&id| id != context_id);
+        resumed.retain(|&entry| entry != (context_id, stage));
         resumed.len() != before
     }
 
@@ -136,7 +147,7 @@ impl<H: Host> StageHost<H> {
     /// The request is over: forget what was kept for it.
     pub fn forget(&self, context_id: u32) {
         self.state.borrow_mut().remove(&context_id);
-        self.resumed.borrow_mut().retain(|&id| id != context_id);
+        self.resumed.borrow_mut().retain(|&(id, _)| id != context_id);
         self.replied.borrow_mut().retain(|&id| id != context_id);
         let mut headers = self.headers.borrow_mut();
         if headers.as_ref().is_some_and(|(id, _)| *id == context_id) {
@@ -345,7 +356,7 @@ impl<H: Host> Host for StageHost<H> {
     }
 
     fn resume_request(&self) -> bool {
-        self.resumed.borrow_mut().push(self.effective.get());
+        self.resumed.borrow_mut().push((self.effective.get(), self.stage.get()));
         true
     }
 

@@ -503,3 +503,25 @@ fn a_stage_refusing_its_configuration_refuses_the_pipeline() {
     assert!(logs.iter().any(|(_, m)| m.contains("invalid key-auth config")), "{logs:?}");
     assert!(logs.iter().any(|(_, m)| m.contains("`stages[0].config`")), "{logs:?}");
 }
+
+#[test]
+fn a_stage_releases_only_a_request_it_holds() {
+    let mut d = Drive::new(&[Act::Hold, Act::Pass, Act::Hold]);
+    let id = d.request();
+    assert_eq!(d.headers(id), Action::Pause);
+    // Stage 2 "resumes" the request that stage 0 holds: nothing happens.
+    let shared = Rc::clone(&d.root.shared);
+    d.host.enter(ROOT);
+    shared.host.enter(ROOT);
+    shared.host.running(2);
+    assert!(shared.host.set_effective_context(id));
+    shared.host.resume_request();
+    shared.settle(ROOT);
+    assert!(!d.log().contains(&format!("1 request {id}")), "{:?}", d.log());
+    assert_eq!(d.host.resumed(id), 0);
+    // Stage 0's own answer releases it; it then waits at stage 2.
+    let token = d.last_call();
+    d.answer(id, token);
+    assert!(d.log().contains(&format!("1 request {id}")));
+    assert_eq!(d.host.resumed(id), 0, "held again by stage 2");
+}
