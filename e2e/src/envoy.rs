@@ -166,6 +166,7 @@ impl EnvoyOpts {
             }
         }));
         let mut config = json!({
+            "stats_config": stats_config(),
             "admin": {"address": loopback(0)},
             "static_resources": {
                 "listeners": [{
@@ -207,6 +208,31 @@ impl EnvoyOpts {
         }
         config
     }
+}
+
+/// Tollgate's `stats_config` (envoy/stats-tags.yaml) as JSON: the tag specifiers that turn the
+/// filters' metric names into Prometheus labels. Every Envoy the tests start carries it, as the
+/// shipped configurations do.
+pub fn stats_config() -> Value {
+    stats_config_of(include_str!("../../envoy/stats-tags.yaml"))
+}
+
+/// The `stats_tags` of a `stats_config:` block in YAML: each `- tag_name:` with its `regex:`
+/// (single-quoted) line.
+pub fn stats_config_of(yaml: &str) -> Value {
+    let mut tags = Vec::new();
+    let mut name = None;
+    for line in yaml.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("- tag_name:") {
+            name = Some(n.trim().to_owned());
+        } else if let Some(r) = line.strip_prefix("regex:")
+            && let Some(tag) = name.take()
+        {
+            let regex = r.trim().trim_matches('\'').replace("''", "'");
+            tags.push(json!({"tag_name": tag, "regex": regex}));
+        }
+    }
+    json!({"stats_tags": tags})
 }
 
 /// An `envoy.filters.http.wasm` entry running `root_id` of the module at `wasm` with `config`

@@ -58,9 +58,19 @@ async fn a_chain_loaded_from_the_bundle_runs_every_filter_in_one_vm_per_worker()
     assert_eq!(statuses, [200, 200, 200, 429, 429], "three an hour for alice");
 
     // Each filter kept its own stats.
-    assert!(envoy.stat("wasmcustom.tollgate.key_auth.allowed").await.unwrap_or(0) >= 3);
-    assert_eq!(envoy.stat("wasmcustom.tollgate.rate_limit.rule.per-consumer.allowed").await, Some(3));
-    assert_eq!(envoy.stat("wasmcustom.tollgate.rate_limit.rule.per-consumer.limited").await, Some(2));
+    assert!(envoy.stat("wasmcustom.tollgate.key_auth.requests_total.decision.allow").await.unwrap_or(0) >= 3);
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.tollgate.rate_limit.rule_decisions_total.rule.per-consumer.decision.allowed")
+            .await,
+        Some(3)
+    );
+    assert_eq!(
+        envoy
+            .stat("wasmcustom.tollgate.rate_limit.rule_decisions_total.rule.per-consumer.decision.limited")
+            .await,
+        Some(2)
+    );
 
     // One VM per worker (and two on the main thread) for the three filters: as many as one
     // filter alone would have.

@@ -223,10 +223,11 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
     // The JWKS endpoint goes down: fetches fail, the last good keys keep working.
     jwks.set(None);
     let served = jwks.served();
-    let errors_before = envoy.stat(&format!("{STATS}jwks_fetch_error")).await.unwrap_or(0);
+    let errors_before = envoy.stat(&format!("{STATS}jwks_fetches_total.outcome.error")).await.unwrap_or(0);
     let failing = eventually(Duration::from_secs(10), || async {
         jwks.served() > served
-            && envoy.stat(&format!("{STATS}jwks_fetch_error")).await.unwrap_or(0) > errors_before
+            && envoy.stat(&format!("{STATS}jwks_fetches_total.outcome.error")).await.unwrap_or(0)
+                > errors_before
     })
     .await;
     assert!(failing, "no failed fetch seen");
@@ -238,8 +239,14 @@ async fn jwt_auth_against_a_real_jwks_endpoint() {
     assert_invalid_token(&call(&envoy, "/hello", &token(&new_key(), "k3", json!({}))).await, "unknown kid");
 
     let stats = envoy.stats("jwt_auth").await;
-    assert!(stats.get(&format!("{STATS}allowed")).copied().unwrap_or(0) >= 5, "{stats:?}");
-    assert!(stats.get(&format!("{STATS}denied.expired")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(
+        stats.get(&format!("{STATS}requests_total.decision.allow")).copied().unwrap_or(0) >= 5,
+        "{stats:?}"
+    );
+    assert!(
+        stats.get(&format!("{STATS}requests_total.decision.deny.reason.expired")).copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
 }
 
 /// A loopback identity provider: an OpenID discovery document, its JWKS, and an introspection
@@ -376,8 +383,18 @@ async fn jwt_auth_discovery_and_introspection_against_a_real_idp() {
     // An inactive one: 401.
     assert_invalid_token(&call(&envoy, "/hello", INACTIVE).await, "inactive");
     let stats = envoy.stats("jwt_auth").await;
-    assert!(stats.get(&format!("{STATS}denied.inactive_token")).copied().unwrap_or(0) >= 1, "{stats:?}");
-    assert!(stats.get(&format!("{STATS}discovery_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(
+        stats
+            .get(&format!("{STATS}requests_total.decision.deny.reason.inactive_token"))
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{stats:?}"
+    );
+    assert!(
+        stats.get(&format!("{STATS}discovery_fetches_total.outcome.ok")).copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
 }
 
 /// Envoy with 2 workers, the jwt-auth filter configured with `config` and whatever `more` adds
@@ -633,7 +650,11 @@ async fn scopes_reach_the_upstream_exactly_or_not_at_all() {
     assert_eq!(echo.requests(), upstream, "refused tokens never reach the upstream");
     let stats = envoy.stats("jwt_auth").await;
     assert!(
-        stats.get(&format!("{STATS}denied.unpublishable_identity")).copied().unwrap_or(0) >= 4,
+        stats
+            .get(&format!("{STATS}requests_total.decision.deny.reason.unpublishable_identity"))
+            .copied()
+            .unwrap_or(0)
+            >= 4,
         "{stats:?}"
     );
 }
@@ -707,7 +728,11 @@ async fn cookies_are_read_from_every_field_line() {
     assert_eq!(cookie_and_header.status, 401, "{}", cookie_and_header.text());
     assert_eq!(echo.requests(), upstream);
     let stats = envoy.stats("jwt_auth").await;
-    assert_eq!(stats.get(&format!("{STATS}denied.multiple_tokens")).copied(), Some(3), "{stats:?}");
+    assert_eq!(
+        stats.get(&format!("{STATS}requests_total.decision.deny.reason.multiple_tokens")).copied(),
+        Some(3),
+        "{stats:?}"
+    );
 }
 
 /// A base64url-encoded big-endian number of `bytes` random bytes with the top and bottom bits set.
@@ -736,8 +761,11 @@ async fn one_unusable_key_does_not_take_the_provider_down() {
             .await;
     assert!(ready, "the good key is not used; log:\n{}", envoy.logs());
     let stats = envoy.stats("jwt_auth").await;
-    assert!(stats.get(&format!("{STATS}jwks_key_skipped")).copied().unwrap_or(0) >= 1, "{stats:?}");
-    assert!(stats.get(&format!("{STATS}jwks_fetch_ok")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(stats.get(&format!("{STATS}jwks_key_skipped_total")).copied().unwrap_or(0) >= 1, "{stats:?}");
+    assert!(
+        stats.get(&format!("{STATS}jwks_fetches_total.outcome.ok")).copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
     let logs = envoy.logs();
     assert!(logs.contains("legacy-1024") && logs.contains("2048 bits"), "{logs}");
 }
@@ -767,7 +795,11 @@ async fn an_identity_that_cannot_be_carried_is_refused() {
     }
     assert_eq!(echo.requests(), 0, "nothing reached the upstream");
     let stats = envoy.stats("jwt_auth").await;
-    assert_eq!(stats.get(&format!("{STATS}denied.unpublishable_identity")).copied(), Some(5), "{stats:?}");
+    assert_eq!(
+        stats.get(&format!("{STATS}requests_total.decision.deny.reason.unpublishable_identity")).copied(),
+        Some(5),
+        "{stats:?}"
+    );
     // A faithful identity passes; one without a mapped claim passes without the header.
     let res = call(&envoy, "/hello", &token(&k1, "k1", json!({"email": null}))).await;
     assert_eq!(res.status, 200);

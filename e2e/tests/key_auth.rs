@@ -87,7 +87,7 @@ async fn request_without_a_key_is_401_and_never_reaches_the_upstream() {
     let res = gw.get("/hello", None).await;
     assert_denied(&res, 401, "unauthorized");
     assert_eq!(gw.echo.requests(), 0);
-    assert!(gw.stat_reaches("denied.missing_key", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.missing_key", 1).await);
 }
 
 #[tokio::test]
@@ -107,8 +107,8 @@ async fn malformed_key_is_401_with_no_lookup() {
     ] {
         assert_denied(&gw.get("/", Some(bad)).await, 401, "unauthorized");
     }
-    assert!(gw.stat_reaches("denied.malformed_key", 5).await);
-    assert_eq!(gw.stat("cache_miss").await, 0, "a malformed key must not be looked up");
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.malformed_key", 5).await);
+    assert_eq!(gw.stat("cache_lookups_total.result.miss").await, 0, "a malformed key must not be looked up");
     assert_eq!(gw.echo.requests(), 0);
     assert!(!gw.envoy.logs().contains(&typo), "a presented key must never be logged");
 }
@@ -194,7 +194,7 @@ async fn revoked_key_is_refused_on_every_worker_within_two_seconds() {
     assert!(gw.statuses("/", &key, 16).await.iter().all(|s| *s == 200));
 
     // The change-feed consumer has started (it learns the head on its first poll).
-    assert!(gw.stat_reaches("feed_poll", 2).await);
+    assert!(gw.stat_reaches("feed_polls_total", 2).await);
     let revoked_at = Instant::now();
     gw.keyd.revoke_key(&id).await;
     let refused = eventually(Duration::from_secs(2), || async {
@@ -205,7 +205,7 @@ async fn revoked_key_is_refused_on_every_worker_within_two_seconds() {
     assert!(refused, "still accepted by some worker {took:?} after revocation");
     // Every worker refuses it from now on.
     assert!(gw.statuses("/", &key, 16).await.iter().all(|s| *s == 401));
-    assert!(gw.stat_reaches("feed_invalidations", 1).await);
+    assert!(gw.stat_reaches("feed_invalidations_total", 1).await);
     eprintln!("revocation took effect on every worker after {took:?}");
 }
 
@@ -226,8 +226,8 @@ async fn expired_key_is_refused_even_when_cached() {
     let key = created.secret;
     let expires_at = created.key.unwrap().expires_at;
     assert_eq!(gw.get("/", Some(&key)).await.status, 200);
-    assert!(gw.stat_reaches("cache_miss", 1).await);
-    let misses = gw.stat("cache_miss").await;
+    assert!(gw.stat_reaches("cache_lookups_total.result.miss", 1).await);
+    let misses = gw.stat("cache_lookups_total.result.miss").await;
 
     // Wait past the expiry; the cached answer (TTL 60 s) is still there.
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
@@ -242,8 +242,8 @@ async fn expired_key_is_refused_even_when_cached() {
     // The worker that cached it refuses from its cache; a worker that had not seen it yet asks
     // the key service, which says expired.
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
-    assert!(gw.stat_reaches("denied.expired_key", 4).await);
-    assert!(gw.stat("cache_miss").await <= misses + 1, "decided from the cache");
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.expired_key", 4).await);
+    assert!(gw.stat("cache_lookups_total.result.miss").await <= misses + 1, "decided from the cache");
 }
 
 #[tokio::test]
@@ -292,7 +292,7 @@ async fn missing_scope_is_403() {
     assert_eq!(res.header("www-authenticate"), None);
     assert_eq!(post(admin).await.status, 200);
     assert_eq!(gw.get("/admin/users", Some(&reader)).await.status, 200, "the rule covers POST only");
-    assert!(gw.stat_reaches("denied.insufficient_scope", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.insufficient_scope", 1).await);
 }
 
 #[tokio::test]
@@ -326,8 +326,9 @@ async fn concurrent_requests_for_a_new_key_make_one_lookup_per_worker() {
     }
     let statuses = set.join_all().await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(gw.stat_reaches("allowed", 24).await);
-    let lookups = gw.stat("cache_miss").await - gw.stat("singleflight_joined").await;
+    assert!(gw.stat_reaches("requests_total.decision.allow", 24).await);
+    let lookups =
+        gw.stat("cache_lookups_total.result.miss").await - gw.stat("singleflight_joined_total").await;
     assert!((1..=u64::from(WORKERS)).contains(&lookups), "{lookups} lookups for one key");
 }
 
@@ -356,7 +357,7 @@ async fn a_route_name_rule_requires_its_scope() {
     assert_denied(&gw.get("/admin/users", Some(&reader)).await, 403, "forbidden");
     assert_eq!(gw.get("/admin/users", Some(&admin)).await.status, 200);
     assert_eq!(gw.get("/public", Some(&reader)).await.status, 200, "other routes need no scope");
-    assert!(gw.stat_reaches("denied.insufficient_scope", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.insufficient_scope", 1).await);
 }
 
 /// Rules match the normalised path: no spelling of `/admin` escapes a rule written for it, and
@@ -380,7 +381,7 @@ async fn spellings_of_a_ruled_path_do_not_escape_the_rule() {
         assert_eq!(res.status, 400, "{encoded}: {}", res.text());
         assert_eq!(res.json()["error"], "bad_request", "{encoded}");
     }
-    assert!(gw.stat_reaches("denied.bad_path", 3).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.bad_path", 3).await);
     let res = RawRequest::get("/public").header("x-api-key", &reader).send(gw.envoy.addr()).await.unwrap();
     assert_eq!(res.status, 200);
 }
@@ -399,7 +400,7 @@ async fn a_store_restored_from_a_backup_invalidates_answers_cached_before_the_re
     let mut gw = Gateway::start().await;
     let (kept_id, kept) = gw.keyd.create_key("alice", &["read"]).await;
     assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200), "cached on both workers");
-    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    assert!(gw.stat_reaches("feed_polls_total", 2).await, "the feed consumer has started");
 
     let backup = gw.keyd.backup_store().await;
 
@@ -444,11 +445,11 @@ async fn a_store_restored_from_a_backup_invalidates_answers_cached_before_the_re
 
     // Its new answer is cached: the lost timeline's invalidations do not make every request a
     // lookup.
-    let allowed = gw.stat("allowed").await;
-    let misses = gw.stat("cache_miss").await;
+    let allowed = gw.stat("requests_total.decision.allow").await;
+    let misses = gw.stat("cache_lookups_total.result.miss").await;
     assert!(gw.statuses("/", &kept, 6).await.iter().all(|s| *s == 200));
-    assert!(gw.stat_reaches("allowed", allowed + 6).await);
-    let lookups = gw.stat("cache_miss").await - misses;
+    assert!(gw.stat_reaches("requests_total.decision.allow", allowed + 6).await);
+    let lookups = gw.stat("cache_lookups_total.result.miss").await - misses;
     assert!(lookups <= u64::from(WORKERS), "{lookups} lookups for a cached key");
 
     // A revocation after the restore reuses a sequence number the lost timeline had used; it
@@ -475,7 +476,7 @@ async fn a_hung_key_service_adds_no_wait_to_cached_keys_past_their_ttl() {
     let (id, key) = gw.keyd.create_key("alice", &[]).await;
     let (_, unseen) = gw.keyd.create_key("bob", &[]).await;
     assert!(gw.statuses("/", &key, 4).await.iter().all(|s| *s == 200), "cached");
-    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    assert!(gw.stat_reaches("feed_polls_total", 2).await, "the feed consumer has started");
 
     gw.keyd.suspend();
     // Past the TTL: the cached answer is stale.
@@ -501,9 +502,9 @@ async fn a_hung_key_service_adds_no_wait_to_cached_keys_past_their_ttl() {
             Err(e) => panic!("request {i} with a stale cached key waited for the hung key service: {e}"),
         }
     }
-    assert!(gw.stat_reaches("cache_stale_served", 6).await);
-    assert!(gw.stat_reaches("cache_refresh_started", 1).await, "a background refresh was started");
-    let started = gw.stat("cache_refresh_started").await;
+    assert!(gw.stat_reaches("cache_lookups_total.result.stale", 6).await);
+    assert!(gw.stat_reaches("cache_refresh_started_total", 1).await, "a background refresh was started");
+    let started = gw.stat("cache_refresh_started_total").await;
     assert!(started <= u64::from(WORKERS), "{started} refreshes for one key: one per worker at most");
 
     let res = unseen_res.await.unwrap();
@@ -515,7 +516,7 @@ async fn a_hung_key_service_adds_no_wait_to_cached_keys_past_their_ttl() {
     let refreshed = eventually(Duration::from_secs(20), || async {
         let status = gw.get("/", Some(&key)).await.status;
         assert_eq!(status, 200);
-        gw.stat("cache_refreshed").await >= 1
+        gw.stat("cache_refreshed_total").await >= 1
     })
     .await;
     assert!(refreshed, "no background refresh succeeded after the key service came back");
@@ -535,16 +536,16 @@ async fn a_restored_store_that_got_as_far_again_before_the_gateway_polled_is_det
     let mut gw = Gateway::start().await;
     let (kept_id, kept) = gw.keyd.create_key("alice", &["read"]).await;
     assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
-    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    assert!(gw.stat_reaches("feed_polls_total", 2).await, "the feed consumer has started");
     let backup = gw.keyd.backup_store().await;
 
     // The lost timeline: two changes, both learned by the gateway.
-    let invalidations = gw.stat("feed_invalidations").await;
+    let invalidations = gw.stat("feed_invalidations_total").await;
     let (_, lost) = gw.keyd.create_key("bob", &[]).await;
     let mut admin = gw.keyd.admin_client().await;
     let rename = UpdateKeyRequest { id: kept_id.clone(), name: Some("renamed".into()), ..Default::default() };
     admin.update_key(rename).await.unwrap();
-    assert!(gw.stat_reaches("feed_invalidations", invalidations + 2).await);
+    assert!(gw.stat_reaches("feed_invalidations_total", invalidations + 2).await);
     assert!(gw.statuses("/", &lost, 4).await.iter().all(|s| *s == 200));
     assert!(gw.statuses("/", &kept, 4).await.iter().all(|s| *s == 200));
 
@@ -571,7 +572,7 @@ async fn a_restored_store_that_got_as_far_again_before_the_gateway_polled_is_det
     })
     .await;
     assert!(revoked, "a key revoked in the restored store still works on some worker");
-    assert!(gw.stat_reaches("feed_resets", 1).await);
+    assert!(gw.stat_reaches("feed_resets_total", 1).await);
 }
 
 /// What a client sends is escaped in the log line of its denial: it can neither break the line
@@ -586,7 +587,7 @@ async fn client_text_in_a_denial_log_line_is_escaped() {
         .unwrap();
     assert_eq!(res.status, 401, "{}", res.text());
     assert_eq!(res.json()["request_id"], "abc reason=allowed key=tgk_forged", "the client gets its id back");
-    assert!(gw.stat_reaches("denied.missing_key", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.missing_key", 1).await);
     let logs = gw.envoy.logs();
     assert!(
         logs.contains(r#"request_id="abc reason=allowed key=tgk_forged""#),

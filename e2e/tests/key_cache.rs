@@ -102,7 +102,7 @@ async fn a_store_restored_from_a_backup_invalidates_signing_material_cached_befo
     let mut gw = Gateway::start().await;
     let kept = gw.hmac_key("alice").await;
     assert!(gw.statuses(&kept, 4).await.iter().all(|s| *s == 200), "cached on both workers");
-    assert!(gw.stat_reaches("feed_poll", 2).await, "the feed consumer has started");
+    assert!(gw.stat_reaches("feed_polls_total", 2).await, "the feed consumer has started");
 
     let backup = gw.keyd.backup_store().await;
 
@@ -114,7 +114,7 @@ async fn a_store_restored_from_a_backup_invalidates_signing_material_cached_befo
     for i in 0..4 {
         gw.keyd.create_key(&format!("filler{i}"), &[]).await;
     }
-    assert!(gw.stat_reaches("feed_invalidations", 1).await, "the gateway learned of the change");
+    assert!(gw.stat_reaches("feed_invalidations_total", 1).await, "the gateway learned of the change");
     assert!(gw.statuses(&kept, 4).await.iter().all(|s| *s == 200));
     assert!(gw.statuses(&lost, 4).await.iter().all(|s| *s == 200));
 
@@ -128,16 +128,16 @@ async fn a_store_restored_from_a_backup_invalidates_signing_material_cached_befo
     })
     .await;
     assert!(gone, "a signing key missing from the restored store still works on some worker");
-    assert!(gw.stat_reaches("denied.unknown_key", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.unknown_key", 1).await);
 
     // The kept key works, and its new answer is cached: the lost timeline's invalidations do
     // not make every request a lookup.
     assert_eq!(gw.signed_get(&kept).await, 200);
-    let allowed = gw.stat("allowed").await;
-    let misses = gw.stat("cache_miss").await;
+    let allowed = gw.stat("requests_total.decision.allow").await;
+    let misses = gw.stat("cache_lookups_total.result.miss").await;
     assert!(gw.statuses(&kept, 6).await.iter().all(|s| *s == 200));
-    assert!(gw.stat_reaches("allowed", allowed + 6).await);
-    let lookups = gw.stat("cache_miss").await - misses;
+    assert!(gw.stat_reaches("requests_total.decision.allow", allowed + 6).await);
+    let lookups = gw.stat("cache_lookups_total.result.miss").await - misses;
     assert!(lookups <= u64::from(WORKERS), "{lookups} lookups for cached material");
 
     // A revocation after the restore reuses a sequence number the lost timeline had used; it
@@ -148,5 +148,5 @@ async fn a_store_restored_from_a_backup_invalidates_signing_material_cached_befo
     })
     .await;
     assert!(revoked, "a signing key revoked after the restore still works on some worker");
-    assert!(gw.stat_reaches("denied.revoked_key", 1).await);
+    assert!(gw.stat_reaches("requests_total.decision.deny.reason.revoked_key", 1).await);
 }

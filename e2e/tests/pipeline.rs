@@ -60,7 +60,7 @@ async fn the_stages_run_in_order_in_one_filter() {
     assert_eq!(res.status, 401, "{}", res.text());
     assert_eq!(res.header("x-transformed"), None, "transform never saw the request");
     assert_eq!(echo.requests(), 0);
-    assert_eq!(stat(&envoy, "rate_limit.rule.per-consumer.allowed").await, 0);
+    assert_eq!(stat(&envoy, "rate_limit.rule_decisions_total.rule.per-consumer.decision.allowed").await, 0);
 
     // A key: the first request waits for the key service, then goes through the later stages.
     let (_, key) = keyd.create_key("alice", &[]).await;
@@ -83,10 +83,10 @@ async fn the_stages_run_in_order_in_one_filter() {
     assert_eq!(statuses, [200, 200, 200, 429, 429], "three an hour for alice");
     assert_eq!(echo.requests(), 3);
     // Each stage keeps its own stats.
-    assert!(stat(&envoy, "key_auth.allowed").await >= 5);
-    assert!(stat(&envoy, "key_auth.cache_miss").await >= 1);
-    assert_eq!(stat(&envoy, "rate_limit.rule.per-consumer.allowed").await, 3);
-    assert_eq!(stat(&envoy, "rate_limit.rule.per-consumer.limited").await, 2);
+    assert!(stat(&envoy, "key_auth.requests_total.decision.allow").await >= 5);
+    assert!(stat(&envoy, "key_auth.cache_lookups_total.result.miss").await >= 1);
+    assert_eq!(stat(&envoy, "rate_limit.rule_decisions_total.rule.per-consumer.decision.allowed").await, 3);
+    assert_eq!(stat(&envoy, "rate_limit.rule_decisions_total.rule.per-consumer.decision.limited").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,12 +103,16 @@ async fn requests_that_wait_on_one_lookup_all_go_through_the_later_stages() {
     }
     assert_eq!(echo.requests(), 8);
     assert!(echo.received().iter().all(|r| r.header("x-gateway") == Some("tollgate bob")));
-    assert_eq!(stat(&envoy, "rate_limit.rule.per-consumer.allowed").await, 8, "every one was counted");
-    let calls =
-        stat(&envoy, "key_auth.cache_miss").await - stat(&envoy, "key_auth.singleflight_joined").await;
+    assert_eq!(
+        stat(&envoy, "rate_limit.rule_decisions_total.rule.per-consumer.decision.allowed").await,
+        8,
+        "every one was counted"
+    );
+    let calls = stat(&envoy, "key_auth.cache_lookups_total.result.miss").await
+        - stat(&envoy, "key_auth.singleflight_joined_total").await;
     eprintln!(
         "8 concurrent first requests: {} joined another's lookup, {calls} looked up",
-        stat(&envoy, "key_auth.singleflight_joined").await
+        stat(&envoy, "key_auth.singleflight_joined_total").await
     );
 }
 
@@ -124,7 +128,8 @@ async fn a_revoked_key_is_refused_on_every_worker_within_two_seconds() {
     assert!(statuses().await.iter().all(|s| *s == 200));
     assert!(statuses().await.iter().all(|s| *s == 200));
     assert!(
-        eventually(Duration::from_secs(5), || async { stat(&envoy, "key_auth.feed_poll").await >= 2 }).await
+        eventually(Duration::from_secs(5), || async { stat(&envoy, "key_auth.feed_polls_total").await >= 2 })
+            .await
     );
     let revoked_at = Instant::now();
     keyd.revoke_key(&id).await;

@@ -122,9 +122,15 @@ async fn exactly_the_burst_gets_through(workers: u32) {
     let responses = gw.burst("/burst", &[], SENT).await;
     assert_eq!(count(&responses, 200), LIMIT, "workers={workers}");
     assert_eq!(count(&responses, 429), SENT - LIMIT, "workers={workers}");
-    assert_eq!(gw.stat_reaches("rule.all.allowed", LIMIT as u64).await, LIMIT as u64);
-    assert_eq!(gw.stat_reaches("rule.all.limited", (SENT - LIMIT) as u64).await, (SENT - LIMIT) as u64);
-    assert_eq!(gw.stat("rule.all.cas_exhausted").await, 0);
+    assert_eq!(
+        gw.stat_reaches("rule_decisions_total.rule.all.decision.allowed", LIMIT as u64).await,
+        LIMIT as u64
+    );
+    assert_eq!(
+        gw.stat_reaches("rule_decisions_total.rule.all.decision.limited", (SENT - LIMIT) as u64).await,
+        (SENT - LIMIT) as u64
+    );
+    assert_eq!(gw.stat("rule_events_total.rule.all.event.cas_exhausted").await, 0);
 
     // The headers: allowed responses count down; refused ones say when to come back.
     let mut remaining: Vec<u64> = responses
@@ -214,8 +220,8 @@ async fn shadow_mode_never_blocks() {
     let gw = Gateway::start(json!({"slots": 1024, "rules": [rule]}), 4).await;
     let responses = gw.burst("/", &[], 60).await;
     assert_eq!(count(&responses, 200), 60);
-    assert_eq!(gw.stat_reaches("rule.shadow.shadow_limited", 50).await, 50);
-    assert_eq!(gw.stat("rule.shadow.allowed").await, 10);
+    assert_eq!(gw.stat_reaches("rule_decisions_total.rule.shadow.decision.shadow_limited", 50).await, 50);
+    assert_eq!(gw.stat("rule_decisions_total.rule.shadow.decision.allowed").await, 10);
     assert!(gw.envoy.logs().contains("would limit this request (shadow mode)"));
 }
 
@@ -390,7 +396,7 @@ async fn a_route_name_rule_limits_its_route_only() {
     assert_eq!(other.status, 200);
     assert_eq!(other.header("ratelimit"), None);
     assert_eq!(gw.statuses("/public", &[], 4).await, [200; 4]);
-    assert_eq!(gw.stat_reaches("rule.admin.limited", 3).await, 3);
+    assert_eq!(gw.stat_reaches("rule_decisions_total.rule.admin.decision.limited", 3).await, 3);
 }
 
 /// `by: ["route"]` gives every route its own bucket.
@@ -405,7 +411,7 @@ async fn buckets_by_route_are_per_route() {
     assert_eq!(gw.statuses("/one", &[], 3).await, [200, 200, 429]);
     assert_eq!(gw.statuses("/two/x", &[], 3).await, [200, 200, 429]);
     assert_eq!(gw.statuses("/elsewhere", &[], 3).await, [200, 200, 429], "the route named `main`");
-    assert_eq!(gw.stat("rule.per-route.missing_denied").await, 0);
+    assert_eq!(gw.stat("rule_decisions_total.rule.per-route.decision.missing_denied").await, 0);
 }
 
 /// `critical.route_names`: requests on the named route may take the reserved share.
@@ -455,7 +461,7 @@ async fn spellings_of_a_path_share_its_bucket_and_meet_its_rule() {
         assert_eq!(res.status, 400, "{encoded}: {}", res.text());
         assert_eq!(res.json()["error"], "bad_request", "{encoded}");
     }
-    assert_eq!(gw.stat_reaches("denied.bad_path", 3).await, 3);
+    assert_eq!(gw.stat_reaches("requests_total.decision.deny.reason.bad_path", 3).await, 3);
 }
 
 // --- Header bytes --------------------------------------------------------------------------------
@@ -497,7 +503,7 @@ async fn requests_without_a_client_ip_share_one_bucket() {
     assert_eq!(gw.statuses("/", &[("x-forwarded-for", "203.0.113.7")], 3).await, [200, 200, 429]);
     // A hop that is not an IP address is no IP either.
     assert_eq!(gw.get("/", &[("x-forwarded-for", "not-an-ip")]).await.status, 429);
-    assert_eq!(gw.stat_reaches("rule.per-ip.no_client_ip", 5).await, 5);
+    assert_eq!(gw.stat_reaches("rule_events_total.rule.per-ip.event.no_client_ip", 5).await, 5);
 }
 
 /// Per-IP limits take the client address Envoy computed. With Envoy's defaults a client names

@@ -223,7 +223,10 @@ async fn signatures_are_verified_end_to_end() {
     })
     .await;
     assert!(revoked, "revocation did not reach the gateway");
-    assert!(gw.stat("denied.revoked_key").await >= 1 || gw.stat("denied.replayed").await >= 1);
+    assert!(
+        gw.stat("requests_total.decision.deny.reason.revoked_key").await >= 1
+            || gw.stat("requests_total.decision.deny.reason.replayed").await >= 1
+    );
 
     // Master-key rotation: a key created before the rotation and first used after it works.
     let (fresh_id, fresh_secret) = gw.hmac_key("carol").await;
@@ -244,9 +247,9 @@ async fn signatures_are_verified_end_to_end() {
     })
     .await;
     assert!(rotated, "a key stopped working after the master-key rotation");
-    assert!(gw.stat("allowed").await >= 3);
-    assert!(gw.stat("denied.replayed").await >= 1);
-    assert!(gw.stat("denied.digest_mismatch").await >= 1);
+    assert!(gw.stat("requests_total.decision.allow").await >= 3);
+    assert!(gw.stat("requests_total.decision.deny.reason.replayed").await >= 1);
+    assert!(gw.stat("requests_total.decision.deny.reason.digest_mismatch").await >= 1);
 }
 
 const BODY: &[u8] = br#"{"amount": 10}"#;
@@ -323,8 +326,8 @@ async fn h2_bodies_ending_with_trailers_are_checked() {
         }
     }
     assert!(!gw.upstream_saw(TAMPERED), "a tampered body reached the upstream");
-    assert_eq!(gw.stat("denied.digest_mismatch").await, tampered);
-    assert_eq!(gw.stat("denied.replayed").await, 0);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.digest_mismatch").await, tampered);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.replayed").await, 0);
 }
 
 /// HTTP/1.1 chunked bodies with trailers. With `enable_trailers` Envoy hands the trailers to the
@@ -371,7 +374,7 @@ async fn chunked_bodies_with_trailers_are_checked() {
             }
         }
         assert!(!gw.upstream_saw(TAMPERED), "a tampered body reached the upstream");
-        assert_eq!(gw.stat("denied.digest_mismatch").await, tampered);
+        assert_eq!(gw.stat("requests_total.decision.deny.reason.digest_mismatch").await, tampered);
     }
 }
 
@@ -410,8 +413,8 @@ async fn a_signed_body_cannot_be_stripped() {
     assert_401(&gw.send("GET", "/a", &with_digest, None).await);
     assert_eq!(gw.send("GET", "/a", &headers, None).await.status, 200);
 
-    assert_eq!(gw.stat("denied.digest_mismatch").await, 3);
-    assert_eq!(gw.stat("denied.replayed").await, 0);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.digest_mismatch").await, 3);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.replayed").await, 0);
     assert!(gw.echo.received().iter().filter(|r| r.path == "/pay").all(|r| r.body.as_ref() == BODY));
 }
 
@@ -447,7 +450,7 @@ async fn signatures_on_several_field_lines_are_combined() {
         let seen = gw.echo.last_request().unwrap();
         assert_eq!(seen.header_lines("signature").len(), 2, "http2={http2}: both lines go upstream");
     }
-    assert_eq!(gw.stat("allowed").await, 2);
+    assert_eq!(gw.stat("requests_total.decision.allow").await, 2);
 }
 
 /// Header values that are not UTF-8 are signed as the bytes they are: with `;bs` (base64 of the
@@ -476,7 +479,7 @@ async fn non_utf8_header_bytes_are_signed_exactly() {
         assert_eq!(res.status, 200, "{component} over the signed bytes: {}", res.text());
         assert_eq!(gw.echo.last_request().unwrap().header_lines("x-bin"), vec![signed_bytes]);
     }
-    assert_eq!(gw.stat("denied.bad_signature").await, 2);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.bad_signature").await, 2);
 }
 
 /// A per-route policy keyed on Envoy's route name applies to that route only (the name comes
@@ -492,7 +495,7 @@ async fn a_route_name_rule_applies_to_its_route() {
     let hmac = ("--secret-file", secret.as_path());
     let headers = sign(hmac, &key_id, "GET", &gw.url("/payments/1"), None, &[]);
     assert_401(&gw.send("GET", "/payments/1", &headers, None).await);
-    assert_eq!(gw.stat("denied.missing_nonce").await, 1);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.missing_nonce").await, 1);
     let headers = sign(hmac, &key_id, "GET", &gw.url("/payments/1"), None, &["--nonce"]);
     assert_eq!(gw.send("GET", "/payments/1", &headers, None).await.status, 200);
     let headers = sign(hmac, &key_id, "GET", &gw.url("/orders/1"), None, &[]);
@@ -520,7 +523,7 @@ async fn spellings_of_a_ruled_path_do_not_escape_its_policy() {
         let res = raw("GET", spelling, &headers).send(gw.envoy.addr()).await.unwrap();
         assert_eq!(res.status, 200, "{spelling} with a nonce: {}", res.text());
     }
-    assert_eq!(gw.stat("denied.missing_nonce").await, spellings.len() as u64);
+    assert_eq!(gw.stat("requests_total.decision.deny.reason.missing_nonce").await, spellings.len() as u64);
     let headers = sign(hmac, &key_id, "GET", "http://gateway/y", None, &[]);
     let res = raw("GET", "/y", &headers).send(gw.envoy.addr()).await.unwrap();
     assert_eq!(res.status, 200, "other paths need no nonce: {}", res.text());

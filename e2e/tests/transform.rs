@@ -150,9 +150,9 @@ async fn every_operation_is_visible_upstream_and_at_the_client() {
     assert_eq!(echo.last_request().unwrap().body, broken.as_bytes());
 
     let counted = eventually(Duration::from_secs(5), || async {
-        envoy.stat(&format!("{STATS}rejected")).await == Some(1)
-            && envoy.stat(&format!("{STATS}invalid_json")).await == Some(1)
-            && envoy.stat(&format!("{STATS}body_transformed")).await >= Some(2)
+        envoy.stat(&format!("{STATS}requests_total.decision.deny.reason.rejected")).await == Some(1)
+            && envoy.stat(&format!("{STATS}invalid_json_total")).await == Some(1)
+            && envoy.stat(&format!("{STATS}body_transformed_total")).await >= Some(2)
     })
     .await;
     assert!(counted, "{:?}", envoy.stats("transform").await);
@@ -261,7 +261,7 @@ async fn event_stream_passes_unbuffered_despite_body_rules() {
     assert!(text.contains("text/event-stream"), "{text}");
 
     let counted = eventually(Duration::from_secs(5), || async {
-        envoy.stat(&format!("{STATS}body_skipped_not_json")).await == Some(1)
+        envoy.stat(&format!("{STATS}body_skipped_not_json_total")).await == Some(1)
     })
     .await;
     assert!(counted, "{:?}", envoy.stats("transform").await);
@@ -469,8 +469,12 @@ async fn http1_trailers_the_head_did_not_announce_refuse_a_held_body() {
     assert_eq!(res.json()["error"], "internal_error");
     assert!(echo.received().iter().all(|r| !r.body.windows(7).any(|w| w == b"mallory")));
     let stats = envoy.stats(STATS).await;
-    assert_eq!(stats.get(&format!("{STATS}errors")), Some(&1), "{stats:?}");
-    assert_eq!(stats.get(&format!("{STATS}rejected")), Some(&1), "{stats:?}");
+    assert_eq!(stats.get(&format!("{STATS}errors_total")), Some(&1), "{stats:?}");
+    assert_eq!(
+        stats.get(&format!("{STATS}requests_total.decision.deny.reason.rejected")),
+        Some(&1),
+        "{stats:?}"
+    );
     assert!(
         envoy.logs().contains("transform: request refused: trailers came that the head did not announce"),
         "{}",
@@ -746,7 +750,7 @@ async fn control_bytes_in_a_templated_header_skip_the_operation_and_count() {
         assert_eq!(echo.last_request().unwrap().header("x-from-query"), applied, "{query}");
     }
     let counted = eventually(Duration::from_secs(5), || async {
-        envoy.stat(&format!("{STATS}errors")).await == Some(3)
+        envoy.stat(&format!("{STATS}errors_total")).await == Some(3)
     })
     .await;
     assert!(counted, "{:?}", envoy.stats("transform").await);

@@ -386,4 +386,16 @@ impl<H: Host> Host for StageHost<H> {
     fn increment_counter(&self, id: u32, by: i64) {
         self.inner.increment_counter(id, by);
     }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.inner.define_gauge(name)
+    }
+
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        self.inner.define_histogram(name)
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        self.inner.record_metric(id, value);
+    }
 }

@@ -52,8 +52,10 @@ pub enum Map {
 
 /// The stream `proxy_continue_stream` resumes.
 const STREAM_HTTP_REQUEST: u32 = 0;
-/// `proxy_define_metric`'s type of a counter.
-const METRIC_COUNTER: u32 = 0;
+/// `proxy_define_metric`'s metric types.
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
 /// `proxy_send_local_response`'s "no gRPC status" (a plain HTTP reply).
 const NO_GRPC_STATUS: i32 = -1;
 
@@ -153,6 +155,7 @@ unsafe extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
 /// Takes ownership of a buffer the host handed back: `size` bytes at `data`, or nothing.
@@ -363,13 +366,20 @@ pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
     HostError::check(unsafe { proxy_set_effective_context(context_id) })
 }
 
-/// Defines (or finds) a counter; returns its id.
-pub fn define_counter(name: &str) -> Result<u32, HostError> {
+/// Defines (or finds) a metric of type `kind` ([`METRIC_COUNTER`], [`METRIC_GAUGE`],
+/// [`METRIC_HISTOGRAM`]); returns its id.
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, HostError> {
     let mut id: u32 = 0;
     // SAFETY: the name pointer and length describe `name`, which outlives the call; `id` is a
     // live local the host writes.
-    HostError::check(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
+    HostError::check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
+}
+
+/// Sets a gauge to `value`, or records `value` in a histogram.
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: no pointers cross; the import has no preconditions.
+    HostError::check(unsafe { proxy_record_metric(id, value) })
 }
 
 /// Adds `offset` to a metric.

@@ -203,11 +203,23 @@ impl Host for EnvoyHost {
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
-        abi::define_counter(name).ok()
+        abi::define_metric(abi::METRIC_COUNTER, name).ok()
     }
 
     fn increment_counter(&self, id: u32, by: i64) {
         let _ = abi::increment_metric(id, by);
+    }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        abi::define_metric(abi::METRIC_GAUGE, name).ok()
+    }
+
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        abi::define_metric(abi::METRIC_HISTOGRAM, name).ok()
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        let _ = abi::record_metric(id, value);
     }
 }
 

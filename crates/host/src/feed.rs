@@ -126,6 +126,20 @@ impl Consumer {
         format!("{}feed", self.prefix)
     }
 
+    /// The shared-data key of the time (ms) a poll last reached the feed's head.
+    fn current_key(&self) -> String {
+        format!("{}feed.current", self.prefix)
+    }
+
+    /// How far this proxy's view of the feed may be behind the key service, in whole seconds:
+    /// the time since a poll last reached the feed's head (0 while polls keep up). `None` before
+    /// the first poll did. Grows while the key service is down or the feed cannot be applied.
+    pub fn lag_seconds<H: Host + ?Sized>(&self, host: &H) -> Option<u64> {
+        let bytes = host.shared_get(&self.current_key()).0?;
+        let at = u64::from_be_bytes(bytes.as_slice().try_into().ok()?);
+        Some(host.now_ms().saturating_sub(at) / 1000)
+    }
+
     /// The shared-data key of an invalidation slot.
     fn invalidation_key(&self, slot: u32) -> String {
         format!("{}i.{slot}", self.prefix)
@@ -208,6 +222,8 @@ impl Consumer {
         let mut step = feed_step(state, &changes, reply.head_seq);
         if !full_page {
             step.next.busy_until_ms = now + interval - interval / 4;
+            // This page reached the head: the proxy is as current as the key service.
+            let _ = host.shared_set(&self.current_key(), &now.to_be_bytes(), None);
         }
         let epoch = step.next.epoch;
         if epoch != state.epoch {

@@ -161,6 +161,12 @@ pub trait Host {
     /// Defines (or finds) a counter; `None` if the host refuses.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, by: i64);
+    /// Defines (or finds) a gauge; `None` if the host refuses.
+    fn define_gauge(&self, name: &str) -> Option<u32>;
+    /// Defines (or finds) a histogram; `None` if the host refuses.
+    fn define_histogram(&self, name: &str) -> Option<u32>;
+    /// Sets gauge `id` to `value`, or records `value` in histogram `id`.
+    fn record_metric(&self, id: u32, value: u64);
 }
 
 /// Bytes as text, anything that is not UTF-8 replaced by U+FFFD.

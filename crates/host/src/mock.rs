@@ -166,7 +166,10 @@ pub struct MockHost {
     grpc_message: RefCell<Option<String>>,
     global_properties: RefCell<HashMap<String, Vec<u8>>>,
     counters: RefCell<BTreeMap<String, i64>>,
+    /// Every metric's name, by id (counters, gauges and histograms share the ids, as in Envoy).
     counter_names: RefCell<Vec<String>>,
+    gauges: RefCell<BTreeMap<String, u64>>,
+    histograms: RefCell<BTreeMap<String, Vec<u64>>>,
     logs: RefCell<Vec<(LogLevel, String)>>,
     tick: Cell<Option<Duration>>,
     configuration: RefCell<Option<Vec<u8>>>,
@@ -195,6 +198,8 @@ impl Default for MockHost {
             global_properties: RefCell::default(),
             counters: RefCell::default(),
             counter_names: RefCell::default(),
+            gauges: RefCell::default(),
+            histograms: RefCell::default(),
             logs: RefCell::default(),
             tick: Cell::new(None),
             configuration: RefCell::default(),
@@ -387,6 +392,21 @@ impl MockHost {
         self.counters.borrow().get(name).copied().unwrap_or(0)
     }
 
+    /// A gauge's value; `None` when it was never defined.
+    pub fn gauge(&self, name: &str) -> Option<u64> {
+        self.gauges.borrow().get(name).copied()
+    }
+
+    /// The values recorded in a histogram; `None` when it was never defined.
+    pub fn histogram(&self, name: &str) -> Option<Vec<u64>> {
+        self.histograms.borrow().get(name).cloned()
+    }
+
+    /// Every counter's name, in order.
+    pub fn counter_names(&self) -> Vec<String> {
+        self.counters.borrow().keys().cloned().collect()
+    }
+
     /// How many shared-data reads this host has made.
     pub fn shared_reads(&self) -> u64 {
         self.shared_reads.get()
@@ -412,6 +432,16 @@ impl MockHost {
 
     pub fn shared_keys(&self) -> usize {
         self.shared.borrow().data.len()
+    }
+
+    /// The id of metric `name`, given on its first definition.
+    fn metric_id(&self, name: &str) -> u32 {
+        let mut names = self.counter_names.borrow_mut();
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return i as u32;
+        }
+        names.push(name.to_owned());
+        names.len() as u32 - 1
     }
 
     fn with_request<R>(&self, f: impl FnOnce(&mut RequestState) -> R) -> R {
@@ -618,19 +648,38 @@ impl Host for MockHost {
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
-        let mut names = self.counter_names.borrow_mut();
-        if let Some(i) = names.iter().position(|n| n == name) {
-            return Some(i as u32);
-        }
-        names.push(name.to_owned());
-        self.counters.borrow_mut().insert(name.to_owned(), 0);
-        Some(names.len() as u32 - 1)
+        self.counters.borrow_mut().entry(name.to_owned()).or_default();
+        Some(self.metric_id(name))
     }
 
     fn increment_counter(&self, id: u32, by: i64) {
         let name = self.counter_names.borrow().get(id as usize).cloned();
-        if let Some(name) = name {
-            *self.counters.borrow_mut().entry(name).or_default() += by;
+        if let Some(name) = name
+            && let Some(value) = self.counters.borrow_mut().get_mut(&name)
+        {
+            *value += by;
+        }
+    }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.gauges.borrow_mut().entry(name.to_owned()).or_default();
+        Some(self.metric_id(name))
+    }
+
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        self.histograms.borrow_mut().entry(name.to_owned()).or_default();
+        Some(self.metric_id(name))
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        let name = self.counter_names.borrow().get(id as usize).cloned();
+        let Some(name) = name else {
+            return;
+        };
+        if let Some(gauge) = self.gauges.borrow_mut().get_mut(&name) {
+            *gauge = value;
+        } else if let Some(values) = self.histograms.borrow_mut().get_mut(&name) {
+            values.push(value);
         }
     }
 }
@@ -908,9 +957,24 @@ mod tests {
         let c = crate::stats::Counters::<TestStat>::define(&*h, "p");
         c.inc(&*h, TestStat::A);
         c.inc(&*h, TestStat::A);
-        assert_eq!(h.counter("p.a"), 2);
-        assert_eq!(h.counter("p.b"), 0);
-        assert_eq!(crate::stats::Counters::<TestStat>::names(), ["a", "b"]);
+        assert_eq!(h.counter("p.a_total"), 2);
+        assert_eq!(h.counter("p.b_total"), 0);
+        assert_eq!(crate::stats::Counters::<TestStat>::names(), ["a_total", "b_total"]);
+    }
+
+    #[test]
+    fn gauges_hold_the_last_value_and_histograms_every_value() {
+        let h = MockHost::new();
+        let g = crate::stats::Gauge::define(&*h, "p.lag");
+        let hist = crate::stats::Histogram::define(&*h, "p.ms");
+        assert_eq!(h.gauge("p.lag"), Some(0));
+        g.set(&*h, 7);
+        g.set(&*h, 3);
+        hist.record(&*h, 5);
+        hist.record(&*h, 9);
+        assert_eq!(h.gauge("p.lag"), Some(3));
+        assert_eq!(h.histogram("p.ms"), Some(vec![5, 9]));
+        assert_eq!(h.histogram("p.lag"), None, "a gauge is not a histogram");
     }
 
     /// A filter that answers every request with its configuration's first byte as the status,

@@ -155,7 +155,7 @@ fn a_valid_token_passes_with_identity_headers_and_properties() {
         gw.host.request_property(id, &["tollgate.claims.email"]).as_deref(),
         Some(&b"alice@example.com"[..])
     );
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.allow"), 1);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn missing_token_gets_a_bare_challenge_and_json() {
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["request_id"], format!("req-{id}"));
     assert_eq!(gw.host.header(id, "x-tollgate-consumer-id"), None);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.missing_token"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.missing_token"), 1);
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn bad_tokens_get_401_invalid_token_with_the_reason_counted() {
         ("not-a-token".to_owned(), "malformed"),
     ];
     for (token, reason) in cases {
-        let stat = format!("tollgate.jwt_auth.denied.{reason}");
+        let stat = format!("tollgate.jwt_auth.requests_total.decision.deny.reason.{reason}");
         let before = gw.host.counter(&stat);
         let (id, action) = gw.bearer("/hello", &token);
         assert_eq!(action, Action::Pause, "{reason}");
@@ -198,7 +198,7 @@ fn bad_tokens_get_401_invalid_token_with_the_reason_counted() {
         assert!(challenge.contains("error=\"invalid_token\""), "{reason}: {challenge}");
         assert_eq!(gw.host.counter(&stat), before + 1, "{reason}");
     }
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.allow"), 0);
 }
 
 #[test]
@@ -223,9 +223,9 @@ fn a_repeated_token_is_served_from_the_cache_and_still_expires() {
     let mut gw = gateway(&inline_config());
     let token = sign(&key(1), "k1", &claims(json!({"exp": NOW_S + 30})));
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_miss"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_lookups_total.result.miss"), 1);
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_hit"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.cache_lookups_total.result.hit"), 1);
     // The worker keeps the verification, claims parsed: no shared-data read.
     let reads = gw.host.shared_reads();
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
@@ -233,7 +233,7 @@ fn a_repeated_token_is_served_from_the_cache_and_still_expires() {
     // Another worker finds it in shared data.
     let mut gw2 = Gateway::configured(MockHost::sharing_with(&gw.host), &inline_config());
     assert_eq!(gw2.bearer("/a", &token).1, Action::Continue);
-    assert_eq!(gw2.host.counter("tollgate.jwt_auth.cache_hit"), 1);
+    assert_eq!(gw2.host.counter("tollgate.jwt_auth.cache_lookups_total.result.hit"), 1);
     // Route rules still apply to cached tokens.
     let (id, _) = gw.bearer("/admin", &token);
     assert_eq!(gw.status(id), Some(403));
@@ -241,7 +241,7 @@ fn a_repeated_token_is_served_from_the_cache_and_still_expires() {
     gw.host.advance(Duration::from_secs(100));
     let (id, _) = gw.bearer("/a", &token);
     assert_eq!(gw.status(id), Some(401));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.expired"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.expired"), 1);
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn two_tokens_are_refused() {
     let token = sign(&key(1), "k1", &claims(json!({})));
     let (id, _) = gw.bearer(&format!("/a?access_token={token}"), &token);
     assert_eq!(gw.status(id), Some(401));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.multiple_tokens"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.multiple_tokens"), 1);
 }
 
 #[test]
@@ -301,7 +301,7 @@ fn unknown_kid_refetches_once_and_resumes_the_request() {
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.status(id), None, "waiting, not refused");
     assert_eq!(gw.host.http_calls().len(), 2);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_refetch_unknown_kid"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_refetch_unknown_kid_total"), 1);
     let body = json!({"keys": [jwk(&key(1), "k1"), jwk(&key(2), "k2")]}).to_string();
     gw.answer(id, "200", body.as_bytes());
     assert_eq!(gw.host.resumed(id), 1);
@@ -346,7 +346,7 @@ fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
         gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({"sub": "dan", "exp": NOW_S - 3600}))));
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.calls(), 2, "the others wait for the same fetch");
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_singleflight_joined"), 3);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_singleflight_joined_total"), 3);
     // A token of a known key does not wait.
     assert_eq!(gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({})))).1, Action::Continue);
     for id in [a, b, c, d] {
@@ -359,8 +359,8 @@ fn requests_needing_a_fetch_wait_for_one_and_each_gets_its_own_decision() {
     assert_eq!(gw.status(b), Some(403), "bob lacks `admin` on /admin");
     assert_eq!(gw.status(c), Some(401), "k3 is still unknown");
     assert_eq!(gw.status(d), Some(401), "dan's token expired");
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.expired"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.unknown_kid"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.expired"), 1);
     for id in [b, c, d] {
         assert_eq!(gw.host.resumed(id), 0);
     }
@@ -389,7 +389,7 @@ fn a_waiter_that_goes_away_is_dropped_and_a_leader_that_goes_away_hands_the_fetc
         assert_eq!(gw.host.resumed(gone), 0);
         assert_eq!(gw.status(gone), None);
     }
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.allow"), 1);
     // Requests after it need no fetch.
     assert_eq!(gw.bearer("/d", &k2).1, Action::Continue);
     assert_eq!(gw.calls(), 3);
@@ -468,7 +468,7 @@ fn waiters_are_bounded() {
     let reply = gw.host.reply(id).unwrap();
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("retry-after"), Some("1"));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_waiters_full"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_waiters_full_total"), 1);
     gw.answer(contexts[0], "200", rotated().as_bytes());
     assert!(contexts.iter().all(|id| gw.host.resumed(*id) == 1));
 }
@@ -484,7 +484,7 @@ fn a_failed_refresh_keeps_the_last_good_keys_until_max_stale() {
     gw.answer_root("503", b"down");
     gw.tick();
     gw.answer_root("200", b"<html>not a key set</html>");
-    assert!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error") >= 1);
+    assert!(gw.host.counter("tollgate.jwt_auth.jwks_fetches_total.outcome.error") >= 1);
     assert!(gw.host.logs().iter().any(|(_, m)| m.contains("keeping the last good key set")));
     let token = sign(&key(1), "k1", &claims(json!({"exp": NOW_S + 7200})));
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
@@ -553,7 +553,7 @@ fn an_opaque_token_is_introspected_and_the_answer_cached() {
     let (_, action) = gw.bearer("/a", OPAQUE);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.http_calls().len(), 2);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_active"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspections_total.result.active"), 1);
 }
 
 #[test]
@@ -567,7 +567,7 @@ fn an_inactive_token_is_401_and_cached_briefly() {
     let (id, _) = gw.bearer("/a", OPAQUE);
     assert_eq!(gw.status(id), Some(401));
     assert_eq!(gw.host.http_calls().len(), 1, "answered from the cache");
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.inactive_token"), 2);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.inactive_token"), 2);
     gw.host.advance(Duration::from_secs(11));
     gw.bearer("/a", OPAQUE);
     assert_eq!(gw.host.http_calls().len(), 2);
@@ -585,7 +585,7 @@ fn introspection_failures_are_503_and_other_calls_are_ignored() {
         assert_eq!(reply.status, 503, "{status} {body:?}");
         assert_eq!(reply.header("retry-after"), Some("1"));
     }
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspection_error"), 4);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.introspections_total.result.error"), 4);
     // A response to a call this request did not make leaves it waiting for its own.
     let (id, _) = gw.bearer("/a", OPAQUE);
     let call = gw.host.http_calls().last().cloned().unwrap();
@@ -601,7 +601,7 @@ fn introspection_failures_are_503_and_other_calls_are_ignored() {
     let (id, _) = gw.bearer("/a", opaque2);
     gw.answer(id, "200", json!({"active": true, "exp": NOW_S + 60, "aud": "other"}).to_string().as_bytes());
     assert_eq!(gw.status(id), Some(401));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.wrong_audience"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.wrong_audience"), 1);
     // The endpoint unreachable: fail closed.
     gw.host.refuse_calls(true);
     let (id, _) = gw.bearer("/a", "third-opaque-token");
@@ -667,8 +667,8 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
     let body = json!({"keys": [weak, jwk(&key(1), "k1")]}).to_string();
     gw.tick();
     gw.answer_root("200", body.as_bytes());
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_ok"), 1);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_key_skipped"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetches_total.outcome.ok"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_key_skipped_total"), 1);
     let logged: Vec<_> = gw.host.logs().into_iter().filter(|(_, m)| m.contains("legacy-1024")).collect();
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0].1.contains("2048 bits"), "{logged:?}");
@@ -679,7 +679,7 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
     let mut other = Gateway::configured(MockHost::sharing_with(&gw.host), &remote_config());
     other.tick();
     assert!(other.host.http_calls().is_empty(), "the stored set is used");
-    assert_eq!(other.host.counter("tollgate.jwt_auth.jwks_key_skipped"), 0);
+    assert_eq!(other.host.counter("tollgate.jwt_auth.jwks_key_skipped_total"), 0);
     assert!(!other.host.logs().iter().any(|(_, m)| m.contains("legacy-1024")));
 
     // A set with no usable key at all is a failed fetch: the last good set stays.
@@ -688,7 +688,7 @@ fn one_unusable_key_in_a_fetched_set_is_skipped_counted_and_logged_once() {
     let only_weak =
         json!({"keys": [{"kty": "RSA", "kid": "legacy-1024", "n": b64::encode(&[0xc5; 128]), "e": "AQAB"}]});
     gw.answer_root("200", only_weak.to_string().as_bytes());
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetch_error"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.jwks_fetches_total.outcome.error"), 1);
     assert_eq!(gw.bearer("/a", &token).1, Action::Continue);
 }
 
@@ -706,7 +706,7 @@ fn keys_whose_key_ops_exclude_verify_never_verify() {
     let mut gw = gateway(&config);
     let (id, _) = gw.bearer("/a", &sign(&key(1), "k1", &claims(json!({}))));
     assert_eq!(gw.status(id), Some(401));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unknown_kid"), 1);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.unknown_kid"), 1);
     assert_eq!(gw.bearer("/a", &sign(&key(2), "k2", &claims(json!({})))).1, Action::Continue);
 }
 
@@ -714,7 +714,7 @@ fn keys_whose_key_ops_exclude_verify_never_verify() {
 fn every_refusal_reason_has_a_stat() {
     let names = crate::worker::stat_names();
     for deny in tollgate_core::jwt::Deny::ALL {
-        let stat = format!("denied.{}", deny.reason());
+        let stat = tollgate_host::stats::metric_name(&format!("denied.{}", deny.reason()));
         assert!(names.contains(&stat), "no stat {stat}");
     }
 }
@@ -740,8 +740,11 @@ fn an_identity_that_cannot_be_passed_on_is_refused_with_nothing_published() {
     // A mapped claim that cannot be written as it is refuses the token too.
     let (id, _) = gw.bearer("/hello", &sign(&key(1), "k1", &claims(json!({"email": "a@b\nx-evil: 1"}))));
     assert_eq!(gw.status(id), Some(401));
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 7);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+    assert_eq!(
+        gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.unpublishable_identity"),
+        7
+    );
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.allow"), 0);
 }
 
 #[test]
@@ -908,6 +911,15 @@ impl Host for Refusing {
     fn increment_counter(&self, id: u32, by: i64) {
         self.inner.increment_counter(id, by)
     }
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.inner.define_gauge(name)
+    }
+    fn define_histogram(&self, name: &str) -> Option<u32> {
+        self.inner.define_histogram(name)
+    }
+    fn record_metric(&self, id: u32, value: u64) {
+        self.inner.record_metric(id, value)
+    }
 }
 
 /// Whatever identity header or property the proxy refuses to set, the request is refused rather
@@ -930,8 +942,12 @@ fn a_header_or_property_the_proxy_refuses_refuses_the_request() {
         let id = gw.request(&[(":path", "/hello"), ("authorization", &format!("Bearer {token}"))]);
         assert_eq!(gw.request_headers(id, true), Action::Pause, "{name}");
         assert_eq!(inner.reply(id).map(|r| r.status), Some(401), "{name}");
-        assert_eq!(inner.counter("tollgate.jwt_auth.denied.unpublishable_identity"), 1, "{name}");
-        assert_eq!(inner.counter("tollgate.jwt_auth.allowed"), 0, "{name}");
+        assert_eq!(
+            inner.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.unpublishable_identity"),
+            1,
+            "{name}"
+        );
+        assert_eq!(inner.counter("tollgate.jwt_auth.requests_total.decision.allow"), 0, "{name}");
         assert!(inner.logs().iter().any(|(_, m)| m.contains(name)), "{name}");
     }
 }
@@ -980,8 +996,8 @@ fn two_tokens_in_separate_lines_are_refused() {
         assert_eq!(reply.status, 401, "{lines:?}");
         assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
     }
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.multiple_tokens"), 3);
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.allowed"), 0);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.multiple_tokens"), 3);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.allow"), 0);
 }
 
 #[test]
@@ -1015,7 +1031,7 @@ fn path_rules_see_the_normalised_path() {
         assert_eq!(reply.status, 400, "{path}");
         assert!(reply.header("www-authenticate").unwrap().contains("invalid_request"));
     }
-    assert_eq!(gw.host.counter("tollgate.jwt_auth.denied.bad_path"), 3);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.requests_total.decision.deny.reason.bad_path"), 3);
     assert_eq!(gw.bearer("/x/../hello", &token).1, Action::Continue);
 }
 

@@ -128,6 +128,7 @@ impl<H: Host> KeyAuthHttp<H> {
                         token: Some(token),
                         waiters: vec![waiter],
                         epoch,
+                        started_ms: now_ms,
                     },
                 );
                 self.waiting = Some(hash);
@@ -214,6 +215,12 @@ pub fn lookup_done<H: Host + ?Sized>(
     status: u32,
     size: usize,
 ) {
+    {
+        let w = worker.borrow();
+        if let Some(flight) = w.flights.get(&hash) {
+            w.call_ms.record(host, host.now_ms().saturating_sub(flight.started_ms));
+        }
+    }
     let outcome = read_verify_reply(host, &worker.borrow(), hash, epoch, status, size);
     if let Outcome::Answer(entry) = &outcome {
         let mut w = worker.borrow_mut();
@@ -242,9 +249,11 @@ pub fn refresh_done<H: Host + ?Sized>(
     worker: &RefCell<Worker>,
     hash: [u8; 32],
     epoch: u64,
+    started_ms: u64,
     status: u32,
     size: usize,
 ) {
+    worker.borrow().call_ms.record(host, host.now_ms().saturating_sub(started_ms));
     let mut w = worker.borrow_mut();
     match read_verify_reply(host, &w, hash, epoch, status, size) {
         Outcome::Answer(entry) => {

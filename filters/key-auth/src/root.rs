@@ -32,6 +32,12 @@ impl Filter for KeyAuth {
 
     fn tick<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker) {
         poll_feed(host, worker);
+        {
+            let w = worker.borrow();
+            if let Some(lag) = w.feed.lag_seconds(host) {
+                w.feed_lag.set(host, lag);
+            }
+        }
         retry_orphans(host, worker);
         start_refreshes(host, worker);
     }
@@ -47,7 +53,9 @@ impl Filter for KeyAuth {
         let call = worker.borrow_mut().root_calls.remove(&token);
         match call {
             Some(RootCall::Verify { hash, epoch }) => lookup_done(host, worker, hash, epoch, status, size),
-            Some(RootCall::Refresh { hash, epoch }) => refresh_done(host, worker, hash, epoch, status, size),
+            Some(RootCall::Refresh { hash, epoch, started_ms }) => {
+                refresh_done(host, worker, hash, epoch, started_ms, status, size);
+            }
             Some(RootCall::Feed) => feed_done(host, &worker.borrow(), status, size),
             None => {}
         }
@@ -97,6 +105,7 @@ fn retry_orphans<H: Host>(host: &H, worker: &RefCell<Worker>) {
                 if let Some(f) = w.flights.get_mut(&hash) {
                     f.token = Some(token);
                     f.epoch = epoch;
+                    f.started_ms = host.now_ms();
                 }
             }
             Err(_) => {
@@ -135,7 +144,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
         let mut w = worker.borrow_mut();
         match dispatched {
             Ok(token) => {
-                w.root_calls.insert(token, RootCall::Refresh { hash, epoch });
+                w.root_calls.insert(token, RootCall::Refresh { hash, epoch, started_ms: now });
                 w.refreshes.insert(hash, Refresh::InFlight { until_ms });
                 w.counters.inc(host, Stat::CacheRefreshStarted);
             }

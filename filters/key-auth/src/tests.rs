@@ -120,7 +120,7 @@ fn request_without_key_gets_401_with_challenge_and_json() {
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["request_id"], format!("req-{id}"));
-    assert_eq!(gw.host.counter("tollgate.key_auth.denied.missing_key"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.requests_total.decision.deny.reason.missing_key"), 1);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn malformed_key_is_refused_with_no_lookup() {
     let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &typo)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert!(gw.host.calls().is_empty());
-    assert_eq!(gw.host.counter("tollgate.key_auth.denied.malformed_key"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.requests_total.decision.deny.reason.malformed_key"), 1);
     assert!(gw.host.logs().iter().all(|(_, l)| !l.contains(&typo)), "the key must not be logged");
 }
 
@@ -164,8 +164,8 @@ fn valid_key_is_looked_up_once_then_served_from_cache() {
     assert_eq!(action2, Action::Continue);
     assert_eq!(gw.host.calls().len(), 1, "second request is a cache hit");
     assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_1"));
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_hit"), 1);
-    assert_eq!(gw.host.counter("tollgate.key_auth.allowed"), 2);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_lookups_total.result.hit"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.requests_total.decision.allow"), 2);
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn two_different_keys_are_refused() {
     let bearer = format!("Bearer {b}");
     let (id, _) = gw.send("/", "GET", &[("x-api-key", &a), ("authorization", &bearer)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.key_auth.denied.multiple_keys"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.requests_total.decision.deny.reason.multiple_keys"), 1);
 }
 
 #[test]
@@ -201,7 +201,7 @@ fn concurrent_misses_for_one_key_make_one_call() {
         assert_eq!(gw.host.resumed(id), 1, "context {id}");
         assert_eq!(gw.host.header(id, "x-tollgate-key-id").as_deref(), Some("key_sf"));
     }
-    assert_eq!(gw.host.counter("tollgate.key_auth.singleflight_joined"), 2);
+    assert_eq!(gw.host.counter("tollgate.key_auth.singleflight_joined_total"), 2);
 }
 
 #[test]
@@ -239,7 +239,10 @@ fn unknown_revoked_and_expired_answers_are_401_and_cached() {
         };
         gw.answer(id, &reply);
         assert_eq!(gw.host.reply(id).unwrap().status, 401, "{reason}");
-        assert_eq!(gw.host.counter(&format!("tollgate.key_auth.denied.{reason}")), 1);
+        assert_eq!(
+            gw.host.counter(&format!("tollgate.key_auth.requests_total.decision.deny.reason.{reason}")),
+            1
+        );
         let calls = gw.host.calls().len();
         let (id2, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(gw.host.reply(id2).unwrap().status, 401);
@@ -284,11 +287,11 @@ fn key_service_down_unknown_key_503_cached_key_still_works_within_stale_window()
     let (id2, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue, "the stale answer is served at once");
     assert_eq!(gw.host.header(id2, "x-tollgate-key-id").as_deref(), Some("key_stale"));
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_lookups_total.result.stale"), 1);
     // The refresh fails; the stale answer keeps being served.
     gw.tick();
     gw.fail_root_call("VerifyKey", 14);
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed_total"), 1);
     let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
 
@@ -317,13 +320,13 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
         assert_eq!(action, Action::Continue);
     }
     assert_eq!(gw.verify_calls(), 1, "no request made a call");
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 3);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_lookups_total.result.stale"), 3);
 
     gw.tick();
     let refresh = gw.host.calls().into_iter().filter(|c| c.method == "VerifyKey").nth(1).expect("refresh");
     assert_eq!(refresh.context_id, 1, "made by the root context");
     assert_eq!(refresh.timeout, Duration::from_millis(200));
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_started"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_started_total"), 1);
     gw.tick();
     let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
@@ -333,7 +336,7 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
     // It fails: remembered, so the next requests and ticks make no call.
     gw.host.set_grpc_response(None, Some("deadline exceeded"));
     gw.grpc_response(ROOT_ID, refresh.token, 4, 0);
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refresh_failed_total"), 1);
     for _ in 0..3 {
         let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
         assert_eq!(action, Action::Continue);
@@ -356,7 +359,7 @@ fn a_stale_answer_is_served_at_once_and_refreshed_once_in_the_background() {
     };
     gw.host.set_grpc_response(Some(revoked.encode_to_vec()), None);
     gw.grpc_response(ROOT_ID, retry.token, 0, 1);
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refreshed"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_refreshed_total"), 1);
     let (id, _) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
     assert_eq!(gw.verify_calls(), 3);
@@ -383,7 +386,7 @@ fn a_stale_answer_refreshed_by_another_worker_is_not_asked_for_again() {
     assert_eq!(gw.verify_calls(), 1);
     let (_, action) = gw.send("/", "GET", &[("x-api-key", &k)]);
     assert_eq!(action, Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_hit"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_lookups_total.result.hit"), 1);
 }
 
 #[test]
@@ -398,7 +401,7 @@ fn past_the_stale_window_a_key_waits_for_its_lookup_and_is_refused_when_it_fails
     assert_eq!(gw.verify_calls(), 2);
     gw.fail(id2, 14);
     assert_eq!(gw.host.reply(id2).unwrap().status, 503);
-    assert_eq!(gw.host.counter("tollgate.key_auth.cache_stale_served"), 0);
+    assert_eq!(gw.host.counter("tollgate.key_auth.cache_lookups_total.result.stale"), 0);
 }
 
 #[test]
@@ -443,7 +446,7 @@ fn a_feed_going_backwards_retires_every_answer_cached_before() {
     // Restored: the head is 12. Worker 2 polls and learns it.
     gw2.host.advance(Duration::from_secs(2));
     gw2.poll_feed(&[], 12);
-    assert_eq!(gw2.host.counter("tollgate.key_auth.feed_resets"), 1);
+    assert_eq!(gw2.host.counter("tollgate.key_auth.feed_resets_total"), 1);
     assert!(gw2.host.logs().iter().any(|(_, l)| l.contains("went back from 20 to 12")));
 
     // Worker 1, once its tick has read the feed: the answer about the key is asked for again,
@@ -522,7 +525,10 @@ fn an_answer_with_a_scope_that_cannot_be_published_is_refused_not_published_empt
         assert_eq!(gw.host.header(id, "x-tollgate-scopes"), None, "{bad:?}");
         assert_eq!(gw.host.resumed(id), 0);
     }
-    assert_eq!(gw.host.counter("tollgate.key_auth.denied.key_service_unavailable"), 5);
+    assert_eq!(
+        gw.host.counter("tollgate.key_auth.requests_total.decision.deny.reason.key_service_unavailable"),
+        5
+    );
     assert!(gw.host.logs().iter().any(|(_, l)| l.contains("scope that cannot be sent in a header")));
 }
 
@@ -534,7 +540,7 @@ fn failure_mode_allow_lets_requests_through_without_identity_and_counts_them() {
     let (id, action) = gw.send("/", "GET", &[("x-api-key", &a_key(15)), ("x-tollgate-key-id", "spoof")]);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.header(id, "x-tollgate-key-id"), None);
-    assert_eq!(gw.host.counter("tollgate.key_auth.failure_mode_allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.key_auth.requests_total.decision.allow.reason.failure_mode"), 1);
 }
 
 #[test]
@@ -669,4 +675,44 @@ fn a_workers_own_cache_reads_no_shared_data_until_the_feed_moves() {
     assert_eq!(gw.send("/", "GET", &[("x-api-key", &k)]).1, Action::Pause, "asked for again");
     gw2.tick();
     assert_eq!(gw2.send("/", "GET", &[("x-api-key", &k)]).1, Action::Pause, "asked for again");
+}
+
+#[test]
+fn the_key_service_answer_time_is_a_histogram() {
+    let mut gw = Gateway::new(CONFIG);
+    let k = a_key(40);
+    let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &k)]);
+    gw.host.advance(Duration::from_millis(7));
+    gw.answer(id, &valid("key_1", &[], 0, 1));
+    assert_eq!(gw.host.histogram("tollgate.key_auth.key_service_call_ms"), Some(vec![7]));
+    // A cached answer makes no call and records nothing.
+    gw.send("/hello", "GET", &[("x-api-key", &k)]);
+    assert_eq!(gw.host.histogram("tollgate.key_auth.key_service_call_ms"), Some(vec![7]));
+}
+
+#[test]
+fn feed_lag_is_the_time_since_a_poll_last_reached_the_head() {
+    let mut gw = Gateway::new(CONFIG);
+    assert_eq!(gw.host.gauge("tollgate.key_auth.feed_lag_seconds"), Some(0), "defined up front");
+    gw.poll_feed(&[], 5);
+    // Whole seconds since the head was last seen: 0 within the poll interval (500 ms).
+    gw.host.advance(Duration::from_millis(400));
+    gw.tick();
+    assert_eq!(gw.host.gauge("tollgate.key_auth.feed_lag_seconds"), Some(0), "polls keep up");
+    // The key service stops answering: the lag grows with each tick.
+    for _ in 0..30 {
+        gw.host.advance(Duration::from_secs(1));
+        let before = gw.host.calls().len();
+        gw.tick();
+        if gw.host.calls().len() > before {
+            gw.fail_root_call("ListChanges", 14);
+        }
+    }
+    let lag = gw.host.gauge("tollgate.key_auth.feed_lag_seconds").unwrap();
+    assert!((29..=31).contains(&lag), "{lag}");
+    // Back: a poll that reaches the head brings it down on the next tick.
+    gw.host.advance(Duration::from_secs(1));
+    gw.poll_feed(&[], 5);
+    gw.tick();
+    assert_eq!(gw.host.gauge("tollgate.key_auth.feed_lag_seconds"), Some(0));
 }

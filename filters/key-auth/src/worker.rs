@@ -10,6 +10,7 @@ use tollgate_core::key_auth::Deny;
 use tollgate_core::key_auth::cache::Entry;
 use tollgate_core::key_auth::config::Config;
 use tollgate_core::local::Local;
+use tollgate_host::stats::{Gauge, Histogram};
 use tollgate_host::{Host, feed};
 use tollgate_proto::v1;
 
@@ -71,6 +72,8 @@ pub struct Flight {
     pub waiters: Vec<Waiter>,
     /// The change feed's epoch when the call was made, stamped into the answer.
     pub epoch: u64,
+    /// When the call was made (ms), for the call-latency histogram.
+    pub started_ms: u64,
 }
 
 /// A background refresh of a stale answer (see [`Worker::want_refresh`]).
@@ -88,6 +91,10 @@ pub struct Worker {
     pub config: Config,
     pub keys: Keys,
     pub counters: Counters,
+    /// Seconds this proxy's view of the change feed may be behind the key service.
+    pub feed_lag: Gauge,
+    /// How long the key service took to answer a lookup, in ms.
+    pub call_ms: Histogram,
     pub flights: HashMap<[u8; 32], Flight>,
     /// Stale answers being refreshed in the background, by key hash (at most
     /// [`MAX_REFRESHES`]).
@@ -111,6 +118,7 @@ pub enum RootCall {
     Refresh {
         hash: [u8; 32],
         epoch: u64,
+        started_ms: u64,
     },
     Feed,
 }
@@ -123,6 +131,8 @@ impl Worker {
             feed: feed::Consumer::new("key-auth", keys.prefix()),
             keys,
             counters: Counters::define(host, "tollgate.key_auth"),
+            feed_lag: Gauge::define(host, "tollgate.key_auth.feed_lag_seconds"),
+            call_ms: Histogram::define(host, "tollgate.key_auth.key_service_call_ms"),
             config,
             flights: HashMap::new(),
             refreshes: HashMap::new(),

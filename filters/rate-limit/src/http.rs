@@ -197,11 +197,20 @@ impl<H: Host> RateLimitHttp<H> {
         for line in &decision.logs {
             host.log(LogLevel::Info, line);
         }
+        // The request's decision, once: failure-mode decisions were counted as such above.
+        let failure_mode =
+            decision.counts.iter().any(|c| matches!(c, Count::FailureModeAllowed | Count::FailureModeDenied));
         let headers = rl::response_headers(&decision.statuses, config.headers);
         let Some(refusal) = decision.refusal else {
+            if !failure_mode {
+                worker.counters.inc(host, Stat::Allowed);
+            }
             self.pending = headers;
             return Action::Continue;
         };
+        if !failure_mode {
+            worker.counters.inc(host, Stat::DeniedLimited);
+        }
         let request_id = host.request_header("x-request-id").unwrap_or_default();
         tollgate_host::send_reply(host, &refusal.reply(&request_id, &decision.statuses, headers));
         Action::Pause

@@ -85,6 +85,18 @@ fn global(rate: u64, per: &str, burst: u64) -> String {
 }
 
 #[test]
+fn each_request_is_counted_once_by_its_decision() {
+    let mut gw = Gateway::new(&global(1, "minute", 2));
+    for _ in 0..5 {
+        gw.get("/a");
+    }
+    assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.allow"), 2);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.deny.reason.limited"), 3);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.allowed"), 2);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.limited"), 3);
+}
+
+#[test]
 fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
     let mut gw = Gateway::new(&global(1, "minute", 3));
     for _ in 0..3 {
@@ -101,8 +113,8 @@ fn allows_exactly_the_burst_then_429_with_retry_after_and_json() {
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["request_id"], format!("req-{id}"));
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.allowed"), 3);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.limited"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.allowed"), 3);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.limited"), 1);
 }
 
 #[test]
@@ -167,10 +179,14 @@ fn slots_exist_before_the_first_request_and_are_written_once() {
     let a = Gateway::new(config);
     // One slot for the rule without `by`, 64 and 16 for the others, and a marker per rule.
     assert_eq!(a.host.shared_keys(), 1 + 64 + 16 + 3);
-    assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized"), 1);
+    assert_eq!(a.host.counter("tollgate.rate_limit.slots_initialized_total"), 1);
     assert!(a.host.logs().iter().any(|(_, m)| m.contains("initialized 81 of 81 bucket slots")));
     let b = Gateway::configured(MockHost::sharing_with(&a.host), config);
-    assert_eq!(b.host.counter("tollgate.rate_limit.slots_initialized"), 0, "the second worker finds them");
+    assert_eq!(
+        b.host.counter("tollgate.rate_limit.slots_initialized_total"),
+        0,
+        "the second worker finds them"
+    );
 }
 
 #[test]
@@ -178,7 +194,7 @@ fn a_lost_compare_and_swap_is_retried() {
     let mut gw = Gateway::new(&global(1, "hour", 5));
     gw.host.fail_next_cas(3);
     assert_eq!(gw.get("/"), Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.cas_exhausted"), 0);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.all.event.cas_exhausted"), 0);
     assert_eq!(gw.allowed_of(10, "/", &[], &[]), 4);
 }
 
@@ -187,8 +203,8 @@ fn exhausted_retries_follow_failure_mode() {
     let mut gw = Gateway::new(&global(1, "hour", 5));
     gw.host.fail_next_cas(1000);
     assert_eq!(gw.get("/"), Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.cas_exhausted"), 1);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.failure_mode_allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.all.event.cas_exhausted"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.allow.reason.failure_mode"), 1);
 
     let deny = r#"{"slots": 64, "failure_mode": "deny", "rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour", "burst": 5}]}]}"#;
     let mut gw = Gateway::new(deny);
@@ -196,7 +212,7 @@ fn exhausted_retries_follow_failure_mode() {
     let (id, action) = gw.send("/", &[], &[]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 429);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.failure_mode_denied"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.deny.reason.failure_mode"), 1);
 }
 
 const PER_CONSUMER: &str = r#"{"slots": 1024, "rules": [{"name": "c", "by": ["consumer"], "missing": "deny",
@@ -218,12 +234,15 @@ fn missing_descriptor_follows_the_fallback() {
     assert_eq!(action, Action::Pause);
     let body: serde_json::Value = serde_json::from_slice(&gw.host.reply(id).unwrap().body).unwrap();
     assert_eq!(body["message"], tollgate_core::rate_limit::MISSING_MESSAGE);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.c.missing_denied"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.c.decision.missing_denied"), 1);
 
     let skip = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "skip""#);
     let mut gw = Gateway::new(&skip);
     assert_eq!(gw.allowed_of(5, "/", &[], &[]), 5);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.c.missing_skipped"), 5);
+    assert_eq!(
+        gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.c.decision.missing_skipped"),
+        5
+    );
 
     // `ip`: requests without a consumer share their IP's bucket.
     let by_ip = PER_CONSUMER.replace(r#""missing": "deny""#, r#""missing": "ip""#);
@@ -279,8 +298,11 @@ fn shadow_mode_counts_but_never_refuses() {
     let ids: Vec<_> = (0..5).map(|_| gw.send("/", &[], &[])).collect();
     assert!(ids.iter().all(|(_, a)| *a == Action::Continue));
     assert!(ids.iter().all(|(id, _)| gw.host.reply(*id).is_none()));
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.allowed"), 2);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.all.shadow_limited"), 3);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.allowed"), 2);
+    assert_eq!(
+        gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.all.decision.shadow_limited"),
+        3
+    );
     // Shadow rules do not announce limits they do not enforce.
     assert_eq!(gw.host.response_header_of(ids[0].0, "ratelimit"), None);
 }
@@ -294,8 +316,8 @@ fn rules_match_routes_paths_and_methods() {
     gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"main");
     assert_eq!(gw.allowed_of(3, "/api/x?q=1", &[], &[]), 1);
     assert_eq!(gw.allowed_of(3, "/web", &[], &[]), 3);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.api.allowed"), 1);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.post.allowed"), 0);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.api.decision.allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.post.decision.allowed"), 0);
 }
 
 #[test]
@@ -307,7 +329,7 @@ fn many_distinct_keys_stay_within_the_slots() {
         assert_eq!(gw.send("/", &[("x-client", &client)], &[]).1, Action::Continue);
     }
     assert_eq!(gw.host.shared_keys(), 33, "32 slots and the marker");
-    assert!(gw.host.counter("tollgate.rate_limit.rule.h.collisions") > 0);
+    assert!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.h.event.collisions") > 0);
 }
 
 #[test]
@@ -331,7 +353,10 @@ fn buckets_by_route_and_critical_routes_read_xds_route_name() {
     assert_eq!(gw.allowed_of(20, "/", &[], &[]), 7, "another route, another bucket");
     gw.host.with_property(tollgate_host::attributes::ROUTE_NAME, b"health");
     assert_eq!(gw.allowed_of(20, "/", &[], &[]), 10, "the critical route takes the whole bucket");
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.per-route.missing_denied"), 0);
+    assert_eq!(
+        gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.per-route.decision.missing_denied"),
+        0
+    );
 }
 
 #[test]
@@ -349,7 +374,7 @@ fn spellings_of_a_path_share_its_bucket() {
     assert_eq!(reply.status, 400);
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "bad_request");
-    assert_eq!(gw.host.counter("tollgate.rate_limit.denied.bad_path"), 1);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.deny.reason.bad_path"), 1);
 }
 
 #[test]
@@ -388,16 +413,19 @@ fn requests_without_a_client_ip_share_one_bucket_per_rule() {
     assert_eq!(gw.host.response_header_of(id, "ratelimit").as_deref(), Some(r#""ip";r=1;t=3600"#));
     assert_eq!(gw.allowed_of(5, "/", &[], &[]), 1);
     assert_eq!(gw.allowed_of(5, "/", &[("x-forwarded-for", "garbage")], &[]), 0, "not an IP: no IP");
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 11);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.consumer.no_client_ip"), 2);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.ip.event.no_client_ip"), 11);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.consumer.event.no_client_ip"), 2);
     // Requests with an IP keep their own buckets.
     assert_eq!(gw.allowed_of(5, "/", &[("x-forwarded-for", "203.0.113.5")], &[]), 2);
     // `skip` and `deny` still mean what they say.
     let skip = config.replace(r#""by": ["ip"],"#, r#""by": ["ip"], "missing": "skip","#);
     let mut gw = Gateway::new(&skip);
     assert_eq!(gw.allowed_of(5, "/", &[], &[(identity::PROP_CONSUMER, "alice")]), 3, "alice's own bucket");
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.missing_skipped"), 5);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 0);
+    assert_eq!(
+        gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.ip.decision.missing_skipped"),
+        5
+    );
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.ip.event.no_client_ip"), 0);
 }
 
 #[test]
@@ -406,7 +434,7 @@ fn a_downstream_address_that_is_not_an_ip_is_no_ip() {
     let mut gw = Gateway::new(config);
     gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"envoy://internal_client_address/");
     assert_eq!(gw.allowed_of(5, "/", &[], &[]), 2);
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.ip.no_client_ip"), 5);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_events_total.rule.ip.event.no_client_ip"), 5);
     // One client, one bucket, however its address is spelled.
     gw.host.with_property(tollgate_host::attributes::SOURCE_ADDRESS, b"[::ffff:10.0.0.9]:4000");
     assert_eq!(gw.allowed_of(1, "/", &[], &[]), 1);
@@ -447,7 +475,7 @@ fn one_rules_flood_leaves_other_rules_slots_alone() {
         let client = format!("b-{i}");
         assert_eq!(gw.status_of("/b", &[("x-client", client.as_bytes())]), 200, "{client}");
     }
-    assert_eq!(gw.host.counter("tollgate.rate_limit.rule.b.limited"), 0);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.rule_decisions_total.rule.b.decision.limited"), 0);
     // Rule a's new clients wait until a's buckets are full again, then take them over.
     assert_eq!(gw.status_of("/a", &[("x-client", b"late-0")]), 429);
     gw.host.advance(std::time::Duration::from_secs(4));

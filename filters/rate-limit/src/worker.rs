@@ -9,8 +9,12 @@ use tollgate_host::stats::Counters;
 use crate::store::Slots;
 
 tollgate_host::stats! {
-    /// The filter's counters, under `tollgate.rate_limit.`.
+    /// The filter's counters, under `tollgate.rate_limit.` (see `tollgate_host::stats`).
     pub enum Stat {
+        /// Requests every rule let through (failure-mode decisions are counted apart).
+        Allowed => "allowed",
+        /// Requests a rule refused.
+        DeniedLimited => "denied.limited",
         FailureModeAllowed => "failure_mode_allowed",
         FailureModeDenied => "failure_mode_denied",
         SlotsInitialized => "slots_initialized",
@@ -19,7 +23,8 @@ tollgate_host::stats! {
 }
 
 tollgate_host::stats! {
-    /// Each rule's counters, under `tollgate.rate_limit.rule.<name>.`.
+    /// Each rule's counters, as `tollgate.rate_limit.rule_decisions_total.rule.<name>.decision.<stat>`
+    /// (or `rule_events_total…event.<stat>`; see `tollgate_host::stats::rule_metric_name`).
     pub enum RuleStat {
         Allowed => "allowed",
         Limited => "limited",
@@ -63,7 +68,7 @@ impl Worker {
         let rule_counters = config
             .rules
             .iter()
-            .map(|r| Counters::define(host, &format!("tollgate.rate_limit.rule.{}", r.name)))
+            .map(|r| Counters::define_rule(host, "tollgate.rate_limit", &r.name))
             .collect();
         Self { config, slots, counters, rule_counters }
     }

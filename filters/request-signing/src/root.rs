@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tollgate_core::signature::config::Config;
+use tollgate_host::stats::Gauge;
 use tollgate_host::{Filter, Host, feed};
 
 use crate::http::SigningHttp;
@@ -30,7 +31,8 @@ impl Filter for RequestSigning {
         let address = keys.prefix().as_ptr() as usize as u64;
         let seed = host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ address.rotate_left(32);
         let local = Local::new(config.cache_slots.min(MAX_LOCAL_SLOTS));
-        Ok(RefCell::new(Worker { config, keys, counters, seed, feed, feed_token: None, local }))
+        let feed_lag = Gauge::define(host, "tollgate.request_signing.feed_lag_seconds");
+        Ok(RefCell::new(Worker { config, keys, counters, seed, feed, feed_lag, feed_token: None, local }))
     }
 
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {
@@ -41,6 +43,9 @@ impl Filter for RequestSigning {
     fn tick<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker) {
         let mut w = worker.borrow_mut();
         let poll = w.feed.poll(host, &w.config.key_service);
+        if let Some(lag) = w.feed.lag_seconds(host) {
+            w.feed_lag.set(host, lag);
+        }
         match poll {
             feed::Poll::Started(token) => {
                 w.feed_token = Some(token);

@@ -223,6 +223,10 @@ mod tests {
         let mut w = Worker {
             counters: crate::worker::Counters::define(&*host, "tollgate.request_signing"),
             feed: feed::Consumer::new("request-signing", keys.prefix()),
+            feed_lag: tollgate_host::stats::Gauge::define(
+                &*host,
+                "tollgate.request_signing.feed_lag_seconds",
+            ),
             local: tollgate_core::local::Local::new(16),
             keys,
             seed: 0,

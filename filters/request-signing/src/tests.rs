@@ -146,7 +146,10 @@ fn unsigned_request_gets_401_json_and_challenge_without_lookup() {
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "unauthorized");
     assert!(gw.host.calls().is_empty());
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.missing_signature"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.missing_signature"),
+        1
+    );
 }
 
 #[test]
@@ -169,7 +172,7 @@ fn signed_get_is_allowed_after_one_lookup_then_from_cache_and_identity_is_set() 
     let (_, action) = gw.send("GET", "/orders?id=2", &headers, None);
     assert_eq!(action, Action::Continue);
     assert_eq!(gw.host.calls().len(), 1);
-    assert_eq!(gw.host.counter("tollgate.request_signing.cache_hit"), 1);
+    assert_eq!(gw.host.counter("tollgate.request_signing.cache_lookups_total.result.hit"), 1);
 }
 
 #[test]
@@ -182,12 +185,15 @@ fn replayed_signature_is_refused() {
     let (id2, action) = gw.send("GET", "/a", &headers, None);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id2).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 1);
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.replayed"), 1);
     // After the replay window the signature is refused as too old, not as a replay.
     gw.host.advance(Duration::from_secs(400));
     let (id3, _) = gw.send("GET", "/a", &headers, None);
     assert_eq!(gw.host.reply(id3).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.signature_too_old"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.signature_too_old"),
+        1
+    );
 }
 
 #[test]
@@ -207,7 +213,10 @@ fn body_is_buffered_and_its_digest_checked() {
     assert_eq!(action, Action::Continue, "material cached: the signature is accepted at once");
     assert_eq!(gw.request_body(id, 14, true), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.digest_mismatch"),
+        1
+    );
 }
 
 #[test]
@@ -216,7 +225,10 @@ fn body_without_covered_digest_and_oversized_body_are_refused() {
     let headers = signed("POST", "/pay", None, NOW_S);
     let (id, _) = gw.send("POST", "/pay", &headers, Some(b"x"));
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.missing_digest"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.missing_digest"),
+        1
+    );
     let big = vec![b'a'; 100];
     let headers = signed("POST", "/pay", Some(&big), NOW_S);
     let (id, _) = gw.send("POST", "/pay", &headers, Some(&big));
@@ -227,7 +239,10 @@ fn body_without_covered_digest_and_oversized_body_are_refused() {
     declared.push(("content-length".into(), "100".into()));
     let (id, _) = gw.send("POST", "/pay", &declared, Some(&big));
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.body_too_large"), 2);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.body_too_large"),
+        2
+    );
 }
 
 #[test]
@@ -237,7 +252,10 @@ fn revoked_unknown_wrong_alg_and_unavailable_keys_are_refused() {
     let (id, _) = gw.send("GET", "/r", &headers, None);
     gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Revoked));
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.revoked_key"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.revoked_key"),
+        1
+    );
 
     let mut gw = gateway();
     let headers = signed("GET", "/r", None, NOW_S);
@@ -247,7 +265,10 @@ fn revoked_unknown_wrong_alg_and_unavailable_keys_are_refused() {
     ed.hmac_secret.clear();
     ed.ed25519_public_key = SigningMaterial::Ed25519([3; 32]).verifying_bytes();
     gw.answer(id, &ed);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.algorithm_mismatch"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.algorithm_mismatch"),
+        1
+    );
 
     let mut gw = gateway();
     let headers = signed("GET", "/r", None, NOW_S);
@@ -307,7 +328,10 @@ fn body_ending_with_trailers_is_checked_and_a_refused_copy_keeps_the_nonce() {
     assert_eq!(gw.request_body(id, 14, false), Action::Pause);
     assert_eq!(gw.request_trailers(id), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.digest_mismatch"),
+        1
+    );
     // Genuine, same nonce: accepted, and only now remembered.
     let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Continue);
@@ -318,13 +342,13 @@ fn body_ending_with_trailers_is_checked_and_a_refused_copy_keeps_the_nonce() {
     let (id, action) = gw.send("POST", "/pay", &headers, Some(body));
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 1);
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.replayed"), 1);
     // A stream of no DATA frames and trailers: the content is empty.
     let headers = signed_nonce("POST", "/pay", Some(b""), "n-2");
     let (id, _) = gw.send("POST", "/pay", &headers, Some(b""));
     assert_eq!(gw.request_trailers(id), Action::Continue);
     assert!(gw.host.reply(id).is_none());
-    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 3);
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.allow"), 3);
 }
 
 /// Headers resumed after the key arrived, with the body and trailers already held by the proxy:
@@ -341,7 +365,7 @@ fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
     assert_eq!(gw.host.resumed(id), 1);
     assert_eq!(gw.request_body(id, body.len(), false), Action::Continue, "released");
     assert_eq!(gw.request_trailers(id), Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 1);
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.allow"), 1);
     assert!(gw.host.reply(id).is_none());
 
     // The signed body, then more bytes: refused when they come.
@@ -354,7 +378,10 @@ fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
     assert_eq!(gw.request_body(id, 5, true), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
 
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.digest_mismatch"),
+        1
+    );
 
     // Tampered: held after the resume, refused at the trailers.
     let mut gw = gateway();
@@ -364,8 +391,11 @@ fn after_a_resume_a_complete_body_goes_on_and_nothing_may_follow() {
     assert_eq!(gw.request_body(id, 14, false), Action::Pause);
     assert_eq!(gw.request_trailers(id), Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 1);
-    assert_eq!(gw.host.counter("tollgate.request_signing.allowed"), 0);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.digest_mismatch"),
+        1
+    );
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.allow"), 0);
 }
 
 /// A signature covering `Content-Digest` is refused on a request with no body (the headers end
@@ -389,8 +419,11 @@ fn a_stripped_body_is_refused_without_using_the_nonce() {
     get.push(("content-digest".into(), value(&headers, "content-digest").to_owned()));
     let (id, _) = gw.send("GET", "/a", &get, None);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.digest_mismatch"), 2);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.replayed"), 0);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.digest_mismatch"),
+        2
+    );
+    assert_eq!(gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.replayed"), 0);
 }
 
 /// `Signature-Input` and `Signature` on several field lines are combined (the signature used is
@@ -424,7 +457,10 @@ fn signature_lines_are_combined_and_header_bytes_verified_exactly() {
     let (id, action) = send(&mut gw, &[0xfe, 0xff]);
     assert_eq!(action, Action::Pause);
     assert_eq!(gw.host.reply(id).unwrap().status, 401);
-    assert_eq!(gw.host.counter("tollgate.request_signing.denied.bad_signature"), 1);
+    assert_eq!(
+        gw.host.counter("tollgate.request_signing.requests_total.decision.deny.reason.bad_signature"),
+        1
+    );
 }
 
 /// A body that arrives while the headers are still paused (a host configured to hand it over)

@@ -36,6 +36,8 @@ pub struct Worker {
     /// Distinguishes this worker's replay-table writes from other workers'.
     pub seed: u64,
     pub feed: feed::Consumer,
+    /// Seconds this proxy's view of the change feed may be behind the key service.
+    pub feed_lag: tollgate_host::stats::Gauge,
     /// The change-feed poll in flight, if any.
     pub feed_token: Option<u32>,
     /// The key material this worker used, in front of shared data (see

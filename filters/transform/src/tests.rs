@@ -37,7 +37,11 @@ fn json_of(bytes: &[u8]) -> Value {
 fn example_config_parses_and_every_stat_is_defined() {
     let gw = Gateway::new(EXAMPLE);
     for stat in Stat::ALL {
-        assert_eq!(gw.host.counter(&format!("tollgate.transform.{}", stat.name())), 0);
+        assert_eq!(
+            gw.host
+                .counter(&format!("tollgate.transform.{}", tollgate_host::stats::metric_name(stat.name()))),
+            0
+        );
     }
     assert_eq!(gw.worker().unwrap().config.rules.len(), 2);
 }
@@ -68,7 +72,7 @@ fn request_head_is_rewritten_with_identity() {
     assert_eq!(gw.host.header(id, "x-consumer").as_deref(), Some("alice"));
     assert_eq!(gw.host.header(id, "x-api-version").as_deref(), Some("2"));
     assert_eq!(gw.host.header(id, "x-debug"), None);
-    assert_eq!(gw.host.counter("tollgate.transform.rules_applied"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.rules_applied_total"), 1);
 }
 
 #[test]
@@ -78,7 +82,7 @@ fn unmatched_requests_are_untouched_and_not_buffered() {
     assert_eq!(gw.request_headers(id, false), Action::Continue);
     assert_eq!(gw.request_body(id, 10, false), Action::Continue);
     assert_eq!(gw.host.header(id, "x-debug").as_deref(), Some("1"));
-    assert_eq!(gw.host.counter("tollgate.transform.rules_applied"), 0);
+    assert_eq!(gw.host.counter("tollgate.transform.rules_applied_total"), 0);
 }
 
 /// What Envoy does with a chunk of a buffered body: it adds the chunk to what it holds (the
@@ -122,7 +126,7 @@ fn json_request_body_is_buffered_changed_and_its_length_fixed() {
         String::from_utf8(sent).unwrap(),
         r#"{"name": "bob", "n": 18446744073709551617, "meta": {"created_by":"alice"}}"#
     );
-    assert_eq!(gw.host.counter("tollgate.transform.body_transformed"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.body_transformed_total"), 1);
 }
 
 #[test]
@@ -189,7 +193,7 @@ fn a_chunked_http1_body_keeps_flowing_while_the_filter_holds_it() {
     chunk_of(&gw, id, Resp, b"");
     assert_eq!(gw.response_body(id, 0, true), Action::Continue);
     assert_eq!(gw.host.response_body_of(id), br#"{"id": 7}"#);
-    assert_eq!(gw.host.counter("tollgate.transform.body_transformed"), 2);
+    assert_eq!(gw.host.counter("tollgate.transform.body_transformed_total"), 2);
 }
 
 #[test]
@@ -211,7 +215,7 @@ fn a_flowing_body_over_the_cap_goes_on_at_once_whatever_the_burst() {
     assert_eq!(gw.host.request_body_of(id), b"next", "then the body passes");
     assert_eq!(gw.request_trailers(id), Action::Continue, "nothing waits for trailers");
     assert!(gw.host.reply(id).is_none());
-    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large_total"), 1);
 }
 
 #[test]
@@ -227,8 +231,8 @@ fn trailers_after_a_flowing_body_refuse_the_message() {
     assert_eq!(gw.request_trailers(id), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
-    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
-    assert_eq!(gw.host.counter("tollgate.transform.rejected"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.errors_total"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.requests_total.decision.deny.reason.rejected"), 1);
     let logs = gw.host.logs();
     assert!(logs.iter().any(|(level, line)| *level == tollgate_host::LogLevel::Warn
         && line.contains("request refused: trailers came that the head did not announce")));
@@ -289,7 +293,7 @@ fn non_json_body_flows_through_unbuffered() {
     gw.host.with_request_body(id, b"not json");
     assert_eq!(gw.request_body(id, 8, true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), b"not json");
-    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json_total"), 1);
 }
 
 #[test]
@@ -317,7 +321,7 @@ fn oversized_body_is_refused_with_413_by_length_or_while_streaming() {
     chunk_of(&gw, id, Req, &vec![b' '; 62_145]);
     assert_eq!(gw.request_body(id, 62_145, false), Action::Pause, "one byte over the cap");
     assert_eq!(gw.host.reply(id).unwrap().status, 413);
-    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 2);
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large_total"), 2);
 }
 
 fn pass_config(max: usize) -> String {
@@ -340,7 +344,7 @@ fn a_body_over_the_cap_goes_on_whole_and_in_order() {
     assert_eq!(gw.request_body(id, 2, true), Action::Continue);
     assert_eq!(gw.host.request_body_of(id), b"\"}");
     assert!(gw.host.reply(id).is_none());
-    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_too_large_total"), 1);
 }
 
 #[test]
@@ -398,7 +402,7 @@ fn malformed_json_passes_by_default_and_gets_400_when_configured() {
         } else {
             assert_eq!(gw.host.request_body_of(id), broken, "never truncated");
         }
-        assert_eq!(gw.host.counter("tollgate.transform.invalid_json"), 1);
+        assert_eq!(gw.host.counter("tollgate.transform.invalid_json_total"), 1);
     }
 }
 
@@ -437,7 +441,7 @@ fn event_streams_are_never_buffered_even_with_body_rules() {
     gw.host.with_response_header(id, "content-type", "text/event-stream");
     assert_eq!(gw.response_headers(id, false), Action::Continue);
     assert_eq!(gw.response_body(id, 20, false), Action::Continue);
-    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.body_skipped_not_json_total"), 1);
 }
 
 #[test]
@@ -491,7 +495,7 @@ fn an_encoded_slash_is_refused_when_a_rule_looks_at_the_path() {
     assert_eq!(gw.request_headers(id, true), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (400, Some("bad_request")));
-    assert_eq!(gw.host.counter("tollgate.transform.rejected"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.requests_total.decision.deny.reason.rejected"), 1);
     // Another spelling of a rule's path is the path.
     let id = gw.start(&[(":method", "GET"), (":path", "//legacy/./x")]);
     assert_eq!(gw.request_headers(id, true), Action::Continue);
@@ -517,7 +521,7 @@ fn header_bytes_survive_a_rename_and_bad_values_are_counted() {
         "templates read the request as sent"
     );
     assert!(gw.host.header_lines(id, "x-from-query").is_empty());
-    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.errors_total"), 1);
     let logged = gw.host.logs().iter().map(|(_, l)| l.clone()).collect::<Vec<_>>().join("\n");
     assert!(logged.contains(r"a\u{1}b") && !logged.contains('\u{1}'), "{logged}");
 }
@@ -564,7 +568,7 @@ fn a_chunk_still_to_go_out_when_trailers_come_refuses_the_message() {
     assert_eq!(gw.request_trailers(id), Action::Pause);
     let reply = gw.host.reply(id).unwrap();
     assert_eq!((reply.status, json_of(&reply.body)["error"].as_str()), (500, Some("internal_error")));
-    assert_eq!(gw.host.counter("tollgate.transform.errors"), 1);
+    assert_eq!(gw.host.counter("tollgate.transform.errors_total"), 1);
 }
 
 #[test]
