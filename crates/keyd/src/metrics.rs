@@ -257,7 +257,11 @@ impl Metrics {
             feed_watchers.clone(),
         );
         let keys = Family::<StatusLabels, Gauge>::default();
-        registry.register("keys", "Keys by status, counted from the store at most every 10 s", keys.clone());
+        registry.register(
+            "keys",
+            format!("Keys by status, counted from the store at most every {} s", KEY_COUNT_MAX_AGE.as_secs()),
+            keys.clone(),
+        );
         let audit_writes = Counter::default();
         registry.register("audit_writes", "Audit log entries written by this process", audit_writes.clone());
         let build_info = Family::<VersionLabels, Gauge>::default();
