@@ -291,6 +291,14 @@ pub struct Lookup {
     pub head_seq: u64,
 }
 
+/// How many keys are in each [`KeyStatus`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: u64,
+    pub revoked: u64,
+    pub expired: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -449,6 +449,8 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn list_changes(&self, request: Request<pb::ListChangesRequest>) -> Reply<pb::ListChangesResponse> {
+        // A plain poll: counted as a feed reader while it is served.
+        let _reading = self.feed.reading();
         let req = request.into_inner();
         let limit = validate::change_limit(req.limit);
         let after = req.after_seq;

@@ -9,8 +9,8 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, Lookup, NewConsumer, NewKey,
-    Rotation, SigningLookup,
+    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyCounts, KeyFilter, KeyPatch, Lookup,
+    NewConsumer, NewKey, Rotation, SigningLookup,
 };
 
 /// Persistent state of the key service.
@@ -29,6 +29,8 @@ pub trait Store: Send + Sync + 'static {
     fn get_key(&self, id: &str) -> Result<Key>;
     /// Keys after `after` (a position from an earlier page) in creation order.
     fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>>;
+    /// How many keys are active, revoked and expired at `now`. Reads every key row once.
+    fn count_keys(&self, now: i64) -> Result<KeyCounts>;
     fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key>;
     /// Revoking a revoked key is a no-op that returns it unchanged.
     fn revoke_key(&self, ctx: &Ctx, id: &str, reason: &str) -> Result<Key>;
@@ -43,6 +45,9 @@ pub trait Store: Send + Sync + 'static {
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;
     /// Audit entries with `seq > after`, oldest first.
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// How many audit entries this store has committed since it was opened (a running count in
+    /// memory, not a query).
+    fn audit_written(&self) -> u64;
 
     /// A key's signing material by key id.
     fn get_signing(&self, key_id: &str) -> Result<SigningLookup>;

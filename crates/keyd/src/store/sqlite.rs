@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rusqlite::types::Type;
@@ -16,8 +16,9 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, KeyStatus,
-    Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup,
+    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyCounts, KeyFilter, KeyPatch,
+    KeyStatus, Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch, SigningAlgorithm,
+    SigningLookup,
 };
 
 /// 2: signing material (`signing_keys`).
@@ -99,6 +100,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Audit rows committed through this store since it was opened.
+    audit_written: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -149,7 +152,12 @@ impl SqliteStore {
             configure(&conn).map_err(db)?;
             readers.push(Mutex::new(conn));
         }
-        Ok(Self { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            audit_written: AtomicU64::new(0),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -169,9 +177,14 @@ impl SqliteStore {
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.writer.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        // The audit log only grows and this is its only writer, so the rows this transaction
+        // added are the difference of its head before and after.
+        let audit_before = audit_head(&tx)?;
         // On error the transaction rolls back when dropped.
         let out = f(&tx)?;
+        let audited = audit_head(&tx)?.saturating_sub(audit_before);
         tx.commit().map_err(db)?;
+        self.audit_written.fetch_add(audited, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -321,6 +334,16 @@ fn head_seq(tx: &Transaction<'_>) -> Result<u64> {
         .query_row([], |row| row.get(0))
         .map_err(db)?;
     u64::try_from(head).map_err(|e| Error::internal("database: change sequence", e))
+}
+
+/// The newest audit sequence number (0 when the log is empty).
+fn audit_head(tx: &Transaction<'_>) -> Result<u64> {
+    let head: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+        .map_err(db)?
+        .query_row([], |row| row.get(0))
+        .map_err(db)?;
+    u64::try_from(head).map_err(|e| Error::internal("database: audit sequence", e))
 }
 
 fn record_change(
@@ -609,6 +632,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn count_keys(&self, now: i64) -> Result<KeyCounts> {
+        self.read(|tx| {
+            // One pass over the key rows; the clauses are the ones `list_keys` filters by.
+            let sql = format!(
+                "SELECT COALESCE(SUM({active}), 0), COALESCE(SUM({revoked}), 0), COALESCE(SUM({expired}), 0) \
+                 FROM keys",
+                active = status_clause(KeyStatus::Active),
+                revoked = status_clause(KeyStatus::Revoked),
+                expired = status_clause(KeyStatus::Expired),
+            );
+            // The clauses read the time from ?2; ?1 is left unused.
+            let (active, revoked, expired): (i64, i64, i64) = tx
+                .prepare_cached(&sql)
+                .map_err(db)?
+                .query_row(params![0, now], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(db)?;
+            let count = |n: i64| u64::try_from(n).map_err(|e| Error::internal("database: key count", e));
+            Ok(KeyCounts { active: count(active)?, revoked: count(revoked)?, expired: count(expired)? })
+        })
+    }
+
     fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key> {
         self.write(|tx| {
             let mut key = require_key(tx, id)?;
@@ -842,6 +886,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_written(&self) -> u64 {
+        self.audit_written.load(Ordering::Relaxed)
+    }
+
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|tx| {
@@ -934,6 +982,44 @@ mod tests {
         assert_eq!(old.head_seq, 2);
         let new = store.lookup_secret(&[9; 32]).unwrap().found.unwrap();
         assert_eq!(new.expires_at, 0);
+    }
+
+    #[test]
+    fn keys_are_counted_by_status_at_the_given_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.count_keys(1_000).unwrap(), KeyCounts::default());
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.create_key(&ctx(), NewKey { expires_at: 1_500, ..new_key("key_2", "alice", 2) }).unwrap();
+        store.create_key(&ctx(), new_key("key_3", "bob", 3)).unwrap();
+        store.revoke_key(&ctx(), "key_3", "test").unwrap();
+        let at = |now| store.count_keys(now).unwrap();
+        assert_eq!(at(1_000), KeyCounts { active: 2, revoked: 1, expired: 0 });
+        assert_eq!(at(1_500), KeyCounts { active: 1, revoked: 1, expired: 1 });
+    }
+
+    #[test]
+    fn audit_written_counts_committed_audit_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.audit_written(), 0);
+        // The consumer is created in the same transaction: two audit rows.
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        assert_eq!(store.audit_written(), 2);
+        store.revoke_key(&ctx(), "key_1", "test").unwrap();
+        assert_eq!(store.audit_written(), 3);
+        // Revoking again changes nothing and writes no audit row.
+        store.revoke_key(&ctx(), "key_1", "test").unwrap();
+        // A failed mutation rolls its audit rows back.
+        store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
+        // Usage is not audited.
+        store.record_usage(&[("key_1".into(), 2_000)]).unwrap();
+        assert_eq!(store.audit_written(), 3);
+        assert_eq!(store.list_audit(0, 100).unwrap().len(), 3);
+        // The count is this store's, not the log's: a reopened store starts at zero.
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.audit_written(), 0);
     }
 
     #[test]
