@@ -294,6 +294,32 @@ impl Drop for Keyd {
     }
 }
 
+/// The key service's command line as the tests run it: listening on `listen`, its data in
+/// `data_dir`, the test tokens, text logs, and none of the settings a developer's environment
+/// may hold. Add the flags a test needs.
+pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
+    let mut command = Command::new(binary("tollgate-keyd"));
+    command
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--admin-token")
+        .arg(ADMIN_TOKEN)
+        .arg("--dataplane-token")
+        .arg(DATAPLANE_TOKEN)
+        .arg("--log-format")
+        .arg("text")
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_DATAPLANE_TOKEN")
+        .env_remove("TOLLGATE_KEYD_LISTEN")
+        .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
+        .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
 /// Starts the binary; returns it with its gRPC and metrics addresses.
 async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr, SocketAddr) {
     let bin = binary("tollgate-keyd");
@@ -306,29 +332,13 @@ async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, Socket
         let _ = std::fs::remove_file(&metrics_addr_file);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open keyd log");
-        let mut child = Command::new(&bin)
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = keyd_command(listen, data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .arg("--metrics-addr-file")
             .arg(&metrics_addr_file)
-            .arg("--admin-token")
-            .arg(ADMIN_TOKEN)
-            .arg("--dataplane-token")
-            .arg(DATAPLANE_TOKEN)
-            .arg("--log-format")
-            .arg("text")
-            .env_remove("TOLLGATE_ADMIN_TOKEN")
-            .env_remove("TOLLGATE_DATAPLANE_TOKEN")
-            .env_remove("TOLLGATE_KEYD_LISTEN")
-            .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
-            .env_remove("TOLLGATE_DATA_DIR")
-            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()

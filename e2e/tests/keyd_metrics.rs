@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tollgate_e2e::{ADMIN_TOKEN, DATAPLANE_TOKEN, HttpClient, Keyd, Response, binary, eventually};
+use tollgate_e2e::{ADMIN_TOKEN, DATAPLANE_TOKEN, HttpClient, Keyd, Response, eventually, keyd_command};
 use tollgate_proto::v1::{
     CreateKeyRequest, GetKeyRequest, ListChangesRequest, RevokeKeyRequest, VerifyKeyRequest, VerifyResult,
 };
@@ -399,34 +399,11 @@ impl Drop for Started {
     }
 }
 
-fn keyd_command(dir: &Path) -> Command {
-    let mut command = Command::new(binary("tollgate-keyd"));
-    command
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--admin-token")
-        .arg(ADMIN_TOKEN)
-        .arg("--dataplane-token")
-        .arg(DATAPLANE_TOKEN)
-        .arg("--log-format")
-        .arg("text")
-        .env_remove("TOLLGATE_ADMIN_TOKEN")
-        .env_remove("TOLLGATE_DATAPLANE_TOKEN")
-        .env_remove("TOLLGATE_KEYD_LISTEN")
-        .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
-        .env_remove("TOLLGATE_DATA_DIR")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    command
-}
-
 async fn start_with(dir: &Path, configure: impl FnOnce(&mut Command)) -> Started {
     std::fs::create_dir_all(dir).unwrap();
     let addr_file = dir.join("addr");
     let log = dir.join("keyd.log");
-    let mut command = keyd_command(dir);
+    let mut command = keyd_command("127.0.0.1:0", &dir.join("data"));
     command.arg("--addr-file").arg(&addr_file);
     configure(&mut command);
     let out = std::fs::File::create(&log).unwrap();
@@ -497,7 +474,7 @@ async fn metrics_listen_off_serves_nothing() {
 #[tokio::test]
 async fn a_metrics_address_file_with_metrics_off_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let output = keyd_command(dir.path())
+    let output = keyd_command("127.0.0.1:0", &dir.path().join("data"))
         .arg("--metrics-listen")
         .arg("off")
         .arg("--metrics-addr-file")
@@ -515,7 +492,7 @@ async fn a_metrics_address_that_cannot_be_bound_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap();
-    let output = keyd_command(dir.path())
+    let output = keyd_command("127.0.0.1:0", &dir.path().join("data"))
         .arg("--metrics-listen")
         .arg(taken_addr.to_string())
         .arg("--addr-file")
