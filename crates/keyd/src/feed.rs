@@ -403,6 +403,19 @@ mod tests {
         fn record_usage(&self, used: &[(String, i64)]) -> Result<()> {
             self.inner.record_usage(used)
         }
+        fn report_usage(
+            &self,
+            report: &crate::model::UsageReport,
+            now: i64,
+        ) -> Result<crate::model::UsageApplied> {
+            self.inner.report_usage(report, now)
+        }
+        fn usage(
+            &self,
+            query: &crate::model::UsageQuery,
+        ) -> Result<(Vec<crate::model::KeyUsage>, Vec<crate::model::GatewayReport>, u64)> {
+            self.inner.usage(query)
+        }
         fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;

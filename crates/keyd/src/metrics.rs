@@ -57,7 +57,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 15] = [
+pub const RPC_METHODS: [&str; 17] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -73,13 +73,15 @@ pub const RPC_METHODS: [&str; 15] = [
     "ListChanges",
     "WatchChanges",
     "GetSigningKey",
+    "ReportUsage",
+    "GetUsage",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 19] = [
+pub const STORE_OPERATIONS: [&str; 21] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -94,6 +96,8 @@ pub const STORE_OPERATIONS: [&str; 19] = [
     "rotate_key",
     "lookup_secret",
     "record_usage",
+    "report_usage",
+    "usage",
     "list_changes",
     "list_audit",
     "get_signing",

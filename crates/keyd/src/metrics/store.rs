@@ -8,8 +8,8 @@ use super::Metrics;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyCounts, KeyFilter, KeyPatch, Lookup,
-    NewConsumer, NewKey, Rotation, SigningLookup,
+    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
+    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
 };
 use crate::store::Store;
 
@@ -75,6 +75,12 @@ impl Store for TimedStore {
     }
     fn record_usage(&self, used: &[(String, i64)]) -> Result<()> {
         self.time("record_usage", |s| s.record_usage(used))
+    }
+    fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied> {
+        self.time("report_usage", |s| s.report_usage(report, now))
+    }
+    fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)> {
+        self.time("usage", |s| s.usage(query))
     }
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
         self.time("list_changes", |s| s.list_changes(after, limit))
@@ -151,6 +157,9 @@ mod tests {
         );
         let _ = store.lookup_secret(&[1; 32]);
         let _ = store.record_usage(&[("k".into(), 1)]);
+        let report = UsageReport { gateway: "gw".into(), batch: 1, feed_seq: 0, counts: Vec::new() };
+        let _ = store.report_usage(&report, 1_000);
+        let _ = store.usage(&UsageQuery { since: 0, until: 60, ..Default::default() });
         let _ = store.list_changes(0, 10);
         let _ = store.list_audit(0, 10);
         let _ = store.audit_written();

@@ -9,9 +9,15 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyCounts, KeyFilter, KeyPatch, Lookup,
-    NewConsumer, NewKey, Rotation, SigningLookup,
+    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
+    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
 };
+
+/// How long per-minute usage is kept, in seconds (31 days).
+pub const USAGE_RETENTION: i64 = 31 * 86_400;
+
+/// How long a gateway's batch numbers are remembered to refuse a batch sent again, in seconds.
+pub const USAGE_BATCH_MEMORY: i64 = 7 * 86_400;
 
 /// Persistent state of the key service.
 pub trait Store: Send + Sync + 'static {
@@ -40,6 +46,14 @@ pub trait Store: Send + Sync + 'static {
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup>;
     /// Records last-use times (key id, Unix seconds); older times never overwrite newer ones.
     fn record_usage(&self, used: &[(String, i64)]) -> Result<()>;
+    /// Adds a gateway's batch of counts to the per-minute usage (once per `(gateway, batch)`: a
+    /// batch sent again is a duplicate and adds nothing), raises the keys' `last_used_at` and
+    /// records the gateway's report, all in one transaction. Counts of unknown keys and of minutes
+    /// outside `[now − USAGE_RETENTION, now + 5 min]` are skipped.
+    fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied>;
+    /// Usage over a window (one query, whatever the number of keys), the gateways that report,
+    /// and the change feed's head, read in one snapshot.
+    fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)>;
 
     /// Changes with `seq > after`, oldest first, and the feed head.
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;
