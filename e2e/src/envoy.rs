@@ -166,6 +166,7 @@ impl EnvoyOpts {
             }
         }));
         let mut config = json!({
+            "node": {"id": NODE_ID, "cluster": "tollgate"},
             "stats_config": stats_config(),
             "admin": {"address": loopback(0)},
             "static_resources": {
@@ -209,6 +210,9 @@ impl EnvoyOpts {
         config
     }
 }
+
+/// The node id of every Envoy the tests start (what the filters read as `xds.node.id`).
+pub const NODE_ID: &str = "tollgate-e2e";
 
 /// Tollgate's `stats_config` (envoy/stats-tags.yaml) as JSON: the tag specifiers that turn the
 /// filters' metric names into Prometheus labels. Every Envoy the tests start carries it, as the

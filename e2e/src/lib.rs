@@ -52,8 +52,8 @@ pub mod scripted;
 
 pub use echo::Echo;
 pub use envoy::{
-    Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, UPSTREAM_CLUSTER, static_cluster, stats_config,
-    stats_config_of, wasm_filter,
+    Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, NODE_ID, UPSTREAM_CLUSTER, static_cluster,
+    stats_config, stats_config_of, wasm_filter,
 };
 pub use h2::{H2Request, H2Response};
 pub use http::{HttpClient, RequestBuilder, Response};

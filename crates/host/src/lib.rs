@@ -27,6 +27,7 @@ pub mod mock;
 pub mod root;
 pub mod shared;
 pub mod stats;
+pub mod usage;
 pub mod wire;
 #[cfg(target_arch = "wasm32")]
 pub use envoy::{EnvoyHost, install_panic_hook};

@@ -138,6 +138,8 @@ pub fn metric_name(stat: &str) -> String {
         "introspection_active" => "introspections_total.result.active",
         "introspection_inactive" => "introspections_total.result.inactive",
         "introspection_error" => "introspections_total.result.error",
+        "usage_report_ok" => "usage_reports_total.outcome.ok",
+        "usage_report_error" => "usage_reports_total.outcome.error",
         other => return format!("{other}_total"),
     };
     named.to_owned()

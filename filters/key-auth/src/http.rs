@@ -314,13 +314,22 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
         // again rather than publish a wrong list.
         identity::scopes_value(&entry.scopes).ok_or(Deny::KeyServiceUnavailable)
     });
+    let counted = |outcome: &'static str| {
+        if let Some(usage) = &worker.usage
+            && !entry.key_id.is_empty()
+        {
+            usage.count(&entry.key_id, host.now_ms(), outcome);
+        }
+    };
     match verdict {
         Ok(scopes) => {
             set_identity(host, entry, &scopes);
             worker.counters.inc(host, Stat::Allowed);
+            counted("allowed");
             true
         }
         Err(deny) => {
+            counted(deny.reason());
             respond_denied(host, worker, deny, &waiter.request_id, &entry.display_prefix);
             false
         }

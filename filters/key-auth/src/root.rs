@@ -40,6 +40,7 @@ impl Filter for KeyAuth {
         }
         retry_orphans(host, worker);
         start_refreshes(host, worker);
+        report_usage(host, worker);
     }
 
     fn grpc_response<H: Host>(
@@ -57,6 +58,14 @@ impl Filter for KeyAuth {
                 refresh_done(host, worker, hash, epoch, started_ms, status, size);
             }
             Some(RootCall::Feed) => feed_done(host, &worker.borrow(), status, size),
+            Some(RootCall::Usage) => {
+                let w = worker.borrow();
+                if let Some(usage) = &w.usage {
+                    let stat =
+                        if usage.done(host, status) { Stat::UsageReportOk } else { Stat::UsageReportError };
+                    w.counters.inc(host, stat);
+                }
+            }
             None => {}
         }
     }
@@ -81,6 +90,22 @@ fn poll_feed<H: Host>(host: &H, worker: &RefCell<Worker>) {
         }
         feed::Poll::Refused => w.counters.inc(host, Stat::FeedError),
         feed::Poll::NotMyTurn => {}
+    }
+}
+
+/// Adds this worker's usage counts to the proxy's, and reports them when it is its turn.
+fn report_usage<H: Host>(host: &H, worker: &RefCell<Worker>) {
+    let mut w = worker.borrow_mut();
+    let Some(usage) = &w.usage else {
+        return;
+    };
+    let feed_seq = w.feed.state(host).cursor;
+    let tick = usage.tick(host, &w.config.key_service, feed_seq);
+    if tick.dropped > 0 {
+        w.counters.add(host, Stat::UsageDropped, tick.dropped);
+    }
+    if let Some(token) = tick.started {
+        w.root_calls.insert(token, RootCall::Usage);
     }
 }
 

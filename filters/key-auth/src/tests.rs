@@ -716,3 +716,47 @@ fn feed_lag_is_the_time_since_a_poll_last_reached_the_head() {
     gw.tick();
     assert_eq!(gw.host.gauge("tollgate.key_auth.feed_lag_seconds"), Some(0));
 }
+
+#[test]
+fn requests_are_counted_per_key_and_outcome_and_reported_from_the_root_context() {
+    let mut gw = Gateway::new(&CONFIG.replacen(
+        '{',
+        r#"{"usage": {"report_interval": "1s", "gateway": "gw-test"},"#,
+        1,
+    ));
+    let k = a_key(50);
+    let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_1", &["read"], 0, 1));
+    gw.send("/hello", "GET", &[("x-api-key", &k)]);
+    // A route that needs a scope the key lacks: refused, counted under its reason.
+    gw.send("/admin", "POST", &[("x-api-key", &k)]);
+    // A request without a key has no key to count against.
+    gw.send("/hello", "GET", &[]);
+    gw.host.advance(Duration::from_secs(2));
+    gw.tick();
+    let call = gw.host.calls().into_iter().rev().find(|c| c.method == "ReportUsage").expect("a report");
+    assert_eq!(call.context_id, ROOT_ID, "sent from the root context");
+    let batch = v1::ReportUsageRequest::decode(call.message.as_slice()).unwrap();
+    assert_eq!(batch.gateway, "gw-test");
+    let mut counts: Vec<(&str, &str, u64)> =
+        batch.counts.iter().map(|c| (c.key_id.as_str(), c.outcome.as_str(), c.count)).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [("key_1", "allowed", 2), ("key_1", "insufficient_scope", 1)]);
+    gw.host.set_grpc_response(Some(v1::ReportUsageResponse::default().encode_to_vec()), None);
+    gw.grpc_response(ROOT_ID, call.token, 0, 0);
+    assert_eq!(gw.host.counter("tollgate.key_auth.usage_reports_total.outcome.ok"), 1);
+}
+
+#[test]
+fn usage_reporting_can_be_turned_off_and_a_bad_interval_is_refused() {
+    let mut gw = Gateway::new(&CONFIG.replacen('{', r#"{"usage": {"report_interval": "0s"},"#, 1));
+    let k = a_key(51);
+    let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &k)]);
+    gw.answer(id, &valid("key_1", &[], 0, 1));
+    gw.host.advance(Duration::from_secs(10));
+    gw.tick();
+    assert!(gw.host.calls().iter().all(|c| c.method != "ReportUsage"));
+    let mut gw = Gateway::on(MockHost::new());
+    assert!(!gw.configure(&CONFIG.replacen('{', r#"{"usage": {"report_interval": "10ms"},"#, 1)));
+    assert!(gw.host.logs().iter().any(|(_, l)| l.contains("usage.report_interval")), "{:?}", gw.host.logs());
+}

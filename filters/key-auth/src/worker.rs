@@ -11,6 +11,7 @@ use tollgate_core::key_auth::cache::Entry;
 use tollgate_core::key_auth::config::Config;
 use tollgate_core::local::Local;
 use tollgate_host::stats::{Gauge, Histogram};
+use tollgate_host::usage::Usage;
 use tollgate_host::{Host, feed};
 use tollgate_proto::v1;
 
@@ -33,6 +34,9 @@ tollgate_host::stats! {
         FeedError => "feed_error",
         FeedInvalidations => "feed_invalidations",
         FeedResets => "feed_resets",
+        UsageReportOk => "usage_report_ok",
+        UsageReportError => "usage_report_error",
+        UsageDropped => "usage_dropped",
     }
 }
 
@@ -102,6 +106,8 @@ pub struct Worker {
     /// Calls the root context made: token → what it is for.
     pub root_calls: HashMap<u32, RootCall>,
     pub feed: feed::Consumer,
+    /// Requests per key, reported to the key service (`None`: reporting is off).
+    pub usage: Option<Usage>,
     /// The answers this worker used, in front of shared data (see [`tollgate_core::local`]).
     pub local: Local<[u8; 32], Entry>,
 }
@@ -121,11 +127,30 @@ pub enum RootCall {
         started_ms: u64,
     },
     Feed,
+    /// A usage report.
+    Usage,
+}
+
+/// The usage reporter of this worker, as configured: named by `usage.gateway`, else by the
+/// proxy's node id, else `envoy`.
+fn usage_of<H: Host + ?Sized>(host: &H, config: &Config, prefix: &str) -> Option<Usage> {
+    let interval = config.usage.report_interval?;
+    let gateway = config.usage.gateway.clone().unwrap_or_else(|| {
+        host.property(&["xds", "node", "id"])
+            .and_then(|id| String::from_utf8(id).ok())
+            .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or_else(|| "envoy".to_owned())
+    });
+    // Differs between proxies: the time and where this worker's heap put the prefix.
+    let seed =
+        host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (prefix.as_ptr() as usize as u64).rotate_left(32);
+    Some(Usage::new(&format!("{prefix}usage"), gateway, interval, seed))
 }
 
 impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
         let keys = Keys::new(&config);
+        let usage = usage_of(host, &config, keys.prefix());
         let config_local_slots = config.cache.slots.min(MAX_LOCAL_SLOTS);
         Self {
             feed: feed::Consumer::new("key-auth", keys.prefix()),
@@ -137,6 +162,7 @@ impl Worker {
             flights: HashMap::new(),
             refreshes: HashMap::new(),
             root_calls: HashMap::new(),
+            usage,
             local: Local::new(config_local_slots),
         }
     }
