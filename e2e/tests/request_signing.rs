@@ -528,3 +528,32 @@ async fn spellings_of_a_ruled_path_do_not_escape_its_policy() {
     let res = raw("GET", "/y", &headers).send(gw.envoy.addr()).await.unwrap();
     assert_eq!(res.status, 200, "other paths need no nonce: {}", res.text());
 }
+
+#[tokio::test]
+async fn signed_requests_are_reported_per_key_to_the_key_service() {
+    let gw = Gateway::start_with(|c| c["usage"] = json!({"report_interval": "1s"}), |o| o).await;
+    let (key_id, secret) = gw.hmac_key("alice").await;
+    let hmac = ("--secret-file", secret.as_path());
+    for i in 0..4 {
+        let url = gw.url(&format!("/orders/{i}"));
+        let headers = sign(hmac, &key_id, "GET", &url, None, &["--nonce"]);
+        assert_eq!(gw.send("GET", &format!("/orders/{i}"), &headers, None).await.status, 200);
+        if i == 0 {
+            // The same signature again: a replay, refused and counted against the key.
+            assert_401(&gw.send("GET", "/orders/0", &headers, None).await);
+        }
+    }
+    let mut admin = gw.keyd.admin_client().await;
+    let query = tollgate_proto::v1::GetUsageRequest { key_ids: vec![key_id.clone()], ..Default::default() };
+    let reported = eventually(Duration::from_secs(15), || {
+        let (mut admin, query) = (admin.clone(), query.clone());
+        async move {
+            let usage = admin.get_usage(query).await.unwrap().into_inner();
+            usage.keys.first().is_some_and(|k| k.allowed == 4 && k.outcomes.get("replayed") == Some(&1))
+        }
+    })
+    .await;
+    let usage = admin.get_usage(query).await.unwrap().into_inner();
+    assert!(reported, "{usage:?}");
+    assert_eq!(usage.gateways[0].gateway, tollgate_e2e::NODE_ID);
+}

@@ -188,3 +188,48 @@ mod tests {
         assert!(!is_header_name("x:y"));
     }
 }
+
+/// A filter's `usage` block: how often one worker of the proxy reports the requests per key to
+/// the key service (`report_interval`, default 5s, `0s` = never) and the name it reports under
+/// (`gateway`, default the proxy's node id).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    report_interval: Option<Duration>,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+/// Usage reporting, checked (see [`RawUsage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// `None`: reporting is off.
+    pub report_interval: Option<Duration>,
+    /// `None`: the proxy's node id.
+    pub gateway: Option<String>,
+}
+
+impl RawUsage {
+    pub fn compile(self, filter: &'static str) -> Result<UsageConfig, ConfigError> {
+        let interval = self.report_interval.unwrap_or(Duration::from_secs(5));
+        if !interval.is_zero() && (interval < Duration::from_secs(1) || interval > Duration::from_secs(3600))
+        {
+            return Err(ConfigError::new(
+                filter,
+                "usage.report_interval",
+                "must be 0s (off) or between 1s and 1h",
+            ));
+        }
+        if let Some(gateway) = &self.gateway
+            && (gateway.is_empty() || gateway.len() > 128 || !gateway.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                filter,
+                "usage.gateway",
+                "must be 1 to 128 visible ASCII characters",
+            ));
+        }
+        Ok(UsageConfig { report_interval: (!interval.is_zero()).then_some(interval), gateway: self.gateway })
+    }
+}

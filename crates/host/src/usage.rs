@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prost::Message;
-use tollgate_core::config::KeyService;
+use tollgate_core::config::{KeyService, UsageConfig};
 use tollgate_proto::v1;
 
 use crate::shared::{CAS_RETRIES, Cas, cas_apply};
@@ -180,6 +180,23 @@ impl Usage {
             sent: Cell::new(None),
             failing: Cell::new(false),
         }
+    }
+
+    /// The reporter a filter's `usage` block asks for (`None`: reporting is off), its record under
+    /// the filter's shared-data `prefix`. It reports as `usage.gateway`, else as the proxy's node id
+    /// (`xds.node.id`), else as `envoy`.
+    pub fn configured<H: Host + ?Sized>(host: &H, config: &UsageConfig, prefix: &str) -> Option<Usage> {
+        let interval = config.report_interval?;
+        let gateway = config.gateway.clone().unwrap_or_else(|| {
+            host.property(&["xds", "node", "id"])
+                .and_then(|id| String::from_utf8(id).ok())
+                .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+                .unwrap_or_else(|| "envoy".to_owned())
+        });
+        // Differs between proxies: the time, and where this worker's heap put the prefix.
+        let seed = host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (prefix.as_ptr() as usize as u64).rotate_left(32);
+        Some(Usage::new(&format!("{prefix}usage"), gateway, interval, seed))
     }
 
     /// Counts one request of `key_id` with `outcome` (`allowed` or a refusal reason). No host call.

@@ -131,26 +131,10 @@ pub enum RootCall {
     Usage,
 }
 
-/// The usage reporter of this worker, as configured: named by `usage.gateway`, else by the
-/// proxy's node id, else `envoy`.
-fn usage_of<H: Host + ?Sized>(host: &H, config: &Config, prefix: &str) -> Option<Usage> {
-    let interval = config.usage.report_interval?;
-    let gateway = config.usage.gateway.clone().unwrap_or_else(|| {
-        host.property(&["xds", "node", "id"])
-            .and_then(|id| String::from_utf8(id).ok())
-            .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or_else(|| "envoy".to_owned())
-    });
-    // Differs between proxies: the time and where this worker's heap put the prefix.
-    let seed =
-        host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (prefix.as_ptr() as usize as u64).rotate_left(32);
-    Some(Usage::new(&format!("{prefix}usage"), gateway, interval, seed))
-}
-
 impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, config: Config) -> Self {
         let keys = Keys::new(&config);
-        let usage = usage_of(host, &config, keys.prefix());
+        let usage = Usage::configured(host, &config.usage, keys.prefix());
         let config_local_slots = config.cache.slots.min(MAX_LOCAL_SLOTS);
         Self {
             feed: feed::Consumer::new("key-auth", keys.prefix()),

@@ -103,6 +103,10 @@ impl<H: Host> SigningHttp<H> {
     fn deny(&mut self, deny: Deny) -> Action {
         self.phase = Phase::Done;
         let key_id = self.key_id();
+        // Counted against the key when the key service knows it (its material was found).
+        if self.material.is_some() {
+            self.count_usage(deny.reason());
+        }
         let worker = self.worker.borrow();
         respond_denied(&*self.host, &worker, deny, &self.request_id, &key_id);
         Action::Pause
@@ -317,6 +321,17 @@ impl<H: Host> SigningHttp<H> {
 
     fn allow(&self) {
         self.worker.borrow().counters.inc(&*self.host, Stat::Allowed);
+        self.count_usage("allowed");
+    }
+
+    /// Counts this request against its key, for the key service's usage.
+    fn count_usage(&self, outcome: &'static str) {
+        let (Some(entry), Ok(worker)) = (&self.material, self.worker.try_borrow()) else {
+            return;
+        };
+        if let Some(usage) = &worker.usage {
+            usage.count(&entry.key_id, self.host.now_ms(), outcome);
+        }
     }
 
     /// Decides once the material is there; otherwise keeps waiting.

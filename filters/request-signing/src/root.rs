@@ -32,7 +32,19 @@ impl Filter for RequestSigning {
         let seed = host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ address.rotate_left(32);
         let local = Local::new(config.cache_slots.min(MAX_LOCAL_SLOTS));
         let feed_lag = Gauge::define(host, "tollgate.request_signing.feed_lag_seconds");
-        Ok(RefCell::new(Worker { config, keys, counters, seed, feed, feed_lag, feed_token: None, local }))
+        let usage = tollgate_host::usage::Usage::configured(host, &config.usage, keys.prefix());
+        Ok(RefCell::new(Worker {
+            config,
+            keys,
+            counters,
+            seed,
+            feed,
+            feed_lag,
+            usage,
+            usage_token: None,
+            feed_token: None,
+            local,
+        }))
     }
 
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {
@@ -54,6 +66,17 @@ impl Filter for RequestSigning {
             feed::Poll::Refused => w.counters.inc(host, Stat::FeedError),
             feed::Poll::NotMyTurn => {}
         }
+        // Usage: this worker's counts into the proxy's, and a report when it is its turn.
+        if let Some(usage) = &w.usage {
+            let feed_seq = w.feed.state(host).cursor;
+            let tick = usage.tick(host, &w.config.key_service, feed_seq);
+            if tick.dropped > 0 {
+                w.counters.add(host, Stat::UsageDropped, tick.dropped);
+            }
+            if tick.started.is_some() {
+                w.usage_token = tick.started;
+            }
+        }
     }
 
     fn grpc_response<H: Host>(
@@ -65,6 +88,15 @@ impl Filter for RequestSigning {
         size: usize,
     ) {
         let mut w = worker.borrow_mut();
+        if w.usage_token == Some(token) {
+            w.usage_token = None;
+            if let Some(usage) = &w.usage {
+                let stat =
+                    if usage.done(host, status) { Stat::UsageReportOk } else { Stat::UsageReportError };
+                w.counters.inc(host, stat);
+            }
+            return;
+        }
         if w.feed_token != Some(token) {
             return;
         }

@@ -231,6 +231,8 @@ mod tests {
             keys,
             seed: 0,
             feed_token: None,
+            usage: None,
+            usage_token: None,
             config: config.clone(),
         };
         let now = host.now_ms();

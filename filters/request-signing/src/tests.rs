@@ -295,8 +295,8 @@ fn revocation_on_the_change_feed_invalidates_the_cached_material() {
             head_seq: head,
         };
         gw.host.set_grpc_response(Some(reply.encode_to_vec()), None);
-        let token = gw.host.calls().len() as u32;
-        gw.grpc_response(ROOT_ID, token, 0, 1);
+        let poll = gw.host.calls().into_iter().rev().find(|c| c.method == "ListChanges").expect("a poll");
+        gw.grpc_response(ROOT_ID, poll.token, 0, 1);
         gw.host.advance(Duration::from_secs(1));
     }
     let calls_before = gw.host.calls().len();
@@ -482,4 +482,26 @@ fn shipped_example_config_is_accepted() {
     assert!(gw.configure(include_str!("../config.example.json")), "{:?}", gw.host.logs());
     assert_eq!(gw.host.tick_period(), Some(Duration::from_millis(500)));
     assert_eq!(gw.worker().unwrap().borrow().config.replay_slots, 8192);
+}
+
+#[test]
+fn requests_are_counted_per_key_and_reported_from_the_root_context() {
+    let mut gw = gateway();
+    let headers = signed("GET", "/a", None, NOW_S);
+    let (id, _) = gw.send("GET", "/a", &headers, None);
+    gw.answer(id, &hmac_reply("key_a", v1::VerifyResult::Valid));
+    // The same signature again: refused as a replay, counted against the key.
+    gw.send("GET", "/a", &headers, None);
+    // Unsigned: no key to count against.
+    gw.send("GET", "/a", &[], None);
+    gw.host.advance(Duration::from_secs(6));
+    gw.tick();
+    let call = gw.host.calls().into_iter().rev().find(|c| c.method == "ReportUsage").expect("a report");
+    assert_eq!(call.context_id, tollgate_host::mock::ROOT_ID);
+    let batch = v1::ReportUsageRequest::decode(call.message.as_slice()).unwrap();
+    let mut counts: Vec<(&str, &str, u64)> =
+        batch.counts.iter().map(|c| (c.key_id.as_str(), c.outcome.as_str(), c.count)).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [("key_a", "allowed", 1), ("key_a", "replayed", 1)]);
+    assert_eq!(batch.gateway, "envoy", "no node id on the mock, no usage.gateway");
 }

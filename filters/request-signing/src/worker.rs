@@ -23,6 +23,9 @@ tollgate_host::stats! {
         FeedError => "feed_error",
         FeedInvalidations => "feed_invalidations",
         FeedResets => "feed_resets",
+        UsageReportOk => "usage_report_ok",
+        UsageReportError => "usage_report_error",
+        UsageDropped => "usage_dropped",
     }
 }
 
@@ -38,6 +41,10 @@ pub struct Worker {
     pub feed: feed::Consumer,
     /// Seconds this proxy's view of the change feed may be behind the key service.
     pub feed_lag: tollgate_host::stats::Gauge,
+    /// Requests per key, reported to the key service (`None`: reporting is off).
+    pub usage: Option<tollgate_host::usage::Usage>,
+    /// The usage report in flight, if any.
+    pub usage_token: Option<u32>,
     /// The change-feed poll in flight, if any.
     pub feed_token: Option<u32>,
     /// The key material this worker used, in front of shared data (see

@@ -29,25 +29,10 @@ struct RawConfig {
     #[serde(default)]
     realm: Option<String>,
     #[serde(default)]
-    usage: RawUsage,
+    usage: crate::config::RawUsage,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUsage {
-    #[serde(default, deserialize_with = "duration::de_opt")]
-    report_interval: Option<Duration>,
-    #[serde(default)]
-    gateway: Option<String>,
-}
-
-/// Usage reporting: how often one worker of the proxy sends the counts per key to the key
-/// service (`None`: never), and the name the proxy reports under (`None`: its node id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageConfig {
-    pub report_interval: Option<Duration>,
-    pub gateway: Option<String>,
-}
+pub use crate::config::UsageConfig;
 
 fn yes() -> bool {
     true
@@ -240,21 +225,7 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("realm", "must not contain quotes or backslashes"));
         }
 
-        let report_interval = raw.usage.report_interval.unwrap_or(Duration::from_secs(5));
-        if !report_interval.is_zero()
-            && (report_interval < Duration::from_secs(1) || report_interval > Duration::from_secs(3600))
-        {
-            return Err(err("usage.report_interval", "must be 0s (off) or between 1s and 1h"));
-        }
-        if let Some(gateway) = &raw.usage.gateway
-            && (gateway.is_empty() || gateway.len() > 128 || !gateway.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            return Err(err("usage.gateway", "must be 1 to 128 visible ASCII characters"));
-        }
-        let usage = UsageConfig {
-            report_interval: (!report_interval.is_zero()).then_some(report_interval),
-            gateway: raw.usage.gateway,
-        };
+        let usage = raw.usage.compile(FILTER)?;
 
         Ok(Config {
             key_service: ks,

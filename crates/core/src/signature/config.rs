@@ -30,6 +30,8 @@ struct RawConfig {
     replay: RawReplay,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    usage: crate::config::RawUsage,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +106,7 @@ pub struct Config {
     pub cache_slots: u32,
     pub replay_slots: u32,
     pub realm: String,
+    pub usage: crate::config::UsageConfig,
 }
 
 impl Config {
@@ -253,6 +256,7 @@ impl TryFrom<RawConfig> for Config {
         if realm.contains('"') || realm.contains('\\') {
             return Err(err("realm", "must not contain quotes or backslashes"));
         }
+        let usage = raw.usage.compile(FILTER)?;
         Ok(Config {
             key_service: ks,
             policy,
@@ -263,6 +267,7 @@ impl TryFrom<RawConfig> for Config {
             cache_slots,
             replay_slots,
             realm,
+            usage,
         })
     }
 }
