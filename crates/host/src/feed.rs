@@ -298,12 +298,7 @@ mod tests {
     use crate::shared::CAS_RETRIES;
 
     fn target() -> KeyService {
-        KeyService {
-            cluster: "keyd".to_owned(),
-            token: tollgate_core::secret::Secret::new("tgd_test"),
-            timeout: Duration::from_millis(200),
-            poll_interval: Duration::from_secs(1),
-        }
+        crate::mock::key_service()
     }
 
     /// Polls (after the interval) and answers with `changes` (seq, key id, kind) and `head`;

@@ -851,6 +851,17 @@ impl<F: Filter, H: Host + 'static> Harness<F, H> {
     }
 }
 
+/// A key service as the tests' filters reach it: cluster `keyd`, token `tgd_test`, a 200 ms
+/// timeout, a 1 s feed poll interval.
+pub fn key_service() -> tollgate_core::config::KeyService {
+    tollgate_core::config::KeyService {
+        cluster: "keyd".to_owned(),
+        token: tollgate_core::secret::Secret::new("tgd_test"),
+        timeout: Duration::from_millis(200),
+        poll_interval: Duration::from_secs(1),
+    }
+}
+
 /// The mock answers only what Envoy 1.40 answers: a filter (or a test) that reads another path is
 /// a bug that would pass here and fail in Envoy, so it fails here too.
 #[allow(clippy::panic)]

@@ -326,12 +326,7 @@ mod tests {
     use crate::mock::MockHost;
 
     fn target() -> KeyService {
-        KeyService {
-            cluster: "keyd".to_owned(),
-            token: tollgate_core::secret::Secret::new("tgd_test"),
-            timeout: Duration::from_millis(200),
-            poll_interval: Duration::from_secs(1),
-        }
+        crate::mock::key_service()
     }
 
     fn usage(seed: u64) -> Usage {
