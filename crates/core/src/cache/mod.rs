@@ -1,0 +1,109 @@
+//! The response cache (RFC 9111 for a shared cache, RFC 5861's stale extensions): directive
+//! parsing, what may be stored and for how long, how old a stored response is, whether it may
+//! answer a request, the cache key, conditional requests, and a worker's bounded store.
+//!
+//! Everything is pure: times are seconds since the epoch passed in, headers are lower-case
+//! names with their exact bytes. A field the cache depends on that is not text makes the
+//! message one the cache neither stores nor answers from.
+
+pub mod conditional;
+pub mod config;
+pub mod control;
+pub mod date;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+/// RFC 9211 `Cache-Status` of the filter: `tollgate; …`.
+pub const CACHE_NAME: &str = "tollgate";
+
+/// Fields never stored nor replayed: hop-by-hop (RFC 9110 §7.6.1), those the cache computes
+/// again (`age`, `content-length`) and those of this proxy's own hop.
+const NOT_STORED: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "age",
+    "content-length",
+    "cache-status",
+    "x-envoy-upstream-service-time",
+];
+
+/// The response headers to store (pseudo-headers and [`NOT_STORED`] left out, and the fields a
+/// `Connection` header names); `None` when one is not text.
+pub fn stored_headers(headers: &[(String, Vec<u8>)]) -> Option<Vec<(String, String)>> {
+    let mut connection: Vec<String> = Vec::new();
+    for line in policy::lines(headers, "connection") {
+        let text = std::str::from_utf8(line).ok()?;
+        connection.extend(text.split(',').map(|n| n.trim().to_ascii_lowercase()));
+    }
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        if name.starts_with(':') || NOT_STORED.contains(&name.as_str()) || connection.contains(name) {
+            continue;
+        }
+        out.push((name.clone(), String::from_utf8(value.clone()).ok()?));
+    }
+    Some(out)
+}
+
+/// Whether a response must flow through unbuffered: an event stream, an upgrade, or a length
+/// past `max_object_bytes`. A body with no length is buffered until it passes the cap.
+pub fn streamed(status: u32, headers: &[(String, Vec<u8>)], max_object_bytes: usize) -> bool {
+    if status == 101 || !policy::lines(headers, "upgrade").is_empty() {
+        return true;
+    }
+    let event_stream = policy::lines(headers, "content-type")
+        .iter()
+        .any(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    let too_long = policy::lines(headers, "content-length").first().is_some_and(|v| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .is_none_or(|n| n > max_object_bytes)
+    });
+    event_stream || too_long
+}
+
+/// How the cache handled a request, as RFC 9211 `Cache-Status` says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Answered from the cache; `ttl` seconds of freshness left (negative: stale).
+    Hit { ttl: i64, detail: Option<&'static str>, collapsed: bool },
+    /// Went to the origin (`fwd`), with what came back and whether it was stored.
+    Forward { fwd: &'static str, stored: bool, detail: Option<&'static str> },
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut out = CACHE_NAME.to_owned();
+        match self {
+            Status::Hit { ttl, detail, collapsed } => {
+                out.push_str(&format!("; hit; ttl={ttl}"));
+                if *collapsed {
+                    out.push_str("; collapsed");
+                }
+                if let Some(d) = detail {
+                    out.push_str(&format!("; detail={d}"));
+                }
+            }
+            Status::Forward { fwd, stored, detail } => {
+                out.push_str(&format!("; fwd={fwd}"));
+                if *stored {
+                    out.push_str("; stored");
+                }
+                if let Some(d) = detail {
+                    out.push_str(&format!("; detail={d}"));
+                }
+            }
+        }
+        out
+    }
+}
