@@ -17,7 +17,8 @@ pub const DEFAULT_MAX_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Envoy's default per-stream buffer limit is 1 MiB; an object is buffered by the filter, so a
 /// cap past this would be a config that holds far more per request than intended.
 pub const MAX_OBJECT_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-pub const MAX_MEMORY_BYTES_LIMIT: usize = 4 * 1024 * 1024 * 1024;
+/// A VM has at most 4 GiB of memory (wasm32): a quarter of it for the cache.
+pub const MAX_MEMORY_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_STALE_MAX: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
