@@ -164,10 +164,7 @@ pub fn parse_request(values: &[&[u8]], pragma: &[&[u8]]) -> Result<RequestDirect
             }
             "max-stale" => {
                 // A value that cannot be read allows no staleness at all.
-                let n = match &value {
-                    None => None,
-                    Some(v) => Some(delta_seconds(v).unwrap_or(0)),
-                };
+                let n = value.as_deref().map(|v| delta_seconds(v).unwrap_or(0));
                 d.max_stale = Some(match (d.max_stale, n) {
                     (None, n) | (Some(None), n) => n,
                     (Some(Some(o)), None) => Some(o),

@@ -154,6 +154,11 @@ pub fn storable(
     let lifetime =
         freshness_lifetime(&cc, date.unwrap_or(response_time), expires).ok_or(NotStored::NoFreshness)?;
     let no_stale = cc.must_revalidate || cc.proxy_revalidate;
+    let has_window = !no_stale && (cc.stale_while_revalidate > Some(0) || cc.stale_if_error > Some(0));
+    if lifetime == 0 && !has_window {
+        // Stale from the start, with nothing it could still be used for.
+        return Err(NotStored::NoFreshness);
+    }
     Ok(Freshness {
         lifetime,
         date: date.unwrap_or(response_time),
@@ -228,12 +233,12 @@ pub fn usable(f: &Freshness, age: u64, req: &RequestDirectives) -> Usable {
     if req.max_age.is_some_and(|m| age > m) || req.min_fresh.is_some() {
         return Usable::Stale;
     }
-    if !f.must_revalidate && !f.s_maxage {
-        if let Some(max_stale) = req.max_stale {
-            if max_stale.is_none_or(|m| staleness <= m) {
-                return Usable::StaleAllowed;
-            }
-        }
+    if !f.must_revalidate
+        && !f.s_maxage
+        && let Some(max_stale) = req.max_stale
+        && max_stale.is_none_or(|m| staleness <= m)
+    {
+        return Usable::StaleAllowed;
     }
     if staleness < f.stale_while_revalidate {
         return Usable::StaleWhileRevalidate;

@@ -154,7 +154,23 @@ fn storability_table() {
             vec![("date", "Tue, 14 Nov 2023 22:13:20 GMT"), ("expires", "Tue, 14 Nov 2023 22:14:20 GMT")],
             Ok(60),
         ),
-        ("invalid expires", true, false, 200, vec![("expires", "0")], Ok(0)),
+        ("invalid expires", true, false, 200, vec![("expires", "0")], Err(NotStored::NoFreshness)),
+        (
+            "max-age=0 with a window",
+            true,
+            false,
+            200,
+            vec![("cache-control", "max-age=0, stale-if-error=60")],
+            Ok(0),
+        ),
+        (
+            "garbled max-age",
+            true,
+            false,
+            200,
+            vec![("cache-control", "max-age=abc")],
+            Err(NotStored::NoFreshness),
+        ),
         (
             "max-age beats expires",
             true,
@@ -377,7 +393,8 @@ fn vary_values_join_lines() {
 #[test]
 fn conditional_table() {
     let lm = Some("Tue, 14 Nov 2023 22:13:20 GMT");
-    let cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Option<&str>, bool)> = vec![
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
+    let cases: Vec<Case> = vec![
         (Some("\"v1\""), None, Some("\"v1\""), None, true),
         (Some("W/\"v1\""), None, Some("\"v1\""), None, true),
         (Some("\"v1\""), None, Some("W/\"v1\""), None, true),
