@@ -19,6 +19,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tollgate_e2e::scripted::{Script, ScriptedUpstream};
 use tollgate_e2e::{
     Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, UPSTREAM_CLUSTER, Value, eventually, json,
 };
@@ -516,4 +517,53 @@ async fn invalid_configs_are_refused_naming_the_field() {
         let log = Envoy::expect_refusal(EnvoyOpts::new(origin.addr).http_filter(cache_filter(&config))).await;
         assert!(log.contains("invalid cache config") && log.contains(field), "{field}: {log}");
     }
+}
+
+/// A chunked body that comes in several pieces (`n` bytes in all), each of a different byte.
+fn chunked(n: usize, trailers: &[(&str, &str)], content_type: &str) -> (Script, Vec<u8>) {
+    let mut script = Script::chunked(200, &[("cache-control", "max-age=60"), ("content-type", content_type)]);
+    let mut body = Vec::new();
+    let piece = n / 4;
+    for i in 0..4u8 {
+        let chunk = vec![b'a' + i; piece];
+        body.extend_from_slice(&chunk);
+        script = script.chunk(&chunk).pause(Duration::from_millis(30));
+    }
+    (script.end(trailers), body)
+}
+
+#[tokio::test]
+async fn a_body_in_many_chunks_is_stored_whole_and_one_past_the_cap_is_not() {
+    let (script, body) = chunked(40_000, &[], "application/octet-stream");
+    let upstream = ScriptedUpstream::http1(script).await;
+    let envoy = Envoy::start(EnvoyOpts::new(upstream.addr()).http_filter(cache_filter(&config()))).await;
+    let first = envoy.get("/big").send().await;
+    assert_eq!(first.body.as_ref(), body.as_slice());
+    let hit = envoy.get("/big").send().await;
+    assert!(hit.header("cache-status").unwrap().contains("hit"), "{:?}", hit.headers);
+    assert_eq!(hit.body.as_ref(), body.as_slice());
+    assert_eq!(upstream.received().len(), 1);
+
+    // Past max_object_bytes (65536): passed through whole, never stored.
+    let (script, body) = chunked(80_000, &[], "application/octet-stream");
+    let upstream = ScriptedUpstream::http1(script).await;
+    let envoy = Envoy::start(EnvoyOpts::new(upstream.addr()).http_filter(cache_filter(&config()))).await;
+    for _ in 0..2 {
+        assert_eq!(envoy.get("/big").send().await.body.as_ref(), body.as_slice());
+    }
+    assert_eq!(upstream.received().len(), 2);
+    assert_eq!(stat(&envoy, "not_stored_too_large_total").await, 2);
+}
+
+#[tokio::test]
+async fn event_streams_are_never_buffered_nor_stored() {
+    let (script, body) = chunked(4_000, &[], "text/event-stream");
+    let upstream = ScriptedUpstream::http1(script).await;
+    let envoy = Envoy::start(EnvoyOpts::new(upstream.addr()).http_filter(cache_filter(&config()))).await;
+    for _ in 0..2 {
+        let res = envoy.get("/events").send().await;
+        assert_eq!(res.body.as_ref(), body.as_slice());
+        assert_eq!(res.header("cache-status"), Some("tollgate; fwd=uri-miss"));
+    }
+    assert_eq!(upstream.received().len(), 2);
 }
