@@ -17,3 +17,6 @@ pub use root::Cache;
 proxy_wasm::main! {{
     tollgate_host::start::<Cache>();
 }}
+
+#[cfg(test)]
+mod tests;
