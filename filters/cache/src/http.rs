@@ -140,9 +140,13 @@ impl<H: Host> CacheHttp<H> {
                         }
                     }
                     drop(worker);
-                    self.answered = true;
-                    answer(host, &self.worker, &req, &object, age, detail, false);
-                    return Action::Pause;
+                    if answer(host, &self.worker, &req, &object, age, detail, false) {
+                        self.answered = true;
+                        return Action::Pause;
+                    }
+                    // The proxy refused the local reply: the origin answers instead.
+                    self.fwd = Some("bypass");
+                    return Action::Continue;
                 }
                 Usable::NotForRequest => {
                     self.fallback = Some(object);
@@ -226,11 +230,13 @@ impl<H: Host> CacheHttp<H> {
         {
             let age = policy::current_age(&object.freshness, object.request_time, object.response_time, now);
             if policy::usable_on_error(&object.freshness, age) {
-                self.worker.borrow().counters.inc(host, Stat::StaleIfError);
-                self.answered = true;
                 self.release(host);
-                answer(host, &self.worker, &req, &object, age, Some("stale-if-error"), false);
-                return Action::Pause;
+                if answer(host, &self.worker, &req, &object, age, Some("stale-if-error"), false) {
+                    self.worker.borrow().counters.inc(host, Stat::StaleIfError);
+                    self.answered = true;
+                    return Action::Pause;
+                }
+                // The proxy refused the local reply: the error goes on.
             }
         }
         let mut stored = false;
@@ -240,9 +246,7 @@ impl<H: Host> CacheHttp<H> {
             let authorized = !policy::lines(&req.headers, "authorization").is_empty();
             let decision = policy::storable(true, authorized, status, &headers, now, config.stale).and_then(
                 |freshness| {
-                    if core::streamed(status, &headers, config.max_object_bytes) {
-                        return Err(policy::NotStored::Status);
-                    }
+                    core::body_storable(status, &headers, config.max_object_bytes)?;
                     let vary = policy::vary_names(&headers)?;
                     let stored = core::stored_headers(&headers).ok_or(policy::NotStored::NotText)?;
                     Ok(Object {
@@ -263,7 +267,9 @@ impl<H: Host> CacheHttp<H> {
                     self.req = Some(req);
                 }
                 Err(why) => {
-                    worker.counters.inc(host, Stat::NotStored);
+                    let stat =
+                        if why == policy::NotStored::TooLarge { Stat::TooLarge } else { Stat::NotStored };
+                    worker.counters.inc(host, stat);
                     host.log(LogLevel::Debug, &format!("cache: not stored ({})", why.reason()));
                 }
             }
@@ -376,7 +382,8 @@ fn refresh_job(req: &Req) -> Job {
 }
 
 /// Answers the current request from `object`: 304 when the client's copy matches, else the
-/// stored status, headers and body, with `Age` and `Cache-Status`.
+/// stored status, headers and body, with `Age` and `Cache-Status`. False when the proxy refused
+/// the reply (the request is still the caller's to carry on).
 pub fn answer<H: Host + ?Sized>(
     host: &H,
     worker: &RefCell<Worker>,
@@ -385,7 +392,7 @@ pub fn answer<H: Host + ?Sized>(
     age: u64,
     detail: Option<&'static str>,
     collapsed: bool,
-) {
+) -> bool {
     let lifetime = i64::try_from(object.freshness.lifetime).unwrap_or(i64::MAX);
     let ttl = lifetime.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
     let status = Status::Hit { ttl, detail, collapsed }.render();
@@ -420,10 +427,13 @@ pub fn answer<H: Host + ?Sized>(
     headers.push(("age", &age));
     headers.push(("cache-status", &status));
     if not_modified {
-        worker.borrow().counters.inc(host, Stat::NotModified);
-        host.send_response(304, &headers, &[]);
+        let sent = host.send_response(304, &headers, &[]);
+        if sent {
+            worker.borrow().counters.inc(host, Stat::NotModified);
+        }
+        sent
     } else {
-        host.send_response(object.status, &headers, &object.body);
+        host.send_response(object.status, &headers, &object.body)
     }
 }
 
@@ -446,7 +456,11 @@ pub fn release_flight<H: Host + ?Sized>(host: &H, worker: &RefCell<Worker>, prim
                     w.counters.inc(host, Stat::Coalesced);
                     w.answered.insert(waiter.context_id);
                 }
-                answer(host, worker, &waiter.req, &object, age, None, true);
+                if !answer(host, worker, &waiter.req, &object, age, None, true) {
+                    // The proxy refused the local reply: the request goes upstream itself.
+                    worker.borrow_mut().answered.remove(&waiter.context_id);
+                    host.resume_request();
+                }
             }
             _ => {
                 host.resume_request();

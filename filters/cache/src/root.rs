@@ -149,7 +149,9 @@ fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_si
     let max = w.config.max_object_bytes;
     let decision = policy::storable(true, job.authorized, status, &headers, now, w.config.stale);
     let object = match decision {
-        Ok(freshness) if body_size <= max && !tollgate_core::cache::streamed(status, &headers, max) => {
+        Ok(freshness)
+            if body_size <= max && tollgate_core::cache::body_storable(status, &headers, max).is_ok() =>
+        {
             let body = if body_size == 0 {
                 Vec::new()
             } else {

@@ -54,22 +54,33 @@ pub fn stored_headers(headers: &[(String, Vec<u8>)]) -> Option<Vec<(String, Stri
     Some(out)
 }
 
-/// Whether a response must flow through unbuffered: an event stream, an upgrade, or a length
-/// past `max_object_bytes`. A body with no length is buffered until it passes the cap.
-pub fn streamed(status: u32, headers: &[(String, Vec<u8>)], max_object_bytes: usize) -> bool {
+/// Whether a response's body may be copied to be stored: not an event stream or an upgrade
+/// (never buffered), not announcing a length past `max_object_bytes` (or one that cannot be
+/// read). A body with no length is copied until it passes the cap.
+pub fn body_storable(
+    status: u32,
+    headers: &[(String, Vec<u8>)],
+    max_object_bytes: usize,
+) -> Result<(), policy::NotStored> {
     if status == 101 || !policy::lines(headers, "upgrade").is_empty() {
-        return true;
+        return Err(policy::NotStored::Streamed);
     }
     let event_stream = policy::lines(headers, "content-type")
         .iter()
         .any(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    if event_stream {
+        return Err(policy::NotStored::Streamed);
+    }
     let too_long = policy::lines(headers, "content-length").first().is_some_and(|v| {
         std::str::from_utf8(v)
             .ok()
             .and_then(|t| t.trim().parse::<usize>().ok())
             .is_none_or(|n| n > max_object_bytes)
     });
-    event_stream || too_long
+    if too_long {
+        return Err(policy::NotStored::TooLarge);
+    }
+    Ok(())
 }
 
 /// How the cache handled a request, as RFC 9211 `Cache-Status` says it.

@@ -25,6 +25,10 @@ pub enum NotStored {
     NoFreshness,
     /// A field the decision depends on is not text.
     NotText,
+    /// An event stream or an upgrade: never buffered.
+    Streamed,
+    /// A body longer than the largest object stored.
+    TooLarge,
 }
 
 impl NotStored {
@@ -41,6 +45,8 @@ impl NotStored {
             Self::NoCache => "no_cache",
             Self::NoFreshness => "no_freshness",
             Self::NotText => "not_text",
+            Self::Streamed => "streamed",
+            Self::TooLarge => "too_large",
         }
     }
 }

@@ -501,12 +501,19 @@ fn headers_to_store_and_streams() {
         stored_headers(&headers),
         Some(vec![("content-type".into(), "text/plain".into()), ("etag".into(), "\"v\"".into())])
     );
-    assert!(streamed(200, &h(&[("content-type", "text/event-stream; charset=utf-8")]), 100));
-    assert!(streamed(101, &[], 100));
-    assert!(streamed(200, &h(&[("content-length", "101")]), 100));
-    assert!(streamed(200, &h(&[("content-length", "nope")]), 100));
-    assert!(!streamed(200, &h(&[("content-length", "100")]), 100));
-    assert!(!streamed(200, &h(&[("transfer-encoding", "chunked")]), 100));
+    let streamed = Err(NotStored::Streamed);
+    let too_large = Err(NotStored::TooLarge);
+    assert_eq!(
+        body_storable(200, &h(&[("content-type", "text/event-stream; charset=utf-8")]), 100),
+        streamed
+    );
+    assert_eq!(body_storable(200, &h(&[("content-type", "TEXT/EVENT-STREAM")]), 100), streamed);
+    assert_eq!(body_storable(101, &[], 100), streamed);
+    assert_eq!(body_storable(200, &h(&[("upgrade", "websocket")]), 100), streamed);
+    assert_eq!(body_storable(200, &h(&[("content-length", "101")]), 100), too_large);
+    assert_eq!(body_storable(200, &h(&[("content-length", "nope")]), 100), too_large);
+    assert_eq!(body_storable(200, &h(&[("content-length", "100")]), 100), Ok(()));
+    assert_eq!(body_storable(200, &h(&[("transfer-encoding", "chunked")]), 100), Ok(()));
 }
 
 #[test]
