@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tollgate_e2e::scripted::{Script, ScriptedUpstream};
 use tollgate_e2e::{
-    Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, UPSTREAM_CLUSTER, Value, eventually, json,
+    Envoy, EnvoyOpts, H2Request, HttpClient, Keyd, RawRequest, UPSTREAM_CLUSTER, Value, eventually, json,
 };
 
 const STATS: &str = "wasmcustom.tollgate.cache.";
@@ -566,4 +566,41 @@ async fn event_streams_are_never_buffered_nor_stored() {
         assert_eq!(res.header("cache-status"), Some("tollgate; fwd=uri-miss"));
     }
     assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn repeated_lines_empty_bodies_and_http2_clients() {
+    let origin = Origin::start().await;
+    // Two field lines are one list: `no-store` in the second wins.
+    origin.script("/two-lines", 200, &[("cache-control", b"max-age=60"), ("cache-control", b"no-store")]);
+    // Vary spread over many lines.
+    let lines: Vec<Vec<u8>> = (0..40).map(|i| format!("x-v{i}").into_bytes()).collect();
+    let vary: Vec<(&str, &[u8])> = std::iter::once(("cache-control", &b"max-age=60"[..]))
+        .chain(lines.iter().map(|l| ("vary", l.as_slice())))
+        .collect();
+    origin.script("/vary-lines", 200, &vary);
+    origin.script("/empty", 204, &[("cache-control", b"max-age=60"), ("x-kept", b"a"), ("x-kept", b"b")]);
+    let envoy = gateway(&origin, 1).await;
+    for path in ["/two-lines", "/vary-lines"] {
+        envoy.get(path).send().await;
+        envoy.get(path).send().await;
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+    // An empty body is stored and replayed empty; repeated headers come back as one line.
+    assert_eq!(envoy.get("/empty").send().await.status, 204);
+    let empty = envoy.get("/empty").send().await;
+    assert_eq!(empty.status, 204);
+    assert!(empty.body.is_empty());
+    assert!(empty.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(empty.header("x-kept"), Some("a, b"));
+    assert_eq!(origin.hits("/empty"), 1);
+
+    // Over HTTP/2, the same entry answers (same authority and path).
+    origin.script("/h2", 200, &[("cache-control", b"max-age=60")]);
+    envoy.get("/h2").send().await;
+    let h2 = H2Request::get("/h2").send(envoy.addr()).await.unwrap();
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.text(), "n=1 lang= consumer=");
+    assert!(h2.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits("/h2"), 1);
 }
