@@ -2,7 +2,8 @@
 # Starts the Tollgate quickstart: key service, demo upstream and the Envoy gateway with key-auth.
 # `make run` builds the release binaries and the wasm filter, installs Envoy, then calls this.
 #
-# Ports (environment): GATEWAY_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8081), KEYD_PORT (7070).
+# Ports (environment): GATEWAY_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8081), KEYD_PORT (7070),
+# KEYD_METRICS_PORT (9102).
 # Binaries: TOLLGATE_BIN_DIR (target/release), TOLLGATE_WASM_DIR (target/wasm32-wasip1/wasm),
 # ENVOY_BIN (.venv/bin/envoy).
 # State and logs go to .run/: keyd/ (database, tokens), keyd.log, echo.log, envoy.log, envoy.yaml.
@@ -16,7 +17,8 @@ GATEWAY_PORT=${GATEWAY_PORT:-8080}
 ADMIN_PORT=${ADMIN_PORT:-9901}
 UPSTREAM_PORT=${UPSTREAM_PORT:-8081}
 KEYD_PORT=${KEYD_PORT:-7070}
-export GATEWAY_PORT ADMIN_PORT UPSTREAM_PORT KEYD_PORT
+KEYD_METRICS_PORT=${KEYD_METRICS_PORT:-9102}
+export GATEWAY_PORT ADMIN_PORT UPSTREAM_PORT KEYD_PORT KEYD_METRICS_PORT
 
 bin=${TOLLGATE_BIN_DIR:-target/release}
 envoy=${ENVOY_BIN:-.venv/bin/envoy}
@@ -89,7 +91,8 @@ wait_for() { # index description command...
 
 # 1. Key service. It creates its admin and data-plane tokens on first start.
 start keyd "$run/keyd.log" "$bin/tollgate-keyd" \
-  --data-dir "$run/keyd" --listen "127.0.0.1:$KEYD_PORT" --log-format text
+  --data-dir "$run/keyd" --listen "127.0.0.1:$KEYD_PORT" --log-format text \
+  --metrics-listen "127.0.0.1:$KEYD_METRICS_PORT"
 wait_for 0 "the key service's data-plane token" test -s "$run/keyd/dataplane.token"
 wait_for 0 "the key service on port $KEYD_PORT" bash -c "exec 3<>/dev/tcp/127.0.0.1/$KEYD_PORT"
 
@@ -118,6 +121,10 @@ Tollgate is running.
   Envoy admin   http://127.0.0.1:$ADMIN_PORT  (/stats, /ready, /config_dump)
   key service   127.0.0.1:$KEYD_PORT  (gRPC; tokens in $run/keyd/)
   upstream      http://127.0.0.1:$UPSTREAM_PORT  (echo)
+  metrics       http://127.0.0.1:$ADMIN_PORT/stats/prometheus  (gateway: tollgate_* with labels, envoy_*)
+                http://127.0.0.1:$KEYD_METRICS_PORT/metrics  (key service)
+                Prometheus with the alert rules: examples/observability/run.sh; Grafana dashboard:
+                observability/grafana/tollgate.json
   logs          $run/keyd.log  $run/echo.log  $run/envoy.log (Envoy log and access log)
 
 Try it in another terminal, from the repository root:
@@ -136,6 +143,9 @@ Try it in another terminal, from the repository root:
   # revoke it; within seconds the same call gets 401 again
   $cli$server_flag keys revoke "\$KEY_ID"
   curl -i -H "x-api-key: \$KEY" $gw/hello
+
+  # what the gateway counted: allowed, and refused by reason
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_key_auth_requests_total'
 
 Ctrl-C stops everything.
 MSG

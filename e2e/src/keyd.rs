@@ -50,6 +50,7 @@ pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerToken>>;
 pub struct Keyd {
     child: Option<Child>,
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     data_dir: PathBuf,
     log_path: PathBuf,
     /// Stopped with SIGSTOP (see [`Keyd::suspend`]).
@@ -74,8 +75,8 @@ impl Keyd {
         let data_dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
-        let (child, addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
-        Keyd { child: Some(child), addr, data_dir, log_path, suspended: false, _temp: None }
+        let (child, addr, metrics_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
+        Keyd { child: Some(child), addr, metrics_addr, data_dir, log_path, suspended: false, _temp: None }
     }
 
     /// [`Keyd::start`] in a temporary directory removed on drop.
@@ -89,6 +90,11 @@ impl Keyd {
     /// The gRPC address (`127.0.0.1:PORT`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The metrics endpoint's address (`127.0.0.1:PORT`, a new port after a restart).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -195,9 +201,10 @@ impl Keyd {
     /// Starts the (stopped) service on its port again.
     async fn start_again(&mut self) {
         let listen = self.addr.to_string();
-        let (child, addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
+        let (child, addr, metrics_addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
         assert_eq!(addr, self.addr, "key service came back on another address");
         self.child = Some(child);
+        self.metrics_addr = metrics_addr;
     }
 
     /// A client authenticated with [`ADMIN_TOKEN`].
@@ -287,39 +294,64 @@ impl Drop for Keyd {
     }
 }
 
-async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr) {
+/// The key service's command line as the tests run it: listening on `listen`, its data in
+/// `data_dir`, the test tokens, text logs, and none of the settings a developer's environment
+/// may hold. Add the flags a test needs.
+pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
+    let mut command = Command::new(binary("tollgate-keyd"));
+    command
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--admin-token")
+        .arg(ADMIN_TOKEN)
+        .arg("--dataplane-token")
+        .arg(DATAPLANE_TOKEN)
+        .arg("--log-format")
+        .arg("text")
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_DATAPLANE_TOKEN")
+        .env_remove("TOLLGATE_KEYD_LISTEN")
+        .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
+        .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts the binary; returns it with its gRPC and metrics addresses.
+async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr, SocketAddr) {
     let bin = binary("tollgate-keyd");
     let addr_file = data_dir.join("keyd.addr");
+    let metrics_addr_file = data_dir.join("keyd.metrics.addr");
     let mut last_error = String::new();
     // Restarting on the same port can race with the old socket's teardown: retry a few times.
     for _ in 0..5 {
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(&metrics_addr_file);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open keyd log");
-        let mut child = Command::new(&bin)
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = keyd_command(listen, data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
-            .arg("--admin-token")
-            .arg(ADMIN_TOKEN)
-            .arg("--dataplane-token")
-            .arg(DATAPLANE_TOKEN)
-            .arg("--log-format")
-            .arg("text")
-            .env_remove("TOLLGATE_ADMIN_TOKEN")
-            .env_remove("TOLLGATE_DATAPLANE_TOKEN")
-            .env_remove("TOLLGATE_KEYD_LISTEN")
-            .env_remove("TOLLGATE_DATA_DIR")
-            .stdin(Stdio::null())
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .arg("--metrics-addr-file")
+            .arg(&metrics_addr_file)
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        match wait_ready(&mut child, &addr_file).await {
-            Ok(addr) => return (child, addr),
+        // The metrics address is written before the gRPC one.
+        let ready = wait_ready(&mut child, &addr_file).await.and_then(|addr| {
+            let written = std::fs::read_to_string(&metrics_addr_file).unwrap_or_default();
+            let metrics_addr =
+                written.trim().parse::<SocketAddr>().map_err(|e| format!("metrics address: {e}"))?;
+            Ok((addr, metrics_addr))
+        });
+        match ready {
+            Ok((addr, metrics_addr)) => return (child, addr, metrics_addr),
             Err(err) => {
                 kill(&mut child);
                 last_error = err;

@@ -144,24 +144,16 @@ async fn a_revoked_key_is_refused_on_every_worker_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_stage_is_refused_at_load_naming_the_field() {
     let echo = Echo::start();
-    let config = json!({"stages": [{"filter": "key_auth", "config": {}}, {"filter": "request_signing"}]});
-    let opts = EnvoyOpts::new(echo.addr()).http_filter(wasm_filter(
-        "pipeline",
-        "tollgate.pipeline",
-        &wasm_module("tollgate"),
-        &config,
-    ));
-    let log = Envoy::expect_refusal(opts).await;
+    let refusal = |config: Value| {
+        let filter = wasm_filter("pipeline", "tollgate.pipeline", &wasm_module("tollgate"), &config);
+        Envoy::expect_refusal(EnvoyOpts::new(echo.addr()).http_filter(filter))
+    };
+    let log =
+        refusal(json!({"stages": [{"filter": "key_auth", "config": {}}, {"filter": "request_signing"}]}))
+            .await;
     assert!(log.contains("invalid pipeline config: `stages[1].filter`"), "{log}");
 
-    let config = json!({"stages": [{"filter": "rate_limit", "config": {"rules": "many"}}]});
-    let opts = EnvoyOpts::new(echo.addr()).http_filter(wasm_filter(
-        "pipeline",
-        "tollgate.pipeline",
-        &wasm_module("tollgate"),
-        &config,
-    ));
-    let log = Envoy::expect_refusal(opts).await;
+    let log = refusal(json!({"stages": [{"filter": "rate_limit", "config": {"rules": "many"}}]})).await;
     assert!(log.contains("invalid rate-limit config"), "{log}");
     assert!(log.contains("`stages[0].config`"), "{log}");
 }

@@ -49,9 +49,25 @@ pub enum Command {
     /// Manage consumers, the callers that own keys.
     #[command(subcommand)]
     Consumers(ConsumersCommand),
+    /// Requests per key over a window, as the gateways reported them, and the gateways that
+    /// report (one call, whatever the number of keys).
+    Usage(UsageArgs),
     /// Sign a request (RFC 9421 HTTP Message Signatures) and print the headers to add:
     /// Content-Digest (with a body), Signature-Input and Signature. Needs no key service.
     Sign(SignArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    /// Only these keys (repeat the flag for several).
+    #[arg(long = "key", value_name = "ID")]
+    pub keys: Vec<String>,
+    /// Only this consumer's keys (id or name).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// How far back (e.g. 15m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = parse::duration_secs)]
+    pub since: u64,
 }
 
 #[derive(Debug, Subcommand)]

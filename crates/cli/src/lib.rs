@@ -57,6 +57,7 @@ pub async fn execute(command: Command, client: &mut Client, output: &mut Output<
     match command {
         Command::Keys(cmd) => commands::keys::run(cmd, client, output).await,
         Command::Consumers(cmd) => commands::consumers::run(cmd, client, output).await,
+        Command::Usage(args) => commands::usage::run(args, client, output).await,
         Command::Sign(args) => commands::sign::run(&args, output),
     }
 }

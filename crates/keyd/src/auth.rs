@@ -31,7 +31,8 @@ impl Role {
 }
 
 /// The RPCs the data-plane token may call.
-const DATA_PLANE_METHODS: [&str; 4] = ["VerifyKey", "ListChanges", "WatchChanges", "GetSigningKey"];
+const DATA_PLANE_METHODS: [&str; 5] =
+    ["VerifyKey", "ListChanges", "WatchChanges", "GetSigningKey", "ReportUsage"];
 
 /// The role an RPC path needs.
 pub fn required_role(path: &str) -> Role {

@@ -120,3 +120,17 @@ pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse
         feed_seq: lookup.head_seq,
     }
 }
+
+/// One key's usage: every outcome's count, and the allowed and denied totals.
+pub fn key_usage_to_proto(usage: crate::model::KeyUsage) -> pb::KeyUsage {
+    let allowed = usage.outcomes.get("allowed").copied().unwrap_or(0);
+    let total: u64 = usage.outcomes.values().fold(0u64, |a, b| a.saturating_add(*b));
+    pb::KeyUsage {
+        key_id: usage.key_id,
+        consumer_id: usage.consumer_id,
+        allowed,
+        denied: total.saturating_sub(allowed),
+        outcomes: usage.outcomes.into_iter().collect(),
+        last_used_at: usage.last_used_at,
+    }
+}

@@ -16,6 +16,7 @@
 //! the tail when `pos >= start`, and from the store when `pos < start`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ struct Shared {
     /// The tail's `end`, sent after every append.
     head: watch::Sender<u64>,
     catch_up: Semaphore,
+    /// Open streams and ListChanges calls in flight (see [`Feed::readers`]).
+    readers: AtomicUsize,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Feed {
             capacity,
             head: head_tx,
             catch_up: Semaphore::new(CATCH_UP_READS),
+            readers: AtomicUsize::new(0),
         });
         let (wake, woken) = watch::channel(());
         let reader =
@@ -142,9 +146,30 @@ impl Feed {
         self.wake.send_replace(());
     }
 
+    /// The newest change the reader has read from the store: what streams are served up to. It
+    /// follows a commit of this process within moments, and other writers within the poll
+    /// interval.
+    pub fn head(&self) -> u64 {
+        *self.shared.head.borrow()
+    }
+
+    /// How many clients read the feed right now: open WatchChanges streams (each waits for the
+    /// next change, or is sending one) plus ListChanges calls in flight (a plain poll that
+    /// never waits, counted while it is served; see [`Feed::reading`]).
+    pub fn readers(&self) -> usize {
+        self.shared.readers.load(Ordering::Relaxed)
+    }
+
+    /// Counts one reader in [`Feed::readers`] until the guard is dropped.
+    pub fn reading(&self) -> Reading {
+        self.shared.readers.fetch_add(1, Ordering::Relaxed);
+        Reading { shared: Arc::clone(&self.shared) }
+    }
+
     /// A stream of the changes after `after`.
     pub fn watch(&self, after: u64) -> Watcher {
         Watcher {
+            _reading: self.reading(),
             cursor: Cursor {
                 shared: Arc::clone(&self.shared),
                 pos: after,
@@ -242,8 +267,20 @@ impl Cursor {
     }
 }
 
+/// One reader of the feed, counted in [`Feed::readers`] while it lives.
+pub struct Reading {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.shared.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The changes after a position, in order, for one WatchChanges stream.
 pub struct Watcher {
+    _reading: Reading,
     cursor: Cursor,
     shutdown: watch::Receiver<bool>,
     done: bool,
@@ -277,8 +314,8 @@ mod tests {
     use super::*;
     use crate::master::Sealed;
     use crate::model::{
-        AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, Lookup, NewConsumer,
-        NewKey, Rotation, SigningLookup,
+        AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyCounts, KeyFilter, KeyPatch, Lookup,
+        NewConsumer, NewKey, Rotation, SigningLookup,
     };
     use crate::store::SqliteStore;
 
@@ -348,6 +385,9 @@ mod tests {
         fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>> {
             self.inner.list_keys(filter, after, limit)
         }
+        fn count_keys(&self, now: i64) -> Result<KeyCounts> {
+            self.inner.count_keys(now)
+        }
         fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key> {
             self.inner.update_key(ctx, id, patch)
         }
@@ -363,6 +403,19 @@ mod tests {
         fn record_usage(&self, used: &[(String, i64)]) -> Result<()> {
             self.inner.record_usage(used)
         }
+        fn report_usage(
+            &self,
+            report: &crate::model::UsageReport,
+            now: i64,
+        ) -> Result<crate::model::UsageApplied> {
+            self.inner.report_usage(report, now)
+        }
+        fn usage(
+            &self,
+            query: &crate::model::UsageQuery,
+        ) -> Result<(Vec<crate::model::KeyUsage>, Vec<crate::model::GatewayReport>, u64)> {
+            self.inner.usage(query)
+        }
         fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -374,6 +427,9 @@ mod tests {
         }
         fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
             self.inner.list_audit(after, limit)
+        }
+        fn audit_written(&self) -> u64 {
+            self.inner.audit_written()
         }
         fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
             self.inner.get_signing(key_id)
@@ -505,6 +561,29 @@ mod tests {
         }
         let most = store.most_at_once.load(Ordering::SeqCst);
         assert!(most <= CATCH_UP_READS, "{most} store reads at once");
+    }
+
+    #[tokio::test]
+    async fn readers_are_counted_while_they_live_and_the_head_follows_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Counting::open(dir.path(), Duration::ZERO);
+        let (feed, _reader, _stop) = start(&store, TAIL_CAPACITY).await;
+        assert_eq!(feed.readers(), 0);
+        let head = store.commit(0);
+        let mut first = feed.watch(head);
+        let second = feed.watch(head);
+        let poll = feed.reading();
+        assert_eq!(feed.readers(), 3);
+        drop(poll);
+        drop(second);
+        assert_eq!(feed.readers(), 1);
+        let last = store.commit(2);
+        feed.notify();
+        read_up_to(&feed, last).await;
+        assert_eq!(feed.head(), last);
+        assert_eq!(take(&mut first, 2).await, vec![last - 1, last]);
+        drop(first);
+        assert_eq!(feed.readers(), 0);
     }
 
     #[tokio::test]

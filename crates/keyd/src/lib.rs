@@ -11,6 +11,7 @@ pub mod error;
 pub mod feed;
 pub mod files;
 pub mod master;
+pub mod metrics;
 pub mod model;
 pub mod secrets;
 pub mod server;
@@ -20,5 +21,5 @@ pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use server::{Config, Options, serve};
+pub use server::{Config, Options, serve, serve_with_metrics};
 pub use store::{SqliteStore, Store};

@@ -53,6 +53,14 @@ struct Cli {
     /// After binding, write the bound address (e.g. 127.0.0.1:54321) to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Address of the Prometheus endpoint (`GET /metrics`, OpenMetrics text), or `off` (port 0
+    /// picks a free port; see --metrics-addr-file).
+    #[arg(long, env = "TOLLGATE_KEYD_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    metrics_listen: String,
+    /// After binding, write the bound metrics address to this file (before --addr-file is
+    /// written).
+    #[arg(long)]
+    metrics_addr_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -76,7 +84,24 @@ enum Command {
     RotateMasterKey,
 }
 
+/// The `--metrics-listen` value that turns the metrics endpoint off.
+const METRICS_OFF: &str = "off";
+
 impl Cli {
+    /// Where to serve metrics; `None` when they are off. A metrics address file needs an
+    /// endpoint.
+    fn metrics_listen(&self) -> Result<Option<&str>, String> {
+        let listen = self.metrics_listen.trim();
+        if !listen.eq_ignore_ascii_case(METRICS_OFF) {
+            return Ok(Some(listen));
+        }
+        if self.metrics_addr_file.is_some() {
+            return Err("--metrics-addr-file: there is no metrics address to write: --metrics-listen is off"
+                .to_owned());
+        }
+        Ok(None)
+    }
+
     fn options(&self) -> Options {
         Options {
             data_dir: self.data_dir.clone(),
@@ -167,15 +192,31 @@ async fn run(cli: Cli) -> Result<(), String> {
         );
         return Ok(());
     }
+    let metrics_listen = cli.metrics_listen()?;
     let config = Config::prepare(&options).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--metrics-listen: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    // The metrics address first: whoever waits for --addr-file finds both.
+    if let (Some(path), Some(metrics_listener)) = (&cli.metrics_addr_file, &metrics_listener) {
+        let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+        write_addr_file(path, &addr.to_string())?;
+    }
     if let Some(path) = &cli.addr_file {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         write_addr_file(path, &addr.to_string())?;
     }
-    tollgate_keyd::serve(config, listener, shutdown_signal()).await.map_err(|e| e.to_string())
+    tollgate_keyd::serve_with_metrics(config, listener, metrics_listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -188,5 +229,29 @@ async fn main() -> ExitCode {
             tracing::error!(error = %err, "tollgate-keyd failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("tollgate-keyd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_by_default_and_off_turns_them_off() {
+        // The default applies only when the environment sets no address.
+        if std::env::var_os("TOLLGATE_KEYD_METRICS_LISTEN").is_none() {
+            assert_eq!(parse(&[]).metrics_listen(), Ok(Some("127.0.0.1:9102")));
+        }
+        assert_eq!(parse(&["--metrics-listen", "127.0.0.1:0"]).metrics_listen(), Ok(Some("127.0.0.1:0")));
+        assert_eq!(parse(&["--metrics-listen", "off"]).metrics_listen(), Ok(None));
+        assert_eq!(parse(&["--metrics-listen", "OFF"]).metrics_listen(), Ok(None));
+        let err = parse(&["--metrics-listen", "off", "--metrics-addr-file", "m.addr"])
+            .metrics_listen()
+            .unwrap_err();
+        assert!(err.starts_with("--metrics-addr-file: "), "{err}");
     }
 }

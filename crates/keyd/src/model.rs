@@ -291,6 +291,72 @@ pub struct Lookup {
     pub head_seq: u64,
 }
 
+/// Requests of one key in one minute with one outcome, as a gateway counted them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCount {
+    pub key_id: String,
+    /// The start of the minute (a multiple of 60).
+    pub minute: i64,
+    /// `allowed`, or why the request was refused.
+    pub outcome: String,
+    pub count: u64,
+}
+
+/// One gateway's batch of counts. Each `(gateway, batch)` is applied once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub gateway: String,
+    pub batch: u64,
+    /// The change-feed sequence the gateway has applied.
+    pub feed_seq: u64,
+    pub counts: Vec<UsageCount>,
+}
+
+/// What applying a [`UsageReport`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageApplied {
+    /// The batch had been applied before: nothing was counted.
+    pub duplicate: bool,
+    /// Counts left out: unknown keys, or minutes out of range.
+    pub skipped: u32,
+}
+
+/// Which usage to read: minutes in `[since, until)`, of `key_ids` (or of `consumer_id`'s keys,
+/// or of every key with usage).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub key_ids: Vec<String>,
+    pub consumer_id: Option<String>,
+    pub since: i64,
+    pub until: i64,
+}
+
+/// One key's usage over a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub consumer_id: String,
+    /// Requests by outcome (`allowed` and each refusal reason).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub last_used_at: i64,
+}
+
+/// A gateway that reports usage, and how far it had applied the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayReport {
+    pub gateway: String,
+    pub last_report_at: i64,
+    pub feed_seq: u64,
+}
+
+/// How many keys are in each [`KeyStatus`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: u64,
+    pub revoked: u64,
+    pub expired: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::feed::{self, Feed};
 use crate::files;
 use crate::master::{self, MasterKeys};
+use crate::metrics::{self, Exporter, Metrics};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
 use crate::store::{SqliteStore, Store};
@@ -175,12 +176,24 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], and the Prometheus metrics endpoint on `metrics_listener` when there is one (see
+/// [`crate::metrics`]). The metrics are collected either way.
+pub async fn serve_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = Metrics::new();
     let db_path = config.db_path.clone();
-    let store: Arc<dyn Store> = Arc::new(
+    let store: Arc<dyn Store> = metrics.timed_store(Arc::new(
         tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
             .await
             .map_err(|e| Error::internal("opening the database", e))??,
-    );
+    ));
     // Secrets still under an older master-key version are re-encrypted under the current one.
     let resealed = {
         let store = Arc::clone(&store);
@@ -201,6 +214,8 @@ pub async fn serve(
     let (feed, feed_reader) =
         Feed::start(Arc::clone(&store), stop_rx.clone(), config.feed_poll_interval, feed::TAIL_CAPACITY)
             .await?;
+    let exporter =
+        Exporter::new(metrics.clone(), Arc::clone(&store), feed.clone(), Arc::clone(&config.clock));
     let service =
         KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed, config.clock)
             .with_master_keys(config.master_keys.clone());
@@ -235,6 +250,18 @@ pub async fn serve(
         }
     });
 
+    let metrics_server = match metrics_listener {
+        Some(metrics_listener) => {
+            let local =
+                metrics_listener.local_addr().map_err(|e| Error::internal("metrics listener address", e))?;
+            tracing::info!(addr = %local, path = metrics::PATH, "metrics listening");
+            Some(tokio::spawn(metrics::serve_http(metrics_listener, Arc::new(exporter), stop_rx.clone())))
+        }
+        None => {
+            tracing::info!("metrics endpoint off");
+            None
+        }
+    };
     let local = listener.local_addr().map_err(|e| Error::internal("listener address", e))?;
     tracing::info!(addr = %local, "key service listening");
     let shutdown = {
@@ -247,6 +274,7 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
+        .layer(metrics.grpc_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -270,6 +298,9 @@ pub async fn serve(
     };
     flusher.abort();
     feed_reader.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     if let Err(err) = usage.flush(&store).await {
         tracing::warn!(error = %err, "could not record key usage");
     }

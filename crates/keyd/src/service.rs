@@ -449,12 +449,45 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn list_changes(&self, request: Request<pb::ListChangesRequest>) -> Reply<pb::ListChangesResponse> {
+        // A plain poll: counted as a feed reader while it is served.
+        let _reading = self.feed.reading();
         let req = request.into_inner();
         let limit = validate::change_limit(req.limit);
         let after = req.after_seq;
         let (changes, head_seq) = self.run(move |s| s.list_changes(after, limit)).await?;
         Ok(Response::new(pb::ListChangesResponse {
             changes: changes.into_iter().map(convert::change_to_proto).collect(),
+            head_seq,
+        }))
+    }
+
+    async fn report_usage(&self, request: Request<pb::ReportUsageRequest>) -> Reply<pb::ReportUsageResponse> {
+        let report = validate::usage_report(request.into_inner())?;
+        let now = self.clock.now();
+        let (gateway, batch, counts) = (report.gateway.clone(), report.batch, report.counts.len());
+        let applied = self.run(move |s| s.report_usage(&report, now)).await?;
+        tracing::debug!(%gateway, batch, counts, duplicate = applied.duplicate, skipped = applied.skipped, "usage report");
+        Ok(Response::new(pb::ReportUsageResponse { duplicate: applied.duplicate, skipped: applied.skipped }))
+    }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::GetUsageResponse> {
+        let req = request.into_inner();
+        let mut query = validate::usage_query(&req, self.clock.now())?;
+        if !req.consumer.is_empty() {
+            let consumer = req.consumer.clone();
+            query.consumer_id = Some(self.run(move |s| s.get_consumer(&consumer)).await?.id);
+        }
+        let (keys, gateways, head_seq) = self.run(move |s| s.usage(&query)).await?;
+        Ok(Response::new(pb::GetUsageResponse {
+            keys: keys.into_iter().map(convert::key_usage_to_proto).collect(),
+            gateways: gateways
+                .into_iter()
+                .map(|g| pb::GatewayReport {
+                    gateway: g.gateway,
+                    last_report_at: g.last_report_at,
+                    feed_seq: g.feed_seq,
+                })
+                .collect(),
             head_seq,
         }))
     }

@@ -9,7 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tollgate_proto::v1 as pb;
 
 use crate::error::{Error, Result};
-use crate::model::{KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy};
+use crate::model::{
+    KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy, UsageCount, UsageQuery, UsageReport,
+};
 
 /// Longest consumer id.
 pub const MAX_ID_LEN: usize = 64;
@@ -37,6 +39,17 @@ pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest page size of the list RPCs.
 pub const MAX_PAGE_SIZE: usize = 500;
+/// Most counts in one usage report.
+pub const MAX_USAGE_COUNTS: usize = 10_000;
+/// Longest gateway name in a usage report.
+pub const MAX_GATEWAY_LEN: usize = 128;
+/// Longest usage outcome.
+pub const MAX_OUTCOME_LEN: usize = 64;
+/// Most keys asked for in one usage query.
+pub const MAX_USAGE_KEYS: usize = 1000;
+/// Longest key id.
+pub const MAX_KEY_ID_LEN: usize = 64;
+
 /// Default and largest `limit` of ListChanges.
 pub const MAX_CHANGES: usize = 1000;
 
@@ -295,6 +308,64 @@ pub fn signing_request(
             Ok(Some((SigningAlgorithm::Ed25519, Some(key))))
         }
     }
+}
+
+/// Checks a gateway's usage report: the gateway named (visible ASCII), at most
+/// [`MAX_USAGE_COUNTS`] counts, each with a key id, a minute (a multiple of 60) and an outcome
+/// (lowercase letters, digits, `_`).
+pub fn usage_report(request: pb::ReportUsageRequest) -> Result<UsageReport> {
+    let gateway = request.gateway;
+    if gateway.is_empty() || gateway.len() > MAX_GATEWAY_LEN || !gateway.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::invalid(
+            "gateway",
+            format!("must be 1 to {MAX_GATEWAY_LEN} visible ASCII characters"),
+        ));
+    }
+    if i64::try_from(request.batch).is_err() {
+        return Err(Error::invalid("batch", "must be below 2^63"));
+    }
+    if request.counts.len() > MAX_USAGE_COUNTS {
+        return Err(Error::invalid("counts", format!("at most {MAX_USAGE_COUNTS} per report")));
+    }
+    let mut counts = Vec::with_capacity(request.counts.len());
+    for (i, c) in request.counts.into_iter().enumerate() {
+        if c.key_id.is_empty()
+            || c.key_id.len() > MAX_KEY_ID_LEN
+            || !c.key_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Error::invalid(format!("counts[{i}].key_id"), "must be a key id"));
+        }
+        if c.minute <= 0 || c.minute % 60 != 0 {
+            return Err(Error::invalid(
+                format!("counts[{i}].minute"),
+                "must be the start of a minute (a multiple of 60)",
+            ));
+        }
+        let outcome_ok = !c.outcome.is_empty()
+            && c.outcome.len() <= MAX_OUTCOME_LEN
+            && c.outcome.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !outcome_ok {
+            return Err(Error::invalid(
+                format!("counts[{i}].outcome"),
+                format!("must be 1 to {MAX_OUTCOME_LEN} lowercase letters, digits or '_'"),
+            ));
+        }
+        counts.push(UsageCount { key_id: c.key_id, minute: c.minute, outcome: c.outcome, count: c.count });
+    }
+    Ok(UsageReport { gateway, batch: request.batch, feed_seq: request.feed_seq, counts })
+}
+
+/// Checks a usage query; `until` 0 means `now`. The consumer is resolved by the caller.
+pub fn usage_query(request: &pb::GetUsageRequest, now: i64) -> Result<UsageQuery> {
+    if request.key_ids.len() > MAX_USAGE_KEYS {
+        return Err(Error::invalid("key_ids", format!("at most {MAX_USAGE_KEYS} per query")));
+    }
+    let until = if request.until == 0 { now.saturating_add(60) } else { request.until };
+    if request.since < 0 || request.since >= until {
+        return Err(Error::invalid("since", "must be before `until`"));
+    }
+    Ok(UsageQuery { key_ids: request.key_ids.clone(), consumer_id: None, since: request.since, until })
 }
 
 #[cfg(test)]

@@ -897,3 +897,114 @@ async fn every_recorded_time_comes_from_the_service_clock() {
         ]
     );
 }
+
+fn usage_count(key_id: &str, minute: i64, outcome: &str, count: u64) -> pb::UsageCount {
+    pb::UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count }
+}
+
+#[tokio::test]
+async fn gateways_report_usage_with_the_data_plane_token_and_admins_read_it_in_one_call() {
+    let mut h = Harness::new().await;
+    let admin = h.server.admin_token.clone();
+    let alice = h.create_key("alice", &[]).await.key.unwrap();
+    let bob = h.create_key("bob", &[]).await.key.unwrap();
+    let minute = now() - now().rem_euclid(60);
+    let report = pb::ReportUsageRequest {
+        gateway: "envoy-1".into(),
+        batch: 1,
+        feed_seq: 2,
+        counts: vec![
+            usage_count(&alice.id, minute, "allowed", 50),
+            usage_count(&alice.id, minute, "insufficient_scope", 3),
+            usage_count(&bob.id, minute - 60, "allowed", 7),
+            usage_count("key_unknown", minute, "allowed", 1),
+        ],
+    };
+    // Only the data plane reports.
+    let err = h.client.report_usage(with_token(report.clone(), &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let applied = h.client.report_usage(h.server.data(report.clone())).await.unwrap().into_inner();
+    assert!(!applied.duplicate);
+    assert_eq!(applied.skipped, 1, "the unknown key");
+    // A retry of the same batch counts nothing again.
+    let again = h.client.report_usage(h.server.data(report)).await.unwrap().into_inner();
+    assert!(again.duplicate);
+
+    // Only admins read.
+    let query = pb::GetUsageRequest { since: minute - 3600, ..Default::default() };
+    let err = h.client.get_usage(h.server.data(query.clone())).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let usage = h.client.get_usage(h.server.admin(query)).await.unwrap().into_inner();
+    let summary: Vec<(&str, u64, u64)> =
+        usage.keys.iter().map(|k| (k.consumer_id.as_str(), k.allowed, k.denied)).collect();
+    assert_eq!(summary, [("alice", 50, 3), ("bob", 7, 0)]);
+    assert_eq!(usage.keys[0].outcomes.get("insufficient_scope"), Some(&3));
+    assert_eq!(usage.gateways.len(), 1);
+    assert_eq!((usage.gateways[0].gateway.as_str(), usage.gateways[0].feed_seq), ("envoy-1", 2));
+    assert!(usage.head_seq >= 2, "two keys created");
+    // By consumer name.
+    let bobs = pb::GetUsageRequest { consumer: "bob".into(), since: minute - 3600, ..Default::default() };
+    let usage = h.client.get_usage(h.server.admin(bobs)).await.unwrap().into_inner();
+    assert_eq!(usage.keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), [bob.id.as_str()]);
+    // `last_used_at` follows the allowed minutes.
+    let key = h.client.get_key(h.server.admin(pb::GetKeyRequest { id: alice.id.clone() })).await.unwrap();
+    assert!(key.into_inner().last_used_at >= minute);
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_usage_report_is_refused_naming_the_field_and_counts_nothing() {
+    let mut h = Harness::new().await;
+    let alice = h.create_key("alice", &[]).await.key.unwrap();
+    let minute = now() - now().rem_euclid(60);
+    let good = usage_count(&alice.id, minute, "allowed", 1);
+    let cases: Vec<(pb::ReportUsageRequest, &str)> = vec![
+        (pb::ReportUsageRequest { gateway: String::new(), ..Default::default() }, "gateway"),
+        (pb::ReportUsageRequest { gateway: "a b".into(), ..Default::default() }, "gateway"),
+        (pb::ReportUsageRequest { gateway: "gw".into(), batch: u64::MAX, ..Default::default() }, "batch"),
+        (
+            pb::ReportUsageRequest {
+                gateway: "gw".into(),
+                counts: vec![good.clone(), usage_count(&alice.id, minute + 1, "allowed", 1)],
+                ..Default::default()
+            },
+            "counts[1].minute",
+        ),
+        (
+            pb::ReportUsageRequest {
+                gateway: "gw".into(),
+                counts: vec![usage_count(&alice.id, minute, "Allowed<script>", 1)],
+                ..Default::default()
+            },
+            "counts[0].outcome",
+        ),
+        (
+            pb::ReportUsageRequest {
+                gateway: "gw".into(),
+                counts: vec![usage_count("", minute, "allowed", 1)],
+                ..Default::default()
+            },
+            "counts[0].key_id",
+        ),
+        (
+            pb::ReportUsageRequest {
+                gateway: "gw".into(),
+                counts: vec![good.clone(); 10_001],
+                ..Default::default()
+            },
+            "counts",
+        ),
+    ];
+    for (request, field) in cases {
+        let err = h.client.report_usage(h.server.data(request)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let query = pb::GetUsageRequest { since: minute - 60, ..Default::default() };
+    let usage = h.client.get_usage(h.server.admin(query)).await.unwrap().into_inner();
+    assert!(usage.keys.is_empty(), "nothing of a refused report was counted: {:?}", usage.keys);
+    let backwards = pb::GetUsageRequest { since: 100, until: 50, ..Default::default() };
+    let err = h.client.get_usage(h.server.admin(backwards)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    h.server.stop().await;
+}

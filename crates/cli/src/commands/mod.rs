@@ -4,6 +4,7 @@
 pub mod consumers;
 pub mod keys;
 pub mod sign;
+pub mod usage;
 
 use std::collections::HashMap;
 

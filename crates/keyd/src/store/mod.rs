@@ -9,9 +9,15 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, Lookup, NewConsumer, NewKey,
-    Rotation, SigningLookup,
+    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
+    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
 };
+
+/// How long per-minute usage is kept, in seconds (31 days).
+pub const USAGE_RETENTION: i64 = 31 * 86_400;
+
+/// How long a gateway's batch numbers are remembered to refuse a batch sent again, in seconds.
+pub const USAGE_BATCH_MEMORY: i64 = 7 * 86_400;
 
 /// Persistent state of the key service.
 pub trait Store: Send + Sync + 'static {
@@ -29,6 +35,8 @@ pub trait Store: Send + Sync + 'static {
     fn get_key(&self, id: &str) -> Result<Key>;
     /// Keys after `after` (a position from an earlier page) in creation order.
     fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>>;
+    /// How many keys are active, revoked and expired at `now`. Reads every key row once.
+    fn count_keys(&self, now: i64) -> Result<KeyCounts>;
     fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key>;
     /// Revoking a revoked key is a no-op that returns it unchanged.
     fn revoke_key(&self, ctx: &Ctx, id: &str, reason: &str) -> Result<Key>;
@@ -38,11 +46,22 @@ pub trait Store: Send + Sync + 'static {
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup>;
     /// Records last-use times (key id, Unix seconds); older times never overwrite newer ones.
     fn record_usage(&self, used: &[(String, i64)]) -> Result<()>;
+    /// Adds a gateway's batch of counts to the per-minute usage (once per `(gateway, batch)`: a
+    /// batch sent again is a duplicate and adds nothing), raises the keys' `last_used_at` and
+    /// records the gateway's report, all in one transaction. Counts of unknown keys and of minutes
+    /// outside `[now − USAGE_RETENTION, now + 5 min]` are skipped.
+    fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied>;
+    /// Usage over a window (one query, whatever the number of keys), the gateways that report,
+    /// and the change feed's head, read in one snapshot.
+    fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)>;
 
     /// Changes with `seq > after`, oldest first, and the feed head.
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;
     /// Audit entries with `seq > after`, oldest first.
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// How many audit entries this store has committed since it was opened (a running count in
+    /// memory, not a query).
+    fn audit_written(&self) -> u64;
 
     /// A key's signing material by key id.
     fn get_signing(&self, key_id: &str) -> Result<SigningLookup>;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rusqlite::types::Type;
@@ -16,12 +16,13 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, Key, KeyFilter, KeyPatch, KeyStatus,
-    Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup,
+    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
+    KeyPatch, KeyStatus, KeyUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch,
+    SigningAlgorithm, SigningLookup, UsageApplied, UsageQuery, UsageReport,
 };
 
-/// 2: signing material (`signing_keys`).
-const SCHEMA_VERSION: i64 = 2;
+/// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -75,6 +76,27 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     ciphertext     BLOB,
     master_version INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+-- Requests per key, minute and outcome, as the gateways reported them.
+CREATE TABLE IF NOT EXISTS usage (
+    key_id  TEXT    NOT NULL,
+    minute  INTEGER NOT NULL,
+    outcome TEXT    NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (key_id, minute, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_by_minute ON usage (minute);
+-- The batches applied, so that one sent again is not counted twice.
+CREATE TABLE IF NOT EXISTS usage_batches (
+    gateway TEXT    NOT NULL,
+    batch   INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (gateway, batch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gateways (
+    name           TEXT    PRIMARY KEY,
+    last_report_at INTEGER NOT NULL,
+    feed_seq       INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     at          INTEGER NOT NULL,
@@ -99,6 +121,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Audit rows committed through this store since it was opened.
+    audit_written: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -149,7 +173,12 @@ impl SqliteStore {
             configure(&conn).map_err(db)?;
             readers.push(Mutex::new(conn));
         }
-        Ok(Self { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            audit_written: AtomicU64::new(0),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -169,9 +198,14 @@ impl SqliteStore {
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.writer.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        // The audit log only grows and this is its only writer, so the rows this transaction
+        // added are the difference of its head before and after.
+        let audit_before = audit_head(&tx)?;
         // On error the transaction rolls back when dropped.
         let out = f(&tx)?;
+        let audited = audit_head(&tx)?.saturating_sub(audit_before);
         tx.commit().map_err(db)?;
+        self.audit_written.fetch_add(audited, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -321,6 +355,16 @@ fn head_seq(tx: &Transaction<'_>) -> Result<u64> {
         .query_row([], |row| row.get(0))
         .map_err(db)?;
     u64::try_from(head).map_err(|e| Error::internal("database: change sequence", e))
+}
+
+/// The newest audit sequence number (0 when the log is empty).
+fn audit_head(tx: &Transaction<'_>) -> Result<u64> {
+    let head: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+        .map_err(db)?
+        .query_row([], |row| row.get(0))
+        .map_err(db)?;
+    u64::try_from(head).map_err(|e| Error::internal("database: audit sequence", e))
 }
 
 fn record_change(
@@ -609,6 +653,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn count_keys(&self, now: i64) -> Result<KeyCounts> {
+        self.read(|tx| {
+            // One pass over the key rows; the clauses are the ones `list_keys` filters by.
+            let sql = format!(
+                "SELECT COALESCE(SUM({active}), 0), COALESCE(SUM({revoked}), 0), COALESCE(SUM({expired}), 0) \
+                 FROM keys",
+                active = status_clause(KeyStatus::Active),
+                revoked = status_clause(KeyStatus::Revoked),
+                expired = status_clause(KeyStatus::Expired),
+            );
+            // The clauses read the time from ?2; ?1 is left unused.
+            let (active, revoked, expired): (i64, i64, i64) = tx
+                .prepare_cached(&sql)
+                .map_err(db)?
+                .query_row(params![0, now], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(db)?;
+            let count = |n: i64| u64::try_from(n).map_err(|e| Error::internal("database: key count", e));
+            Ok(KeyCounts { active: count(active)?, revoked: count(revoked)?, expired: count(expired)? })
+        })
+    }
+
     fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key> {
         self.write(|tx| {
             let mut key = require_key(tx, id)?;
@@ -758,6 +823,153 @@ impl Store for SqliteStore {
         })
     }
 
+    fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied> {
+        let batch = i64::try_from(report.batch).map_err(|e| Error::internal("usage batch number", e))?;
+        let feed_seq = i64::try_from(report.feed_seq).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO gateways (name, last_report_at, feed_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET last_report_at = excluded.last_report_at,
+                     feed_seq = MAX(feed_seq, excluded.feed_seq)",
+            )
+            .map_err(db)?
+            .execute(params![report.gateway, now, feed_seq])
+            .map_err(db)?;
+            tx.prepare_cached("DELETE FROM usage_batches WHERE at < ?1")
+                .map_err(db)?
+                .execute(params![now - super::USAGE_BATCH_MEMORY])
+                .map_err(db)?;
+            let fresh = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO usage_batches (gateway, batch, at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?
+                .execute(params![report.gateway, batch, now])
+                .map_err(db)?;
+            if fresh == 0 {
+                return Ok(UsageApplied { duplicate: true, skipped: 0 });
+            }
+            let oldest = now - super::USAGE_RETENTION;
+            let newest = now + 300;
+            let mut skipped = 0u32;
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT INTO usage (key_id, minute, outcome, count)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM keys WHERE id = ?1)
+                     ON CONFLICT (key_id, minute, outcome) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(db)?;
+            let mut used = tx
+                .prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1 AND last_used_at < ?2")
+                .map_err(db)?;
+            for c in &report.counts {
+                let count = i64::try_from(c.count).unwrap_or(i64::MAX);
+                if c.minute < oldest || c.minute > newest || count == 0 {
+                    skipped = skipped.saturating_add(1);
+                    continue;
+                }
+                if add.execute(params![c.key_id, c.minute, c.outcome, count]).map_err(db)? == 0 {
+                    skipped = skipped.saturating_add(1);
+                    continue;
+                }
+                if c.outcome == "allowed" {
+                    used.execute(params![c.key_id, (c.minute + 59).min(now)]).map_err(db)?;
+                }
+            }
+            Ok(UsageApplied { duplicate: false, skipped })
+        })
+    }
+
+    fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)> {
+        let ids = to_json(&query.key_ids)?;
+        let by_id = !query.key_ids.is_empty();
+        self.read(|tx| {
+            let mut keys: Vec<KeyUsage> = Vec::new();
+            {
+                // One query for every key asked for: each key's counts by outcome in the window.
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT k.id, k.consumer_id, k.last_used_at, u.outcome, SUM(u.count)
+                         FROM usage u JOIN keys k ON k.id = u.key_id
+                         WHERE u.minute >= ?1 AND u.minute < ?2
+                           AND (?3 = 0 OR u.key_id IN (SELECT value FROM json_each(?4)))
+                           AND (?5 IS NULL OR k.consumer_id = ?5)
+                         GROUP BY k.id, u.outcome
+                         ORDER BY k.pos, u.outcome",
+                    )
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(params![query.since, query.until, by_id, ids, query.consumer_id], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, i64>(4)?,
+                        ))
+                    })
+                    .map_err(db)?;
+                for row in rows {
+                    let (key_id, consumer_id, last_used_at, outcome, count) = row.map_err(db)?;
+                    let count = u64::try_from(count).unwrap_or(0);
+                    match keys.last_mut() {
+                        Some(k) if k.key_id == key_id => {
+                            k.outcomes.insert(outcome, count);
+                        }
+                        _ => keys.push(KeyUsage {
+                            key_id,
+                            consumer_id,
+                            outcomes: [(outcome, count)].into_iter().collect(),
+                            last_used_at,
+                        }),
+                    }
+                }
+            }
+            // Keys asked for by id that had no usage in the window: there, with nothing counted.
+            if by_id {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, consumer_id, last_used_at FROM keys
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR consumer_id = ?2)
+                         ORDER BY pos",
+                    )
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(params![ids, query.consumer_id], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+                    })
+                    .map_err(db)?;
+                for row in rows {
+                    let (key_id, consumer_id, last_used_at) = row.map_err(db)?;
+                    if !keys.iter().any(|k| k.key_id == key_id) {
+                        keys.push(KeyUsage {
+                            key_id,
+                            consumer_id,
+                            outcomes: Default::default(),
+                            last_used_at,
+                        });
+                    }
+                }
+            }
+            let gateways = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT name, last_report_at, feed_seq FROM gateways ORDER BY name")
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok(GatewayReport {
+                            gateway: row.get(0)?,
+                            last_report_at: row.get(1)?,
+                            feed_seq: seq_column(row, 2)?,
+                        })
+                    })
+                    .map_err(db)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+            };
+            Ok((keys, gateways, head_seq(tx)?))
+        })
+    }
+
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|tx| {
@@ -842,6 +1054,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_written(&self) -> u64 {
+        self.audit_written.load(Ordering::Relaxed)
+    }
+
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|tx| {
@@ -872,7 +1088,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::StoredSecret;
+    use crate::model::{StoredSecret, UsageCount};
 
     fn ctx() -> Ctx {
         Ctx { actor: "test".into(), now: 1_000 }
@@ -934,6 +1150,141 @@ mod tests {
         assert_eq!(old.head_seq, 2);
         let new = store.lookup_secret(&[9; 32]).unwrap().found.unwrap();
         assert_eq!(new.expires_at, 0);
+    }
+
+    fn count(key_id: &str, minute: i64, outcome: &str, count: u64) -> UsageCount {
+        UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count }
+    }
+
+    fn report(gateway: &str, batch: u64, counts: Vec<UsageCount>) -> UsageReport {
+        UsageReport { gateway: gateway.into(), batch, feed_seq: 7, counts }
+    }
+
+    const NOW: i64 = 1_800_000_000; // a multiple of 60
+
+    #[test]
+    fn a_usage_batch_is_counted_once_however_often_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let batch = report(
+            "gw-1",
+            1,
+            vec![count("key_1", NOW - 60, "allowed", 5), count("key_1", NOW, "revoked_key", 2)],
+        );
+        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: false, skipped: 0 });
+        // The same batch again (its answer was lost): nothing counted twice.
+        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: true, skipped: 0 });
+        // The same numbers from another gateway, or the next batch, count.
+        store.report_usage(&report("gw-2", 1, vec![count("key_1", NOW, "allowed", 1)]), NOW).unwrap();
+        store.report_usage(&report("gw-1", 2, vec![count("key_1", NOW, "allowed", 1)]), NOW).unwrap();
+        let query = UsageQuery { since: NOW - 3600, until: NOW + 60, ..Default::default() };
+        let (keys, gateways, _) = store.usage(&query).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].outcomes.get("allowed"), Some(&7));
+        assert_eq!(keys[0].outcomes.get("revoked_key"), Some(&2));
+        assert_eq!(keys[0].consumer_id, "alice");
+        assert_eq!(keys[0].last_used_at, NOW, "the newest allowed minute");
+        let names: Vec<&str> = gateways.iter().map(|g| g.gateway.as_str()).collect();
+        assert_eq!(names, ["gw-1", "gw-2"]);
+        assert!(gateways.iter().all(|g| g.last_report_at == NOW && g.feed_seq == 7));
+    }
+
+    #[test]
+    fn counts_of_unknown_keys_and_minutes_out_of_range_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let batch = report(
+            "gw",
+            1,
+            vec![
+                count("key_nope", NOW, "allowed", 1),
+                count("key_1", NOW - super::super::USAGE_RETENTION - 60, "allowed", 1),
+                count("key_1", NOW + 3600, "allowed", 1),
+                count("key_1", NOW, "allowed", 0),
+                count("key_1", NOW, "allowed", 3),
+            ],
+        );
+        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: false, skipped: 4 });
+        let (keys, _, _) =
+            store.usage(&UsageQuery { since: 0, until: NOW + 7200, ..Default::default() }).unwrap();
+        assert_eq!(keys[0].outcomes.get("allowed"), Some(&3));
+    }
+
+    #[test]
+    fn usage_is_read_for_a_window_by_key_or_by_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.create_key(&ctx(), new_key("key_2", "alice", 2)).unwrap();
+        store.create_key(&ctx(), new_key("key_3", "bob", 3)).unwrap();
+        store.create_key(&ctx(), new_key("key_4", "bob", 4)).unwrap();
+        let counts = vec![
+            count("key_1", NOW - 7200, "allowed", 100),
+            count("key_1", NOW - 60, "allowed", 1),
+            count("key_2", NOW - 60, "insufficient_scope", 2),
+            count("key_3", NOW, "allowed", 3),
+        ];
+        store.report_usage(&report("gw", 1, counts), NOW).unwrap();
+        let window = |key_ids: &[&str], consumer_id: Option<&str>| UsageQuery {
+            key_ids: key_ids.iter().map(|k| (*k).to_owned()).collect(),
+            consumer_id: consumer_id.map(str::to_owned),
+            since: NOW - 3600,
+            until: NOW + 60,
+        };
+        let total = |k: &KeyUsage| k.outcomes.values().sum::<u64>();
+        let (all, _, _) = store.usage(&window(&[], None)).unwrap();
+        let summary: Vec<(&str, u64)> = all.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
+        assert_eq!(
+            summary,
+            [("key_1", 1), ("key_2", 2), ("key_3", 3)],
+            "the hour: key_1's older minute is out"
+        );
+        let (alice, _, _) = store.usage(&window(&[], Some("alice"))).unwrap();
+        assert_eq!(alice.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), ["key_1", "key_2"]);
+        // Keys asked for by id are there even without usage; unknown ids are not.
+        let (asked, _, _) = store.usage(&window(&["key_4", "key_3", "key_x"], None)).unwrap();
+        let asked: Vec<(&str, u64)> = asked.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
+        assert_eq!(asked, [("key_3", 3), ("key_4", 0)]);
+    }
+
+    #[test]
+    fn keys_are_counted_by_status_at_the_given_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.count_keys(1_000).unwrap(), KeyCounts::default());
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.create_key(&ctx(), NewKey { expires_at: 1_500, ..new_key("key_2", "alice", 2) }).unwrap();
+        store.create_key(&ctx(), new_key("key_3", "bob", 3)).unwrap();
+        store.revoke_key(&ctx(), "key_3", "test").unwrap();
+        let at = |now| store.count_keys(now).unwrap();
+        assert_eq!(at(1_000), KeyCounts { active: 2, revoked: 1, expired: 0 });
+        assert_eq!(at(1_500), KeyCounts { active: 1, revoked: 1, expired: 1 });
+    }
+
+    #[test]
+    fn audit_written_counts_committed_audit_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.audit_written(), 0);
+        // The consumer is created in the same transaction: two audit rows.
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        assert_eq!(store.audit_written(), 2);
+        store.revoke_key(&ctx(), "key_1", "test").unwrap();
+        assert_eq!(store.audit_written(), 3);
+        // Revoking again changes nothing and writes no audit row.
+        store.revoke_key(&ctx(), "key_1", "test").unwrap();
+        // A failed mutation rolls its audit rows back.
+        store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
+        // Usage is not audited.
+        store.record_usage(&[("key_1".into(), 2_000)]).unwrap();
+        assert_eq!(store.audit_written(), 3);
+        assert_eq!(store.list_audit(0, 100).unwrap().len(), 3);
+        // The count is this store's, not the log's: a reopened store starts at zero.
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        assert_eq!(store.audit_written(), 0);
     }
 
     #[test]

@@ -1,0 +1,183 @@
+//! The store with every call timed into `tollgate_keyd_store_duration_seconds`, labelled with
+//! the [`Store`] method's name (one of [`super::STORE_OPERATIONS`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Metrics;
+use crate::error::Result;
+use crate::master::Sealed;
+use crate::model::{
+    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
+    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
+};
+use crate::store::Store;
+
+/// A [`Store`] that times the calls of the store it wraps (see [`Metrics::timed_store`]).
+pub struct TimedStore {
+    inner: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl TimedStore {
+    /// `inner`, timed into `metrics`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Metrics) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn time<T>(&self, operation: &'static str, call: impl FnOnce(&dyn Store) -> T) -> T {
+        let started = Instant::now();
+        let out = call(self.inner.as_ref());
+        self.metrics.observe_store(operation, started.elapsed());
+        out
+    }
+}
+
+impl Store for TimedStore {
+    fn create_consumer(&self, ctx: &Ctx, consumer: NewConsumer) -> Result<Consumer> {
+        self.time("create_consumer", |s| s.create_consumer(ctx, consumer))
+    }
+    fn get_consumer(&self, id_or_name: &str) -> Result<Consumer> {
+        self.time("get_consumer", |s| s.get_consumer(id_or_name))
+    }
+    fn list_consumers(&self, after: Option<i64>, limit: usize) -> Result<Vec<Consumer>> {
+        self.time("list_consumers", |s| s.list_consumers(after, limit))
+    }
+    fn update_consumer(&self, ctx: &Ctx, id_or_name: &str, patch: ConsumerPatch) -> Result<Consumer> {
+        self.time("update_consumer", |s| s.update_consumer(ctx, id_or_name, patch))
+    }
+    fn delete_consumer(&self, ctx: &Ctx, id_or_name: &str) -> Result<u32> {
+        self.time("delete_consumer", |s| s.delete_consumer(ctx, id_or_name))
+    }
+    fn create_key(&self, ctx: &Ctx, key: NewKey) -> Result<Key> {
+        self.time("create_key", |s| s.create_key(ctx, key))
+    }
+    fn get_key(&self, id: &str) -> Result<Key> {
+        self.time("get_key", |s| s.get_key(id))
+    }
+    fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>> {
+        self.time("list_keys", |s| s.list_keys(filter, after, limit))
+    }
+    fn count_keys(&self, now: i64) -> Result<KeyCounts> {
+        self.time("count_keys", |s| s.count_keys(now))
+    }
+    fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key> {
+        self.time("update_key", |s| s.update_key(ctx, id, patch))
+    }
+    fn revoke_key(&self, ctx: &Ctx, id: &str, reason: &str) -> Result<Key> {
+        self.time("revoke_key", |s| s.revoke_key(ctx, id, reason))
+    }
+    fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
+        self.time("rotate_key", |s| s.rotate_key(ctx, rotation))
+    }
+    fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
+        self.time("lookup_secret", |s| s.lookup_secret(hash))
+    }
+    fn record_usage(&self, used: &[(String, i64)]) -> Result<()> {
+        self.time("record_usage", |s| s.record_usage(used))
+    }
+    fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied> {
+        self.time("report_usage", |s| s.report_usage(report, now))
+    }
+    fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)> {
+        self.time("usage", |s| s.usage(query))
+    }
+    fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
+        self.time("list_changes", |s| s.list_changes(after, limit))
+    }
+    fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.time("list_audit", |s| s.list_audit(after, limit))
+    }
+    /// A counter in memory, not a store call: not timed.
+    fn audit_written(&self) -> u64 {
+        self.inner.audit_written()
+    }
+    fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
+        self.time("get_signing", |s| s.get_signing(key_id))
+    }
+    fn list_sealed(&self) -> Result<Vec<(String, Sealed)>> {
+        self.time("list_sealed", |s| s.list_sealed())
+    }
+    fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize> {
+        self.time("reseal", |s| s.reseal(updates))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::metrics::STORE_OPERATIONS;
+    use crate::store::SqliteStore;
+
+    #[test]
+    fn every_store_call_is_timed_under_its_method_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let store = metrics.timed_store(Arc::new(SqliteStore::open(&dir.path().join("keys.db")).unwrap()));
+        let ctx = Ctx { actor: "test".into(), now: 1_000 };
+        // Every method once; failures (unknown ids) are timed too.
+        let _ = store.create_consumer(
+            &ctx,
+            NewConsumer { id: "c".into(), name: "c".into(), metadata: Default::default() },
+        );
+        let _ = store.get_consumer("c");
+        let _ = store.list_consumers(None, 10);
+        let _ = store.update_consumer(&ctx, "c", ConsumerPatch::default());
+        let _ = store.delete_consumer(&ctx, "c");
+        let _ = store.create_key(
+            &ctx,
+            NewKey {
+                id: "k".into(),
+                consumer: "nobody".into(),
+                create_consumer: None,
+                name: String::new(),
+                scopes: Vec::new(),
+                metadata: Default::default(),
+                rate_limit: None,
+                expires_at: 0,
+                secret: crate::model::StoredSecret { hash: [1; 32], display_prefix: "tgk_x".into() },
+                signing: None,
+            },
+        );
+        let _ = store.get_key("k");
+        let filter = KeyFilter { consumer_id: None, status: None, now: 1_000 };
+        let _ = store.list_keys(&filter, None, 10);
+        let _ = store.count_keys(1_000);
+        let _ = store.update_key(&ctx, "k", KeyPatch::default());
+        let _ = store.revoke_key(&ctx, "k", "test");
+        let _ = store.rotate_key(
+            &ctx,
+            Rotation {
+                key_id: "k".into(),
+                secret: crate::model::StoredSecret { hash: [2; 32], display_prefix: "tgk_y".into() },
+                grace_end: 0,
+            },
+        );
+        let _ = store.lookup_secret(&[1; 32]);
+        let _ = store.record_usage(&[("k".into(), 1)]);
+        let report = UsageReport { gateway: "gw".into(), batch: 1, feed_seq: 0, counts: Vec::new() };
+        let _ = store.report_usage(&report, 1_000);
+        let _ = store.usage(&UsageQuery { since: 0, until: 60, ..Default::default() });
+        let _ = store.list_changes(0, 10);
+        let _ = store.list_audit(0, 10);
+        let _ = store.audit_written();
+        let _ = store.get_signing("k");
+        let _ = store.list_sealed();
+        let _ = store.reseal(&[]);
+
+        let text = metrics.encode();
+        let prefix = "tollgate_keyd_store_duration_seconds_count{operation=\"";
+        let timed: BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|l| {
+                let (operation, count) = l.split_once("\"} ").unwrap();
+                assert_eq!(count, "1", "{operation} timed {count} times");
+                operation
+            })
+            .collect();
+        assert_eq!(timed, STORE_OPERATIONS.into_iter().collect::<BTreeSet<_>>());
+    }
+}
