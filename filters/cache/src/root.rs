@@ -13,7 +13,7 @@ use tollgate_core::cache::stored_headers;
 use tollgate_host::{Filter, Host, LogLevel};
 
 use crate::http::CacheHttp;
-use crate::worker::{Refresh, Stat, Worker};
+use crate::worker::{REFRESH_RETRY_MS, Refresh, Stat, Worker};
 
 /// The cache filter.
 pub struct Cache;
@@ -95,7 +95,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
     };
     w.refreshes.retain(|_, r| match r {
         Refresh::Queued(_) => true,
-        Refresh::InFlight { until_ms } => *until_ms > now,
+        Refresh::InFlight { until_ms } | Refresh::Failed { until_ms } => *until_ms > now,
     });
     let queued: Vec<String> =
         w.refreshes.iter().filter(|(_, r)| matches!(r, Refresh::Queued(_))).map(|(k, _)| k.clone()).collect();
@@ -123,7 +123,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
                 w.root_calls.insert(token, (full, job, request_time));
             }
             Err(_) => {
-                w.refreshes.remove(&full);
+                w.refreshes.insert(full, Refresh::Failed { until_ms: now.saturating_add(REFRESH_RETRY_MS) });
                 w.counters.inc(host, Stat::RefreshFailed);
                 host.log(LogLevel::Warn, &format!("cache: cannot call cluster `{}`", origin.cluster));
             }
@@ -138,7 +138,6 @@ fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_si
     let Some((full, job, request_time)) = w.root_calls.remove(&token) else {
         return;
     };
-    w.refreshes.remove(&full);
     let headers = host.http_call_response_headers();
     let status = policy::lines(&headers, ":status")
         .first()
@@ -174,11 +173,14 @@ fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_si
     };
     match object {
         Some(object) => {
+            w.refreshes.remove(&full);
             if w.put(host, &job.primary, &job.request_headers, object) {
                 w.counters.inc(host, Stat::Revalidated);
             }
         }
         None => {
+            let until_ms = host.now_ms().saturating_add(REFRESH_RETRY_MS);
+            w.refreshes.insert(full, Refresh::Failed { until_ms });
             w.counters.inc(host, Stat::RefreshFailed);
             host.log(LogLevel::Debug, &format!("cache: refresh answered {status}, kept the stored response"));
         }

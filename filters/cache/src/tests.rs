@@ -129,3 +129,35 @@ fn stale_while_revalidate_refreshes_once_from_the_root_context() {
     gw.request_headers(after, true);
     assert_eq!(gw.host.reply(after).unwrap().body, b"v2");
 }
+
+#[test]
+fn a_failed_refresh_is_not_made_again_for_a_while() {
+    let mut gw = Gateway::new(CONFIG);
+    gw.host.set_now_ms(1_700_000_000_000);
+    let first = get(&mut gw, "/swr");
+    gw.request_headers(first, true);
+    origin_answers(&mut gw, first, "max-age=1, stale-while-revalidate=60", b"v1");
+    gw.host.advance(Duration::from_secs(3));
+    let stale = |gw: &mut Gateway| {
+        let id = get(gw, "/swr");
+        assert_eq!(gw.request_headers(id, true), Action::Pause);
+        assert_eq!(gw.host.reply(id).unwrap().body, b"v1");
+        gw.done(id);
+    };
+    stale(&mut gw);
+    gw.tick();
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 1);
+    gw.answer_http(calls[0].token, "503", b"down");
+    assert_eq!(counter(&gw, Stat::RefreshFailed), 1);
+    // Stale answers go on; no new call before the retry time.
+    for _ in 0..3 {
+        stale(&mut gw);
+        gw.tick();
+    }
+    assert_eq!(gw.host.http_calls().len(), 1);
+    gw.host.advance(Duration::from_secs(6));
+    stale(&mut gw);
+    gw.tick();
+    assert_eq!(gw.host.http_calls().len(), 2);
+}

@@ -108,7 +108,13 @@ pub enum Refresh {
     Queued(Job),
     /// The call is out; forgotten after `until_ms` should its answer never come.
     InFlight { until_ms: u64 },
+    /// The call failed; not made again before `until_ms` (the stale entry is served meanwhile).
+    Failed { until_ms: u64 },
 }
+
+/// How long a failed refresh is remembered: a down origin costs one call per key and worker
+/// in this time, not one per stale answer.
+pub const REFRESH_RETRY_MS: u64 = 5_000;
 
 pub struct Worker {
     pub config: Config,
@@ -195,7 +201,7 @@ impl Worker {
         }
         match self.refreshes.get(&full) {
             Some(Refresh::Queued(_)) => {}
-            Some(Refresh::InFlight { until_ms }) if *until_ms > now_ms => {}
+            Some(Refresh::InFlight { until_ms } | Refresh::Failed { until_ms }) if *until_ms > now_ms => {}
             Some(_) => {
                 self.refreshes.insert(full, Refresh::Queued(job));
             }

@@ -67,7 +67,7 @@ pub fn body_storable(
     }
     let event_stream = policy::lines(headers, "content-type")
         .iter()
-        .any(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
+        .any(|v| v.get(..17).is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream")));
     if event_stream {
         return Err(policy::NotStored::Streamed);
     }
