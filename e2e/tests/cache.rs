@@ -449,6 +449,12 @@ async fn origin_errors_and_outages_are_answered_stale_within_stale_if_error() {
     assert_eq!(down.status, 200, "{}", down.text());
     assert_eq!(down.text(), "n=1 lang= consumer=");
     assert_eq!(stat(&envoy, "stale_served_total.reason.if_error").await, 2);
+    // As Prometheus sees it: the reason is a label.
+    let text = envoy.admin_get("/stats/prometheus").await;
+    let sample =
+        text.lines().find(|l| l.starts_with("tollgate_cache_stale_served_total{reason=\"if_error\"}"));
+    assert!(sample.is_some_and(|l| l.ends_with(" 2")), "{sample:?}");
+    assert!(text.lines().any(|l| l.starts_with("tollgate_cache_cache_lookups_total{result=\"miss\"}")));
 }
 
 #[tokio::test]
