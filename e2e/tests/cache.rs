@@ -131,9 +131,14 @@ async fn answer(
     if !script.delay.is_zero() {
         tokio::time::sleep(script.delay).await;
     }
-    let body = format!("n={n} lang={lang} consumer={consumer}");
+    // A request naming the scripted ETag gets 304 with the scripted headers.
+    let etag = script.headers.iter().find(|(n, _)| n == "etag").map(|(_, v)| v.clone());
+    let not_modified =
+        etag.is_some_and(|e| req.headers().get("if-none-match").is_some_and(|v| v.as_bytes() == e));
+    let body = if not_modified { String::new() } else { format!("n={n} lang={lang} consumer={consumer}") };
+    let status = if not_modified { 304 } else { script.status };
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = hyper::StatusCode::from_u16(script.status).unwrap();
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     for (name, value) in script.headers {
         response.headers_mut().append(
             HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -611,4 +616,32 @@ async fn repeated_lines_empty_bodies_and_http2_clients() {
     assert_eq!(h2.text(), "n=1 lang= consumer=");
     assert!(h2.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin.hits("/h2"), 1);
+}
+
+#[tokio::test]
+async fn a_background_refresh_is_conditional_and_a_304_keeps_the_stored_body() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/tagged",
+        200,
+        &[("cache-control", b"max-age=1, stale-while-revalidate=30"), ("etag", b"\"t1\"")],
+    );
+    let envoy = gateway(&origin, 1).await;
+    assert_eq!(envoy.get("/tagged").send().await.text(), "n=1 lang= consumer=");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.script("/tagged", 200, &[("cache-control", b"max-age=60"), ("etag", b"\"t1\"")]);
+    let stale = envoy.get("/tagged").send().await;
+    assert!(stale.header("cache-status").unwrap().contains("stale-while-revalidate"));
+    let revalidated = eventually(BOUND, || async { stat(&envoy, "revalidated_total").await == 1 }).await;
+    assert!(revalidated, "no revalidation");
+    assert_eq!(origin.hits("/tagged"), 2);
+    let sent = origin.last_headers();
+    assert!(sent.iter().any(|(n, v)| n == "if-none-match" && v == b"\"t1\""), "{sent:?}");
+    // The stored body is kept, fresh again for 60 s.
+    let hit = envoy.get("/tagged").send().await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.text(), "n=1 lang= consumer=");
+    assert!(hit.header("cache-status").unwrap().starts_with("tollgate; hit; ttl="), "{:?}", hit.headers);
+    assert!(!hit.header("cache-status").unwrap().contains("stale"));
+    assert_eq!(origin.hits("/tagged"), 2);
 }

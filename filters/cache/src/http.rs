@@ -136,7 +136,7 @@ impl<H: Host> CacheHttp<H> {
                             Err(_) => None,
                         };
                         if let Some(full) = full {
-                            worker.want_refresh(full, refresh_job(&req), host.now_ms());
+                            worker.want_refresh(full, refresh_job(&req, &object), host.now_ms());
                         }
                     }
                     drop(worker);
@@ -347,8 +347,9 @@ impl<H: Host> CacheHttp<H> {
     }
 }
 
-/// The request to make again for a background refresh of `req`'s stored response.
-fn refresh_job(req: &Req) -> Job {
+/// The request to make again for a background refresh of `req`'s stored response `object`:
+/// conditional on its validators, so that an unchanged response costs the origin a 304.
+fn refresh_job(req: &Req, object: &Object) -> Job {
     const SKIP: [&str; 9] = [
         "if-none-match",
         "if-modified-since",
@@ -372,6 +373,12 @@ fn refresh_job(req: &Req) -> Job {
         if let Ok(text) = std::str::from_utf8(value) {
             headers.push((name.clone(), text.to_owned()));
         }
+    }
+    if let Some(etag) = object.header("etag") {
+        headers.push(("if-none-match".to_owned(), etag.to_owned()));
+    }
+    if let Some(modified) = object.header("last-modified") {
+        headers.push(("if-modified-since".to_owned(), modified.to_owned()));
     }
     Job {
         primary: req.primary.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tollgate_core::cache::config::Config;
 use tollgate_core::cache::policy;
 use tollgate_core::cache::store::Object;
-use tollgate_core::cache::stored_headers;
+use tollgate_core::cache::{freshened_headers, stored_headers};
 use tollgate_host::{Filter, Host, LogLevel};
 
 use crate::http::CacheHttp;
@@ -138,23 +138,33 @@ fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_si
     let Some((full, job, request_time)) = w.root_calls.remove(&token) else {
         return;
     };
-    let headers = host.http_call_response_headers();
-    let status = policy::lines(&headers, ":status")
+    let mut headers = host.http_call_response_headers();
+    let mut status = policy::lines(&headers, ":status")
         .first()
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(0);
     let now = i64::try_from(host.now_ms() / 1000).unwrap_or(i64::MAX);
     let max = w.config.max_object_bytes;
+    // 304: the stored response is still good; its headers are freshened by the 304's.
+    let mut kept_body = None;
+    if status == 304
+        && let Some(old) = w.store.get(&full)
+    {
+        headers = freshened_headers(&old.headers, &headers);
+        status = old.status;
+        kept_body = Some(old.body.clone());
+    }
+    let body_size = kept_body.as_ref().map_or(body_size, Vec::len);
     let decision = policy::storable(true, job.authorized, status, &headers, now, w.config.stale);
     let object = match decision {
         Ok(freshness)
             if body_size <= max && tollgate_core::cache::body_storable(status, &headers, max).is_ok() =>
         {
-            let body = if body_size == 0 {
-                Vec::new()
-            } else {
-                host.http_call_response_body(body_size).unwrap_or_default()
+            let body = match kept_body {
+                Some(body) => body,
+                None if body_size == 0 => Vec::new(),
+                None => host.http_call_response_body(body_size).unwrap_or_default(),
             };
             match (policy::vary_names(&headers), stored_headers(&headers)) {
                 (Ok(vary), Some(stored)) if body.len() == body_size => Some(Object {

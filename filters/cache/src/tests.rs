@@ -161,3 +161,36 @@ fn a_failed_refresh_is_not_made_again_for_a_while() {
     gw.tick();
     assert_eq!(gw.host.http_calls().len(), 2);
 }
+
+#[test]
+fn a_refresh_is_conditional_and_a_304_keeps_the_body_with_new_freshness() {
+    let mut gw = Gateway::new(CONFIG);
+    gw.host.set_now_ms(1_700_000_000_000);
+    let first = get(&mut gw, "/etag");
+    gw.request_headers(first, true);
+    gw.host.with_response_header(first, "etag", "\"v1\"");
+    gw.host.with_response_header(first, "x-kept", "yes");
+    origin_answers(&mut gw, first, "max-age=1, stale-while-revalidate=60", b"body-v1");
+    gw.host.advance(Duration::from_secs(3));
+    let stale = get(&mut gw, "/etag");
+    gw.request_headers(stale, true);
+    assert!(gw.host.reply(stale).unwrap().header("cache-status").unwrap().contains("stale-while-revalidate"));
+    gw.tick();
+    let calls = gw.host.http_calls();
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0].headers.contains(&("if-none-match".to_owned(), "\"v1\"".to_owned())),
+        "{:?}",
+        calls[0].headers
+    );
+    gw.host.set_http_response(&[(":status", "304"), ("cache-control", "max-age=60")], None);
+    gw.http_response(calls[0].context_id, calls[0].token, 0);
+    assert_eq!(counter(&gw, Stat::Revalidated), 1);
+    let after = get(&mut gw, "/etag");
+    gw.request_headers(after, true);
+    let reply = gw.host.reply(after).unwrap();
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"body-v1"[..]));
+    assert_eq!(reply.header("cache-control"), Some("max-age=60"));
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    assert!(reply.header("cache-status").unwrap().starts_with("tollgate; hit; ttl=60"));
+}

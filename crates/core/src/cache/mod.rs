@@ -54,6 +54,26 @@ pub fn stored_headers(headers: &[(String, Vec<u8>)]) -> Option<Vec<(String, Stri
     Some(out)
 }
 
+/// The headers of a stored response freshened by a 304 (RFC 9111 §3.2, §4.3.4): each field the
+/// 304 carries replaces the stored field of that name (every line of it); the others stay.
+/// Fields [`stored_headers`] never keeps are left out of the 304's side.
+pub fn freshened_headers(
+    stored: &[(String, String)],
+    not_modified: &[(String, Vec<u8>)],
+) -> Vec<(String, Vec<u8>)> {
+    let fresh: Vec<&(String, Vec<u8>)> = not_modified
+        .iter()
+        .filter(|(n, _)| !n.starts_with(':') && !NOT_STORED.contains(&n.as_str()))
+        .collect();
+    let mut out: Vec<(String, Vec<u8>)> = stored
+        .iter()
+        .filter(|(n, _)| !fresh.iter().any(|(f, _)| f == n))
+        .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+        .collect();
+    out.extend(fresh.into_iter().cloned());
+    out
+}
+
 /// Whether a response's body may be copied to be stored: not an event stream or an upgrade
 /// (never buffered), not announcing a length past `max_object_bytes` (or one that cannot be
 /// read). A body with no length is copied until it passes the cap.

@@ -553,3 +553,32 @@ fn config_example_parses_and_bad_configs_name_the_field() {
         assert!(e.starts_with("invalid cache config: ") && e.contains(field), "{json}: {e}");
     }
 }
+
+#[test]
+fn a_304_freshens_the_stored_headers() {
+    let stored = vec![
+        ("cache-control".to_owned(), "max-age=1".to_owned()),
+        ("etag".to_owned(), "\"v1\"".to_owned()),
+        ("link".to_owned(), "<a>".to_owned()),
+        ("link".to_owned(), "<b>".to_owned()),
+        ("content-type".to_owned(), "text/plain".to_owned()),
+    ];
+    let not_modified = h(&[
+        (":status", "304"),
+        ("cache-control", "max-age=60"),
+        ("link", "<c>"),
+        ("content-length", "0"),
+        ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+    ]);
+    let got = freshened_headers(&stored, &not_modified);
+    assert_eq!(
+        got,
+        h(&[
+            ("etag", "\"v1\""),
+            ("content-type", "text/plain"),
+            ("cache-control", "max-age=60"),
+            ("link", "<c>"),
+            ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+        ])
+    );
+}
