@@ -86,7 +86,16 @@ impl<H: Host> CacheHttp<H> {
         let authority = text(":authority").unwrap_or_default();
         let mut worker = self.worker.borrow_mut();
         let consumer = if worker.config.per_consumer {
-            host.property(&[identity::PROP_CONSUMER]).and_then(|v| String::from_utf8(v).ok())
+            match host.property(&[identity::PROP_CONSUMER]).map(String::from_utf8) {
+                None => None,
+                Some(Ok(consumer)) => Some(consumer),
+                // A consumer id that is not text must never fall back to the shared entries.
+                Some(Err(_)) => {
+                    worker.counters.inc(host, Stat::Bypass);
+                    self.fwd = Some("bypass");
+                    return Action::Continue;
+                }
+            }
         } else {
             None
         };
@@ -175,8 +184,13 @@ impl<H: Host> CacheHttp<H> {
             let mut headers: Vec<(&str, &str)> =
                 reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             headers.push(("cache-status", &status));
-            host.send_response(504, &headers, &reply.body);
-            return Action::Pause;
+            if host.send_response(504, &headers, &reply.body) {
+                return Action::Pause;
+            }
+            // The proxy refused the local reply: the origin answers instead.
+            self.answered = false;
+            self.fwd = Some("bypass");
+            return Action::Continue;
         }
         worker.counters.inc(host, Stat::CacheMiss);
         self.fwd = Some(fwd);

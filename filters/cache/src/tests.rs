@@ -194,3 +194,19 @@ fn a_refresh_is_conditional_and_a_304_keeps_the_body_with_new_freshness() {
     assert_eq!(reply.header("x-kept"), Some("yes"));
     assert!(reply.header("cache-status").unwrap().starts_with("tollgate; hit; ttl=60"));
 }
+
+#[test]
+fn a_consumer_id_that_is_not_text_never_gets_the_shared_entries() {
+    let mut gw = Gateway::new(r#"{"per_consumer": true}"#);
+    let anonymous = get(&mut gw, "/me");
+    gw.request_headers(anonymous, true);
+    origin_answers(&mut gw, anonymous, "max-age=60", b"anonymous");
+    let odd = get(&mut gw, "/me");
+    gw.host.with_request_property(odd, &[tollgate_core::identity::PROP_CONSUMER], b"\xffalice");
+    assert_eq!(gw.request_headers(odd, true), Action::Continue);
+    assert!(gw.host.reply(odd).is_none());
+    assert_eq!(counter(&gw, Stat::Bypass), 1);
+    let alice = get(&mut gw, "/me");
+    gw.host.with_request_property(alice, &[tollgate_core::identity::PROP_CONSUMER], b"alice");
+    assert_eq!(gw.request_headers(alice, true), Action::Continue, "alice's key is her own");
+}
