@@ -3,6 +3,7 @@
 //! Nothing here talks to Envoy or the network: decisions are plain functions over plain data
 //! with the clock passed in, so they are tested natively.
 
+pub mod cache;
 pub mod config;
 pub mod credentials;
 pub mod duration;

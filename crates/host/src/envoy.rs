@@ -175,6 +175,10 @@ impl Host for EnvoyHost {
         abi::get_map_value(Map::HttpCall, name).ok().map(lossy)
     }
 
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        headers(Map::HttpCall)
+    }
+
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
         buffer(Buffer::HttpCall, 0, size)
     }

@@ -612,6 +612,10 @@ impl Host for MockHost {
         self.http_response.borrow().0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
     }
 
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.http_response.borrow().0.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect()
+    }
+
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.http_response.borrow().1.as_ref().and_then(|b| b.get(..size.min(b.len())).map(<[u8]>::to_vec))
     }
