@@ -345,6 +345,10 @@ impl<H: Host> Host for StageHost<H> {
         self.inner.http_call_response_header(name)
     }
 
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.http_call_response_headers()
+    }
+
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.inner.http_call_response_body(size)
     }

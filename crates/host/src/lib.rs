@@ -146,10 +146,8 @@ pub trait Host {
     /// A header of the HTTP call response being delivered (`:status` among them).
     fn http_call_response_header(&self, name: &str) -> Option<String>;
     /// Every header of the HTTP call response being delivered, in order, as bytes (`:status`
-    /// among them). A host that cannot list them answers none.
-    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
-        Vec::new()
-    }
+    /// among them).
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// The body of the HTTP call response being delivered.
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>>;
 

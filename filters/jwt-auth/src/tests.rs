@@ -911,6 +911,9 @@ impl Host for Refusing {
     fn increment_counter(&self, id: u32, by: i64) {
         self.inner.increment_counter(id, by)
     }
+    fn http_call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.inner.http_call_response_headers()
+    }
     fn define_gauge(&self, name: &str) -> Option<u32> {
         self.inner.define_gauge(name)
     }
