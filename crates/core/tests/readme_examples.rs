@@ -44,3 +44,9 @@ fn request_signing_example_parses() {
     let json = json_block_after(&readme(), "**request-signing**");
     tollgate_core::signature::config::Config::from_json(json.as_bytes()).unwrap();
 }
+
+#[test]
+fn cache_example_parses() {
+    let json = json_block_after(&readme(), "**cache**");
+    tollgate_core::cache::config::Config::from_json(json.as_bytes()).unwrap();
+}
