@@ -110,3 +110,22 @@ async fn a_root_id_that_names_no_filter_is_refused_at_load() {
     assert!(log.contains("root_id `tollgate.key-auth` names no filter"), "{log}");
     assert!(log.contains("tollgate.key_auth"), "the ids it could be are listed: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_filter_runs_from_the_bundle_too() {
+    let echo = Echo::start();
+    let cache = json!({"max_memory_bytes": 1_048_576, "origin_cluster": "upstream"});
+    let envoy =
+        Envoy::start(EnvoyOpts::new(echo.addr()).http_filter(bundled("cache", "tollgate.cache", &cache)))
+            .await;
+    let client = HttpClient::fresh_connections();
+    // A miss that may only be answered from the cache: the cache filter answers it, 504.
+    let res = client.get(envoy.url("/x")).header("cache-control", "only-if-cached").send().await;
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert_eq!(res.json()["error"], "gateway_timeout");
+    assert_eq!(echo.requests(), 0);
+    // Anything else goes through (the echo's answers carry no freshness: never stored).
+    let res = client.get(envoy.url("/x")).send().await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("cache-status").is_some_and(|s| s.starts_with("tollgate")), "{res:?}");
+}

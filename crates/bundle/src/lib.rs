@@ -1,6 +1,6 @@
 //! Every Tollgate filter in one module, `tollgate.wasm`. A filter of the listener picks its filter
 //! by its `root_id` (`tollgate.key_auth`, `tollgate.jwt_auth`, `tollgate.rate_limit`,
-//! `tollgate.request_signing`, `tollgate.transform`; or `tollgate.pipeline`, several of them as
+//! `tollgate.request_signing`, `tollgate.transform`, `tollgate.cache`; or `tollgate.pipeline`, several of them as
 //! stages of one filter: see [`pipeline`]), and keeps its own configuration, stats,
 //! shared-data keys and caches. Filters that load this module with the same `vm_id` share one
 //! VM per worker (Envoy keys a VM by its id and its code) instead of one VM per filter; the
@@ -17,17 +17,19 @@ pub enum Pick {
     RateLimit,
     RequestSigning,
     Transform,
+    Cache,
     /// Several of the filters as stages of one ([`pipeline`]).
     Pipeline,
 }
 
 /// The root ids the bundle answers to, in [`Pick`]'s order.
-pub const ROOT_IDS: [(&str, Pick); 6] = [
+pub const ROOT_IDS: [(&str, Pick); 7] = [
     ("tollgate.key_auth", Pick::KeyAuth),
     ("tollgate.jwt_auth", Pick::JwtAuth),
     ("tollgate.rate_limit", Pick::RateLimit),
     ("tollgate.request_signing", Pick::RequestSigning),
     ("tollgate.transform", Pick::Transform),
+    ("tollgate.cache", Pick::Cache),
     ("tollgate.pipeline", Pick::Pipeline),
 ];
 
@@ -79,6 +81,7 @@ mod module {
                 Pick::RateLimit => root_of::<tollgate_rate_limit::RateLimit>(id),
                 Pick::RequestSigning => root_of::<tollgate_request_signing::RequestSigning>(id),
                 Pick::Transform => root_of::<tollgate_transform::Transform>(id),
+                Pick::Cache => root_of::<tollgate_cache::Cache>(id),
                 Pick::Pipeline => Box::new(crate::pipeline::PipelineRoot::new(Rc::new(EnvoyHost), id)),
             }
         }
@@ -159,7 +162,7 @@ mod tests {
             assert_eq!(Pick::of(near_miss), None, "{near_miss:?}");
         }
         let picks: Vec<Pick> = ROOT_IDS.iter().map(|(_, p)| *p).collect();
-        assert_eq!(picks.len(), 6);
+        assert_eq!(picks.len(), 7);
         assert!(picks.iter().all(|p| picks.iter().filter(|q| *q == p).count() == 1));
     }
 
