@@ -147,6 +147,9 @@ Try it in another terminal, from the repository root:
   # what the gateway counted: allowed, and refused by reason
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_key_auth_requests_total'
 
+  # requests per key as the key service has them (the gateway reports every 5 s)
+  $cli$server_flag usage --since 1h
+
 Ctrl-C stops everything.
 MSG
 
