@@ -43,6 +43,8 @@ pub trait Store: Send + Sync + 'static {
     fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key>;
 
     /// Finds a secret by its keyed hash.
+    /// Called on the service's async threads (the data plane's hot path): a point read that
+    /// never waits behind other reads.
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup>;
     /// Records last-use times (key id, Unix seconds); older times never overwrite newer ones.
     fn record_usage(&self, used: &[(String, i64)]) -> Result<()>;

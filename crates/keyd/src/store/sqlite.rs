@@ -115,12 +115,15 @@ const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, m
 const CONSUMER_COLUMNS: &str = "pos, id, name, metadata, created_at";
 
 const READERS: usize = 4;
+/// Connections only the data plane's key lookups use (see [`SqliteStore::lookup_read`]).
+const LOOKUP_READERS: usize = 2;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    lookups: Vec<Mutex<Connection>>,
     /// Audit rows committed through this store since it was opened.
     audit_written: AtomicU64,
 }
@@ -163,20 +166,22 @@ impl SqliteStore {
         }
         configure(&writer).map_err(db)?;
         migrate(&mut writer)?;
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
+        let reader = || -> Result<Mutex<Connection>> {
             let conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .map_err(db)?;
             configure(&conn).map_err(db)?;
-            readers.push(Mutex::new(conn));
-        }
+            Ok(Mutex::new(conn))
+        };
+        let readers = (0..READERS).map(|_| reader()).collect::<Result<Vec<_>>>()?;
+        let lookups = (0..LOOKUP_READERS).map(|_| reader()).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            lookups,
             audit_written: AtomicU64::new(0),
         })
     }
@@ -188,11 +193,23 @@ impl SqliteStore {
             .get(index)
             .ok_or_else(|| Error::Internal("database: no reader connection".to_owned()))?;
         let mut conn = reader.lock()?;
-        // A read transaction gives every query of `f` the same snapshot.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
-        let out = f(&tx)?;
-        tx.finish().map_err(db)?;
-        Ok(out)
+        in_snapshot(&mut conn, f)
+    }
+
+    /// A key lookup's read: on a connection only lookups use, so that it never waits behind a
+    /// long scan (the service runs it on its async threads, see `verify_key`); a free one when
+    /// there is one.
+    fn lookup_read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let free = self.lookups.iter().find_map(|c| c.try_lock().ok());
+        let mut conn = match free {
+            Some(conn) => conn,
+            None => self
+                .lookups
+                .first()
+                .ok_or_else(|| Error::Internal("database: no lookup connection".to_owned()))?
+                .lock()?,
+        };
+        in_snapshot(&mut conn, f)
     }
 
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -208,6 +225,14 @@ impl SqliteStore {
         self.audit_written.fetch_add(audited, Ordering::Relaxed);
         Ok(out)
     }
+}
+
+/// Runs `f` in a read transaction: every query of `f` sees the same snapshot.
+fn in_snapshot<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(db)?;
+    let out = f(&tx)?;
+    tx.finish().map_err(db)?;
+    Ok(out)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -791,7 +816,7 @@ impl Store for SqliteStore {
     }
 
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
-        self.read(|tx| {
+        self.lookup_read(|tx| {
             let secret: Option<(String, String, i64)> = tx
                 .prepare_cached("SELECT key_id, display_prefix, expires_at FROM key_secrets WHERE hash = ?1")
                 .map_err(db)?
@@ -1247,6 +1272,18 @@ mod tests {
         let (asked, _, _) = store.usage(&window(&["key_4", "key_3", "key_x"], None)).unwrap();
         let asked: Vec<(&str, u64)> = asked.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
         assert_eq!(asked, [("key_3", 3), ("key_4", 0)]);
+    }
+
+    #[test]
+    fn a_key_lookup_never_waits_behind_other_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        // Every general reader busy (long scans), and one lookup connection too.
+        let _held: Vec<_> = store.readers.iter().map(|r| r.lock().unwrap()).collect();
+        let _one = store.lookups[0].lock().unwrap();
+        let found = store.lookup_secret(&[1; 32]).unwrap().found.map(|m| m.key.id);
+        assert_eq!(found.as_deref(), Some("key_1"));
     }
 
     #[test]
