@@ -37,6 +37,11 @@ impl View {
     pub fn epoch(&self) -> u64 {
         self.0.epoch
     }
+
+    /// The last change sequence applied, in this view.
+    pub fn cursor(&self) -> u64 {
+        self.0.cursor
+    }
 }
 
 /// What an answer is kept by: a key hash (key-auth) or a key id (request-signing).

@@ -227,15 +227,22 @@ impl Usage {
                 None => counts.iter().fold(0u64, |n, c| n.saturating_add(c.count)),
             });
         }
-        Tick { dropped, started: self.report(host, target, feed_seq) }
+        Tick { dropped, started: self.report(host, target, feed_seq, &empty) }
     }
 
-    fn report<H: Host + ?Sized>(&self, host: &H, target: &KeyService, feed_seq: u64) -> Option<u32> {
+    /// Starts a report if it is this worker's turn; `empty` is an empty record (what a record
+    /// that does not exist yet is created as).
+    fn report<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        target: &KeyService,
+        feed_seq: u64,
+        empty: &[u8],
+    ) -> Option<u32> {
         let now = host.now_ms();
         let lease = now.saturating_add(millis(target.timeout)).saturating_add(1_000);
         let next_turn = now.saturating_add(millis(self.interval));
-        let empty = Record::default().encode();
-        let batch = cas_apply(host, &self.record_key, CAS_RETRIES, Some(&empty), |current| {
+        let batch = cas_apply(host, &self.record_key, CAS_RETRIES, Some(empty), |current| {
             let mut record = Record::read(current);
             if record.busy_until_ms > now {
                 return Cas::Keep(None);

@@ -99,7 +99,8 @@ fn report_usage<H: Host>(host: &H, worker: &RefCell<Worker>) {
     let Some(usage) = &w.usage else {
         return;
     };
-    let feed_seq = w.feed.state(host).cursor;
+    // As this worker's poll just read the record: no second read of shared data.
+    let feed_seq = w.feed.view().cursor();
     let tick = usage.tick(host, &w.config.key_service, feed_seq);
     if tick.dropped > 0 {
         w.counters.add(host, Stat::UsageDropped, tick.dropped);

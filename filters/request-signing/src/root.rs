@@ -68,7 +68,8 @@ impl Filter for RequestSigning {
         }
         // Usage: this worker's counts into the proxy's, and a report when it is its turn.
         if let Some(usage) = &w.usage {
-            let feed_seq = w.feed.state(host).cursor;
+            // As this worker's poll just read the record: no second read of shared data.
+            let feed_seq = w.feed.view().cursor();
             let tick = usage.tick(host, &w.config.key_service, feed_seq);
             if tick.dropped > 0 {
                 w.counters.add(host, Stat::UsageDropped, tick.dropped);
