@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tollgate_proto::v1::key_service_client::KeyServiceClient;
-use tollgate_proto::v1::{CreateKeyRequest, RevokeKeyRequest};
+use tollgate_proto::v1::{CreateKeyRequest, CreateKeyResponse, RevokeKeyRequest};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -232,41 +232,32 @@ impl Keyd {
     /// Creates a key for `consumer` (creating the consumer too) with `scopes`; returns
     /// `(key id, secret)`.
     pub async fn create_key(&self, consumer: &str, scopes: &[&str]) -> (String, String) {
-        let response = self
-            .admin_client()
-            .await
-            .create_key(CreateKeyRequest {
-                consumer: consumer.to_owned(),
-                create_consumer: true,
-                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|status| panic!("CreateKey for {consumer}: {status}"))
-            .into_inner();
-        let id = response.key.map(|k| k.id).unwrap_or_default();
-        assert!(!id.is_empty() && !response.secret.is_empty(), "CreateKey returned no id or secret");
-        (id, response.secret)
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let response = self.create(consumer, CreateKeyRequest { scopes, ..Default::default() }).await;
+        assert!(!response.secret.is_empty(), "CreateKey returned no secret");
+        (key_id_of(&response), response.secret)
     }
 
     /// Creates an HMAC-SHA256 signing key for `consumer` (created if new); returns its id and the
     /// secret, which the key service shows only now.
     pub async fn create_hmac_key(&self, consumer: &str) -> (String, Vec<u8>) {
+        let algorithm = tollgate_proto::v1::SigningAlgorithm::HmacSha256 as i32;
         let response = self
-            .admin_client()
+            .create(consumer, CreateKeyRequest { signing_algorithm: algorithm, ..Default::default() })
+            .await;
+        assert!(!response.signing_secret.is_empty(), "CreateKey returned no signing secret");
+        (key_id_of(&response), response.signing_secret)
+    }
+
+    /// CreateKey for `consumer` (created if new) with the rest of `request`; panics when refused.
+    async fn create(&self, consumer: &str, request: CreateKeyRequest) -> CreateKeyResponse {
+        let request = CreateKeyRequest { consumer: consumer.to_owned(), create_consumer: true, ..request };
+        self.admin_client()
             .await
-            .create_key(CreateKeyRequest {
-                consumer: consumer.to_owned(),
-                create_consumer: true,
-                signing_algorithm: tollgate_proto::v1::SigningAlgorithm::HmacSha256 as i32,
-                ..Default::default()
-            })
+            .create_key(request)
             .await
-            .unwrap_or_else(|status| panic!("CreateKey (HMAC) for {consumer}: {status}"))
-            .into_inner();
-        let id = response.key.map(|k| k.id).unwrap_or_default();
-        assert!(!id.is_empty() && !response.signing_secret.is_empty(), "CreateKey returned no id or secret");
-        (id, response.signing_secret)
+            .unwrap_or_else(|status| panic!("CreateKey for {consumer}: {status}"))
+            .into_inner()
     }
 
     /// Revokes a key by id.
@@ -318,6 +309,13 @@ pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command
+}
+
+/// The id of a created key; panics when the answer has none.
+fn key_id_of(response: &CreateKeyResponse) -> String {
+    let id = response.key.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+    assert!(!id.is_empty(), "CreateKey returned no key id");
+    id
 }
 
 /// Starts the binary; returns it with its gRPC and metrics addresses.
