@@ -477,11 +477,16 @@ impl KeyService for KeyServiceImpl {
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::GetUsageResponse> {
         let req = request.into_inner();
         let mut query = validate::usage_query(&req, self.clock.now())?;
-        if !req.consumer.is_empty() {
-            let consumer = req.consumer.clone();
-            query.consumer_id = Some(self.run(move |s| s.get_consumer(&consumer)).await?.id);
-        }
-        let (keys, gateways, head_seq) = self.run(move |s| s.usage(&query)).await?;
+        let consumer = req.consumer;
+        // The consumer and its usage in one trip to the store.
+        let (keys, gateways, head_seq) = self
+            .run(move |s| {
+                if !consumer.is_empty() {
+                    query.consumer_id = Some(s.get_consumer(&consumer)?.id);
+                }
+                s.usage(&query)
+            })
+            .await?;
         Ok(Response::new(pb::GetUsageResponse {
             keys: keys.into_iter().map(convert::key_usage_to_proto).collect(),
             gateways: gateways
