@@ -55,6 +55,38 @@ pub enum Command {
     /// Sign a request (RFC 9421 HTTP Message Signatures) and print the headers to add:
     /// Content-Digest (with a body), Signature-Input and Signature. Needs no key service.
     Sign(SignArgs),
+    /// The gateways' response caches.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Purge stored responses from every gateway's cache (carried on the change feed).
+    Purge(CachePurgeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["tag", "prefix", "url", "all"])))]
+pub struct CachePurgeArgs {
+    /// Responses whose origin named this tag (Cache-Tag or Surrogate-Key).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Responses whose path starts with this (e.g. /products/).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// The responses of one path and query, every variant and consumer (e.g. /products/7?lang=en).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Every stored response.
+    #[arg(long)]
+    pub all: bool,
+    /// With --prefix or --url: only this host's responses.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Mark stale (answered within stale-while-revalidate while refreshed) instead of dropping.
+    #[arg(long)]
+    pub soft: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,7 +12,7 @@ pub mod parse;
 
 use std::io::Write;
 
-pub use args::{Cli, Command, ConsumersCommand, KeysCommand};
+pub use args::{CacheCommand, Cli, Command, ConsumersCommand, KeysCommand};
 pub use client::{CliError, Client};
 
 /// Where a command writes: results to `out`, notes to `err`.
@@ -59,6 +59,7 @@ pub async fn execute(command: Command, client: &mut Client, output: &mut Output<
         Command::Consumers(cmd) => commands::consumers::run(cmd, client, output).await,
         Command::Usage(args) => commands::usage::run(args, client, output).await,
         Command::Sign(args) => commands::sign::run(&args, output),
+        Command::Cache(CacheCommand::Purge(args)) => commands::cache::purge(args, client, output).await,
     }
 }
 

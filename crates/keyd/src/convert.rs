@@ -3,7 +3,9 @@
 
 use tollgate_proto::v1 as pb;
 
-use crate::model::{self, Change, ChangeKind, Consumer, Key, KeyStatus, RateLimitPolicy, SigningAlgorithm};
+use crate::model::{
+    self, Change, ChangeKind, Consumer, Key, KeyStatus, PurgeTarget, RateLimitPolicy, SigningAlgorithm,
+};
 
 /// Protobuf form of a rate-limit policy.
 pub fn rate_limit_to_proto(policy: &RateLimitPolicy) -> pb::RateLimitPolicy {
@@ -81,13 +83,25 @@ pub fn change_to_proto(change: Change) -> pb::Change {
         ChangeKind::KeyRotated => pb::ChangeKind::KeyRotated,
         ChangeKind::ConsumerUpdated => pb::ChangeKind::ConsumerUpdated,
         ChangeKind::ConsumerDeleted => pb::ChangeKind::ConsumerDeleted,
+        ChangeKind::CachePurged => pb::ChangeKind::CachePurged,
     };
+    let purge = change.purge.map(|p| {
+        let mut out = pb::CachePurge { host: p.host, soft: p.soft, ..Default::default() };
+        match p.target {
+            PurgeTarget::Tag(t) => out.tag = t,
+            PurgeTarget::Prefix(v) => out.prefix = v,
+            PurgeTarget::Url(v) => out.url = v,
+            PurgeTarget::All => out.all = true,
+        }
+        out
+    });
     pb::Change {
         seq: change.seq,
         kind: kind as i32,
         key_id: change.key_id,
         consumer_id: change.consumer_id,
         at: change.at,
+        purge,
     }
 }
 

@@ -397,6 +397,9 @@ mod tests {
         fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
             self.inner.rotate_key(ctx, rotation)
         }
+        fn purge_cache(&self, ctx: &Ctx, purge: &crate::model::CachePurge) -> Result<u64> {
+            self.inner.purge_cache(ctx, purge)
+        }
         fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
             self.inner.lookup_secret(hash)
         }

@@ -148,6 +148,7 @@ pub enum ChangeKind {
     KeyRotated,
     ConsumerUpdated,
     ConsumerDeleted,
+    CachePurged,
 }
 
 impl ChangeKind {
@@ -160,6 +161,7 @@ impl ChangeKind {
             Self::KeyRotated => "key_rotated",
             Self::ConsumerUpdated => "consumer_updated",
             Self::ConsumerDeleted => "consumer_deleted",
+            Self::CachePurged => "cache_purged",
         }
     }
 
@@ -172,6 +174,7 @@ impl ChangeKind {
             Self::KeyRotated,
             Self::ConsumerUpdated,
             Self::ConsumerDeleted,
+            Self::CachePurged,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -187,6 +190,29 @@ pub struct Change {
     pub key_id: String,
     pub consumer_id: String,
     pub at: i64,
+    /// What a `CachePurged` change purges.
+    pub purge: Option<CachePurge>,
+}
+
+/// What a cache purge matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeTarget {
+    Tag(String),
+    Prefix(String),
+    Url(String),
+    All,
+}
+
+/// A purge of the gateways' caches, as the change feed carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePurge {
+    pub target: PurgeTarget,
+    /// Empty: any host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default)]
+    pub soft: bool,
 }
 
 /// One audit-log entry: an admin mutation.

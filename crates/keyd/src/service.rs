@@ -474,6 +474,19 @@ impl KeyService for KeyServiceImpl {
         Ok(Response::new(pb::ReportUsageResponse { duplicate: applied.duplicate, skipped: applied.skipped }))
     }
 
+    async fn purge_cache(&self, request: Request<pb::PurgeCacheRequest>) -> Reply<pb::PurgeCacheResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let purge = validate::cache_purge(request.into_inner().purge)?;
+        let logged = purge.clone();
+        let seq = self.mutate(move |s| s.purge_cache(&ctx, &purge)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "cache.purge",
+            purge = ?logged.target, host = %logged.host, soft = logged.soft, seq,
+        );
+        Ok(Response::new(pb::PurgeCacheResponse { seq }))
+    }
+
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Reply<pb::GetUsageResponse> {
         let req = request.into_inner();
         let mut query = validate::usage_query(&req, self.clock.now())?;

@@ -10,7 +10,8 @@ use tollgate_proto::v1 as pb;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    KeyStatus, Metadata, Period, RateLimit, RateLimitPolicy, UsageCount, UsageQuery, UsageReport,
+    CachePurge, KeyStatus, Metadata, Period, PurgeTarget, RateLimit, RateLimitPolicy, UsageCount, UsageQuery,
+    UsageReport,
 };
 
 /// Longest consumer id.
@@ -203,6 +204,49 @@ pub fn future_time(field: &str, at: i64, now: i64) -> Result<i64> {
         return Err(Error::invalid(field, "must be in the future"));
     }
     Ok(at)
+}
+
+/// Longest tag, prefix, URL or host a cache purge may name (the filter's own bound).
+pub const MAX_PURGE_VALUE: usize = 1024;
+
+/// A cache purge: exactly one target; tags, prefixes, URLs and hosts are visible ASCII, without
+/// spaces (a tag) or commas; prefixes and URLs begin with `/`.
+pub fn cache_purge(purge: Option<pb::CachePurge>) -> Result<CachePurge> {
+    let p = purge.ok_or_else(|| Error::invalid("purge", "is required"))?;
+    let given = [!p.tag.is_empty(), !p.prefix.is_empty(), !p.url.is_empty(), p.all];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(Error::invalid("purge", "give exactly one of tag, prefix, url and all"));
+    }
+    let text = |field: &str, value: &str| -> Result<()> {
+        if value.len() > MAX_PURGE_VALUE {
+            return Err(Error::invalid(field, format!("must be at most {MAX_PURGE_VALUE} bytes")));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(Error::invalid(field, "must be visible ASCII without spaces or commas"));
+        }
+        Ok(())
+    };
+    text("purge.tag", &p.tag)?;
+    text("purge.host", &p.host)?;
+    for (field, value) in [("purge.prefix", &p.prefix), ("purge.url", &p.url)] {
+        text(field, value)?;
+        if !value.is_empty() && !value.starts_with('/') {
+            return Err(Error::invalid(field, "must begin with `/`"));
+        }
+    }
+    if !p.host.is_empty() && p.prefix.is_empty() && p.url.is_empty() {
+        return Err(Error::invalid("purge.host", "goes with prefix or url"));
+    }
+    let target = if p.all {
+        PurgeTarget::All
+    } else if !p.tag.is_empty() {
+        PurgeTarget::Tag(p.tag)
+    } else if !p.prefix.is_empty() {
+        PurgeTarget::Prefix(p.prefix)
+    } else {
+        PurgeTarget::Url(p.url)
+    };
+    Ok(CachePurge { target, host: p.host.to_ascii_lowercase(), soft: p.soft })
 }
 
 /// A revocation reason.

@@ -19,7 +19,7 @@ use tollgate_core::cache::{self as core, Status};
 use tollgate_core::identity;
 use tollgate_host::{Host, LogLevel};
 
-use crate::worker::{Flight, Found, Job, MAX_WAITERS, Req, Stat, Waiter, Worker};
+use crate::worker::{Flight, Found, Job, Locked, MAX_WAITERS, Req, Stat, Waiter, Worker};
 
 /// Methods after whose success the stored responses of their URL are dropped (RFC 9111 §4.4).
 const UNSAFE: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
@@ -37,10 +37,12 @@ pub struct CacheHttp<H: Host> {
     req: Option<Req>,
     /// A stored response kept to stand in for a failing origin (`stale-if-error`).
     fallback: Option<Rc<Object>>,
-    /// The primary key to invalidate when an unsafe request succeeds.
-    invalidate: Option<String>,
+    /// The URL to invalidate when an unsafe request succeeds.
+    invalidate: Option<tollgate_core::cache::purge::Target>,
     /// This request leads a miss other requests wait on (its primary key).
     leading: Option<String>,
+    /// The shared lock this request holds for its miss (lock key, primary key).
+    locked: Option<(String, String)>,
     /// This request waits on another's miss (its primary key).
     waiting: Option<String>,
     /// `fwd` of `Cache-Status` when the request goes to the origin.
@@ -48,6 +50,7 @@ pub struct CacheHttp<H: Host> {
     /// Answered locally: nothing to do on the response.
     answered: bool,
     request_time: i64,
+    request_ms: u64,
     pending: Option<Pending>,
 }
 
@@ -65,10 +68,12 @@ impl<H: Host> CacheHttp<H> {
             fallback: None,
             invalidate: None,
             leading: None,
+            locked: None,
             waiting: None,
             fwd: None,
             answered: false,
             request_time: 0,
+            request_ms: 0,
             pending: None,
         }
     }
@@ -76,7 +81,8 @@ impl<H: Host> CacheHttp<H> {
     fn on_request(&mut self) -> Action {
         let host = Rc::clone(&self.host);
         let host = &*host;
-        self.request_time = now_s(host);
+        self.request_ms = host.now_ms();
+        self.request_time = i64::try_from(self.request_ms / 1000).unwrap_or(i64::MAX);
         let headers: Vec<(String, Vec<u8>)> = host.request_headers();
         let text = |name: &str| -> Option<String> {
             policy::lines(&headers, name).first().and_then(|v| String::from_utf8(v.to_vec()).ok())
@@ -100,8 +106,8 @@ impl<H: Host> CacheHttp<H> {
             None
         };
         if UNSAFE.contains(&method.as_str()) {
-            self.invalidate =
-                key::invalidation_key(&authority, &path, &worker.config.query, consumer.as_deref()).ok();
+            // Every consumer's copy of the URL: what one consumer changed, the others see.
+            self.invalidate = key::url_target(&authority, &path, &worker.config.query).ok();
             return Action::Continue;
         }
         if !worker.config.methods.contains(&method) {
@@ -122,7 +128,8 @@ impl<H: Host> CacheHttp<H> {
         };
         let req = Req { method, authority, path, headers, directives, primary };
         let now = self.request_time;
-        let found = match worker.find(&req, now) {
+        worker.sync_purges(host);
+        let found = match worker.find(host, &req, now) {
             Ok(found) => found,
             Err(NoKey::BadPath | NoKey::Malformed) => {
                 worker.counters.inc(host, Stat::Bypass);
@@ -145,7 +152,7 @@ impl<H: Host> CacheHttp<H> {
                             Err(_) => None,
                         };
                         if let Some(full) = full {
-                            worker.want_refresh(full, refresh_job(&req, &object), host.now_ms());
+                            worker.want_refresh(host, full, refresh_job(&req, &object), &object);
                         }
                     }
                     drop(worker);
@@ -206,6 +213,25 @@ impl<H: Host> CacheHttp<H> {
                     return Action::Pause;
                 }
             } else {
+                // Once per proxy: the worker that takes the miss's lock asks the origin; the others
+                // wait for its answer in the shared tier.
+                let timeout_ms = u64::try_from(worker.config.lock_timeout.as_millis()).unwrap_or(u64::MAX);
+                let lock_key = worker.miss_lock_key(&req.primary);
+                let locked = lock_key
+                    .as_ref()
+                    .map(|k| (k, worker.lock(host, k, &req.primary, now_ms.saturating_add(timeout_ms))));
+                match locked {
+                    Some((_, Locked::Held)) => {
+                        let waiters = worker.remote_waits.entry(req.primary.clone()).or_default();
+                        if waiters.len() < MAX_WAITERS {
+                            self.waiting = Some(req.primary.clone());
+                            waiters.push(Waiter { context_id: self.context_id, req, since_ms: now_ms });
+                            return Action::Pause;
+                        }
+                    }
+                    Some((k, Locked::Acquired)) => self.locked = Some((k.clone(), req.primary.clone())),
+                    Some((_, Locked::Unavailable)) | None => {}
+                }
                 worker
                     .flights
                     .insert(req.primary.clone(), Flight { leader: self.context_id, waiters: Vec::new() });
@@ -231,9 +257,9 @@ impl<H: Host> CacheHttp<H> {
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|s| s.parse::<u32>().ok())
             .unwrap_or(0);
-        if let Some(primary) = self.invalidate.take() {
+        if let Some(target) = self.invalidate.take() {
             if (200..400).contains(&status) {
-                self.worker.borrow_mut().invalidate(host, &primary);
+                self.worker.borrow_mut().invalidate(host, target);
             }
             return Action::Continue;
         }
@@ -263,6 +289,7 @@ impl<H: Host> CacheHttp<H> {
                     core::body_storable(status, &headers, config.max_object_bytes)?;
                     let vary = policy::vary_names(&headers)?;
                     let stored = core::stored_headers(&headers).ok_or(policy::NotStored::NotText)?;
+                    let tags = tollgate_core::cache::purge::tags_of(&stored);
                     Ok(Object {
                         status,
                         headers: stored,
@@ -270,6 +297,8 @@ impl<H: Host> CacheHttp<H> {
                         freshness,
                         request_time: self.request_time,
                         response_time: now,
+                        tags,
+                        request_ms: self.request_ms,
                         vary,
                     })
                 },
@@ -339,6 +368,9 @@ impl<H: Host> CacheHttp<H> {
     /// Hands the flight this request leads to its waiters: each is answered from the cache when
     /// it can be, else goes upstream itself. Acts for other contexts, then for this one again.
     fn release(&mut self, host: &H) {
+        if let Some((lock_key, primary)) = self.locked.take() {
+            self.worker.borrow().unlock(host, &lock_key, &primary, 0);
+        }
         if let Some(primary) = self.leading.take() {
             release_flight(host, &self.worker, &primary);
             host.set_effective_context(self.context_id);
@@ -353,10 +385,16 @@ impl<H: Host> CacheHttp<H> {
         self.release(host);
         let mut worker = self.worker.borrow_mut();
         worker.answered.remove(&self.context_id);
-        if let Some(primary) = self.waiting.take()
-            && let Some(flight) = worker.flights.get_mut(&primary)
-        {
-            flight.waiters.retain(|w| w.context_id != self.context_id);
+        if let Some(primary) = self.waiting.take() {
+            if let Some(flight) = worker.flights.get_mut(&primary) {
+                flight.waiters.retain(|w| w.context_id != self.context_id);
+            }
+            if let Some(waiters) = worker.remote_waits.get_mut(&primary) {
+                waiters.retain(|w| w.context_id != self.context_id);
+                if waiters.is_empty() {
+                    worker.remote_waits.remove(&primary);
+                }
+            }
         }
     }
 }
@@ -469,7 +507,7 @@ pub fn release_flight<H: Host + ?Sized>(host: &H, worker: &RefCell<Worker>, prim
         if !host.set_effective_context(waiter.context_id) {
             continue; // that request is gone
         }
-        let found = worker.borrow_mut().find(&waiter.req, now);
+        let found = worker.borrow_mut().find(host, &waiter.req, now);
         match found {
             Ok(Found::Object { object, age, usable: Usable::Fresh | Usable::StaleAllowed }) => {
                 {

@@ -7,6 +7,7 @@
 //!
 //! The logic lives in `tollgate_core::cache`; this crate is the glue to the proxy.
 
+mod feed;
 mod http;
 mod root;
 mod worker;

@@ -12,8 +12,10 @@ use tollgate_core::cache::store::Object;
 use tollgate_core::cache::{freshened_headers, stored_headers};
 use tollgate_host::{Filter, Host, LogLevel};
 
-use crate::http::CacheHttp;
-use crate::worker::{REFRESH_RETRY_MS, Refresh, Stat, Worker};
+use tollgate_core::cache::policy::Usable;
+
+use crate::http::{CacheHttp, answer};
+use crate::worker::{Found, REFRESH_RETRY_MS, Refresh, Stat, Worker};
 
 /// The cache filter.
 pub struct Cache;
@@ -42,13 +44,27 @@ impl Filter for Cache {
     }
 
     fn tick<H: Host>(host: &H, root_id: u32, worker: &Self::Worker) {
+        worker.borrow_mut().sync_purges(host);
         expire_waiters(host, worker);
+        answer_remote_waiters(host, worker);
         host.set_effective_context(root_id);
         start_refreshes(host, worker);
+        crate::feed::poll(host, worker);
     }
 
     fn http_response<H: Host>(host: &H, _root_id: u32, worker: &Self::Worker, token: u32, body_size: usize) {
         refresh_done(host, worker, token, body_size);
+    }
+
+    fn grpc_response<H: Host>(
+        host: &H,
+        _root_id: u32,
+        worker: &Self::Worker,
+        token: u32,
+        status: u32,
+        size: usize,
+    ) {
+        crate::feed::done(host, worker, token, status, size);
     }
 
     fn http_context<H: Host + 'static>(
@@ -67,8 +83,10 @@ fn expire_waiters<H: Host>(host: &H, worker: &RefCell<Worker>) {
         let mut w = worker.borrow_mut();
         let timeout = u64::try_from(w.config.lock_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut expired = Vec::new();
-        for flight in w.flights.values_mut() {
-            flight.waiters.retain(|waiter| {
+        let inner = &mut *w;
+        let remote = inner.remote_waits.values_mut();
+        for waiters in inner.flights.values_mut().map(|f| &mut f.waiters).chain(remote) {
+            waiters.retain(|waiter| {
                 let over = now.saturating_sub(waiter.since_ms) >= timeout;
                 if over {
                     expired.push(waiter.context_id);
@@ -76,12 +94,59 @@ fn expire_waiters<H: Host>(host: &H, worker: &RefCell<Worker>) {
                 !over
             });
         }
+        w.remote_waits.retain(|_, waiters| !waiters.is_empty());
         w.counters.add(host, Stat::CoalesceTimeout, expired.len() as u64);
         expired
     };
     for context_id in expired {
         if host.set_effective_context(context_id) {
             host.resume_request();
+        }
+    }
+}
+
+/// Requests waiting on another worker's miss: answered from the shared tier once the answer is
+/// there, sent upstream when that worker let go of the miss without storing it.
+fn answer_remote_waiters<H: Host>(host: &H, worker: &RefCell<Worker>) {
+    let primaries: Vec<String> = worker.borrow().remote_waits.keys().cloned().collect();
+    let now = i64::try_from(host.now_ms() / 1000).unwrap_or(i64::MAX);
+    for primary in primaries {
+        let Some(waiters) = worker.borrow_mut().remote_waits.remove(&primary) else {
+            continue;
+        };
+        let lock_key = worker.borrow().miss_lock_key(&primary);
+        let still_held = lock_key.is_some_and(|k| worker.borrow().held_by_other(host, &k, &primary));
+        let mut left = Vec::new();
+        for waiter in waiters {
+            let found = worker.borrow_mut().find(host, &waiter.req, now);
+            let answerable =
+                matches!(found, Ok(Found::Object { usable: Usable::Fresh | Usable::StaleAllowed, .. }));
+            if !answerable && still_held {
+                left.push(waiter);
+                continue;
+            }
+            if !host.set_effective_context(waiter.context_id) {
+                continue; // that request is gone
+            }
+            match found {
+                Ok(Found::Object { object, age, usable: Usable::Fresh | Usable::StaleAllowed }) => {
+                    {
+                        let mut w = worker.borrow_mut();
+                        w.counters.inc(host, Stat::Coalesced);
+                        w.answered.insert(waiter.context_id);
+                    }
+                    if !answer(host, worker, &waiter.req, &object, age, None, true) {
+                        worker.borrow_mut().answered.remove(&waiter.context_id);
+                        host.resume_request();
+                    }
+                }
+                _ => {
+                    host.resume_request();
+                }
+            }
+        }
+        if !left.is_empty() {
+            worker.borrow_mut().remote_waits.insert(primary, left);
         }
     }
 }
@@ -119,8 +184,7 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
                     full.clone(),
                     Refresh::InFlight { until_ms: now.saturating_add(timeout_ms + 1000) },
                 );
-                let request_time = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-                w.root_calls.insert(token, (full, job, request_time));
+                w.root_calls.insert(token, (full, job, now));
             }
             Err(_) => {
                 w.refreshes.insert(full, Refresh::Failed { until_ms: now.saturating_add(REFRESH_RETRY_MS) });
@@ -135,9 +199,10 @@ fn start_refreshes<H: Host>(host: &H, worker: &RefCell<Worker>) {
 /// stale copy (served within `stale-if-error` by requests that find the origin failing).
 fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_size: usize) {
     let mut w = worker.borrow_mut();
-    let Some((full, job, request_time)) = w.root_calls.remove(&token) else {
+    let Some((full, job, request_ms)) = w.root_calls.remove(&token) else {
         return;
     };
+    let request_time = i64::try_from(request_ms / 1000).unwrap_or(i64::MAX);
     let mut headers = host.http_call_response_headers();
     let mut status = policy::lines(&headers, ":status")
         .first()
@@ -169,27 +234,35 @@ fn refresh_done<H: Host>(host: &H, worker: &RefCell<Worker>, token: u32, body_si
             match (policy::vary_names(&headers), stored_headers(&headers)) {
                 (Ok(vary), Some(stored)) if body.len() == body_size => Some(Object {
                     status,
+                    tags: tollgate_core::cache::purge::tags_of(&stored),
                     headers: stored,
                     body,
                     freshness,
                     request_time,
                     response_time: now,
                     vary,
+                    request_ms,
                 }),
                 _ => None,
             }
         }
         _ => None,
     };
+    let lock_key = w.refresh_lock_key(&full);
     match object {
         Some(object) => {
             w.refreshes.remove(&full);
             if w.put(host, &job.primary, &job.request_headers, object) {
                 w.counters.inc(host, Stat::Revalidated);
             }
+            // Stored in the shared tier first, then let go: a worker that takes the lock next
+            // finds the refreshed copy there.
+            w.unlock(host, &lock_key, &full, 0);
         }
         None => {
             let until_ms = host.now_ms().saturating_add(REFRESH_RETRY_MS);
+            // Held a while: the other workers do not try a failing origin either.
+            w.unlock(host, &lock_key, &full, until_ms);
             w.refreshes.insert(full, Refresh::Failed { until_ms });
             w.counters.inc(host, Stat::RefreshFailed);
             host.log(LogLevel::Debug, &format!("cache: refresh answered {status}, kept the stored response"));

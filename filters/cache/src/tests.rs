@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use proxy_wasm::types::Action;
+use tollgate_host::Host as _;
 use tollgate_host::Stat as _;
 use tollgate_host::mock::Harness;
 
@@ -209,4 +210,189 @@ fn a_consumer_id_that_is_not_text_never_gets_the_shared_entries() {
     let alice = get(&mut gw, "/me");
     gw.host.with_request_property(alice, &[tollgate_core::identity::PROP_CONSUMER], b"alice");
     assert_eq!(gw.request_headers(alice, true), Action::Continue, "alice's key is her own");
+}
+
+/// Another worker of the same proxy: its own VM, the same shared data.
+fn other_worker(gw: &Gateway, config: &str) -> Gateway {
+    let other = Gateway::configured(tollgate_host::mock::MockHost::sharing_with(&gw.host), config);
+    other.host.set_now_ms(gw.host.now_ms());
+    other
+}
+
+#[test]
+fn a_response_one_worker_stored_is_a_hit_in_another() {
+    let mut a = Gateway::new(CONFIG);
+    a.host.set_now_ms(1_700_000_000_000);
+    let mut b = other_worker(&a, CONFIG);
+    let first = get(&mut a, "/shared");
+    assert_eq!(a.request_headers(first, true), Action::Continue);
+    origin_answers(&mut a, first, "max-age=60", b"from-a");
+    assert_eq!(counter(&a, Stat::SharedStored), 1);
+    let id = get(&mut b, "/shared");
+    assert_eq!(b.request_headers(id, true), Action::Pause, "answered from the shared tier");
+    assert_eq!(b.host.reply(id).unwrap().body, b"from-a");
+    assert_eq!(counter(&b, Stat::SharedHit), 1);
+    assert_eq!(counter(&b, Stat::CacheMiss), 0);
+}
+
+#[test]
+fn a_miss_goes_upstream_once_per_proxy_and_other_workers_wait_for_it() {
+    let mut a = Gateway::new(CONFIG);
+    a.host.set_now_ms(1_700_000_000_000);
+    let mut b = other_worker(&a, CONFIG);
+    let leader = get(&mut a, "/cold");
+    assert_eq!(a.request_headers(leader, true), Action::Continue);
+    let waiter = get(&mut b, "/cold");
+    assert_eq!(b.request_headers(waiter, true), Action::Pause, "waits on worker a's miss");
+    b.tick();
+    assert!(b.host.reply(waiter).is_none());
+    assert_eq!(b.host.resumed(waiter), 0);
+    origin_answers(&mut a, leader, "max-age=60", b"cold");
+    b.tick();
+    let reply = b.host.reply(waiter).expect("answered from the shared tier on the tick");
+    assert_eq!(reply.body, b"cold");
+    assert_eq!(reply.header("cache-status"), Some("tollgate; hit; ttl=60; collapsed"));
+    assert_eq!(counter(&b, Stat::Coalesced), 1);
+
+    // A miss that is not stored: the waiter goes upstream once the leader lets go.
+    let leader = get(&mut a, "/nostore");
+    a.request_headers(leader, true);
+    let waiter = get(&mut b, "/nostore");
+    assert_eq!(b.request_headers(waiter, true), Action::Pause);
+    origin_answers(&mut a, leader, "no-store", b"x");
+    b.tick();
+    assert_eq!(b.host.resumed(waiter), 1);
+    assert!(b.host.reply(waiter).is_none());
+
+    // A leader that never answers: the waiter goes upstream after lock_timeout.
+    let leader = get(&mut a, "/hung");
+    a.request_headers(leader, true);
+    let waiter = get(&mut b, "/hung");
+    assert_eq!(b.request_headers(waiter, true), Action::Pause);
+    b.host.advance(Duration::from_millis(2100));
+    b.tick();
+    assert_eq!(b.host.resumed(waiter), 1);
+    assert_eq!(counter(&b, Stat::CoalesceTimeout), 1);
+}
+
+#[test]
+fn one_refresh_per_proxy_and_the_other_workers_take_its_answer() {
+    let mut a = Gateway::new(CONFIG);
+    a.host.set_now_ms(1_700_000_000_000);
+    let mut b = other_worker(&a, CONFIG);
+    let first = get(&mut a, "/swr");
+    a.request_headers(first, true);
+    origin_answers(&mut a, first, "max-age=1, stale-while-revalidate=30", b"v1");
+    // b has its own copy too.
+    let id = get(&mut b, "/swr");
+    b.request_headers(id, true);
+    for gw in [&a, &b] {
+        gw.host.advance(Duration::from_secs(3));
+    }
+    for gw in [&mut a, &mut b] {
+        let id = get(gw, "/swr");
+        assert_eq!(gw.request_headers(id, true), Action::Pause);
+        assert_eq!(gw.host.reply(id).unwrap().body, b"v1");
+        gw.tick();
+    }
+    assert_eq!(a.host.http_calls().len() + b.host.http_calls().len(), 1, "one refresh for the proxy");
+    let calls = a.host.http_calls();
+    a.host.set_http_response(&[(":status", "200"), ("cache-control", "max-age=60")], Some(b"v2"));
+    a.http_response(calls[0].context_id, calls[0].token, 2);
+    let id = get(&mut b, "/swr");
+    b.request_headers(id, true);
+    let reply = b.host.reply(id).unwrap();
+    assert_eq!(reply.body, b"v2", "worker b takes the refreshed copy from the shared tier");
+    assert!(reply.header("cache-status").unwrap().starts_with("tollgate; hit; ttl=60"));
+    b.tick();
+    assert!(b.host.http_calls().is_empty());
+}
+
+#[test]
+fn an_unsafe_request_in_one_worker_drops_the_url_in_every_worker() {
+    let config = r#"{"per_consumer": true}"#;
+    let mut a = Gateway::new(config);
+    a.host.set_now_ms(1_700_000_000_000);
+    let mut b = other_worker(&a, config);
+    let as_alice = |gw: &mut Gateway, method: &str| {
+        let id = gw.request(&[(":method", method), (":path", "/doc?b=1&a=2"), (":authority", "api.example")]);
+        gw.host.with_request_property(id, &[tollgate_core::identity::PROP_CONSUMER], b"alice");
+        id
+    };
+    let id = as_alice(&mut b, "GET");
+    b.request_headers(id, true);
+    origin_answers(&mut b, id, "max-age=60", b"old");
+    let id = as_alice(&mut b, "GET");
+    assert_eq!(b.request_headers(id, true), Action::Pause, "a hit in b");
+    a.host.advance(Duration::from_millis(5));
+    b.host.advance(Duration::from_millis(5));
+    // bob (another consumer) changes it through worker a, with the query in another order.
+    let put = a.request(&[(":method", "PUT"), (":path", "/doc?a=2&b=1"), (":authority", "API.example")]);
+    a.host.with_request_property(put, &[tollgate_core::identity::PROP_CONSUMER], b"bob");
+    assert_eq!(a.request_headers(put, true), Action::Continue);
+    a.host.with_response_header(put, ":status", "204");
+    a.response_headers(put, true);
+    let id = as_alice(&mut b, "GET");
+    assert_eq!(b.request_headers(id, true), Action::Continue, "gone from b's store and the shared tier");
+    assert_eq!(counter(&b, Stat::Purged), 1);
+}
+
+#[test]
+fn purges_from_the_key_service_feed_reach_every_worker() {
+    use prost::Message;
+    use tollgate_proto::v1;
+    let config = r#"{"key_service": {"cluster": "keyd", "token": "tgd_test", "poll_interval": "1s"}}"#;
+    let mut a = Gateway::new(config);
+    a.host.set_now_ms(1_700_000_000_000);
+    let mut b = other_worker(&a, config);
+    let store = |gw: &mut Gateway, path: &str, tag: &str| {
+        let id = get(gw, path);
+        gw.request_headers(id, true);
+        gw.host.with_response_header(id, "cache-tag", tag);
+        origin_answers(gw, id, "max-age=600, stale-while-revalidate=600", b"v1");
+    };
+    store(&mut b, "/p/1", "product, p1");
+    store(&mut b, "/p/2", "product, p2");
+    store(&mut b, "/other", "misc");
+    // The first poll learns the head.
+    a.tick();
+    let calls = a.host.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(v1::ListChangesRequest::decode(calls[0].message.as_slice()).unwrap().limit, 1);
+    let head = v1::ListChangesResponse { changes: vec![], head_seq: 40 };
+    a.answer_grpc(calls[0].token, 0, Some(&head.encode_to_vec()), None);
+    b.tick();
+    assert_eq!(b.host.calls().len(), 0, "one poller per proxy");
+    a.host.advance(Duration::from_secs(1));
+    b.host.advance(Duration::from_secs(1));
+    a.tick();
+    let calls = a.host.calls();
+    assert_eq!(v1::ListChangesRequest::decode(calls[1].message.as_slice()).unwrap().after_seq, 40);
+    let purge = |seq, p: v1::CachePurge| v1::Change {
+        seq,
+        kind: v1::ChangeKind::CachePurged as i32,
+        purge: Some(p),
+        ..Default::default()
+    };
+    let page = v1::ListChangesResponse {
+        changes: vec![
+            purge(41, v1::CachePurge { tag: "p1".into(), ..Default::default() }),
+            purge(42, v1::CachePurge { tag: "p2".into(), soft: true, ..Default::default() }),
+        ],
+        head_seq: 42,
+    };
+    a.answer_grpc(calls[1].token, 0, Some(&page.encode_to_vec()), None);
+    assert_eq!(counter(&a, Stat::PurgesApplied), 2);
+    let ask = |gw: &mut Gateway, path: &str| {
+        let id = get(gw, path);
+        let action = gw.request_headers(id, true);
+        (action, gw.host.reply(id).and_then(|r| r.header("cache-status").map(str::to_owned)))
+    };
+    assert_eq!(ask(&mut b, "/p/1").0, Action::Continue, "hard purge: a miss");
+    let (action, status) = ask(&mut b, "/p/2");
+    assert_eq!(action, Action::Pause);
+    assert!(status.unwrap().contains("detail=stale-while-revalidate"), "soft purge: stale");
+    let (action, status) = ask(&mut b, "/other");
+    assert_eq!(action, Action::Pause);
+    assert!(status.unwrap().starts_with("tollgate; hit"), "another tag is kept");
 }

@@ -1,6 +1,7 @@
 //! What each command does: build the request from the parsed flags, call the key service (or,
 //! for `sign`, nothing) and write the answer as a table or JSON.
 
+pub mod cache;
 pub mod consumers;
 pub mod keys;
 pub mod sign;

@@ -48,6 +48,30 @@ struct RawConfig {
     lock_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration::de_opt")]
     refresh_timeout: Option<Duration>,
+    #[serde(default)]
+    shared: Option<RawShared>,
+    #[serde(default)]
+    key_service: Option<crate::config::RawKeyService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    max_bytes: Option<usize>,
+}
+
+pub const DEFAULT_SHARED_SLOTS: u32 = 1024;
+pub const MAX_SHARED_SLOTS: u32 = 65_536;
+pub const DEFAULT_SHARED_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// The tier every worker of a proxy shares: `slots` shared-data values of at most `slot_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    pub slots: u32,
+    pub slot_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +93,7 @@ pub struct Origin {
 }
 
 /// The compiled configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub max_object_bytes: usize,
     pub max_memory_bytes: usize,
@@ -82,6 +106,10 @@ pub struct Config {
     /// itself (no background refresh): see the docs.
     pub origin: Option<Origin>,
     pub lock_timeout: Duration,
+    /// `None`: every worker keeps its own store only.
+    pub shared: Option<Shared>,
+    /// Where purges come from (the key service's change feed), when configured.
+    pub key_service: Option<crate::config::KeyService>,
 }
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {
@@ -168,7 +196,38 @@ impl Config {
         if lock_timeout > Duration::from_secs(60) {
             return Err(err("lock_timeout", "must be at most 60s"));
         }
+        let shared = match raw.shared {
+            None => Some(Shared {
+                slots: DEFAULT_SHARED_SLOTS,
+                slot_bytes: DEFAULT_SHARED_MAX_BYTES / DEFAULT_SHARED_SLOTS as usize,
+            }),
+            Some(RawShared { slots: Some(0), .. }) => None,
+            Some(raw) => {
+                let slots = raw.slots.unwrap_or(DEFAULT_SHARED_SLOTS);
+                if slots > MAX_SHARED_SLOTS {
+                    return Err(err(
+                        "shared.slots",
+                        format!("must be at most {MAX_SHARED_SLOTS} (0 turns the shared tier off)"),
+                    ));
+                }
+                let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_SHARED_MAX_BYTES);
+                if max_bytes > MAX_MEMORY_BYTES_LIMIT {
+                    return Err(err("shared.max_bytes", format!("must be at most {MAX_MEMORY_BYTES_LIMIT}")));
+                }
+                let slot_bytes = max_bytes / slots as usize;
+                if slot_bytes < 1024 {
+                    return Err(err(
+                        "shared.max_bytes",
+                        "must give each slot at least 1024 bytes (max_bytes / slots)",
+                    ));
+                }
+                Some(Shared { slots, slot_bytes })
+            }
+        };
+        let key_service = raw.key_service.map(|k| k.compile(FILTER)).transpose()?;
         Ok(Config {
+            shared,
+            key_service,
             max_object_bytes,
             max_memory_bytes,
             methods,

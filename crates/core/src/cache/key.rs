@@ -65,14 +65,20 @@ pub fn primary_key(
     Ok(key)
 }
 
-/// The primary key for invalidation by an unsafe method: the same URL as GET would use.
-pub fn invalidation_key(
+/// The purge target of a URL as a request names it (authority, path and query, normalised as
+/// the key normalises them): every variant and consumer of it.
+pub fn url_target(
     authority: &str,
     path_and_query: &str,
     rule: &QueryRule,
-    consumer: Option<&str>,
-) -> Result<String, NoKey> {
-    primary_key("GET", authority, path_and_query, rule, consumer)
+) -> Result<super::purge::Target, NoKey> {
+    let primary = primary_key("GET", authority, path_and_query, rule, None)?;
+    let mut fields = primary.split('\n').skip(1);
+    let (Some(host), Some(path), Some(query)) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(NoKey::Malformed);
+    };
+    let url = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+    Ok(super::purge::Target::Url { host: Some(host.to_owned()), url })
 }
 
 /// The values of the request headers `names` (a stored response's `Vary`), each field's lines

@@ -12,6 +12,8 @@ pub mod control;
 pub mod date;
 pub mod key;
 pub mod policy;
+pub mod purge;
+pub mod shared;
 pub mod store;
 
 #[cfg(test)]

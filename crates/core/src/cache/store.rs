@@ -25,6 +25,10 @@ pub struct Object {
     pub response_time: i64,
     /// The lower-case names the response's `Vary` lists.
     pub vary: Vec<String>,
+    /// The tags the origin gave it (`Cache-Tag`, `Surrogate-Key`): what a purge by tag matches.
+    pub tags: Vec<String>,
+    /// When its request went out, in milliseconds: a purge applied at or after it purges it.
+    pub request_ms: u64,
 }
 
 impl Object {
@@ -35,7 +39,8 @@ impl Object {
 
     fn size(&self, key: &str) -> usize {
         let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len() + 16).sum();
-        key.len() + headers + self.body.len() + OVERHEAD
+        let lists: usize = self.vary.iter().chain(&self.tags).map(|s| s.len() + 24).sum();
+        key.len() + headers + lists + self.body.len() + OVERHEAD
     }
 }
 
@@ -176,6 +181,21 @@ impl Store {
             }
         }
         n
+    }
+
+    /// Drops every object `gone` says is gone (given its primary key and the object); how many.
+    pub fn remove_where(&mut self, mut gone: impl FnMut(&str, &Object) -> bool) -> usize {
+        let doomed: Vec<String> =
+            self.slots.iter().filter(|(_, s)| gone(&s.primary, &s.object)).map(|(k, _)| k.clone()).collect();
+        for full in &doomed {
+            self.remove_full(full);
+        }
+        doomed.len()
+    }
+
+    /// The object stored under `full`, without marking it used.
+    pub fn peek(&self, full: &str) -> Option<&Rc<Object>> {
+        self.slots.get(full).map(|s| &s.object)
     }
 
     fn remove_full(&mut self, full: &str) {

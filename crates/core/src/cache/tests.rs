@@ -444,6 +444,8 @@ fn object(body: usize, vary: &[&str]) -> Object {
         request_time: NOW,
         response_time: NOW,
         vary: vary.iter().map(|s| s.to_string()).collect(),
+        tags: Vec::new(),
+        request_ms: 1_000,
     }
 }
 
@@ -581,4 +583,150 @@ fn a_304_freshens_the_stored_headers() {
             ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
         ])
     );
+}
+
+mod purges {
+    use super::*;
+    use crate::cache::purge::{Log, Purge, Target, Verdict, tags_of};
+    use crate::cache::shared::{Entry, Lock, decode_entry, encode_entry, slot_of};
+
+    const P: &str = "GET\napi.example.com\n/products/7\na=1&b=2";
+    const P_CONSUMER: &str = "GET\napi.example.com\n/products/7\na=1&b=2\nc_1";
+
+    fn purge(target: Target, soft: bool, at_ms: u64) -> Purge {
+        Purge { target, soft, at_ms }
+    }
+
+    fn tag(t: &str) -> Target {
+        Target::Tag(t.into())
+    }
+
+    #[test]
+    fn targets_match_by_tag_prefix_url_and_host() {
+        let tags = vec!["product-7".to_owned(), "catalog".to_owned()];
+        let cases: Vec<(Target, &str, bool)> = vec![
+            (Target::All, P, true),
+            (tag("catalog"), P, true),
+            (tag("product-8"), P, false),
+            (tag("catalo"), P, false),
+            (Target::Prefix { host: None, prefix: "/products/".into() }, P, true),
+            (Target::Prefix { host: None, prefix: "/products/7?a=1".into() }, P, true),
+            (Target::Prefix { host: None, prefix: "/products/7?b".into() }, P, false),
+            (Target::Prefix { host: None, prefix: "/orders/".into() }, P, false),
+            (Target::Prefix { host: Some("API.example.com".into()), prefix: "/".into() }, P, true),
+            (Target::Prefix { host: Some("other.example.com".into()), prefix: "/".into() }, P, false),
+            (Target::Url { host: None, url: "/products/7?a=1&b=2".into() }, P, true),
+            (Target::Url { host: None, url: "/products/7?a=1&b=2".into() }, P_CONSUMER, true),
+            (Target::Url { host: None, url: "/products/7".into() }, P, false),
+            (Target::Url { host: None, url: "/products/7?a=1".into() }, P, false),
+            (Target::Url { host: Some("other".into()), url: "/products/7?a=1&b=2".into() }, P, false),
+            (Target::Url { host: None, url: "/products/7?a=1&b=2".into() }, "garbage", false),
+        ];
+        for (target, primary, expected) in cases {
+            assert_eq!(target.matches(primary, &tags), expected, "{target:?} on {primary:?}");
+        }
+    }
+
+    #[test]
+    fn a_purge_applies_to_responses_fetched_at_or_before_it_and_never_after() {
+        let mut log = Log::default();
+        log.push(purge(tag("a"), false, 5_000));
+        let tagged = vec!["a".to_owned()];
+        assert_eq!(log.verdict(P, &tagged, 4_999), Verdict::Gone);
+        assert_eq!(log.verdict(P, &tagged, 5_000), Verdict::Gone, "fetched in the same ms");
+        assert_eq!(log.verdict(P, &tagged, 5_001), Verdict::Keep, "fetched after the purge");
+        assert_eq!(log.verdict(P, &[], 1), Verdict::Keep, "another tag");
+        log.push(purge(tag("b"), true, 6_000));
+        let both = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(log.verdict(P, &both, 5_500), Verdict::StaleSince(6_000));
+        assert_eq!(log.verdict(P, &both, 4_000), Verdict::Gone, "a hard purge wins over a soft one");
+        assert_eq!(log.seq, 2);
+    }
+
+    #[test]
+    fn times_only_grow_and_a_hard_purge_of_everything_clears_the_log() {
+        let mut log = Log::default();
+        log.push(purge(tag("a"), false, 9_000));
+        log.push(purge(tag("b"), false, 3_000)); // a clock that went back
+        assert_eq!(log.records.last().map(|r| r.at_ms), Some(9_000));
+        log.push(purge(Target::All, true, 10_000));
+        assert_eq!(log.verdict(P, &[], 9_500), Verdict::StaleSince(10_000), "soft: kept, stale");
+        log.push(purge(Target::All, false, 11_000));
+        assert!(log.records.is_empty());
+        assert_eq!(log.floor_ms, 11_000);
+        assert_eq!(log.verdict(P, &[], 11_000), Verdict::Gone);
+        assert_eq!(log.verdict(P, &[], 11_001), Verdict::Keep);
+    }
+
+    #[test]
+    fn a_full_log_drops_its_oldest_records_into_the_floor_purging_more_never_less() {
+        let mut log = Log::default();
+        for i in 0..(crate::cache::purge::MAX_RECORDS as u64 + 10) {
+            log.push(purge(tag(&format!("t{i}")), true, 1_000 + i));
+        }
+        assert_eq!(log.records.len(), crate::cache::purge::MAX_RECORDS);
+        assert_eq!(log.floor_ms, 1_009);
+        // t0 was dropped: an untagged response fetched before it is now gone too.
+        assert_eq!(log.verdict(P, &[], 1_000), Verdict::Gone);
+        assert_eq!(log.verdict(P, &[], 1_010), Verdict::Keep);
+    }
+
+    #[test]
+    fn the_log_round_trips_and_garbage_is_refused() {
+        let mut log = Log::default();
+        log.push(purge(tag("a"), false, 1));
+        log.push(purge(Target::Prefix { host: Some("h".into()), prefix: "/p".into() }, true, 2));
+        log.push(purge(Target::Url { host: None, url: "/u?x=1".into() }, false, 3));
+        log.push(purge(Target::All, true, 4));
+        assert_eq!(Log::decode(&log.encode()), Some(log.clone()));
+        let bytes = log.encode();
+        for cut in [1, 8, 17, bytes.len() - 1] {
+            assert_eq!(Log::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut bad_kind = Log::default().encode();
+        bad_kind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(Log::decode(&bad_kind), None);
+    }
+
+    #[test]
+    fn tags_come_from_cache_tag_and_surrogate_key() {
+        let headers = vec![
+            ("cache-tag".to_owned(), "product-7, catalog,,".to_owned()),
+            ("surrogate-key".to_owned(), "catalog  homepage".to_owned()),
+            ("x-other".to_owned(), "nope".to_owned()),
+        ];
+        assert_eq!(tags_of(&headers), vec!["product-7", "catalog", "homepage"]);
+        let many =
+            vec![("cache-tag".to_owned(), (0..100).map(|i| format!("t{i}")).collect::<Vec<_>>().join(","))];
+        assert_eq!(tags_of(&many).len(), 64);
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_shared_tier_and_garbage_is_a_miss() {
+        let mut o = object(100, &["accept-encoding"]);
+        o.tags = vec!["t".into()];
+        o.freshness.must_revalidate = true;
+        let bytes = encode_entry(P, "full", &o);
+        let entry = Entry { primary: P.into(), full: "full".into(), object: o };
+        assert_eq!(decode_entry(&bytes), Some(entry));
+        for cut in [0, 1, 5, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(decode_entry(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_entry(&longer), None);
+        assert_eq!(decode_entry(&[1, 0xff, 0xff, 0xff, 0xff]), None, "a length past the end");
+        assert!(slot_of(P, 1024) < 1024);
+        assert_eq!(slot_of(P, 0), 0);
+    }
+
+    #[test]
+    fn locks_round_trip_and_anything_else_is_released() {
+        let lock = Lock { key: 7, owner: 9, until_ms: 1_000 };
+        assert_eq!(Lock::decode(Some(&lock.encode())), lock);
+        assert!(lock.held(999));
+        assert!(!lock.held(1_000));
+        assert_eq!(Lock::decode(Some(b"short")), Lock::default());
+        assert_eq!(Lock::decode(None), Lock::default());
+    }
 }

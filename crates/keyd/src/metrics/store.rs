@@ -8,8 +8,9 @@ use super::Metrics;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
-    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
+    AuditEntry, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
+    KeyPatch, KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery,
+    UsageReport,
 };
 use crate::store::Store;
 
@@ -69,6 +70,9 @@ impl Store for TimedStore {
     }
     fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
         self.time("rotate_key", |s| s.rotate_key(ctx, rotation))
+    }
+    fn purge_cache(&self, ctx: &Ctx, purge: &CachePurge) -> Result<u64> {
+        self.time("purge_cache", |s| s.purge_cache(ctx, purge))
     }
     fn lookup_secret(&self, hash: &[u8; 32]) -> Result<Lookup> {
         self.time("lookup_secret", |s| s.lookup_secret(hash))

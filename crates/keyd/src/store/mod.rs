@@ -9,8 +9,9 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter, KeyPatch,
-    KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery, UsageReport,
+    AuditEntry, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
+    KeyPatch, KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery,
+    UsageReport,
 };
 
 /// How long per-minute usage is kept, in seconds (31 days).
@@ -41,6 +42,8 @@ pub trait Store: Send + Sync + 'static {
     /// Revoking a revoked key is a no-op that returns it unchanged.
     fn revoke_key(&self, ctx: &Ctx, id: &str, reason: &str) -> Result<Key>;
     fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key>;
+    /// Publishes a cache purge on the change feed (and audits it); its feed position.
+    fn purge_cache(&self, ctx: &Ctx, purge: &CachePurge) -> Result<u64>;
 
     /// Finds a secret by its keyed hash.
     /// Called on the service's async threads (the data plane's hot path): a point read that

@@ -16,13 +16,14 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
-    KeyPatch, KeyStatus, KeyUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch,
+    AuditEntry, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
+    KeyFilter, KeyPatch, KeyStatus, KeyUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch,
     SigningAlgorithm, SigningLookup, UsageApplied, UsageQuery, UsageReport,
 };
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
-const SCHEMA_VERSION: i64 = 3;
+/// 4: cache purges on the change feed (`changes.detail`).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -64,7 +65,9 @@ CREATE TABLE IF NOT EXISTS changes (
     kind        TEXT    NOT NULL,
     key_id      TEXT    NOT NULL,
     consumer_id TEXT    NOT NULL,
-    at          INTEGER NOT NULL
+    at          INTEGER NOT NULL,
+    -- What a cache purge purges (JSON); empty for every other kind.
+    detail      TEXT    NOT NULL DEFAULT ''
 );
 -- HTTP message signature material: an Ed25519 public key, or an HMAC secret encrypted with
 -- AES-256-GCM under master-key version `master_version` (the master key is not in the database).
@@ -244,6 +247,15 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
     tx.execute_batch(SCHEMA).map_err(db)?;
+    // A store made before version 4 has `changes` without `detail`.
+    let has_detail: i64 = tx
+        .query_row("SELECT COUNT(*) FROM pragma_table_info('changes') WHERE name = 'detail'", [], |row| {
+            row.get(0)
+        })
+        .map_err(db)?;
+    if has_detail == 0 {
+        tx.execute_batch("ALTER TABLE changes ADD COLUMN detail TEXT NOT NULL DEFAULT ''").map_err(db)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db)?;
     tx.commit().map_err(db)
 }
@@ -325,12 +337,14 @@ fn change_from_row(row: &Row<'_>) -> rusqlite::Result<Change> {
             format!("unknown change kind {kind:?}").into(),
         )
     })?;
+    let purge = if kind == ChangeKind::CachePurged { Some(json_column(row, 5)?) } else { None };
     Ok(Change {
         seq: seq_column(row, 0)?,
         kind,
         key_id: row.get(2)?,
         consumer_id: row.get(3)?,
         at: row.get(4)?,
+        purge,
     })
 }
 
@@ -764,6 +778,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge_cache(&self, ctx: &Ctx, purge: &CachePurge) -> Result<u64> {
+        self.write(|tx| {
+            let detail = to_json(purge)?;
+            tx.execute(
+                "INSERT INTO changes (kind, key_id, consumer_id, at, detail) VALUES (?1, '', '', ?2, ?3)",
+                params![ChangeKind::CachePurged.as_str(), ctx.now, detail],
+            )
+            .map_err(db)?;
+            let seq = head_seq(tx)?;
+            record_audit(tx, ctx, "cache.purge", "", "", serde_json::to_value(purge).unwrap_or_default())?;
+            Ok(seq)
+        })
+    }
+
     fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
         self.write(|tx| {
             let key = require_key(tx, &rotation.key_id)?;
@@ -1000,7 +1028,7 @@ impl Store for SqliteStore {
         self.read(|tx| {
             let changes = {
                 let mut stmt = tx
-                    .prepare("SELECT seq, kind, key_id, consumer_id, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                    .prepare("SELECT seq, kind, key_id, consumer_id, at, detail FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                     .map_err(db)?;
                 let rows = stmt.query_map(params![after, limit_param(limit)], change_from_row).map_err(db)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
@@ -1136,6 +1164,54 @@ mod tests {
             secret: StoredSecret { hash: [hash; 32], display_prefix: "tgk_abcdef".into() },
             signing: None,
         }
+    }
+
+    #[test]
+    fn a_cache_purge_is_on_the_feed_with_what_it_purges_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let purge = CachePurge {
+            target: crate::model::PurgeTarget::Tag("t1".into()),
+            host: String::new(),
+            soft: true,
+        };
+        let seq = store.purge_cache(&ctx(), &purge).unwrap();
+        let (changes, head) = store.list_changes(seq - 1, 10).unwrap();
+        assert_eq!(head, seq);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].kind, ChangeKind::CachePurged);
+        assert_eq!(changes[0].purge.as_ref(), Some(&purge));
+        assert_eq!(changes[0].key_id, "");
+        let audit = store.list_audit(0, 10).unwrap();
+        assert!(audit.iter().any(|a| a.action == "cache.purge"), "{audit:?}");
+    }
+
+    /// A store made by version 3 (no `changes.detail`) opens, keeps its changes, and takes purges.
+    #[test]
+    fn a_version_3_store_gains_the_purge_column_and_keeps_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, \
+                 key_id TEXT NOT NULL, consumer_id TEXT NOT NULL, at INTEGER NOT NULL);
+                 INSERT INTO changes (kind, key_id, consumer_id, at) VALUES ('key_revoked', 'k1', 'c1', 5);
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let (changes, _) = store.list_changes(0, 10).unwrap();
+        assert_eq!(
+            (changes[0].kind, changes[0].key_id.as_str(), changes[0].purge.clone()),
+            (ChangeKind::KeyRevoked, "k1", None)
+        );
+        let purge = CachePurge { target: crate::model::PurgeTarget::All, host: String::new(), soft: false };
+        assert_eq!(store.purge_cache(&ctx(), &purge).unwrap(), 2);
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.list_changes(1, 10).unwrap().0[0].purge, Some(purge));
     }
 
     #[test]
