@@ -46,6 +46,8 @@ struct OriginState {
     hits: HashMap<String, usize>,
     /// Every request's target and headers.
     seen: Vec<(String, Headers)>,
+    /// When each request for a target arrived.
+    arrivals: HashMap<String, Vec<std::time::Instant>>,
 }
 
 /// An origin on loopback: answers each path as scripted (200 with no headers otherwise), with
@@ -92,6 +94,10 @@ impl Origin {
         self.state.lock().unwrap().hits.get(target).copied().unwrap_or(0)
     }
 
+    fn arrivals(&self, target: &str) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().arrivals.get(target).cloned().unwrap_or_default()
+    }
+
     fn last_headers(&self) -> Headers {
         self.state.lock().unwrap().seen.last().map(|(_, h)| h.clone()).unwrap_or_default()
     }
@@ -121,6 +127,7 @@ async fn answer(
         let headers =
             req.headers().iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
         state.seen.push((target.clone(), headers));
+        state.arrivals.entry(target.clone()).or_default().push(std::time::Instant::now());
         let n = {
             let count = state.hits.entry(target.clone()).or_insert(0);
             *count += 1;
@@ -408,22 +415,88 @@ async fn concurrent_misses_on_one_worker_reach_the_origin_once() {
     assert_eq!(stat(&envoy, "coalesced_total").await, collapsed);
 }
 
+/// Connections each worker of `envoy` accepted (`listener.<addr>.worker_<n>.downstream_cx_total`).
+async fn connections_per_worker(envoy: &Envoy) -> Vec<u64> {
+    let stats = envoy.stats("worker_.*downstream_cx_total").await;
+    stats.iter().filter(|(name, _)| name.starts_with("listener.127.0.0.1")).map(|(_, n)| *n).collect()
+}
+
+/// 500 concurrent requests for a cold key, spread over 4 workers: one reaches the origin; the
+/// others wait on it (in its worker, or in another one through the shared tier) and get its
+/// answer.
 #[tokio::test]
-async fn with_several_workers_each_misses_once_at_most() {
+async fn a_cold_key_reaches_the_origin_once_across_four_workers() {
     let origin = Origin::start().await;
-    origin.script_slow("/cold", 200, &[("cache-control", b"max-age=60")], Duration::from_millis(300));
-    let envoy = gateway(&origin, 3).await;
+    origin.script_slow("/cold", 200, &[("cache-control", b"max-age=60")], Duration::from_millis(500));
+    let envoy = gateway(&origin, 4).await;
     let client = HttpClient::fresh_connections();
-    let requests: Vec<_> = (0..30)
+    let requests: Vec<_> = (0..500)
         .map(|_| {
             let (client, url) = (client.clone(), envoy.url("/cold"));
             tokio::spawn(async move { client.get(url).send().await })
         })
         .collect();
     for request in requests {
-        assert_eq!(request.await.unwrap().status, 200);
+        let res = request.await.unwrap();
+        assert_eq!((res.status, res.text()), (200, "n=1 lang= consumer=".to_owned()));
     }
-    assert!((1..=3).contains(&origin.hits("/cold")), "{}", origin.hits("/cold"));
+    assert_eq!(origin.hits("/cold"), 1);
+    let workers = connections_per_worker(&envoy).await;
+    assert!(workers.iter().filter(|n| **n > 0).count() >= 2, "the requests reached one worker: {workers:?}");
+    assert!(stat(&envoy, "coalesced_total").await >= 1);
+}
+
+/// `max-age=1, stale-while-revalidate=30` from an origin that takes 500 ms, under 100 clients on
+/// 4 workers for 4 s: after the first fill every answer comes from the cache at once (hit or
+/// stale), and the origin sees one refresh per expiry, never two at once.
+#[tokio::test]
+async fn stale_while_revalidate_under_load_refreshes_once_per_expiry_across_workers() {
+    let origin = Origin::start().await;
+    origin.script_slow(
+        "/swr",
+        200,
+        &[("cache-control", b"max-age=1, stale-while-revalidate=30")],
+        Duration::from_millis(500),
+    );
+    let envoy = gateway(&origin, 4).await;
+    assert_eq!(envoy.get("/swr").send().await.status, 200);
+    let client = HttpClient::fresh_connections();
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (client, url) = (client.clone(), envoy.url("/swr"));
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                // Bounded in time and count.
+                while tokio::time::Instant::now() < until && statuses.len() < 400 {
+                    let res = client.get(url.clone()).send().await;
+                    statuses.push((res.status, res.header("cache-status").unwrap_or_default().to_owned()));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut answers = 0;
+    for c in clients {
+        for (status, cache_status) in c.await.unwrap() {
+            answers += 1;
+            assert_eq!(status, 200);
+            assert!(
+                cache_status.starts_with("tollgate; hit"),
+                "a request went to the origin: {cache_status}"
+            );
+        }
+    }
+    let arrivals = origin.arrivals("/swr");
+    assert!(arrivals.len() >= 3, "expected a refresh per expiry over 4 s: {} requests", arrivals.len());
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        // A refresh starts only after the previous one answered (500 ms) and the copy expired.
+        assert!(gap >= Duration::from_millis(450), "two refreshes {gap:?} apart (of {})", arrivals.len());
+    }
+    eprintln!("{answers} answers from the cache, {} origin requests", arrivals.len());
+    assert_eq!(stat(&envoy, "revalidated_total").await as usize, arrivals.len() - 1);
 }
 
 #[tokio::test]
@@ -464,17 +537,37 @@ async fn origin_errors_and_outages_are_answered_stale_within_stale_if_error() {
     assert!(text.lines().any(|l| l.starts_with("tollgate_cache_cache_lookups_total{result=\"miss\"}")));
 }
 
+/// A POST through one worker drops the URL in every worker: requests on fresh connections
+/// (spread over 4 workers) all see the new answer.
 #[tokio::test]
-async fn unsafe_methods_invalidate_the_url() {
+async fn unsafe_methods_invalidate_the_url_in_every_worker() {
     let origin = Origin::start().await;
     origin.script("/item", 200, &[("cache-control", b"max-age=60")]);
-    let envoy = gateway(&origin, 1).await;
+    let envoy = gateway(&origin, 4).await;
+    let client = HttpClient::fresh_connections();
+    let get_all = |n: usize| {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, url) = (client.clone(), envoy.url("/item"));
+                tokio::spawn(async move { client.get(url).send().await.text() })
+            })
+            .collect();
+        async move {
+            let mut bodies = Vec::new();
+            for r in requests {
+                bodies.push(r.await.unwrap());
+            }
+            bodies
+        }
+    };
     envoy.get("/item").send().await;
-    assert_eq!(envoy.get("/item").send().await.text(), "n=1 lang= consumer=");
-    let post = envoy.post("/item").body("x").send().await;
+    assert!(get_all(40).await.iter().all(|b| b == "n=1 lang= consumer="));
+    let post = client.post(envoy.url("/item")).body("x").send().await;
     assert_eq!(post.status, 200);
-    assert_eq!(envoy.get("/item").send().await.text(), "n=3 lang= consumer=");
-    assert_eq!(stat(&envoy, "invalidations_total").await, 1);
+    let after = get_all(40).await;
+    assert!(after.iter().all(|b| b == "n=3 lang= consumer="), "{after:?}");
+    assert_eq!(origin.hits("/item"), 3);
+    assert!(stat(&envoy, "invalidations_total").await >= 1);
 }
 
 #[tokio::test]
@@ -644,4 +737,149 @@ async fn a_background_refresh_is_conditional_and_a_304_keeps_the_stored_body() {
     assert!(hit.header("cache-status").unwrap().starts_with("tollgate; hit; ttl="), "{:?}", hit.headers);
     assert!(!hit.header("cache-status").unwrap().contains("stale"));
     assert_eq!(origin.hits("/tagged"), 2);
+}
+
+/// Purges by tag, URL and prefix, issued once with the CLI to the key service, reach two Envoys
+/// (2 workers each) through the change feed within 2 s; a soft purge serves stale while it
+/// refreshes; what no purge names stays.
+#[tokio::test]
+async fn purges_from_the_cli_reach_two_envoys_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyd = Keyd::start(dir.path()).await;
+    let origin = Origin::start().await;
+    let cc: &[u8] = b"max-age=600, stale-while-revalidate=600";
+    origin.script("/p/1", 200, &[("cache-control", cc), ("cache-tag", b"product, p1")]);
+    origin.script("/p/2", 200, &[("cache-control", cc), ("surrogate-key", b"product p2")]);
+    origin.script("/docs/a", 200, &[("cache-control", cc)]);
+    origin.script("/docs/b", 200, &[("cache-control", cc)]);
+    origin.script("/kept", 200, &[("cache-control", cc), ("cache-tag", b"other")]);
+    let mut config = config();
+    config["key_service"] = keyd.key_auth_config()["key_service"].clone();
+    config["key_service"]["poll_interval"] = json!("500ms");
+    let mut envoys = Vec::new();
+    for _ in 0..2 {
+        let opts =
+            EnvoyOpts::new(origin.addr).workers(2).keyd(keyd.addr()).http_filter(cache_filter(&config));
+        envoys.push(Envoy::start(opts).await);
+    }
+    let client = HttpClient::fresh_connections();
+    let paths = ["/p/1", "/p/2", "/docs/a", "/docs/b?x=1", "/kept"];
+    // Warm each Envoy, several connections each (so both workers hold copies).
+    for envoy in &envoys {
+        for _ in 0..4 {
+            for path in paths {
+                assert_eq!(client.get(envoy.url(path)).send().await.status, 200);
+            }
+        }
+    }
+    let hits_before: Vec<usize> = paths.iter().map(|p| origin.hits(p)).collect();
+    assert!(hits_before.iter().all(|n| *n <= 2), "one miss per Envoy at most: {hits_before:?}");
+    // Both Envoys follow the feed before the purge is issued.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(tollgate_e2e::binary("tollgate"))
+            .args(["--server", &format!("http://{}", keyd.addr()), "--token", tollgate_e2e::ADMIN_TOKEN])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status = |envoy: &Envoy, path: &str| {
+        let (client, url) = (client.clone(), envoy.url(path));
+        async move { client.get(url).send().await.header("cache-status").unwrap_or_default().to_owned() }
+    };
+
+    let issued = std::time::Instant::now();
+    cli(&["cache", "purge", "--tag", "p1"]);
+    cli(&["cache", "purge", "--url", "/docs/b?x=1", "--host", "127.0.0.1"]);
+    cli(&["cache", "purge", "--tag", "p2", "--soft"]);
+    let within = Duration::from_secs(2);
+    for envoy in &envoys {
+        // Hard: the next request is a miss (it goes to the origin).
+        let hard = eventually(within, || async { status(envoy, "/p/1").await.contains("fwd=") }).await;
+        // Soft: answered stale at once, and refreshed in the background.
+        let soft = eventually(within, || async {
+            status(envoy, "/p/2").await.contains("detail=stale-while-revalidate")
+        })
+        .await;
+        assert!(hard && soft, "not purged within 2 s of the first purge (hard {hard}, soft {soft})");
+    }
+    eprintln!("both purges reached both Envoys {:?} after the first was issued", issued.elapsed());
+    for envoy in &envoys {
+        // The URL purge names a host: the request's host is 127.0.0.1:PORT, not 127.0.0.1.
+        assert!(status(envoy, "/docs/b?x=1").await.starts_with("tollgate; hit"));
+        assert!(status(envoy, "/kept").await.starts_with("tollgate; hit"));
+        assert!(status(envoy, "/docs/a").await.starts_with("tollgate; hit"));
+    }
+    let host = envoys[0].addr().to_string();
+    cli(&["cache", "purge", "--url", "/docs/b?x=1", "--host", &host]);
+    cli(&["cache", "purge", "--prefix", "/docs/"]);
+    for envoy in &envoys {
+        assert!(eventually(BOUND, || async { status(envoy, "/docs/a").await.contains("fwd=") }).await);
+    }
+    assert!(status(&envoys[0], "/docs/b?x=1").await.contains("fwd="));
+    assert!(status(&envoys[1], "/kept").await.starts_with("tollgate; hit"));
+    // Bad purges are refused by the key service with the field named.
+    let out = std::process::Command::new(tollgate_e2e::binary("tollgate"))
+        .args(["--server", &format!("http://{}", keyd.addr()), "--token", tollgate_e2e::ADMIN_TOKEN])
+        .args(["cache", "purge", "--prefix", "docs"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("purge.prefix"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for envoy in &envoys {
+        assert!(stat(envoy, "purges_applied_total").await >= 5);
+    }
+}
+
+/// 100,000 distinct URLs through 4 workers with a 1 MiB store per worker and a 1 MiB shared
+/// tier: the stores stay within their budget, and Envoy's memory grows by far less than the
+/// responses would take if kept (about 100 MB).
+#[tokio::test]
+async fn memory_stays_within_the_budget_after_100000_distinct_urls() {
+    let origin = Origin::start().await;
+    let big = vec![b'x'; 600];
+    origin.script("/u", 200, &[("cache-control", b"max-age=600"), ("x-pad", big.as_slice())]);
+    let mut config = config();
+    config["max_memory_bytes"] = json!(1_048_576);
+    config["max_object_bytes"] = json!(8192);
+    config["shared"] = json!({"slots": 256, "max_bytes": 1_048_576});
+    let envoy = gateway_with(&origin, 4, &config).await;
+    let url = |i: usize| envoy.url(&format!("/u?i={i}"));
+    // Warm up past the budget first, then measure what the rest adds.
+    let run = |from: usize, to: usize| {
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let client = HttpClient::new();
+                let urls: Vec<String> = (from..to).filter(|i| i % 32 == t).map(url).collect();
+                tokio::spawn(async move {
+                    for u in urls {
+                        assert_eq!(client.get(u).send().await.status, 200);
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    run(0, 20_000).await;
+    let warm = envoy.rss_bytes();
+    run(20_000, 100_000).await;
+    let after = envoy.rss_bytes();
+    assert_eq!(origin.hits("/u?i=99999"), 1);
+    let memory = stat(&envoy, "memory_bytes").await;
+    assert!(memory > 0 && memory <= 1_048_576, "a worker's store holds {memory} bytes");
+    assert!(stat(&envoy, "evictions_total").await > 90_000);
+    let grew = after.saturating_sub(warm);
+    eprintln!("rss after warm-up {warm}, after 100,000 URLs {after}: +{grew} bytes");
+    assert!(grew < 16 * 1024 * 1024, "Envoy grew by {grew} bytes over 80,000 more URLs");
 }
