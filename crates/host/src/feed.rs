@@ -316,6 +316,7 @@ mod tests {
                 kind: *kind,
                 consumer_id: "c_1".into(),
                 at: 1_700_000_000,
+                purge: None,
             })
             .collect();
         let reply = v1::ListChangesResponse { changes, head_seq: head };

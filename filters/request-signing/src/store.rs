@@ -206,6 +206,7 @@ mod tests {
                 kind: v1::ChangeKind::KeyRevoked as i32,
                 consumer_id: "alice".into(),
                 at: 1_700_000_000,
+                purge: None,
             })
             .collect();
         let reply = v1::ListChangesResponse { changes, head_seq: head };
