@@ -417,6 +417,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cache_purges_name_one_target_and_the_bad_field() {
+        let ok = |p: pb::CachePurge| cache_purge(Some(p)).unwrap();
+        let tag = ok(pb::CachePurge { tag: "product-7".into(), soft: true, ..Default::default() });
+        assert_eq!((tag.target, tag.soft), (PurgeTarget::Tag("product-7".into()), true));
+        let url =
+            ok(pb::CachePurge { url: "/a?b=1".into(), host: "API.example".into(), ..Default::default() });
+        assert_eq!((url.target, url.host.as_str()), (PurgeTarget::Url("/a?b=1".into()), "api.example"));
+        assert_eq!(ok(pb::CachePurge { all: true, ..Default::default() }).target, PurgeTarget::All);
+        let bad = [
+            (None, "purge"),
+            (Some(pb::CachePurge::default()), "purge"),
+            (Some(pb::CachePurge { tag: "a".into(), all: true, ..Default::default() }), "purge"),
+            (Some(pb::CachePurge { tag: "a b".into(), ..Default::default() }), "purge.tag"),
+            (Some(pb::CachePurge { tag: "a,b".into(), ..Default::default() }), "purge.tag"),
+            (Some(pb::CachePurge { tag: "x".repeat(1025), ..Default::default() }), "purge.tag"),
+            (Some(pb::CachePurge { prefix: "docs".into(), ..Default::default() }), "purge.prefix"),
+            (Some(pb::CachePurge { url: "é".into(), ..Default::default() }), "purge.url"),
+            (Some(pb::CachePurge { tag: "a".into(), host: "h".into(), ..Default::default() }), "purge.host"),
+        ];
+        for (purge, field) in bad {
+            match cache_purge(purge.clone()) {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field, "{purge:?}"),
+                other => panic!("{purge:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn page_token_round_trips_and_rejects_garbage() {
         assert_eq!(decode_page_token(&encode_page_token(42)).unwrap(), Some(42));
         assert_eq!(decode_page_token("").unwrap(), None);

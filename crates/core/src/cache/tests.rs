@@ -537,6 +537,10 @@ fn config_example_parses_and_bad_configs_name_the_field() {
     let config = Config::from_json(example).unwrap();
     assert_eq!(config.methods, ["GET", "HEAD"]);
     assert!(config.origin.is_some());
+    let shared = Config::from_json(br#"{"shared": {"slots": 256, "max_bytes": 1048576}}"#).unwrap().shared;
+    assert_eq!(shared.map(|s| (s.slots, s.slot_bytes)), Some((256, 4096)));
+    assert!(Config::from_json(br#"{"shared": {"slots": 0}}"#).unwrap().shared.is_none());
+    assert_eq!(Config::from_json(b"{}").unwrap().shared.map(|s| s.slots), Some(1024));
     let cases = [
         (r#"{"max_object_bytes": 0}"#, "`max_object_bytes`"),
         (r#"{"max_object_bytes": 2048, "max_memory_bytes": 1024}"#, "`max_memory_bytes`"),
@@ -548,6 +552,14 @@ fn config_example_parses_and_bad_configs_name_the_field() {
         (r#"{"origin_authority": "x"}"#, "`origin_authority`"),
         (r#"{"origin_cluster": ""}"#, "`origin_cluster`"),
         (r#"{"lock_timeout": "2m"}"#, "`lock_timeout`"),
+        (r#"{"shared": {"slots": 70000}}"#, "`shared.slots`"),
+        (r#"{"shared": {"slots": 1024, "max_bytes": 4096}}"#, "`shared.max_bytes`"),
+        (r#"{"shared": {"size": 1}}"#, "size"),
+        (r#"{"key_service": {"cluster": "", "token": "t"}}"#, "`key_service.cluster`"),
+        (
+            r#"{"key_service": {"cluster": "k", "token": "t", "poll_interval": "1ms"}}"#,
+            "`key_service.poll_interval`",
+        ),
         (r#"{"surprise": 1}"#, "surprise"),
     ];
     for (json, field) in cases {
