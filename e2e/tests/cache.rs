@@ -883,3 +883,35 @@ async fn memory_stays_within_the_budget_after_100000_distinct_urls() {
     eprintln!("rss after warm-up {warm}, after 100,000 URLs {after}: +{grew} bytes");
     assert!(grew < 16 * 1024 * 1024, "Envoy grew by {grew} bytes over 80,000 more URLs");
 }
+
+/// A stale entry (no stale-while-revalidate) goes to the origin made conditional on its ETag; the
+/// origin's 304 is answered with the stored body. A `no-cache` response with a validator is
+/// stored and validated on every use.
+#[tokio::test]
+async fn stale_and_no_cache_entries_are_revalidated_with_the_origin() {
+    let origin = Origin::start().await;
+    origin.script("/rv", 200, &[("cache-control", b"max-age=1"), ("etag", b"\"v1\"")]);
+    origin.script("/nc", 200, &[("cache-control", b"no-cache"), ("etag", b"\"n1\"")]);
+    let envoy = gateway(&origin, 1).await;
+    assert_eq!(envoy.get("/rv").send().await.text(), "n=1 lang= consumer=");
+    assert_eq!(envoy.get("/nc").send().await.text(), "n=1 lang= consumer=");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let res = envoy.get("/rv").send().await;
+    assert_eq!((res.status, res.text()), (200, "n=1 lang= consumer=".to_owned()), "the stored body");
+    assert_eq!(res.header("cache-status"), Some("tollgate; fwd=stale; fwd-status=304"));
+    let sent = origin.last_headers();
+    assert!(sent.iter().any(|(n, v)| n == "if-none-match" && v == b"\"v1\""), "{sent:?}");
+    assert_eq!(origin.hits("/rv"), 2);
+    let hit = envoy.get("/rv").send().await;
+    assert!(hit.header("cache-status").unwrap().starts_with("tollgate; hit"), "freshened by the 304");
+    for n in 2..4 {
+        let res = envoy.get("/nc").send().await;
+        assert_eq!((res.status, res.text()), (200, "n=1 lang= consumer=".to_owned()));
+        assert_eq!(origin.hits("/nc"), n, "validated on every use");
+    }
+    // A client's own conditional request goes to the origin as it is; the origin's 304 is its.
+    let res = envoy.get("/nc").header("if-none-match", "\"n1\"").send().await;
+    assert_eq!(res.status, 304);
+    assert_eq!(origin.hits("/nc"), 4);
+    assert_eq!(stat(&envoy, "revalidated_total").await, 3);
+}

@@ -47,6 +47,9 @@ pub struct CacheHttp<H: Host> {
     waiting: Option<String>,
     /// `fwd` of `Cache-Status` when the request goes to the origin.
     fwd: Option<&'static str>,
+    /// The request went to the origin made conditional on `fallback`'s validators: a 304 is
+    /// answered from it.
+    revalidating: bool,
     /// Answered locally: nothing to do on the response.
     answered: bool,
     request_time: i64,
@@ -71,6 +74,7 @@ impl<H: Host> CacheHttp<H> {
             locked: None,
             waiting: None,
             fwd: None,
+            revalidating: false,
             answered: false,
             request_time: 0,
             request_ms: 0,
@@ -239,9 +243,73 @@ impl<H: Host> CacheHttp<H> {
             }
         }
         if req.method != "HEAD" && !req.directives.no_store {
+            drop(worker);
+            self.revalidate(host, &req);
             self.req = Some(req);
         }
         Action::Continue
+    }
+
+    /// Makes the request conditional on the stale (or not-for-this-request) stored response's
+    /// validators, when the client's request is not conditional itself (RFC 9111 §4.3.1).
+    fn revalidate(&mut self, host: &H, req: &Req) {
+        let Some(object) = &self.fallback else {
+            return;
+        };
+        let own =
+            ["if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"];
+        if req.method != "GET" || own.iter().any(|n| !policy::lines(&req.headers, n).is_empty()) {
+            return;
+        }
+        let mut added = false;
+        if let Some(etag) = object.header("etag") {
+            added |= host.set_request_header("if-none-match", Some(etag.as_bytes()));
+        }
+        if let Some(modified) = object.header("last-modified") {
+            added |= host.set_request_header("if-modified-since", Some(modified.as_bytes()));
+        }
+        self.revalidating = added;
+    }
+
+    /// The origin answered our conditional request with 304: the stored response, freshened by
+    /// the 304's headers, is stored again and answers the client. False when the proxy refused
+    /// the local reply.
+    fn revalidated(&mut self, host: &H, headers: &[(String, Vec<u8>)], now: i64) -> bool {
+        let (Some(old), Some(req)) = (self.fallback.clone(), self.req.take()) else {
+            return false;
+        };
+        let fresh = core::freshened_headers(&old.headers, headers);
+        let (stale, authorized) =
+            (self.worker.borrow().config.stale, !policy::lines(&req.headers, "authorization").is_empty());
+        let object =
+            policy::storable(true, authorized, old.status, &fresh, now, stale).ok().and_then(|freshness| {
+                let stored = core::stored_headers(&fresh)?;
+                Some(Object {
+                    status: old.status,
+                    tags: tollgate_core::cache::purge::tags_of(&stored),
+                    headers: stored,
+                    body: old.body.clone(),
+                    freshness,
+                    request_time: self.request_time,
+                    response_time: now,
+                    vary: policy::vary_names(&fresh).ok()?,
+                    request_ms: self.request_ms,
+                })
+            });
+        let stored = match object {
+            Some(object) => {
+                let mut w = self.worker.borrow_mut();
+                w.counters.inc(host, Stat::Revalidated);
+                w.put(host, &req.primary, &req.headers, object.clone());
+                Rc::new(object)
+            }
+            // Unchanged, but no longer storable: answered once from the old copy.
+            None => old,
+        };
+        self.release(host);
+        let age = policy::current_age(&stored.freshness, stored.request_time, stored.response_time, now);
+        let status = "tollgate; fwd=stale; fwd-status=304";
+        answer_as(host, &self.worker, &req, &stored, age, status)
     }
 
     fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
@@ -264,6 +332,15 @@ impl<H: Host> CacheHttp<H> {
             return Action::Continue;
         }
         let now = now_s(host);
+        if status == 304 && self.revalidating {
+            self.revalidating = false;
+            if self.revalidated(host, &headers, now) {
+                self.answered = true;
+                return Action::Pause;
+            }
+            // The proxy refused the local reply: the 304 goes on.
+            return Action::Continue;
+        }
         // stale-if-error: the origin failed and a stored response may stand in for it.
         if status >= 500
             && let (Some(object), Some(req)) = (self.fallback.clone(), self.req.clone())
@@ -455,6 +532,18 @@ pub fn answer<H: Host + ?Sized>(
     let lifetime = i64::try_from(object.freshness.lifetime).unwrap_or(i64::MAX);
     let ttl = lifetime.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
     let status = Status::Hit { ttl, detail, collapsed }.render();
+    answer_as(host, worker, req, object, age, &status)
+}
+
+/// [`answer`] with the `Cache-Status` given.
+pub fn answer_as<H: Host + ?Sized>(
+    host: &H,
+    worker: &RefCell<Worker>,
+    req: &Req,
+    object: &Object,
+    age: u64,
+    status: &str,
+) -> bool {
     let age = age.to_string();
     // Repeated fields go out as one line each name: the proxy's local reply sets each name once.
     let mut merged: Vec<(String, String)> = Vec::new();
@@ -484,7 +573,7 @@ pub fn answer<H: Host + ?Sized>(
         headers.extend(merged.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     }
     headers.push(("age", &age));
-    headers.push(("cache-status", &status));
+    headers.push(("cache-status", status));
     if not_modified {
         let sent = host.send_response(304, &headers, &[]);
         if sent {

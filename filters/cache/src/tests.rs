@@ -396,3 +396,72 @@ fn purges_from_the_key_service_feed_reach_every_worker() {
     assert_eq!(action, Action::Pause);
     assert!(status.unwrap().starts_with("tollgate; hit"), "another tag is kept");
 }
+
+#[test]
+fn a_stale_entry_is_revalidated_on_the_request_path_and_a_304_answers_from_the_store() {
+    let mut gw = Gateway::new(CONFIG);
+    gw.host.set_now_ms(1_700_000_000_000);
+    let first = get(&mut gw, "/doc");
+    gw.request_headers(first, true);
+    gw.host.with_response_header(first, "etag", "\"v1\"");
+    origin_answers(&mut gw, first, "max-age=1", b"body-v1");
+    gw.host.advance(Duration::from_secs(3));
+    let stale = get(&mut gw, "/doc");
+    assert_eq!(gw.request_headers(stale, true), Action::Continue, "stale: to the origin");
+    assert_eq!(gw.host.header(stale, "if-none-match").as_deref(), Some("\"v1\""), "made conditional");
+    gw.host.with_response_header(stale, ":status", "304");
+    gw.host.with_response_header(stale, "cache-control", "max-age=60");
+    assert_eq!(gw.response_headers(stale, true), Action::Pause);
+    let reply = gw.host.reply(stale).expect("answered from the store");
+    assert_eq!((reply.status, reply.body.as_slice()), (200, &b"body-v1"[..]));
+    assert_eq!(reply.header("cache-status"), Some("tollgate; fwd=stale; fwd-status=304"));
+    assert_eq!(reply.header("cache-control"), Some("max-age=60"));
+    assert_eq!(counter(&gw, Stat::Revalidated), 1);
+    let after = get(&mut gw, "/doc");
+    assert_eq!(gw.request_headers(after, true), Action::Pause);
+    assert!(
+        gw.host.reply(after).unwrap().header("cache-status").unwrap().starts_with("tollgate; hit; ttl=60")
+    );
+
+    // A client's own conditional request is left as it is: its 304 is the client's.
+    gw.host.advance(Duration::from_secs(61));
+    let own = gw.request(&[
+        (":method", "GET"),
+        (":path", "/doc"),
+        (":authority", "api.example"),
+        ("if-none-match", "\"v0\""),
+    ]);
+    assert_eq!(gw.request_headers(own, true), Action::Continue);
+    assert_eq!(gw.host.header(own, "if-none-match").as_deref(), Some("\"v0\""));
+    gw.host.with_response_header(own, ":status", "304");
+    assert_eq!(gw.response_headers(own, true), Action::Continue);
+    assert!(gw.host.reply(own).is_none());
+}
+
+#[test]
+fn a_no_cache_response_with_a_validator_is_stored_and_validated_on_every_use() {
+    let mut gw = Gateway::new(CONFIG);
+    gw.host.set_now_ms(1_700_000_000_000);
+    let first = get(&mut gw, "/nc");
+    gw.request_headers(first, true);
+    gw.host.with_response_header(first, "etag", "\"n1\"");
+    origin_answers(&mut gw, first, "no-cache", b"nc-body");
+    assert_eq!(counter(&gw, Stat::Stored), 1);
+    for _ in 0..2 {
+        let id = get(&mut gw, "/nc");
+        assert_eq!(gw.request_headers(id, true), Action::Continue, "never used without validating");
+        assert_eq!(gw.host.header(id, "if-none-match").as_deref(), Some("\"n1\""));
+        gw.host.with_response_header(id, ":status", "304");
+        gw.host.with_response_header(id, "etag", "\"n1\"");
+        assert_eq!(gw.response_headers(id, true), Action::Pause);
+        assert_eq!(gw.host.reply(id).unwrap().body, b"nc-body");
+    }
+    // Changed at the origin: a 200 replaces the stored copy.
+    let id = get(&mut gw, "/nc");
+    gw.request_headers(id, true);
+    gw.host.with_response_header(id, "etag", "\"n2\"");
+    origin_answers(&mut gw, id, "no-cache", b"nc-2");
+    let id = get(&mut gw, "/nc");
+    gw.request_headers(id, true);
+    assert_eq!(gw.host.header(id, "if-none-match").as_deref(), Some("\"n2\""));
+}

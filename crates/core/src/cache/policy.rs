@@ -19,7 +19,8 @@ pub enum NotStored {
     VaryStar,
     VaryTooLong,
     SetCookie,
-    /// `no-cache`: every use must be validated, which this cache does not do yet.
+    /// `no-cache` without a validator (`ETag`, `Last-Modified`): every use must be validated,
+    /// and there is nothing to validate with.
     NoCache,
     /// No explicit freshness (heuristic freshness is off).
     NoFreshness,
@@ -145,15 +146,29 @@ pub fn storable(
     if !lines(headers, "set-cookie").is_empty() {
         return Err(NotStored::SetCookie);
     }
-    if cc.no_cache {
-        return Err(NotStored::NoCache);
-    }
     let text = |name: &str| -> Result<Option<&str>, NotStored> {
         match lines(headers, name).first() {
             Some(v) => std::str::from_utf8(v).map(Some).map_err(|_| NotStored::NotText),
             None => Ok(None),
         }
     };
+    if cc.no_cache {
+        // Stored stale from the start, never used without validating it (§5.2.2.4): a
+        // conditional request, answered from the store when the origin says 304.
+        if text("etag")?.is_none() && text("last-modified")?.is_none() {
+            return Err(NotStored::NoCache);
+        }
+        let date = text("date")?.and_then(parse_http_date);
+        return Ok(Freshness {
+            lifetime: 0,
+            date: date.unwrap_or(response_time),
+            age_value: text("age")?.and_then(control::delta_seconds).unwrap_or(0),
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+            must_revalidate: true,
+            s_maxage: cc.s_maxage.is_some(),
+        });
+    }
     let date = text("date")?.and_then(parse_http_date);
     let expires = text("expires")?;
     let age_value = text("age")?.and_then(control::delta_seconds).unwrap_or(0);

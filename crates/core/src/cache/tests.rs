@@ -145,6 +145,22 @@ fn storability_table() {
             vec![("cache-control", "no-cache, max-age=5")],
             Err(NotStored::NoCache),
         ),
+        (
+            "no-cache with an etag: stored, always validated",
+            true,
+            false,
+            200,
+            vec![("cache-control", "no-cache, max-age=5"), ("etag", "\"v1\"")],
+            Ok(0),
+        ),
+        (
+            "no-cache with last-modified",
+            true,
+            false,
+            200,
+            vec![("cache-control", "no-cache"), ("last-modified", "Tue, 14 Nov 2023 22:13:20 GMT")],
+            Ok(0),
+        ),
         ("nothing", true, false, 200, vec![], Err(NotStored::NoFreshness)),
         (
             "expires - date",
