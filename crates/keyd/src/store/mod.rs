@@ -14,8 +14,15 @@ use crate::model::{
     UsageReport,
 };
 
-/// How long per-minute usage is kept, in seconds (31 days).
+/// How far back a report's minutes are accepted, in seconds (31 days).
 pub const USAGE_RETENTION: i64 = 31 * 86_400;
+
+/// How long usage is kept by the minute, in seconds (48 hours): older minutes are rolled up into
+/// hours (summed, then the minutes deleted) when reports come in.
+pub const USAGE_MINUTES_KEPT: i64 = 48 * 3_600;
+
+/// How long hourly usage is kept, in seconds (400 days).
+pub const USAGE_HOURS_KEPT: i64 = 400 * 86_400;
 
 /// How long a gateway's batch numbers are remembered to refuse a batch sent again, in seconds.
 pub const USAGE_BATCH_MEMORY: i64 = 7 * 86_400;

@@ -22,7 +22,7 @@ use crate::model::{
 };
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
-/// 4: cache purges on the change feed (`changes.detail`).
+/// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`).
 const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
@@ -88,6 +88,15 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (key_id, minute, outcome)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_minute ON usage (minute);
+-- The same, summed by the hour, for minutes older than USAGE_MINUTES_KEPT.
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    key_id  TEXT    NOT NULL,
+    hour    INTEGER NOT NULL,
+    outcome TEXT    NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (key_id, hour, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_hourly_by_hour ON usage_hourly (hour);
 -- The batches applied, so that one sent again is not counted twice.
 CREATE TABLE IF NOT EXISTS usage_batches (
     gateway TEXT    NOT NULL,
@@ -418,6 +427,30 @@ fn record_change(
         params![kind.as_str(), key_id, consumer_id, ctx.now],
     )
     .map_err(db)?;
+    Ok(())
+}
+
+/// Sums the minutes older than [`super::USAGE_MINUTES_KEPT`] into their hours and deletes them,
+/// and deletes hours older than [`super::USAGE_HOURS_KEPT`]. Cheap when there is nothing to
+/// roll up (both are range scans of an index).
+fn roll_up_usage(tx: &Transaction<'_>, now: i64) -> Result<()> {
+    let cut = now - super::USAGE_MINUTES_KEPT;
+    // Whole hours only: an hour is rolled up once all of its minutes are past the cut.
+    let cut = cut - cut.rem_euclid(3_600);
+    tx.prepare_cached(
+        "INSERT INTO usage_hourly (key_id, hour, outcome, count)
+         SELECT key_id, minute - (minute % 3600), outcome, SUM(count) FROM usage WHERE minute < ?1
+         GROUP BY key_id, minute - (minute % 3600), outcome
+         ON CONFLICT (key_id, hour, outcome) DO UPDATE SET count = count + excluded.count",
+    )
+    .map_err(db)?
+    .execute([cut])
+    .map_err(db)?;
+    tx.prepare_cached("DELETE FROM usage WHERE minute < ?1").map_err(db)?.execute([cut]).map_err(db)?;
+    tx.prepare_cached("DELETE FROM usage_hourly WHERE hour < ?1")
+        .map_err(db)?
+        .execute([now - super::USAGE_HOURS_KEPT])
+        .map_err(db)?;
     Ok(())
 }
 
@@ -929,6 +962,7 @@ impl Store for SqliteStore {
                     used.execute(params![c.key_id, (c.minute + 59).min(now)]).map_err(db)?;
                 }
             }
+            roll_up_usage(tx, now)?;
             Ok(UsageApplied { duplicate: false, skipped })
         })
     }
@@ -943,8 +977,11 @@ impl Store for SqliteStore {
                 let mut stmt = tx
                     .prepare_cached(
                         "SELECT k.id, k.consumer_id, k.last_used_at, u.outcome, SUM(u.count)
-                         FROM usage u JOIN keys k ON k.id = u.key_id
-                         WHERE u.minute >= ?1 AND u.minute < ?2
+                         FROM (SELECT key_id, minute AS at, outcome, count FROM usage
+                               UNION ALL
+                               SELECT key_id, hour AS at, outcome, count FROM usage_hourly) u
+                         JOIN keys k ON k.id = u.key_id
+                         WHERE u.at >= ?1 AND u.at < ?2
                            AND (?3 = 0 OR u.key_id IN (SELECT value FROM json_each(?4)))
                            AND (?5 IS NULL OR k.consumer_id = ?5)
                          GROUP BY k.id, u.outcome
@@ -1348,6 +1385,41 @@ mod tests {
         let (asked, _, _) = store.usage(&window(&["key_4", "key_3", "key_x"], None)).unwrap();
         let asked: Vec<(&str, u64)> = asked.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
         assert_eq!(asked, [("key_3", 3), ("key_4", 0)]);
+    }
+
+    /// Minutes older than 48 hours are summed into their hours when a report comes in; the
+    /// window still counts them (by the hour), and nothing is counted twice.
+    #[test]
+    fn old_minutes_are_rolled_up_into_hours_and_still_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let day = 86_400;
+        let hour_start = NOW - 3 * day - (NOW - 3 * day).rem_euclid(3_600);
+        let counts = vec![
+            count("key_1", hour_start, "allowed", 5),
+            count("key_1", hour_start + 60, "allowed", 7),
+            count("key_1", hour_start + 120, "invalid_key", 1),
+            count("key_1", NOW - 60, "allowed", 2),
+        ];
+        store.report_usage(&report("gw", 1, counts), NOW).unwrap();
+        let minutes = |store: &SqliteStore| -> i64 {
+            store.read(|tx| tx.query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0)).map_err(db)).unwrap()
+        };
+        assert_eq!(minutes(&store), 1, "the old minutes are rolled up");
+        let window = |since: i64| UsageQuery { key_ids: vec![], consumer_id: None, since, until: NOW + 60 };
+        let (all, _, _) = store.usage(&window(NOW - 4 * day)).unwrap();
+        assert_eq!(all[0].outcomes.get("allowed"), Some(&14));
+        assert_eq!(all[0].outcomes.get("invalid_key"), Some(&1));
+        let (recent, _, _) = store.usage(&window(NOW - day)).unwrap();
+        assert_eq!(recent[0].outcomes.get("allowed"), Some(&2));
+        // A late report for the rolled-up hour adds to it.
+        store
+            .report_usage(&report("gw", 2, vec![count("key_1", hour_start + 180, "allowed", 1)]), NOW)
+            .unwrap();
+        let (all, _, _) = store.usage(&window(NOW - 4 * day)).unwrap();
+        assert_eq!(all[0].outcomes.get("allowed"), Some(&15));
+        assert_eq!(minutes(&store), 1);
     }
 
     #[test]
