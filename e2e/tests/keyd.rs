@@ -84,6 +84,7 @@ async fn the_cli_shows_usage_per_key_and_the_gateways_that_report() {
         minute,
         outcome: outcome.to_owned(),
         count,
+        ..Default::default()
     };
     let mut data = keyd.dataplane_client().await;
     data.report_usage(ReportUsageRequest {

@@ -111,7 +111,7 @@ pub struct RawKeyService {
 
 /// The key service as a filter reaches it: an Envoy cluster, the data-plane token, a timeout
 /// for each call and the change-feed poll interval.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyService {
     pub cluster: String,
     pub token: Secret,
@@ -199,6 +199,10 @@ pub struct RawUsage {
     report_interval: Option<Duration>,
     #[serde(default)]
     gateway: Option<String>,
+    /// Where to report, for filters that have no `key_service` of their own (jwt-auth,
+    /// rate-limit).
+    #[serde(default)]
+    key_service: Option<RawKeyService>,
 }
 
 /// Usage reporting, checked (see [`RawUsage`]).
@@ -230,6 +234,32 @@ impl RawUsage {
                 "must be 1 to 128 visible ASCII characters",
             ));
         }
+        if self.key_service.is_some() {
+            return Err(ConfigError::new(
+                filter,
+                "usage.key_service",
+                "is not used: this filter reports to its own `key_service`",
+            ));
+        }
         Ok(UsageConfig { report_interval: (!interval.is_zero()).then_some(interval), gateway: self.gateway })
+    }
+
+    /// The block of a filter without a key service of its own: it names the key service to report
+    /// to (`usage.key_service`). `None` when reporting is off.
+    pub fn compile_reporting(
+        mut self,
+        filter: &'static str,
+    ) -> Result<Option<(UsageConfig, KeyService)>, ConfigError> {
+        let Some(raw) = self.key_service.take() else {
+            return Err(ConfigError::new(
+                filter,
+                "usage.key_service",
+                "is required: the key service to report usage to",
+            ));
+        };
+        let target =
+            raw.compile(filter).map_err(|e| ConfigError { field: format!("usage.{}", e.field), ..e })?;
+        let usage = self.compile(filter)?;
+        Ok(usage.report_interval.is_some().then_some((usage, target)))
     }
 }

@@ -27,17 +27,48 @@ pub const MAX_TALLY: usize = 10_000;
 /// Most counts the proxy holds waiting for a batch.
 pub const MAX_PENDING: usize = 20_000;
 
+/// Who a count is about: a key, a JWT subject, or a consumer and the rate-limit rule that
+/// refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Who {
+    Key(String),
+    Subject(String),
+    Limited { consumer_id: String, rule: String },
+}
+
+/// A count's caller fields, borrowed: key id, subject, consumer id, rule.
+type WhoRef<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+impl Who {
+    fn of(c: &v1::UsageCount) -> WhoRef<'_> {
+        (c.key_id.as_str(), c.subject.as_str(), c.consumer_id.as_str(), c.rule.as_str())
+    }
+
+    fn into_count(self, minute: i64, outcome: &str, count: u64) -> v1::UsageCount {
+        let mut c = v1::UsageCount { minute, outcome: outcome.to_owned(), count, ..Default::default() };
+        match self {
+            Who::Key(k) => c.key_id = k,
+            Who::Subject(s) => c.subject = s,
+            Who::Limited { consumer_id, rule } => {
+                c.consumer_id = consumer_id;
+                c.rule = rule;
+            }
+        }
+        c
+    }
+}
+
 /// One worker's counts since its last tick.
 #[derive(Debug, Default)]
 struct Tally {
-    by_key: HashMap<String, Vec<(i64, &'static str, u64)>>,
+    by_key: HashMap<Who, Vec<(i64, &'static str, u64)>>,
     entries: usize,
 }
 
 impl Tally {
     /// Adds one request; false when the tally is full (the request is not counted).
-    fn count(&mut self, key_id: &str, minute: i64, outcome: &'static str) -> bool {
-        if let Some(counts) = self.by_key.get_mut(key_id) {
+    fn count(&mut self, who: Who, minute: i64, outcome: &'static str) -> bool {
+        if let Some(counts) = self.by_key.get_mut(&who) {
             if let Some(c) = counts.iter_mut().find(|(m, o, _)| *m == minute && *o == outcome) {
                 c.2 = c.2.saturating_add(1);
                 return true;
@@ -50,7 +81,7 @@ impl Tally {
             if self.entries >= MAX_TALLY {
                 return false;
             }
-            self.by_key.insert(key_id.to_owned(), vec![(minute, outcome, 1)]);
+            self.by_key.insert(who, vec![(minute, outcome, 1)]);
         }
         self.entries += 1;
         true
@@ -60,13 +91,10 @@ impl Tally {
         self.entries = 0;
         std::mem::take(&mut self.by_key)
             .into_iter()
-            .flat_map(|(key_id, counts)| {
-                counts.into_iter().map(move |(minute, outcome, count)| v1::UsageCount {
-                    key_id: key_id.clone(),
-                    minute,
-                    outcome: outcome.to_owned(),
-                    count,
-                })
+            .flat_map(|(who, counts)| {
+                counts
+                    .into_iter()
+                    .map(move |(minute, outcome, count)| who.clone().into_count(minute, outcome, count))
             })
             .collect()
     }
@@ -116,15 +144,15 @@ impl Record {
 /// Adds `counts` to `pending`, keeping at most [`MAX_PENDING`] entries; returns how many
 /// requests did not fit.
 fn merge(pending: &mut Vec<v1::UsageCount>, counts: &[v1::UsageCount]) -> u64 {
-    let mut index: HashMap<(&str, i64, &str), usize> = HashMap::with_capacity(pending.len());
+    let mut index: HashMap<(WhoRef<'_>, i64, &str), usize> = HashMap::with_capacity(pending.len());
     for (i, c) in pending.iter().enumerate() {
-        index.insert((c.key_id.as_str(), c.minute, c.outcome.as_str()), i);
+        index.insert((Who::of(c), c.minute, c.outcome.as_str()), i);
     }
     let mut adds: Vec<(usize, u64)> = Vec::new();
     let mut new: Vec<v1::UsageCount> = Vec::new();
     let mut dropped = 0u64;
     for c in counts {
-        match index.get(&(c.key_id.as_str(), c.minute, c.outcome.as_str())) {
+        match index.get(&(Who::of(c), c.minute, c.outcome.as_str())) {
             Some(&i) => adds.push((i, c.count)),
             None if pending.len() + new.len() < MAX_PENDING => new.push(c.clone()),
             None => dropped = dropped.saturating_add(c.count),
@@ -201,9 +229,14 @@ impl Usage {
 
     /// Counts one request of `key_id` with `outcome` (`allowed` or a refusal reason). No host call.
     pub fn count(&self, key_id: &str, now_ms: u64, outcome: &'static str) {
+        self.count_for(Who::Key(key_id.to_owned()), now_ms, outcome);
+    }
+
+    /// Counts one request of `who` with `outcome`. No host call.
+    pub fn count_for(&self, who: Who, now_ms: u64, outcome: &'static str) {
         let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let minute = secs - secs.rem_euclid(60);
-        let counted = self.tally.try_borrow_mut().is_ok_and(|mut t| t.count(key_id, minute, outcome));
+        let counted = self.tally.try_borrow_mut().is_ok_and(|mut t| t.count(who, minute, outcome));
         if !counted {
             self.dropped.set(self.dropped.get().saturating_add(1));
         }
@@ -327,6 +360,60 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Usage reporting for a filter that has no key service of its own (jwt-auth, rate-limit): the
+/// counts, where they go (`usage.key_service`), and the report in flight.
+#[derive(Debug)]
+pub struct Reporter {
+    pub usage: Usage,
+    target: KeyService,
+    call: Cell<Option<u32>>,
+}
+
+/// What a [`Reporter`]'s answer was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// Not this reporter's call.
+    NotMine,
+    Ok,
+    Failed,
+}
+
+impl Reporter {
+    /// The reporter a filter's `usage` block asks for, its record under `prefix`.
+    pub fn configured<H: Host + ?Sized>(
+        host: &H,
+        config: Option<&(UsageConfig, KeyService)>,
+        prefix: &str,
+    ) -> Option<Reporter> {
+        let (usage, target) = config?;
+        let usage = Usage::configured(host, usage, prefix)?;
+        Some(Reporter { usage, target: target.clone(), call: Cell::new(None) })
+    }
+
+    /// On the root context's tick (see [`Usage::tick`]); requests that could not be counted.
+    pub fn tick<H: Host + ?Sized>(&self, host: &H) -> u64 {
+        let tick = self.usage.tick(host, &self.target, 0);
+        if let Some(token) = tick.started {
+            self.call.set(Some(token));
+        }
+        tick.dropped
+    }
+
+    /// A gRPC answer to the root context: this reporter's, or not.
+    pub fn done<H: Host + ?Sized>(&self, host: &H, token: u32, status: u32) -> Reported {
+        if self.call.get() != Some(token) {
+            return Reported::NotMine;
+        }
+        self.call.set(None);
+        if self.usage.done(host, status) { Reported::Ok } else { Reported::Failed }
+    }
+
+    /// How often the root context must tick for this reporter.
+    pub fn tick_period(&self) -> Duration {
+        Duration::from_secs(1).min(self.usage.interval)
+    }
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
@@ -438,6 +525,7 @@ mod tests {
                 minute: 60,
                 outcome: "allowed".into(),
                 count: 2,
+                ..Default::default()
             }],
         };
         assert_eq!(Record::read(Some(&r.encode())), r);

@@ -419,6 +419,12 @@ mod tests {
         ) -> Result<(Vec<crate::model::KeyUsage>, Vec<crate::model::GatewayReport>, u64)> {
             self.inner.usage(query)
         }
+        fn caller_usage(
+            &self,
+            query: &crate::model::UsageQuery,
+        ) -> Result<(Vec<crate::model::SubjectUsage>, Vec<crate::model::LimitUsage>)> {
+            self.inner.caller_usage(query)
+        }
         fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;

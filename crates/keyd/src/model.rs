@@ -318,9 +318,14 @@ pub struct Lookup {
 }
 
 /// Requests of one key in one minute with one outcome, as a gateway counted them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageCount {
+    /// The caller: exactly one of a key, a JWT subject (`<iss> <sub>`), or a consumer and the
+    /// rate-limit rule that refused it.
     pub key_id: String,
+    pub subject: String,
+    pub consumer_id: String,
+    pub rule: String,
     /// The start of the minute (a multiple of 60).
     pub minute: i64,
     /// `allowed`, or why the request was refused.
@@ -355,6 +360,21 @@ pub struct UsageQuery {
     pub consumer_id: Option<String>,
     pub since: i64,
     pub until: i64,
+}
+
+/// A JWT subject's requests over a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectUsage {
+    pub subject: String,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+}
+
+/// Requests a rate-limit rule refused to a consumer over a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitUsage {
+    pub consumer_id: String,
+    pub rule: String,
+    pub limited: u64,
 }
 
 /// One key's usage over a window.

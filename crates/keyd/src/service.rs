@@ -492,12 +492,12 @@ impl KeyService for KeyServiceImpl {
         let mut query = validate::usage_query(&req, self.clock.now())?;
         let consumer = req.consumer;
         // The consumer and its usage in one trip to the store.
-        let (keys, gateways, head_seq) = self
+        let ((keys, gateways, head_seq), (subjects, limits)) = self
             .run(move |s| {
                 if !consumer.is_empty() {
                     query.consumer_id = Some(s.get_consumer(&consumer)?.id);
                 }
-                s.usage(&query)
+                Ok((s.usage(&query)?, s.caller_usage(&query)?))
             })
             .await?;
         Ok(Response::new(pb::GetUsageResponse {
@@ -511,6 +511,14 @@ impl KeyService for KeyServiceImpl {
                 })
                 .collect(),
             head_seq,
+            subjects: subjects
+                .into_iter()
+                .map(|s| pb::SubjectUsage { subject: s.subject, outcomes: s.outcomes.into_iter().collect() })
+                .collect(),
+            limits: limits
+                .into_iter()
+                .map(|l| pb::LimitUsage { consumer_id: l.consumer_id, rule: l.rule, limited: l.limited })
+                .collect(),
         }))
     }
 

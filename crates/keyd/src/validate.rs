@@ -249,6 +249,11 @@ pub fn cache_purge(purge: Option<pb::CachePurge>) -> Result<CachePurge> {
     Ok(CachePurge { target, host: p.host.to_ascii_lowercase(), soft: p.soft })
 }
 
+/// Longest JWT subject (`<iss> <sub>`) a usage count may name.
+pub const MAX_SUBJECT_LEN: usize = 512;
+/// Longest rate-limit rule name a usage count may name.
+pub const MAX_RULE_LEN: usize = 128;
+
 /// A revocation reason.
 pub fn reason(reason: &str) -> Result<()> {
     if reason.chars().count() > MAX_REASON_LEN {
@@ -374,11 +379,39 @@ pub fn usage_report(request: pb::ReportUsageRequest) -> Result<UsageReport> {
     }
     let mut counts = Vec::with_capacity(request.counts.len());
     for (i, c) in request.counts.into_iter().enumerate() {
-        if c.key_id.is_empty()
-            || c.key_id.len() > MAX_KEY_ID_LEN
-            || !c.key_id.bytes().all(|b| b.is_ascii_graphic())
+        let callers = [!c.key_id.is_empty(), !c.subject.is_empty(), !c.consumer_id.is_empty()];
+        if callers.iter().filter(|given| **given).count() != 1 {
+            return Err(Error::invalid(
+                format!("counts[{i}]"),
+                "must name exactly one of key_id, subject, consumer_id (with rule)",
+            ));
+        }
+        if !c.key_id.is_empty()
+            && (c.key_id.len() > MAX_KEY_ID_LEN || !c.key_id.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(Error::invalid(format!("counts[{i}].key_id"), "must be a key id"));
+        }
+        if c.subject.len() > MAX_SUBJECT_LEN || c.subject.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                format!("counts[{i}].subject"),
+                format!("must be at most {MAX_SUBJECT_LEN} bytes without control characters"),
+            ));
+        }
+        if !c.consumer_id.is_empty() {
+            if !is_valid_consumer_id(&c.consumer_id) {
+                return Err(Error::invalid(format!("counts[{i}].consumer_id"), "must be a consumer id"));
+            }
+            if c.rule.is_empty()
+                || c.rule.len() > MAX_RULE_LEN
+                || !c.rule.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(Error::invalid(
+                    format!("counts[{i}].rule"),
+                    format!("must be 1 to {MAX_RULE_LEN} visible ASCII characters"),
+                ));
+            }
+        } else if !c.rule.is_empty() {
+            return Err(Error::invalid(format!("counts[{i}].rule"), "goes with consumer_id"));
         }
         if c.minute <= 0 || c.minute % 60 != 0 {
             return Err(Error::invalid(
@@ -395,7 +428,15 @@ pub fn usage_report(request: pb::ReportUsageRequest) -> Result<UsageReport> {
                 format!("must be 1 to {MAX_OUTCOME_LEN} lowercase letters, digits or '_'"),
             ));
         }
-        counts.push(UsageCount { key_id: c.key_id, minute: c.minute, outcome: c.outcome, count: c.count });
+        counts.push(UsageCount {
+            key_id: c.key_id,
+            subject: c.subject,
+            consumer_id: c.consumer_id,
+            rule: c.rule,
+            minute: c.minute,
+            outcome: c.outcome,
+            count: c.count,
+        });
     }
     Ok(UsageReport { gateway, batch: request.batch, feed_seq: request.feed_seq, counts })
 }
@@ -415,6 +456,44 @@ pub fn usage_query(request: &pb::GetUsageRequest, now: i64) -> Result<UsageQuery
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_count_names_exactly_one_caller() {
+        let report = |c: pb::UsageCount| pb::ReportUsageRequest {
+            gateway: "gw".into(),
+            batch: 1,
+            counts: vec![pb::UsageCount { minute: 60, outcome: "allowed".into(), count: 1, ..c }],
+            ..Default::default()
+        };
+        let field = |c: pb::UsageCount| match usage_report(report(c)) {
+            Ok(_) => String::new(),
+            Err(Error::InvalidArgument { field, .. }) => field,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(field(pb::UsageCount { key_id: "k".into(), ..Default::default() }), "");
+        assert_eq!(field(pb::UsageCount { subject: "iss sub".into(), ..Default::default() }), "");
+        let limited = pb::UsageCount { consumer_id: "alice".into(), rule: "r".into(), ..Default::default() };
+        assert_eq!(field(limited.clone()), "");
+        assert_eq!(field(pb::UsageCount::default()), "counts[0]");
+        assert_eq!(
+            field(pb::UsageCount { key_id: "k".into(), subject: "s".into(), ..Default::default() }),
+            "counts[0]"
+        );
+        assert_eq!(field(pb::UsageCount { rule: String::new(), ..limited.clone() }), "counts[0].rule");
+        assert_eq!(
+            field(pb::UsageCount { key_id: "k".into(), rule: "r".into(), ..Default::default() }),
+            "counts[0].rule"
+        );
+        assert_eq!(field(pb::UsageCount { consumer_id: "a b".into(), ..limited }), "counts[0].consumer_id");
+        assert_eq!(
+            field(pb::UsageCount { subject: "a\nb".into(), ..Default::default() }),
+            "counts[0].subject"
+        );
+        assert_eq!(
+            field(pb::UsageCount { subject: "x".repeat(513), ..Default::default() }),
+            "counts[0].subject"
+        );
+    }
 
     #[test]
     fn cache_purges_name_one_target_and_the_bad_field() {

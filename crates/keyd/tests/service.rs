@@ -899,7 +899,7 @@ async fn every_recorded_time_comes_from_the_service_clock() {
 }
 
 fn usage_count(key_id: &str, minute: i64, outcome: &str, count: u64) -> pb::UsageCount {
-    pb::UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count }
+    pb::UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count, ..Default::default() }
 }
 
 #[tokio::test]

@@ -346,8 +346,17 @@ fn admit<H: Host + ?Sized>(
         entry.valid_until_s = cache::valid_until(now_s, identity.expires_at_s, max_ttl_s);
         w.cache_put(host, &entry);
     }
-    claims::check_requirements(claim_map, &identity, requirements)?;
-    publish(host, w, &identity, claim_map)
+    let outcome = claims::check_requirements(claim_map, &identity, requirements)
+        .and_then(|()| publish(host, w, &identity, claim_map));
+    if let (Some(reporter), Some(sub)) = (&w.usage, &identity.subject) {
+        let label = match outcome {
+            Ok(()) => "allowed",
+            Err(deny) => deny.reason(),
+        };
+        let who = tollgate_host::usage::Who::Subject(format!("{} {sub}", identity.issuer));
+        reporter.usage.count_for(who, host.now_ms(), label);
+    }
+    outcome
 }
 
 /// POSTs an opaque token to provider `idx`'s introspection endpoint; returns the call's token.

@@ -10,7 +10,8 @@ use tollgate_core::jwt::config::Config;
 use tollgate_host::{Filter, Host, LogLevel};
 
 use crate::http::{JwtAuthHttp, complete_flight};
-use crate::worker::{Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, RootCall, Worker};
+use crate::worker::{Claim, FLIGHT_GRACE_MS, FetchReason, Fetcher, RootCall, Stat, Worker};
+use tollgate_host::usage::Reported;
 
 /// How often the root context looks at the remote key sets.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -27,9 +28,28 @@ impl Filter for JwtAuth {
         worker.map(RefCell::new).map_err(|e| e.to_string())
     }
 
-    /// Only remote key sets need the tick.
+    /// Only remote key sets and usage reports need the tick.
     fn tick_period(worker: &Self::Worker) -> Option<Duration> {
-        worker.borrow().has_remote().then_some(TICK)
+        let w = worker.borrow();
+        (w.has_remote() || w.usage.is_some()).then_some(TICK)
+    }
+
+    fn grpc_response<H: Host>(
+        host: &H,
+        _root_id: u32,
+        worker: &Self::Worker,
+        token: u32,
+        status: u32,
+        _size: usize,
+    ) {
+        let w = worker.borrow();
+        if let Some(reporter) = &w.usage {
+            match reporter.done(host, token, status) {
+                Reported::Ok => w.counters.inc(host, Stat::UsageReportOk),
+                Reported::Failed => w.counters.inc(host, Stat::UsageReportError),
+                Reported::NotMine => {}
+            }
+        }
     }
 
     /// Picks up key sets other workers fetched, starts the fetches that are due, fetches again
@@ -37,6 +57,12 @@ impl Filter for JwtAuth {
     /// longer (another worker's fetch ended, or a call never answered).
     fn tick<H: Host>(host: &H, root_id: u32, worker: &Self::Worker) {
         let mut w = worker.borrow_mut();
+        if let Some(reporter) = &w.usage {
+            let dropped = reporter.tick(host);
+            if dropped > 0 {
+                w.counters.add(host, Stat::UsageDropped, dropped);
+            }
+        }
         let now = host.now_ms();
         let mut settle = Vec::new();
         for idx in 0..w.config.providers.len() {

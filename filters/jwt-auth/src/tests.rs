@@ -1061,3 +1061,45 @@ fn shipped_example_config_is_accepted() {
     assert_eq!(gw.host.tick_period(), Some(crate::root::TICK), "its key set is fetched");
     assert_eq!(gw.worker().unwrap().borrow().config.providers.len(), 1);
 }
+
+#[test]
+fn verified_subjects_are_counted_and_reported_to_the_usage_key_service() {
+    use prost::Message;
+    use tollgate_proto::v1;
+    let mut config: Value = serde_json::from_str(&inline_config()).unwrap();
+    config["usage"] =
+        json!({"key_service": {"cluster": "keyd", "token": "tgd_test"}, "report_interval": "1s"});
+    let mut gw = gateway(&config.to_string());
+    assert!(gw.host.tick_period().is_some(), "reports need the tick");
+    let alice = sign(&key(1), "k1", &claims(json!({})));
+    let bob = sign(&key(1), "k1", &claims(json!({"sub": "bob"})));
+    assert_eq!(gw.bearer("/hello", &alice).1, Action::Continue);
+    assert_eq!(gw.bearer("/hello", &alice).1, Action::Continue);
+    assert_eq!(gw.bearer("/admin", &bob).1, Action::Pause, "lacks the admin scope");
+    // Not verified: nobody to count it for.
+    assert_eq!(gw.bearer("/hello", "not-a-token").1, Action::Pause);
+    let no_sub = sign(&key(1), "k1", &claims(json!({"sub": null})));
+    gw.bearer("/hello", &no_sub);
+    gw.host.advance(Duration::from_secs(2));
+    gw.tick();
+    let call = gw.host.calls().into_iter().rev().find(|c| c.method == "ReportUsage").expect("a report");
+    assert_eq!((call.cluster.as_str(), call.context_id), ("keyd", ROOT_ID));
+    let batch = v1::ReportUsageRequest::decode(call.message.as_slice()).unwrap();
+    let mut counts: Vec<(String, &str, u64)> =
+        batch.counts.iter().map(|c| (c.subject.clone(), c.outcome.as_str(), c.count)).collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        [(format!("{ISS} alice"), "allowed", 2), (format!("{ISS} bob"), "insufficient_scope", 1)]
+    );
+    assert!(batch.counts.iter().all(|c| c.key_id.is_empty()));
+    gw.host.set_grpc_response(Some(v1::ReportUsageResponse::default().encode_to_vec()), None);
+    gw.grpc_response(ROOT_ID, call.token, 0, 0);
+    assert_eq!(gw.host.counter("tollgate.jwt_auth.usage_reports_total.outcome.ok"), 1);
+
+    // A usage block without a key service is refused, naming the field.
+    config["usage"] = json!({"report_interval": "1s"});
+    let mut bad = Gateway::on(MockHost::new());
+    assert!(!bad.configure(&config.to_string()));
+    assert!(bad.host.logs().iter().any(|(_, l)| l.contains("usage.key_service")), "{:?}", bad.host.logs());
+}

@@ -47,6 +47,9 @@ tollgate_host::stats! {
         DiscoveryFetch => "discovery_fetch",
         DiscoveryFetchOk => "discovery_fetch_ok",
         DiscoveryFetchError => "discovery_fetch_error",
+        UsageReportOk => "usage_report_ok",
+        UsageReportError => "usage_report_error",
+        UsageDropped => "usage_dropped",
     }
 }
 
@@ -124,6 +127,8 @@ pub struct Worker {
     /// The verifications this worker used, claims parsed, in front of the shared cache (see
     /// [`tollgate_core::local`]; no change feed: an entry only expires).
     local: RefCell<Local<[u8; 32], Verified>>,
+    /// Requests per verified subject, for the key service (`usage`).
+    pub usage: Option<tollgate_host::usage::Reporter>,
 }
 
 /// A cached verification with its claims parsed once; `None` for an introspection answer
@@ -170,7 +175,10 @@ impl Worker {
             providers.push(ProviderState { set, ..ProviderState::default() });
         }
         let config_local_slots = config.cache_slots.min(MAX_LOCAL_SLOTS);
+        let usage =
+            tollgate_host::usage::Reporter::configured(host, config.usage.as_ref(), "tollgate.jwt_auth.");
         Ok(Self {
+            usage,
             counters: Counters::define(host, "tollgate.jwt_auth"),
             config,
             keys: Keys::new(raw),

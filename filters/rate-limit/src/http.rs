@@ -11,7 +11,7 @@ use tollgate_core::error::Reply;
 use tollgate_core::identity;
 use tollgate_core::rate_limit::bucket::{self, Class, Limit};
 use tollgate_core::rate_limit::config::compile_key_limits;
-use tollgate_core::rate_limit::policy::{self, Count, Exhausted, SlotStore};
+use tollgate_core::rate_limit::policy::{self, Count, Exhausted, RuleCount, SlotStore};
 use tollgate_core::rate_limit::{self as rl, descriptor};
 use tollgate_core::route;
 use tollgate_host::{Host, LogLevel, attributes};
@@ -210,10 +210,33 @@ impl<H: Host> RateLimitHttp<H> {
         };
         if !failure_mode {
             worker.counters.inc(host, Stat::DeniedLimited);
+            self.count_refusal(&decision.counts);
         }
         let request_id = host.request_header("x-request-id").unwrap_or_default();
         tollgate_host::send_reply(host, &refusal.reply(&request_id, &decision.statuses, headers));
         Action::Pause
+    }
+
+    /// Counts a refused request for its consumer and the rule that refused it (for the usage
+    /// reports; requests without a consumer are not counted there).
+    fn count_refusal(&self, counts: &[Count]) {
+        let worker = &*self.worker;
+        let Some(reporter) = &worker.usage else {
+            return;
+        };
+        let Some(consumer_id) = text(self.host.property(&[identity::PROP_CONSUMER])) else {
+            return;
+        };
+        let refused_by = counts.iter().rev().find_map(|c| match c {
+            Count::Rule(index, RuleCount::Limited | RuleCount::MissingDenied) => {
+                worker.config.rules.get(*index)
+            }
+            _ => None,
+        });
+        if let Some(rule) = refused_by {
+            let who = tollgate_host::usage::Who::Limited { consumer_id, rule: rule.name.clone() };
+            reporter.usage.count_for(who, self.host.now_ms(), "limited");
+        }
     }
 
     fn on_response(&mut self) {

@@ -6,6 +6,8 @@ use std::rc::Rc;
 use tollgate_core::rate_limit::config::Config;
 use tollgate_host::{Filter, Host, LogLevel};
 
+use tollgate_host::usage::Reported;
+
 use crate::http::RateLimitHttp;
 use crate::worker::{Stat, Worker};
 
@@ -26,6 +28,36 @@ impl Filter for RateLimit {
             host.log(LogLevel::Info, &format!("rate-limit: initialized {written} of {total} bucket slots"));
         }
         Ok(worker)
+    }
+
+    fn tick_period(worker: &Worker) -> Option<std::time::Duration> {
+        worker.usage.as_ref().map(tollgate_host::usage::Reporter::tick_period)
+    }
+
+    fn tick<H: Host>(host: &H, _root_id: u32, worker: &Worker) {
+        if let Some(reporter) = &worker.usage {
+            let dropped = reporter.tick(host);
+            if dropped > 0 {
+                worker.counters.add(host, Stat::UsageDropped, dropped);
+            }
+        }
+    }
+
+    fn grpc_response<H: Host>(
+        host: &H,
+        _root_id: u32,
+        worker: &Worker,
+        token: u32,
+        status: u32,
+        _size: usize,
+    ) {
+        if let Some(reporter) = &worker.usage {
+            match reporter.done(host, token, status) {
+                Reported::Ok => worker.counters.inc(host, Stat::UsageReportOk),
+                Reported::Failed => worker.counters.inc(host, Stat::UsageReportError),
+                Reported::NotMine => {}
+            }
+        }
     }
 
     fn http_context<H: Host + 'static>(

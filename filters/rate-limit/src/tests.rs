@@ -521,3 +521,32 @@ fn shipped_example_config_is_accepted() {
     assert_eq!(gw.worker().unwrap().config.rules.len(), 2);
     assert_eq!(gw.host.tick_period(), None, "nothing to do on a tick");
 }
+
+#[test]
+fn refusals_are_counted_per_consumer_and_rule_and_reported() {
+    use prost::Message;
+    use tollgate_host::mock::ROOT_ID;
+    use tollgate_proto::v1;
+    let config = r#"{"slots": 1024, "usage": {"key_service": {"cluster": "keyd", "token": "t"}, "report_interval": "1s"},
+        "rules": [{"name": "per-consumer", "by": ["consumer"], "missing": "skip",
+                   "limits": [{"rate": 1, "per": "hour", "burst": 2}]}]}"#;
+    let mut gw = Gateway::new(config);
+    let alice = [(identity::PROP_CONSUMER, "alice")];
+    assert_eq!(gw.allowed_of(5, "/", &[], &alice), 2);
+    assert_eq!(gw.allowed_of(1, "/", &[], &[]), 1, "no consumer: the rule is skipped");
+    gw.host.advance(std::time::Duration::from_secs(2));
+    gw.tick();
+    let call = gw.host.calls().into_iter().rev().find(|c| c.method == "ReportUsage").expect("a report");
+    let batch = v1::ReportUsageRequest::decode(call.message.as_slice()).unwrap();
+    let counts: Vec<(&str, &str, &str, u64)> = batch
+        .counts
+        .iter()
+        .map(|c| (c.consumer_id.as_str(), c.rule.as_str(), c.outcome.as_str(), c.count))
+        .collect();
+    assert_eq!(counts, [("alice", "per-consumer", "limited", 3)]);
+    gw.host.set_grpc_response(Some(v1::ReportUsageResponse::default().encode_to_vec()), None);
+    gw.grpc_response(ROOT_ID, call.token, 0, 0);
+    assert_eq!(gw.host.counter("tollgate.rate_limit.usage_reports_total.outcome.ok"), 1);
+    let plain = r#"{"rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
+    assert_eq!(Gateway::new(plain).host.tick_period(), None, "no usage, no tick");
+}

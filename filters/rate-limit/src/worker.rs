@@ -19,6 +19,9 @@ tollgate_host::stats! {
         FailureModeDenied => "failure_mode_denied",
         SlotsInitialized => "slots_initialized",
         DeniedBadPath => "denied.bad_path",
+        UsageReportOk => "usage_report_ok",
+        UsageReportError => "usage_report_error",
+        UsageDropped => "usage_dropped",
     }
 }
 
@@ -59,6 +62,8 @@ pub struct Worker {
     pub counters: Counters<Stat>,
     /// One set per rule, in the config's order.
     pub rule_counters: Vec<Counters<RuleStat>>,
+    /// Requests refused per consumer and rule, for the key service (`usage`).
+    pub usage: Option<tollgate_host::usage::Reporter>,
 }
 
 impl Worker {
@@ -70,6 +75,8 @@ impl Worker {
             .iter()
             .map(|r| Counters::define_rule(host, "tollgate.rate_limit", &r.name))
             .collect();
-        Self { config, slots, counters, rule_counters }
+        let prefix = format!("tollgate.rate_limit.{}.", config.domain);
+        let usage = tollgate_host::usage::Reporter::configured(host, config.usage.as_ref(), &prefix);
+        Self { config, slots, counters, rule_counters, usage }
     }
 }

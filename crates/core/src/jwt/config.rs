@@ -35,6 +35,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    usage: Option<crate::config::RawUsage>,
 }
 
 fn yes() -> bool {
@@ -247,6 +249,8 @@ pub struct Config {
     /// Longest a verified token stays cached (also for tokens without `exp`).
     pub cache_max_ttl: Duration,
     pub realm: String,
+    /// Requests per verified subject, reported to this key service; `None`: not reported.
+    pub usage: Option<(crate::config::UsageConfig, crate::config::KeyService)>,
 }
 
 pub use crate::config::ConfigError;
@@ -635,6 +639,7 @@ impl TryFrom<RawConfig> for Config {
             cache_slots,
             cache_max_ttl,
             realm,
+            usage: raw.usage.map(|u| u.compile_reporting(FILTER)).transpose()?.flatten(),
         })
     }
 }

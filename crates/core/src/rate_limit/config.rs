@@ -30,6 +30,8 @@ struct RawConfig {
     #[serde(default)]
     headers: RawHeaders,
     rules: Vec<RawRule>,
+    #[serde(default)]
+    usage: Option<crate::config::RawUsage>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +279,9 @@ pub struct Config {
     pub forwarded_for_hop: Option<u8>,
     pub headers: Headers,
     pub rules: Vec<Rule>,
+    /// Requests refused per consumer and rule, reported to this key service; `None`: not
+    /// reported.
+    pub usage: Option<(crate::config::UsageConfig, crate::config::KeyService)>,
 }
 
 pub use crate::config::ConfigError;
@@ -513,6 +518,7 @@ impl TryFrom<RawConfig> for Config {
             forwarded_for_hop: raw.client_ip.forwarded_for_hop,
             headers: Headers { ietf: raw.headers.ietf, legacy: raw.headers.legacy },
             rules,
+            usage: raw.usage.map(|u| u.compile_reporting(FILTER)).transpose()?.flatten(),
         })
     }
 }

@@ -86,6 +86,12 @@ impl Store for TimedStore {
     fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)> {
         self.time("usage", |s| s.usage(query))
     }
+    fn caller_usage(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<(Vec<crate::model::SubjectUsage>, Vec<crate::model::LimitUsage>)> {
+        self.time("caller_usage", |s| s.caller_usage(query))
+    }
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
         self.time("list_changes", |s| s.list_changes(after, limit))
     }

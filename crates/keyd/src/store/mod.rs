@@ -10,8 +10,8 @@ use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
-    KeyPatch, KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery,
-    UsageReport,
+    KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, SubjectUsage,
+    UsageApplied, UsageQuery, UsageReport,
 };
 
 /// How far back a report's minutes are accepted, in seconds (31 days).
@@ -20,6 +20,9 @@ pub const USAGE_RETENTION: i64 = 31 * 86_400;
 /// How long usage is kept by the minute, in seconds (48 hours): older minutes are rolled up into
 /// hours (summed, then the minutes deleted) when reports come in.
 pub const USAGE_MINUTES_KEPT: i64 = 48 * 3_600;
+
+/// Most JWT subjects [`Store::caller_usage`] returns.
+pub const MAX_SUBJECTS: usize = 100;
 
 /// How long hourly usage is kept, in seconds (400 days).
 pub const USAGE_HOURS_KEPT: i64 = 400 * 86_400;
@@ -66,6 +69,10 @@ pub trait Store: Send + Sync + 'static {
     /// Usage over a window (one query, whatever the number of keys), the gateways that report,
     /// and the change feed's head, read in one snapshot.
     fn usage(&self, query: &UsageQuery) -> Result<(Vec<KeyUsage>, Vec<GatewayReport>, u64)>;
+    /// The JWT subjects (most requests first, at most [`MAX_SUBJECTS`]; none when the query
+    /// names keys or a consumer) and the rate-limit refusals per consumer and rule (the query's
+    /// consumer's only; none when it names keys) in the query's window.
+    fn caller_usage(&self, query: &UsageQuery) -> Result<(Vec<SubjectUsage>, Vec<LimitUsage>)>;
 
     /// Changes with `seq > after`, oldest first, and the feed head.
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;

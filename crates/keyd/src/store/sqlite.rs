@@ -17,12 +17,14 @@ use crate::files;
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
-    KeyFilter, KeyPatch, KeyStatus, KeyUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation, SecretMatch,
-    SigningAlgorithm, SigningLookup, UsageApplied, UsageQuery, UsageReport,
+    KeyFilter, KeyPatch, KeyStatus, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation,
+    SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied, UsageQuery, UsageReport,
 };
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
-/// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`).
+/// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`), usage
+/// per JWT subject (`subject_usage`) and rate-limit refusals per consumer and rule
+/// (`limit_usage`).
 const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
@@ -97,6 +99,24 @@ CREATE TABLE IF NOT EXISTS usage_hourly (
     PRIMARY KEY (key_id, hour, outcome)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_hourly_by_hour ON usage_hourly (hour);
+-- Requests per verified JWT subject (`<iss> <sub>`), minute and outcome (jwt-auth).
+CREATE TABLE IF NOT EXISTS subject_usage (
+    subject TEXT    NOT NULL,
+    minute  INTEGER NOT NULL,
+    outcome TEXT    NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (subject, minute, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subject_usage_by_minute ON subject_usage (minute);
+-- Requests a rate-limit rule refused, per consumer, rule and minute (rate-limit).
+CREATE TABLE IF NOT EXISTS limit_usage (
+    consumer_id TEXT    NOT NULL,
+    rule        TEXT    NOT NULL,
+    minute      INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    PRIMARY KEY (consumer_id, rule, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS limit_usage_by_minute ON limit_usage (minute);
 -- The batches applied, so that one sent again is not counted twice.
 CREATE TABLE IF NOT EXISTS usage_batches (
     gateway TEXT    NOT NULL,
@@ -450,6 +470,16 @@ fn roll_up_usage(tx: &Transaction<'_>, now: i64) -> Result<()> {
     tx.prepare_cached("DELETE FROM usage_hourly WHERE hour < ?1")
         .map_err(db)?
         .execute([now - super::USAGE_HOURS_KEPT])
+        .map_err(db)?;
+    // Subjects and rate-limit refusals are kept by the minute for as long as reports may name.
+    let oldest = now - super::USAGE_RETENTION;
+    tx.prepare_cached("DELETE FROM subject_usage WHERE minute < ?1")
+        .map_err(db)?
+        .execute([oldest])
+        .map_err(db)?;
+    tx.prepare_cached("DELETE FROM limit_usage WHERE minute < ?1")
+        .map_err(db)?
+        .execute([oldest])
         .map_err(db)?;
     Ok(())
 }
@@ -948,10 +978,34 @@ impl Store for SqliteStore {
             let mut used = tx
                 .prepare_cached("UPDATE keys SET last_used_at = ?2 WHERE id = ?1 AND last_used_at < ?2")
                 .map_err(db)?;
+            let mut add_subject = tx
+                .prepare_cached(
+                    "INSERT INTO subject_usage (subject, minute, outcome, count) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (subject, minute, outcome) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(db)?;
+            let mut add_limited = tx
+                .prepare_cached(
+                    "INSERT INTO limit_usage (consumer_id, rule, minute, count)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM consumers WHERE id = ?1)
+                     ON CONFLICT (consumer_id, rule, minute) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(db)?;
             for c in &report.counts {
                 let count = i64::try_from(c.count).unwrap_or(i64::MAX);
                 if c.minute < oldest || c.minute > newest || count == 0 {
                     skipped = skipped.saturating_add(1);
+                    continue;
+                }
+                if !c.subject.is_empty() {
+                    add_subject.execute(params![c.subject, c.minute, c.outcome, count]).map_err(db)?;
+                    continue;
+                }
+                if !c.consumer_id.is_empty() {
+                    if add_limited.execute(params![c.consumer_id, c.rule, c.minute, count]).map_err(db)? == 0
+                    {
+                        skipped = skipped.saturating_add(1);
+                    }
                     continue;
                 }
                 if add.execute(params![c.key_id, c.minute, c.outcome, count]).map_err(db)? == 0 {
@@ -1057,6 +1111,67 @@ impl Store for SqliteStore {
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
             };
             Ok((keys, gateways, head_seq(tx)?))
+        })
+    }
+
+    fn caller_usage(&self, query: &UsageQuery) -> Result<(Vec<SubjectUsage>, Vec<LimitUsage>)> {
+        if !query.key_ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.read(|tx| {
+            let mut subjects: Vec<SubjectUsage> = Vec::new();
+            if query.consumer_id.is_none() {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT u.subject, u.outcome, SUM(u.count) FROM subject_usage u
+                         JOIN (SELECT subject, SUM(count) AS total FROM subject_usage
+                               WHERE minute >= ?1 AND minute < ?2
+                               GROUP BY subject ORDER BY total DESC, subject LIMIT ?3) top
+                           ON top.subject = u.subject
+                         WHERE u.minute >= ?1 AND u.minute < ?2
+                         GROUP BY u.subject, u.outcome
+                         ORDER BY top.total DESC, u.subject, u.outcome",
+                    )
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(params![query.since, query.until, limit_param(super::MAX_SUBJECTS)], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+                    })
+                    .map_err(db)?;
+                for row in rows {
+                    let (subject, outcome, count) = row.map_err(db)?;
+                    let count = u64::try_from(count).unwrap_or(0);
+                    match subjects.last_mut() {
+                        Some(s) if s.subject == subject => {
+                            s.outcomes.insert(outcome, count);
+                        }
+                        _ => subjects.push(SubjectUsage {
+                            subject,
+                            outcomes: [(outcome, count)].into_iter().collect(),
+                        }),
+                    }
+                }
+            }
+            let limits = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT consumer_id, rule, SUM(count) FROM limit_usage
+                         WHERE minute >= ?1 AND minute < ?2 AND (?3 IS NULL OR consumer_id = ?3)
+                         GROUP BY consumer_id, rule ORDER BY consumer_id, rule",
+                    )
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(params![query.since, query.until, query.consumer_id], |row| {
+                        Ok(LimitUsage {
+                            consumer_id: row.get(0)?,
+                            rule: row.get(1)?,
+                            limited: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                        })
+                    })
+                    .map_err(db)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+            };
+            Ok((subjects, limits))
         })
     }
 
@@ -1291,7 +1406,7 @@ mod tests {
     }
 
     fn count(key_id: &str, minute: i64, outcome: &str, count: u64) -> UsageCount {
-        UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count }
+        UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count, ..Default::default() }
     }
 
     fn report(gateway: &str, batch: u64, counts: Vec<UsageCount>) -> UsageReport {
@@ -1385,6 +1500,62 @@ mod tests {
         let (asked, _, _) = store.usage(&window(&["key_4", "key_3", "key_x"], None)).unwrap();
         let asked: Vec<(&str, u64)> = asked.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
         assert_eq!(asked, [("key_3", 3), ("key_4", 0)]);
+    }
+
+    #[test]
+    fn subjects_and_rate_limit_refusals_are_counted_and_read_for_a_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        let subject = |s: &str, minute: i64, outcome: &str, n: u64| UsageCount {
+            subject: s.into(),
+            minute,
+            outcome: outcome.into(),
+            count: n,
+            ..Default::default()
+        };
+        let limited = |consumer: &str, rule: &str, minute: i64, n: u64| UsageCount {
+            consumer_id: consumer.into(),
+            rule: rule.into(),
+            minute,
+            outcome: "limited".into(),
+            count: n,
+            ..Default::default()
+        };
+        let counts = vec![
+            subject("https://idp user-1", NOW - 60, "allowed", 3),
+            subject("https://idp user-1", NOW - 60, "insufficient_scope", 1),
+            subject("https://idp user-2", NOW, "allowed", 9),
+            subject("https://idp user-3", NOW - 7200, "allowed", 50),
+            limited("alice", "per-key", NOW - 60, 4),
+            limited("alice", "per-key", NOW, 1),
+            limited("alice", "burst", NOW, 2),
+            limited("nobody", "per-key", NOW, 7),
+        ];
+        let applied = store.report_usage(&report("gw", 1, counts), NOW).unwrap();
+        assert_eq!(applied.skipped, 1, "an unknown consumer");
+        let window = |consumer_id: Option<&str>, key_ids: &[&str]| UsageQuery {
+            key_ids: key_ids.iter().map(|k| (*k).to_owned()).collect(),
+            consumer_id: consumer_id.map(str::to_owned),
+            since: NOW - 3600,
+            until: NOW + 60,
+        };
+        let (subjects, limits) = store.caller_usage(&window(None, &[])).unwrap();
+        let summary: Vec<(&str, u64)> =
+            subjects.iter().map(|s| (s.subject.as_str(), s.outcomes.values().sum())).collect();
+        assert_eq!(
+            summary,
+            [("https://idp user-2", 9), ("https://idp user-1", 4)],
+            "most first; user-3 is older"
+        );
+        assert_eq!(subjects[1].outcomes.get("insufficient_scope"), Some(&1));
+        let limits: Vec<(&str, &str, u64)> =
+            limits.iter().map(|l| (l.consumer_id.as_str(), l.rule.as_str(), l.limited)).collect();
+        assert_eq!(limits, [("alice", "burst", 2), ("alice", "per-key", 5)]);
+        let (subjects, limits) = store.caller_usage(&window(Some("bob"), &[])).unwrap();
+        assert!(subjects.is_empty() && limits.is_empty(), "a consumer's view has no subjects");
+        let (subjects, limits) = store.caller_usage(&window(None, &["key_1"])).unwrap();
+        assert!(subjects.is_empty() && limits.is_empty(), "a view of keys has neither");
     }
 
     /// Minutes older than 48 hours are summed into their hours when a report comes in; the
