@@ -81,7 +81,7 @@ pub const RPC_METHODS: [&str; 17] = [
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 21] = [
+pub const STORE_OPERATIONS: [&str; 24] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -90,6 +90,7 @@ pub const STORE_OPERATIONS: [&str; 21] = [
     "create_key",
     "get_key",
     "list_keys",
+    "list_expiring_keys",
     "count_keys",
     "update_key",
     "revoke_key",
@@ -98,8 +99,10 @@ pub const STORE_OPERATIONS: [&str; 21] = [
     "record_usage",
     "report_usage",
     "usage",
+    "usage_series",
     "list_changes",
     "list_audit",
+    "list_audit_recent",
     "get_signing",
     "list_sealed",
     "reseal",
