@@ -184,8 +184,8 @@ impl FromRequestParts<State> for Authed {
         let now = state.0.clock.now();
         let cookies = parts.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
         let values = session::cookie_values(cookies);
-        let valid = values.iter().filter_map(|value| state.0.signer.verify(value, now));
-        match valid.filter(|session| !state.has_ended(session)).next() {
+        let mut valid = values.iter().filter_map(|value| state.0.signer.verify(value, now));
+        match valid.find(|session| !state.has_ended(session)) {
             Some(session) => Ok(Self { csrf: state.0.signer.csrf_token(&session), session }),
             None => Err(to_login(!values.is_empty())),
         }

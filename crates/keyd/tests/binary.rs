@@ -220,7 +220,8 @@ async fn every_file_in_an_existing_open_data_directory_is_created_and_kept_0600(
             "keys.db-shm",
             "keys.db-wal",
             "master.key",
-            "pepper"
+            "pepper",
+            "viewer.token"
         ]
     );
     for (name, mode) in &files {

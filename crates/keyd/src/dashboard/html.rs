@@ -79,7 +79,7 @@ pub fn page(frame: &Frame<'_>, body: &str) -> String {
             csrf_field(frame.csrf)
         );
     }
-    let _ = write!(out, "<main><h1>{}</h1>{body}</main></body></html>\n", esc(frame.title));
+    let _ = writeln!(out, "<main><h1>{}</h1>{body}</main></body></html>", esc(frame.title));
     out
 }
 
