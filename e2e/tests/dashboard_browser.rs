@@ -122,8 +122,41 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn title(browser: &Client) -> String {
-    browser.title().await.unwrap()
+/// Waits (at most 10 s) until `read` gives `expected` — a click that submits a form or follows a
+/// link may return before the next page is there — and returns what it read last.
+async fn settle<F, Fut>(expected: &str, mut read: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = read().await.unwrap_or_default();
+        if got == expected || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts the page's title, once the page is there.
+async fn wait_title(browser: &Client, expected: &str) {
+    assert_eq!(settle(expected, || async { browser.title().await.ok() }).await, expected);
+}
+
+/// Asserts the page's path, once the page is there.
+async fn wait_path(browser: &Client, expected: &str) {
+    let path = || async { browser.current_url().await.ok().map(|u| u.path().to_owned()) };
+    assert_eq!(settle(expected, path).await, expected);
+}
+
+/// Asserts the text of an element, once the page holding it is there.
+async fn wait_text(browser: &Client, css: &str, expected: &str) {
+    let text = || async {
+        let element = browser.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    };
+    assert_eq!(settle(expected, text).await, expected, "{css}");
 }
 
 async fn text_of(browser: &Client, css: &str) -> String {
@@ -141,8 +174,8 @@ async fn log_in(browser: &Client, base: &str, token: &str) {
     assert_eq!(browser.current_url().await.unwrap().path(), "/login", "no session: the login page");
     browser.find(Locator::Css("#token")).await.unwrap().send_keys(token).await.unwrap();
     browser.find(Locator::Css("#login button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert_eq!(browser.current_url().await.unwrap().path(), "/");
-    assert_eq!(title(browser).await, "Overview · Tollgate");
+    wait_path(browser, "/").await;
+    wait_title(browser, "Overview · Tollgate").await;
 }
 
 #[tokio::test]
@@ -167,7 +200,7 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_scripts_out() {
 
     // Overview → keys → key detail, through the links.
     browser.find(Locator::LinkText("Keys")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Keys · Tollgate");
+    wait_title(&browser, "Keys · Tollgate").await;
     screenshot(&browser, "keys").await;
     browser
         .find(Locator::Css(&format!("tr[data-key='{key_id}'] td a")))
@@ -176,13 +209,13 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_scripts_out() {
         .click()
         .await
         .unwrap();
-    assert_eq!(title(&browser).await, "Key · Tollgate");
+    wait_title(&browser, "Key · Tollgate").await;
     assert_eq!(text_of(&browser, "#key-id").await, key_id);
     screenshot(&browser, "key").await;
 
     // The consumer named like a script is text on the page, and nothing ran.
     browser.find(Locator::LinkText("Consumers")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Consumers · Tollgate");
+    wait_title(&browser, "Consumers · Tollgate").await;
     assert_eq!(text_of(&browser, "td.consumer-name").await, XSS_CONSUMER);
     assert!(browser.get_alert_text().await.is_err(), "an alert is open: the consumer name ran as a script");
     let scripts = browser.execute("return document.scripts.length", vec![]).await.unwrap();
@@ -208,13 +241,13 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_scripts_out() {
 
     // Create a key through the form; the secret is on the response page and works.
     browser.find(Locator::LinkText("Create key")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Create key · Tollgate");
+    wait_title(&browser, "Create key · Tollgate").await;
     browser.find(Locator::Css("#consumer")).await.unwrap().send_keys("browser-user").await.unwrap();
     browser.find(Locator::Css("#name")).await.unwrap().send_keys("made in a browser").await.unwrap();
     browser.find(Locator::Css("#scopes")).await.unwrap().send_keys("read").await.unwrap();
     screenshot(&browser, "create-key").await;
     browser.find(Locator::Css("#create button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Key created · Tollgate");
+    wait_title(&browser, "Key created · Tollgate").await;
     let secret = text_of(&browser, "#secret").await;
     assert!(secret.starts_with("tgk_"), "{secret}");
     assert_eq!(verify(&keyd, &secret).await, VerifyResult::Valid);
@@ -222,31 +255,31 @@ async fn the_dashboard_works_in_a_real_browser_and_keeps_scripts_out() {
 
     // Its page does not show the secret again.
     browser.find(Locator::LinkText("Go to the key")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Key · Tollgate");
+    wait_title(&browser, "Key · Tollgate").await;
     assert!(!browser.source().await.unwrap().contains(&secret), "the secret is shown again");
-    assert_eq!(text_of(&browser, "#key-status").await, "active");
+    wait_text(&browser, "#key-status", "active").await;
 
     // Revoke it through the form.
     browser.find(Locator::Css("#reason")).await.unwrap().send_keys("done with the test").await.unwrap();
     browser.find(Locator::Css("#revoke button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Key · Tollgate");
-    assert_eq!(text_of(&browser, "#key-status").await, "revoked");
+    wait_title(&browser, "Key · Tollgate").await;
+    wait_text(&browser, "#key-status", "revoked").await;
     assert_eq!(verify(&keyd, &secret).await, VerifyResult::Revoked);
     screenshot(&browser, "key-revoked").await;
 
     // The audit log shows both changes.
     browser.find(Locator::LinkText("Audit")).await.unwrap().click().await.unwrap();
-    assert_eq!(title(&browser).await, "Audit log · Tollgate");
+    wait_title(&browser, "Audit log · Tollgate").await;
     let audit = browser.source().await.unwrap();
     assert!(audit.contains("key.revoke") && audit.contains("key.create"), "{audit}");
     screenshot(&browser, "audit").await;
 
     // Log out; a viewer gets no forms.
     browser.find(Locator::Css("nav form button[type=submit]")).await.unwrap().click().await.unwrap();
-    assert_eq!(browser.current_url().await.unwrap().path(), "/login");
+    wait_path(&browser, "/login").await;
     log_in(&browser, &base, VIEWER_TOKEN).await;
     browser.goto(&format!("{base}/keys/{key_id}")).await.unwrap();
-    assert_eq!(title(&browser).await, "Key · Tollgate");
+    wait_title(&browser, "Key · Tollgate").await;
     assert!(browser.find(Locator::Css("#revoke")).await.is_err(), "a viewer is shown the revoke form");
     assert!(browser.find(Locator::LinkText("Create key")).await.is_err());
 
