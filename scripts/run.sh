@@ -3,7 +3,7 @@
 # `make run` builds the release binaries and the wasm filter, installs Envoy, then calls this.
 #
 # Ports (environment): GATEWAY_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8081), KEYD_PORT (7070),
-# KEYD_METRICS_PORT (9102).
+# KEYD_METRICS_PORT (9102), KEYD_HTTP_PORT (9180, the dashboard).
 # Binaries: TOLLGATE_BIN_DIR (target/release), TOLLGATE_WASM_DIR (target/wasm32-wasip1/wasm),
 # ENVOY_BIN (.venv/bin/envoy).
 # State and logs go to .run/: keyd/ (database, tokens), keyd.log, echo.log, envoy.log, envoy.yaml.
@@ -18,7 +18,8 @@ ADMIN_PORT=${ADMIN_PORT:-9901}
 UPSTREAM_PORT=${UPSTREAM_PORT:-8081}
 KEYD_PORT=${KEYD_PORT:-7070}
 KEYD_METRICS_PORT=${KEYD_METRICS_PORT:-9102}
-export GATEWAY_PORT ADMIN_PORT UPSTREAM_PORT KEYD_PORT KEYD_METRICS_PORT
+KEYD_HTTP_PORT=${KEYD_HTTP_PORT:-9180}
+export GATEWAY_PORT ADMIN_PORT UPSTREAM_PORT KEYD_PORT KEYD_METRICS_PORT KEYD_HTTP_PORT
 
 bin=${TOLLGATE_BIN_DIR:-target/release}
 envoy=${ENVOY_BIN:-.venv/bin/envoy}
@@ -89,10 +90,10 @@ wait_for() { # index description command...
   exit 1
 }
 
-# 1. Key service. It creates its admin and data-plane tokens on first start.
+# 1. Key service (and its dashboard). It creates its admin, data-plane and viewer tokens on first start.
 start keyd "$run/keyd.log" "$bin/tollgate-keyd" \
   --data-dir "$run/keyd" --listen "127.0.0.1:$KEYD_PORT" --log-format text \
-  --metrics-listen "127.0.0.1:$KEYD_METRICS_PORT"
+  --metrics-listen "127.0.0.1:$KEYD_METRICS_PORT" --http-listen "127.0.0.1:$KEYD_HTTP_PORT"
 wait_for 0 "the key service's data-plane token" test -s "$run/keyd/dataplane.token"
 wait_for 0 "the key service on port $KEYD_PORT" bash -c "exec 3<>/dev/tcp/127.0.0.1/$KEYD_PORT"
 
@@ -120,6 +121,8 @@ Tollgate is running.
   gateway       $gw  (Envoy + key-auth)
   Envoy admin   http://127.0.0.1:$ADMIN_PORT  (/stats, /ready, /config_dump)
   key service   127.0.0.1:$KEYD_PORT  (gRPC; tokens in $run/keyd/)
+  dashboard     http://127.0.0.1:$KEYD_HTTP_PORT  (log in with the admin token: cat $run/keyd/admin.token;
+                read-only with the viewer token: cat $run/keyd/viewer.token)
   upstream      http://127.0.0.1:$UPSTREAM_PORT  (echo)
   metrics       http://127.0.0.1:$ADMIN_PORT/stats/prometheus  (gateway: tollgate_* with labels, envoy_*)
                 http://127.0.0.1:$KEYD_METRICS_PORT/metrics  (key service)

@@ -23,6 +23,8 @@ use rustix::process::Signal;
 pub const ADMIN_TOKEN: &str = "tgadm_e2e_admin_token_0123456789abcdef";
 /// Data-plane token every test key service is started with.
 pub const DATAPLANE_TOKEN: &str = "tgdp_e2e_dataplane_token_0123456789abcdef";
+/// The dashboard's read-only viewer token every test key service is started with.
+pub const VIEWER_TOKEN: &str = "tgv_e2e_viewer_token_0123456789abcdef";
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -51,6 +53,7 @@ pub struct Keyd {
     child: Option<Child>,
     addr: SocketAddr,
     metrics_addr: SocketAddr,
+    http_addr: SocketAddr,
     data_dir: PathBuf,
     log_path: PathBuf,
     /// Stopped with SIGSTOP (see [`Keyd::suspend`]).
@@ -75,8 +78,17 @@ impl Keyd {
         let data_dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
-        let (child, addr, metrics_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
-        Keyd { child: Some(child), addr, metrics_addr, data_dir, log_path, suspended: false, _temp: None }
+        let (child, addr, metrics_addr, http_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
+        Keyd {
+            child: Some(child),
+            addr,
+            metrics_addr,
+            http_addr,
+            data_dir,
+            log_path,
+            suspended: false,
+            _temp: None,
+        }
     }
 
     /// [`Keyd::start`] in a temporary directory removed on drop.
@@ -95,6 +107,11 @@ impl Keyd {
     /// The metrics endpoint's address (`127.0.0.1:PORT`, a new port after a restart).
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// The dashboard's address (`127.0.0.1:PORT`, a new port after a restart).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -201,10 +218,11 @@ impl Keyd {
     /// Starts the (stopped) service on its port again.
     async fn start_again(&mut self) {
         let listen = self.addr.to_string();
-        let (child, addr, metrics_addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
+        let (child, addr, metrics_addr, http_addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
         assert_eq!(addr, self.addr, "key service came back on another address");
         self.child = Some(child);
         self.metrics_addr = metrics_addr;
+        self.http_addr = http_addr;
     }
 
     /// A client authenticated with [`ADMIN_TOKEN`].
@@ -299,12 +317,17 @@ pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
         .arg(ADMIN_TOKEN)
         .arg("--dataplane-token")
         .arg(DATAPLANE_TOKEN)
+        .arg("--viewer-token")
+        .arg(VIEWER_TOKEN)
         .arg("--log-format")
         .arg("text")
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .env_remove("TOLLGATE_DATAPLANE_TOKEN")
         .env_remove("TOLLGATE_KEYD_LISTEN")
         .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
+        .env_remove("TOLLGATE_VIEWER_TOKEN")
+        // The dashboard on a free port unless a test gives --http-listen: tests run side by side.
+        .env("TOLLGATE_KEYD_HTTP_LISTEN", "127.0.0.1:0")
         .env_remove("TOLLGATE_DATA_DIR")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
@@ -318,16 +341,22 @@ fn key_id_of(response: &CreateKeyResponse) -> String {
     id
 }
 
-/// Starts the binary; returns it with its gRPC and metrics addresses.
-async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr, SocketAddr) {
+/// Starts the binary; returns it with its gRPC, metrics and dashboard addresses.
+async fn spawn(
+    data_dir: &Path,
+    log_path: &Path,
+    listen: &str,
+) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
     let bin = binary("tollgate-keyd");
     let addr_file = data_dir.join("keyd.addr");
     let metrics_addr_file = data_dir.join("keyd.metrics.addr");
+    let http_addr_file = data_dir.join("keyd.http.addr");
     let mut last_error = String::new();
     // Restarting on the same port can race with the old socket's teardown: retry a few times.
     for _ in 0..5 {
         let _ = std::fs::remove_file(&addr_file);
         let _ = std::fs::remove_file(&metrics_addr_file);
+        let _ = std::fs::remove_file(&http_addr_file);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open keyd log");
         let mut child = keyd_command(listen, data_dir)
@@ -337,19 +366,22 @@ async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, Socket
             .arg("127.0.0.1:0")
             .arg("--metrics-addr-file")
             .arg(&metrics_addr_file)
+            .arg("--http-addr-file")
+            .arg(&http_addr_file)
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        // The metrics address is written before the gRPC one.
+        // The metrics and dashboard addresses are written before the gRPC one.
         let ready = wait_ready(&mut child, &addr_file).await.and_then(|addr| {
-            let written = std::fs::read_to_string(&metrics_addr_file).unwrap_or_default();
-            let metrics_addr =
-                written.trim().parse::<SocketAddr>().map_err(|e| format!("metrics address: {e}"))?;
-            Ok((addr, metrics_addr))
+            let read = |path: &Path, what: &str| {
+                let written = std::fs::read_to_string(path).unwrap_or_default();
+                written.trim().parse::<SocketAddr>().map_err(|e| format!("{what} address: {e}"))
+            };
+            Ok((addr, read(&metrics_addr_file, "metrics")?, read(&http_addr_file, "dashboard")?))
         });
         match ready {
-            Ok((addr, metrics_addr)) => return (child, addr, metrics_addr),
+            Ok((addr, metrics_addr, http_addr)) => return (child, addr, metrics_addr, http_addr),
             Err(err) => {
                 kill(&mut child);
                 last_error = err;

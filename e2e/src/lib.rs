@@ -57,7 +57,9 @@ pub use envoy::{
 };
 pub use h2::{H2Request, H2Response};
 pub use http::{HttpClient, RequestBuilder, Response};
-pub use keyd::{ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd, StoreBackup, keyd_command};
+pub use keyd::{
+    ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd, StoreBackup, VIEWER_TOKEN, keyd_command,
+};
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
 pub use raw::{RawRequest, RawResponse};
 

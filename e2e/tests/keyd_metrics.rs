@@ -430,13 +430,13 @@ async fn start_with(dir: &Path, configure: impl FnOnce(&mut Command)) -> Started
 #[tokio::test]
 async fn metrics_listen_off_serves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // The flag, then the environment variable.
+    // The flag, then the environment variable (the dashboard off too, the same two ways).
     let by_flag = start_with(&dir.path().join("flag"), |c| {
-        c.arg("--metrics-listen").arg("off");
+        c.arg("--metrics-listen").arg("off").arg("--http-listen").arg("off");
     })
     .await;
     let by_env = start_with(&dir.path().join("env"), |c| {
-        c.env("TOLLGATE_KEYD_METRICS_LISTEN", "off");
+        c.env("TOLLGATE_KEYD_METRICS_LISTEN", "off").env("TOLLGATE_KEYD_HTTP_LISTEN", "off");
     })
     .await;
     for started in [&by_flag, &by_env] {
@@ -457,13 +457,15 @@ async fn metrics_listen_off_serves_nothing() {
         let log = std::fs::read_to_string(&started.log).unwrap();
         assert!(log.contains("metrics endpoint off"), "{log}");
         assert!(!log.contains("metrics listening"), "{log}");
+        assert!(log.contains("dashboard off") && !log.contains("dashboard listening"), "{log}");
     }
 
-    // The harness's key service, metrics on: both ports (so the check above can fail).
+    // The harness's key service, metrics and dashboard on: three ports (so the check above can
+    // fail).
     let keyd = Keyd::start_temp().await;
     assert_eq!(
         listening_ports(keyd.pid().unwrap()),
-        BTreeSet::from([keyd.addr().port(), keyd.metrics_addr().port()])
+        BTreeSet::from([keyd.addr().port(), keyd.metrics_addr().port(), keyd.http_addr().port()])
     );
     let logs = keyd.logs();
     let announced =

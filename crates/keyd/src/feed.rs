@@ -385,6 +385,9 @@ mod tests {
         fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>> {
             self.inner.list_keys(filter, after, limit)
         }
+        fn list_expiring_keys(&self, now: i64, until: i64, limit: usize) -> Result<Vec<Key>> {
+            self.inner.list_expiring_keys(now, until, limit)
+        }
         fn count_keys(&self, now: i64) -> Result<KeyCounts> {
             self.inner.count_keys(now)
         }
@@ -425,6 +428,15 @@ mod tests {
         ) -> Result<(Vec<crate::model::SubjectUsage>, Vec<crate::model::LimitUsage>)> {
             self.inner.caller_usage(query)
         }
+        fn usage_series(
+            &self,
+            key_ids: Option<&[String]>,
+            since: i64,
+            until: i64,
+            step: i64,
+        ) -> Result<Vec<crate::model::UsagePoint>> {
+            self.inner.usage_series(key_ids, since, until, step)
+        }
         fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -436,6 +448,14 @@ mod tests {
         }
         fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
             self.inner.list_audit(after, limit)
+        }
+        fn list_audit_recent(
+            &self,
+            filter: &crate::model::AuditFilter,
+            before: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<AuditEntry>> {
+            self.inner.list_audit_recent(filter, before, limit)
         }
         fn audit_written(&self) -> u64 {
             self.inner.audit_written()

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod clock;
 pub mod convert;
+pub mod dashboard;
 pub mod error;
 pub mod feed;
 pub mod files;
@@ -21,5 +22,5 @@ pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use server::{Config, Options, serve, serve_with_metrics};
+pub use server::{Config, Options, serve, serve_all, serve_with_metrics};
 pub use store::{SqliteStore, Store};

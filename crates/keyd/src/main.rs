@@ -43,6 +43,12 @@ struct Cli {
     /// Data-plane token file, generated when absent [default: <data-dir>/dataplane.token].
     #[arg(long)]
     dataplane_token_file: Option<PathBuf>,
+    /// The dashboard's read-only viewer token (overrides --viewer-token-file).
+    #[arg(long, env = "TOLLGATE_VIEWER_TOKEN", hide_env_values = true)]
+    viewer_token: Option<String>,
+    /// Viewer token file, generated when absent [default: <data-dir>/viewer.token].
+    #[arg(long)]
+    viewer_token_file: Option<PathBuf>,
     /// Master keys for signing secrets, `<version>:<hex>` separated by commas or newlines
     /// (overrides --master-key-file).
     #[arg(long, env = "TOLLGATE_MASTER_KEYS", hide_env_values = true)]
@@ -61,6 +67,14 @@ struct Cli {
     /// written).
     #[arg(long)]
     metrics_addr_file: Option<PathBuf>,
+    /// Address of the web dashboard (HTTP), or `off` (port 0 picks a free port; see
+    /// --http-addr-file). Log in with the admin or the viewer token.
+    #[arg(long, env = "TOLLGATE_KEYD_HTTP_LISTEN", default_value = "127.0.0.1:9180")]
+    http_listen: String,
+    /// After binding, write the bound dashboard address to this file (before --addr-file is
+    /// written).
+    #[arg(long)]
+    http_addr_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -84,7 +98,7 @@ enum Command {
     RotateMasterKey,
 }
 
-/// The `--metrics-listen` value that turns the metrics endpoint off.
+/// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
 const METRICS_OFF: &str = "off";
 
 impl Cli {
@@ -102,6 +116,20 @@ impl Cli {
         Ok(None)
     }
 
+    /// Where to serve the dashboard; `None` when it is off. An address file needs a listener.
+    fn http_listen(&self) -> Result<Option<&str>, String> {
+        let listen = self.http_listen.trim();
+        if !listen.eq_ignore_ascii_case(METRICS_OFF) {
+            return Ok(Some(listen));
+        }
+        if self.http_addr_file.is_some() {
+            return Err(
+                "--http-addr-file: there is no dashboard address to write: --http-listen is off".to_owned()
+            );
+        }
+        Ok(None)
+    }
+
     fn options(&self) -> Options {
         Options {
             data_dir: self.data_dir.clone(),
@@ -111,6 +139,8 @@ impl Cli {
             admin_token_file: self.admin_token_file.clone(),
             dataplane_token: self.dataplane_token.clone(),
             dataplane_token_file: self.dataplane_token_file.clone(),
+            viewer_token: self.viewer_token.clone(),
+            viewer_token_file: self.viewer_token_file.clone(),
             master_keys: self.master_keys.clone(),
             master_key_file: self.master_key_file.clone(),
         }
@@ -193,6 +223,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
     let metrics_listen = cli.metrics_listen()?;
+    let http_listen = cli.http_listen()?;
     let config = Config::prepare(&options).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
@@ -205,7 +236,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         ),
         None => None,
     };
-    // The metrics address first: whoever waits for --addr-file finds both.
+    let http_listener = match http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--http-listen: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    // The metrics and dashboard addresses first: whoever waits for --addr-file finds them all.
+    if let (Some(path), Some(http_listener)) = (&cli.http_addr_file, &http_listener) {
+        let addr = http_listener.local_addr().map_err(|e| e.to_string())?;
+        write_addr_file(path, &addr.to_string())?;
+    }
     if let (Some(path), Some(metrics_listener)) = (&cli.metrics_addr_file, &metrics_listener) {
         let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
         write_addr_file(path, &addr.to_string())?;
@@ -214,7 +257,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         write_addr_file(path, &addr.to_string())?;
     }
-    tollgate_keyd::serve_with_metrics(config, listener, metrics_listener, shutdown_signal())
+    tollgate_keyd::serve_all(config, listener, metrics_listener, http_listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
@@ -253,5 +296,16 @@ mod tests {
             .metrics_listen()
             .unwrap_err();
         assert!(err.starts_with("--metrics-addr-file: "), "{err}");
+    }
+
+    #[test]
+    fn the_dashboard_listens_on_loopback_by_default_and_off_turns_it_off() {
+        if std::env::var_os("TOLLGATE_KEYD_HTTP_LISTEN").is_none() {
+            assert_eq!(parse(&[]).http_listen(), Ok(Some("127.0.0.1:9180")));
+        }
+        assert_eq!(parse(&["--http-listen", "127.0.0.1:0"]).http_listen(), Ok(Some("127.0.0.1:0")));
+        assert_eq!(parse(&["--http-listen", "off"]).http_listen(), Ok(None));
+        let err = parse(&["--http-listen", "off", "--http-addr-file", "h.addr"]).http_listen().unwrap_err();
+        assert!(err.starts_with("--http-addr-file: "), "{err}");
     }
 }

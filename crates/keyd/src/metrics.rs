@@ -57,7 +57,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 17] = [
+pub const RPC_METHODS: [&str; 18] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -75,13 +75,14 @@ pub const RPC_METHODS: [&str; 17] = [
     "GetSigningKey",
     "ReportUsage",
     "GetUsage",
+    "PurgeCache",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 21] = [
+pub const STORE_OPERATIONS: [&str; 26] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -90,16 +91,21 @@ pub const STORE_OPERATIONS: [&str; 21] = [
     "create_key",
     "get_key",
     "list_keys",
+    "list_expiring_keys",
     "count_keys",
     "update_key",
     "revoke_key",
     "rotate_key",
+    "purge_cache",
     "lookup_secret",
     "record_usage",
     "report_usage",
     "usage",
+    "usage_series",
+    "caller_usage",
     "list_changes",
     "list_audit",
+    "list_audit_recent",
     "get_signing",
     "list_sealed",
     "reseal",

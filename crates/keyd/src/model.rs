@@ -395,6 +395,25 @@ pub struct GatewayReport {
     pub feed_seq: u64,
 }
 
+/// Which audit entries to list: each field given must match exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub key_id: Option<String>,
+    pub consumer_id: Option<String>,
+}
+
+/// Requests with one outcome in one time bucket, of one key (or of every key, `key_id` empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePoint {
+    pub key_id: String,
+    /// The start of the bucket.
+    pub bucket: i64,
+    pub outcome: String,
+    pub count: u64,
+}
+
 /// How many keys are in each [`KeyStatus`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyCounts {

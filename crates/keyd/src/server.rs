@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticated, Tokens};
 use crate::clock::{Clock, SystemClock};
+use crate::dashboard;
 use crate::error::{Error, Result};
 use crate::feed::{self, Feed};
 use crate::files;
@@ -34,6 +35,9 @@ pub struct Options {
     pub admin_token_file: Option<PathBuf>,
     pub dataplane_token: Option<String>,
     pub dataplane_token_file: Option<PathBuf>,
+    /// The dashboard's read-only token (overrides `viewer_token_file`).
+    pub viewer_token: Option<String>,
+    pub viewer_token_file: Option<PathBuf>,
     /// Master keys in the key-file format (overrides `master_key_file`).
     pub master_keys: Option<String>,
     pub master_key_file: Option<PathBuf>,
@@ -50,6 +54,8 @@ impl std::fmt::Debug for Options {
             .field("admin_token_file", &self.admin_token_file)
             .field("dataplane_token", &redact(&self.dataplane_token))
             .field("dataplane_token_file", &self.dataplane_token_file)
+            .field("viewer_token", &redact(&self.viewer_token))
+            .field("viewer_token_file", &self.viewer_token_file)
             .field("master_keys", &redact(&self.master_keys))
             .field("master_key_file", &self.master_key_file)
             .finish()
@@ -75,6 +81,11 @@ impl Options {
     /// The admin token file path.
     pub fn admin_token_path(&self) -> PathBuf {
         self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The dashboard viewer token file path.
+    pub fn viewer_token_path(&self) -> PathBuf {
+        self.viewer_token_file.clone().unwrap_or_else(|| self.data_dir.join("viewer.token"))
     }
 
     /// The master key file path.
@@ -103,6 +114,8 @@ pub struct Config {
     pub pepper: Pepper,
     pub admin_token: Token,
     pub dataplane_token: Token,
+    /// The dashboard's read-only role.
+    pub viewer_token: Token,
     /// Encrypts HMAC signing secrets at rest.
     pub master_keys: MasterKeys,
     /// How often last-use times are written.
@@ -140,15 +153,25 @@ impl Config {
                 .map_err(|_| Error::invalid("dataplane-token", "must not be empty"))?,
             None => Token::load_or_create(&options.dataplane_token_path(), "tgd_")?,
         };
+        let viewer_token = match &options.viewer_token {
+            Some(token) => {
+                Token::new(token.clone()).map_err(|_| Error::invalid("viewer-token", "must not be empty"))?
+            }
+            None => Token::load_or_create(&options.viewer_token_path(), "tgv_")?,
+        };
         let master_keys = options.load_master_keys()?;
         if admin_token == dataplane_token {
             return Err(Error::invalid("dataplane-token", "must differ from the admin token"));
+        }
+        if viewer_token == admin_token || viewer_token == dataplane_token {
+            return Err(Error::invalid("viewer-token", "must differ from the admin and data-plane tokens"));
         }
         Ok(Self {
             db_path,
             pepper,
             admin_token,
             dataplane_token,
+            viewer_token,
             master_keys,
             usage_flush_interval: Duration::from_secs(30),
             feed_poll_interval: Duration::from_secs(5),
@@ -187,6 +210,18 @@ pub async fn serve_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_all(config, listener, metrics_listener, None, shutdown).await
+}
+
+/// [`serve_with_metrics`], and the web dashboard on `dashboard_listener` when there is one (see
+/// [`crate::dashboard`]).
+pub async fn serve_all(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    dashboard_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let metrics = Metrics::new();
     let db_path = config.db_path.clone();
     let store: Arc<dyn Store> = metrics.timed_store(Arc::new(
@@ -216,10 +251,35 @@ pub async fn serve_with_metrics(
             .await?;
     let exporter =
         Exporter::new(metrics.clone(), Arc::clone(&store), feed.clone(), Arc::clone(&config.clock));
-    let service =
-        KeyServiceImpl::new(Arc::clone(&store), config.pepper, Arc::clone(&usage), feed, config.clock)
-            .with_master_keys(config.master_keys.clone());
+    let service = KeyServiceImpl::new(
+        Arc::clone(&store),
+        config.pepper,
+        Arc::clone(&usage),
+        feed,
+        Arc::clone(&config.clock),
+    )
+    .with_master_keys(config.master_keys.clone());
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
+    let dashboard_server = match dashboard_listener {
+        Some(dashboard_listener) => {
+            let local = dashboard_listener
+                .local_addr()
+                .map_err(|e| Error::internal("dashboard listener address", e))?;
+            let state = dashboard::State::new(
+                service.clone(),
+                Arc::clone(&store),
+                Arc::clone(&config.clock),
+                &config.admin_token,
+                &config.viewer_token,
+            )?;
+            tracing::info!(addr = %local, "dashboard listening");
+            Some(tokio::spawn(dashboard::serve(dashboard_listener, state, stop_rx.clone())))
+        }
+        None => {
+            tracing::info!("dashboard off");
+            None
+        }
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status(tollgate_proto::KEY_SERVICE, ServingStatus::Serving).await;
@@ -300,6 +360,9 @@ pub async fn serve_with_metrics(
     feed_reader.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
+    }
+    if let Some(dashboard_server) = dashboard_server {
+        dashboard_server.abort();
     }
     if let Err(err) = usage.flush(&store).await {
         tracing::warn!(error = %err, "could not record key usage");

@@ -33,6 +33,8 @@ fn spawn_with(dir: &Path, addr_file: &Path, extra: &[&str], stderr: Stdio) -> (C
         // Not the default port: these tests run side by side.
         .arg("--metrics-listen")
         .arg("127.0.0.1:0")
+        .arg("--http-listen")
+        .arg("127.0.0.1:0")
         .args(extra)
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .env_remove("TOLLGATE_DATAPLANE_TOKEN")
@@ -40,6 +42,8 @@ fn spawn_with(dir: &Path, addr_file: &Path, extra: &[&str], stderr: Stdio) -> (C
         .env_remove("TOLLGATE_MASTER_KEY_FILE")
         .env_remove("TOLLGATE_KEYD_LISTEN")
         .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
+        .env_remove("TOLLGATE_KEYD_HTTP_LISTEN")
+        .env_remove("TOLLGATE_VIEWER_TOKEN")
         .env_remove("TOLLGATE_DATA_DIR")
         .env_remove("RUST_LOG")
         .env_remove("TOKIO_WORKER_THREADS")
@@ -216,7 +220,8 @@ async fn every_file_in_an_existing_open_data_directory_is_created_and_kept_0600(
             "keys.db-shm",
             "keys.db-wal",
             "master.key",
-            "pepper"
+            "pepper",
+            "viewer.token"
         ]
     );
     for (name, mode) in &files {

@@ -984,7 +984,7 @@ async fn a_malformed_usage_report_is_refused_naming_the_field_and_counts_nothing
                 counts: vec![usage_count("", minute, "allowed", 1)],
                 ..Default::default()
             },
-            "counts[0].key_id",
+            "counts[0]: must name exactly one of key_id",
         ),
         (
             pb::ReportUsageRequest {

@@ -8,9 +8,9 @@ use super::Metrics;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
-    KeyPatch, KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied, UsageQuery,
-    UsageReport,
+    AuditEntry, AuditFilter, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
+    KeyFilter, KeyPatch, KeyUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, UsageApplied,
+    UsagePoint, UsageQuery, UsageReport,
 };
 use crate::store::Store;
 
@@ -59,6 +59,9 @@ impl Store for TimedStore {
     fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>> {
         self.time("list_keys", |s| s.list_keys(filter, after, limit))
     }
+    fn list_expiring_keys(&self, now: i64, until: i64, limit: usize) -> Result<Vec<Key>> {
+        self.time("list_expiring_keys", |s| s.list_expiring_keys(now, until, limit))
+    }
     fn count_keys(&self, now: i64) -> Result<KeyCounts> {
         self.time("count_keys", |s| s.count_keys(now))
     }
@@ -92,11 +95,28 @@ impl Store for TimedStore {
     ) -> Result<(Vec<crate::model::SubjectUsage>, Vec<crate::model::LimitUsage>)> {
         self.time("caller_usage", |s| s.caller_usage(query))
     }
+    fn usage_series(
+        &self,
+        key_ids: Option<&[String]>,
+        since: i64,
+        until: i64,
+        step: i64,
+    ) -> Result<Vec<UsagePoint>> {
+        self.time("usage_series", |s| s.usage_series(key_ids, since, until, step))
+    }
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
         self.time("list_changes", |s| s.list_changes(after, limit))
     }
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         self.time("list_audit", |s| s.list_audit(after, limit))
+    }
+    fn list_audit_recent(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        self.time("list_audit_recent", |s| s.list_audit_recent(filter, before, limit))
     }
     /// A counter in memory, not a store call: not timed.
     fn audit_written(&self) -> u64 {
@@ -154,6 +174,7 @@ mod tests {
         let _ = store.get_key("k");
         let filter = KeyFilter { consumer_id: None, status: None, now: 1_000 };
         let _ = store.list_keys(&filter, None, 10);
+        let _ = store.list_expiring_keys(1_000, 2_000, 10);
         let _ = store.count_keys(1_000);
         let _ = store.update_key(&ctx, "k", KeyPatch::default());
         let _ = store.revoke_key(&ctx, "k", "test");
@@ -165,13 +186,22 @@ mod tests {
                 grace_end: 0,
             },
         );
+        let purge = crate::model::CachePurge {
+            target: crate::model::PurgeTarget::All,
+            host: String::new(),
+            soft: false,
+        };
+        let _ = store.purge_cache(&ctx, &purge);
         let _ = store.lookup_secret(&[1; 32]);
         let _ = store.record_usage(&[("k".into(), 1)]);
         let report = UsageReport { gateway: "gw".into(), batch: 1, feed_seq: 0, counts: Vec::new() };
         let _ = store.report_usage(&report, 1_000);
         let _ = store.usage(&UsageQuery { since: 0, until: 60, ..Default::default() });
+        let _ = store.usage_series(None, 0, 3_600, 60);
+        let _ = store.caller_usage(&UsageQuery { since: 0, until: 60, ..Default::default() });
         let _ = store.list_changes(0, 10);
         let _ = store.list_audit(0, 10);
+        let _ = store.list_audit_recent(&AuditFilter::default(), None, 10);
         let _ = store.audit_written();
         let _ = store.get_signing("k");
         let _ = store.list_sealed();

@@ -9,9 +9,9 @@ pub use sqlite::SqliteStore;
 use crate::error::Result;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts, KeyFilter,
-    KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup, SubjectUsage,
-    UsageApplied, UsageQuery, UsageReport,
+    AuditEntry, AuditFilter, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
+    KeyFilter, KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup,
+    SubjectUsage, UsageApplied, UsagePoint, UsageQuery, UsageReport,
 };
 
 /// How far back a report's minutes are accepted, in seconds (31 days).
@@ -46,6 +46,9 @@ pub trait Store: Send + Sync + 'static {
     fn get_key(&self, id: &str) -> Result<Key>;
     /// Keys after `after` (a position from an earlier page) in creation order.
     fn list_keys(&self, filter: &KeyFilter, after: Option<i64>, limit: usize) -> Result<Vec<Key>>;
+    /// Keys neither revoked nor expired at `now` that expire at or before `until`, soonest
+    /// first (an index on the expiry: no scan of every key).
+    fn list_expiring_keys(&self, now: i64, until: i64, limit: usize) -> Result<Vec<Key>>;
     /// How many keys are active, revoked and expired at `now`. Reads every key row once.
     fn count_keys(&self, now: i64) -> Result<KeyCounts>;
     fn update_key(&self, ctx: &Ctx, id: &str, patch: KeyPatch) -> Result<Key>;
@@ -74,10 +77,28 @@ pub trait Store: Send + Sync + 'static {
     /// consumer's only; none when it names keys) in the query's window.
     fn caller_usage(&self, query: &UsageQuery) -> Result<(Vec<SubjectUsage>, Vec<LimitUsage>)>;
 
+    /// Requests per bucket of `step` seconds (buckets start at `since`) and outcome over minutes
+    /// in `[since, until)`: per key for `key_ids` (one query whatever their number), or summed
+    /// over every key when `key_ids` is `None`.
+    fn usage_series(
+        &self,
+        key_ids: Option<&[String]>,
+        since: i64,
+        until: i64,
+        step: i64,
+    ) -> Result<Vec<UsagePoint>>;
+
     /// Changes with `seq > after`, oldest first, and the feed head.
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)>;
     /// Audit entries with `seq > after`, oldest first.
     fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// Audit entries matching `filter` with `seq < before` (all when `None`), newest first.
+    fn list_audit_recent(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>>;
     /// How many audit entries this store has committed since it was opened (a running count in
     /// memory, not a query).
     fn audit_written(&self) -> u64;

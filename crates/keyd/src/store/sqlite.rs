@@ -16,9 +16,10 @@ use crate::error::{Error, Result};
 use crate::files;
 use crate::master::Sealed;
 use crate::model::{
-    AuditEntry, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
-    KeyFilter, KeyPatch, KeyStatus, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, NewSigning, Rotation,
-    SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied, UsageQuery, UsageReport,
+    AuditEntry, AuditFilter, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport,
+    Key, KeyCounts, KeyFilter, KeyPatch, KeyStatus, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey,
+    NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied,
+    UsagePoint, UsageQuery, UsageReport,
 };
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS keys (
     rotated_at              INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS keys_by_consumer ON keys (consumer_id, pos);
+-- The dashboard's keys that expire soon.
+CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires_at) WHERE expires_at != 0;
 -- Keyed hashes of secrets: the current one (expires_at = 0) and at most one previous one.
 CREATE TABLE IF NOT EXISTS key_secrets (
     hash           BLOB    PRIMARY KEY,
@@ -138,6 +141,9 @@ CREATE TABLE IF NOT EXISTS audit (
     consumer_id TEXT    NOT NULL,
     detail      TEXT    NOT NULL
 );
+-- A key's or a consumer's audit trail, newest first.
+CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key_id, seq);
+CREATE INDEX IF NOT EXISTS audit_by_consumer ON audit (consumer_id, seq);
 ";
 
 const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
@@ -755,6 +761,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_expiring_keys(&self, now: i64, until: i64, limit: usize) -> Result<Vec<Key>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE expires_at != 0 AND expires_at > ?1 \
+                     AND expires_at <= ?2 AND revoked_at = 0 ORDER BY expires_at, pos LIMIT ?3"
+                ))
+                .map_err(db)?;
+            let rows = stmt.query_map(params![now, until, limit_param(limit)], key_from_row).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
     fn count_keys(&self, now: i64) -> Result<KeyCounts> {
         self.read(|tx| {
             // One pass over the key rows; the clauses are the ones `list_keys` filters by.
@@ -1175,6 +1194,48 @@ impl Store for SqliteStore {
         })
     }
 
+    fn usage_series(
+        &self,
+        key_ids: Option<&[String]>,
+        since: i64,
+        until: i64,
+        step: i64,
+    ) -> Result<Vec<UsagePoint>> {
+        if step <= 0 {
+            return Err(Error::invalid("step", "must be positive"));
+        }
+        let ids = key_ids.map(|ids| to_json(&ids)).transpose()?;
+        self.read(|tx| {
+            // Per key: the primary key (key_id, minute, outcome) serves each key's window.
+            // Summed: the index on the minute serves the window.
+            let sql = if ids.is_some() {
+                "SELECT u.key_id, ?1 + ((u.minute - ?1) / ?3) * ?3 AS bucket, u.outcome, SUM(u.count)
+                 FROM usage u
+                 WHERE u.key_id IN (SELECT value FROM json_each(?4)) AND u.minute >= ?1 AND u.minute < ?2
+                 GROUP BY u.key_id, bucket, u.outcome
+                 ORDER BY u.key_id, bucket, u.outcome"
+            } else {
+                "SELECT '', ?1 + ((minute - ?1) / ?3) * ?3 AS bucket, outcome, SUM(count)
+                 FROM usage
+                 WHERE minute >= ?1 AND minute < ?2 AND ?4 IS NULL
+                 GROUP BY bucket, outcome
+                 ORDER BY bucket, outcome"
+            };
+            let mut stmt = tx.prepare_cached(sql).map_err(db)?;
+            let rows = stmt
+                .query_map(params![since, until, step, ids], |row| {
+                    Ok(UsagePoint {
+                        key_id: row.get(0)?,
+                        bucket: row.get(1)?,
+                        outcome: row.get(2)?,
+                        count: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
     fn list_changes(&self, after: u64, limit: usize) -> Result<(Vec<Change>, u64)> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(|tx| {
@@ -1256,6 +1317,49 @@ impl Store for SqliteStore {
                     .map_err(db)?;
             }
             Ok(changed)
+        })
+    }
+
+    fn list_audit_recent(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        // Only the conditions given, so SQLite picks the index of the key or consumer asked for.
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let mut sql =
+            "SELECT seq, at, actor, action, key_id, consumer_id, detail FROM audit WHERE seq < ?".to_owned();
+        let mut values: Vec<rusqlite::types::Value> = vec![before.into()];
+        for (column, value) in [
+            ("action", &filter.action),
+            ("actor", &filter.actor),
+            ("key_id", &filter.key_id),
+            ("consumer_id", &filter.consumer_id),
+        ] {
+            if let Some(value) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                values.push(value.clone().into());
+            }
+        }
+        sql.push_str(" ORDER BY seq DESC LIMIT ?");
+        values.push(limit_param(limit).into());
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    Ok(AuditEntry {
+                        seq: seq_column(row, 0)?,
+                        at: row.get(1)?,
+                        actor: row.get(2)?,
+                        action: row.get(3)?,
+                        key_id: row.get(4)?,
+                        consumer_id: row.get(5)?,
+                        detail: json_column(row, 6)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
         })
     }
 
@@ -1641,6 +1745,84 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
         assert_eq!(store.audit_written(), 0);
+    }
+
+    #[test]
+    fn usage_series_buckets_per_key_or_summed_over_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
+        let counts = vec![
+            count("key_1", NOW - 3_600, "allowed", 1),
+            count("key_1", NOW - 3_540, "allowed", 2),
+            count("key_1", NOW - 60, "revoked_key", 4),
+            count("key_2", NOW - 60, "allowed", 8),
+            // Outside the window.
+            count("key_2", NOW - 7_260, "allowed", 100),
+        ];
+        store.report_usage(&report("gw-1", 1, counts), NOW).unwrap();
+        let since = NOW - 7_200;
+        let point = |key: &str, bucket: i64, outcome: &str, count: u64| UsagePoint {
+            key_id: key.into(),
+            bucket,
+            outcome: outcome.into(),
+            count,
+        };
+        let ids = vec!["key_1".to_owned()];
+        let per_key = store.usage_series(Some(&ids), since, NOW, 3_600).unwrap();
+        assert_eq!(
+            per_key,
+            vec![point("key_1", NOW - 3_600, "allowed", 3), point("key_1", NOW - 3_600, "revoked_key", 4)]
+        );
+        let summed = store.usage_series(None, since, NOW, 3_600).unwrap();
+        assert_eq!(
+            summed,
+            vec![point("", NOW - 3_600, "allowed", 11), point("", NOW - 3_600, "revoked_key", 4)]
+        );
+        assert!(store.usage_series(None, since, NOW, 0).is_err());
+    }
+
+    #[test]
+    fn recent_audit_is_newest_first_and_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
+        store.revoke_key(&ctx(), "key_1", "test").unwrap();
+        let all = store.list_audit_recent(&AuditFilter::default(), None, 100).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(seqs, sorted);
+        assert_eq!(all.first().map(|e| e.action.as_str()), Some("key.revoke"));
+        let key_1 = AuditFilter { key_id: Some("key_1".into()), ..Default::default() };
+        let trail = store.list_audit_recent(&key_1, None, 100).unwrap();
+        assert!(trail.len() >= 2 && trail.iter().all(|e| e.key_id == "key_1"), "{trail:?}");
+        let revokes = AuditFilter { action: Some("key.revoke".into()), ..Default::default() };
+        assert_eq!(store.list_audit_recent(&revokes, None, 100).unwrap().len(), 1);
+        let before_first = store.list_audit_recent(&key_1, Some(trail[0].seq), 100).unwrap();
+        assert_eq!(before_first.len(), trail.len() - 1);
+        let none = AuditFilter { consumer_id: Some("nobody".into()), ..Default::default() };
+        assert!(store.list_audit_recent(&none, None, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn expiring_keys_are_soonest_first_without_revoked_or_expired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let expiring = |id: &str, hash: u8, at: i64| NewKey { expires_at: at, ..new_key(id, id, hash) };
+        store.create_key(&ctx(), expiring("late", 1, 5_000)).unwrap();
+        store.create_key(&ctx(), expiring("soon", 2, 3_000)).unwrap();
+        store.create_key(&ctx(), expiring("gone", 3, 1_500)).unwrap();
+        store.create_key(&ctx(), expiring("revoked", 4, 3_000)).unwrap();
+        store.create_key(&ctx(), expiring("never", 5, 0)).unwrap();
+        store.create_key(&ctx(), expiring("far", 6, 90_000)).unwrap();
+        store.revoke_key(&ctx(), "revoked", "test").unwrap();
+        let ids: Vec<String> =
+            store.list_expiring_keys(2_000, 10_000, 10).unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["soon", "late"]);
+        assert_eq!(store.list_expiring_keys(2_000, 10_000, 1).unwrap().len(), 1);
     }
 
     #[test]
