@@ -202,8 +202,13 @@ async fn every_page_is_served_with_the_security_headers_and_shows_the_usage() {
     // A gateway's report: 7 allowed and 2 refused in the current minute.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let minute = now - now % 60;
-    let count =
-        |outcome: &str, count| UsageCount { key_id: key_id.clone(), minute, outcome: outcome.into(), count };
+    let count = |outcome: &str, count| UsageCount {
+        key_id: key_id.clone(),
+        minute,
+        outcome: outcome.into(),
+        count,
+        ..Default::default()
+    };
     let report = ReportUsageRequest {
         gateway: "edge-gw-1".into(),
         batch: 1,
