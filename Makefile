@@ -99,8 +99,7 @@ run: build $(ENVOY)
 ## Checks ---------------------------------------------------------------------------------------
 
 # The end-to-end tests run the debug binaries of the key service, the rate-limit service, the echo
-# upstream and the CLI, the wasm
-# filters and Envoy from the virtualenv.
+# upstream and the CLI, the wasm filters, Envoy from the virtualenv and Debian's redis-server.
 ## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
 test: wasm $(ENVOY) prometheus redis
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
