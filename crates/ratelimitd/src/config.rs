@@ -199,10 +199,7 @@ impl Domain {
         for (key, value) in entries {
             any = true;
             let exact = node.children.get(&(key.to_owned(), Some(value.to_owned())));
-            node = match exact.or_else(|| node.children.get(&(key.to_owned(), None))) {
-                Some(next) => next,
-                None => return None,
-            };
+            node = exact.or_else(|| node.children.get(&(key.to_owned(), None)))?;
         }
         if any { node.rule.as_ref() } else { None }
     }
