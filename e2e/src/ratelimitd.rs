@@ -282,7 +282,7 @@ pub fn native_ratelimit_filter(domain: &str, failure_mode_deny: bool) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
             "domain": domain,
             "failure_mode_deny": failure_mode_deny,
-            "timeout": "2s",
+            "timeout": "5s",
             "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
             "rate_limit_service": {
                 "transport_api_version": "V3",

@@ -423,6 +423,16 @@ mod tests {
     }
 
     #[test]
+    fn a_domain_configured_twice_is_refused() {
+        let a = Domain::from_yaml(CONFIG).unwrap();
+        let b = Domain::from_yaml(CONFIG).unwrap();
+        let err = Limiter::new(vec![a, b], Store::Memory(MemoryStore::new(10)), Arc::new(Metrics::new()))
+            .err()
+            .unwrap();
+        assert_eq!(err, "domain: `gw` is configured twice");
+    }
+
+    #[test]
     fn bucket_keys_do_not_collide_across_entry_boundaries() {
         let a = bucket_key("d", [("ab", "c")].into_iter());
         let b = bucket_key("d", [("a", "bc")].into_iter());

@@ -90,7 +90,45 @@ async fn the_redis_script_decides_as_the_memory_store_does() {
             assert!(ro.reset.abs_diff(mo.reset) < 1_000_000, "step {i}: {ro:?} vs {mo:?}");
         }
     }
+    // Only charged buckets have a key, and its TTL ends when the bucket is full again: "a" took
+    // 3 of 3 an hour, so about an hour.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
+    let mut keys_sorted = keys;
+    keys_sorted.sort();
+    assert_eq!(keys_sorted, ["a", "b", "c", "d", "s"]);
+    let ttl: i64 = redis::cmd("PTTL").arg("a").query_async(&mut connection).await.unwrap();
+    assert!((3_500_000..=3_600_001).contains(&ttl), "PTTL of a: {ttl}");
     drop(redis);
+}
+
+#[tokio::test]
+async fn a_store_started_before_redis_answers_once_redis_is_up() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = Store::Redis(
+        RedisStore::new(&format!("redis://127.0.0.1:{port}"), Duration::from_millis(300)).unwrap(),
+    );
+    assert!(store.decide(&[charge("a", 2, 1, false)]).await.is_err(), "no Redis yet");
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _redis = Redis(child, port);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if let Ok(d) = store.decide(&[charge("a", 2, 1, false)]).await {
+            admitted = d.admitted;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the store answers once Redis is up, without being made again");
 }
 
 #[tokio::test]
