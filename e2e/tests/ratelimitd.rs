@@ -381,3 +381,85 @@ async fn an_invalid_config_is_refused_at_start_naming_the_field() {
         "the error names the field:\n{log}"
     );
 }
+
+/// Envoy with Tollgate's own `rate-limit` filter in global mode: a local rule of 100 a second,
+/// then one call per request to the service with [tenant=<x-tenant>]; `failure_mode` as given,
+/// with a `fallback` rule of 1 an hour for `local_fallback`.
+async fn tollgate_envoy(echo: &Echo, service: SocketAddr, failure_mode: &str) -> Envoy {
+    let mut rules = vec![json!({"name": "local", "limits": [{"rate": 100, "per": "second"}]})];
+    if failure_mode == "local_fallback" {
+        rules.push(json!({"name": "fallback", "mode": "fallback", "limits": [{"rate": 1, "per": "hour"}]}));
+    }
+    let config = json!({
+        "rules": rules,
+        "global": {
+            "cluster": tollgate_e2e::RATELIMIT_CLUSTER,
+            "domain": DOMAIN,
+            "timeout": "5s",
+            "failure_mode": failure_mode,
+            "descriptors": [[{"key": "tenant", "from": {"header": "x-tenant"}}]]
+        }
+    });
+    let filter = tollgate_e2e::wasm_filter(
+        "tollgate.rate_limit",
+        "tollgate.rate_limit",
+        &tollgate_e2e::wasm_module("tollgate_rate_limit"),
+        &config,
+    );
+    Envoy::start(
+        EnvoyOpts::new(echo.addr()).workers(2).http_filter(filter).cluster(ratelimit_cluster(&[service])),
+    )
+    .await
+}
+
+/// The Tollgate filter's global mode: two Envoys share the service's limit of 3 a minute per
+/// tenant; the answer feeds the `RateLimit` headers; a refusal is the filter's uniform 429.
+#[tokio::test]
+async fn the_rate_limit_filter_in_global_mode_shares_the_services_limit() {
+    let redis = Redis::start().await;
+    let service = Ratelimitd::start(LIMITS, Some(&redis.url())).await;
+    let echo = Echo::start();
+    let a = tollgate_envoy(&echo, service.addr(), "allow").await;
+    let b = tollgate_envoy(&echo, service.addr(), "allow").await;
+    for (i, envoy) in [&a, &b, &a].into_iter().enumerate() {
+        let res = envoy.get("/x").header("x-tenant", "acme").send().await;
+        assert_eq!(res.status, 200, "request {i}: {}", res.text());
+        let policy = res.header("ratelimit-policy").unwrap_or_default().to_owned();
+        assert!(policy.contains(r#""per-tenant";q=3;w=60"#), "{policy}");
+        assert_eq!(res.header("ratelimit"), Some(format!(r#""per-tenant";r={};t=20"#, 2 - i).as_str()));
+    }
+    let res = b.get("/x").header("x-tenant", "acme").send().await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    assert_eq!(res.json()["error"], "rate_limited");
+    assert_eq!(res.header("retry-after"), Some("20"));
+    // Another tenant, and a request without the header (no descriptor: no call), pass.
+    assert_eq!(a.get("/x").header("x-tenant", "globex").send().await.status, 200);
+    assert_eq!(a.get("/x").send().await.status, 200);
+    assert_eq!(service.metric(r#"tollgate_ratelimitd_requests_total{result="OVER_LIMIT"}"#).await, 1.0);
+}
+
+/// Redis down: the service answers UNAVAILABLE and the filter's `global.failure_mode` decides:
+/// `allow` lets requests through, `deny` answers 429, `local_fallback` applies the fallback rule.
+#[tokio::test]
+async fn the_rate_limit_filter_follows_its_failure_mode_when_the_service_cannot_answer() {
+    let mut redis = Redis::start().await;
+    let service = Ratelimitd::start(LIMITS, Some(&redis.url())).await;
+    let echo = Echo::start();
+    let allow = tollgate_envoy(&echo, service.addr(), "allow").await;
+    let deny = tollgate_envoy(&echo, service.addr(), "deny").await;
+    let fallback = tollgate_envoy(&echo, service.addr(), "local_fallback").await;
+    redis.kill();
+    let status = |envoy: &Envoy| {
+        let request = envoy.get("/x").header("x-tenant", "t");
+        async move { request.send().await.status }
+    };
+    assert_eq!([status(&allow).await, status(&allow).await], [200, 200]);
+    assert_eq!([status(&deny).await, status(&deny).await], [429, 429]);
+    assert_eq!(
+        [status(&fallback).await, status(&fallback).await],
+        [200, 429],
+        "the fallback rule: 1 an hour"
+    );
+    redis.restart().await;
+    assert!(eventually(Duration::from_secs(15), || async { status(&deny).await == 200 }).await);
+}

@@ -19,6 +19,14 @@ tollgate_host::stats! {
         FailureModeDenied => "failure_mode_denied",
         SlotsInitialized => "slots_initialized",
         DeniedBadPath => "denied.bad_path",
+        /// Requests the rate-limit service refused (global mode).
+        DeniedGlobal => "denied.global_limited",
+        /// Answers of the rate-limit service, and calls that got none (error, timeout, an
+        /// unreadable answer).
+        GlobalOk => "global_ok",
+        GlobalError => "global_error",
+        /// Requests decided by the `fallback` rules because the service could not answer.
+        GlobalFallback => "global_fallback",
     }
 }
 
