@@ -684,6 +684,21 @@ mod global_mode {
     }
 
     #[test]
+    fn a_descriptor_from_the_path_sends_the_normalised_path() {
+        let json = config("allow")
+            .replace(r#"{"key": "generic_key", "value": "all"}"#, r#"{"key": "path", "from": "path"}"#);
+        let mut gw = Gateway::new(&json);
+        let (_, _, token) = {
+            let before = gw.host.calls().len();
+            let (id, action) = gw.send("//api/%61bc?x=1", &[], &[]);
+            (id, action, gw.host.calls().get(before).map(|c| c.token))
+        };
+        let call = gw.host.calls().into_iter().find(|c| Some(c.token) == token).unwrap();
+        let request = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+        assert_eq!(request.descriptors[0].entries[0].value, "/api/abc");
+    }
+
+    #[test]
     fn an_answer_to_another_call_is_ignored() {
         let mut gw = Gateway::new(&config("deny"));
         let (id, _, token) = send(&mut gw, Some("acme"));

@@ -377,7 +377,9 @@ impl Config {
 
     /// Whether a rule looks at the request path (a path prefix, or `by: ["path"]`).
     pub fn reads_path(&self) -> bool {
+        let mut global = self.global.iter().flat_map(|g| g.descriptors.iter().flatten());
         self.rules.iter().any(|r| r.matcher.path_prefix.is_some() || r.by.contains(&Part::Path))
+            || global.any(|e| e.value == EntryValue::Part(Part::Path))
     }
 
     /// Whether a rule looks at the request method.
