@@ -36,9 +36,9 @@ BENCH_PROBE_PKG := -p tollgate-bench-probe
 WASM_LINT_PKGS := $(FILTER_PKGS) $(BUNDLE_PKG) $(PROBE_PKG) $(BENCH_PROBE_PKG) -p tollgate-host
 WASM_CORE_PKG  := -p tollgate-core
 
-BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo
+BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo -p tollgate-ratelimitd
 
-.PHONY: help toolchain envoy prometheus chromium wasm build run test test-envoy-configs test-observability lint bench bench-probe bench-tools clean distclean \
+.PHONY: help toolchain envoy prometheus chromium redis wasm build run test test-envoy-configs test-observability lint bench bench-probe bench-tools clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 ## help: list the public targets (this text)
@@ -79,6 +79,13 @@ chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; }
 
+## redis: install Redis (Debian's redis-server) for the rate-limit service's tests
+redis:
+	@command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends redis-server; }
+	@# The package starts its own service; the tests run the binary themselves on a free port.
+	@$(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || $(SUDO) service redis-server stop >/dev/null 2>&1 || true
+
 ## Build ----------------------------------------------------------------------------------------
 
 ## wasm: the wasm filters only: one module each, and tollgate.wasm holding them all
@@ -96,12 +103,12 @@ run: build $(ENVOY)
 
 ## Checks ---------------------------------------------------------------------------------------
 
-# The end-to-end tests run the debug binaries of the key service, the echo upstream and the CLI, the wasm
-# filters and Envoy from the virtualenv.
+# The end-to-end tests run the debug binaries of the key service, the rate-limit service, the echo
+# upstream and the CLI, the wasm filters, Envoy from the virtualenv and Debian's redis-server.
 ## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
-test: wasm $(ENVOY) prometheus chromium
+test: wasm $(ENVOY) prometheus chromium redis
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
-	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli --bins
+	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli -p tollgate-ratelimitd --bins
 	$(MAKE) --no-print-directory test-envoy-configs
 	$(MAKE) --no-print-directory test-observability
 	TOLLGATE_BIN_DIR=$(CURDIR)/target/debug \

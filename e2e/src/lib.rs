@@ -6,6 +6,8 @@
 //!   description of it, records what it received, and has switches for health checks, failures,
 //!   delays and WebSocket;
 //! - [`Keyd`]: the `tollgate-keyd` binary with a temporary data directory and fixed test tokens;
+//! - [`Redis`] and [`Ratelimitd`]: a `redis-server` on a free port with no persistence, and the
+//!   `tollgate-ratelimitd` binary with a given limits file, in memory or on that Redis;
 //! - [`Envoy`]: Envoy with a generated config (optionally the key-auth wasm filter), one or more
 //!   workers, its admin API and logs;
 //! - [`HttpClient`]: a small HTTP/1.1 client returning status, headers and body;
@@ -47,6 +49,7 @@ mod paths;
 pub mod patterns;
 mod process;
 pub mod prometheus;
+mod ratelimitd;
 mod raw;
 pub mod scripted;
 
@@ -61,6 +64,7 @@ pub use keyd::{
     ADMIN_TOKEN, BearerToken, DATAPLANE_TOKEN, KeyClient, Keyd, StoreBackup, VIEWER_TOKEN, keyd_command,
 };
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
+pub use ratelimitd::{RATELIMIT_CLUSTER, Ratelimitd, Redis, native_ratelimit_filter, ratelimit_cluster};
 pub use raw::{RawRequest, RawResponse};
 
 pub use serde_json::{Value, json};

@@ -550,3 +550,189 @@ fn refusals_are_counted_per_consumer_and_rule_and_reported() {
     let plain = r#"{"rules": [{"name": "all", "limits": [{"rate": 1, "per": "hour"}]}]}"#;
     assert_eq!(Gateway::new(plain).host.tick_period(), None, "no usage, no tick");
 }
+
+mod global_mode {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::rls::{self, DescriptorStatus, ProtoDuration, RateLimit, RateLimitRequest, RateLimitResponse};
+
+    /// A local rule of 100 a second, a `fallback` rule of 2 an hour, and one call per request to
+    /// the service with [tenant=<x-tenant>] and [generic_key=all].
+    fn config(failure_mode: &str) -> String {
+        let fallback = if failure_mode == "local_fallback" {
+            r#", {"name": "fallback", "mode": "fallback", "limits": [{"rate": 2, "per": "hour"}]}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"rules": [{{"name": "local", "limits": [{{"rate": 100, "per": "second"}}]}}{fallback}],
+               "global": {{"cluster": "rls", "domain": "gw", "timeout": "250ms", "failure_mode": "{failure_mode}",
+                          "descriptors": [[{{"key": "tenant", "from": {{"header": "x-tenant"}}}}],
+                                          [{{"key": "generic_key", "value": "all"}}]]}}}}"#
+        )
+    }
+
+    /// The service's answer: [tenant] at 600 a minute with 10 left (59 s of debt), or, when
+    /// `over`, at 10 an hour with none left (an hour of debt: one more in 360 s); [generic_key]
+    /// at 600 a minute with 10 s of debt.
+    fn answer(over: bool) -> Vec<u8> {
+        let status =
+            |code: i32, name: &str, rate: u32, unit: i32, remaining: u32, reset_secs: i64| DescriptorStatus {
+                code,
+                current_limit: Some(RateLimit { name: name.to_owned(), requests_per_unit: rate, unit }),
+                limit_remaining: remaining,
+                duration_until_reset: Some(ProtoDuration { seconds: reset_secs, nanos: 0 }),
+            };
+        let tenant = if over {
+            status(2, "per-tenant", 10, 3, 0, 3_600)
+        } else {
+            status(1, "per-tenant", 600, 2, 10, 59)
+        };
+        RateLimitResponse {
+            overall_code: if over { 2 } else { 1 },
+            statuses: vec![tenant, status(1, "", 600, 2, 500, 10)],
+        }
+        .encode_to_vec()
+    }
+
+    /// Sends a request; returns its id, what the filter did, and the token of its call if any.
+    fn send(gw: &mut Gateway, tenant: Option<&str>) -> (u32, Action, Option<u32>) {
+        let before = gw.host.calls().len();
+        let headers: Vec<(&str, &str)> = tenant.map(|t| ("x-tenant", t)).into_iter().collect();
+        let (id, action) = gw.send("/a", &headers, &[]);
+        let calls = gw.host.calls();
+        (id, action, calls.get(before).map(|c| c.token))
+    }
+
+    #[test]
+    fn the_service_is_called_once_after_the_local_rules_with_the_descriptors() {
+        let mut gw = Gateway::new(&config("allow"));
+        let (id, action, token) = send(&mut gw, Some("acme"));
+        assert_eq!(action, Action::Pause);
+        let call = gw.host.calls().into_iter().find(|c| Some(c.token) == token).unwrap();
+        assert_eq!(
+            (call.cluster.as_str(), call.service.as_str(), call.method.as_str()),
+            ("rls", rls::SERVICE, rls::METHOD)
+        );
+        assert_eq!(call.timeout, std::time::Duration::from_millis(250));
+        let request = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+        assert_eq!(request.domain, "gw");
+        let entries: Vec<Vec<(String, String)>> = request
+            .descriptors
+            .iter()
+            .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                vec![("tenant".to_owned(), "acme".to_owned())],
+                vec![("generic_key".to_owned(), "all".to_owned())]
+            ]
+        );
+        gw.answer_grpc(token.unwrap(), 0, Some(&answer(false)), None);
+        assert_eq!(gw.host.resumed(id), 1);
+        gw.response_headers(id, true);
+        let policy = gw.host.response_header_of(id, "ratelimit-policy").unwrap();
+        assert!(policy.contains(r#""per-tenant";q=600;w=60"#), "{policy}");
+        assert!(policy.contains(r#""local";q=100;w=1"#), "{policy}");
+        assert_eq!(gw.host.response_header_of(id, "ratelimit").as_deref(), Some(r#""per-tenant";r=10;t=1"#));
+        assert_eq!(gw.host.counter("tollgate.rate_limit.requests_total.decision.allow"), 1);
+        assert_eq!(gw.host.counter("tollgate.rate_limit.global_ok_total"), 1);
+    }
+
+    #[test]
+    fn over_limit_answers_429_with_retry_after() {
+        let mut gw = Gateway::new(&config("allow"));
+        let (id, _, token) = send(&mut gw, Some("acme"));
+        gw.answer_grpc(token.unwrap(), 0, Some(&answer(true)), None);
+        assert_eq!(gw.host.resumed(id), 0);
+        let reply = gw.host.reply(id).unwrap();
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header("retry-after"), Some("360"));
+        assert_eq!(reply.header("ratelimit"), Some(r#""per-tenant";r=0;t=360"#));
+        assert!(String::from_utf8_lossy(&reply.body).contains("\"error\":\"rate_limited\""));
+        assert_eq!(
+            gw.host.counter("tollgate.rate_limit.requests_total.decision.deny.reason.global_limited"),
+            1
+        );
+    }
+
+    #[test]
+    fn a_locally_refused_request_never_calls_the_service() {
+        let json = config("allow").replace(r#""rate": 100, "per": "second""#, r#""rate": 1, "per": "hour""#);
+        let mut gw = Gateway::new(&json);
+        let (_, _, token) = send(&mut gw, Some("acme"));
+        gw.answer_grpc(token.unwrap(), 0, Some(&answer(false)), None);
+        let (id, action, token) = send(&mut gw, Some("acme"));
+        assert_eq!((action, token), (Action::Pause, None));
+        assert_eq!(gw.host.reply(id).unwrap().status, 429);
+    }
+
+    #[test]
+    fn descriptors_without_a_value_are_not_sent() {
+        let mut gw = Gateway::new(&config("allow"));
+        let (_, _, token) = send(&mut gw, None);
+        let call = gw.host.calls().into_iter().find(|c| Some(c.token) == token).unwrap();
+        let request = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+        assert_eq!(request.descriptors.len(), 1, "only [generic_key=all]");
+    }
+
+    #[test]
+    fn each_failure_mode_applies_when_the_service_cannot_answer() {
+        // gRPC UNAVAILABLE, then an answer that is not a response, then a call the proxy refuses.
+        for failure_mode in ["allow", "deny", "local_fallback"] {
+            let mut gw = Gateway::new(&config(failure_mode));
+            let mut outcomes = Vec::new();
+            for attempt in 0..3 {
+                let (id, action, token) = if attempt == 2 {
+                    gw.host.refuse_calls(true);
+                    send(&mut gw, Some("acme"))
+                } else {
+                    let (id, action, token) = send(&mut gw, Some("acme"));
+                    if attempt == 0 {
+                        gw.answer_grpc(token.unwrap(), 14, None, Some("redis down"));
+                    } else {
+                        gw.answer_grpc(token.unwrap(), 0, Some(b"\xff\xff\xff"), None);
+                    }
+                    (id, action, token)
+                };
+                let _ = token;
+                let passed = action == Action::Continue || gw.host.resumed(id) == 1;
+                outcomes.push(if passed { 200 } else { gw.host.reply(id).map_or(0, |r| r.status) });
+            }
+            let expected: &[u32] = match failure_mode {
+                "allow" => &[200, 200, 200],
+                "deny" => &[429, 429, 429],
+                // The fallback rule: 2 an hour.
+                _ => &[200, 200, 429],
+            };
+            assert_eq!(outcomes, expected, "failure_mode {failure_mode}");
+            assert_eq!(gw.host.counter("tollgate.rate_limit.global_error_total"), 3, "{failure_mode}");
+        }
+    }
+
+    #[test]
+    fn a_descriptor_from_the_path_sends_the_normalised_path() {
+        let json = config("allow")
+            .replace(r#"{"key": "generic_key", "value": "all"}"#, r#"{"key": "path", "from": "path"}"#);
+        let mut gw = Gateway::new(&json);
+        let (_, _, token) = {
+            let before = gw.host.calls().len();
+            let (id, action) = gw.send("//api/%61bc?x=1", &[], &[]);
+            (id, action, gw.host.calls().get(before).map(|c| c.token))
+        };
+        let call = gw.host.calls().into_iter().find(|c| Some(c.token) == token).unwrap();
+        let request = RateLimitRequest::decode(call.message.as_slice()).unwrap();
+        assert_eq!(request.descriptors[0].entries[0].value, "/api/abc");
+    }
+
+    #[test]
+    fn an_answer_to_another_call_is_ignored() {
+        let mut gw = Gateway::new(&config("deny"));
+        let (id, _, token) = send(&mut gw, Some("acme"));
+        gw.grpc_response(id, token.unwrap() + 100, 0, 0);
+        assert_eq!(gw.host.resumed(id), 0);
+        assert!(gw.host.reply(id).is_none());
+    }
+}

@@ -22,6 +22,14 @@ tollgate_host::stats! {
         UsageReportOk => "usage_report_ok",
         UsageReportError => "usage_report_error",
         UsageDropped => "usage_dropped",
+        /// Requests the rate-limit service refused (global mode).
+        DeniedGlobal => "denied.global_limited",
+        /// Answers of the rate-limit service, and calls that got none (error, timeout, an
+        /// unreadable answer).
+        GlobalOk => "global_ok",
+        GlobalError => "global_error",
+        /// Requests decided by the `fallback` rules because the service could not answer.
+        GlobalFallback => "global_fallback",
     }
 }
 

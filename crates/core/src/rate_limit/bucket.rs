@@ -179,6 +179,13 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
+    /// The status of `limit` for normal traffic when the bucket's debt (`tat - now`) is
+    /// `debt_ns`: how a rate-limit service's bucket stands when it reports the time until the
+    /// bucket is full again.
+    pub fn of_debt(limit: &Limit, debt_ns: u64) -> Self {
+        Self::new(limit, Class::Normal { reserve_percent: 0 }, debt_ns)
+    }
+
     /// The status of `limit` for `class` when the bucket's debt (`tat - now`) is `debt_ns`.
     fn new(limit: &Limit, class: Class, debt_ns: u64) -> Self {
         let interval = limit.interval_ns;

@@ -32,6 +32,29 @@ struct RawConfig {
     rules: Vec<RawRule>,
     #[serde(default)]
     usage: Option<crate::config::RawUsage>,
+    global: Option<RawGlobal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    cluster: String,
+    domain: String,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    timeout: Option<std::time::Duration>,
+    #[serde(default)]
+    failure_mode: GlobalFailureMode,
+    descriptors: Vec<Vec<RawEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    from: Option<RawPart>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,7 +222,57 @@ pub enum Mode {
     #[default]
     Enforce,
     Shadow,
+    /// Enforced only when the rate-limit service cannot answer and `global.failure_mode` is
+    /// `local_fallback`.
+    Fallback,
 }
+
+/// What a request gets when the rate-limit service cannot answer (an error, a timeout, an
+/// answer that cannot be read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalFailureMode {
+    /// Let it through (counted). The default.
+    #[default]
+    Allow,
+    /// Refuse it with 429.
+    Deny,
+    /// Apply the rules in `fallback` mode instead.
+    LocalFallback,
+}
+
+/// Where an entry of a service descriptor takes its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryValue {
+    /// This text.
+    Fixed(String),
+    /// The request's value of this part (a descriptor with a part that has no value is not sent).
+    Part(Part),
+}
+
+/// One `(key, value)` entry of a descriptor sent to the rate-limit service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: EntryValue,
+}
+
+/// Cluster-wide limits: after the local rules, one call to a rate-limit service speaking
+/// Envoy's `envoy.service.ratelimit.v3` API (such as `tollgate-ratelimitd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    /// The domain of the service's configuration.
+    pub domain: String,
+    pub timeout: std::time::Duration,
+    pub failure_mode: GlobalFailureMode,
+    pub descriptors: Vec<Vec<Entry>>,
+}
+
+/// At most this many descriptors, and entries in each.
+pub const MAX_GLOBAL_DESCRIPTORS: usize = 16;
+pub const MAX_GLOBAL_ENTRIES: usize = 8;
 
 /// Which requests are critical (any condition suffices).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -282,6 +355,8 @@ pub struct Config {
     /// Requests refused per consumer and rule, reported to this key service; `None`: not
     /// reported.
     pub usage: Option<(crate::config::UsageConfig, crate::config::KeyService)>,
+    /// Cluster-wide limits through a rate-limit service, asked after the local rules.
+    pub global: Option<Global>,
 }
 
 pub use crate::config::ConfigError;
@@ -306,7 +381,9 @@ impl Config {
 
     /// Whether a rule looks at the request path (a path prefix, or `by: ["path"]`).
     pub fn reads_path(&self) -> bool {
+        let mut global = self.global.iter().flat_map(|g| g.descriptors.iter().flatten());
         self.rules.iter().any(|r| r.matcher.path_prefix.is_some() || r.by.contains(&Part::Path))
+            || global.any(|e| e.value == EntryValue::Part(Part::Path))
     }
 
     /// Whether a rule looks at the request method.
@@ -511,6 +588,19 @@ impl TryFrom<RawConfig> for Config {
             }
             rules.push(rule);
         }
+        let global = raw.global.map(compile_global).transpose()?;
+        let fallback = global.as_ref().is_some_and(|g| g.failure_mode == GlobalFailureMode::LocalFallback);
+        if let Some(i) = rules.iter().position(|r| r.mode == Mode::Fallback)
+            && !fallback
+        {
+            return Err(err(
+                format!("rules[{i}].mode"),
+                "`fallback` rules apply only with `global.failure_mode: local_fallback`",
+            ));
+        }
+        if fallback && !rules.iter().any(|r| r.mode == Mode::Fallback) {
+            return Err(err("global.failure_mode", "`local_fallback` needs a rule with `mode: fallback`"));
+        }
         Ok(Config {
             domain,
             slots,
@@ -519,8 +609,54 @@ impl TryFrom<RawConfig> for Config {
             headers: Headers { ietf: raw.headers.ietf, legacy: raw.headers.legacy },
             rules,
             usage: raw.usage.map(|u| u.compile_reporting(FILTER)).transpose()?.flatten(),
+            global,
         })
     }
+}
+
+fn compile_global(raw: RawGlobal) -> Result<Global, ConfigError> {
+    if raw.cluster.is_empty() {
+        return Err(err("global.cluster", "must not be empty"));
+    }
+    if raw.domain.is_empty() || raw.domain.len() > 256 {
+        return Err(err("global.domain", "must be 1 to 256 bytes"));
+    }
+    let timeout = raw.timeout.unwrap_or(std::time::Duration::from_millis(100));
+    if timeout.is_zero() || timeout > std::time::Duration::from_secs(10) {
+        return Err(err("global.timeout", "must be between 1ms and 10s"));
+    }
+    if raw.descriptors.is_empty() || raw.descriptors.len() > MAX_GLOBAL_DESCRIPTORS {
+        return Err(err("global.descriptors", format!("needs 1 to {MAX_GLOBAL_DESCRIPTORS} descriptors")));
+    }
+    let mut descriptors = Vec::with_capacity(raw.descriptors.len());
+    for (i, entries) in raw.descriptors.into_iter().enumerate() {
+        let field = format!("global.descriptors[{i}]");
+        if entries.is_empty() || entries.len() > MAX_GLOBAL_ENTRIES {
+            return Err(err(field, format!("needs 1 to {MAX_GLOBAL_ENTRIES} entries")));
+        }
+        let mut compiled = Vec::with_capacity(entries.len());
+        for (j, entry) in entries.into_iter().enumerate() {
+            let f = format!("{field}[{j}]");
+            if entry.key.is_empty() || entry.key.len() > 1024 {
+                return Err(err(format!("{f}.key"), "must be 1 to 1024 bytes"));
+            }
+            let value = match (entry.value, entry.from) {
+                (Some(value), None) if !value.is_empty() && value.len() <= 1024 => EntryValue::Fixed(value),
+                (Some(_), None) => return Err(err(format!("{f}.value"), "must be 1 to 1024 bytes")),
+                (None, Some(part)) => EntryValue::Part(compile_part(&format!("{f}.from"), part)?),
+                _ => return Err(err(f, "needs exactly one of `value` and `from`")),
+            };
+            compiled.push(Entry { key: entry.key, value });
+        }
+        descriptors.push(compiled);
+    }
+    Ok(Global {
+        cluster: raw.cluster,
+        domain: raw.domain,
+        timeout,
+        failure_mode: raw.failure_mode,
+        descriptors,
+    })
 }
 
 #[cfg(test)]
@@ -635,6 +771,32 @@ mod tests {
             (rule(r#", "by": ["user"]"#), "rules[0].by[0]", "unknown part `user`"),
             (rule(r#", "by": [{"header": "a b"}]"#), "rules[0].by[0].header", "not a valid header"),
             (rule(r#", "by": ["ip", "ip"]"#), "rules[0].by[1]", "twice"),
+            (rule(r#", "mode": "fallback""#), "rules[0].mode", "`fallback` rules apply only"),
+            (
+                format!(r#"{{"global": {{"cluster": "c", "domain": "d", "failure_mode": "local_fallback", "descriptors": [[{{"key": "k", "value": "v"}}]]}}, {}"#, &rule("")[1..]),
+                "global.failure_mode",
+                "needs a rule with `mode: fallback`",
+            ),
+            (
+                format!(r#"{{"global": {{"cluster": "c", "domain": "d", "descriptors": []}}, {}"#, &rule("")[1..]),
+                "global.descriptors",
+                "1 to 16",
+            ),
+            (
+                format!(r#"{{"global": {{"cluster": "c", "domain": "d", "descriptors": [[{{"key": "k"}}]]}}, {}"#, &rule("")[1..]),
+                "global.descriptors[0][0]",
+                "exactly one of `value` and `from`",
+            ),
+            (
+                format!(r#"{{"global": {{"cluster": "c", "domain": "d", "descriptors": [[{{"key": "k", "from": "user"}}]]}}, {}"#, &rule("")[1..]),
+                "global.descriptors[0][0].from",
+                "unknown part `user`",
+            ),
+            (
+                format!(r#"{{"global": {{"cluster": "c", "domain": "d", "timeout": "1m", "descriptors": [[{{"key": "k", "value": "v"}}]]}}, {}"#, &rule("")[1..]),
+                "global.timeout",
+                "between 1ms and 10s",
+            ),
             (rule(r#", "by": ["ip", {"header": "x-a", "prefix": "Bearer "}]"#), "rules[0].by[1].prefix", "unknown field `prefix`"),
             (rule(r#", "by": [{"name": "x-a"}]"#), "rules[0].by[0].name", "unknown field `name`"),
             (rule(r#", "by": [{}]"#), "rules[0].by[0]", "missing field `header`"),

@@ -5,6 +5,8 @@
 //! - [`descriptor`]: what a bucket is keyed by (consumer, key id, IP, header, path, route) and
 //!   which of the fixed slots it lives in.
 //! - [`config`]: the filter's configuration schema.
+//! - [`global`]: cluster-wide limits: the descriptors sent to a rate-limit service and what its
+//!   answer means.
 //! - [`policy`]: one request under every matching rule — bucket keys, `missing` fallbacks, the
 //!   key's own limits, critical requests, shadow mode, `failure_mode` — as a decision value.
 //!
@@ -14,6 +16,7 @@
 pub mod bucket;
 pub mod config;
 pub mod descriptor;
+pub mod global;
 pub mod policy;
 
 use bucket::LimitStatus;

@@ -133,8 +133,33 @@ pub struct Decision<'c> {
 ///   `failure_mode`;
 /// - a refusal of a rule in shadow mode is only counted and logged; enforced rules report their
 ///   limits' status for the headers, and the first refusal ends the request.
+///
+/// Rules in `fallback` mode are left out: they apply through [`decide_fallback`] only.
 pub fn decide<'c>(
     config: &'c Config,
+    path: &str,
+    method: &str,
+    facts: &impl Facts,
+    store: &mut impl SlotStore,
+) -> Decision<'c> {
+    decide_rules(config, false, path, method, facts, store)
+}
+
+/// Like [`decide`], with only the rules in `fallback` mode, enforced: what a request gets when
+/// the rate-limit service could not answer and `global.failure_mode` is `local_fallback`.
+pub fn decide_fallback<'c>(
+    config: &'c Config,
+    path: &str,
+    method: &str,
+    facts: &impl Facts,
+    store: &mut impl SlotStore,
+) -> Decision<'c> {
+    decide_rules(config, true, path, method, facts, store)
+}
+
+fn decide_rules<'c>(
+    config: &'c Config,
+    fallback: bool,
     path: &str,
     method: &str,
     facts: &impl Facts,
@@ -144,9 +169,11 @@ pub fn decide<'c>(
     let req = RequestFacts { route_name, path, method };
     let mut decision = Decision { refusal: None, statuses: Vec::new(), counts: Vec::new(), logs: Vec::new() };
     for (index, rule) in config.rules.iter().enumerate() {
-        if !rule.matcher.matches(&req) {
+        if (rule.mode == Mode::Fallback) != fallback || !rule.matcher.matches(&req) {
             continue;
         }
+        // A fallback rule that applies is enforced.
+        let shadow = rule.mode == Mode::Shadow;
         let count = |d: &mut Decision<'c>, c: RuleCount| d.counts.push(Count::Rule(index, c));
         let key = match descriptor::bucket_of(&rule.name, &rule.by, rule.missing, |p| value(facts, p, path)) {
             Bucket::Key(key) => key,
@@ -160,7 +187,7 @@ pub fn decide<'c>(
             }
             Bucket::Deny => {
                 count(&mut decision, RuleCount::MissingDenied);
-                if rule.mode == Mode::Enforce {
+                if !shadow {
                     decision.refusal = Some(Refusal::Missing);
                     break;
                 }
@@ -197,7 +224,7 @@ pub fn decide<'c>(
         }
         if taken.allowed {
             count(&mut decision, RuleCount::Allowed);
-        } else if rule.mode == Mode::Shadow {
+        } else if shadow {
             count(&mut decision, RuleCount::ShadowLimited);
             decision
                 .logs
@@ -206,7 +233,7 @@ pub fn decide<'c>(
         } else {
             count(&mut decision, RuleCount::Limited);
         }
-        if rule.mode == Mode::Enforce {
+        if !shadow {
             decision.statuses.push(RuleStatus { rule: &rule.name, limits: taken.status });
         }
         if !taken.allowed {
@@ -223,7 +250,7 @@ fn bytes_of(s: Option<&str>) -> Option<Cow<'_, [u8]>> {
 
 /// A part's value as bytes: a header exactly as the client sent it, so two values that differ
 /// in any byte are two buckets.
-fn value<'f>(facts: &'f impl Facts, part: &Part, path: &'f str) -> Option<Cow<'f, [u8]>> {
+pub(crate) fn value<'f>(facts: &'f impl Facts, part: &Part, path: &'f str) -> Option<Cow<'f, [u8]>> {
     match part {
         Part::Consumer => bytes_of(facts.consumer()),
         Part::KeyId => bytes_of(facts.key_id()),

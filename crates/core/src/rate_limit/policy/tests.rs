@@ -557,3 +557,30 @@ fn buckets_sharing_a_slot_are_counted_as_collisions() {
     let d = run(&c, &Req::new().header("x-client", b"b"), &mut store);
     assert_eq!(d.counts, [Count::Rule(0, RuleCount::Collisions), Count::Rule(0, RuleCount::Allowed)]);
 }
+
+#[test]
+fn fallback_rules_apply_only_through_decide_fallback_and_are_enforced_there() {
+    let c = config(
+        r#"{"rules": [
+            {"name": "local", "limits": [{"rate": 100, "per": "second"}]},
+            {"name": "fallback", "mode": "fallback", "limits": [{"rate": 2, "per": "hour"}]}],
+          "global": {"cluster": "rls", "domain": "gw", "failure_mode": "local_fallback",
+                     "descriptors": [[{"key": "generic_key", "value": "all"}]]}}"#,
+    );
+    let req = Req::new();
+    let mut store = Store::new();
+    // The normal pass never touches the fallback rule.
+    for _ in 0..5 {
+        let d = run(&c, &req, &mut store);
+        assert_eq!(d.refusal, None);
+        assert_eq!(d.counts, [Count::Rule(0, RuleCount::Allowed)]);
+    }
+    // The fallback pass applies only the fallback rule, enforced.
+    let fallback = |store: &mut Store| decide_fallback(&c, "/", "GET", &req, store);
+    assert_eq!(fallback(&mut store).counts, [Count::Rule(1, RuleCount::Allowed)]);
+    assert_eq!(fallback(&mut store).refusal, None);
+    let d = fallback(&mut store);
+    assert!(matches!(d.refusal, Some(Refusal::Limited { .. })));
+    assert_eq!(d.statuses.len(), 1);
+    assert_eq!(d.statuses[0].rule, "fallback");
+}
