@@ -55,6 +55,8 @@ pub struct Keyd {
     log_path: PathBuf,
     /// Stopped with SIGSTOP (see [`Keyd::suspend`]).
     suspended: bool,
+    /// Flags added to [`keyd_command`]'s, on every start (see [`Keyd::start_with_args`]).
+    extra_args: Vec<String>,
     _temp: Option<TempDir>,
 }
 
@@ -72,11 +74,27 @@ impl Keyd {
     /// Starts the key service with its data (database, pepper, tokens) in `dir`, listening on a
     /// free loopback port, with [`ADMIN_TOKEN`] and [`DATAPLANE_TOKEN`].
     pub async fn start(dir: impl AsRef<Path>) -> Keyd {
+        Self::start_with_args(dir, &[]).await
+    }
+
+    /// [`Keyd::start`] with more flags (e.g. `--store postgres://…` and a shared
+    /// `--pepper-file` for replicas), given again on every restart.
+    pub async fn start_with_args(dir: impl AsRef<Path>, args: &[String]) -> Keyd {
         let data_dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
-        let (child, addr, metrics_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
-        Keyd { child: Some(child), addr, metrics_addr, data_dir, log_path, suspended: false, _temp: None }
+        let extra_args = args.to_vec();
+        let (child, addr, metrics_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0", &extra_args).await;
+        Keyd {
+            child: Some(child),
+            addr,
+            metrics_addr,
+            data_dir,
+            log_path,
+            suspended: false,
+            extra_args,
+            _temp: None,
+        }
     }
 
     /// [`Keyd::start`] in a temporary directory removed on drop.
@@ -201,7 +219,8 @@ impl Keyd {
     /// Starts the (stopped) service on its port again.
     async fn start_again(&mut self) {
         let listen = self.addr.to_string();
-        let (child, addr, metrics_addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
+        let (child, addr, metrics_addr) =
+            spawn(&self.data_dir, &self.log_path, &listen, &self.extra_args).await;
         assert_eq!(addr, self.addr, "key service came back on another address");
         self.child = Some(child);
         self.metrics_addr = metrics_addr;
@@ -306,6 +325,7 @@ pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
         .env_remove("TOLLGATE_KEYD_LISTEN")
         .env_remove("TOLLGATE_KEYD_METRICS_LISTEN")
         .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("TOLLGATE_KEYD_STORE")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command
@@ -319,7 +339,12 @@ fn key_id_of(response: &CreateKeyResponse) -> String {
 }
 
 /// Starts the binary; returns it with its gRPC and metrics addresses.
-async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, SocketAddr, SocketAddr) {
+async fn spawn(
+    data_dir: &Path,
+    log_path: &Path,
+    listen: &str,
+    extra_args: &[String],
+) -> (Child, SocketAddr, SocketAddr) {
     let bin = binary("tollgate-keyd");
     let addr_file = data_dir.join("keyd.addr");
     let metrics_addr_file = data_dir.join("keyd.metrics.addr");
@@ -337,6 +362,7 @@ async fn spawn(data_dir: &Path, log_path: &Path, listen: &str) -> (Child, Socket
             .arg("127.0.0.1:0")
             .arg("--metrics-addr-file")
             .arg(&metrics_addr_file)
+            .args(extra_args)
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()

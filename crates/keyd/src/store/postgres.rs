@@ -213,11 +213,21 @@ fn is_unavailable(err: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The error with what the server said or the cause of a failed connection (the driver's own
+/// text is only "db error" or "error connecting to server").
+fn describe(err: &tokio_postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{err}: {cause}"),
+        (None, None) => err.to_string(),
+    }
+}
+
 fn db(err: tokio_postgres::Error) -> Error {
     if is_unavailable(&err) {
-        Error::Unavailable(format!("database: {err}"))
+        Error::Unavailable(format!("database: {}", describe(&err)))
     } else {
-        Error::internal("database", err)
+        Error::Internal(format!("database: {}", describe(&err)))
     }
 }
 
