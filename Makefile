@@ -38,7 +38,7 @@ WASM_CORE_PKG  := -p tollgate-core
 
 BIN_PKGS      := -p tollgate-keyd -p tollgate-cli -p tollgate-echo -p tollgate-ratelimitd
 
-.PHONY: help toolchain envoy prometheus chromium redis wasm build run test test-envoy-configs test-observability lint bench bench-probe bench-tools clean distclean \
+.PHONY: help toolchain envoy prometheus chromium redis postgres wasm build run test test-envoy-configs test-observability lint bench bench-probe bench-tools clean distclean \
 	fuzz fuzz-build fuzz-replay fuzz-smoke
 
 ## help: list the public targets (this text)
@@ -86,6 +86,13 @@ redis:
 	@# The package starts its own service; the tests run the binary themselves on a free port.
 	@$(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || $(SUDO) service redis-server stop >/dev/null 2>&1 || true
 
+## postgres: install PostgreSQL (Debian's package) for the key service's PostgreSQL tests
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql; }
+	@# The package starts its own cluster; the tests start private ones on free ports.
+	@$(SUDO) systemctl disable --now postgresql >/dev/null 2>&1 || $(SUDO) service postgresql stop >/dev/null 2>&1 || true
+
 ## Build ----------------------------------------------------------------------------------------
 
 ## wasm: the wasm filters only: one module each, and tollgate.wasm holding them all
@@ -106,7 +113,7 @@ run: build $(ENVOY)
 # The end-to-end tests run the debug binaries of the key service, the rate-limit service, the echo
 # upstream and the CLI, the wasm filters, Envoy from the virtualenv and Debian's redis-server.
 ## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
-test: wasm $(ENVOY) prometheus chromium redis
+test: wasm $(ENVOY) prometheus chromium redis postgres
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
 	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli -p tollgate-ratelimitd --bins
 	$(MAKE) --no-print-directory test-envoy-configs

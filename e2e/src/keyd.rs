@@ -58,6 +58,8 @@ pub struct Keyd {
     log_path: PathBuf,
     /// Stopped with SIGSTOP (see [`Keyd::suspend`]).
     suspended: bool,
+    /// Flags added to [`keyd_command`]'s, on every start (see [`Keyd::start_with_args`]).
+    extra_args: Vec<String>,
     _temp: Option<TempDir>,
 }
 
@@ -75,10 +77,18 @@ impl Keyd {
     /// Starts the key service with its data (database, pepper, tokens) in `dir`, listening on a
     /// free loopback port, with [`ADMIN_TOKEN`] and [`DATAPLANE_TOKEN`].
     pub async fn start(dir: impl AsRef<Path>) -> Keyd {
+        Self::start_with_args(dir, &[]).await
+    }
+
+    /// [`Keyd::start`] with more flags (e.g. `--store postgres://…` and a shared
+    /// `--pepper-file` for replicas), given again on every restart.
+    pub async fn start_with_args(dir: impl AsRef<Path>, args: &[String]) -> Keyd {
         let data_dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
-        let (child, addr, metrics_addr, http_addr) = spawn(&data_dir, &log_path, "127.0.0.1:0").await;
+        let extra_args = args.to_vec();
+        let (child, addr, metrics_addr, http_addr) =
+            spawn(&data_dir, &log_path, "127.0.0.1:0", &extra_args).await;
         Keyd {
             child: Some(child),
             addr,
@@ -87,6 +97,7 @@ impl Keyd {
             data_dir,
             log_path,
             suspended: false,
+            extra_args,
             _temp: None,
         }
     }
@@ -218,7 +229,8 @@ impl Keyd {
     /// Starts the (stopped) service on its port again.
     async fn start_again(&mut self) {
         let listen = self.addr.to_string();
-        let (child, addr, metrics_addr, http_addr) = spawn(&self.data_dir, &self.log_path, &listen).await;
+        let (child, addr, metrics_addr, http_addr) =
+            spawn(&self.data_dir, &self.log_path, &listen, &self.extra_args).await;
         assert_eq!(addr, self.addr, "key service came back on another address");
         self.child = Some(child);
         self.metrics_addr = metrics_addr;
@@ -329,6 +341,7 @@ pub fn keyd_command(listen: &str, data_dir: &Path) -> Command {
         // The dashboard on a free port unless a test gives --http-listen: tests run side by side.
         .env("TOLLGATE_KEYD_HTTP_LISTEN", "127.0.0.1:0")
         .env_remove("TOLLGATE_DATA_DIR")
+        .env_remove("TOLLGATE_KEYD_STORE")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     command
@@ -346,6 +359,7 @@ async fn spawn(
     data_dir: &Path,
     log_path: &Path,
     listen: &str,
+    extra_args: &[String],
 ) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
     let bin = binary("tollgate-keyd");
     let addr_file = data_dir.join("keyd.addr");
@@ -368,6 +382,7 @@ async fn spawn(
             .arg(&metrics_addr_file)
             .arg("--http-addr-file")
             .arg(&http_addr_file)
+            .args(extra_args)
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()

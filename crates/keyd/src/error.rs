@@ -26,6 +26,10 @@ pub enum Error {
     /// Storage, randomness or file failures. The detail goes to the log, never to the client.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The store cannot be reached right now (a database server down or restarting); the
+    /// request may succeed when retried. The detail goes to the log, never to the client.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -48,6 +52,7 @@ impl Error {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Internal(_) => Code::Internal,
+            Self::Unavailable(_) => Code::Unavailable,
         }
     }
 }
@@ -58,6 +63,10 @@ impl From<Error> for Status {
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
                 Status::internal("internal error")
+            }
+            Error::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "storage unavailable");
+                Status::unavailable("storage unavailable")
             }
             other => Status::new(other.code(), other.to_string()),
         }
@@ -96,6 +105,14 @@ mod tests {
         let status = Status::from(Error::internal("database", "disk I/O error at /secret/path"));
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn an_unreachable_store_is_unavailable_without_its_details() {
+        let status =
+            Status::from(Error::Unavailable("database: connection refused to db.internal:5432".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "storage unavailable");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Tollgate key service: API keys, consumers, rotation, revocation, an audit log and a change
-//! feed over gRPC, stored in SQLite.
+//! feed over gRPC, stored in SQLite, or in PostgreSQL for several replicas.
 //!
 //! Secrets are stored only as HMAC-SHA256(pepper, SHA-256(key)); the pepper lives in a file
 //! outside the database. Admin RPCs and data-plane RPCs take separate bearer tokens.
@@ -23,4 +23,4 @@ pub mod validate;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use server::{Config, Options, serve, serve_all, serve_with_metrics};
-pub use store::{SqliteStore, Store};
+pub use store::{PostgresStore, SqliteStore, Store, StoreLocation};

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate_keyd::files;
 use tollgate_keyd::master::{MasterKeys, reseal_all};
-use tollgate_keyd::{Config, Options, SqliteStore, Store};
+use tollgate_keyd::store::{self, migrate};
+use tollgate_keyd::{Config, Options, StoreLocation};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -26,8 +27,12 @@ struct Cli {
     #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = ".run/keyd")]
     data_dir: PathBuf,
     /// SQLite database [default: <data-dir>/keys.db].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     db: Option<PathBuf>,
+    /// The store: `sqlite:PATH`, or `postgres://user[:password]@host[:port]/database` for several
+    /// replicas on one database [default: SQLite at --db].
+    #[arg(long, env = "TOLLGATE_KEYD_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// File with the 32-byte pepper, generated when absent [default: <data-dir>/pepper].
     #[arg(long)]
     pepper_file: Option<PathBuf>,
@@ -96,6 +101,16 @@ enum Command {
     /// Add a new master-key version to the master key file, re-encrypt every signing secret
     /// under it and exit. Restart a running service afterwards so it loads the new version.
     RotateMasterKey,
+    /// Copy a SQLite store into an empty PostgreSQL store in one transaction, check the row
+    /// count of every table, print the counts and exit.
+    Migrate {
+        /// The store to copy: `sqlite:PATH`.
+        #[arg(long)]
+        from: String,
+        /// The empty store to copy into: a `postgres://` URL.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
@@ -134,6 +149,7 @@ impl Cli {
         Options {
             data_dir: self.data_dir.clone(),
             db: self.db.clone(),
+            store: self.store.clone(),
             pepper_file: self.pepper_file.clone(),
             admin_token: self.admin_token.clone(),
             admin_token_file: self.admin_token_file.clone(),
@@ -194,10 +210,33 @@ fn write_addr_file(path: &Path, addr: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+fn open_store(options: &Options) -> Result<std::sync::Arc<dyn tollgate_keyd::Store>, String> {
+    let location = options.store_location().map_err(|e| e.to_string())?;
+    store::open(&location).map_err(|e| e.to_string())
+}
+
+fn run_migrate(from: &str, to: &str) -> Result<(), String> {
+    let StoreLocation::Sqlite(from) = StoreLocation::parse("from", from).map_err(|e| e.to_string())? else {
+        return Err("--from: must be sqlite:PATH".to_owned());
+    };
+    let StoreLocation::Postgres(to) = StoreLocation::parse("to", to).map_err(|e| e.to_string())? else {
+        return Err("--to: must be a postgres:// URL".to_owned());
+    };
+    let counts = migrate::sqlite_to_postgres(&from, &to).map_err(|e| e.to_string())?;
+    for (table, count) in &counts {
+        println!("{table}\t{count}");
+    }
+    tracing::info!(from = %from.display(), to = %migrate::redact_url(&to), "copied the store");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let options = cli.options();
+    if let Some(Command::Migrate { from, to }) = &cli.command {
+        return run_migrate(from, to);
+    }
     if let Some(Command::Audit { after, limit }) = cli.command {
-        let store = SqliteStore::open(&options.db_path()).map_err(|e| e.to_string())?;
+        let store = open_store(&options)?;
         for entry in store.list_audit(after, limit).map_err(|e| e.to_string())? {
             let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
             println!("{line}");
@@ -211,10 +250,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         let path = options.master_key_path();
         let current = MasterKeys::load_or_create(&path).map_err(|e| e.to_string())?;
         let next = current.with_new_version().map_err(|e| e.to_string())?;
-        let store = SqliteStore::open(&options.db_path()).map_err(|e| e.to_string())?;
+        let store = open_store(&options)?;
         // Write the new key first: if re-encryption stops halfway, both versions still decrypt.
         next.store(&path).map_err(|e| e.to_string())?;
-        let count = reseal_all(&store, &next).map_err(|e| e.to_string())?;
+        let count = reseal_all(store.as_ref(), &next).map_err(|e| e.to_string())?;
         tracing::info!(version = next.current_version(), resealed = count, "rotated the master key");
         println!(
             "master key version {} is current; re-encrypted {count} signing secrets",
@@ -307,5 +346,22 @@ mod tests {
         assert_eq!(parse(&["--http-listen", "off"]).http_listen(), Ok(None));
         let err = parse(&["--http-listen", "off", "--http-addr-file", "h.addr"]).http_listen().unwrap_err();
         assert!(err.starts_with("--http-addr-file: "), "{err}");
+    }
+
+    #[test]
+    fn store_takes_a_postgres_url_and_conflicts_with_db() {
+        let cli = parse(&["--store", "postgres://u@h/db"]);
+        assert_eq!(
+            cli.options().store_location().unwrap(),
+            StoreLocation::Postgres("postgres://u@h/db".into())
+        );
+        assert!(Cli::try_parse_from(["tollgate-keyd", "--store", "sqlite:a.db", "--db", "b.db"]).is_err());
+        let err = parse(&["--store", "mysql://h/db"]).options().store_location().unwrap_err().to_string();
+        assert_eq!(err, "store: must be sqlite:PATH or a postgres:// URL");
+        assert_eq!(
+            run_migrate("postgres://u@h/db", "postgres://u@h/db2").unwrap_err(),
+            "--from: must be sqlite:PATH"
+        );
+        assert_eq!(run_migrate("sqlite:a.db", "sqlite:b.db").unwrap_err(), "--to: must be a postgres:// URL");
     }
 }

@@ -22,7 +22,7 @@ use crate::master::{self, MasterKeys};
 use crate::metrics::{self, Exporter, Metrics};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
-use crate::store::{SqliteStore, Store};
+use crate::store::{self, Store, StoreLocation};
 
 /// Where the service keeps its files, and tokens given directly. `None` means the default file
 /// inside `data_dir`.
@@ -30,6 +30,8 @@ use crate::store::{SqliteStore, Store};
 pub struct Options {
     pub data_dir: PathBuf,
     pub db: Option<PathBuf>,
+    /// `sqlite:PATH` or a `postgres://` URL; overrides `db`.
+    pub store: Option<String>,
     pub pepper_file: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
@@ -49,6 +51,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("data_dir", &self.data_dir)
             .field("db", &self.db)
+            .field("store", &self.store.as_deref().map(store::migrate::redact_url))
             .field("pepper_file", &self.pepper_file)
             .field("admin_token", &redact(&self.admin_token))
             .field("admin_token_file", &self.admin_token_file)
@@ -71,6 +74,14 @@ impl Options {
     /// The database path.
     pub fn db_path(&self) -> PathBuf {
         self.db.clone().unwrap_or_else(|| self.data_dir.join("keys.db"))
+    }
+
+    /// Where the store is: `store` when given, else the SQLite database at [`Options::db_path`].
+    pub fn store_location(&self) -> Result<StoreLocation> {
+        match &self.store {
+            Some(text) => StoreLocation::parse("store", text),
+            None => Ok(StoreLocation::Sqlite(self.db_path())),
+        }
     }
 
     /// The pepper file path.
@@ -110,7 +121,10 @@ impl Options {
 /// Everything [`serve`] needs, with secrets loaded.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The SQLite database, when `store` is SQLite.
     pub db_path: PathBuf,
+    /// Where the store is.
+    pub store: StoreLocation,
     pub pepper: Pepper,
     pub admin_token: Token,
     pub dataplane_token: Token,
@@ -120,7 +134,8 @@ pub struct Config {
     pub master_keys: MasterKeys,
     /// How often last-use times are written.
     pub usage_flush_interval: Duration,
-    /// How often the change feed polls the store without a local wake-up (other writers).
+    /// How often the change feed polls the store without a local wake-up (other writers: other
+    /// replicas on PostgreSQL).
     pub feed_poll_interval: Duration,
     /// After a shutdown signal, how long open connections get to finish before the server stops.
     pub drain_timeout: Duration,
@@ -134,8 +149,14 @@ impl Config {
     pub fn prepare(options: &Options) -> Result<Self> {
         create_private_dir(&options.data_dir)?;
         files::warn_if_open_dir(&options.data_dir);
-        let db_path = options.db_path();
-        if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let store = options.store_location()?;
+        let db_path = match &store {
+            StoreLocation::Sqlite(path) => path.clone(),
+            StoreLocation::Postgres(_) => options.db_path(),
+        };
+        if let StoreLocation::Sqlite(db_path) = &store
+            && let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty())
+        {
             create_private_dir(parent)?;
             if parent != options.data_dir {
                 files::warn_if_open_dir(parent);
@@ -166,20 +187,30 @@ impl Config {
         if viewer_token == admin_token || viewer_token == dataplane_token {
             return Err(Error::invalid("viewer-token", "must differ from the admin and data-plane tokens"));
         }
+        // Other replicas write to a PostgreSQL store too: poll often enough that a revocation
+        // through any replica reaches gateways within a second or so.
+        let feed_poll_interval = match &store {
+            StoreLocation::Sqlite(_) => Duration::from_secs(5),
+            StoreLocation::Postgres(_) => FEED_POLL_SHARED,
+        };
         Ok(Self {
             db_path,
+            store,
             pepper,
             admin_token,
             dataplane_token,
             viewer_token,
             master_keys,
             usage_flush_interval: Duration::from_secs(30),
-            feed_poll_interval: Duration::from_secs(5),
+            feed_poll_interval,
             drain_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         })
     }
 }
+
+/// How often a replica on a shared (PostgreSQL) store reads the feed for other replicas' writes.
+pub const FEED_POLL_SHARED: Duration = Duration::from_millis(250);
 
 fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
@@ -223,12 +254,12 @@ pub async fn serve_all(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Metrics::new();
-    let db_path = config.db_path.clone();
-    let store: Arc<dyn Store> = metrics.timed_store(Arc::new(
-        tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+    let location = config.store.clone();
+    let store: Arc<dyn Store> = metrics.timed_store(
+        tokio::task::spawn_blocking(move || store::open(&location))
             .await
             .map_err(|e| Error::internal("opening the database", e))??,
-    ));
+    );
     // Secrets still under an older master-key version are re-encrypted under the current one.
     let resealed = {
         let store = Arc::clone(&store);

@@ -1,9 +1,15 @@
-//! Storage behind a trait. Methods are synchronous; the service calls them from
-//! `tokio::task::spawn_blocking`. Every mutation writes its change-feed rows and its audit row in
+//! Storage behind a trait: SQLite (one service) or PostgreSQL (several replicas). Methods are
+//! synchronous; the service calls them from `tokio::task::spawn_blocking`. Every mutation writes its change-feed rows and its audit row in
 //! the same transaction as the data, so a crash never leaves half of it.
 
+pub mod migrate;
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
+pub use migrate::StoreLocation;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::Result;
@@ -13,6 +19,14 @@ use crate::model::{
     KeyFilter, KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup,
     SubjectUsage, UsageApplied, UsagePoint, UsageQuery, UsageReport,
 };
+
+/// Opens the store at `location` (creating or migrating its schema).
+pub fn open(location: &StoreLocation) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path)?),
+        StoreLocation::Postgres(url) => std::sync::Arc::new(PostgresStore::open(url)?),
+    })
+}
 
 /// How far back a report's minutes are accepted, in seconds (31 days).
 pub const USAGE_RETENTION: i64 = 31 * 86_400;

@@ -1397,50 +1397,28 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{StoredSecret, UsageCount};
+    use crate::store::suite::{ctx, new_key, store_suite};
 
-    fn ctx() -> Ctx {
-        Ctx { actor: "test".into(), now: 1_000 }
+    /// A fresh store in a temporary folder, removed when dropped.
+    struct TestStore {
+        store: SqliteStore,
+        _dir: tempfile::TempDir,
     }
 
-    fn new_key(id: &str, consumer: &str, hash: u8) -> NewKey {
-        NewKey {
-            id: id.into(),
-            consumer: consumer.into(),
-            create_consumer: Some(NewConsumer {
-                id: consumer.into(),
-                name: consumer.into(),
-                metadata: Default::default(),
-            }),
-            name: String::new(),
-            scopes: vec!["read".into()],
-            metadata: Default::default(),
-            rate_limit: None,
-            expires_at: 0,
-            secret: StoredSecret { hash: [hash; 32], display_prefix: "tgk_abcdef".into() },
-            signing: None,
+    impl std::ops::Deref for TestStore {
+        type Target = SqliteStore;
+        fn deref(&self) -> &SqliteStore {
+            &self.store
         }
     }
 
-    #[test]
-    fn a_cache_purge_is_on_the_feed_with_what_it_purges_and_audited() {
+    fn open(_test: &str) -> TestStore {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
-        let purge = CachePurge {
-            target: crate::model::PurgeTarget::Tag("t1".into()),
-            host: String::new(),
-            soft: true,
-        };
-        let seq = store.purge_cache(&ctx(), &purge).unwrap();
-        let (changes, head) = store.list_changes(seq - 1, 10).unwrap();
-        assert_eq!(head, seq);
-        assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].kind, ChangeKind::CachePurged);
-        assert_eq!(changes[0].purge.as_ref(), Some(&purge));
-        assert_eq!(changes[0].key_id, "");
-        let audit = store.list_audit(0, 10).unwrap();
-        assert!(audit.iter().any(|a| a.action == "cache.purge"), "{audit:?}");
+        TestStore { store: SqliteStore::open(&dir.path().join("keys.db")).unwrap(), _dir: dir }
     }
+
+    // The shared store suite (store/suite.rs), on SQLite.
+    store_suite!(open);
 
     /// A store made by version 3 (no `changes.detail`) opens, keeps its changes, and takes purges.
     #[test]
@@ -1471,236 +1449,8 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_mutation_leaves_no_partial_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let audit_before = store.list_audit(0, 100).unwrap().len();
-        let (_, head_before) = store.list_changes(0, 100).unwrap();
-
-        // Same key id: the key insert fails after the consumer insert in the same transaction.
-        let err = store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
-        assert!(matches!(err, Error::Internal(_)), "{err:?}");
-        assert!(matches!(store.get_consumer("bob"), Err(Error::NotFound { .. })));
-        assert_eq!(store.list_audit(0, 100).unwrap().len(), audit_before);
-        assert_eq!(store.list_changes(0, 100).unwrap().1, head_before);
-        assert!(store.lookup_secret(&[2; 32]).unwrap().found.is_none());
-    }
-
-    #[test]
-    fn lookup_finds_current_and_previous_secret_and_reads_the_head() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let rotation = Rotation {
-            key_id: "key_1".into(),
-            secret: StoredSecret { hash: [9; 32], display_prefix: "tgk_zzzzzz".into() },
-            grace_end: 1_060,
-        };
-        let key = store.rotate_key(&ctx(), rotation).unwrap();
-        assert_eq!(key.previous_display_prefix, "tgk_abcdef");
-        assert_eq!(key.display_prefix, "tgk_zzzzzz");
-
-        let old = store.lookup_secret(&[1; 32]).unwrap();
-        let found = old.found.unwrap();
-        assert_eq!((found.expires_at, found.display_prefix.as_str()), (1_060, "tgk_abcdef"));
-        assert_eq!(old.head_seq, 2);
-        let new = store.lookup_secret(&[9; 32]).unwrap().found.unwrap();
-        assert_eq!(new.expires_at, 0);
-    }
-
-    fn count(key_id: &str, minute: i64, outcome: &str, count: u64) -> UsageCount {
-        UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count, ..Default::default() }
-    }
-
-    fn report(gateway: &str, batch: u64, counts: Vec<UsageCount>) -> UsageReport {
-        UsageReport { gateway: gateway.into(), batch, feed_seq: 7, counts }
-    }
-
-    const NOW: i64 = 1_800_000_000; // a multiple of 60
-
-    #[test]
-    fn a_usage_batch_is_counted_once_however_often_it_is_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let batch = report(
-            "gw-1",
-            1,
-            vec![count("key_1", NOW - 60, "allowed", 5), count("key_1", NOW, "revoked_key", 2)],
-        );
-        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: false, skipped: 0 });
-        // The same batch again (its answer was lost): nothing counted twice.
-        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: true, skipped: 0 });
-        // The same numbers from another gateway, or the next batch, count.
-        store.report_usage(&report("gw-2", 1, vec![count("key_1", NOW, "allowed", 1)]), NOW).unwrap();
-        store.report_usage(&report("gw-1", 2, vec![count("key_1", NOW, "allowed", 1)]), NOW).unwrap();
-        let query = UsageQuery { since: NOW - 3600, until: NOW + 60, ..Default::default() };
-        let (keys, gateways, _) = store.usage(&query).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].outcomes.get("allowed"), Some(&7));
-        assert_eq!(keys[0].outcomes.get("revoked_key"), Some(&2));
-        assert_eq!(keys[0].consumer_id, "alice");
-        assert_eq!(keys[0].last_used_at, NOW, "the newest allowed minute");
-        let names: Vec<&str> = gateways.iter().map(|g| g.gateway.as_str()).collect();
-        assert_eq!(names, ["gw-1", "gw-2"]);
-        assert!(gateways.iter().all(|g| g.last_report_at == NOW && g.feed_seq == 7));
-    }
-
-    #[test]
-    fn counts_of_unknown_keys_and_minutes_out_of_range_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let batch = report(
-            "gw",
-            1,
-            vec![
-                count("key_nope", NOW, "allowed", 1),
-                count("key_1", NOW - super::super::USAGE_RETENTION - 60, "allowed", 1),
-                count("key_1", NOW + 3600, "allowed", 1),
-                count("key_1", NOW, "allowed", 0),
-                count("key_1", NOW, "allowed", 3),
-            ],
-        );
-        assert_eq!(store.report_usage(&batch, NOW).unwrap(), UsageApplied { duplicate: false, skipped: 4 });
-        let (keys, _, _) =
-            store.usage(&UsageQuery { since: 0, until: NOW + 7200, ..Default::default() }).unwrap();
-        assert_eq!(keys[0].outcomes.get("allowed"), Some(&3));
-    }
-
-    #[test]
-    fn usage_is_read_for_a_window_by_key_or_by_consumer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        store.create_key(&ctx(), new_key("key_2", "alice", 2)).unwrap();
-        store.create_key(&ctx(), new_key("key_3", "bob", 3)).unwrap();
-        store.create_key(&ctx(), new_key("key_4", "bob", 4)).unwrap();
-        let counts = vec![
-            count("key_1", NOW - 7200, "allowed", 100),
-            count("key_1", NOW - 60, "allowed", 1),
-            count("key_2", NOW - 60, "insufficient_scope", 2),
-            count("key_3", NOW, "allowed", 3),
-        ];
-        store.report_usage(&report("gw", 1, counts), NOW).unwrap();
-        let window = |key_ids: &[&str], consumer_id: Option<&str>| UsageQuery {
-            key_ids: key_ids.iter().map(|k| (*k).to_owned()).collect(),
-            consumer_id: consumer_id.map(str::to_owned),
-            since: NOW - 3600,
-            until: NOW + 60,
-        };
-        let total = |k: &KeyUsage| k.outcomes.values().sum::<u64>();
-        let (all, _, _) = store.usage(&window(&[], None)).unwrap();
-        let summary: Vec<(&str, u64)> = all.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
-        assert_eq!(
-            summary,
-            [("key_1", 1), ("key_2", 2), ("key_3", 3)],
-            "the hour: key_1's older minute is out"
-        );
-        let (alice, _, _) = store.usage(&window(&[], Some("alice"))).unwrap();
-        assert_eq!(alice.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), ["key_1", "key_2"]);
-        // Keys asked for by id are there even without usage; unknown ids are not.
-        let (asked, _, _) = store.usage(&window(&["key_4", "key_3", "key_x"], None)).unwrap();
-        let asked: Vec<(&str, u64)> = asked.iter().map(|k| (k.key_id.as_str(), total(k))).collect();
-        assert_eq!(asked, [("key_3", 3), ("key_4", 0)]);
-    }
-
-    #[test]
-    fn subjects_and_rate_limit_refusals_are_counted_and_read_for_a_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let subject = |s: &str, minute: i64, outcome: &str, n: u64| UsageCount {
-            subject: s.into(),
-            minute,
-            outcome: outcome.into(),
-            count: n,
-            ..Default::default()
-        };
-        let limited = |consumer: &str, rule: &str, minute: i64, n: u64| UsageCount {
-            consumer_id: consumer.into(),
-            rule: rule.into(),
-            minute,
-            outcome: "limited".into(),
-            count: n,
-            ..Default::default()
-        };
-        let counts = vec![
-            subject("https://idp user-1", NOW - 60, "allowed", 3),
-            subject("https://idp user-1", NOW - 60, "insufficient_scope", 1),
-            subject("https://idp user-2", NOW, "allowed", 9),
-            subject("https://idp user-3", NOW - 7200, "allowed", 50),
-            limited("alice", "per-key", NOW - 60, 4),
-            limited("alice", "per-key", NOW, 1),
-            limited("alice", "burst", NOW, 2),
-            limited("nobody", "per-key", NOW, 7),
-        ];
-        let applied = store.report_usage(&report("gw", 1, counts), NOW).unwrap();
-        assert_eq!(applied.skipped, 1, "an unknown consumer");
-        let window = |consumer_id: Option<&str>, key_ids: &[&str]| UsageQuery {
-            key_ids: key_ids.iter().map(|k| (*k).to_owned()).collect(),
-            consumer_id: consumer_id.map(str::to_owned),
-            since: NOW - 3600,
-            until: NOW + 60,
-        };
-        let (subjects, limits) = store.caller_usage(&window(None, &[])).unwrap();
-        let summary: Vec<(&str, u64)> =
-            subjects.iter().map(|s| (s.subject.as_str(), s.outcomes.values().sum())).collect();
-        assert_eq!(
-            summary,
-            [("https://idp user-2", 9), ("https://idp user-1", 4)],
-            "most first; user-3 is older"
-        );
-        assert_eq!(subjects[1].outcomes.get("insufficient_scope"), Some(&1));
-        let limits: Vec<(&str, &str, u64)> =
-            limits.iter().map(|l| (l.consumer_id.as_str(), l.rule.as_str(), l.limited)).collect();
-        assert_eq!(limits, [("alice", "burst", 2), ("alice", "per-key", 5)]);
-        let (subjects, limits) = store.caller_usage(&window(Some("bob"), &[])).unwrap();
-        assert!(subjects.is_empty() && limits.is_empty(), "a consumer's view has no subjects");
-        let (subjects, limits) = store.caller_usage(&window(None, &["key_1"])).unwrap();
-        assert!(subjects.is_empty() && limits.is_empty(), "a view of keys has neither");
-    }
-
-    /// Minutes older than 48 hours are summed into their hours when a report comes in; the
-    /// window still counts them (by the hour), and nothing is counted twice.
-    #[test]
-    fn old_minutes_are_rolled_up_into_hours_and_still_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        let day = 86_400;
-        let hour_start = NOW - 3 * day - (NOW - 3 * day).rem_euclid(3_600);
-        let counts = vec![
-            count("key_1", hour_start, "allowed", 5),
-            count("key_1", hour_start + 60, "allowed", 7),
-            count("key_1", hour_start + 120, "invalid_key", 1),
-            count("key_1", NOW - 60, "allowed", 2),
-        ];
-        store.report_usage(&report("gw", 1, counts), NOW).unwrap();
-        let minutes = |store: &SqliteStore| -> i64 {
-            store.read(|tx| tx.query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0)).map_err(db)).unwrap()
-        };
-        assert_eq!(minutes(&store), 1, "the old minutes are rolled up");
-        let window = |since: i64| UsageQuery { key_ids: vec![], consumer_id: None, since, until: NOW + 60 };
-        let (all, _, _) = store.usage(&window(NOW - 4 * day)).unwrap();
-        assert_eq!(all[0].outcomes.get("allowed"), Some(&14));
-        assert_eq!(all[0].outcomes.get("invalid_key"), Some(&1));
-        let (recent, _, _) = store.usage(&window(NOW - day)).unwrap();
-        assert_eq!(recent[0].outcomes.get("allowed"), Some(&2));
-        // A late report for the rolled-up hour adds to it.
-        store
-            .report_usage(&report("gw", 2, vec![count("key_1", hour_start + 180, "allowed", 1)]), NOW)
-            .unwrap();
-        let (all, _, _) = store.usage(&window(NOW - 4 * day)).unwrap();
-        assert_eq!(all[0].outcomes.get("allowed"), Some(&15));
-        assert_eq!(minutes(&store), 1);
-    }
-
-    #[test]
     fn a_key_lookup_never_waits_behind_other_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let store = open("");
         store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
         // Every general reader busy (long scans), and one lookup connection too.
         let _held: Vec<_> = store.readers.iter().map(|r| r.lock().unwrap()).collect();
@@ -1710,135 +1460,21 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_counted_by_status_at_the_given_time() {
+    fn a_reopened_store_counts_audit_rows_from_zero() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        assert_eq!(store.count_keys(1_000).unwrap(), KeyCounts::default());
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        store.create_key(&ctx(), NewKey { expires_at: 1_500, ..new_key("key_2", "alice", 2) }).unwrap();
-        store.create_key(&ctx(), new_key("key_3", "bob", 3)).unwrap();
-        store.revoke_key(&ctx(), "key_3", "test").unwrap();
-        let at = |now| store.count_keys(now).unwrap();
-        assert_eq!(at(1_000), KeyCounts { active: 2, revoked: 1, expired: 0 });
-        assert_eq!(at(1_500), KeyCounts { active: 1, revoked: 1, expired: 1 });
-    }
-
-    #[test]
-    fn audit_written_counts_committed_audit_rows_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        assert_eq!(store.audit_written(), 0);
-        // The consumer is created in the same transaction: two audit rows.
         store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
         assert_eq!(store.audit_written(), 2);
-        store.revoke_key(&ctx(), "key_1", "test").unwrap();
-        assert_eq!(store.audit_written(), 3);
-        // Revoking again changes nothing and writes no audit row.
-        store.revoke_key(&ctx(), "key_1", "test").unwrap();
-        // A failed mutation rolls its audit rows back.
-        store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
-        // Usage is not audited.
-        store.record_usage(&[("key_1".into(), 2_000)]).unwrap();
-        assert_eq!(store.audit_written(), 3);
-        assert_eq!(store.list_audit(0, 100).unwrap().len(), 3);
-        // The count is this store's, not the log's: a reopened store starts at zero.
+        // The count is this store's, not the log's.
         drop(store);
         let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
         assert_eq!(store.audit_written(), 0);
-    }
-
-    #[test]
-    fn usage_series_buckets_per_key_or_summed_over_every_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
-        let counts = vec![
-            count("key_1", NOW - 3_600, "allowed", 1),
-            count("key_1", NOW - 3_540, "allowed", 2),
-            count("key_1", NOW - 60, "revoked_key", 4),
-            count("key_2", NOW - 60, "allowed", 8),
-            // Outside the window.
-            count("key_2", NOW - 7_260, "allowed", 100),
-        ];
-        store.report_usage(&report("gw-1", 1, counts), NOW).unwrap();
-        let since = NOW - 7_200;
-        let point = |key: &str, bucket: i64, outcome: &str, count: u64| UsagePoint {
-            key_id: key.into(),
-            bucket,
-            outcome: outcome.into(),
-            count,
-        };
-        let ids = vec!["key_1".to_owned()];
-        let per_key = store.usage_series(Some(&ids), since, NOW, 3_600).unwrap();
-        assert_eq!(
-            per_key,
-            vec![point("key_1", NOW - 3_600, "allowed", 3), point("key_1", NOW - 3_600, "revoked_key", 4)]
-        );
-        let summed = store.usage_series(None, since, NOW, 3_600).unwrap();
-        assert_eq!(
-            summed,
-            vec![point("", NOW - 3_600, "allowed", 11), point("", NOW - 3_600, "revoked_key", 4)]
-        );
-        assert!(store.usage_series(None, since, NOW, 0).is_err());
-    }
-
-    #[test]
-    fn recent_audit_is_newest_first_and_filtered() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
-        store.revoke_key(&ctx(), "key_1", "test").unwrap();
-        let all = store.list_audit_recent(&AuditFilter::default(), None, 100).unwrap();
-        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
-        let mut sorted = seqs.clone();
-        sorted.sort_unstable_by(|a, b| b.cmp(a));
-        assert_eq!(seqs, sorted);
-        assert_eq!(all.first().map(|e| e.action.as_str()), Some("key.revoke"));
-        let key_1 = AuditFilter { key_id: Some("key_1".into()), ..Default::default() };
-        let trail = store.list_audit_recent(&key_1, None, 100).unwrap();
-        assert!(trail.len() >= 2 && trail.iter().all(|e| e.key_id == "key_1"), "{trail:?}");
-        let revokes = AuditFilter { action: Some("key.revoke".into()), ..Default::default() };
-        assert_eq!(store.list_audit_recent(&revokes, None, 100).unwrap().len(), 1);
-        let before_first = store.list_audit_recent(&key_1, Some(trail[0].seq), 100).unwrap();
-        assert_eq!(before_first.len(), trail.len() - 1);
-        let none = AuditFilter { consumer_id: Some("nobody".into()), ..Default::default() };
-        assert!(store.list_audit_recent(&none, None, 100).unwrap().is_empty());
-    }
-
-    #[test]
-    fn expiring_keys_are_soonest_first_without_revoked_or_expired_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        let expiring = |id: &str, hash: u8, at: i64| NewKey { expires_at: at, ..new_key(id, id, hash) };
-        store.create_key(&ctx(), expiring("late", 1, 5_000)).unwrap();
-        store.create_key(&ctx(), expiring("soon", 2, 3_000)).unwrap();
-        store.create_key(&ctx(), expiring("gone", 3, 1_500)).unwrap();
-        store.create_key(&ctx(), expiring("revoked", 4, 3_000)).unwrap();
-        store.create_key(&ctx(), expiring("never", 5, 0)).unwrap();
-        store.create_key(&ctx(), expiring("far", 6, 90_000)).unwrap();
-        store.revoke_key(&ctx(), "revoked", "test").unwrap();
-        let ids: Vec<String> =
-            store.list_expiring_keys(2_000, 10_000, 10).unwrap().into_iter().map(|k| k.id).collect();
-        assert_eq!(ids, ["soon", "late"]);
-        assert_eq!(store.list_expiring_keys(2_000, 10_000, 1).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn usage_never_moves_backwards() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
-        store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
-        store.record_usage(&[("key_1".into(), 2_000)]).unwrap();
-        store.record_usage(&[("key_1".into(), 1_500), ("key_unknown".into(), 1)]).unwrap();
-        assert_eq!(store.get_key("key_1").unwrap().last_used_at, 2_000);
+        assert_eq!(store.list_audit(0, 100).unwrap().len(), 2);
     }
 
     #[test]
     fn the_database_uses_wal_and_full_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let store = open("");
         let conn = store.writer.lock().unwrap();
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();

@@ -1,0 +1,224 @@
+//! `tollgate-keyd migrate`: copies a SQLite store into an empty PostgreSQL store.
+//!
+//! The SQLite store is opened as the service opens it (which brings an older schema up to date),
+//! then read in one read transaction, table by table, into memory. The PostgreSQL store takes
+//! every row in one transaction that first checks the target is empty and, before it commits,
+//! that each table holds exactly the rows read; the feed and audit heads and the listing
+//! positions continue from the copied rows. Nothing is written to the target unless all of it is.
+
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+use super::postgres::{ColumnType, ImportTable, ImportValue, TABLES};
+use super::{PostgresStore, SqliteStore};
+use crate::error::{Error, Result};
+
+/// Where a store lives, as given to `--store`, `--from` and `--to`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `sqlite:PATH`
+    Sqlite(std::path::PathBuf),
+    /// `postgres://…` or `postgresql://…`
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let masked = if user_info.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl StoreLocation {
+    /// Parses `sqlite:PATH`, `postgres://…` or `postgresql://…`; `flag` names the option in the
+    /// error.
+    pub fn parse(flag: &str, text: &str) -> Result<Self> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Self::Postgres(text.to_owned()));
+        }
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(Error::invalid(flag, "sqlite: needs a file path (sqlite:PATH)"));
+            }
+            return Ok(Self::Sqlite(path.into()));
+        }
+        Err(Error::invalid(flag, "must be sqlite:PATH or a postgres:// URL"))
+    }
+}
+
+/// Copies the SQLite store at `from` into the empty PostgreSQL store at `to`; each table with the
+/// number of rows copied.
+pub fn sqlite_to_postgres(from: &Path, to: &str) -> Result<Vec<(&'static str, u64)>> {
+    if !from.is_file() {
+        return Err(Error::invalid("from", format!("no SQLite store at {}", from.display())));
+    }
+    // Brings an older schema up to date, as starting the service on it would.
+    drop(SqliteStore::open(from)?);
+    let tables = read_sqlite(from)?;
+    let target = PostgresStore::open(to)?;
+    target.import(tables)
+}
+
+fn read_sqlite(path: &Path) -> Result<Vec<ImportTable>> {
+    let db = |e: rusqlite::Error| Error::internal("reading the SQLite store", e);
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db)?;
+    let tx = conn.transaction().map_err(db)?;
+    let mut tables = Vec::new();
+    for (name, columns) in TABLES {
+        let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+        let mut stmt = tx.prepare(&format!("SELECT {} FROM {name}", names.join(", "))).map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(db)? {
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, (column, ty)) in columns.iter().enumerate() {
+                let value = row.get_ref(i).map_err(db)?;
+                values.push(convert(value, *ty).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "{name}.{column}: a {:?} where {ty:?} was expected",
+                        value.data_type()
+                    ))
+                })?);
+            }
+            out.push(values);
+        }
+        tables.push(ImportTable { name, columns, rows: out });
+    }
+    Ok(tables)
+}
+
+fn convert(value: ValueRef<'_>, ty: ColumnType) -> Option<ImportValue> {
+    Some(match (ty, value) {
+        (ColumnType::Integer, ValueRef::Null) => ImportValue::Integer(None),
+        (ColumnType::Integer, ValueRef::Integer(v)) => ImportValue::Integer(Some(v)),
+        (ColumnType::Text, ValueRef::Null) => ImportValue::Text(None),
+        (ColumnType::Text, ValueRef::Text(v)) => ImportValue::Text(Some(String::from_utf8(v.to_vec()).ok()?)),
+        (ColumnType::Blob, ValueRef::Null) => ImportValue::Blob(None),
+        (ColumnType::Blob, ValueRef::Blob(v)) => ImportValue::Blob(Some(v.to_vec())),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations_parse_and_bad_ones_name_the_flag() {
+        assert_eq!(
+            StoreLocation::parse("store", "sqlite:a/b.db").unwrap(),
+            StoreLocation::Sqlite("a/b.db".into())
+        );
+        let url = "postgresql://u@h:5/d";
+        assert_eq!(StoreLocation::parse("to", url).unwrap(), StoreLocation::Postgres(url.into()));
+        let err = StoreLocation::parse("to", "mysql://x").unwrap_err().to_string();
+        assert_eq!(err, "to: must be sqlite:PATH or a postgres:// URL");
+        let err = StoreLocation::parse("from", "sqlite:").unwrap_err().to_string();
+        assert!(err.starts_with("from: "), "{err}");
+    }
+
+    /// A SQLite store with every kind of row, copied: the copy answers as the original does, a
+    /// second copy into it is refused, and new changes continue the feed.
+    #[test]
+    fn a_sqlite_store_is_copied_whole_and_a_non_empty_target_is_refused() {
+        use crate::model::{
+            CachePurge, KeyFilter, NewKey, NewSigning, PurgeTarget, UsageCount, UsageQuery, UsageReport,
+        };
+        use crate::store::Store;
+        use crate::store::suite::{ctx, new_key};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let source = SqliteStore::open(&path).unwrap();
+        source.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        source.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
+        let sealed = crate::master::Sealed { version: 1, nonce: [3; 12], ciphertext: vec![1, 2] };
+        source
+            .create_key(
+                &ctx(),
+                NewKey { signing: Some(NewSigning::Hmac(sealed)), ..new_key("key_3", "bob", 3) },
+            )
+            .unwrap();
+        source.revoke_key(&ctx(), "key_2", "test").unwrap();
+        source
+            .purge_cache(
+                &ctx(),
+                &CachePurge { target: PurgeTarget::Prefix("/a".into()), host: "h".into(), soft: true },
+            )
+            .unwrap();
+        let counts = vec![UsageCount {
+            key_id: "key_1".into(),
+            minute: 1_800_000_000,
+            outcome: "allowed".into(),
+            count: 4,
+            ..Default::default()
+        }];
+        source
+            .report_usage(&UsageReport { gateway: "gw".into(), batch: 1, feed_seq: 3, counts }, 1_800_000_000)
+            .unwrap();
+        drop(source);
+
+        let url = tollgate_testkit::postgres::Cluster::shared().create_database("migrate").unwrap();
+        let copied = sqlite_to_postgres(&path, &url).unwrap();
+        let by_table: std::collections::BTreeMap<&str, u64> = copied.into_iter().collect();
+        assert_eq!(by_table["consumers"], 2);
+        assert_eq!(by_table["keys"], 3);
+        assert_eq!(by_table["changes"], 5);
+        assert_eq!(by_table["audit"], 7);
+        assert_eq!(by_table["usage"], 1);
+        assert_eq!(by_table.len(), TABLES.len());
+
+        let source = SqliteStore::open(&path).unwrap();
+        let target = PostgresStore::open(&url).unwrap();
+        let all = KeyFilter::default();
+        assert_eq!(target.list_keys(&all, None, 100).unwrap(), source.list_keys(&all, None, 100).unwrap());
+        assert_eq!(target.list_consumers(None, 100).unwrap(), source.list_consumers(None, 100).unwrap());
+        assert_eq!(target.list_changes(0, 100).unwrap(), source.list_changes(0, 100).unwrap());
+        assert_eq!(target.list_audit(0, 100).unwrap(), source.list_audit(0, 100).unwrap());
+        assert_eq!(target.list_sealed().unwrap(), source.list_sealed().unwrap());
+        let window = UsageQuery { since: 0, until: i64::MAX, ..Default::default() };
+        assert_eq!(target.usage(&window).unwrap(), source.usage(&window).unwrap());
+        assert_eq!(target.lookup_secret(&[1; 32]).unwrap().found.unwrap().key.id, "key_1");
+
+        // Positions continue after the copied ones.
+        let key = target.create_key(&ctx(), new_key("key_4", "carol", 4)).unwrap();
+        assert!(key.position > source.get_key("key_3").unwrap().position);
+        let (changes, head) = target.list_changes(5, 10).unwrap();
+        assert_eq!((changes[0].seq, head), (6, 6));
+        assert_eq!(target.list_audit(0, 100).unwrap().last().unwrap().seq, 9);
+
+        let err = sqlite_to_postgres(&path, &url).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        let err = sqlite_to_postgres(&dir.path().join("missing.db"), &url).unwrap_err();
+        assert!(err.to_string().starts_with("from: no SQLite store at "), "{err}");
+    }
+
+    #[test]
+    fn a_password_never_shows() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        let shown = format!("{:?}", StoreLocation::Postgres("postgres://u:pw%40x@h/db".into()));
+        assert!(!shown.contains("pw"), "{shown}");
+    }
+}
