@@ -1,6 +1,7 @@
 //! `tollgate-bench`: runs every variant (Envoy alone, each Tollgate filter, the chain, Envoy's
-//! native equivalents) as its own single-worker Envoy pinned to one core, loads it from the other
-//! core, and writes `results.md` and `results.json`. `make bench` builds everything and runs it.
+//! native equivalents, and a 10 KB cache hit against Envoy's own caches, through an origin in this
+//! process) as its own single-worker Envoy pinned to one core, loads it from the other core, and
+//! writes `results.md` and `results.json`. `make bench` builds everything and runs it.
 //!
 //! Settings (environment): `BENCH_QUICK=1` (one short round, for smoke checks), `BENCH_ROUNDS`,
 //! `BENCH_SECONDS` (length of each load run), `BENCH_CONNECTIONS`, `BENCH_ENVOY_CPU` / `BENCH_LOAD_CPU`
