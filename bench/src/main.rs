@@ -1,6 +1,7 @@
 //! `tollgate-bench`: runs every variant (Envoy alone, each Tollgate filter, the chain, Envoy's
-//! native equivalents) as its own single-worker Envoy pinned to one core, loads it from the other
-//! core, and writes `results.md` and `results.json`. `make bench` builds everything and runs it.
+//! native equivalents, and a 10 KB cache hit against Envoy's own caches, through an origin in this
+//! process) as its own single-worker Envoy pinned to one core, loads it from the other core, and
+//! writes `results.md` and `results.json`. `make bench` builds everything and runs it.
 //!
 //! Settings (environment): `BENCH_QUICK=1` (one short round, for smoke checks), `BENCH_ROUNDS`,
 //! `BENCH_SECONDS` (length of each load run), `BENCH_CONNECTIONS`, `BENCH_ENVOY_CPU` / `BENCH_LOAD_CPU`
@@ -10,6 +11,7 @@
 //! `ENVOY_BIN` like the end-to-end tests.
 
 mod measure;
+mod origin;
 mod probe;
 mod variants;
 
@@ -23,12 +25,13 @@ use tollgate_bench::{Error, Result, noop, procfs};
 use tollgate_e2e::{Envoy, Keyd, wasm_dir, workspace_root};
 
 use crate::measure::{
-    Running, cache_miss, envoy_pid, measure_latency, measure_saturation, memory, output, pin,
-    signed_wrk_script_text, verify_key_throughput, warm_up, wrk_script_text,
+    Running, cache_miss, cache_wrk_script_text, envoy_pid, measure_latency, measure_saturation, memory,
+    output, pin, signed_wrk_script_text, verify_key_throughput, warm_up, wrk_script_text,
 };
+use crate::origin::Origin;
 use crate::variants::{
-    BASELINE, Credentials, PATH, SIGNED_PER_SECOND, SigningKey, every_filter, signed_requests, start_envoy,
-    variants,
+    BASELINE, CACHE_BASELINE, Credentials, ENVOY_CACHES, PATH, SIGNED_PER_SECOND, SigningKey, TOLLGATE_CACHE,
+    every_filter, signed_requests, start_envoy, variants,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -157,12 +160,16 @@ async fn run() -> Result<()> {
             .to_owned(),
     }];
 
+    // The cache variants' origin, on this process's (the load generators') core.
+    let origin = if variants.iter().any(|v| v.cache.is_some()) { Some(Origin::start()?) } else { None };
+
     eprintln!("bench: starting {} Envoys", variants.len());
     // Started together: most of the time goes into compiling the modules.
     let mut starting = tokio::task::JoinSet::new();
     for (index, variant) in variants.iter().enumerate() {
         let (filters, keyd_addr) = (variant.filters.clone(), variant.keyd.then(|| keyd.addr()));
-        starting.spawn(async move { (index, start_envoy(&filters, keyd_addr, 1).await) });
+        let origin_addr = variant.cache.and(origin.as_ref().map(Origin::addr));
+        starting.spawn(async move { (index, start_envoy(&filters, keyd_addr, 1, origin_addr).await) });
     }
     let mut envoys: Vec<Option<Envoy>> = variants.iter().map(|_| None).collect();
     while let Some(joined) = starting.join_next().await {
@@ -197,6 +204,8 @@ async fn run() -> Result<()> {
                 ("signature".to_owned(), first.1.clone()),
             ];
             (signed_wrk_script_text(&data, &digest), Some(probe))
+        } else if variant.cache.is_some() {
+            (cache_wrk_script_text(), None)
         } else {
             (wrk_script_text(&creds.headers(variant.token)), None)
         };
@@ -205,7 +214,7 @@ async fn run() -> Result<()> {
     }
 
     eprintln!("bench: warming up");
-    warm_up(&settings, &mut running, &creds).await?;
+    warm_up(&settings, &mut running, &creds, origin.as_ref()).await?;
 
     for round in 0..settings.rounds {
         eprintln!("bench: round {} of {}", round + 1, settings.rounds);
@@ -213,12 +222,15 @@ async fn run() -> Result<()> {
         let others = running.len() - 1;
         let order: Vec<usize> =
             std::iter::once(0).chain((0..others).map(|i| 1 + (i + round) % others)).collect();
-        let mut slowest: Option<f64> = None;
+        // The slowest saturation of the filter variants, and of the cache variants apart (they
+        // serve another request, through an origin).
+        let (mut slowest, mut slowest_cache): (Option<f64>, Option<f64>) = (None, None);
         for index in &order {
             if let Some(r) = running.get_mut(*index)
                 && let Some(rps) = measure_saturation(&settings, r, round).await
             {
-                slowest = Some(slowest.map_or(rps, |s: f64| s.min(rps)));
+                let group = if r.variant.cache.is_some() { &mut slowest_cache } else { &mut slowest };
+                *group = Some(group.map_or(rps, |s: f64| s.min(rps)));
             }
         }
         if probe_mode {
@@ -226,10 +238,16 @@ async fn run() -> Result<()> {
         }
         // Every variant's latency at one rate: half the slowest variant's saturation, so no
         // variant is measured near its own limit and the percentiles compare like with like.
-        let rate = slowest.map(|rps| (rps * 0.5).max(100.0)).unwrap_or(1000.0);
-        eprintln!("  latency at {rate:.0} req/s");
+        let rate_of = |slowest: Option<f64>| slowest.map(|rps| (rps * 0.5).max(100.0)).unwrap_or(1000.0);
+        let (rate, cache_rate) = (rate_of(slowest), rate_of(slowest_cache));
+        if slowest_cache.is_some() {
+            eprintln!("  latency at {rate:.0} req/s (cache variants: {cache_rate:.0} req/s)");
+        } else {
+            eprintln!("  latency at {rate:.0} req/s");
+        }
         for index in &order {
             if let Some(r) = running.get_mut(*index) {
+                let rate = if r.variant.cache.is_some() { cache_rate } else { rate };
                 measure_latency(&settings, r, round, rate, &creds).await;
             }
         }
@@ -257,6 +275,7 @@ async fn run() -> Result<()> {
         return Ok(());
     }
 
+    let is_cache: Vec<bool> = running.iter().map(|r| r.variant.cache.is_some()).collect();
     let runs: Vec<VariantRun> = running
         .iter()
         .map(|r| VariantRun {
@@ -275,6 +294,7 @@ async fn run() -> Result<()> {
     };
     // Free the core before the remaining measurements.
     drop(running);
+    drop(origin);
 
     eprintln!("bench: memory with every filter loaded");
     let memory =
@@ -287,7 +307,19 @@ async fn run() -> Result<()> {
             Err(e) => (None, Some(e.0)),
         };
 
-    let summaries = report::summarize(&runs, BASELINE);
+    // The filter variants against Envoy alone; the cache variants against Envoy alone fetching
+    // from the origin.
+    let (mut cache_runs, mut filter_runs) = (Vec::new(), Vec::new());
+    for (run, cache) in runs.iter().zip(&is_cache) {
+        if *cache { &mut cache_runs } else { &mut filter_runs }.push(run.clone());
+    }
+    let summaries = report::summarize(&filter_runs, BASELINE);
+    let cache_summaries = report::summarize(&cache_runs, CACHE_BASELINE);
+    let cache_comparisons: Vec<report::Comparison> = ENVOY_CACHES
+        .iter()
+        .filter(|native| cache_runs.iter().any(|r| r.name == **native))
+        .map(|native| report::compare(&cache_runs, TOLLGATE_CACHE, native))
+        .collect();
     let mib = |kib: Option<i64>| kib.map(|k| k as f64 / 1024.0);
     let goals = vec![
         report::cpu_goal(&summaries, "key-auth", false, 0.85),
@@ -296,6 +328,8 @@ async fn run() -> Result<()> {
         report::cpu_goal(&summaries, "rate-limit", true, 0.9),
         report::cpu_goal(&summaries, "transform headers", false, 0.85),
         report::cpu_goal(&summaries, "pipeline", false, 0.75),
+        report::rps_goal(&cache_summaries, TOLLGATE_CACHE, 1.0),
+        report::cpu_goal(&cache_summaries, TOLLGATE_CACHE, true, 1.0),
         report::latency_goal(&summaries, BASELINE, false, 2.0),
         report::latency_goal(&summaries, BASELINE, true, 3.0),
         report::bound_goal(
@@ -336,8 +370,10 @@ async fn run() -> Result<()> {
         saturation_seconds: settings.seconds as f64,
         latency_seconds: settings.seconds as f64,
         connections: settings.connections,
-        upstream: "Envoy `direct_response` (200, small JSON body) on every variant: no upstream process competes for the two cores".to_owned(),
+        upstream: "Envoy `direct_response` (200, small JSON body) on every filter variant: no upstream process competes for the two cores; the cache variants route to an origin (`tollgate-echo`'s server, in the harness's process on the load generators' core) answering GET /cacheable/10000 with 10,000 bytes and `cache-control: public, max-age=3600`".to_owned(),
         summaries,
+        cache_summaries,
+        cache_comparisons,
         goals,
         skipped,
         keyd_verify_rps,

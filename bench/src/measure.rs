@@ -14,7 +14,10 @@ use tollgate_e2e::{DATAPLANE_TOKEN, Envoy, HttpClient, Keyd};
 use tollgate_proto::v1::VerifyKeyRequest;
 
 use crate::Settings;
-use crate::variants::{BODY, Credentials, PATH, Variant, start_envoy};
+use crate::origin::Origin;
+use crate::variants::{
+    BODY, CACHE_BODY_BYTES, CACHE_PATH, CacheRole, Credentials, PATH, Variant, start_envoy,
+};
 
 /// Every external process gets this much longer than its own bound before it is killed.
 const GRACE: Duration = Duration::from_secs(30);
@@ -32,9 +35,31 @@ pub(crate) struct Running {
 }
 
 /// Checks every variant answers 200, then sends it a few hundred requests and, unless quick, a
-/// short wrk run.
-pub(crate) async fn warm_up(settings: &Settings, running: &mut [Running], creds: &Credentials) -> Result<()> {
+/// short wrk run. A cache variant is checked to answer as it claims (see [`check_cache`]), and a
+/// cache's wrk run must not reach the origin.
+pub(crate) async fn warm_up(
+    settings: &Settings,
+    running: &mut [Running],
+    creds: &Credentials,
+    origin: Option<&Origin>,
+) -> Result<()> {
     for r in running {
+        if let Some(role) = r.variant.cache {
+            let origin = origin.ok_or_else(|| Error("the cache variants need the origin".to_owned()))?;
+            check_cache(r, role, origin, if settings.quick { 20 } else { 200 }).await?;
+            if settings.warmup_seconds > 0 {
+                let before = origin.requests();
+                let _ = wrk(settings, &r.envoy.url(CACHE_PATH), &r.wrk_script, settings.warmup_seconds).await;
+                let fetched = origin.requests() - before;
+                if role != CacheRole::Origin && fetched > 0 {
+                    return Err(Error(format!(
+                        "variant `{}`: {fetched} requests of the warm-up load reached the origin: not every answer was a hit",
+                        r.variant.name
+                    )));
+                }
+            }
+            continue;
+        }
         let headers = r.probe_headers.clone().unwrap_or_else(|| creds.headers(r.variant.token));
         let probe = r
             .envoy
@@ -80,6 +105,79 @@ pub(crate) async fn warm_up(settings: &Settings, running: &mut [Running], creds:
     Ok(())
 }
 
+/// Whether `res` is a hit of the cache `role` names: Tollgate's says `cache-status: tollgate;
+/// hit…`, Envoy's adds `age`.
+fn is_hit(role: CacheRole, res: &tollgate_e2e::Response) -> bool {
+    match role {
+        CacheRole::Origin => false,
+        CacheRole::Tollgate => res.header("cache-status").is_some_and(|v| v.starts_with("tollgate; hit")),
+        CacheRole::Envoy => res.header("age").is_some(),
+    }
+}
+
+/// Fails loudly unless a cache variant answers as it claims: the 10 KB body every time; with no
+/// cache, `n` requests reach the origin `n` times; with a cache, once a first hit has come (the
+/// first request fills it), `n` more are each a hit and none reaches the origin.
+async fn check_cache(r: &Running, role: CacheRole, origin: &Origin, n: usize) -> Result<()> {
+    let name = &r.variant.name;
+    let get = || async {
+        let res =
+            r.envoy.get(CACHE_PATH).try_send().await.map_err(|e| Error(format!("variant `{name}`: {e}")))?;
+        if res.status != 200 || res.body.len() != CACHE_BODY_BYTES {
+            return Err(Error(format!(
+                "variant `{name}` answers {} with {} bytes, not 200 with {CACHE_BODY_BYTES}: {:?}",
+                res.status,
+                res.body.len(),
+                res.headers
+            )));
+        }
+        Ok(res)
+    };
+    if role == CacheRole::Origin {
+        let before = origin.requests();
+        for _ in 0..n {
+            get().await?;
+        }
+        let fetched = origin.requests() - before;
+        if fetched != n {
+            return Err(Error(format!("variant `{name}`: {n} requests reached the origin {fetched} times")));
+        }
+        return Ok(());
+    }
+    // A cache may store an answer a moment after sending it: up to 50 tries, 20 ms apart.
+    let mut last = None;
+    for _ in 0..50 {
+        let res = get().await?;
+        if is_hit(role, &res) {
+            last = None;
+            break;
+        }
+        last = Some(res.headers);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(headers) = last {
+        return Err(Error(format!(
+            "variant `{name}` never answered a cache hit; last answer's headers: {headers:?}"
+        )));
+    }
+    let before = origin.requests();
+    for i in 0..n {
+        let res = get().await?;
+        if !is_hit(role, &res) {
+            return Err(Error(format!(
+                "variant `{name}`: request {} of {n} after the first hit was not a hit: {:?}",
+                i + 1,
+                res.headers
+            )));
+        }
+    }
+    let fetched = origin.requests() - before;
+    if fetched > 0 {
+        return Err(Error(format!("variant `{name}`: {fetched} of {n} hits reached the origin")));
+    }
+    Ok(())
+}
+
 pub(crate) fn envoy_pid(envoy: &Envoy) -> Result<u32> {
     let config = envoy.config_path();
     procfs::find_pid(&["envoy", &config.to_string_lossy()])
@@ -88,7 +186,7 @@ pub(crate) fn envoy_pid(envoy: &Envoy) -> Result<u32> {
 
 /// wrk at saturation; records rps and CPU µs/request. Returns the rps.
 pub(crate) async fn measure_saturation(settings: &Settings, r: &mut Running, round: usize) -> Option<f64> {
-    let url = r.envoy.url(PATH);
+    let url = r.envoy.url(r.variant.path());
     let before = procfs::cpu_ticks(r.pid);
     let started = Instant::now();
     let result = wrk(settings, &url, &r.wrk_script, settings.seconds).await;
@@ -136,7 +234,7 @@ pub(crate) async fn measure_latency(
         // oha sends the same headers every time: a signed request more than once is a replay.
         return;
     }
-    let url = r.envoy.url(PATH);
+    let url = r.envoy.url(r.variant.path());
     let mut args = vec![
         "--no-tui".to_owned(),
         "--output-format".to_owned(),
@@ -148,14 +246,14 @@ pub(crate) async fn measure_latency(
         format!("{rate:.0}"),
         "-c".to_owned(),
         settings.connections.to_string(),
-        "-m".to_owned(),
-        "POST".to_owned(),
-        "-d".to_owned(),
-        BODY.to_owned(),
     ];
-    for (name, value) in creds.headers(r.variant.token) {
-        args.push("-H".to_owned());
-        args.push(format!("{name}: {value}"));
+    // The cache variants GET with nothing more (oha's default); the others POST with credentials.
+    if r.variant.cache.is_none() {
+        args.extend(["-m".to_owned(), "POST".to_owned(), "-d".to_owned(), BODY.to_owned()]);
+        for (name, value) in creds.headers(r.variant.token) {
+            args.push("-H".to_owned());
+            args.push(format!("{name}: {value}"));
+        }
     }
     args.push(url);
     let result =
@@ -227,6 +325,11 @@ pub(crate) fn wrk_script_text(headers: &[(String, String)]) -> String {
         script.push_str(&format!("wrk.headers[\"{name}\"] = [[{value}]]\n"));
     }
     script
+}
+
+/// A wrk script sending the cache variants' request: a GET of the URL wrk is given, nothing more.
+pub(crate) fn cache_wrk_script_text() -> String {
+    "wrk.method = \"GET\"\n".to_owned()
 }
 
 /// A wrk script sending the benchmark request signed: each request takes the next (Signature-Input,
@@ -319,7 +422,7 @@ fn percentile(values: &[f64], q: f64) -> Option<f64> {
 /// VM) and `bundled` (the same filters from the bundle, one VM) at 1 and 2 workers.
 pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value], bundled: &[Value]) -> Memory {
     let rss = |filters: Vec<Value>, workers: u32, keyd_addr: Option<std::net::SocketAddr>| async move {
-        let envoy = start_envoy(&filters, keyd_addr, workers).await.ok()?;
+        let envoy = start_envoy(&filters, keyd_addr, workers, None).await.ok()?;
         // Let every worker finish loading its VMs.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = envoy.get(PATH).try_send().await;

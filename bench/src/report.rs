@@ -135,6 +135,47 @@ pub fn cpu_goal(summaries: &[Summary], variant: &str, native: bool, min: f64) ->
     }
 }
 
+/// Requests/s: `variant ÷ its native ≥ min` (the same round, median over rounds).
+pub fn rps_goal(summaries: &[Summary], variant: &str, min: f64) -> Goal {
+    let found = summaries.iter().find(|s| s.name == variant);
+    let against = found.and_then(|s| s.native.clone()).unwrap_or_else(|| "native".to_owned());
+    let measured = found.and_then(|s| s.rps_vs_native);
+    Goal {
+        goal: format!("{variant} ≥ {min} × {against} (requests/s)"),
+        measured,
+        met: measured.map(|m| m >= min),
+    }
+}
+
+/// One variant against another run in the same rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub variant: String,
+    pub against: String,
+    /// Median over rounds of the variant's req/s ÷ the other's.
+    pub rps_ratio: Option<f64>,
+    /// Median over rounds of the other's CPU µs/request ÷ the variant's (above 1: the variant is
+    /// cheaper).
+    pub cpu_ratio: Option<f64>,
+}
+
+/// `variant` against `against`, round by round.
+pub fn compare(runs: &[VariantRun], variant: &str, against: &str) -> Comparison {
+    let rounds = runs.iter().flat_map(|r| r.samples.iter().map(|s| s.round + 1)).max().unwrap_or(0);
+    let pick = |name: &str, f: fn(&Sample) -> Option<f64>| {
+        runs.iter().find(|r| r.name == name).map(|r| column(r, rounds, f)).unwrap_or_default()
+    };
+    Comparison {
+        variant: variant.to_owned(),
+        against: against.to_owned(),
+        rps_ratio: median_ratio(&pick(variant, |s| s.rps), &pick(against, |s| s.rps)),
+        cpu_ratio: median_ratio(
+            &pick(against, |s| s.cpu_us_per_request),
+            &pick(variant, |s| s.cpu_us_per_request),
+        ),
+    }
+}
+
 /// Every variant's p99 (p99.9 when `p999`) at the common rate ≤ `max` × the baseline's.
 pub fn latency_goal(summaries: &[Summary], baseline: &str, p999: bool, max: f64) -> Goal {
     let pick = |s: &Summary| if p999 { s.p999_ms } else { s.p99_ms };
@@ -232,6 +273,10 @@ pub struct Report {
     pub connections: u32,
     pub upstream: String,
     pub summaries: Vec<Summary>,
+    /// The cache variants, against Envoy alone fetching from the origin (empty when not run).
+    pub cache_summaries: Vec<Summary>,
+    /// Tollgate's cache against each of Envoy's.
+    pub cache_comparisons: Vec<Comparison>,
     pub goals: Vec<Goal>,
     pub skipped: Vec<Skipped>,
     pub keyd_verify_rps: Option<f64>,
@@ -312,10 +357,13 @@ impl Report {
                 s.errors
             ));
         }
+        if !self.cache_summaries.is_empty() {
+            self.cache_markdown(&mut line);
+        }
         line(String::new());
         line("## Variants".to_owned());
         line(String::new());
-        for s in &self.summaries {
+        for s in self.summaries.iter().chain(&self.cache_summaries) {
             line(format!("- **{}**: {}", s.name, s.what));
             for failure in &s.failures {
                 line(format!("  - not measured: {failure}"));
@@ -391,6 +439,60 @@ impl Report {
         md
     }
 
+    /// The cache comparison: its own table, against Envoy alone fetching from the origin.
+    fn cache_markdown(&self, line: &mut impl FnMut(String)) {
+        let base = self.cache_summaries.first().map_or("the origin", |s| s.name.as_str());
+        line(String::new());
+        line("## Cache hit, 10 KB body".to_owned());
+        line(String::new());
+        line(format!(
+            "Every request a GET of the same URL, whose origin answer (10,000 bytes, `cache-control: public, \
+             max-age=3600`) each cache holds after the warm-up; the warm-up checks every answer of a cache is a \
+             hit that never reaches the origin. Ratios against `{base}` (Envoy alone, every request fetched \
+             from the origin), per round then the median: `× {base} (CPU)` is its CPU per request over the \
+             variant's (above 1: a hit costs Envoy less than a fetch). A req/s ratio is shown only where Envoy \
+             used at least 90 % of its core."
+        ));
+        line(String::new());
+        line(
+            "| variant | CPU µs/req | × cache-origin (CPU) | × native (CPU) | Envoy CPU | req/s | × cache-origin (req/s) | × native (req/s) | p50 ms | p99 ms | errors |"
+                .replace("cache-origin", base),
+        );
+        line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned());
+        for s in &self.cache_summaries {
+            let saturated = s.envoy_cpu_share.is_some_and(|c| c >= 0.9);
+            let native = |ratio: Option<f64>| match &s.native {
+                Some(n) => format!("{} ({n})", num(ratio, 2)),
+                None => String::new(),
+            };
+            line(format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.name,
+                num(s.cpu_us_per_request, 1),
+                num(s.cpu_vs_baseline, 2),
+                native(s.cpu_vs_native),
+                s.envoy_cpu_share.map_or_else(|| "–".to_owned(), |c| format!("{:.0} %", c * 100.0)),
+                num(s.rps, 0),
+                if saturated { num(s.rps_vs_baseline, 2) } else { "(load-bound)".to_owned() },
+                native(s.rps_vs_native),
+                num(s.p50_ms, 3),
+                num(s.p99_ms, 3),
+                s.errors
+            ));
+        }
+        line(String::new());
+        for c in &self.cache_comparisons {
+            line(format!(
+                "- {} against {}: {} × its requests/s, {} × its CPU per request (its µs over {}'s)",
+                c.variant,
+                c.against,
+                num(c.rps_ratio, 2),
+                num(c.cpu_ratio, 2),
+                c.variant
+            ));
+        }
+    }
+
     /// The report as pretty JSON.
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
@@ -429,6 +531,28 @@ mod tests {
             run("rate-limit", Some("local_ratelimit"), &[90.0, 40.0, 80.0], &[12.0, 25.0, 13.0]),
             run("local_ratelimit", None, &[95.0, 50.0, 100.0], &[11.0, 20.0, 10.0]),
         ]
+    }
+
+    fn cache_runs() -> Vec<VariantRun> {
+        vec![
+            run("origin", None, &[100.0, 100.0, 100.0], &[40.0, 40.0, 40.0]),
+            run("cache", Some("native cache"), &[300.0, 280.0, 310.0], &[10.0, 12.0, 10.0]),
+            run("native cache", None, &[250.0, 280.0, 250.0], &[12.0, 12.0, 11.0]),
+        ]
+    }
+
+    #[test]
+    fn comparisons_take_per_round_ratios() {
+        let c = compare(&cache_runs(), "cache", "native cache");
+        // req/s per round: 1.2, 1.0, 1.24 → 1.2; CPU native ÷ variant: 1.2, 1.0, 1.1 → 1.1.
+        assert!((c.rps_ratio.unwrap() - 1.2).abs() < 1e-9);
+        assert!((c.cpu_ratio.unwrap() - 1.1).abs() < 1e-9);
+        assert_eq!(compare(&cache_runs(), "cache", "missing").rps_ratio, None);
+        let s = summarize(&cache_runs(), "origin");
+        let g = rps_goal(&s, "cache", 1.0);
+        assert_eq!(g.goal, "cache ≥ 1 × native cache (requests/s)");
+        assert_eq!(g.met, Some(true));
+        assert_eq!(rps_goal(&s, "cache", 1.25).met, Some(false));
     }
 
     #[test]
@@ -478,6 +602,8 @@ mod tests {
             upstream: "direct_response".to_owned(),
             goals: vec![cpu_goal(&summaries, "rate-limit", true, 0.9)],
             summaries,
+            cache_summaries: summarize(&cache_runs(), "origin"),
+            cache_comparisons: vec![compare(&cache_runs(), "cache", "native cache")],
             skipped: vec![Skipped { name: "request-signing".to_owned(), reason: "not built".to_owned() }],
             keyd_verify_rps: Some(1234.0),
             keyd_verify_failure: None,
@@ -501,6 +627,17 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("request-signing**: skipped — not built"), "{md}");
+        // The cache table: CPU 40/10, 40/12, 40/10 → 4.00 over the origin; 1.10 over the native.
+        assert!(
+            md.contains(
+                "| cache | 10.0 | 4.00 | 1.10 (native cache) | – | 300 | (load-bound) | 1.20 (native cache) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- cache against native cache: 1.20 × its requests/s, 1.10 × its CPU per request"),
+            "{md}"
+        );
         assert!(md.contains("per extra worker 10.0 MiB"), "{md}");
         assert!(
             md.contains("| rate-limit ≥ 0.9 × local_ratelimit (CPU per request) | 0.80 | not yet |"),

@@ -1,12 +1,13 @@
-//! What each variant is: its Envoy config (the filters in front of a `direct_response` route) and
-//! the request the load generators send it, with the credentials that request carries.
+//! What each variant is: its Envoy config (the filters in front of a `direct_response` route, or,
+//! for the cache variants, of a route to the origin) and the request the load generators send it,
+//! with the credentials that request carries.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tollgate_bench::{Error, Result};
-use tollgate_e2e::{Envoy, EnvoyOpts, Keyd, wasm_dir, wasm_filter};
+use tollgate_e2e::{Envoy, EnvoyOpts, Keyd, UPSTREAM_CLUSTER, wasm_dir, wasm_filter};
 use tollgate_testkit::jwt::{self, Hs256, JwtKey};
 
 pub(crate) const ISSUER: &str = "https://idp.bench.test/realms/bench";
@@ -15,6 +16,29 @@ pub(crate) const PATH: &str = "/api/bench";
 pub(crate) const BODY: &str =
     r#"{"user":"alice","password":"hunter2","items":[1,2,3],"meta":{"source":"bench"}}"#;
 pub(crate) const BASELINE: &str = "no filter";
+/// Size of the body the cache variants' origin answers with.
+pub(crate) const CACHE_BODY_BYTES: usize = 10_000;
+/// What the cache variants request (GET, no body, no credentials): the origin answers it with
+/// [`CACHE_BODY_BYTES`] bytes and `cache-control: public, max-age=3600`.
+pub(crate) const CACHE_PATH: &str = "/cacheable/10000";
+/// The baseline of the cache comparison: Envoy alone, every request to the origin.
+pub(crate) const CACHE_BASELINE: &str = "cache-origin";
+/// Tollgate's cache, compared with Envoy's own.
+pub(crate) const TOLLGATE_CACHE: &str = "tollgate-cache";
+/// Envoy's cache filters with their in-memory store: `cache_v2` first (the native equivalent).
+pub(crate) const ENVOY_CACHES: [&str; 2] = ["envoy-cache", "envoy-cache v1"];
+
+/// The part a variant plays in the cache comparison: its route goes to the origin, its requests
+/// are GETs of [`CACHE_PATH`], and the warm-up checks its answers are what it claims.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum CacheRole {
+    /// No cache: every request reaches the origin.
+    Origin,
+    /// Tollgate's cache answers: `cache-status: tollgate; hit…`, the origin not asked.
+    Tollgate,
+    /// Envoy's cache answers: an `age` header, the origin not asked.
+    Envoy,
+}
 
 /// Which bearer token a variant's requests carry.
 #[derive(Clone, Copy, PartialEq)]
@@ -33,6 +57,8 @@ pub(crate) struct Variant {
     pub(crate) token: Token,
     /// Every request carries its own RFC 9421 signature (see [`signed_requests`]).
     pub(crate) signed: bool,
+    /// A variant of the cache comparison (routed to the origin, GETs of [`CACHE_PATH`]).
+    pub(crate) cache: Option<CacheRole>,
 }
 
 impl Variant {
@@ -45,7 +71,18 @@ impl Variant {
             keyd: false,
             token: Token::Hs256,
             signed: false,
+            cache: None,
         }
+    }
+
+    pub(crate) fn cache(mut self, role: CacheRole) -> Variant {
+        self.cache = Some(role);
+        self
+    }
+
+    /// The path the load generators request.
+    pub(crate) fn path(&self) -> &'static str {
+        if self.cache.is_some() { CACHE_PATH } else { PATH }
     }
 
     pub(crate) fn signed(mut self) -> Variant {
@@ -300,6 +337,43 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
         }
     });
     let noop = wasm_filter("noop", "noop", noop_path, &json!(""));
+    // The cache as docs/cache.md shows it, refreshing from the route's own cluster.
+    let tollgate_cache = tollgate(
+        "cache",
+        "tollgate.cache",
+        "tollgate_cache",
+        &json!({
+            "max_object_bytes": 1_048_576,
+            "max_memory_bytes": 67_108_864,
+            "default_methods": ["GET", "HEAD"],
+            "query": {"exclude": ["utm_source", "utm_medium", "utm_campaign"]},
+            "per_consumer": false,
+            "stale_while_revalidate_max": "1h",
+            "stale_if_error_max": "1d",
+            "origin_cluster": UPSTREAM_CLUSTER,
+            "lock_timeout": "5s"
+        }),
+    );
+    // Envoy 1.40's two cache filters, each with its in-memory store (both marked work in progress).
+    let envoy_cache_v2 = json!({
+        "name": "envoy.filters.http.cache_v2",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cache_v2.v3.CacheV2Config",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config"
+            }
+        }
+    });
+    let envoy_cache_v1 = json!({
+        "name": "envoy.filters.http.cache",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"
+            }
+        }
+    });
+    let [envoy_cache, envoy_cache_old] = ENVOY_CACHES;
 
     vec![
         Variant::new(BASELINE, "Envoy alone (router + direct_response)", vec![]),
@@ -387,17 +461,45 @@ pub(crate) fn variants(keyd: &Keyd, api_key: &str, keys: &KeySets, noop_path: &P
             vec![pipeline],
         )
         .with_keyd(),
+        Variant::new(
+            CACHE_BASELINE,
+            "Envoy alone routing to the origin, no cache: every GET fetches the 10,000-byte body from the origin",
+            vec![],
+        )
+        .cache(CacheRole::Origin),
+        Variant::new(
+            TOLLGATE_CACHE,
+            "the cache filter (`tollgate.cache`, the configuration of docs/cache.md), every GET a fresh hit of the 10,000-byte body",
+            vec![tollgate_cache],
+        )
+        .native(envoy_cache)
+        .cache(CacheRole::Tollgate),
+        Variant::new(
+            envoy_cache,
+            "native `cache_v2` (`CacheV2Config`) with its in-memory store (`SimpleHttpCacheV2Config`), every GET a hit",
+            vec![envoy_cache_v2],
+        )
+        .cache(CacheRole::Envoy),
+        Variant::new(
+            envoy_cache_old,
+            "native `cache` (`CacheConfig`), the older cache filter, with its in-memory store (`SimpleHttpCacheConfig`), every GET a hit",
+            vec![envoy_cache_v1],
+        )
+        .cache(CacheRole::Envoy),
     ]
 }
 
-/// Envoy with `filters` in front of a `direct_response` route, without access log, at warn level.
+/// Envoy with `filters` in front of a `direct_response` route — or, given an `origin`, of a route
+/// to it — without access log, at warn level.
 pub(crate) async fn start_envoy(
     filters: &[Value],
     keyd: Option<std::net::SocketAddr>,
     workers: u32,
+    origin: Option<std::net::SocketAddr>,
 ) -> Result<Envoy> {
-    // The upstream cluster is never used: the route answers directly.
-    let mut opts = EnvoyOpts::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9))).workers(workers);
+    // Without an origin the upstream cluster is never used: the route answers directly.
+    let upstream = origin.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    let mut opts = EnvoyOpts::new(upstream).workers(workers);
     if let Some(addr) = keyd {
         opts = opts.keyd(addr);
     }
@@ -410,11 +512,13 @@ pub(crate) async fn start_envoy(
     if let Some(hcm) = hcm.as_object_mut() {
         hcm.remove("access_log");
     }
-    hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}},
-        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]
-    });
+    if origin.is_none() {
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]
+        });
+    }
     Envoy::start_config(&config, workers, &["-l".to_owned(), "warn".to_owned()])
         .await
         .map_err(|log| Error(format!("Envoy did not start:\n{}", last_lines(&log, 30))))

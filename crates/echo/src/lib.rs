@@ -13,7 +13,10 @@
 //! - `/status/{code}` answers with that status and the same JSON;
 //! - `/delay/{ms}` waits that long (capped at [`MAX_DELAY_MS`]) and then echoes;
 //! - `/sse?events=N&interval_ms=M` streams `N` server-sent events `data: {"n":i}` with `M` ms
-//!   between them, then ends the response.
+//!   between them, then ends the response;
+//! - `/cacheable/{bytes}` answers `200` with a body of that many bytes (capped at
+//!   [`MAX_BODY_BYTES`]) and `cache-control: public, max-age=3600`: a response every shared
+//!   cache may store (the benchmark's cache hits).
 //!
 //! Every response carries the header `x-echo-instance: <name>`.
 //!
@@ -50,6 +53,8 @@ pub mod ws;
 pub const INSTANCE_HEADER: &str = "x-echo-instance";
 /// Largest request body echoed back; bigger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// What `/cacheable/{bytes}` answers with: any shared cache may keep it for an hour.
+pub const CACHEABLE_CACHE_CONTROL: &str = "public, max-age=3600";
 /// Longest wait `/delay/{ms}` honours.
 pub const MAX_DELAY_MS: u64 = 300_000;
 /// Most events `/sse` sends in one response.
@@ -398,7 +403,10 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     }
     let status = match route {
         Route::Sse { events, interval } => return Ok(sse_response(name, events, interval)),
-        Route::Echo | Route::Delay(_) => StatusCode::OK,
+        Route::Cacheable(bytes) if state.fail_status().is_none() => {
+            return Ok(cacheable_response(name, bytes));
+        }
+        Route::Echo | Route::Cacheable(_) | Route::Delay(_) => StatusCode::OK,
         Route::Status(status) => status,
         Route::BadStatus => StatusCode::BAD_REQUEST,
     };
@@ -442,7 +450,12 @@ enum Route {
     Status(StatusCode),
     BadStatus,
     Delay(u64),
-    Sse { events: u64, interval: Duration },
+    Sse {
+        events: u64,
+        interval: Duration,
+    },
+    /// A storable body of this many bytes.
+    Cacheable(usize),
 }
 
 impl Route {
@@ -456,6 +469,12 @@ impl Route {
         if let Some(ms) = path.strip_prefix("/delay/") {
             return match ms.parse::<u64>() {
                 Ok(ms) => Route::Delay(ms.min(MAX_DELAY_MS)),
+                Err(_) => Route::BadStatus,
+            };
+        }
+        if let Some(bytes) = path.strip_prefix("/cacheable/") {
+            return match bytes.parse::<usize>() {
+                Ok(bytes) => Route::Cacheable(bytes.min(MAX_BODY_BYTES)),
                 Err(_) => Route::BadStatus,
             };
         }
@@ -491,6 +510,14 @@ fn response(status: StatusCode, name: &str, content_type: &'static str, body: Bo
     if let Ok(value) = HeaderValue::from_str(name) {
         headers.insert(INSTANCE_HEADER, value);
     }
+    response
+}
+
+/// `bytes` bytes of `x`, storable by any shared cache for an hour.
+fn cacheable_response(name: &str, bytes: usize) -> Response<Body> {
+    let body = Full::new(Bytes::from(vec![b'x'; bytes])).boxed();
+    let mut response = response(StatusCode::OK, name, "text/plain", body);
+    response.headers_mut().insert("cache-control", HeaderValue::from_static(CACHEABLE_CACHE_CONTROL));
     response
 }
 
@@ -534,6 +561,13 @@ mod tests {
     fn delay_is_capped() {
         assert_eq!(Route::parse("/delay/250", ""), Route::Delay(250));
         assert_eq!(Route::parse("/delay/999999999", ""), Route::Delay(MAX_DELAY_MS));
+    }
+
+    #[test]
+    fn cacheable_path_parses_size_and_caps_it() {
+        assert_eq!(Route::parse("/cacheable/10000", ""), Route::Cacheable(10_000));
+        assert_eq!(Route::parse("/cacheable/99999999999", ""), Route::Cacheable(MAX_BODY_BYTES));
+        assert_eq!(Route::parse("/cacheable/10k", ""), Route::BadStatus);
     }
 
     #[test]
