@@ -756,6 +756,9 @@ async fn purges_from_the_cli_reach_two_envoys_within_two_seconds() {
     let mut config = config();
     config["key_service"] = keyd.key_auth_config()["key_service"].clone();
     config["key_service"]["poll_interval"] = json!("500ms");
+    // Enough slots that the five URLs do not share one (a shared slot holds one URL: two URLs in
+    // one slot would each miss once more per Envoy).
+    config["shared"] = json!({"slots": 65536, "max_bytes": 268_435_456});
     let mut envoys = Vec::new();
     for _ in 0..2 {
         let opts =
