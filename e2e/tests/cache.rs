@@ -561,6 +561,11 @@ async fn unsafe_methods_invalidate_the_url_in_every_worker() {
         }
     };
     envoy.get("/item").send().await;
+    // Stored once the filter has seen the end of the response (the client may have it sooner).
+    let stored = || async {
+        envoy.get("/item").send().await.header("cache-status").is_some_and(|s| s.contains("hit"))
+    };
+    assert!(eventually(BOUND, stored).await);
     assert!(get_all(40).await.iter().all(|b| b == "n=1 lang= consumer="));
     let post = client.post(envoy.url("/item")).body("x").send().await;
     assert_eq!(post.status, 200);
