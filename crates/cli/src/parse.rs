@@ -10,43 +10,16 @@ use tollgate_proto::v1::{self, RateLimit};
 /// Parses a duration such as `30d`, `12h`, `15m`, `90s`, `1w` or `1h30m` into seconds.
 /// Units: `s`, `m`, `h`, `d`, `w`. A bare `0` is accepted.
 pub fn duration_secs(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(0);
-    }
-    let bad = || format!("invalid duration {text:?}: expected e.g. 90s, 15m, 12h, 30d or 1h30m");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
+    use tollgate_core::duration::{CompoundError, compound_secs};
+    compound_secs(text).map_err(|e| match e {
+        CompoundError::Malformed => {
+            format!("invalid duration {text:?}: expected e.g. 90s, 15m, 12h, 30d or 1h30m")
         }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(bad()),
-        };
-        if digits.is_empty() {
-            return Err(bad());
+        CompoundError::MissingUnit(digits) => {
+            format!("invalid duration {text:?}: missing unit (s, m, h, d or w) after {digits}")
         }
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(|| format!("duration {text:?} is too long"))?;
-    }
-    if !digits.is_empty() {
-        return Err(format!("invalid duration {text:?}: missing unit (s, m, h, d or w) after {digits}"));
-    }
-    Ok(total)
+        CompoundError::TooLong => format!("duration {text:?} is too long"),
+    })
 }
 
 /// Parses `key=value`. The key must not be empty; the value may be empty or contain `=`.

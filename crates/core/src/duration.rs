@@ -25,6 +25,56 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     millis.map(Duration::from_millis).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Why [`compound_secs`] refused a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompoundError {
+    /// Empty, a character that is no digit nor unit, or a unit without a number.
+    Malformed,
+    /// Digits at the end with no unit after them.
+    MissingUnit(String),
+    /// Past `u64` seconds.
+    TooLong,
+}
+
+/// Parses a duration a person types — `90s`, `15m`, `12h`, `30d`, `1w`, `1h30m`, or a bare `0` —
+/// into seconds (units `s`, `m`, `h`, `d`, `w`; surrounding spaces ignored). Callers word the
+/// error for their audience (a command line, a form).
+pub fn compound_secs(text: &str) -> Result<u64, CompoundError> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    if text.is_empty() {
+        return Err(CompoundError::Malformed);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(CompoundError::Malformed),
+        };
+        if digits.is_empty() {
+            return Err(CompoundError::Malformed);
+        }
+        let n: u64 = digits.parse().map_err(|_| CompoundError::TooLong)?;
+        digits.clear();
+        total = n.checked_mul(unit).and_then(|secs| total.checked_add(secs)).ok_or(CompoundError::TooLong)?;
+    }
+    if !digits.is_empty() {
+        return Err(CompoundError::MissingUnit(digits));
+    }
+    Ok(total)
+}
+
 /// Serde helper: `#[serde(deserialize_with = "duration::de")]` on a `Duration` field.
 pub fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = <String as serde::Deserialize>::deserialize(d)?;
@@ -39,6 +89,19 @@ pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compound_durations_add_their_parts_and_say_what_is_wrong() {
+        assert_eq!(compound_secs(" 1h30m "), Ok(5_400));
+        assert_eq!(compound_secs("0"), Ok(0));
+        assert_eq!(compound_secs("1w2d"), Ok(777_600));
+        for bad in ["", "h", "1x", "-1h", "1h 30m", "1.5h"] {
+            assert_eq!(compound_secs(bad), Err(CompoundError::Malformed), "{bad:?}");
+        }
+        assert_eq!(compound_secs("1h30"), Err(CompoundError::MissingUnit("30".into())));
+        assert_eq!(compound_secs("99999999999999999999s"), Err(CompoundError::TooLong));
+        assert_eq!(compound_secs("30000000000000000w"), Err(CompoundError::TooLong));
+    }
 
     #[test]
     fn units_parse() {

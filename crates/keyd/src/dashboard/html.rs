@@ -157,44 +157,13 @@ const MAX_DURATION: u64 = 100 * 365 * 86_400;
 /// Parses a duration typed into a form — `90s`, `15m`, `12h`, `30d`, `1w`, `1h30m` or `0` — into
 /// seconds. The message says what was expected.
 pub fn duration_secs(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(0);
+    use tollgate_core::duration::{CompoundError, compound_secs};
+    let shown: String = text.trim().chars().take(32).collect();
+    match compound_secs(text) {
+        Ok(total) if total <= MAX_DURATION => Ok(total),
+        Ok(_) | Err(CompoundError::TooLong) => Err(format!("{shown:?} is too long")),
+        Err(_) => Err(format!("{shown:?} is not a duration: use e.g. 90s, 15m, 12h, 30d or 1h30m")),
     }
-    let shown: String = text.chars().take(32).collect();
-    let bad = || format!("{shown:?} is not a duration: use e.g. 90s, 15m, 12h, 30d or 1h30m");
-    if text.is_empty() {
-        return Err(bad());
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(bad()),
-        };
-        if digits.is_empty() {
-            return Err(bad());
-        }
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(bad)?;
-    }
-    if !digits.is_empty() {
-        return Err(bad());
-    }
-    if total > MAX_DURATION {
-        return Err(format!("{shown:?} is too long"));
-    }
-    Ok(total)
 }
 
 /// Width and height of a sparkline, in SVG user units (and CSS pixels).
