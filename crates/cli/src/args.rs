@@ -58,6 +58,39 @@ pub enum Command {
     /// The gateways' response caches.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Webhook endpoints: create, list, delete, and the delivery log.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register an endpoint. Prints its signing secret (whsec_...) once.
+    Create {
+        /// Where events are POSTed (https:// or http://).
+        #[arg(long)]
+        url: String,
+        /// An event type: key.created, key.rotated, key.revoked, consumer.created,
+        /// consumer.deleted. Repeat for several.
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+    },
+    /// List endpoints.
+    List,
+    /// Delete an endpoint and its undelivered events.
+    Delete {
+        /// Endpoint id (wh_...).
+        id: String,
+    },
+    /// The delivery log, newest first.
+    Deliveries {
+        /// Only this endpoint's attempts.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -148,3 +148,31 @@ pub fn key_usage_to_proto(usage: crate::model::KeyUsage) -> pb::KeyUsage {
         last_used_at: usage.last_used_at,
     }
 }
+
+/// A webhook endpoint (never its secret).
+pub fn webhook_to_proto(hook: crate::webhooks::Webhook) -> pb::Webhook {
+    pb::Webhook {
+        id: hook.id,
+        url: hook.url,
+        events: hook.events.iter().map(|e| e.as_str().to_owned()).collect(),
+        enabled: hook.enabled,
+        disabled_reason: hook.disabled_reason,
+        created_at: hook.created_at,
+    }
+}
+
+/// One delivery attempt.
+pub fn webhook_delivery_to_proto(attempt: crate::webhooks::Attempt) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        message_id: attempt.message_id,
+        webhook_id: attempt.webhook_id,
+        event_type: attempt.event_type,
+        attempt: attempt.attempt,
+        at: attempt.at,
+        status: u32::from(attempt.status),
+        latency_ms: attempt.latency_ms,
+        error: attempt.error,
+        outcome: attempt.outcome,
+        next_attempt_at: attempt.next_attempt_at,
+    }
+}

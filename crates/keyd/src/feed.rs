@@ -469,6 +469,41 @@ mod tests {
         fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize> {
             self.inner.reseal(updates)
         }
+        fn create_webhook(
+            &self,
+            ctx: &Ctx,
+            hook: crate::webhooks::NewWebhook,
+        ) -> Result<crate::webhooks::Webhook> {
+            self.inner.create_webhook(ctx, hook)
+        }
+        fn list_webhooks(&self) -> Result<Vec<crate::webhooks::Webhook>> {
+            self.inner.list_webhooks()
+        }
+        fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
+            self.inner.delete_webhook(ctx, id)
+        }
+        fn claim_webhook_messages(
+            &self,
+            now: i64,
+            lease_until: i64,
+            limit: usize,
+        ) -> Result<Vec<crate::webhooks::Outgoing>> {
+            self.inner.claim_webhook_messages(now, lease_until, limit)
+        }
+        fn finish_webhook_attempt(
+            &self,
+            attempt: &crate::webhooks::Attempt,
+            outcome: crate::webhooks::Outcome,
+        ) -> Result<()> {
+            self.inner.finish_webhook_attempt(attempt, outcome)
+        }
+        fn list_webhook_attempts(
+            &self,
+            webhook_id: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<crate::webhooks::Attempt>> {
+            self.inner.list_webhook_attempts(webhook_id, limit)
+        }
     }
 
     // A long poll interval: in these tests the reader moves only when notified.

@@ -19,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -80,6 +80,19 @@ struct Cli {
     /// written).
     #[arg(long)]
     http_addr_file: Option<PathBuf>,
+    /// Let webhook endpoints point at loopback, private, link-local and metadata addresses
+    /// (refused by default).
+    #[arg(long, env = "TOLLGATE_WEBHOOKS_ALLOW_PRIVATE")]
+    webhooks_allow_private: bool,
+    /// How long one webhook delivery attempt may take, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    webhooks_timeout: u64,
+    /// Most webhook delivery attempts at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    webhooks_concurrency: u64,
+    /// PEM bundle of the certificate authorities https webhook endpoints are verified against.
+    #[arg(long, default_value = tollgate_keyd::webhooks::deliver::DEFAULT_CA_FILE)]
+    webhooks_ca_file: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -263,7 +276,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let metrics_listen = cli.metrics_listen()?;
     let http_listen = cli.http_listen()?;
-    let config = Config::prepare(&options).map_err(|e| e.to_string())?;
+    let mut config = Config::prepare(&options).map_err(|e| e.to_string())?;
+    config.webhooks.allow_private = cli.webhooks_allow_private;
+    config.webhooks.timeout = std::time::Duration::from_secs(cli.webhooks_timeout);
+    config.webhooks.concurrency = usize::try_from(cli.webhooks_concurrency).unwrap_or(8);
+    config.webhooks.ca_file = cli.webhooks_ca_file.clone();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;

@@ -57,7 +57,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 18] = [
+pub const RPC_METHODS: [&str; 22] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -76,13 +76,17 @@ pub const RPC_METHODS: [&str; 18] = [
     "ReportUsage",
     "GetUsage",
     "PurgeCache",
+    "CreateWebhook",
+    "ListWebhooks",
+    "DeleteWebhook",
+    "ListWebhookDeliveries",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 26] = [
+pub const STORE_OPERATIONS: [&str; 32] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -109,6 +113,12 @@ pub const STORE_OPERATIONS: [&str; 26] = [
     "get_signing",
     "list_sealed",
     "reseal",
+    "create_webhook",
+    "list_webhooks",
+    "delete_webhook",
+    "claim_webhook_messages",
+    "finish_webhook_attempt",
+    "list_webhook_attempts",
 ];
 
 /// The values of the `status` label of `tollgate_keyd_keys`.

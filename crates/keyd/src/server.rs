@@ -23,6 +23,7 @@ use crate::metrics::{self, Exporter, Metrics};
 use crate::secrets::{Pepper, Token};
 use crate::service::{KeyServiceImpl, UsageTracker};
 use crate::store::{self, Store, StoreLocation};
+use crate::webhooks;
 
 /// Where the service keeps its files, and tokens given directly. `None` means the default file
 /// inside `data_dir`.
@@ -141,6 +142,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the service reads the time (the system clock unless a test sets another).
     pub clock: Arc<dyn Clock>,
+    /// Webhook delivery (see [`crate::webhooks::deliver`]).
+    pub webhooks: webhooks::deliver::Settings,
 }
 
 impl Config {
@@ -205,6 +208,7 @@ impl Config {
             feed_poll_interval,
             drain_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            webhooks: webhooks::deliver::Settings::default(),
         })
     }
 }
@@ -289,7 +293,15 @@ pub async fn serve_all(
         feed,
         Arc::clone(&config.clock),
     )
-    .with_master_keys(config.master_keys.clone());
+    .with_master_keys(config.master_keys.clone())
+    .with_webhooks_allow_private(config.webhooks.allow_private);
+    let deliverer = Arc::new(webhooks::deliver::Deliverer::new(
+        Arc::clone(&store),
+        config.master_keys.clone(),
+        Arc::clone(&config.clock),
+        config.webhooks.clone(),
+    ));
+    let delivery = tokio::spawn(deliverer.run(stop_rx.clone()));
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
     let dashboard_server = match dashboard_listener {
         Some(dashboard_listener) => {
@@ -389,6 +401,8 @@ pub async fn serve_all(
     };
     flusher.abort();
     feed_reader.abort();
+    // An attempt cut short here is sent again when its lease ends.
+    delivery.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }

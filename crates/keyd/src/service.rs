@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
+use crate::webhooks::{self, NewWebhook};
 use crate::{convert, validate};
 
 /// Last-use times seen by VerifyKey, written to the store in batches so that verifying never
@@ -83,6 +84,8 @@ pub struct KeyServiceImpl {
     master: Option<Arc<MasterKeys>>,
     /// Every time the service uses: expiry, rotation grace, audit, feed and last-use times.
     clock: Arc<dyn Clock>,
+    /// Webhook endpoints may point at loopback, private, link-local and metadata addresses.
+    webhooks_allow_private: bool,
 }
 
 impl KeyServiceImpl {
@@ -95,7 +98,21 @@ impl KeyServiceImpl {
         feed: Feed,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, pepper: Arc::new(pepper), usage, feed, master: None, clock }
+        Self {
+            store,
+            pepper: Arc::new(pepper),
+            usage,
+            feed,
+            master: None,
+            clock,
+            webhooks_allow_private: false,
+        }
+    }
+
+    /// Lets webhook endpoints point at loopback, private, link-local and metadata addresses.
+    pub fn with_webhooks_allow_private(mut self, allow: bool) -> Self {
+        self.webhooks_allow_private = allow;
+        self
     }
 
     /// Adds the master keys that protect HMAC signing secrets.
@@ -141,6 +158,9 @@ impl KeyServiceImpl {
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
+
+/// Most delivery-log rows one ListWebhookDeliveries returns.
+const MAX_DELIVERIES: u32 = 1_000;
 
 #[tonic::async_trait]
 impl KeyService for KeyServiceImpl {
@@ -547,5 +567,69 @@ impl KeyService for KeyServiceImpl {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Reply<pb::CreateWebhookResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        validate::required("url", &req.url)?;
+        let target = webhooks::guard::parse(&req.url)?;
+        webhooks::guard::resolve(&target, self.webhooks_allow_private).await?;
+        let events = validate::webhook_events("events", &req.events)?;
+        let id = webhooks::new_webhook_id()?;
+        let (secret_bytes, secret) = webhooks::sign::new_secret()?;
+        let sealed = self.master()?.seal(&id, &secret_bytes)?;
+        let new = NewWebhook { id, url: req.url, events, sealed };
+        let hook = self.run(move |s| s.create_webhook(&ctx, new)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "webhook.create", webhook_id = %hook.id, "audit");
+        Ok(Response::new(pb::CreateWebhookResponse {
+            webhook: Some(convert::webhook_to_proto(hook)),
+            secret,
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        _request: Request<pb::ListWebhooksRequest>,
+    ) -> Reply<pb::ListWebhooksResponse> {
+        let hooks = self.run(|s| s.list_webhooks()).await?;
+        Ok(Response::new(pb::ListWebhooksResponse {
+            webhooks: hooks.into_iter().map(convert::webhook_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Reply<pb::DeleteWebhookResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let id = request.into_inner().id;
+        validate::required("id", &id)?;
+        let log_id = id.clone();
+        self.run(move |s| s.delete_webhook(&ctx, &id)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "webhook.delete", webhook_id = %log_id, "audit");
+        Ok(Response::new(pb::DeleteWebhookResponse {}))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Reply<pb::ListWebhookDeliveriesResponse> {
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(MAX_DELIVERIES),
+        };
+        let limit = usize::try_from(limit).unwrap_or(100);
+        let webhook_id = (!req.webhook_id.is_empty()).then_some(req.webhook_id);
+        let attempts = self.run(move |s| s.list_webhook_attempts(webhook_id.as_deref(), limit)).await?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries: attempts.into_iter().map(convert::webhook_delivery_to_proto).collect(),
+        }))
     }
 }

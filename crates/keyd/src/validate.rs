@@ -75,6 +75,26 @@ pub fn required(field: &str, value: &str) -> Result<()> {
     if value.is_empty() { Err(Error::invalid(field, "is required")) } else { Ok(()) }
 }
 
+/// Parses webhook event types: at least one, each known, none twice.
+pub fn webhook_events(field: &str, events: &[String]) -> Result<Vec<crate::webhooks::EventType>> {
+    use crate::webhooks::EventType;
+    if events.is_empty() {
+        return Err(Error::invalid(field, "must name at least one event type"));
+    }
+    let mut parsed: Vec<EventType> = Vec::with_capacity(events.len());
+    for (i, text) in events.iter().enumerate() {
+        let event = EventType::parse(text).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
+            Error::invalid(format!("{field}[{i}]"), format!("{text:?} is not one of {}", known.join(", ")))
+        })?;
+        if parsed.contains(&event) {
+            return Err(Error::invalid(format!("{field}[{i}]"), format!("{text:?} is named twice")));
+        }
+        parsed.push(event);
+    }
+    Ok(parsed)
+}
+
 /// Checks a name: at most 128 characters, no control characters.
 pub fn name(field: &str, name: &str) -> Result<()> {
     if name.chars().count() > MAX_NAME_LEN {
@@ -578,5 +598,24 @@ mod tests {
         assert!(rate_limit("rate_limit", policy(5, 0)).unwrap_err().to_string().contains("limits[0].period"));
         assert!(rate_limit("rate_limit", policy(5, 2)).unwrap().is_some());
         assert_eq!(rate_limit("rate_limit", Some(pb::RateLimitPolicy::default())).unwrap(), None);
+    }
+
+    #[test]
+    fn webhook_events_must_be_known_and_named_once() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(webhook_events("events", &names(&["key.revoked", "key.created"])).unwrap().len(), 2);
+        assert_eq!(
+            webhook_events("events", &[]).unwrap_err().to_string(),
+            "events: must name at least one event type"
+        );
+        assert_eq!(
+            webhook_events("events", &names(&["key.created", "key.expiring"])).unwrap_err().to_string(),
+            "events[1]: \"key.expiring\" is not one of key.created, key.rotated, key.revoked, consumer.created, \
+             consumer.deleted"
+        );
+        assert_eq!(
+            webhook_events("events", &names(&["key.created", "key.created"])).unwrap_err().to_string(),
+            "events[1]: \"key.created\" is named twice"
+        );
     }
 }

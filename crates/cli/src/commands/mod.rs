@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod keys;
 pub mod sign;
 pub mod usage;
+pub mod webhooks;
 
 use std::collections::HashMap;
 

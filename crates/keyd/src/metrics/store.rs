@@ -13,6 +13,7 @@ use crate::model::{
     UsagePoint, UsageQuery, UsageReport,
 };
 use crate::store::Store;
+use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Webhook};
 
 /// A [`Store`] that times the calls of the store it wraps (see [`Metrics::timed_store`]).
 pub struct TimedStore {
@@ -131,6 +132,24 @@ impl Store for TimedStore {
     fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize> {
         self.time("reseal", |s| s.reseal(updates))
     }
+    fn create_webhook(&self, ctx: &Ctx, hook: NewWebhook) -> Result<Webhook> {
+        self.time("create_webhook", |s| s.create_webhook(ctx, hook))
+    }
+    fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        self.time("list_webhooks", |s| s.list_webhooks())
+    }
+    fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
+        self.time("delete_webhook", |s| s.delete_webhook(ctx, id))
+    }
+    fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>> {
+        self.time("claim_webhook_messages", |s| s.claim_webhook_messages(now, lease_until, limit))
+    }
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
+        self.time("finish_webhook_attempt", |s| s.finish_webhook_attempt(attempt, outcome))
+    }
+    fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>> {
+        self.time("list_webhook_attempts", |s| s.list_webhook_attempts(webhook_id, limit))
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +225,30 @@ mod tests {
         let _ = store.get_signing("k");
         let _ = store.list_sealed();
         let _ = store.reseal(&[]);
+        let hook = crate::webhooks::NewWebhook {
+            id: "wh".into(),
+            url: "https://example.com/".into(),
+            events: vec![crate::webhooks::EventType::KeyCreated],
+            sealed: Sealed { version: 1, nonce: [0; 12], ciphertext: vec![1] },
+        };
+        let _ = store.create_webhook(&ctx, hook);
+        let _ = store.list_webhooks();
+        let _ = store.delete_webhook(&ctx, "wh");
+        let _ = store.claim_webhook_messages(1_000, 1_030, 10);
+        let attempt = Attempt {
+            message_id: "m".into(),
+            webhook_id: "wh".into(),
+            event_type: "key.created".into(),
+            attempt: 1,
+            at: 1_000,
+            status: 200,
+            latency_ms: 1,
+            error: String::new(),
+            outcome: "delivered".into(),
+            next_attempt_at: 0,
+        };
+        let _ = store.finish_webhook_attempt(&attempt, Outcome::Delivered);
+        let _ = store.list_webhook_attempts(None, 10);
 
         let text = metrics.encode();
         let prefix = "tollgate_keyd_store_duration_seconds_count{operation=\"";

@@ -19,6 +19,7 @@ use crate::model::{
     KeyFilter, KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup,
     SubjectUsage, UsageApplied, UsagePoint, UsageQuery, UsageReport,
 };
+use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Webhook};
 
 /// Opens the store at `location` (creating or migrating its schema).
 pub fn open(location: &StoreLocation) -> Result<std::sync::Arc<dyn Store>> {
@@ -125,4 +126,19 @@ pub trait Store: Send + Sync + 'static {
     /// in one transaction; a row no longer under the read version is left alone. Returns how
     /// many rows changed.
     fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize>;
+
+    /// Registers a webhook endpoint (audited). Fails with `AlreadyExists` when the id is taken.
+    fn create_webhook(&self, ctx: &Ctx, hook: NewWebhook) -> Result<Webhook>;
+    /// Every endpoint, oldest first.
+    fn list_webhooks(&self) -> Result<Vec<Webhook>>;
+    /// Deletes an endpoint and its undelivered messages (audited); its delivery log stays.
+    fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()>;
+    /// Claims up to `limit` messages due at `now` of enabled endpoints, oldest first: each is
+    /// leased until `lease_until`, so no other caller (another replica) claims it meanwhile.
+    fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>>;
+    /// Records an attempt in the delivery log and applies its outcome to the message (and to
+    /// the endpoint when it disables it, audited as `webhook.disable`).
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()>;
+    /// The delivery log, newest first: one endpoint's, or every endpoint's.
+    fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>>;
 }

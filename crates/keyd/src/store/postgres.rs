@@ -53,9 +53,54 @@ use crate::model::{
     NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied,
     UsagePoint, UsageQuery, UsageReport,
 };
+use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, Webhook};
 
 /// Schema migrations, applied in order once each. Version 1 is the SQLite store's schema 4.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+
+/// 3: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log `webhook_attempts`).
+const SCHEMA_V3: &str = "
+CREATE TABLE webhooks (
+    pos             BIGSERIAL PRIMARY KEY,
+    id              TEXT    NOT NULL UNIQUE,
+    url             TEXT    NOT NULL,
+    events          TEXT    NOT NULL,
+    enabled         BOOLEAN NOT NULL DEFAULT TRUE,
+    disabled_reason TEXT    NOT NULL DEFAULT '',
+    nonce           BYTEA   NOT NULL,
+    ciphertext      BYTEA   NOT NULL,
+    master_version  BIGINT  NOT NULL,
+    created_at      BIGINT  NOT NULL
+);
+CREATE TABLE webhook_messages (
+    seq             BIGSERIAL PRIMARY KEY,
+    id              TEXT   NOT NULL UNIQUE,
+    webhook_id      TEXT   NOT NULL,
+    event_type      TEXT   NOT NULL,
+    payload         TEXT   NOT NULL,
+    created_at      BIGINT NOT NULL,
+    state           TEXT   NOT NULL DEFAULT 'pending',
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until     BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX webhook_messages_due ON webhook_messages (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_messages_by_webhook ON webhook_messages (webhook_id);
+CREATE TABLE webhook_attempts (
+    seq             BIGSERIAL PRIMARY KEY,
+    message_id      TEXT   NOT NULL,
+    webhook_id      TEXT   NOT NULL,
+    event_type      TEXT   NOT NULL,
+    attempt         BIGINT NOT NULL,
+    at              BIGINT NOT NULL,
+    status          BIGINT NOT NULL,
+    latency_ms      BIGINT NOT NULL,
+    error           TEXT   NOT NULL,
+    outcome         TEXT   NOT NULL,
+    next_attempt_at BIGINT NOT NULL
+);
+CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, seq);
+";
 
 /// 2: usage by the hour, per JWT subject and per rate-limit refusal; the dashboard's indexes.
 const SCHEMA_V2: &str = "
@@ -367,6 +412,47 @@ fn sealed_from_row(row: &Row, first: usize) -> Result<Option<Sealed>> {
     }
 }
 
+const WEBHOOK_COLUMNS: &str = "id, url, events, enabled, disabled_reason, created_at";
+
+fn webhook_from_row(row: &Row) -> Result<Webhook> {
+    let events: Vec<String> = json_col(row, 2)?;
+    let events = events
+        .iter()
+        .map(|e| EventType::parse(e).ok_or_else(|| Error::Internal(format!("database: unknown event {e:?}"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Webhook {
+        id: col(row, 0)?,
+        url: col(row, 1)?,
+        events,
+        enabled: col(row, 3)?,
+        disabled_reason: col(row, 4)?,
+        created_at: col(row, 5)?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "message_id, webhook_id, event_type, attempt, at, status, latency_ms, error, outcome, next_attempt_at";
+
+fn small<T: TryFrom<i64>>(row: &Row, index: usize) -> Result<T> {
+    let value: i64 = col(row, index)?;
+    T::try_from(value).map_err(|_| Error::Internal(format!("database: column {index} out of range")))
+}
+
+fn attempt_from_row(row: &Row) -> Result<Attempt> {
+    Ok(Attempt {
+        message_id: col(row, 0)?,
+        webhook_id: col(row, 1)?,
+        event_type: col(row, 2)?,
+        attempt: small(row, 3)?,
+        at: col(row, 4)?,
+        status: small(row, 5)?,
+        latency_ms: small(row, 6)?,
+        error: col(row, 7)?,
+        outcome: col(row, 8)?,
+        next_attempt_at: col(row, 9)?,
+    })
+}
+
 fn limit_param(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -451,7 +537,32 @@ impl<'a> Writer<'a> {
         )
         .await?;
         self.seq = seq;
+        // Key events go to the webhook outbox here; consumer events where the name is at hand.
+        if let Some(event) = EventType::from_change(kind).filter(|_| !key_id.is_empty()) {
+            self.enqueue(ctx, event, &webhooks::key_data(key_id, consumer_id)).await?;
+        }
         u64::try_from(seq).map_err(|e| Error::internal("database: change sequence", e))
+    }
+
+    /// Writes one outbox message per enabled endpoint subscribed to `event`.
+    async fn enqueue(&self, ctx: &Ctx, event: EventType, data: &serde_json::Value) -> Result<()> {
+        let hooks = self.query("SELECT id, events FROM webhooks WHERE enabled", &[]).await?;
+        let mut body = None;
+        for row in &hooks {
+            let webhook_id: String = col(row, 0)?;
+            let events: Vec<String> = json_col(row, 1)?;
+            if !events.iter().any(|e| e == event.as_str()) {
+                continue;
+            }
+            let body = body.get_or_insert_with(|| webhooks::payload(event, ctx.now, data));
+            self.execute(
+                "INSERT INTO webhook_messages (id, webhook_id, event_type, payload, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5)",
+                &[&webhooks::new_message_id()?, &webhook_id, &event.as_str(), &body.as_str(), &ctx.now],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn audit(
@@ -549,6 +660,8 @@ impl<'a> Writer<'a> {
             serde_json::json!({ "name": consumer.name, "metadata": consumer.metadata }),
         )
         .await?;
+        self.enqueue(ctx, EventType::ConsumerCreated, &webhooks::consumer_data(&consumer.id, &consumer.name))
+            .await?;
         self.require_consumer(&consumer.id).await
     }
 
@@ -989,6 +1102,8 @@ impl Store for PostgresStore {
             }
             w.execute("DELETE FROM consumers WHERE id = $1", &[&consumer.id]).await?;
             w.change(&ctx, ChangeKind::ConsumerDeleted, "", &consumer.id, "").await?;
+            w.enqueue(&ctx, EventType::ConsumerDeleted, &webhooks::consumer_data(&consumer.id, &consumer.name))
+                .await?;
             let revoked: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
             w.audit(
                 &ctx,
@@ -1712,6 +1827,213 @@ impl Store for PostgresStore {
         self.audit_written.load(Ordering::Relaxed)
     }
 
+    fn create_webhook(&self, ctx: &Ctx, hook: NewWebhook) -> Result<Webhook> {
+        let ctx = ctx.clone();
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            if w.query_opt("SELECT 1 FROM webhooks WHERE id = $1", &[&hook.id]).await?.is_some() {
+                return Err(Error::AlreadyExists { what: "webhook", id: hook.id.clone() });
+            }
+            let events: Vec<&str> = hook.events.iter().map(|e| e.as_str()).collect();
+            w.execute(
+                "INSERT INTO webhooks (id, url, events, nonce, ciphertext, master_version, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &hook.id,
+                    &hook.url,
+                    &to_json(&events)?,
+                    &&hook.sealed.nonce[..],
+                    &hook.sealed.ciphertext,
+                    &i64::from(hook.sealed.version),
+                    &ctx.now,
+                ],
+            )
+            .await?;
+            w.audit(
+                &ctx,
+                "webhook.create",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": hook.id, "url": hook.url, "events": events }),
+            )
+            .await?;
+            let row = w
+                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&hook.id])
+                .await?
+                .ok_or_else(|| Error::Internal("database: the new webhook is missing".to_owned()))?;
+            let hook = webhook_from_row(&row)?;
+            w.commit(hook).await
+        })
+    }
+
+    fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client
+                .prepare_cached(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY pos"))
+                .await
+                .map_err(db)?;
+            client.query(&stmt, &[]).await.map_err(db)?.iter().map(webhook_from_row).collect()
+        })
+    }
+
+    fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
+        let (ctx, id) = (ctx.clone(), id.to_owned());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let Some(row) = w.query_opt("SELECT url FROM webhooks WHERE id = $1", &[&id]).await? else {
+                return Err(Error::NotFound { what: "webhook", id: id.clone() });
+            };
+            let url: String = col(&row, 0)?;
+            w.execute("DELETE FROM webhooks WHERE id = $1", &[&id]).await?;
+            let dropped = w
+                .execute("DELETE FROM webhook_messages WHERE webhook_id = $1 AND state = 'pending'", &[&id])
+                .await?;
+            w.audit(
+                &ctx,
+                "webhook.delete",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": id, "url": url, "undelivered": dropped }),
+            )
+            .await?;
+            w.commit(()).await
+        })
+    }
+
+    fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            // Not a Writer: claiming takes no feed position and must not wait on the feed head.
+            let tx = client.transaction().await.map_err(db)?;
+            // SKIP LOCKED: replicas claiming together each take other rows, never wait.
+            let stmt = tx
+                .prepare_cached(
+                    "SELECT m.id, m.webhook_id, w.url, m.event_type, m.payload, m.attempts, \
+                     w.nonce, w.ciphertext, w.master_version \
+                     FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id \
+                     WHERE m.state = 'pending' AND m.next_attempt_at <= $1 AND m.lease_until <= $1 AND w.enabled \
+                     ORDER BY m.seq LIMIT $2 FOR UPDATE OF m SKIP LOCKED",
+                )
+                .await
+                .map_err(db)?;
+            let rows = tx.query(&stmt, &[&now, &limit_param(limit)]).await.map_err(db)?;
+            let claimed = rows
+                .iter()
+                .map(|row| {
+                    let sealed = sealed_from_row(row, 6)?
+                        .ok_or_else(|| Error::Internal("database: a webhook has no secret".to_owned()))?;
+                    Ok(Outgoing {
+                        message_id: col(row, 0)?,
+                        webhook_id: col(row, 1)?,
+                        url: col(row, 2)?,
+                        event_type: col(row, 3)?,
+                        payload: col(row, 4)?,
+                        attempts: small(row, 5)?,
+                        sealed,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ids: Vec<&str> = claimed.iter().map(|m| m.message_id.as_str()).collect();
+            if !ids.is_empty() {
+                tx.execute("UPDATE webhook_messages SET lease_until = $2 WHERE id = ANY($1)", &[&ids, &lease_until])
+                    .await
+                    .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(claimed)
+        })
+    }
+
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
+        let attempt = attempt.clone();
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let (state, next) = match outcome {
+                Outcome::Delivered => ("delivered", 0),
+                Outcome::RetryAt(at) => ("pending", at),
+                Outcome::GaveUp | Outcome::Disable => ("failed", 0),
+            };
+            let number = i64::from(attempt.attempt);
+            let status = i64::from(attempt.status);
+            let latency = i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX);
+            let log = format!(
+                "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            );
+            let log_params: [Param<'_>; 10] = [
+                &attempt.message_id,
+                &attempt.webhook_id,
+                &attempt.event_type,
+                &number,
+                &attempt.at,
+                &status,
+                &latency,
+                &attempt.error,
+                &attempt.outcome,
+                &attempt.next_attempt_at,
+            ];
+            let update = "UPDATE webhook_messages SET state = $2, attempts = GREATEST(attempts, $3), \
+                          next_attempt_at = $4, lease_until = 0 WHERE id = $1 AND state = 'pending'";
+            let update_params: [Param<'_>; 4] = [&attempt.message_id, &state, &number, &next];
+            if outcome != Outcome::Disable {
+                // Not a Writer: bookkeeping takes no feed position and must not wait on the feed head.
+                let tx = client.transaction().await.map_err(db)?;
+                tx.execute(log.as_str(), &log_params).await.map_err(db)?;
+                tx.execute(update, &update_params).await.map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                return Ok(Written { value: (), audited: 0 });
+            }
+            let mut w = Writer::begin(&mut client).await?;
+            w.execute(&log, &log_params).await?;
+            w.execute(update, &update_params).await?;
+            let reason = format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt);
+            let changed = w
+                .execute(
+                    "UPDATE webhooks SET enabled = FALSE, disabled_reason = $2 WHERE id = $1 AND enabled",
+                    &[&attempt.webhook_id, &reason],
+                )
+                .await?;
+            if changed > 0 {
+                let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: attempt.at };
+                w.audit(
+                    &ctx,
+                    "webhook.disable",
+                    "",
+                    "",
+                    serde_json::json!({ "webhook_id": attempt.webhook_id, "reason": reason }),
+                )
+                .await?;
+            }
+            w.commit(()).await
+        })
+    }
+
+    fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>> {
+        let webhook_id = webhook_id.map(str::to_owned);
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE ($1::TEXT IS NULL OR webhook_id = $1) \
+                     ORDER BY seq DESC LIMIT $2"
+                ))
+                .await
+                .map_err(db)?;
+            client
+                .query(&stmt, &[&webhook_id, &limit_param(limit)])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(attempt_from_row)
+                .collect()
+        })
+    }
+
     fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
         let key_id = key_id.to_owned();
         let pool = self.pool.clone();
@@ -1848,7 +2170,7 @@ mod tests {
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
             )
             .unwrap();
-        assert_eq!(versions.trim(), "1,2", "each migration applied once");
+        assert_eq!(versions.trim(), "1,2,3", "each migration applied once");
     }
 
     #[test]

@@ -21,12 +21,14 @@ use crate::model::{
     NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied,
     UsagePoint, UsageQuery, UsageReport,
 };
+use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, Webhook};
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
 /// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`), usage
 /// per JWT subject (`subject_usage`) and rate-limit refusals per consumer and rule
-/// (`limit_usage`).
-const SCHEMA_VERSION: i64 = 4;
+/// (`limit_usage`). 5: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log
+/// `webhook_attempts`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -144,6 +146,50 @@ CREATE TABLE IF NOT EXISTS audit (
 -- A key's or a consumer's audit trail, newest first.
 CREATE INDEX IF NOT EXISTS audit_by_key ON audit (key_id, seq);
 CREATE INDEX IF NOT EXISTS audit_by_consumer ON audit (consumer_id, seq);
+-- Webhook endpoints; the secret is encrypted like signing secrets (AAD: the endpoint id).
+CREATE TABLE IF NOT EXISTS webhooks (
+    pos             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    url             TEXT    NOT NULL,
+    events          TEXT    NOT NULL,
+    enabled         INTEGER NOT NULL DEFAULT 1,
+    disabled_reason TEXT    NOT NULL DEFAULT '',
+    nonce           BLOB    NOT NULL,
+    ciphertext      BLOB    NOT NULL,
+    master_version  INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL
+);
+-- The outbox: one message per event and subscribed endpoint, written with the mutation.
+-- state: pending | delivered | failed.
+CREATE TABLE IF NOT EXISTS webhook_messages (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    webhook_id      TEXT    NOT NULL,
+    event_type      TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhook_messages_due ON webhook_messages (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_messages_by_webhook ON webhook_messages (webhook_id);
+-- Every delivery attempt.
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id      TEXT    NOT NULL,
+    webhook_id      TEXT    NOT NULL,
+    event_type      TEXT    NOT NULL,
+    attempt         INTEGER NOT NULL,
+    at              INTEGER NOT NULL,
+    status          INTEGER NOT NULL,
+    latency_ms      INTEGER NOT NULL,
+    error           TEXT    NOT NULL,
+    outcome         TEXT    NOT NULL,
+    next_attempt_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook ON webhook_attempts (webhook_id, seq);
 ";
 
 const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
@@ -453,8 +499,83 @@ fn record_change(
         params![kind.as_str(), key_id, consumer_id, ctx.now],
     )
     .map_err(db)?;
+    // Key events go to the webhook outbox here; consumer events where the name is at hand.
+    if let Some(event) = EventType::from_change(kind).filter(|_| !key_id.is_empty()) {
+        enqueue_event(tx, ctx, event, &webhooks::key_data(key_id, consumer_id))?;
+    }
     Ok(())
 }
+
+/// Writes one outbox message per enabled endpoint subscribed to `event`, in the mutation's
+/// transaction.
+fn enqueue_event(tx: &Transaction<'_>, ctx: &Ctx, event: EventType, data: &serde_json::Value) -> Result<()> {
+    let hooks: Vec<(String, String)> = {
+        let mut stmt = tx.prepare_cached("SELECT id, events FROM webhooks WHERE enabled = 1").map_err(db)?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+    };
+    let mut body = None;
+    for (webhook_id, events) in hooks {
+        let events: Vec<String> =
+            serde_json::from_str(&events).map_err(|e| Error::internal("database: webhook events", e))?;
+        if !events.iter().any(|e| e == event.as_str()) {
+            continue;
+        }
+        let body = body.get_or_insert_with(|| webhooks::payload(event, ctx.now, data));
+        tx.prepare_cached(
+            "INSERT INTO webhook_messages (id, webhook_id, event_type, payload, created_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )
+        .map_err(db)?
+        .execute(params![webhooks::new_message_id()?, webhook_id, event.as_str(), body.as_str(), ctx.now])
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
+    let events: Vec<String> = json_column(row, 2)?;
+    let events = events
+        .iter()
+        .map(|e| {
+            EventType::parse(e).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    Type::Text,
+                    format!("unknown event {e:?}").into(),
+                )
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Webhook {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        events,
+        enabled: row.get(3)?,
+        disabled_reason: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+const WEBHOOK_COLUMNS: &str = "id, url, events, enabled, disabled_reason, created_at";
+
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        message_id: row.get(0)?,
+        webhook_id: row.get(1)?,
+        event_type: row.get(2)?,
+        attempt: row.get(3)?,
+        at: row.get(4)?,
+        status: row.get(5)?,
+        latency_ms: row.get(6)?,
+        error: row.get(7)?,
+        outcome: row.get(8)?,
+        next_attempt_at: row.get(9)?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "message_id, webhook_id, event_type, attempt, at, status, latency_ms, error, outcome, next_attempt_at";
 
 /// Sums the minutes older than [`super::USAGE_MINUTES_KEPT`] into their hours and deletes them,
 /// and deletes hours older than [`super::USAGE_HOURS_KEPT`]. Cheap when there is nothing to
@@ -534,6 +655,12 @@ fn insert_consumer(tx: &Transaction<'_>, ctx: &Ctx, consumer: &NewConsumer) -> R
         "",
         &consumer.id,
         serde_json::json!({ "name": consumer.name, "metadata": consumer.metadata }),
+    )?;
+    enqueue_event(
+        tx,
+        ctx,
+        EventType::ConsumerCreated,
+        &webhooks::consumer_data(&consumer.id, &consumer.name),
     )?;
     require_consumer(tx, &consumer.id)
 }
@@ -672,6 +799,12 @@ impl Store for SqliteStore {
             }
             tx.execute("DELETE FROM consumers WHERE id = ?1", [&consumer.id]).map_err(db)?;
             record_change(tx, ctx, ChangeKind::ConsumerDeleted, "", &consumer.id)?;
+            enqueue_event(
+                tx,
+                ctx,
+                EventType::ConsumerDeleted,
+                &webhooks::consumer_data(&consumer.id, &consumer.name),
+            )?;
             let revoked: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
             record_audit(
                 tx,
@@ -1389,6 +1522,194 @@ impl Store for SqliteStore {
                     })
                 })
                 .map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn create_webhook(&self, ctx: &Ctx, hook: NewWebhook) -> Result<Webhook> {
+        self.write(|tx| {
+            let taken: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)", [&hook.id], |row| {
+                    row.get(0)
+                })
+                .map_err(db)?;
+            if taken {
+                return Err(Error::AlreadyExists { what: "webhook", id: hook.id.clone() });
+            }
+            let events: Vec<&str> = hook.events.iter().map(|e| e.as_str()).collect();
+            tx.execute(
+                "INSERT INTO webhooks (id, url, events, nonce, ciphertext, master_version, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    hook.id,
+                    hook.url,
+                    to_json(&events)?,
+                    &hook.sealed.nonce[..],
+                    hook.sealed.ciphertext,
+                    hook.sealed.version,
+                    ctx.now
+                ],
+            )
+            .map_err(db)?;
+            record_audit(
+                tx,
+                ctx,
+                "webhook.create",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": hook.id, "url": hook.url, "events": events }),
+            )?;
+            tx.query_row(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+                [&hook.id],
+                webhook_from_row,
+            )
+            .map_err(db)
+        })
+    }
+
+    fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        self.read(|tx| {
+            let mut stmt =
+                tx.prepare(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY pos")).map_err(db)?;
+            let rows = stmt.query_map([], webhook_from_row).map_err(db)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
+        self.write(|tx| {
+            let url: Option<String> = tx
+                .query_row("SELECT url FROM webhooks WHERE id = ?1", [id], |row| row.get(0))
+                .optional()
+                .map_err(db)?;
+            let Some(url) = url else {
+                return Err(Error::NotFound { what: "webhook", id: id.to_owned() });
+            };
+            tx.execute("DELETE FROM webhooks WHERE id = ?1", [id]).map_err(db)?;
+            let dropped = tx
+                .execute("DELETE FROM webhook_messages WHERE webhook_id = ?1 AND state = 'pending'", [id])
+                .map_err(db)?;
+            record_audit(
+                tx,
+                ctx,
+                "webhook.delete",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": id, "url": url, "undelivered": dropped }),
+            )
+        })
+    }
+
+    fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>> {
+        self.write(|tx| {
+            let claimed = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT m.id, m.webhook_id, w.url, m.event_type, m.payload, m.attempts, \
+                         w.nonce, w.ciphertext, w.master_version \
+                         FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id \
+                         WHERE m.state = 'pending' AND m.next_attempt_at <= ?1 AND m.lease_until <= ?1 \
+                         AND w.enabled = 1 ORDER BY m.seq LIMIT ?2",
+                    )
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map(params![now, limit_param(limit)], |row| {
+                        let sealed = sealed_from_row(row, 6)?.ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                6,
+                                Type::Blob,
+                                "no webhook secret".into(),
+                            )
+                        })?;
+                        Ok(Outgoing {
+                            message_id: row.get(0)?,
+                            webhook_id: row.get(1)?,
+                            url: row.get(2)?,
+                            event_type: row.get(3)?,
+                            payload: row.get(4)?,
+                            attempts: row.get(5)?,
+                            sealed,
+                        })
+                    })
+                    .map_err(db)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?
+            };
+            for message in &claimed {
+                tx.prepare_cached("UPDATE webhook_messages SET lease_until = ?2 WHERE id = ?1")
+                    .map_err(db)?
+                    .execute(params![message.message_id, lease_until])
+                    .map_err(db)?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ),
+                params![
+                    attempt.message_id,
+                    attempt.webhook_id,
+                    attempt.event_type,
+                    attempt.attempt,
+                    attempt.at,
+                    attempt.status,
+                    attempt.latency_ms,
+                    attempt.error,
+                    attempt.outcome,
+                    attempt.next_attempt_at
+                ],
+            )
+            .map_err(db)?;
+            let (state, next) = match outcome {
+                Outcome::Delivered => ("delivered", 0),
+                Outcome::RetryAt(at) => ("pending", at),
+                Outcome::GaveUp | Outcome::Disable => ("failed", 0),
+            };
+            tx.execute(
+                "UPDATE webhook_messages SET state = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4, \
+                 lease_until = 0 WHERE id = ?1 AND state = 'pending'",
+                params![attempt.message_id, state, attempt.attempt, next],
+            )
+            .map_err(db)?;
+            if outcome == Outcome::Disable {
+                let reason = format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt);
+                let changed = tx
+                    .execute(
+                        "UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1 AND enabled = 1",
+                        params![attempt.webhook_id, reason],
+                    )
+                    .map_err(db)?;
+                if changed > 0 {
+                    let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: attempt.at };
+                    record_audit(
+                        tx,
+                        &ctx,
+                        "webhook.disable",
+                        "",
+                        "",
+                        serde_json::json!({ "webhook_id": attempt.webhook_id, "reason": reason }),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM webhook_attempts WHERE (?1 IS NULL OR webhook_id = ?1) \
+                     ORDER BY seq DESC LIMIT ?2"
+                ))
+                .map_err(db)?;
+            let rows =
+                stmt.query_map(params![webhook_id, limit_param(limit)], attempt_from_row).map_err(db)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
         })
     }

@@ -13,6 +13,7 @@ use crate::model::{
     NewConsumer, NewKey, NewSigning, PurgeTarget, Rotation, StoredSecret, UsageApplied, UsageCount,
     UsageQuery, UsageReport,
 };
+use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome, Outgoing};
 
 /// Makes one `#[test]` per suite test; `$open` takes the test's name and returns something that
 /// dereferences to a fresh store.
@@ -39,6 +40,8 @@ macro_rules! store_suite {
             usage_series_buckets_per_key_or_summed_over_every_key,
             recent_audit_is_newest_first_and_filtered,
             expiring_keys_are_soonest_first_without_revoked_or_expired_ones,
+            webhook_events_are_written_with_their_mutation_once_per_subscribed_endpoint,
+            webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_endpoint,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
@@ -759,4 +762,141 @@ pub fn expiring_keys_are_soonest_first_without_revoked_or_expired_ones(store: &d
         store.list_expiring_keys(2_000, 10_000, 10).unwrap().into_iter().map(|k| k.id).collect();
     assert_eq!(ids, ["soon", "late"]);
     assert_eq!(store.list_expiring_keys(2_000, 10_000, 1).unwrap().len(), 1);
+}
+
+fn new_webhook(id: &str, events: &[EventType]) -> NewWebhook {
+    NewWebhook {
+        id: id.into(),
+        url: format!("https://hooks.example.com/{id}"),
+        events: events.to_vec(),
+        sealed: Sealed { version: 1, nonce: [3; 12], ciphertext: vec![1, 2, 3] },
+    }
+}
+
+/// Claims every due message at `now` and records each as delivered; the claimed messages.
+fn drain_outbox(store: &dyn Store, now: i64) -> Vec<Outgoing> {
+    let claimed = store.claim_webhook_messages(now, now + 30, 1_000).unwrap();
+    for message in &claimed {
+        store
+            .finish_webhook_attempt(&attempt_of(message, now, 200, Outcome::Delivered), Outcome::Delivered)
+            .unwrap();
+    }
+    claimed
+}
+
+fn attempt_of(message: &Outgoing, at: i64, status: u16, outcome: Outcome) -> Attempt {
+    Attempt {
+        message_id: message.message_id.clone(),
+        webhook_id: message.webhook_id.clone(),
+        event_type: message.event_type.clone(),
+        attempt: message.attempts + 1,
+        at,
+        status,
+        latency_ms: 5,
+        error: String::new(),
+        outcome: outcome.as_str().into(),
+        next_attempt_at: match outcome {
+            Outcome::RetryAt(next) => next,
+            _ => 0,
+        },
+    }
+}
+
+/// The outbox is written in the mutation's transaction: one message per enabled endpoint
+/// subscribed to the event, none for a failed mutation or a no-op, none for other endpoints.
+pub fn webhook_events_are_written_with_their_mutation_once_per_subscribed_endpoint(store: &dyn Store) {
+    // No endpoint: nothing is written.
+    store.create_key(&ctx(), new_key("key_0", "zed", 9)).unwrap();
+    assert!(drain_outbox(store, 1_000).is_empty());
+
+    store
+        .create_webhook(
+            &ctx(),
+            new_webhook("wh_a", &[EventType::KeyCreated, EventType::KeyRevoked, EventType::ConsumerCreated]),
+        )
+        .unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_b", &[EventType::KeyRevoked])).unwrap();
+    assert!(matches!(
+        store.create_webhook(&ctx(), new_webhook("wh_b", &[EventType::KeyRevoked])),
+        Err(Error::AlreadyExists { .. })
+    ));
+
+    store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+    let mut created: Vec<(String, String)> =
+        drain_outbox(store, 1_000).into_iter().map(|m| (m.webhook_id, m.event_type)).collect();
+    created.sort();
+    assert_eq!(
+        created,
+        [("wh_a".to_owned(), "consumer.created".to_owned()), ("wh_a".to_owned(), "key.created".to_owned())]
+    );
+
+    // A failed mutation (its consumer insert succeeds, its key insert fails) leaves no message.
+    store.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
+    assert!(drain_outbox(store, 1_000).is_empty());
+
+    store.revoke_key(&ctx(), "key_1", "test").unwrap();
+    let revoked = drain_outbox(store, 1_000);
+    let mut endpoints: Vec<&str> = revoked.iter().map(|m| m.webhook_id.as_str()).collect();
+    endpoints.sort_unstable();
+    assert_eq!(endpoints, ["wh_a", "wh_b"]);
+    assert_ne!(revoked[0].message_id, revoked[1].message_id);
+    let body: serde_json::Value = serde_json::from_str(&revoked[0].payload).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "type": "key.revoked",
+            "timestamp": "1970-01-01T00:16:40Z",
+            "data": { "key_id": "key_1", "consumer_id": "alice" }
+        })
+    );
+    // Revoking again changes nothing and sends nothing.
+    store.revoke_key(&ctx(), "key_1", "test").unwrap();
+    assert!(drain_outbox(store, 1_000).is_empty());
+
+    let hooks = store.list_webhooks().unwrap();
+    assert_eq!(hooks.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["wh_a", "wh_b"]);
+    assert!(hooks.iter().all(|h| h.enabled));
+    let audited: Vec<String> = store.list_audit(0, 100).unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(audited.iter().filter(|a| *a == "webhook.create").count(), 2);
+}
+
+pub fn webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_endpoint(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+    let first = store.claim_webhook_messages(1_000, 1_030, 10).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].attempts, first[0].sealed.ciphertext.as_slice()), (0, &[1u8, 2, 3][..]));
+    // Leased: not claimed again while the attempt runs.
+    assert!(store.claim_webhook_messages(1_001, 1_031, 10).unwrap().is_empty());
+
+    let retry = Outcome::RetryAt(1_005);
+    store.finish_webhook_attempt(&attempt_of(&first[0], 1_000, 500, retry), retry).unwrap();
+    assert!(store.claim_webhook_messages(1_004, 1_034, 10).unwrap().is_empty(), "not due yet");
+    let second = store.claim_webhook_messages(1_005, 1_035, 10).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!((second[0].message_id.as_str(), second[0].attempts), (first[0].message_id.as_str(), 1));
+
+    store
+        .finish_webhook_attempt(&attempt_of(&second[0], 1_005, 410, Outcome::Disable), Outcome::Disable)
+        .unwrap();
+    let hook = store.list_webhooks().unwrap().remove(0);
+    assert!(!hook.enabled);
+    assert_eq!(hook.disabled_reason, "the receiver answered 410 at attempt 2");
+    assert!(store.list_audit(0, 100).unwrap().iter().any(|e| e.action == "webhook.disable"));
+    // A disabled endpoint gets no new messages.
+    store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
+    assert!(store.claim_webhook_messages(9_999, 10_029, 10).unwrap().is_empty());
+
+    let log = store.list_webhook_attempts(Some("wh_a"), 10).unwrap();
+    let summary: Vec<(u32, u16, &str)> =
+        log.iter().map(|a| (a.attempt, a.status, a.outcome.as_str())).collect();
+    assert_eq!(summary, [(2, 410, "endpoint_disabled"), (1, 500, "retry")]);
+    assert!(log.iter().all(|a| a.message_id == first[0].message_id));
+    assert!(store.list_webhook_attempts(Some("wh_other"), 10).unwrap().is_empty());
+    assert_eq!(store.list_webhook_attempts(None, 1).unwrap().len(), 1);
+
+    store.delete_webhook(&ctx(), "wh_a").unwrap();
+    assert!(store.list_webhooks().unwrap().is_empty());
+    assert!(matches!(store.delete_webhook(&ctx(), "wh_a"), Err(Error::NotFound { .. })));
+    assert_eq!(store.list_webhook_attempts(Some("wh_a"), 10).unwrap().len(), 2, "the log stays");
 }

@@ -1,0 +1,151 @@
+//! `tollgate webhooks …`: create, list and delete endpoints; read the delivery log.
+
+use serde::Serialize;
+use tollgate_proto::v1::{
+    CreateWebhookRequest, DeleteWebhookRequest, ListWebhookDeliveriesRequest, ListWebhooksRequest, Webhook,
+    WebhookDelivery,
+};
+
+use crate::Output;
+use crate::args::WebhooksCommand;
+use crate::client::{CliError, Client};
+use crate::output;
+use crate::parse::rfc3339;
+
+/// JSON view of an endpoint.
+#[derive(Debug, Serialize)]
+struct WebhookView<'a> {
+    id: &'a str,
+    url: &'a str,
+    events: &'a [String],
+    enabled: bool,
+    disabled_reason: &'a str,
+    created_at: Option<String>,
+}
+
+impl<'a> From<&'a Webhook> for WebhookView<'a> {
+    fn from(w: &'a Webhook) -> Self {
+        Self {
+            id: &w.id,
+            url: &w.url,
+            events: &w.events,
+            enabled: w.enabled,
+            disabled_reason: &w.disabled_reason,
+            created_at: rfc3339(w.created_at),
+        }
+    }
+}
+
+/// JSON view of one delivery attempt.
+#[derive(Debug, Serialize)]
+struct DeliveryView<'a> {
+    message_id: &'a str,
+    webhook_id: &'a str,
+    event_type: &'a str,
+    attempt: u32,
+    at: Option<String>,
+    status: u32,
+    latency_ms: u64,
+    error: &'a str,
+    outcome: &'a str,
+    next_attempt_at: Option<String>,
+}
+
+impl<'a> From<&'a WebhookDelivery> for DeliveryView<'a> {
+    fn from(d: &'a WebhookDelivery) -> Self {
+        Self {
+            message_id: &d.message_id,
+            webhook_id: &d.webhook_id,
+            event_type: &d.event_type,
+            attempt: d.attempt,
+            at: rfc3339(d.at),
+            status: d.status,
+            latency_ms: d.latency_ms,
+            error: &d.error,
+            outcome: &d.outcome,
+            next_attempt_at: rfc3339(d.next_attempt_at),
+        }
+    }
+}
+
+/// Runs one `webhooks` command.
+pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) -> Result<(), CliError> {
+    match cmd {
+        WebhooksCommand::Create { url, events } => {
+            let response = client.create_webhook(CreateWebhookRequest { url, events }).await?.into_inner();
+            let hook = response.webhook.unwrap_or_default();
+            if o.json {
+                #[derive(Serialize)]
+                struct Created<'a> {
+                    #[serde(flatten)]
+                    webhook: WebhookView<'a>,
+                    secret: &'a str,
+                }
+                output::write_json(
+                    o.out,
+                    &Created { webhook: WebhookView::from(&hook), secret: &response.secret },
+                )?;
+            } else {
+                writeln!(o.out, "id:      {}", hook.id)?;
+                writeln!(o.out, "url:     {}", hook.url)?;
+                writeln!(o.out, "events:  {}", hook.events.join(", "))?;
+                writeln!(o.out, "secret:  {}", response.secret)?;
+                writeln!(
+                    o.err,
+                    "The secret is shown once: store it where the receiver verifies signatures."
+                )?;
+            }
+        }
+        WebhooksCommand::List => {
+            let hooks = client.list_webhooks(ListWebhooksRequest {}).await?.into_inner().webhooks;
+            if o.json {
+                let views: Vec<WebhookView<'_>> = hooks.iter().map(WebhookView::from).collect();
+                output::write_json(o.out, &views)?;
+            } else {
+                writeln!(o.out, "ID\tENABLED\tEVENTS\tURL")?;
+                for h in &hooks {
+                    let enabled =
+                        if h.enabled { "yes".to_owned() } else { format!("no ({})", h.disabled_reason) };
+                    writeln!(o.out, "{}\t{enabled}\t{}\t{}", h.id, h.events.join(","), h.url)?;
+                }
+            }
+        }
+        WebhooksCommand::Delete { id } => {
+            client.delete_webhook(DeleteWebhookRequest { id: id.clone() }).await?;
+            if o.json {
+                output::write_json(o.out, &serde_json::json!({ "id": id, "deleted": true }))?;
+            } else {
+                writeln!(o.out, "Deleted webhook {id}.")?;
+            }
+        }
+        WebhooksCommand::Deliveries { webhook, limit } => {
+            let request = ListWebhookDeliveriesRequest {
+                webhook_id: webhook.unwrap_or_default(),
+                limit: limit.unwrap_or(0),
+            };
+            let deliveries = client.list_webhook_deliveries(request).await?.into_inner().deliveries;
+            if o.json {
+                let views: Vec<DeliveryView<'_>> = deliveries.iter().map(DeliveryView::from).collect();
+                output::write_json(o.out, &views)?;
+            } else {
+                writeln!(o.out, "AT\tWEBHOOK\tEVENT\tMESSAGE\tATTEMPT\tSTATUS\tLATENCY_MS\tOUTCOME\tERROR")?;
+                for d in &deliveries {
+                    writeln!(
+                        o.out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        rfc3339(d.at).unwrap_or_default(),
+                        d.webhook_id,
+                        d.event_type,
+                        d.message_id,
+                        d.attempt,
+                        d.status,
+                        d.latency_ms,
+                        d.outcome,
+                        d.error
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The delivery task: claims due outbox messages, POSTs each to its endpoint signed per the
+//! Standard Webhooks specification, and records the attempt and its outcome.
+//!
+//! At least once: a message is marked delivered only after a 2xx. An attempt that gets no
+//! answer within the timeout, a network error or any other status is retried on the
+//! [`backoff`] schedule (or after `Retry-After`); 410 Gone disables the endpoint. At most
+//! `concurrency` attempts run at once. A claimed message is leased for twice the attempt
+//! timeout and a little more: if this process dies mid-attempt, the message is claimed again
+//! (by any replica) when the lease ends, with the same `webhook-id`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use super::guard::{self, Scheme};
+use super::{Attempt, Outcome, Outgoing, backoff, sign};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::master::MasterKeys;
+use crate::service::blocking;
+use crate::store::Store;
+
+/// Where the system's trusted certificate authorities usually are (Debian, Ubuntu, Alpine).
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How delivery runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Deliver to loopback, private, link-local and metadata addresses too.
+    pub allow_private: bool,
+    /// How long one attempt may take, connecting included.
+    pub timeout: Duration,
+    /// Most attempts at once.
+    pub concurrency: usize,
+    /// How often due messages are looked for.
+    pub poll_interval: Duration,
+    /// The PEM bundle of certificate authorities `https` endpoints are verified against.
+    pub ca_file: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            timeout: Duration::from_secs(10),
+            concurrency: 8,
+            poll_interval: Duration::from_secs(1),
+            ca_file: PathBuf::from(DEFAULT_CA_FILE),
+        }
+    }
+}
+
+impl Settings {
+    /// How long a claimed message stays leased to the attempt.
+    pub fn lease(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(5)
+    }
+}
+
+/// What an attempt got back.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+}
+
+/// Delivers the outbox.
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    master: MasterKeys,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    /// `None` when the CA bundle could not be read: `https` attempts fail with the reason.
+    tls: std::result::Result<TlsConnector, String>,
+    permits: Arc<Semaphore>,
+}
+
+impl Deliverer {
+    pub fn new(store: Arc<dyn Store>, master: MasterKeys, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        let tls = tls_connector(&settings.ca_file);
+        if let Err(err) = &tls {
+            tracing::warn!(error = %err, "webhooks: https endpoints cannot be delivered to");
+        }
+        let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        Self { store, master, clock, settings, tls, permits }
+    }
+
+    /// Delivers until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let lease = i64::try_from(self.settings.lease().as_secs()).unwrap_or(60);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let free = self.permits.available_permits();
+            if free == 0 {
+                continue;
+            }
+            let now = self.clock.now();
+            let claimed = match blocking(&self.store, move |s| {
+                s.claim_webhook_messages(now, now + lease, free)
+            })
+            .await
+            {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "webhooks: could not claim messages");
+                    continue;
+                }
+            };
+            for message in claimed {
+                let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                    return;
+                };
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    me.attempt(message).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// One attempt of one message, recorded with its outcome.
+    pub async fn attempt(&self, message: Outgoing) {
+        let at = self.clock.now();
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.settings.timeout, self.send(&message, at)).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let number = message.attempts.saturating_add(1);
+        let (status, error, retry_after) = match answer {
+            Ok(Ok(answer)) => (answer.status, String::new(), answer.retry_after),
+            Ok(Err(err)) => (0, err.to_string(), None),
+            Err(_) => (0, format!("no answer within {:?}", self.settings.timeout), None),
+        };
+        let outcome = match status {
+            200..=299 => Outcome::Delivered,
+            410 => Outcome::Disable,
+            _ => match backoff::delay(number, jitter(), retry_after) {
+                Some(delay) => {
+                    Outcome::RetryAt(at + i64::try_from(delay.as_secs()).unwrap_or(i64::MAX / 2).max(1))
+                }
+                None => Outcome::GaveUp,
+            },
+        };
+        let error = if error.is_empty() && !matches!(outcome, Outcome::Delivered) {
+            format!("HTTP {status}")
+        } else {
+            error
+        };
+        let record = Attempt {
+            message_id: message.message_id.clone(),
+            webhook_id: message.webhook_id.clone(),
+            event_type: message.event_type.clone(),
+            attempt: number,
+            at,
+            status,
+            latency_ms,
+            error,
+            outcome: outcome.as_str().to_owned(),
+            next_attempt_at: match outcome {
+                Outcome::RetryAt(next) => next,
+                _ => 0,
+            },
+        };
+        tracing::info!(
+            webhook_id = %record.webhook_id,
+            message_id = %record.message_id,
+            event = %record.event_type,
+            attempt = number,
+            status,
+            latency_ms,
+            outcome = %record.outcome,
+            error = %record.error,
+            "webhook attempt"
+        );
+        if let Err(err) = blocking(&self.store, move |s| s.finish_webhook_attempt(&record, outcome)).await {
+            // The lease runs out and the message is sent again: at least once.
+            tracing::warn!(error = %err, "webhooks: could not record an attempt");
+        }
+    }
+
+    async fn send(&self, message: &Outgoing, at: i64) -> Result<Answer> {
+        let target = guard::parse(&message.url)?;
+        let addrs = guard::resolve(&target, self.settings.allow_private).await?;
+        let secret = self.master.open(&message.webhook_id, &message.sealed)?;
+        let body = Bytes::from(message.payload.clone());
+        let signature = sign::signature(&secret, &message.message_id, at, &body)?;
+        let request = Request::post(target.path_and_query.as_str())
+            .header("host", target.authority.as_str())
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("tollgate-keyd/", env!("CARGO_PKG_VERSION")))
+            .header("connection", "close")
+            .header("webhook-id", message.message_id.as_str())
+            .header("webhook-timestamp", at.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(body))
+            .map_err(|e| Error::internal("webhook request", e))?;
+        // Connects to the addresses the guard checked, never to a fresh lookup's.
+        let tcp =
+            TcpStream::connect(&addrs[..]).await.map_err(|e| Error::Unavailable(format!("connect: {e}")))?;
+        match target.scheme {
+            Scheme::Http => exchange(tcp, request).await,
+            Scheme::Https => {
+                let connector = self.tls.as_ref().map_err(|e| Error::Unavailable(e.clone()))?;
+                let name = ServerName::try_from(target.host.clone())
+                    .map_err(|e| Error::invalid("url", format!("not a TLS server name: {e}")))?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("TLS: {e}")))?;
+                exchange(tls, request).await
+            }
+        }
+    }
+}
+
+async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<Answer>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Error::Unavailable(format!("HTTP: {e}")))?;
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| Error::Unavailable(format!("HTTP: {e}")));
+    // The body is not read: only the status counts. The connection closes with the sender.
+    drop(sender);
+    driver.abort();
+    let response = response?;
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(backoff::parse_retry_after);
+    Ok(Answer { status: response.status().as_u16(), retry_after })
+}
+
+/// A uniform sample in `[0, 1)`.
+fn jitter() -> f64 {
+    match crate::secrets::random_bytes::<8>() {
+        Ok(bytes) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}
+
+/// A TLS client trusting the certificate authorities of a PEM bundle.
+fn tls_connector(ca_file: &std::path::Path) -> std::result::Result<TlsConnector, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(ca_file).map_err(|e| format!("reading {}: {e}", ca_file.display()))?;
+    let mut roots = RootCertStore::empty();
+    let mut in_cert = false;
+    let mut encoded = String::new();
+    for line in text.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            in_cert = true;
+            encoded.clear();
+        } else if line == "-----END CERTIFICATE-----" {
+            in_cert = false;
+            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&encoded) {
+                // A certificate the verifier cannot use is skipped, like every TLS client does.
+                let _ = roots.add(CertificateDer::from(der));
+            }
+        } else if in_cert {
+            encoded.push_str(line);
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no usable certificate", ca_file.display()));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}

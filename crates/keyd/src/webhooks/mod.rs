@@ -1,0 +1,232 @@
+//! Webhooks: endpoints that receive the key service's events, signed per the Standard Webhooks
+//! specification, from a transactional outbox.
+//!
+//! - Every mutation that causes an event writes, in its own transaction, one outbox message per
+//!   enabled endpoint subscribed to the event (fan-out at write time: each message carries its
+//!   endpoint's delivery state, and its id is the `webhook-id` of every attempt). With no
+//!   subscribed endpoint nothing is written. A mutation that fails writes nothing.
+//! - [`deliver`] claims due messages (a lease, `FOR UPDATE SKIP LOCKED` on PostgreSQL, so one
+//!   replica sends each attempt), POSTs them, and records each attempt in the delivery log.
+//! - Payloads are thin: ids, names and times, never a secret.
+
+pub mod backoff;
+pub mod deliver;
+pub mod guard;
+pub mod sign;
+
+use serde::Serialize;
+
+use crate::master::Sealed;
+use crate::model::ChangeKind;
+
+/// The events keyd's mutations cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    KeyCreated,
+    KeyRotated,
+    KeyRevoked,
+    ConsumerCreated,
+    ConsumerDeleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::KeyCreated,
+        EventType::KeyRotated,
+        EventType::KeyRevoked,
+        EventType::ConsumerCreated,
+        EventType::ConsumerDeleted,
+    ];
+
+    /// The event's name on the wire (`key.created`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyCreated => "key.created",
+            Self::KeyRotated => "key.rotated",
+            Self::KeyRevoked => "key.revoked",
+            Self::ConsumerCreated => "consumer.created",
+            Self::ConsumerDeleted => "consumer.deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == text)
+    }
+
+    /// The event a change-feed entry causes, if any.
+    pub fn from_change(kind: ChangeKind) -> Option<Self> {
+        match kind {
+            ChangeKind::KeyCreated => Some(Self::KeyCreated),
+            ChangeKind::KeyRotated => Some(Self::KeyRotated),
+            ChangeKind::KeyRevoked => Some(Self::KeyRevoked),
+            ChangeKind::ConsumerDeleted => Some(Self::ConsumerDeleted),
+            ChangeKind::KeyUpdated | ChangeKind::ConsumerUpdated | ChangeKind::CachePurged => None,
+        }
+    }
+}
+
+/// A registered endpoint. Its secret stays sealed in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub enabled: bool,
+    /// Why delivery stopped (e.g. the receiver answered 410), when it did.
+    pub disabled_reason: String,
+    pub created_at: i64,
+}
+
+/// An endpoint to create; its secret already sealed under the master key.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub sealed: Sealed,
+}
+
+/// A message claimed for one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The `webhook-id`: the same on every attempt.
+    pub message_id: String,
+    pub webhook_id: String,
+    pub url: String,
+    pub event_type: String,
+    /// The body, exactly as signed and sent.
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub sealed: Sealed,
+}
+
+/// What an attempt decided for its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx: done.
+    Delivered,
+    /// Try again at this Unix time.
+    RetryAt(i64),
+    /// The attempts are used up: the message is dropped (it stays in the log).
+    GaveUp,
+    /// The receiver answered 410 Gone: the endpoint is disabled.
+    Disable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::RetryAt(_) => "retry",
+            Self::GaveUp => "gave_up",
+            Self::Disable => "endpoint_disabled",
+        }
+    }
+}
+
+/// One attempt, as written to the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub message_id: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub at: i64,
+    /// The HTTP status; 0 when there was no answer.
+    pub status: u16,
+    pub latency_ms: u64,
+    pub error: String,
+    /// [`Outcome::as_str`].
+    pub outcome: String,
+    /// When the next attempt is due (0 when there is none).
+    pub next_attempt_at: i64,
+}
+
+/// The body of an event: `{"type", "timestamp", "data"}`.
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    data: &'a serde_json::Value,
+}
+
+/// The JSON body of an event at Unix time `at`.
+pub fn payload(event: EventType, at: i64, data: &serde_json::Value) -> String {
+    let body = Payload { kind: event.as_str(), timestamp: rfc3339(at), data };
+    // Serializing a struct of strings and a JSON value cannot fail.
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// The data of a key event.
+pub fn key_data(key_id: &str, consumer_id: &str) -> serde_json::Value {
+    serde_json::json!({ "key_id": key_id, "consumer_id": consumer_id })
+}
+
+/// The data of a consumer event.
+pub fn consumer_data(consumer_id: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({ "consumer_id": consumer_id, "name": name })
+}
+
+/// A new endpoint id: `wh_` + 16 base62 characters.
+pub fn new_webhook_id() -> crate::Result<String> {
+    Ok(format!("wh_{}", crate::secrets::random_base62(16)?))
+}
+
+/// A new message id: `msg_` + 24 base62 characters.
+pub fn new_message_id() -> crate::Result<String> {
+    Ok(format!("msg_{}", crate::secrets::random_base62(24)?))
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
+pub fn rfc3339(at: i64) -> String {
+    let days = at.div_euclid(86_400);
+    let secs = at.rem_euclid(86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3_600, secs % 3_600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_714_564_799), "2024-05-01T11:59:59Z");
+    }
+
+    #[test]
+    fn a_payload_is_thin_json_with_type_timestamp_and_data() {
+        let body = payload(EventType::KeyRevoked, 0, &key_data("key_1", "con_1"));
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "type": "key.revoked",
+                "timestamp": "1970-01-01T00:00:00Z",
+                "data": { "key_id": "key_1", "consumer_id": "con_1" }
+            })
+        );
+    }
+
+    #[test]
+    fn event_names_round_trip() {
+        for event in EventType::ALL {
+            assert_eq!(EventType::parse(event.as_str()), Some(event));
+        }
+        assert_eq!(EventType::parse("key.expiring"), None);
+    }
+}
