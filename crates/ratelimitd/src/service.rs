@@ -258,10 +258,10 @@ pub use tollgate_proto::code_name;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
     use crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
     use crate::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use crate::store::MemoryStore;
+    use tonic::Code;
 
     const CONFIG: &str = "domain: gw\ndescriptors:\n\
         - {key: tenant, rate_limit: {unit: minute, requests_per_unit: 3, name: per-tenant}}\n\
