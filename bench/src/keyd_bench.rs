@@ -206,6 +206,7 @@ pub(crate) async fn run(settings: &Settings) -> KeydReport {
         ..KeydReport::default()
     };
     eprintln!("bench: key service stores and replicas");
+    let load_before = load_average();
     let cluster = match start_postgres(settings).await {
         Ok(cluster) => Some(cluster),
         Err(e) => {
@@ -243,7 +244,21 @@ pub(crate) async fn run(settings: &Settings) -> KeydReport {
             Err(e) => report.dashboard_failures.push(format!("{store}: {e}")),
         }
     }
+    // The cores are not ours alone when other work runs beside the benchmark: say how busy the
+    // machine was.
+    report.notes.push(format!(
+        "load average (1 min) when these measurements started: {load_before}; when they ended: {}",
+        load_average()
+    ));
     report
+}
+
+/// The 1-minute load average (`/proc/loadavg`), as text.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Starts SQLite with one replica and PostgreSQL with one and three, fills each with the keys,
