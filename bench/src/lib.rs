@@ -4,6 +4,7 @@
 //! what each variant's Envoy config and request are, `src/measure.rs` runs the load and reads CPU
 //! and memory, `src/main.rs` puts them in order and writes the report.
 
+pub mod keyd_report;
 pub mod noop;
 pub mod parse;
 pub mod procfs;

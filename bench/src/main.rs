@@ -9,7 +9,13 @@
 //! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline), `BENCH_PROBE=1` (price
 //! each host call instead: see `probe.rs`). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
 //! `ENVOY_BIN` like the end-to-end tests.
+//!
+//! After the Envoy variants it measures the key service itself (`keyd_bench.rs`: `VerifyKey` on
+//! SQLite and PostgreSQL with one and three replicas, the dashboard with 10,000 keys);
+//! `BENCH_KEYD_ONLY=1` runs only that (no Envoy, no load generator) and writes `keyd.md` and
+//! `keyd.json` instead of the main report.
 
+mod keyd_bench;
 mod measure;
 mod origin;
 mod probe;
@@ -93,6 +99,9 @@ impl Settings {
 
 async fn run() -> Result<()> {
     let settings = Settings::from_env().await?;
+    if env("BENCH_KEYD_ONLY").is_some_and(|v| v != "0") {
+        return keyd_bench::run_only(&settings).await;
+    }
     let started = Instant::now();
     let scratch = tempdir()?;
 
@@ -306,6 +315,7 @@ async fn run() -> Result<()> {
             Ok(rps) => (Some(rps), None),
             Err(e) => (None, Some(e.0)),
         };
+    let keyd_report = keyd_bench::run(&settings).await;
 
     // The filter variants against Envoy alone; the cache variants against Envoy alone fetching
     // from the origin.
@@ -321,7 +331,7 @@ async fn run() -> Result<()> {
         .map(|native| report::compare(&cache_runs, TOLLGATE_CACHE, native))
         .collect();
     let mib = |kib: Option<i64>| kib.map(|k| k as f64 / 1024.0);
-    let goals = vec![
+    let mut goals = vec![
         report::cpu_goal(&summaries, "key-auth", false, 0.85),
         report::cpu_goal(&summaries, "jwt-auth HS256", true, 1.0),
         report::cpu_goal(&summaries, "jwt-auth ES256", true, 1.0),
@@ -351,6 +361,7 @@ async fn run() -> Result<()> {
             false,
         ),
     ];
+    goals.extend(keyd_report.goals());
     let mut notes = vec![
         "the native jwt_authn runs with its verified-token cache on (`jwt_cache_config`), like jwt-auth's cache".to_owned(),
         "each Tollgate filter is its own module and VM, except in `chain (bundle)`, where the three filters come from `tollgate.wasm` and share one VM per worker, and `pipeline`, where they are the stages of one filter of that module".to_owned(),
@@ -381,6 +392,7 @@ async fn run() -> Result<()> {
         cache_miss,
         wasm_sizes: wasm_sizes(),
         memory: Some(memory),
+        keyd: Some(keyd_report),
         notes,
         runs,
     };

@@ -11,9 +11,9 @@ use tokio::process::Command;
 use tollgate_bench::report::{CacheMiss, Memory, Sample};
 use tollgate_bench::{Error, Result, parse, procfs, stats};
 use tollgate_e2e::{DATAPLANE_TOKEN, Envoy, HttpClient, Keyd};
-use tollgate_proto::v1::VerifyKeyRequest;
 
 use crate::Settings;
+use crate::keyd_bench::verify::verify_key_load;
 use crate::origin::Origin;
 use crate::variants::{
     BODY, CACHE_BODY_BYTES, CACHE_PATH, CacheRole, Credentials, PATH, Variant, start_envoy,
@@ -447,41 +447,13 @@ pub(crate) async fn memory(keyd: &Keyd, every_filter: &[Value], bundled: &[Value
 }
 
 /// VerifyKey calls per second the key service answers on its core, from a tonic client with 64
-/// calls in flight on the other core.
+/// calls in flight on the other core (the load of `keyd_bench::verify`, with one key).
 pub(crate) async fn verify_key_throughput(keyd: &Keyd, api_key: &str, duration: Duration) -> Result<f64> {
     let client = keyd.client(DATAPLANE_TOKEN).await;
     let key_hash = Sha256::digest(api_key.as_bytes()).to_vec();
-    // Warm up, and check the call works at all.
-    client
-        .clone()
-        .verify_key(VerifyKeyRequest { key_hash: key_hash.clone() })
-        .await
-        .map_err(|status| Error(format!("VerifyKey: {status}")))?;
-    let deadline = tokio::time::Instant::now() + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let mut client = client.clone();
-        let key_hash = key_hash.clone();
-        tasks.spawn(async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            while tokio::time::Instant::now() < deadline {
-                match client.verify_key(VerifyKeyRequest { key_hash: key_hash.clone() }).await {
-                    Ok(_) => ok += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-            (ok, failed)
-        });
+    let load = verify_key_load(&[client], &[key_hash], 64, duration).await?;
+    if load.failed > 0 {
+        return Err(Error(format!("{} VerifyKey calls failed", load.failed)));
     }
-    let start = Instant::now();
-    let (mut ok, mut failed) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        let (o, f) = joined.map_err(|e| Error(format!("load task: {e}")))?;
-        ok += o;
-        failed += f;
-    }
-    if failed > 0 {
-        return Err(Error(format!("{failed} of {} VerifyKey calls failed", ok + failed)));
-    }
-    Ok(ok as f64 / start.elapsed().as_secs_f64())
+    Ok(load.calls_per_second)
 }

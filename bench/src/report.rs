@@ -284,6 +284,8 @@ pub struct Report {
     pub cache_miss: Option<CacheMiss>,
     pub wasm_sizes: Vec<(String, u64)>,
     pub memory: Option<Memory>,
+    /// The key service's stores, replicas and dashboard (`keyd_report.rs`).
+    pub keyd: Option<crate::keyd_report::KeydReport>,
     pub notes: Vec<String>,
     pub runs: Vec<VariantRun>,
 }
@@ -435,6 +437,9 @@ impl Report {
         }
         for note in &self.notes {
             line(format!("- {note}"));
+        }
+        if let Some(keyd) = &self.keyd {
+            md.push_str(&keyd.markdown());
         }
         md
     }
@@ -616,6 +621,7 @@ mod tests {
                 bundle_1_worker_kib: Some(4096),
                 bundle_2_workers_kib: Some(6144),
             }),
+            keyd: None,
             notes: vec![],
             runs: runs(),
         };
