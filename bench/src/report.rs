@@ -284,6 +284,8 @@ pub struct Report {
     pub cache_miss: Option<CacheMiss>,
     pub wasm_sizes: Vec<(String, u64)>,
     pub memory: Option<Memory>,
+    /// The rate-limit service's own benchmark (when run).
+    pub rls_service: Option<crate::rls::RlsService>,
     pub notes: Vec<String>,
     pub runs: Vec<VariantRun>,
 }
@@ -359,6 +361,9 @@ impl Report {
         }
         if !self.cache_summaries.is_empty() {
             self.cache_markdown(&mut line);
+        }
+        if let Some(rls) = &self.rls_service {
+            line(rls.markdown());
         }
         line(String::new());
         line("## Variants".to_owned());
@@ -616,6 +621,7 @@ mod tests {
                 bundle_1_worker_kib: Some(4096),
                 bundle_2_workers_kib: Some(6144),
             }),
+            rls_service: None,
             notes: vec![],
             runs: runs(),
         };
