@@ -150,7 +150,7 @@ BENCH_TOOLS   := .tools
 OHA           := $(BENCH_TOOLS)/bin/oha
 
 # What both benchmarks need: the load generators' tools, the release binaries, the probe module.
-bench-tools: build $(ENVOY)
+bench-tools: build $(ENVOY) redis
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)
