@@ -131,7 +131,11 @@ mod tests {
                     p99_ms: Some(1.23456),
                     ..StoreRun::default()
                 },
-                StoreRun { store: "memory".to_owned(), failure: Some("no".to_owned()), ..StoreRun::default() },
+                StoreRun {
+                    store: "memory".to_owned(),
+                    failure: Some("no".to_owned()),
+                    ..StoreRun::default()
+                },
             ],
         };
         let md = service.markdown();

@@ -166,7 +166,8 @@ impl Rls {
     pub(crate) async fn check_calls(&self, running: &[Running]) -> Result<()> {
         const N: u32 = 20;
         let calls = r#"tollgate_ratelimitd_requests_total{result="OK"}"#;
-        for r in running.iter().filter(|r| [RLS_NATIVE, RATE_LIMIT_GLOBAL].contains(&r.variant.name.as_str())) {
+        for r in running.iter().filter(|r| [RLS_NATIVE, RATE_LIMIT_GLOBAL].contains(&r.variant.name.as_str()))
+        {
             let before = self.service.metric(calls).await;
             for _ in 0..N {
                 let res = r.envoy.get(PATH).try_send().await.map_err(Error)?;
@@ -191,14 +192,7 @@ impl Rls {
         self.pin(&settings.envoy_cpu).await;
         let seconds = Duration::from_secs(settings.seconds);
         let mut runs = vec![
-            measure_store(
-                "Redis",
-                &self.service,
-                self.redis.pid(),
-                seconds,
-                settings.ticks_per_second,
-            )
-            .await,
+            measure_store("Redis", &self.service, self.redis.pid(), seconds, settings.ticks_per_second).await,
         ];
         match Ratelimitd::try_start(LIMITS, None).await {
             Ok(memory) => {
@@ -292,7 +286,11 @@ async fn measure_store(
         tasks.spawn(async move {
             let (mut answered, mut failed, mut n) = (0u64, 0u64, i);
             while tokio::time::Instant::now() < deadline {
-                if call(client.clone(), n).await.0 { answered += 1 } else { failed += 1 }
+                if call(client.clone(), n).await.0 {
+                    answered += 1
+                } else {
+                    failed += 1
+                }
                 n += CONNECTIONS * IN_FLIGHT;
             }
             (answered, failed)
