@@ -157,8 +157,8 @@ BENCH_TOOLS   := .tools
 OHA           := $(BENCH_TOOLS)/bin/oha
 
 # What both benchmarks need: the load generators' tools, the release binaries, the probe module,
-# PostgreSQL (the key service's store comparison starts a private cluster).
-bench-tools: build $(ENVOY) postgres
+# PostgreSQL and Redis (the key service's store comparison and the rate-limit service run them).
+bench-tools: build $(ENVOY) postgres redis
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	@command -v taskset >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y util-linux; }
 	$(CARGO) build $(LOCKED) --target $(WASM_TARGET) --profile $(WASM_PROFILE) $(BENCH_PROBE_PKG)

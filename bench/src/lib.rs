@@ -9,6 +9,7 @@ pub mod noop;
 pub mod parse;
 pub mod procfs;
 pub mod report;
+pub mod rls;
 pub mod stats;
 
 /// An error of the benchmark harness: what went wrong, in words.

@@ -6,7 +6,8 @@
 //! Settings (environment): `BENCH_QUICK=1` (one short round, for smoke checks), `BENCH_ROUNDS`,
 //! `BENCH_SECONDS` (length of each load run), `BENCH_CONNECTIONS`, `BENCH_ENVOY_CPU` / `BENCH_LOAD_CPU`
 //! (default 0 / 1), `BENCH_WRK` / `BENCH_OHA` (the load generators), `BENCH_OUT` (output folder,
-//! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline), `BENCH_PROBE=1` (price
+//! default `bench/`), `BENCH_ONLY` (comma-separated variant names to run beside the baseline; `ratelimitd`
+//! is the rate-limit service's own benchmark, see `rls_bench.rs`), `BENCH_PROBE=1` (price
 //! each host call instead: see `probe.rs`). Binaries and filters come from `TOLLGATE_BIN_DIR`, `TOLLGATE_WASM_DIR` and
 //! `ENVOY_BIN` like the end-to-end tests.
 //!
@@ -19,6 +20,7 @@ mod keyd_bench;
 mod measure;
 mod origin;
 mod probe;
+mod rls_bench;
 mod variants;
 
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ use crate::measure::{
 use crate::origin::Origin;
 use crate::variants::{
     BASELINE, CACHE_BASELINE, Credentials, ENVOY_CACHES, PATH, SIGNED_PER_SECOND, SigningKey, TOLLGATE_CACHE,
-    every_filter, signed_requests, start_envoy, variants,
+    every_filter, signed_requests, start_envoy_with, variants,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -155,6 +157,16 @@ async fn run() -> Result<()> {
     let probe_mode = env("BENCH_PROBE").is_some_and(|v| v != "0");
     let mut variants =
         if probe_mode { probe::variants() } else { variants(&keyd, &api_key, &keys, &noop_path) };
+    // Global rate limits: Redis and the rate-limit service, on the load generators' core.
+    let (rls_variants, rls_service) =
+        if probe_mode { (false, false) } else { rls_bench::wanted(env("BENCH_ONLY").as_deref()) };
+    let rls = if rls_variants || rls_service {
+        eprintln!("bench: Redis and the rate-limit service");
+        Some(rls_bench::Rls::start(&settings.load_cpu).await?)
+    } else {
+        None
+    };
+    variants.extend(rls.iter().flat_map(rls_bench::Rls::variants));
     // BENCH_ONLY=a,b keeps the baseline and the named variants (to rerun one comparison quickly).
     if let Some(only) = env("BENCH_ONLY") {
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
@@ -177,8 +189,12 @@ async fn run() -> Result<()> {
     let mut starting = tokio::task::JoinSet::new();
     for (index, variant) in variants.iter().enumerate() {
         let (filters, keyd_addr) = (variant.filters.clone(), variant.keyd.then(|| keyd.addr()));
+        let (clusters, route) = (variant.clusters.clone(), variant.route.clone());
         let origin_addr = variant.cache.and(origin.as_ref().map(Origin::addr));
-        starting.spawn(async move { (index, start_envoy(&filters, keyd_addr, 1, origin_addr).await) });
+        starting.spawn(async move {
+            let envoy = start_envoy_with(&filters, &clusters, route.as_ref(), keyd_addr, 1, origin_addr);
+            (index, envoy.await)
+        });
     }
     let mut envoys: Vec<Option<Envoy>> = variants.iter().map(|_| None).collect();
     while let Some(joined) = starting.join_next().await {
@@ -224,6 +240,9 @@ async fn run() -> Result<()> {
 
     eprintln!("bench: warming up");
     warm_up(&settings, &mut running, &creds, origin.as_ref()).await?;
+    if let Some(rls) = &rls {
+        rls.check_calls(&running).await?;
+    }
 
     for round in 0..settings.rounds {
         eprintln!("bench: round {} of {}", round + 1, settings.rounds);
@@ -234,11 +253,19 @@ async fn run() -> Result<()> {
         // The slowest saturation of the filter variants, and of the cache variants apart (they
         // serve another request, through an origin).
         let (mut slowest, mut slowest_cache): (Option<f64>, Option<f64>) = (None, None);
+        // The variants calling the rate-limit service share the load core with it: apart too.
+        let mut slowest_global: Option<f64> = None;
         for index in &order {
             if let Some(r) = running.get_mut(*index)
                 && let Some(rps) = measure_saturation(&settings, r, round).await
             {
-                let group = if r.variant.cache.is_some() { &mut slowest_cache } else { &mut slowest };
+                let group = if r.variant.cache.is_some() {
+                    &mut slowest_cache
+                } else if rls_bench::calls_service(&r.variant.name) {
+                    &mut slowest_global
+                } else {
+                    &mut slowest
+                };
                 *group = Some(group.map_or(rps, |s: f64| s.min(rps)));
             }
         }
@@ -256,7 +283,13 @@ async fn run() -> Result<()> {
         }
         for index in &order {
             if let Some(r) = running.get_mut(*index) {
-                let rate = if r.variant.cache.is_some() { cache_rate } else { rate };
+                let rate = if r.variant.cache.is_some() {
+                    cache_rate
+                } else if rls_bench::calls_service(&r.variant.name) {
+                    rate_of(slowest_global)
+                } else {
+                    rate
+                };
                 measure_latency(&settings, r, round, rate, &creds).await;
             }
         }
@@ -309,6 +342,10 @@ async fn run() -> Result<()> {
     let memory =
         memory(&keyd, &every_filter(&keyd, &keys.hs256, false), &every_filter(&keyd, &keys.hs256, true))
             .await;
+    let rls_report = match &rls {
+        Some(rls) if rls_service => Some(rls.measure_service(&settings).await),
+        _ => None,
+    };
     eprintln!("bench: key service VerifyKey throughput");
     let (keyd_verify_rps, keyd_verify_failure) =
         match verify_key_throughput(&keyd, &api_key, Duration::from_secs(settings.seconds)).await {
@@ -324,6 +361,9 @@ async fn run() -> Result<()> {
         if *cache { &mut cache_runs } else { &mut filter_runs }.push(run.clone());
     }
     let summaries = report::summarize(&filter_runs, BASELINE);
+    // The latency goals are for filters answering without a call.
+    let local_summaries: Vec<report::Summary> =
+        summaries.iter().filter(|s| !rls_bench::calls_service(&s.name)).cloned().collect();
     let cache_summaries = report::summarize(&cache_runs, CACHE_BASELINE);
     let cache_comparisons: Vec<report::Comparison> = ENVOY_CACHES
         .iter()
@@ -340,8 +380,8 @@ async fn run() -> Result<()> {
         report::cpu_goal(&summaries, "pipeline", false, 0.75),
         report::rps_goal(&cache_summaries, TOLLGATE_CACHE, 1.0),
         report::cpu_goal(&cache_summaries, TOLLGATE_CACHE, true, 1.0),
-        report::latency_goal(&summaries, BASELINE, false, 2.0),
-        report::latency_goal(&summaries, BASELINE, true, 3.0),
+        report::latency_goal(&local_summaries, BASELINE, false, 2.0),
+        report::latency_goal(&local_summaries, BASELINE, true, 3.0),
         report::bound_goal(
             "every filter in one VM (the bundle), 1 worker: MiB RSS over Envoy alone ≤ 20",
             mib(memory.bundle_over_alone_kib()),
@@ -366,6 +406,9 @@ async fn run() -> Result<()> {
         "the native jwt_authn runs with its verified-token cache on (`jwt_cache_config`), like jwt-auth's cache".to_owned(),
         "each Tollgate filter is its own module and VM, except in `chain (bundle)`, where the three filters come from `tollgate.wasm` and share one VM per worker, and `pipeline`, where they are the stages of one filter of that module".to_owned(),
     ];
+    if rls_variants {
+        notes.push(rls_bench::note(&settings));
+    }
     if settings.quick {
         notes.push("quick mode: one short round — a smoke check, not a measurement".to_owned());
     }
@@ -393,6 +436,7 @@ async fn run() -> Result<()> {
         wasm_sizes: wasm_sizes(),
         memory: Some(memory),
         keyd: Some(keyd_report),
+        rls_service: rls_report,
         notes,
         runs,
     };

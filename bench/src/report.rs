@@ -286,6 +286,8 @@ pub struct Report {
     pub memory: Option<Memory>,
     /// The key service's stores, replicas and dashboard (`keyd_report.rs`).
     pub keyd: Option<crate::keyd_report::KeydReport>,
+    /// The rate-limit service's own benchmark (when run).
+    pub rls_service: Option<crate::rls::RlsService>,
     pub notes: Vec<String>,
     pub runs: Vec<VariantRun>,
 }
@@ -361,6 +363,9 @@ impl Report {
         }
         if !self.cache_summaries.is_empty() {
             self.cache_markdown(&mut line);
+        }
+        if let Some(rls) = &self.rls_service {
+            line(rls.markdown());
         }
         line(String::new());
         line("## Variants".to_owned());
@@ -622,6 +627,7 @@ mod tests {
                 bundle_2_workers_kib: Some(6144),
             }),
             keyd: None,
+            rls_service: None,
             notes: vec![],
             runs: runs(),
         };

@@ -59,6 +59,10 @@ pub(crate) struct Variant {
     pub(crate) signed: bool,
     /// A variant of the cache comparison (routed to the origin, GETs of [`CACHE_PATH`]).
     pub(crate) cache: Option<CacheRole>,
+    /// Clusters the filters call besides the key service's (the rate-limit service's).
+    pub(crate) clusters: Vec<Value>,
+    /// The route in place of the `direct_response` one (a filter that needs a route entry).
+    pub(crate) route: Option<Value>,
 }
 
 impl Variant {
@@ -72,7 +76,19 @@ impl Variant {
             token: Token::Hs256,
             signed: false,
             cache: None,
+            clusters: Vec::new(),
+            route: None,
         }
+    }
+
+    pub(crate) fn cluster(mut self, cluster: Value) -> Variant {
+        self.clusters.push(cluster);
+        self
+    }
+
+    pub(crate) fn route(mut self, route: Value) -> Variant {
+        self.route = Some(route);
+        self
     }
 
     pub(crate) fn cache(mut self, role: CacheRole) -> Variant {
@@ -497,6 +513,18 @@ pub(crate) async fn start_envoy(
     workers: u32,
     origin: Option<std::net::SocketAddr>,
 ) -> Result<Envoy> {
+    start_envoy_with(filters, &[], None, keyd, workers, origin).await
+}
+
+/// [`start_envoy`] with more `clusters`, and `route` in place of the `direct_response` one.
+pub(crate) async fn start_envoy_with(
+    filters: &[Value],
+    clusters: &[Value],
+    route: Option<&Value>,
+    keyd: Option<std::net::SocketAddr>,
+    workers: u32,
+    origin: Option<std::net::SocketAddr>,
+) -> Result<Envoy> {
     // Without an origin the upstream cluster is never used: the route answers directly.
     let upstream = origin.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
     let mut opts = EnvoyOpts::new(upstream).workers(workers);
@@ -506,13 +534,18 @@ pub(crate) async fn start_envoy(
     for filter in filters {
         opts = opts.http_filter(filter.clone());
     }
+    for cluster in clusters {
+        opts = opts.cluster(cluster.clone());
+    }
     let mut config = opts.render();
     let hcm =
         &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
     if let Some(hcm) = hcm.as_object_mut() {
         hcm.remove("access_log");
     }
-    if origin.is_none() {
+    if let Some(route) = route {
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0] = route.clone();
+    } else if origin.is_none() {
         hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
             "match": {"prefix": "/"},
             "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}},

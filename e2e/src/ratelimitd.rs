@@ -60,6 +60,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (the benchmark pins it to a core and reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: Redis vanishes like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -222,6 +227,11 @@ impl Ratelimitd {
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The service's process id (the benchmark pins it to a core and reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The metrics endpoint's address.
