@@ -597,22 +597,33 @@ pub fn release_flight<H: Host + ?Sized>(host: &H, worker: &RefCell<Worker>, prim
             continue; // that request is gone
         }
         let found = worker.borrow_mut().find(host, &waiter.req, now);
-        match found {
-            Ok(Found::Object { object, age, usable: Usable::Fresh | Usable::StaleAllowed }) => {
-                {
-                    let mut w = worker.borrow_mut();
-                    w.counters.inc(host, Stat::Coalesced);
-                    w.answered.insert(waiter.context_id);
-                }
-                if !answer(host, worker, &waiter.req, &object, age, None, true) {
-                    // The proxy refused the local reply: the request goes upstream itself.
-                    worker.borrow_mut().answered.remove(&waiter.context_id);
-                    host.resume_request();
-                }
+        settle_waiter(host, worker, &waiter, found);
+    }
+}
+
+/// Finishes a waiter whose context is effective: answered from `found` when it can answer
+/// (counted as coalesced), else resumed to go upstream itself.
+pub fn settle_waiter<H: Host + ?Sized>(
+    host: &H,
+    worker: &RefCell<Worker>,
+    waiter: &Waiter,
+    found: Result<Found, NoKey>,
+) {
+    match found {
+        Ok(Found::Object { object, age, usable: Usable::Fresh | Usable::StaleAllowed }) => {
+            {
+                let mut w = worker.borrow_mut();
+                w.counters.inc(host, Stat::Coalesced);
+                w.answered.insert(waiter.context_id);
             }
-            _ => {
+            if !answer(host, worker, &waiter.req, &object, age, None, true) {
+                // The proxy refused the local reply: the request goes upstream itself.
+                worker.borrow_mut().answered.remove(&waiter.context_id);
                 host.resume_request();
             }
+        }
+        _ => {
+            host.resume_request();
         }
     }
 }

@@ -14,7 +14,7 @@ use tollgate_host::{Filter, Host, LogLevel};
 
 use tollgate_core::cache::policy::Usable;
 
-use crate::http::{CacheHttp, answer};
+use crate::http::{CacheHttp, settle_waiter};
 use crate::worker::{Found, REFRESH_RETRY_MS, Refresh, Stat, Worker};
 
 /// The cache filter.
@@ -128,22 +128,7 @@ fn answer_remote_waiters<H: Host>(host: &H, worker: &RefCell<Worker>) {
             if !host.set_effective_context(waiter.context_id) {
                 continue; // that request is gone
             }
-            match found {
-                Ok(Found::Object { object, age, usable: Usable::Fresh | Usable::StaleAllowed }) => {
-                    {
-                        let mut w = worker.borrow_mut();
-                        w.counters.inc(host, Stat::Coalesced);
-                        w.answered.insert(waiter.context_id);
-                    }
-                    if !answer(host, worker, &waiter.req, &object, age, None, true) {
-                        worker.borrow_mut().answered.remove(&waiter.context_id);
-                        host.resume_request();
-                    }
-                }
-                _ => {
-                    host.resume_request();
-                }
-            }
+            settle_waiter(host, worker, &waiter, found);
         }
         if !left.is_empty() {
             worker.borrow_mut().remote_waits.insert(primary, left);
