@@ -328,6 +328,19 @@ fn json_col<T: DeserializeOwned>(row: &Row, index: usize) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::internal("database: decoding a column", e))
 }
 
+/// An audit row read as `seq, at, actor, action, key_id, consumer_id, detail`.
+fn audit_from_row(row: &Row) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: seq_col(row, 0)?,
+        at: col(row, 1)?,
+        actor: col(row, 2)?,
+        action: col(row, 3)?,
+        key_id: col(row, 4)?,
+        consumer_id: col(row, 5)?,
+        detail: json_col(row, 6)?,
+    })
+}
+
 fn seq_col(row: &Row, index: usize) -> Result<u64> {
     let value: i64 = col(row, index)?;
     u64::try_from(value).map_err(|e| Error::internal("database: sequence number", e))
@@ -1659,19 +1672,7 @@ impl Store for PostgresStore {
             params.push(&limit);
             sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", params.len()));
             let rows = client.query(&sql, &params).await.map_err(db)?;
-            rows.iter()
-                .map(|row| {
-                    Ok(AuditEntry {
-                        seq: seq_col(row, 0)?,
-                        at: col(row, 1)?,
-                        actor: col(row, 2)?,
-                        action: col(row, 3)?,
-                        key_id: col(row, 4)?,
-                        consumer_id: col(row, 5)?,
-                        detail: json_col(row, 6)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(audit_from_row).collect()
         })
     }
 
@@ -1807,19 +1808,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db)?;
             let rows = client.query(&stmt, &[&after, &limit_param(limit)]).await.map_err(db)?;
-            rows.iter()
-                .map(|row| {
-                    Ok(AuditEntry {
-                        seq: seq_col(row, 0)?,
-                        at: col(row, 1)?,
-                        actor: col(row, 2)?,
-                        action: col(row, 3)?,
-                        key_id: col(row, 4)?,
-                        consumer_id: col(row, 5)?,
-                        detail: json_col(row, 6)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(audit_from_row).collect()
         })
     }
 

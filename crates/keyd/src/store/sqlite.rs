@@ -409,6 +409,19 @@ fn consumer_from_row(row: &Row<'_>) -> rusqlite::Result<Consumer> {
     })
 }
 
+/// An audit row read as `seq, at, actor, action, key_id, consumer_id, detail`.
+fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: seq_column(row, 0)?,
+        at: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        key_id: row.get(4)?,
+        consumer_id: row.get(5)?,
+        detail: json_column(row, 6)?,
+    })
+}
+
 fn change_from_row(row: &Row<'_>) -> rusqlite::Result<Change> {
     let kind: String = row.get(1)?;
     let kind = ChangeKind::parse(&kind).ok_or_else(|| {
@@ -1479,19 +1492,7 @@ impl Store for SqliteStore {
         values.push(limit_param(limit).into());
         self.read(|tx| {
             let mut stmt = tx.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(values), |row| {
-                    Ok(AuditEntry {
-                        seq: seq_column(row, 0)?,
-                        at: row.get(1)?,
-                        actor: row.get(2)?,
-                        action: row.get(3)?,
-                        key_id: row.get(4)?,
-                        consumer_id: row.get(5)?,
-                        detail: json_column(row, 6)?,
-                    })
-                })
-                .map_err(db)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), audit_from_row).map_err(db)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
         })
     }
@@ -1509,19 +1510,7 @@ impl Store for SqliteStore {
                      ORDER BY seq LIMIT ?2",
                 )
                 .map_err(db)?;
-            let rows = stmt
-                .query_map(params![after, limit_param(limit)], |row| {
-                    Ok(AuditEntry {
-                        seq: seq_column(row, 0)?,
-                        at: row.get(1)?,
-                        actor: row.get(2)?,
-                        action: row.get(3)?,
-                        key_id: row.get(4)?,
-                        consumer_id: row.get(5)?,
-                        detail: json_column(row, 6)?,
-                    })
-                })
-                .map_err(db)?;
+            let rows = stmt.query_map(params![after, limit_param(limit)], audit_from_row).map_err(db)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
         })
     }
