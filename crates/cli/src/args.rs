@@ -61,6 +61,65 @@ pub enum Command {
     /// Webhook endpoints: create, list, delete, and the delivery log.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Rotation policies: how old a key may get, when its owner is warned, and whether the key
+    /// service rotates it or lets it expire.
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
+}
+
+/// What a rotation policy is set on: exactly one of a consumer and a key.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct PolicyTargetArgs {
+    /// A consumer id or name: the policy of each of its keys that has none of its own.
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// A key id: this key's own policy.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoliciesCommand {
+    /// Set (or replace) the rotation policy of a consumer or a key.
+    Set {
+        #[command(flatten)]
+        target: PolicyTargetArgs,
+        /// How old a key's secret may get (e.g. 90d), counted from its creation or last rotation.
+        #[arg(long, value_parser = parse::duration_secs)]
+        max_age: u64,
+        /// Lead times before max_age to warn at, one key.expiring event each (e.g. 30d,7d,1d).
+        #[arg(long, value_delimiter = ',', value_parser = parse::duration_secs)]
+        notify_before: Vec<u64>,
+        /// How long the previous secret keeps working after a rotation (e.g. 24h).
+        #[arg(long, value_parser = parse::duration_secs, default_value = "24h")]
+        grace: u64,
+        /// notify: the key expires at max_age unless rotated before; auto: the key service
+        /// rotates it at max_age.
+        #[arg(long, value_enum, default_value = "notify")]
+        mode: PolicyModeArg,
+        /// End the grace early once the previous secret has not been seen for this long (e.g.
+        /// 2d); 0 keeps the whole grace.
+        #[arg(long, value_parser = parse::duration_secs, default_value = "0")]
+        revoke_unused_previous_after: u64,
+    },
+    /// List policies: a consumer's and its keys', or every one.
+    List {
+        /// A consumer id or name.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Remove the policy of a consumer or a key.
+    Rm {
+        #[command(flatten)]
+        target: PolicyTargetArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyModeArg {
+    Notify,
+    Auto,
 }
 
 #[derive(Debug, Subcommand)]

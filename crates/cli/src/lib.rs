@@ -12,7 +12,7 @@ pub mod parse;
 
 use std::io::Write;
 
-pub use args::{CacheCommand, Cli, Command, ConsumersCommand, KeysCommand, WebhooksCommand};
+pub use args::{CacheCommand, Cli, Command, ConsumersCommand, KeysCommand, PoliciesCommand, WebhooksCommand};
 pub use client::{CliError, Client};
 
 /// Where a command writes: results to `out`, notes to `err`.
@@ -61,6 +61,7 @@ pub async fn execute(command: Command, client: &mut Client, output: &mut Output<
         Command::Sign(args) => commands::sign::run(&args, output),
         Command::Cache(CacheCommand::Purge(args)) => commands::cache::purge(args, client, output).await,
         Command::Webhooks(cmd) => commands::webhooks::run(cmd, client, output).await,
+        Command::Policies(cmd) => commands::policies::run(cmd, client, output).await,
     }
 }
 

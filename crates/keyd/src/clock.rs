@@ -60,6 +60,45 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system clock moved by a number of seconds read from a file, so that tests can move the
+/// real binary's time (`--clock-offset-file`). The file is read again at most every 100 ms; one
+/// that is missing or unreadable leaves the last offset.
+#[derive(Debug)]
+pub struct OffsetFileClock {
+    path: std::path::PathBuf,
+    offset: AtomicI64,
+    /// Milliseconds after `start` of the last read (`u64::MAX`: never).
+    read_at: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl OffsetFileClock {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            offset: AtomicI64::new(0),
+            read_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for OffsetFileClock {
+    fn now(&self) -> i64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = self.read_at.load(Ordering::Relaxed);
+        if last == u64::MAX || elapsed.saturating_sub(last) >= 100 {
+            self.read_at.store(elapsed, Ordering::Relaxed);
+            if let Some(offset) =
+                std::fs::read_to_string(&self.path).ok().and_then(|text| text.trim().parse::<i64>().ok())
+            {
+                self.offset.store(offset, Ordering::Relaxed);
+            }
+        }
+        SystemClock.now().saturating_add(self.offset.load(Ordering::Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +113,23 @@ mod tests {
         assert_eq!(clock.now(), 2_000);
         clock.advance(i64::MAX);
         assert_eq!(clock.now(), i64::MAX);
+    }
+
+    #[test]
+    fn an_offset_file_moves_the_system_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset");
+        std::fs::write(&path, "86400\n").unwrap();
+        let clock = OffsetFileClock::new(path.clone());
+        let shifted = clock.now() - SystemClock.now();
+        assert!((86_399..=86_400).contains(&shifted), "{shifted}");
+        std::fs::write(&path, "-60").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let shifted = clock.now() - SystemClock.now();
+        assert!((-61..=-60).contains(&shifted), "{shifted}");
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let shifted = clock.now() - SystemClock.now();
+        assert!((-61..=-60).contains(&shifted), "a missing file keeps the last offset: {shifted}");
     }
 }

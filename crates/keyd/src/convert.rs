@@ -3,6 +3,8 @@
 
 use tollgate_proto::v1 as pb;
 
+use crate::error::{Error, Result};
+
 use crate::model::{
     self, Change, ChangeKind, Consumer, Key, KeyStatus, PurgeTarget, RateLimitPolicy, SigningAlgorithm,
 };
@@ -84,6 +86,9 @@ pub fn change_to_proto(change: Change) -> pb::Change {
         ChangeKind::ConsumerUpdated => pb::ChangeKind::ConsumerUpdated,
         ChangeKind::ConsumerDeleted => pb::ChangeKind::ConsumerDeleted,
         ChangeKind::CachePurged => pb::ChangeKind::CachePurged,
+        ChangeKind::KeyExpiring => pb::ChangeKind::KeyExpiring,
+        ChangeKind::KeyExpired => pb::ChangeKind::KeyExpired,
+        ChangeKind::KeyGraceEnded => pb::ChangeKind::KeyGraceEnded,
     };
     let purge = change.purge.map(|p| {
         let mut out = pb::CachePurge { host: p.host, soft: p.soft, ..Default::default() };
@@ -174,5 +179,45 @@ pub fn webhook_delivery_to_proto(attempt: crate::webhooks::Attempt) -> pb::Webho
         error: attempt.error,
         outcome: attempt.outcome,
         next_attempt_at: attempt.next_attempt_at,
+    }
+}
+
+/// A rotation policy from its protobuf form, checked (errors name the field).
+pub fn policy_from_proto(policy: Option<pb::RotationPolicy>) -> Result<crate::lifecycle::RotationPolicy> {
+    use crate::lifecycle::{PolicyMode, RotationPolicy};
+    let policy = policy.ok_or_else(|| Error::invalid("policy", "is required"))?;
+    let mode = match pb::RotationMode::try_from(policy.mode) {
+        Ok(pb::RotationMode::Notify) => PolicyMode::Notify,
+        Ok(pb::RotationMode::Auto) => PolicyMode::Auto,
+        _ => return Err(Error::invalid("policy.mode", "must be notify or auto")),
+    };
+    RotationPolicy {
+        max_age: policy.max_age_seconds,
+        notify_before: policy.notify_before_seconds,
+        grace: policy.grace_seconds,
+        mode,
+        revoke_unused_previous_after: policy.revoke_unused_previous_after_seconds,
+    }
+    .validated()
+}
+
+/// Protobuf form of a stored rotation policy.
+pub fn policy_record_to_proto(record: crate::lifecycle::PolicyRecord) -> pb::RotationPolicyRecord {
+    use crate::lifecycle::PolicyMode;
+    let p = record.policy;
+    pb::RotationPolicyRecord {
+        consumer_id: record.consumer_id,
+        key_id: record.key_id,
+        policy: Some(pb::RotationPolicy {
+            max_age_seconds: p.max_age,
+            notify_before_seconds: p.notify_before,
+            grace_seconds: p.grace,
+            mode: match p.mode {
+                PolicyMode::Notify => pb::RotationMode::Notify,
+                PolicyMode::Auto => pb::RotationMode::Auto,
+            } as i32,
+            revoke_unused_previous_after_seconds: p.revoke_unused_previous_after,
+        }),
+        updated_at: record.updated_at,
     }
 }

@@ -504,6 +504,46 @@ mod tests {
         ) -> Result<Vec<crate::webhooks::Attempt>> {
             self.inner.list_webhook_attempts(webhook_id, limit)
         }
+        fn set_rotation_policy(
+            &self,
+            ctx: &Ctx,
+            target: &crate::lifecycle::PolicyTarget,
+            policy: &crate::lifecycle::RotationPolicy,
+        ) -> Result<crate::lifecycle::PolicyRecord> {
+            self.inner.set_rotation_policy(ctx, target, policy)
+        }
+        fn delete_rotation_policy(&self, ctx: &Ctx, target: &crate::lifecycle::PolicyTarget) -> Result<()> {
+            self.inner.delete_rotation_policy(ctx, target)
+        }
+        fn list_rotation_policies(
+            &self,
+            consumer: Option<&str>,
+        ) -> Result<Vec<crate::lifecycle::PolicyRecord>> {
+            self.inner.list_rotation_policies(consumer)
+        }
+        fn effective_policy(&self, key_id: &str) -> Result<Option<crate::lifecycle::RotationPolicy>> {
+            self.inner.effective_policy(key_id)
+        }
+        fn lifecycle_candidates(
+            &self,
+            now: i64,
+            after: i64,
+            limit: usize,
+        ) -> Result<Vec<crate::lifecycle::Candidate>> {
+            self.inner.lifecycle_candidates(now, after, limit)
+        }
+        fn apply_transition(&self, ctx: &Ctx, transition: &crate::lifecycle::Transition) -> Result<bool> {
+            self.inner.apply_transition(ctx, transition)
+        }
+        fn take_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+            self.inner.take_lease(name, holder, now, until)
+        }
+        fn record_previous_use(&self, used: &[(String, i64)]) -> Result<()> {
+            self.inner.record_previous_use(used)
+        }
+        fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<crate::master::Sealed>> {
+            self.inner.take_pending_secret(ctx, key_id)
+        }
     }
 
     // A long poll interval: in these tests the reader moves only when notified.

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod error;
 pub mod feed;
 pub mod files;
+pub mod lifecycle;
 pub mod master;
 pub mod metrics;
 pub mod model;

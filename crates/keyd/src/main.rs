@@ -93,6 +93,14 @@ struct Cli {
     /// PEM bundle of the certificate authorities https webhook endpoints are verified against.
     #[arg(long, default_value = tollgate_keyd::webhooks::deliver::DEFAULT_CA_FILE)]
     webhooks_ca_file: PathBuf,
+    /// How often the lifecycle scheduler looks for keys to notify, rotate or expire: seconds, or
+    /// a duration like `30s` or `5m`.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    lifecycle_interval: u64,
+    /// For tests only: a file holding a number of seconds added to the system clock (read again
+    /// every 100 ms), to see time-driven behaviour without waiting for it.
+    #[arg(long, hide = true)]
+    clock_offset_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -124,6 +132,19 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+}
+
+/// A scheduler interval: whole seconds, or a duration (`30s`, `5m`), from 1 second to 1 hour.
+fn parse_interval(text: &str) -> Result<u64, String> {
+    let secs = match text.trim().parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => tollgate_core::duration::compound_secs(text.trim())
+            .map_err(|_| "not a duration (use seconds, or e.g. 30s, 5m)".to_owned())?,
+    };
+    if !(1..=3_600).contains(&secs) {
+        return Err("must be between 1 second and 1 hour".to_owned());
+    }
+    Ok(secs)
 }
 
 /// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
@@ -281,6 +302,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.webhooks.timeout = std::time::Duration::from_secs(cli.webhooks_timeout);
     config.webhooks.concurrency = usize::try_from(cli.webhooks_concurrency).unwrap_or(8);
     config.webhooks.ca_file = cli.webhooks_ca_file.clone();
+    config.lifecycle_interval = std::time::Duration::from_secs(cli.lifecycle_interval);
+    if let Some(path) = &cli.clock_offset_file {
+        tracing::warn!(file = %path.display(), "the clock is moved by the offset in a file (for tests only)");
+        config.clock = std::sync::Arc::new(tollgate_keyd::clock::OffsetFileClock::new(path.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;

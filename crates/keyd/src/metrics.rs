@@ -57,7 +57,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 22] = [
+pub const RPC_METHODS: [&str; 25] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -80,13 +80,16 @@ pub const RPC_METHODS: [&str; 22] = [
     "ListWebhooks",
     "DeleteWebhook",
     "ListWebhookDeliveries",
+    "SetRotationPolicy",
+    "ListRotationPolicies",
+    "DeleteRotationPolicy",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 32] = [
+pub const STORE_OPERATIONS: [&str; 41] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -119,6 +122,15 @@ pub const STORE_OPERATIONS: [&str; 32] = [
     "claim_webhook_messages",
     "finish_webhook_attempt",
     "list_webhook_attempts",
+    "set_rotation_policy",
+    "delete_rotation_policy",
+    "list_rotation_policies",
+    "effective_policy",
+    "lifecycle_candidates",
+    "apply_transition",
+    "take_lease",
+    "record_previous_use",
+    "take_pending_secret",
 ];
 
 /// The values of the `status` label of `tollgate_keyd_keys`.

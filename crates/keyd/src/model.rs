@@ -149,6 +149,12 @@ pub enum ChangeKind {
     ConsumerUpdated,
     ConsumerDeleted,
     CachePurged,
+    /// A `key.expiring` notice was sent (the key itself is unchanged).
+    KeyExpiring,
+    /// The key expired: its own expiry passed, or its policy's `max_age` in notify mode.
+    KeyExpired,
+    /// The previous secret of a rotated key stopped working.
+    KeyGraceEnded,
 }
 
 impl ChangeKind {
@@ -162,6 +168,9 @@ impl ChangeKind {
             Self::ConsumerUpdated => "consumer_updated",
             Self::ConsumerDeleted => "consumer_deleted",
             Self::CachePurged => "cache_purged",
+            Self::KeyExpiring => "key_expiring",
+            Self::KeyExpired => "key_expired",
+            Self::KeyGraceEnded => "key_grace_ended",
         }
     }
 
@@ -175,6 +184,9 @@ impl ChangeKind {
             Self::ConsumerUpdated,
             Self::ConsumerDeleted,
             Self::CachePurged,
+            Self::KeyExpiring,
+            Self::KeyExpired,
+            Self::KeyGraceEnded,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -290,6 +302,12 @@ pub struct Rotation {
     pub key_id: String,
     pub secret: StoredSecret,
     pub grace_end: i64,
+    /// An automatic rotation's new secret, sealed for its owner to pick up with the previous
+    /// one during the grace period. A rotation without it drops any uncollected one.
+    pub pending: Option<crate::master::Sealed>,
+    /// Rotate only while the key's current secret was born then (see
+    /// [`crate::lifecycle::birth`]); otherwise fail with `FailedPrecondition`.
+    pub expect_birth: Option<i64>,
 }
 
 /// Which keys to list.

@@ -144,6 +144,8 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Webhook delivery (see [`crate::webhooks::deliver`]).
     pub webhooks: webhooks::deliver::Settings,
+    /// How often the lifecycle scheduler runs (see [`crate::lifecycle::scheduler`]).
+    pub lifecycle_interval: Duration,
 }
 
 impl Config {
@@ -209,6 +211,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
             webhooks: webhooks::deliver::Settings::default(),
+            lifecycle_interval: Duration::from_secs(60),
         })
     }
 }
@@ -286,6 +289,15 @@ pub async fn serve_all(
             .await?;
     let exporter =
         Exporter::new(metrics.clone(), Arc::clone(&store), feed.clone(), Arc::clone(&config.clock));
+    let scheduler = crate::lifecycle::scheduler::Scheduler::new(
+        Arc::clone(&store),
+        Arc::clone(&config.clock),
+        Arc::new(config.pepper.clone()),
+        config.master_keys.clone(),
+        feed.clone(),
+        config.lifecycle_interval,
+    )?;
+    let lifecycle = tokio::spawn(scheduler.run(stop_rx.clone()));
     let service = KeyServiceImpl::new(
         Arc::clone(&store),
         config.pepper,
@@ -403,6 +415,7 @@ pub async fn serve_all(
     feed_reader.abort();
     // An attempt cut short here is sent again when its lease ends.
     delivery.abort();
+    lifecycle.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }

@@ -29,12 +29,23 @@ use crate::{convert, validate};
 #[derive(Debug, Default)]
 pub struct UsageTracker {
     pending: Mutex<HashMap<String, i64>>,
+    /// The same for previous secrets (during a rotation's grace), by key id.
+    previous: Mutex<HashMap<String, i64>>,
 }
 
 impl UsageTracker {
     /// Notes a use. A poisoned lock only loses the note.
     pub fn record(&self, key_id: &str, at: i64) {
-        if let Ok(mut pending) = self.pending.lock() {
+        Self::note(&self.pending, key_id, at);
+    }
+
+    /// Notes a use of a key's previous secret.
+    pub fn record_previous(&self, key_id: &str, at: i64) {
+        Self::note(&self.previous, key_id, at);
+    }
+
+    fn note(map: &Mutex<HashMap<String, i64>>, key_id: &str, at: i64) {
+        if let Ok(mut pending) = map.lock() {
             let entry = pending.entry(key_id.to_owned()).or_insert(at);
             *entry = (*entry).max(at);
         }
@@ -42,7 +53,11 @@ impl UsageTracker {
 
     /// Takes the pending notes.
     pub fn drain(&self) -> Vec<(String, i64)> {
-        match self.pending.lock() {
+        Self::take(&self.pending)
+    }
+
+    fn take(map: &Mutex<HashMap<String, i64>>) -> Vec<(String, i64)> {
+        match map.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => Vec::new(),
         }
@@ -50,6 +65,10 @@ impl UsageTracker {
 
     /// Writes the pending notes to the store.
     pub async fn flush(&self, store: &Arc<dyn Store>) -> Result<()> {
+        let previous = Self::take(&self.previous);
+        if !previous.is_empty() {
+            blocking(store, move |s| s.record_previous_use(&previous)).await?;
+        }
         let used = self.drain();
         if used.is_empty() {
             return Ok(());
@@ -154,6 +173,83 @@ impl KeyServiceImpl {
         let hash = self.pepper.stored_hash(&tollgate_core::key::key_hash(&key))?;
         let display_prefix = tollgate_core::key::display_prefix(&key).to_owned();
         Ok((key, StoredSecret { hash, display_prefix }))
+    }
+}
+
+/// The grace a key's owner's own rotation gives the previous secret when no policy says.
+pub const SELF_ROTATION_GRACE: i64 = 86_400;
+
+/// What a key's owner gets from [`KeyServiceImpl::self_rotate`].
+#[derive(Debug)]
+pub struct SelfRotation {
+    pub key: crate::model::Key,
+    /// The new secret, shown this once.
+    pub secret: String,
+    /// The secret an automatic rotation left, picked up with the previous secret; otherwise the
+    /// presented (current) secret was rotated now.
+    pub picked_up: bool,
+}
+
+impl KeyServiceImpl {
+    /// A key's owner rotates it with its current secret (the previous one keeps working for the
+    /// policy's grace, or [`SELF_ROTATION_GRACE`]), or picks up, with the previous secret during
+    /// the grace, the new secret an automatic rotation made (once).
+    pub async fn self_rotate(&self, presented: &str) -> Result<SelfRotation> {
+        const REFUSED: &str = "a valid, current API key is required";
+        if presented.is_empty() || presented.len() > 1_024 {
+            return Err(Error::Unauthenticated(REFUSED));
+        }
+        let stored = self.pepper.stored_hash(&tollgate_core::key::key_hash(presented))?;
+        let lookup = self.run(move |s| s.lookup_secret(&stored)).await?;
+        let now = self.clock.now();
+        let Some(found) = lookup.found else {
+            return Err(Error::Unauthenticated(REFUSED));
+        };
+        let key = found.key;
+        if key.status(now) != crate::model::KeyStatus::Active
+            || crate::model::has_passed(found.expires_at, now)
+        {
+            return Err(Error::Unauthenticated(REFUSED));
+        }
+        let ctx = Ctx { actor: "key-owner".to_owned(), now };
+        if found.expires_at == 0 {
+            let key_id = key.id.clone();
+            let grace = self
+                .run(move |s| s.effective_policy(&key_id))
+                .await?
+                .map_or(SELF_ROTATION_GRACE, |p| p.grace);
+            let (secret, stored) = self.new_secret()?;
+            let rotation = Rotation {
+                key_id: key.id.clone(),
+                secret: stored,
+                grace_end: now.saturating_add(grace),
+                pending: None,
+                expect_birth: Some(crate::lifecycle::birth(&key)),
+            };
+            let key = self.mutate(move |s| s.rotate_key(&ctx, rotation)).await?;
+            tracing::info!(
+                target: "tollgate_keyd::audit", actor = "key-owner", action = "key.rotate",
+                key_id = %key.id,
+                display_prefix = %key.display_prefix,
+                "audit"
+            );
+            return Ok(SelfRotation { key, secret, picked_up: false });
+        }
+        let key_id = key.id.clone();
+        let sealed = self.mutate(move |s| s.take_pending_secret(&ctx, &key_id)).await?;
+        let Some(sealed) = sealed else {
+            return Err(Error::FailedPrecondition(
+                "this secret has been replaced: rotate with the current one".to_owned(),
+            ));
+        };
+        let secret = self.master()?.open(&crate::lifecycle::scheduler::pending_aad(&key.id), &sealed)?;
+        let secret = String::from_utf8(secret).map_err(|e| Error::internal("pending secret", e))?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = "key-owner", action = "key.pickup",
+            key_id = %key.id,
+            "audit"
+        );
+        Ok(SelfRotation { key, secret, picked_up: true })
     }
 }
 
@@ -401,7 +497,8 @@ impl KeyService for KeyServiceImpl {
         validate::required("id", &req.id)?;
         let grace_end = validate::grace_end(req.grace_period_seconds, now)?;
         let (secret, stored) = self.new_secret()?;
-        let rotation = Rotation { key_id: req.id, secret: stored, grace_end };
+        let rotation =
+            Rotation { key_id: req.id, secret: stored, grace_end, pending: None, expect_birth: None };
         let key = self.mutate(move |s| s.rotate_key(&ctx, rotation)).await?;
         tracing::info!(
             target: "tollgate_keyd::audit", actor = %actor, action = "key.rotate",
@@ -415,6 +512,51 @@ impl KeyService for KeyServiceImpl {
         Ok(Response::new(pb::RotateKeyResponse { key: Some(convert::key_to_proto(key, now)), secret }))
     }
 
+    async fn set_rotation_policy(
+        &self,
+        request: Request<pb::SetRotationPolicyRequest>,
+    ) -> Reply<pb::RotationPolicyRecord> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        let target = validate::policy_target(&req.consumer, &req.key_id)?;
+        let policy = convert::policy_from_proto(req.policy)?;
+        let record = self.mutate(move |s| s.set_rotation_policy(&ctx, &target, &policy)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "policy.set",
+            consumer_id = %record.consumer_id,
+            key_id = %record.key_id,
+            "audit"
+        );
+        Ok(Response::new(convert::policy_record_to_proto(record)))
+    }
+
+    async fn list_rotation_policies(
+        &self,
+        request: Request<pb::ListRotationPoliciesRequest>,
+    ) -> Reply<pb::ListRotationPoliciesResponse> {
+        let consumer = request.into_inner().consumer;
+        let consumer = (!consumer.is_empty()).then_some(consumer);
+        let policies = self.run(move |s| s.list_rotation_policies(consumer.as_deref())).await?;
+        Ok(Response::new(pb::ListRotationPoliciesResponse {
+            policies: policies.into_iter().map(convert::policy_record_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_rotation_policy(
+        &self,
+        request: Request<pb::DeleteRotationPolicyRequest>,
+    ) -> Reply<pb::DeleteRotationPolicyResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        let target = validate::policy_target(&req.consumer, &req.key_id)?;
+        let logged = format!("{target:?}");
+        self.mutate(move |s| s.delete_rotation_policy(&ctx, &target)).await?;
+        tracing::info!(target: "tollgate_keyd::audit", actor = %actor, action = "policy.delete", policy = %logged, "audit");
+        Ok(Response::new(pb::DeleteRotationPolicyResponse {}))
+    }
+
     async fn verify_key(&self, request: Request<pb::VerifyKeyRequest>) -> Reply<pb::VerifyKeyResponse> {
         let key_hash = validate::key_hash(&request.into_inner().key_hash)?;
         let stored = self.pepper.stored_hash(&key_hash)?;
@@ -424,9 +566,13 @@ impl KeyService for KeyServiceImpl {
         // (20k calls/s on one core that way, twice that in place).
         let lookup = self.store.lookup_secret(&stored)?;
         let now = self.clock.now();
+        let previous = lookup.found.as_ref().is_some_and(|f| f.expires_at != 0);
         let response = convert::verify_response(lookup, now);
         if response.result == pb::VerifyResult::Valid as i32 {
             self.usage.record(&response.key_id, now);
+            if previous {
+                self.usage.record_previous(&response.key_id, now);
+            }
         }
         tracing::debug!(
             result = response.result,

@@ -473,6 +473,16 @@ pub fn usage_query(request: &pb::GetUsageRequest, now: i64) -> Result<UsageQuery
     Ok(UsageQuery { key_ids: request.key_ids.clone(), consumer_id: None, since: request.since, until })
 }
 
+/// What a rotation policy request names: exactly one of a consumer and a key.
+pub fn policy_target(consumer: &str, key_id: &str) -> Result<crate::lifecycle::PolicyTarget> {
+    use crate::lifecycle::PolicyTarget;
+    match (consumer.is_empty(), key_id.is_empty()) {
+        (false, true) => Ok(PolicyTarget::Consumer(consumer.to_owned())),
+        (true, false) => Ok(PolicyTarget::Key(key_id.to_owned())),
+        _ => Err(Error::invalid("consumer", "give exactly one of consumer and key_id")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,9 +619,9 @@ mod tests {
             "events: must name at least one event type"
         );
         assert_eq!(
-            webhook_events("events", &names(&["key.created", "key.expiring"])).unwrap_err().to_string(),
-            "events[1]: \"key.expiring\" is not one of key.created, key.rotated, key.revoked, consumer.created, \
-             consumer.deleted"
+            webhook_events("events", &names(&["key.created", "key.expire"])).unwrap_err().to_string(),
+            "events[1]: \"key.expire\" is not one of key.created, key.rotated, key.revoked, consumer.created, \
+             consumer.deleted, key.expiring, key.expired, key.grace_ended"
         );
         assert_eq!(
             webhook_events("events", &names(&["key.created", "key.created"])).unwrap_err().to_string(),

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod consumers;
 pub mod keys;
+pub mod policies;
 pub mod sign;
 pub mod usage;
 pub mod webhooks;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::Metrics;
 use crate::error::Result;
+use crate::lifecycle::{Candidate, PolicyRecord, PolicyTarget, RotationPolicy, Transition};
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, AuditFilter, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
@@ -150,6 +151,38 @@ impl Store for TimedStore {
     fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>> {
         self.time("list_webhook_attempts", |s| s.list_webhook_attempts(webhook_id, limit))
     }
+    fn set_rotation_policy(
+        &self,
+        ctx: &Ctx,
+        target: &PolicyTarget,
+        policy: &RotationPolicy,
+    ) -> Result<PolicyRecord> {
+        self.time("set_rotation_policy", |s| s.set_rotation_policy(ctx, target, policy))
+    }
+    fn delete_rotation_policy(&self, ctx: &Ctx, target: &PolicyTarget) -> Result<()> {
+        self.time("delete_rotation_policy", |s| s.delete_rotation_policy(ctx, target))
+    }
+    fn list_rotation_policies(&self, consumer: Option<&str>) -> Result<Vec<PolicyRecord>> {
+        self.time("list_rotation_policies", |s| s.list_rotation_policies(consumer))
+    }
+    fn effective_policy(&self, key_id: &str) -> Result<Option<RotationPolicy>> {
+        self.time("effective_policy", |s| s.effective_policy(key_id))
+    }
+    fn lifecycle_candidates(&self, now: i64, after: i64, limit: usize) -> Result<Vec<Candidate>> {
+        self.time("lifecycle_candidates", |s| s.lifecycle_candidates(now, after, limit))
+    }
+    fn apply_transition(&self, ctx: &Ctx, transition: &Transition) -> Result<bool> {
+        self.time("apply_transition", |s| s.apply_transition(ctx, transition))
+    }
+    fn take_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        self.time("take_lease", |s| s.take_lease(name, holder, now, until))
+    }
+    fn record_previous_use(&self, used: &[(String, i64)]) -> Result<()> {
+        self.time("record_previous_use", |s| s.record_previous_use(used))
+    }
+    fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>> {
+        self.time("take_pending_secret", |s| s.take_pending_secret(ctx, key_id))
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +236,8 @@ mod tests {
                 key_id: "k".into(),
                 secret: crate::model::StoredSecret { hash: [2; 32], display_prefix: "tgk_y".into() },
                 grace_end: 0,
+                pending: None,
+                expect_birth: None,
             },
         );
         let purge = crate::model::CachePurge {
@@ -249,6 +284,28 @@ mod tests {
         };
         let _ = store.finish_webhook_attempt(&attempt, Outcome::Delivered);
         let _ = store.list_webhook_attempts(None, 10);
+        let policy = crate::lifecycle::RotationPolicy {
+            max_age: 86_400,
+            notify_before: Vec::new(),
+            grace: 0,
+            mode: crate::lifecycle::PolicyMode::Notify,
+            revoke_unused_previous_after: 0,
+        };
+        let _ = store.set_rotation_policy(&ctx, &PolicyTarget::Consumer("c".into()), &policy);
+        let _ = store.delete_rotation_policy(&ctx, &PolicyTarget::Consumer("c".into()));
+        let _ = store.list_rotation_policies(None);
+        let _ = store.effective_policy("k");
+        let _ = store.lifecycle_candidates(1_000, 0, 10);
+        let transition = Transition::EndGrace {
+            key_id: "k".into(),
+            consumer_id: "c".into(),
+            rotated_at: 1,
+            reason: "elapsed",
+        };
+        let _ = store.apply_transition(&ctx, &transition);
+        let _ = store.take_lease("l", "h", 1_000, 1_030);
+        let _ = store.record_previous_use(&[("k".into(), 1)]);
+        let _ = store.take_pending_secret(&ctx, "k");
 
         let text = metrics.encode();
         let prefix = "tollgate_keyd_store_duration_seconds_count{operation=\"";

@@ -13,6 +13,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::Result;
+use crate::lifecycle::{Candidate, PolicyRecord, PolicyTarget, RotationPolicy, Transition};
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, AuditFilter, CachePurge, Change, Consumer, ConsumerPatch, Ctx, GatewayReport, Key, KeyCounts,
@@ -141,4 +142,34 @@ pub trait Store: Send + Sync + 'static {
     fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()>;
     /// The delivery log, newest first: one endpoint's, or every endpoint's.
     fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>>;
+
+    /// Sets the rotation policy of a consumer or a key, replacing its old one (audited as
+    /// `policy.set`).
+    fn set_rotation_policy(
+        &self,
+        ctx: &Ctx,
+        target: &PolicyTarget,
+        policy: &RotationPolicy,
+    ) -> Result<PolicyRecord>;
+    /// Removes a consumer's or a key's policy (audited as `policy.delete`); `NotFound` when it has none.
+    fn delete_rotation_policy(&self, ctx: &Ctx, target: &PolicyTarget) -> Result<()>;
+    /// A consumer's policy and its keys' (every policy when `None`), consumers' first.
+    fn list_rotation_policies(&self, consumer: Option<&str>) -> Result<Vec<PolicyRecord>>;
+    /// The policy that applies to a key: its own, else its consumer's.
+    fn effective_policy(&self, key_id: &str) -> Result<Option<RotationPolicy>>;
+    /// Unrevoked keys after position `after`, in position order, that have a policy, a previous
+    /// secret, or an expiry in `[now − EXPIRED_LOOKBACK, now]`; with the transitions already
+    /// recorded for each.
+    fn lifecycle_candidates(&self, now: i64, after: i64, limit: usize) -> Result<Vec<Candidate>>;
+    /// Applies a transition other than a rotation in one transaction with its notice, change,
+    /// audit entry and event; `false` when it was recorded before (nothing is done again).
+    fn apply_transition(&self, ctx: &Ctx, transition: &Transition) -> Result<bool>;
+    /// Takes or renews the lease `name` for `holder` until `until`, unless another holder's is
+    /// still running at `now`.
+    fn take_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    /// Records when previous secrets (by key id) were last matched by a lookup.
+    fn record_previous_use(&self, used: &[(String, i64)]) -> Result<()>;
+    /// Takes (and deletes) the new secret an automatic rotation left for the key's owner,
+    /// audited as `key.pickup`.
+    fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>>;
 }

@@ -33,6 +33,7 @@
 //! only: the usage flush writes last-use times that only move forward, which any number of
 //! replicas may do.
 
+mod lifecycle;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::Store;
 use crate::error::{Error, Result};
+use crate::lifecycle::{Candidate, PolicyRecord, PolicyTarget, RotationPolicy, Transition};
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, AuditFilter, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport,
@@ -56,7 +58,8 @@ use crate::model::{
 use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, Webhook};
 
 /// Schema migrations, applied in order once each. Version 1 is the SQLite store's schema 4.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, lifecycle::SCHEMA_V4)];
 
 /// 3: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log `webhook_attempts`).
 const SCHEMA_V3: &str = "
@@ -1337,8 +1340,12 @@ impl Store for PostgresStore {
                     )));
                 }
             }
+            if rotation.expect_birth.is_some_and(|b| b != crate::lifecycle::birth(&key)) {
+                return Err(Error::FailedPrecondition(format!("key {:?} was rotated meanwhile", key.id)));
+            }
             // Only one previous secret is kept: an older one ends now.
             w.execute("DELETE FROM key_secrets WHERE key_id = $1 AND expires_at <> 0", &[&key.id]).await?;
+            lifecycle::set_pending(&w, &ctx, &key.id, rotation.pending.as_ref()).await?;
             w.execute("UPDATE key_secrets SET expires_at = $2 WHERE key_id = $1", &[&key.id, &rotation.grace_end])
                 .await?;
             w.execute(
@@ -1362,11 +1369,108 @@ impl Store for PostgresStore {
                     "display_prefix": rotation.secret.display_prefix,
                     "previous_display_prefix": key.display_prefix,
                     "previous_expires_at": rotation.grace_end,
+                    "automatic": rotation.pending.is_some(),
                 }),
             )
             .await?;
             let rotated = w.require_key(&key.id).await?;
             w.commit(rotated).await
+        })
+    }
+
+    fn set_rotation_policy(
+        &self,
+        ctx: &Ctx,
+        target: &PolicyTarget,
+        policy: &RotationPolicy,
+    ) -> Result<PolicyRecord> {
+        let (ctx, target, policy) = (ctx.clone(), target.clone(), policy.clone());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let record = lifecycle::set_policy(&mut w, &ctx, &target, &policy).await?;
+            w.commit(record).await
+        })
+    }
+
+    fn delete_rotation_policy(&self, ctx: &Ctx, target: &PolicyTarget) -> Result<()> {
+        let (ctx, target) = (ctx.clone(), target.clone());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            lifecycle::delete_policy(&mut w, &ctx, &target).await?;
+            w.commit(()).await
+        })
+    }
+
+    fn list_rotation_policies(&self, consumer: Option<&str>) -> Result<Vec<PolicyRecord>> {
+        let consumer = consumer.map(str::to_owned);
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let w = Writer::begin(&mut client).await?;
+            let policies = lifecycle::list_policies(&w, consumer.as_deref()).await?;
+            w.commit(policies).await
+        })
+    }
+
+    fn effective_policy(&self, key_id: &str) -> Result<Option<RotationPolicy>> {
+        let key_id = key_id.to_owned();
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            lifecycle::effective_policy(&client, &key_id).await
+        })
+    }
+
+    fn lifecycle_candidates(&self, now: i64, after: i64, limit: usize) -> Result<Vec<Candidate>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let tx = snapshot(&mut client).await?;
+            let out = lifecycle::candidates(&tx, now, after, limit).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        })
+    }
+
+    fn apply_transition(&self, ctx: &Ctx, transition: &Transition) -> Result<bool> {
+        let (ctx, transition) = (ctx.clone(), transition.clone());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let applied = lifecycle::apply(&mut w, &ctx, &transition).await?;
+            w.commit(applied).await
+        })
+    }
+
+    fn take_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            lifecycle::take_lease(&client, &name, &holder, now, until).await
+        })
+    }
+
+    fn record_previous_use(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            lifecycle::record_previous_use(&client, &used).await
+        })
+    }
+
+    fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>> {
+        let (ctx, key_id) = (ctx.clone(), key_id.to_owned());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let sealed = lifecycle::take_pending(&mut w, &ctx, &key_id).await?;
+            w.commit(sealed).await
         })
     }
 
@@ -2159,7 +2263,7 @@ mod tests {
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
             )
             .unwrap();
-        assert_eq!(versions.trim(), "1,2,3", "each migration applied once");
+        assert_eq!(versions.trim(), "1,2,3,4", "each migration applied once");
     }
 
     #[test]

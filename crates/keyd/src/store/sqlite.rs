@@ -1,6 +1,8 @@
 //! SQLite storage: WAL journal, `synchronous=FULL` (an acknowledged write survives a crash), one
 //! writer connection and a few reader connections.
 
+mod lifecycle;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +16,7 @@ use serde::de::DeserializeOwned;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::files;
+use crate::lifecycle::{Candidate, PolicyRecord, PolicyTarget, RotationPolicy, Transition};
 use crate::master::Sealed;
 use crate::model::{
     AuditEntry, AuditFilter, CachePurge, Change, ChangeKind, Consumer, ConsumerPatch, Ctx, GatewayReport,
@@ -27,8 +30,9 @@ use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, W
 /// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`), usage
 /// per JWT subject (`subject_usage`) and rate-limit refusals per consumer and rule
 /// (`limit_usage`). 5: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log
-/// `webhook_attempts`).
-const SCHEMA_VERSION: i64 = 5;
+/// `webhook_attempts`). 6: rotation policies and the lifecycle scheduler (`rotation_policies`,
+/// `lifecycle_notices`, `pending_secrets`, `leases`, `key_secrets.last_used_at`).
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -337,6 +341,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if has_detail == 0 {
         tx.execute_batch("ALTER TABLE changes ADD COLUMN detail TEXT NOT NULL DEFAULT ''").map_err(db)?;
     }
+    tx.execute_batch(lifecycle::SCHEMA).map_err(db)?;
+    lifecycle::add_columns(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db)?;
     tx.commit().map_err(db)
 }
@@ -1020,6 +1026,50 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_rotation_policy(
+        &self,
+        ctx: &Ctx,
+        target: &PolicyTarget,
+        policy: &RotationPolicy,
+    ) -> Result<PolicyRecord> {
+        self.write(|tx| lifecycle::set_policy(tx, ctx, target, policy))
+    }
+
+    fn delete_rotation_policy(&self, ctx: &Ctx, target: &PolicyTarget) -> Result<()> {
+        self.write(|tx| lifecycle::delete_policy(tx, ctx, target))
+    }
+
+    fn list_rotation_policies(&self, consumer: Option<&str>) -> Result<Vec<PolicyRecord>> {
+        self.read(|tx| lifecycle::list_policies(tx, consumer))
+    }
+
+    fn effective_policy(&self, key_id: &str) -> Result<Option<RotationPolicy>> {
+        self.read(|tx| lifecycle::effective_policy(tx, key_id))
+    }
+
+    fn lifecycle_candidates(&self, now: i64, after: i64, limit: usize) -> Result<Vec<Candidate>> {
+        self.read(|tx| lifecycle::candidates(tx, now, after, limit))
+    }
+
+    fn apply_transition(&self, ctx: &Ctx, transition: &Transition) -> Result<bool> {
+        self.write(|tx| lifecycle::apply(tx, ctx, transition))
+    }
+
+    fn take_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        self.write(|tx| lifecycle::take_lease(tx, name, holder, now, until))
+    }
+
+    fn record_previous_use(&self, used: &[(String, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| lifecycle::record_previous_use(tx, used))
+    }
+
+    fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>> {
+        self.write(|tx| lifecycle::take_pending(tx, ctx, key_id))
+    }
+
     fn rotate_key(&self, ctx: &Ctx, rotation: Rotation) -> Result<Key> {
         self.write(|tx| {
             let key = require_key(tx, &rotation.key_id)?;
@@ -1035,9 +1085,13 @@ impl Store for SqliteStore {
                     )));
                 }
             }
+            if rotation.expect_birth.is_some_and(|b| b != crate::lifecycle::birth(&key)) {
+                return Err(Error::FailedPrecondition(format!("key {:?} was rotated meanwhile", key.id)));
+            }
             // Only one previous secret is kept: an older one ends now.
             tx.execute("DELETE FROM key_secrets WHERE key_id = ?1 AND expires_at != 0", [&key.id])
                 .map_err(db)?;
+            lifecycle::set_pending(tx, ctx, &key.id, rotation.pending.as_ref())?;
             tx.execute(
                 "UPDATE key_secrets SET expires_at = ?2 WHERE key_id = ?1",
                 params![key.id, rotation.grace_end],
@@ -1065,6 +1119,7 @@ impl Store for SqliteStore {
                     "display_prefix": rotation.secret.display_prefix,
                     "previous_display_prefix": key.display_prefix,
                     "previous_expires_at": rotation.grace_end,
+                    "automatic": rotation.pending.is_some(),
                 }),
             )?;
             require_key(tx, &key.id)

@@ -15,12 +15,21 @@ use crate::model::{
 };
 use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome, Outgoing};
 
+mod lifecycle;
+pub use lifecycle::*;
+
 /// Makes one `#[test]` per suite test; `$open` takes the test's name and returns something that
 /// dereferences to a fresh store.
 macro_rules! store_suite {
     ($open:path) => {
         $crate::store::suite::store_suite!(@tests $open;
             a_cache_purge_is_on_the_feed_with_what_it_purges_and_audited,
+            rotation_policies_are_set_listed_replaced_and_deleted,
+            lifecycle_candidates_are_keys_with_a_policy_a_previous_secret_or_a_recent_expiry,
+            lifecycle_transitions_happen_once_with_their_change_audit_and_event,
+            a_grace_ends_once_and_the_previous_secret_stops_matching,
+            an_automatic_rotation_leaves_a_sealed_secret_picked_up_once,
+            a_lease_is_held_by_one_holder_until_it_runs_out,
             a_failed_mutation_leaves_no_partial_rows,
             lookup_finds_current_and_previous_secret_and_reads_the_head,
             a_usage_batch_is_counted_once_however_often_it_is_sent,
@@ -137,6 +146,8 @@ pub fn lookup_finds_current_and_previous_secret_and_reads_the_head(store: &dyn S
         key_id: "key_1".into(),
         secret: StoredSecret { hash: [9; 32], display_prefix: "tgk_zzzzzz".into() },
         grace_end: 1_060,
+        pending: None,
+        expect_birth: None,
     };
     let key = store.rotate_key(&ctx(), rotation).unwrap();
     assert_eq!(key.previous_display_prefix, "tgk_abcdef");
@@ -155,6 +166,8 @@ pub fn lookup_finds_current_and_previous_secret_and_reads_the_head(store: &dyn S
         key_id: "key_1".into(),
         secret: StoredSecret { hash: [10; 32], display_prefix: "tgk_yyyyyy".into() },
         grace_end: 1_120,
+        pending: None,
+        expect_birth: None,
     };
     store.rotate_key(&ctx(), rotation).unwrap();
     assert!(store.lookup_secret(&[1; 32]).unwrap().found.is_none());
@@ -413,6 +426,8 @@ pub fn revoked_and_expired_keys_refuse_changes_and_revoking_twice_changes_nothin
         key_id: id.into(),
         secret: StoredSecret { hash: [7; 32], display_prefix: "tgk_new".into() },
         grace_end: 0,
+        pending: None,
+        expect_birth: None,
     };
     let err = store.rotate_key(&ctx(), rotation("key_1")).unwrap_err();
     assert_eq!(err.to_string(), "key \"key_1\" is revoked");
@@ -577,6 +592,8 @@ fn run_writer(store: &dyn Store, w: usize, ops: usize) -> u64 {
                     key_id: key,
                     secret: StoredSecret { hash: hash(secrets), display_prefix: "tgk_rot".into() },
                     grace_end: 2_000,
+                    pending: None,
+                    expect_birth: None,
                 };
                 store.rotate_key(&ctx(), rotation).unwrap();
                 changes += 1;

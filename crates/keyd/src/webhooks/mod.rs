@@ -27,15 +27,21 @@ pub enum EventType {
     KeyRevoked,
     ConsumerCreated,
     ConsumerDeleted,
+    KeyExpiring,
+    KeyExpired,
+    KeyGraceEnded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 8] = [
         EventType::KeyCreated,
         EventType::KeyRotated,
         EventType::KeyRevoked,
         EventType::ConsumerCreated,
         EventType::ConsumerDeleted,
+        EventType::KeyExpiring,
+        EventType::KeyExpired,
+        EventType::KeyGraceEnded,
     ];
 
     /// The event's name on the wire (`key.created`, ...).
@@ -46,6 +52,9 @@ impl EventType {
             Self::KeyRevoked => "key.revoked",
             Self::ConsumerCreated => "consumer.created",
             Self::ConsumerDeleted => "consumer.deleted",
+            Self::KeyExpiring => "key.expiring",
+            Self::KeyExpired => "key.expired",
+            Self::KeyGraceEnded => "key.grace_ended",
         }
     }
 
@@ -60,6 +69,8 @@ impl EventType {
             ChangeKind::KeyRotated => Some(Self::KeyRotated),
             ChangeKind::KeyRevoked => Some(Self::KeyRevoked),
             ChangeKind::ConsumerDeleted => Some(Self::ConsumerDeleted),
+            // The scheduler writes these events itself, with more data than a change carries.
+            ChangeKind::KeyExpiring | ChangeKind::KeyExpired | ChangeKind::KeyGraceEnded => None,
             ChangeKind::KeyUpdated | ChangeKind::ConsumerUpdated | ChangeKind::CachePurged => None,
         }
     }
@@ -227,6 +238,7 @@ mod tests {
         for event in EventType::ALL {
             assert_eq!(EventType::parse(event.as_str()), Some(event));
         }
-        assert_eq!(EventType::parse("key.expiring"), None);
+        assert_eq!(EventType::parse("key.expiring"), Some(EventType::KeyExpiring));
+        assert_eq!(EventType::parse("key.expire"), None);
     }
 }
