@@ -94,9 +94,9 @@ struct Cli {
     #[arg(long, default_value = tollgate_keyd::webhooks::deliver::DEFAULT_CA_FILE)]
     webhooks_ca_file: PathBuf,
     /// How often the lifecycle scheduler looks for keys to notify, rotate or expire: seconds, or
-    /// a duration like `30s` or `5m`.
+    /// a duration like `500ms`, `30s` or `5m`.
     #[arg(long, default_value = "60s", value_parser = parse_interval)]
-    lifecycle_interval: u64,
+    lifecycle_interval: std::time::Duration,
     /// For tests only: a file holding a number of seconds added to the system clock (read again
     /// every 100 ms), to see time-driven behaviour without waiting for it.
     #[arg(long, hide = true)]
@@ -134,17 +134,17 @@ enum Command {
     },
 }
 
-/// A scheduler interval: whole seconds, or a duration (`30s`, `5m`), from 1 second to 1 hour.
-fn parse_interval(text: &str) -> Result<u64, String> {
-    let secs = match text.trim().parse::<u64>() {
-        Ok(secs) => secs,
-        Err(_) => tollgate_core::duration::compound_secs(text.trim())
-            .map_err(|_| "not a duration (use seconds, or e.g. 30s, 5m)".to_owned())?,
+/// A scheduler interval: whole seconds, or a duration (`250ms`, `30s`, `5m`), from 100 ms to 1 hour.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let interval = match text.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => tollgate_core::duration::parse_duration(text)?,
     };
-    if !(1..=3_600).contains(&secs) {
-        return Err("must be between 1 second and 1 hour".to_owned());
+    if interval < std::time::Duration::from_millis(100) || interval > std::time::Duration::from_secs(3_600) {
+        return Err("must be between 100ms and 1h".to_owned());
     }
-    Ok(secs)
+    Ok(interval)
 }
 
 /// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
@@ -302,7 +302,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.webhooks.timeout = std::time::Duration::from_secs(cli.webhooks_timeout);
     config.webhooks.concurrency = usize::try_from(cli.webhooks_concurrency).unwrap_or(8);
     config.webhooks.ca_file = cli.webhooks_ca_file.clone();
-    config.lifecycle_interval = std::time::Duration::from_secs(cli.lifecycle_interval);
+    config.lifecycle_interval = cli.lifecycle_interval;
     if let Some(path) = &cli.clock_offset_file {
         tracing::warn!(file = %path.display(), "the clock is moved by the offset in a file (for tests only)");
         config.clock = std::sync::Arc::new(tollgate_keyd::clock::OffsetFileClock::new(path.clone()));
@@ -389,6 +389,15 @@ mod tests {
         assert_eq!(parse(&["--http-listen", "off"]).http_listen(), Ok(None));
         let err = parse(&["--http-listen", "off", "--http-addr-file", "h.addr"]).http_listen().unwrap_err();
         assert!(err.starts_with("--http-addr-file: "), "{err}");
+    }
+
+    #[test]
+    fn the_lifecycle_interval_takes_seconds_or_a_duration_within_bounds() {
+        assert_eq!(parse(&[]).lifecycle_interval, std::time::Duration::from_secs(60));
+        assert_eq!(parse_interval("5"), Ok(std::time::Duration::from_secs(5)));
+        assert_eq!(parse_interval("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_interval("10ms").unwrap_err(), "must be between 100ms and 1h");
+        assert!(parse_interval("soon").is_err());
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Scheduler {
     /// One pass over the keys, if this replica holds the lease.
     pub async fn tick(&self) -> Result<TickReport> {
         let now = self.clock.now();
+        // Three intervals, and at least 3 s: whole seconds on the store's clock.
         let lease = i64::try_from(self.interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX / 4).max(3);
         let holder = self.holder.clone();
         let leader = blocking(&self.store, move |s| s.take_lease(LEASE, &holder, now, now + lease)).await?;

@@ -136,7 +136,10 @@ impl Deliverer {
     pub async fn attempt(&self, message: Outgoing) {
         let at = self.clock.now();
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.settings.timeout, self.send(&message, at)).await;
+        // The signature's timestamp is the wall clock's, whatever clock schedules the outbox:
+        // receivers compare it with theirs to refuse replays.
+        let stamped = crate::clock::SystemClock.now();
+        let answer = tokio::time::timeout(self.settings.timeout, self.send(&message, stamped)).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let number = message.attempts.saturating_add(1);
         let (status, error, retry_after) = match answer {
