@@ -10,6 +10,7 @@
 #   __ADMIN_PORT__       ADMIN_PORT          (default 9901)
 #   __UPSTREAM_PORT__    UPSTREAM_PORT       (default 8081)
 #   __KEYD_PORT__        KEYD_PORT           (default 7070)
+#   __KEYD_HTTP_PORT__   KEYD_HTTP_PORT      (default 9180)
 #
 # The output holds the data-plane token, so it is written readable by its owner only.
 set -euo pipefail
@@ -37,6 +38,7 @@ sed \
   -e "s|__ADMIN_PORT__|${ADMIN_PORT:-9901}|g" \
   -e "s|__UPSTREAM_PORT__|${UPSTREAM_PORT:-8081}|g" \
   -e "s|__KEYD_PORT__|${KEYD_PORT:-7070}|g" \
+  -e "s|__KEYD_HTTP_PORT__|${KEYD_HTTP_PORT:-9180}|g" \
   "$template" > "$output.tmp"
 
 if grep -q '__[A-Z_]*__' "$output.tmp"; then

@@ -143,6 +143,13 @@ Try it in another terminal, from the repository root:
   # with the key: 200 and the upstream's echo
   curl -i -H "x-api-key: \$KEY" $gw/hello
 
+  # rotate it yourself through the gateway, with the key alone: the answer has the new secret
+  # (shown once); the old one keeps working for 24 hours
+  curl -s -X POST -H "x-api-key: \$KEY" $gw/api/v1/self/rotate
+
+  # warn before keys get 90 days old and rotate them then (webhooks: tollgate webhooks create)
+  $cli$server_flag policies set --consumer alice --max-age 90d --notify-before 30d,7d,1d --mode auto
+
   # revoke it; within seconds the same call gets 401 again
   $cli$server_flag keys revoke "\$KEY_ID"
   curl -i -H "x-api-key: \$KEY" $gw/hello
