@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::{
-    DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, Keyd, RawRequest, Value,
-    WebhookReceiver, json, static_cluster,
+    DATAPLANE_TOKEN, Echo, Envoy, EnvoyOpts, HttpClient, KEY_AUTH_ROOT_ID, KEYD_CLUSTER, Keyd, RawRequest,
+    Value, WebhookReceiver, json, static_cluster,
 };
 use tollgate_proto::v1::{
     CreateKeyRequest, CreateWebhookRequest, GetKeyRequest, KeyStatus, RotationMode, RotationPolicy,
@@ -311,6 +311,18 @@ async fn auto_rotation_at_max_age_keeps_the_old_secret_for_the_grace_then_envoy_
     );
     settle().await;
     assert_eq!(receiver.seen().len(), 3, "{:#?}", events(&receiver));
+    // The scheduler's transitions are counted.
+    let url = format!("http://{}/metrics", keyd.metrics_addr());
+    let text = HttpClient::new().get(url).send().await.text();
+    for (series, expected) in [
+        (r#"tollgate_keyd_lifecycle_transitions_total{transition="expiring"}"#, "1"),
+        (r#"tollgate_keyd_lifecycle_transitions_total{transition="rotated"}"#, "1"),
+        (r#"tollgate_keyd_lifecycle_transitions_total{transition="grace_ended"}"#, "1"),
+        ("tollgate_keyd_lifecycle_leader", "1"),
+    ] {
+        let value = text.lines().find_map(|l| l.strip_prefix(series)).map(str::trim);
+        assert_eq!(value, Some(expected), "{series} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 //! | `tollgate_keyd_feed_watchers` | gauge | |
 //! | `tollgate_keyd_keys` | gauge | `status` |
 //! | `tollgate_keyd_audit_writes_total` | counter | |
+//! | `tollgate_keyd_lifecycle_transitions_total` | counter | `transition` |
+//! | `tollgate_keyd_lifecycle_leader` | gauge (1 while this replica runs the scheduler) | |
 //! | `tollgate_keyd_build_info` | gauge (always 1) | `version` |
 //!
 //! Every label value comes from a closed set: [`RPC_METHODS`] and [`UNKNOWN_METHOD`], the gRPC
@@ -133,6 +135,9 @@ pub const STORE_OPERATIONS: [&str; 41] = [
     "take_pending_secret",
 ];
 
+/// The values of the `transition` label of `tollgate_keyd_lifecycle_transitions_total`.
+pub const LIFECYCLE_TRANSITIONS: [&str; 4] = ["expiring", "expired", "rotated", "grace_ended"];
+
 /// The values of the `status` label of `tollgate_keyd_keys`.
 pub const KEY_STATUSES: [&str; 3] = ["active", "revoked", "expired"];
 
@@ -195,6 +200,11 @@ struct StatusLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    transition: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -214,6 +224,8 @@ struct Inner {
     feed_watchers: Gauge,
     keys: Family<StatusLabels, Gauge>,
     audit_writes: Counter,
+    lifecycle_transitions: Family<TransitionLabels, Counter>,
+    lifecycle_leader: Gauge,
 }
 
 /// The key service's metrics. Cloning is cheap; clones share the metrics.
@@ -278,6 +290,21 @@ impl Metrics {
         );
         let audit_writes = Counter::default();
         registry.register("audit_writes", "Audit log entries written by this process", audit_writes.clone());
+        let lifecycle_transitions = Family::<TransitionLabels, Counter>::default();
+        for transition in LIFECYCLE_TRANSITIONS {
+            let _ = lifecycle_transitions.get_or_create(&TransitionLabels { transition });
+        }
+        registry.register(
+            "lifecycle_transitions",
+            "Key lifecycle transitions this process's scheduler made: expiry notices, expiries, automatic rotations, ended graces",
+            lifecycle_transitions.clone(),
+        );
+        let lifecycle_leader = Gauge::default();
+        registry.register(
+            "lifecycle_leader",
+            "1 while this process holds the lifecycle scheduler's lease, else 0",
+            lifecycle_leader.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "The running version (always 1)", build_info);
@@ -291,6 +318,8 @@ impl Metrics {
                 feed_watchers,
                 keys,
                 audit_writes,
+                lifecycle_transitions,
+                lifecycle_leader,
             }),
         }
     }
@@ -315,6 +344,16 @@ impl Metrics {
             .store_duration
             .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a transition of the lifecycle scheduler (one of [`LIFECYCLE_TRANSITIONS`]).
+    pub fn lifecycle_transition(&self, transition: &'static str) {
+        self.inner.lifecycle_transitions.get_or_create(&TransitionLabels { transition }).inc();
+    }
+
+    /// Whether this process holds the scheduler's lease.
+    pub fn set_lifecycle_leader(&self, leader: bool) {
+        self.inner.lifecycle_leader.set(i64::from(leader));
     }
 
     fn set_key_counts(&self, counts: KeyCounts) {
@@ -456,6 +495,8 @@ mod tests {
             "# TYPE tollgate_keyd_feed_watchers gauge",
             "# TYPE tollgate_keyd_keys gauge",
             "# TYPE tollgate_keyd_audit_writes counter",
+            "# TYPE tollgate_keyd_lifecycle_transitions counter",
+            "# TYPE tollgate_keyd_lifecycle_leader gauge",
             "# TYPE tollgate_keyd_build_info gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
@@ -474,6 +515,8 @@ mod tests {
             (r#"tollgate_keyd_keys{status="revoked"}"#, 0.0),
             (r#"tollgate_keyd_keys{status="expired"}"#, 0.0),
             ("tollgate_keyd_audit_writes_total", 0.0),
+            (r#"tollgate_keyd_lifecycle_transitions_total{transition="rotated"}"#, 0.0),
+            ("tollgate_keyd_lifecycle_leader", 0.0),
             (&format!(r#"tollgate_keyd_build_info{{version="{version}"}}"#), 1.0),
         ] {
             assert_eq!(value(&text, series), Some(expected), "{series} in\n{text}");

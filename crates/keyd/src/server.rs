@@ -296,6 +296,7 @@ pub async fn serve_all(
         config.master_keys.clone(),
         feed.clone(),
         config.lifecycle_interval,
+        metrics.clone(),
     )?;
     let lifecycle = tokio::spawn(scheduler.run(stop_rx.clone()));
     let service = KeyServiceImpl::new(

@@ -75,7 +75,7 @@ impl RotationPolicy {
         for (i, lead) in self.notify_before.iter().enumerate() {
             if *lead <= 0 || *lead >= self.max_age {
                 return Err(Error::invalid(
-                    &format!("policy.notify_before[{i}]"),
+                    format!("policy.notify_before[{i}]"),
                     "must be more than 0 and less than max_age",
                 ));
             }

@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
 use crate::master::MasterKeys;
+use crate::metrics::Metrics;
 use crate::model::{Ctx, Rotation, StoredSecret};
 use crate::secrets::{self, Pepper};
 use crate::service::blocking;
@@ -59,6 +60,7 @@ pub struct Scheduler {
     feed: Feed,
     interval: Duration,
     holder: String,
+    metrics: Metrics,
 }
 
 impl Scheduler {
@@ -69,9 +71,10 @@ impl Scheduler {
         master: MasterKeys,
         feed: Feed,
         interval: Duration,
+        metrics: Metrics,
     ) -> Result<Self> {
         let holder = format!("{}-{}", std::process::id(), secrets::random_base62(12)?);
-        Ok(Self { store, clock, pepper, master, feed, interval, holder })
+        Ok(Self { store, clock, pepper, master, feed, interval, holder, metrics })
     }
 
     /// Ticks until `stop` turns true.
@@ -97,7 +100,15 @@ impl Scheduler {
         // Three intervals, and at least 3 s: whole seconds on the store's clock.
         let lease = i64::try_from(self.interval.as_secs().saturating_mul(3)).unwrap_or(i64::MAX / 4).max(3);
         let holder = self.holder.clone();
-        let leader = blocking(&self.store, move |s| s.take_lease(LEASE, &holder, now, now + lease)).await?;
+        let leader =
+            match blocking(&self.store, move |s| s.take_lease(LEASE, &holder, now, now + lease)).await {
+                Ok(leader) => leader,
+                Err(err) => {
+                    self.metrics.set_lifecycle_leader(false);
+                    return Err(err);
+                }
+            };
+        self.metrics.set_lifecycle_leader(leader);
         let mut report = TickReport { leader, ..TickReport::default() };
         if !leader {
             return Ok(report);
@@ -110,8 +121,17 @@ impl Scheduler {
                 after = after.max(candidate.key.position);
                 report.keys += 1;
                 for transition in plan(candidate, now) {
+                    let label = match &transition {
+                        Transition::Expiring { .. } => "expiring",
+                        Transition::Expired { .. } => "expired",
+                        Transition::Rotate { .. } => "rotated",
+                        Transition::EndGrace { .. } => "grace_ended",
+                    };
                     match self.apply(transition, now).await {
-                        Ok(true) => report.applied += 1,
+                        Ok(true) => {
+                            report.applied += 1;
+                            self.metrics.lifecycle_transition(label);
+                        }
                         Ok(false) => {}
                         Err(err) => {
                             tracing::warn!(key_id = %candidate.key.id, error = %err, "lifecycle: transition failed");
