@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use tollgate_e2e::{ADMIN_TOKEN, HttpClient, Keyd, Response, VIEWER_TOKEN};
 use tollgate_proto::v1::{
-    GetKeyRequest, KeyStatus, ListKeysRequest, ReportUsageRequest, UsageCount, VerifyKeyRequest, VerifyResult,
+    GetKeyRequest, KeyStatus, ListKeysRequest, ReportUsageRequest, RotationMode, RotationPolicy,
+    SetRotationPolicyRequest, UsageCount, VerifyKeyRequest, VerifyResult,
 };
 
 /// A browser-less client of one key service's dashboard, holding at most one session cookie.
@@ -258,6 +259,30 @@ async fn every_page_is_served_with_the_security_headers_and_shows_the_usage() {
     let detail = dash.page(&format!("/keys/{key_id}"), &cookie).await;
     assert!(detail.contains("denied: revoked_key</td><td class=\"num\">2<"), "{detail}");
     assert!(detail.contains("key.create"), "the key's audit trail: {detail}");
+    assert!(detail.contains("<p id=\"policy\">No rotation policy.</p>"), "{detail}");
+    // A consumer's rotation policy shows on its keys' pages.
+    let policy = RotationPolicy {
+        max_age_seconds: 90 * 86_400,
+        notify_before_seconds: vec![30 * 86_400, 86_400],
+        grace_seconds: 86_400,
+        mode: RotationMode::Auto as i32,
+        revoke_unused_previous_after_seconds: 0,
+    };
+    keyd.admin_client()
+        .await
+        .set_rotation_policy(SetRotationPolicyRequest {
+            consumer: "alice".into(),
+            key_id: String::new(),
+            policy: Some(policy),
+        })
+        .await
+        .unwrap();
+    let detail = dash.page(&format!("/keys/{key_id}"), &cookie).await;
+    assert!(
+        detail.contains("Rotation policy: rotated automatically ")
+            && detail.contains("(max age 90d; notices 30d, 1d; grace 1d)"),
+        "{detail}"
+    );
     // No inline script or style anywhere.
     for page in [&overview, &keys, &detail] {
         assert!(!page.contains("<script") && !page.contains("style="), "inline script or style");

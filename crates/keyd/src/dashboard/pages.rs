@@ -500,22 +500,46 @@ pub(super) async fn key_detail(
     let id = key_id(&id)?.to_owned();
     let now = state.0.clock.now();
     let (since, until) = window(now);
-    let (key, series, trail) = blocking(&state.0.store, move |s| {
+    let (key, series, trail, policy) = blocking(&state.0.store, move |s| {
         let key = s.get_key(&id)?;
         let ids = [id.clone()];
         let series = s.usage_series(Some(&ids), since, until, STEP)?;
+        let policy = s.effective_policy(&id)?;
         let filter = AuditFilter { key_id: Some(id), ..Default::default() };
-        Ok((key, series, s.list_audit_recent(&filter, None, PAGE_ROWS)?))
+        Ok((key, series, s.list_audit_recent(&filter, None, PAGE_ROWS)?, policy))
     })
     .await?;
     let mut usage = Usage::default();
     for point in &series {
         usage.add(point, since);
     }
-    Ok(html_page(&authed.frame("Key"), &key_body(&key, &usage, &trail, &authed, now)))
+    let policy = policy_line(&key, policy.as_ref(), now);
+    Ok(html_page(&authed.frame("Key"), &key_body(&key, &usage, &trail, &policy, &authed, now)))
 }
 
-fn key_body(k: &Key, usage: &Usage, trail: &[AuditEntry], authed: &Authed, now: i64) -> String {
+/// The key's rotation policy and what it does next, as a paragraph.
+fn policy_line(k: &Key, policy: Option<&crate::lifecycle::RotationPolicy>, now: i64) -> String {
+    use crate::lifecycle::{PolicyMode, birth, stage_name};
+    let Some(p) = policy else {
+        return "<p id=\"policy\">No rotation policy.</p>".to_owned();
+    };
+    let deadline = birth(k).saturating_add(p.max_age);
+    let action = match p.mode {
+        PolicyMode::Auto => "rotated automatically",
+        PolicyMode::Notify => "expires unless rotated",
+    };
+    let notices: Vec<String> = p.notify_before.iter().map(|l| stage_name(*l)).collect();
+    format!(
+        "<p id=\"policy\">Rotation policy: {action} {} (max age {}; notices {}; grace {}).</p>",
+        esc(&time_rel(deadline, now)),
+        esc(&stage_name(p.max_age)),
+        esc(&if notices.is_empty() { "none".to_owned() } else { notices.join(", ") }),
+        esc(&stage_name(p.grace)),
+    )
+}
+
+/// The key page; `policy` is [`policy_line`]'s paragraph.
+fn key_body(k: &Key, usage: &Usage, trail: &[AuditEntry], policy: &str, authed: &Authed, now: i64) -> String {
     let status = status_name(k.status(now));
     let mut body = String::new();
     let _ = write!(
@@ -548,6 +572,7 @@ fn key_body(k: &Key, usage: &Usage, trail: &[AuditEntry], authed: &Authed, now: 
         let _ = write!(body, "<dt>signing</dt><dd>{}</dd>", esc(signing.as_str()));
     }
     body.push_str("</dl><section><h2>Rotation</h2>");
+    body.push_str(policy);
     if k.rotated_at == 0 {
         body.push_str("<p id=\"rotation\">Never rotated.</p>");
     } else {
