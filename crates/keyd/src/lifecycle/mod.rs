@@ -137,6 +137,8 @@ pub struct Candidate {
     pub key: Key,
     /// The key's own policy, else its consumer's.
     pub policy: Option<RotationPolicy>,
+    /// When that policy was last set.
+    pub policy_set_at: i64,
     pub previous: Option<Previous>,
     /// The transitions already recorded: `(generation, stage)`.
     pub notices: Vec<(i64, String)>,
@@ -254,7 +256,11 @@ pub fn plan(c: &Candidate, now: i64) -> Vec<Transition> {
         return out;
     };
     let born = birth(key);
-    let policy_deadline = born.saturating_add(policy.max_age);
+    // A policy set on a key already older than max_age does not act at once: the key gets the
+    // longest notice first, counted from when the policy was set.
+    let longest_notice = policy.notify_before.first().copied().unwrap_or(0);
+    let policy_deadline =
+        born.saturating_add(policy.max_age).max(c.policy_set_at.saturating_add(longest_notice));
     let (deadline, action) = if key.expires_at != 0 && key.expires_at <= policy_deadline {
         (key.expires_at, DeadlineAction::Expire)
     } else if policy.mode == PolicyMode::Auto {

@@ -37,7 +37,13 @@ fn policy(mode: PolicyMode) -> RotationPolicy {
 }
 
 fn candidate(mode: PolicyMode) -> Candidate {
-    Candidate { key: key(), policy: Some(policy(mode)), previous: None, notices: Vec::new() }
+    Candidate {
+        key: key(),
+        policy: Some(policy(mode)),
+        policy_set_at: T0,
+        previous: None,
+        notices: Vec::new(),
+    }
 }
 
 /// Applies the notices a plan records, as the store would.
@@ -182,6 +188,26 @@ fn the_grace_ends_when_it_elapses_or_early_when_the_previous_secret_goes_unused(
     c.previous = Some(Previous { expires_at: T0 + 8 * DAY, last_used_at: T0 + 2 * DAY });
     assert_eq!(ends(plan(&c, T0 + 3 * DAY)), None);
     assert_eq!(ends(plan(&c, T0 + 4 * DAY)), Some(("unused", T0 + DAY)));
+}
+
+#[test]
+fn a_policy_set_on_an_old_key_gives_the_longest_notice_before_it_acts() {
+    let mut c = candidate(PolicyMode::Auto);
+    // The key is 200 days old when the policy is set.
+    c.policy_set_at = T0 + 200 * DAY;
+    let set = c.policy_set_at;
+    match &plan(&c, set)[..] {
+        [Transition::Expiring { lead, deadline, overtaken, .. }] => {
+            assert_eq!((*lead, *deadline), (30 * DAY, set + 30 * DAY));
+            assert!(overtaken.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&plan(&c, set + 30 * DAY - 1)[..], [Transition::Expiring { lead, .. }] if *lead == DAY));
+    assert!(matches!(&plan(&c, set + 30 * DAY)[..], [Transition::Rotate { .. }]));
+    // Without notices the policy acts at once.
+    c.policy.as_mut().unwrap().notify_before.clear();
+    assert!(matches!(&plan(&c, set)[..], [Transition::Rotate { .. }]));
 }
 
 #[test]

@@ -127,6 +127,11 @@ const POLICY_OF_KEY: &str = "COALESCE(\
      (SELECT p.policy FROM rotation_policies p WHERE p.key_id = k.id), \
      (SELECT p.policy FROM rotation_policies p WHERE p.consumer_id = k.consumer_id AND p.key_id = ''))";
 
+/// When that policy was set.
+const POLICY_SET_AT: &str = "COALESCE(\
+     (SELECT p.updated_at FROM rotation_policies p WHERE p.key_id = k.id), \
+     (SELECT p.updated_at FROM rotation_policies p WHERE p.consumer_id = k.consumer_id AND p.key_id = ''), 0)";
+
 pub(super) async fn effective_policy<C: GenericClient>(
     client: &C,
     key_id: &str,
@@ -154,7 +159,7 @@ pub(super) async fn candidates<C: GenericClient>(
     limit: usize,
 ) -> Result<Vec<Candidate>> {
     let sql = format!(
-        "SELECT * FROM (SELECT {KEY_COLUMNS}, {POLICY_OF_KEY} AS policy, \
+        "SELECT * FROM (SELECT {KEY_COLUMNS}, {POLICY_OF_KEY} AS policy, {POLICY_SET_AT} AS policy_set_at, \
            (SELECT s.expires_at FROM key_secrets s WHERE s.key_id = k.id AND s.expires_at <> 0) AS prev_expires, \
            (SELECT s.last_used_at FROM key_secrets s WHERE s.key_id = k.id AND s.expires_at <> 0) AS prev_used \
          FROM keys k WHERE k.revoked_at = 0 AND k.pos > $1) c \
@@ -175,8 +180,9 @@ pub(super) async fn candidates<C: GenericClient>(
             ),
             None => None,
         };
-        let prev_expires: Option<i64> = col(row, 18)?;
-        let prev_used: Option<i64> = col(row, 19)?;
+        let policy_set_at: i64 = col(row, 18)?;
+        let prev_expires: Option<i64> = col(row, 19)?;
+        let prev_used: Option<i64> = col(row, 20)?;
         let previous =
             prev_expires.map(|expires_at| Previous { expires_at, last_used_at: prev_used.unwrap_or(0) });
         let notices = client
@@ -186,7 +192,7 @@ pub(super) async fn candidates<C: GenericClient>(
             .iter()
             .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
             .collect::<Result<Vec<(i64, String)>>>()?;
-        out.push(Candidate { key, policy, previous, notices });
+        out.push(Candidate { key, policy, policy_set_at, previous, notices });
     }
     Ok(out)
 }

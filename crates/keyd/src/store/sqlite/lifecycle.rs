@@ -157,6 +157,11 @@ const POLICY_OF_KEY: &str = "COALESCE(\
      (SELECT p.policy FROM rotation_policies p WHERE p.key_id = keys.id), \
      (SELECT p.policy FROM rotation_policies p WHERE p.consumer_id = keys.consumer_id AND p.key_id = ''))";
 
+/// When that policy was set.
+const POLICY_SET_AT: &str = "COALESCE(\
+     (SELECT p.updated_at FROM rotation_policies p WHERE p.key_id = keys.id), \
+     (SELECT p.updated_at FROM rotation_policies p WHERE p.consumer_id = keys.consumer_id AND p.key_id = ''), 0)";
+
 pub(super) fn effective_policy(tx: &Transaction<'_>, key_id: &str) -> Result<Option<RotationPolicy>> {
     let text: Option<Option<String>> = tx
         .query_row(&format!("SELECT {POLICY_OF_KEY} FROM keys WHERE id = ?1"), [key_id], |row| row.get(0))
@@ -173,7 +178,7 @@ pub(super) fn effective_policy(tx: &Transaction<'_>, key_id: &str) -> Result<Opt
 pub(super) fn candidates(tx: &Transaction<'_>, now: i64, after: i64, limit: usize) -> Result<Vec<Candidate>> {
     let mut stmt = tx
         .prepare_cached(&format!(
-            "SELECT * FROM (SELECT {KEY_COLUMNS}, {POLICY_OF_KEY} AS policy, \
+            "SELECT * FROM (SELECT {KEY_COLUMNS}, {POLICY_OF_KEY} AS policy, {POLICY_SET_AT} AS policy_set_at, \
                (SELECT s.expires_at FROM key_secrets s WHERE s.key_id = keys.id AND s.expires_at != 0) AS prev_expires, \
                (SELECT s.last_used_at FROM key_secrets s WHERE s.key_id = keys.id AND s.expires_at != 0) AS prev_used \
              FROM keys WHERE revoked_at = 0 AND pos > ?1) \
@@ -193,11 +198,12 @@ pub(super) fn candidates(tx: &Transaction<'_>, now: i64, after: i64, limit: usiz
                     })?),
                     None => None,
                 };
-            let prev_expires: Option<i64> = row.get(18)?;
-            let prev_used: Option<i64> = row.get(19)?;
+            let policy_set_at: i64 = row.get(18)?;
+            let prev_expires: Option<i64> = row.get(19)?;
+            let prev_used: Option<i64> = row.get(20)?;
             let previous =
                 prev_expires.map(|expires_at| Previous { expires_at, last_used_at: prev_used.unwrap_or(0) });
-            Ok(Candidate { key, policy, previous, notices: Vec::new() })
+            Ok(Candidate { key, policy, policy_set_at, previous, notices: Vec::new() })
         })
         .map_err(db)?;
     let mut out = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?;

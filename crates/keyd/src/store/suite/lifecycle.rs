@@ -104,6 +104,7 @@ pub fn lifecycle_candidates_are_keys_with_a_policy_a_previous_secret_or_a_recent
     // key_long_ago expired more than the lookback before `now`.
     assert_eq!(ids, ["key_policy", "key_expired", "key_rotated"]);
     assert_eq!(found[0].policy, Some(policy(PolicyMode::Notify)));
+    assert_eq!(found[0].policy_set_at, T0);
     assert_eq!(found[1].policy, None);
     let previous = found[2].previous.unwrap();
     assert_eq!((previous.expires_at, previous.last_used_at), (T0 + 5 * DAY, 0));
