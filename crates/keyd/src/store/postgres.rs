@@ -704,6 +704,8 @@ impl<'a> Writer<'a> {
             &[&key.id, &ctx.now, &reason],
         )
         .await?;
+        // A revoked key's uncollected automatic secret is of no use to anyone.
+        lifecycle::set_pending(self, ctx, &key.id, None).await?;
         self.change(ctx, ChangeKind::KeyRevoked, &key.id, &key.consumer_id, "").await?;
         Ok(())
     }

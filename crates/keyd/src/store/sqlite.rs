@@ -726,6 +726,8 @@ fn revoke(tx: &Transaction<'_>, ctx: &Ctx, key: &Key, reason: &str) -> Result<()
         params![key.id, ctx.now, reason],
     )
     .map_err(db)?;
+    // A revoked key's uncollected automatic secret is of no use to anyone.
+    lifecycle::set_pending(tx, ctx, &key.id, None)?;
     record_change(tx, ctx, ChangeKind::KeyRevoked, &key.id, &key.consumer_id)
 }
 

@@ -235,6 +235,13 @@ pub fn an_automatic_rotation_leaves_a_sealed_secret_picked_up_once(store: &dyn S
     assert!(matches!(store.rotate_key(&later, auto(3, T0)), Err(Error::FailedPrecondition(_))));
     assert_eq!(store.take_pending_secret(&later, "key_1").unwrap(), Some(sealed.clone()));
     assert_eq!(store.take_pending_secret(&later, "key_1").unwrap(), None, "picked up once");
+    // Revoking a key drops its uncollected secret.
+    store.create_key(&c, new_key("key_2", "bob", 8)).unwrap();
+    let mut other = auto(9, T0);
+    other.key_id = "key_2".into();
+    store.rotate_key(&later, other).unwrap();
+    store.revoke_key(&later, "key_2", "test").unwrap();
+    assert_eq!(store.take_pending_secret(&later, "key_2").unwrap(), None);
     // A rotation by hand drops an uncollected secret.
     store.rotate_key(&later, auto(4, T0 + 10 * DAY)).unwrap();
     let manual = Rotation {
@@ -249,7 +256,7 @@ pub fn an_automatic_rotation_leaves_a_sealed_secret_picked_up_once(store: &dyn S
     let audit = store.list_audit(0, 100).unwrap();
     let automatic: Vec<bool> = audit
         .iter()
-        .filter(|a| a.action == "key.rotate")
+        .filter(|a| a.action == "key.rotate" && a.key_id == "key_1")
         .map(|a| a.detail["automatic"].as_bool().unwrap())
         .collect();
     assert_eq!(automatic, [true, true, false]);
