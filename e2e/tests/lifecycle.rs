@@ -265,6 +265,8 @@ async fn auto_rotation_at_max_age_keeps_the_old_secret_for_the_grace_then_envoy_
     assert_eq!(status_with(&envoy, &old).await, 200, "still in the grace");
 
     // Spellings that must not pass.
+    let get = envoy.get(SELF_ROTATE).header("x-api-key", &new).send().await;
+    assert_eq!((get.status, error_of(&get.json())), (405, "method_not_allowed"));
     let none = envoy.post(SELF_ROTATE).send().await;
     assert_eq!((none.status, error_of(&none.json())), (400, "bad_request"));
     let bogus = envoy.post(SELF_ROTATE).header("authorization", "Bearer tgk_not_a_key").send().await;

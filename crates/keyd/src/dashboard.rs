@@ -137,7 +137,7 @@ pub fn router(state: State) -> Router {
         .route("/keys/{id}/rotate", post(pages::rotate_key))
         .route("/keys/{id}/revoke", post(pages::revoke_key))
         .route("/audit", get(pages::audit))
-        .route(self_rotate::PATH, post(self_rotate::rotate))
+        .route(self_rotate::PATH, post(self_rotate::rotate).fallback(self_rotate::wrong_method))
         .route("/static/style.css", get(pages::style))
         .fallback(pages::not_found)
         .layer(axum::middleware::map_response(security_headers))

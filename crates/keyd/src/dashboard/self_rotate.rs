@@ -50,13 +50,27 @@ fn presented(headers: &HeaderMap) -> Result<String, &'static str> {
     }
 }
 
-pub(crate) async fn rotate(State(state): State<super::State>, headers: HeaderMap) -> Response {
-    let request_id = headers
+/// Any method but POST.
+pub(crate) async fn wrong_method(headers: HeaderMap) -> Response {
+    let mut response =
+        error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST", &request_id(&headers));
+    if let Ok(value) = "POST".parse() {
+        response.headers_mut().insert(axum::http::header::ALLOW, value);
+    }
+    response
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::secrets::random_base62(16).unwrap_or_default());
+        .unwrap_or_else(|| crate::secrets::random_base62(16).unwrap_or_default())
+}
+
+pub(crate) async fn rotate(State(state): State<super::State>, headers: HeaderMap) -> Response {
+    let request_id = request_id(&headers);
     let key = match presented(&headers) {
         Ok(key) => key,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message, &request_id),
