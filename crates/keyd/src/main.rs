@@ -1,20 +1,13 @@
 //! `tollgate-keyd`: the Tollgate key service.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tollgate_keyd::files;
+use clap::{Parser, Subcommand};
+use tollgate_daemon::{LogFormat, init_logging, shutdown_signal, write_addr_file};
 use tollgate_keyd::master::{MasterKeys, reseal_all};
 use tollgate_keyd::store::{self, migrate};
 use tollgate_keyd::{Config, Options, StoreLocation};
-use tracing_subscriber::EnvFilter;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
 
 /// Tollgate key service: API keys, consumers, rotation, revocation and a change feed over gRPC.
 #[derive(Parser)]
@@ -197,52 +190,7 @@ impl Cli {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
 /// Writes the file (mode 0600) whole or not at all, so a reader never sees half an address.
-fn write_addr_file(path: &Path, addr: &str) -> Result<(), String> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // Left over from a start that stopped between writing and renaming.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot remove {}: {e}", tmp.display())),
-    }
-    files::write_private(&tmp, format!("{addr}\n").as_bytes()).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
 
 fn open_store(options: &Options) -> Result<std::sync::Arc<dyn tollgate_keyd::Store>, String> {
     let location = options.store_location().map_err(|e| e.to_string())?;

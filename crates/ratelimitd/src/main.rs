@@ -1,23 +1,17 @@
 //! `tollgate-ratelimitd`: Envoy's rate-limit service API over limits in memory or in Redis.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use tollgate_daemon::{LogFormat, init_logging, shutdown_signal, write_addr_file};
 use tollgate_ratelimitd::config::Domain;
 use tollgate_ratelimitd::metrics::Metrics;
 use tollgate_ratelimitd::redis::RedisStore;
 use tollgate_ratelimitd::store::{MemoryStore, Store};
 use tollgate_ratelimitd::{Limiter, serve};
-use tracing_subscriber::EnvFilter;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
 
 /// Tollgate rate-limit service: Envoy's rate-limit service API (envoy.service.ratelimit.v3), with
 /// limits in memory (one instance) or in Redis (any number of instances).
@@ -56,43 +50,7 @@ struct Cli {
 
 const METRICS_OFF: &str = "off";
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
 /// Writes the file whole or not at all, so a reader never sees half an address.
-fn write_addr_file(path: &Path, addr: &str) -> Result<(), String> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{addr}\n")).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
 
 fn load_domains(paths: &[PathBuf]) -> Result<Vec<Domain>, String> {
     paths
