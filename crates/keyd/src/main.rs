@@ -93,6 +93,14 @@ struct Cli {
     /// PEM bundle of the certificate authorities https webhook endpoints are verified against.
     #[arg(long, default_value = tollgate_keyd::webhooks::deliver::DEFAULT_CA_FILE)]
     webhooks_ca_file: PathBuf,
+    /// Disable a webhook endpoint whose attempts have all failed for this long (seconds, or
+    /// e.g. 5d, 12h, 1h30m), and tell the other endpoints (webhook.disabled).
+    #[arg(long, default_value = "5d", value_parser = positive_secs)]
+    webhooks_disable_after: u64,
+    /// Keep delivered and given-up webhook messages, and the delivery log, this long (seconds,
+    /// or e.g. 7d): older ones are deleted, and cannot be replayed.
+    #[arg(long, default_value = "7d", value_parser = positive_secs)]
+    webhooks_retention: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -111,8 +119,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Add a new master-key version to the master key file, re-encrypt every signing secret
-    /// under it and exit. Restart a running service afterwards so it loads the new version.
+    /// Add a new master-key version to the master key file, re-encrypt every signing and
+    /// webhook secret under it and exit. Restart a running service afterwards so it loads the new version.
     RotateMasterKey,
     /// Copy a SQLite store into an empty PostgreSQL store in one transaction, check the row
     /// count of every table, print the counts and exit.
@@ -124,6 +132,25 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+}
+
+/// A duration of at least a second: seconds (`86400`), or units (`5d`, `12h`, `1h30m`).
+fn positive_secs(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let secs = if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
+        trimmed.parse::<u64>().map_err(|_| format!("duration {text:?} is too long"))?
+    } else {
+        tollgate_core::duration::compound_secs(trimmed)
+            .map_err(|_| format!("invalid duration {text:?}: expected seconds or e.g. 90s, 12h, 5d, 1h30m"))?
+    };
+    if secs == 0 {
+        return Err(format!("duration {text:?} must be at least 1s"));
+    }
+    // Kept as i64 Unix-time arithmetic later on.
+    if secs > u64::try_from(i64::MAX / 2).unwrap_or(u64::MAX) {
+        return Err(format!("duration {text:?} is too long"));
+    }
+    Ok(secs)
 }
 
 /// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
@@ -269,7 +296,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let count = reseal_all(store.as_ref(), &next).map_err(|e| e.to_string())?;
         tracing::info!(version = next.current_version(), resealed = count, "rotated the master key");
         println!(
-            "master key version {} is current; re-encrypted {count} signing secrets",
+            "master key version {} is current; re-encrypted {count} signing and webhook secrets",
             next.current_version()
         );
         return Ok(());
@@ -281,6 +308,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.webhooks.timeout = std::time::Duration::from_secs(cli.webhooks_timeout);
     config.webhooks.concurrency = usize::try_from(cli.webhooks_concurrency).unwrap_or(8);
     config.webhooks.ca_file = cli.webhooks_ca_file.clone();
+    config.webhooks.disable_after = std::time::Duration::from_secs(cli.webhooks_disable_after);
+    config.webhooks.retention = std::time::Duration::from_secs(cli.webhooks_retention);
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -363,6 +392,23 @@ mod tests {
         assert_eq!(parse(&["--http-listen", "off"]).http_listen(), Ok(None));
         let err = parse(&["--http-listen", "off", "--http-addr-file", "h.addr"]).http_listen().unwrap_err();
         assert!(err.starts_with("--http-addr-file: "), "{err}");
+    }
+
+    #[test]
+    fn webhook_durations_take_seconds_or_units_and_name_what_is_wrong() {
+        let cli = parse(&[]);
+        assert_eq!((cli.webhooks_disable_after, cli.webhooks_retention), (5 * 86_400, 7 * 86_400));
+        let cli = parse(&["--webhooks-disable-after", "3", "--webhooks-retention", "1h30m"]);
+        assert_eq!((cli.webhooks_disable_after, cli.webhooks_retention), (3, 5_400));
+        assert_eq!(positive_secs("0").unwrap_err(), "duration \"0\" must be at least 1s");
+        assert_eq!(
+            positive_secs("5 days").unwrap_err(),
+            "invalid duration \"5 days\": expected seconds or e.g. 90s, 12h, 5d, 1h30m"
+        );
+        assert!(positive_secs("99999999999999999999").unwrap_err().contains("too long"));
+        let err =
+            Cli::try_parse_from(["tollgate-keyd", "--webhooks-retention=1x"]).err().unwrap().to_string();
+        assert!(err.contains("--webhooks-retention") && err.contains("invalid duration \"1x\""), "{err}");
     }
 
     #[test]

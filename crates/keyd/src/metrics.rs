@@ -57,7 +57,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 22] = [
+pub const RPC_METHODS: [&str; 24] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -80,13 +80,15 @@ pub const RPC_METHODS: [&str; 22] = [
     "ListWebhooks",
     "DeleteWebhook",
     "ListWebhookDeliveries",
+    "RotateWebhookSecret",
+    "ReplayWebhooks",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 32] = [
+pub const STORE_OPERATIONS: [&str; 37] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -119,6 +121,11 @@ pub const STORE_OPERATIONS: [&str; 32] = [
     "claim_webhook_messages",
     "finish_webhook_attempt",
     "list_webhook_attempts",
+    "rotate_webhook_secret",
+    "replay_webhook_messages",
+    "prune_webhooks",
+    "list_webhook_secrets",
+    "reseal_webhook_secrets",
 ];
 
 /// The values of the `status` label of `tollgate_keyd_keys`.
