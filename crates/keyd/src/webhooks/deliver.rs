@@ -130,10 +130,16 @@ impl Deliverer {
         let lease = i64::try_from(self.settings.lease().as_secs()).unwrap_or(60);
         let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
         let mut pruned_at: Option<Instant> = None;
+        // The last claim took as many messages as there were free slots: more may be due.
+        let mut more_due = false;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                _ = stop.wait_for(|s| *s) => break,
+            if !more_due {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            } else if *stop.borrow() {
+                break;
             }
             // Beside delivery, so that a long prune never delays an attempt; one at a time.
             let due = pruned_at.is_none_or(|at| at.elapsed() >= self.settings.prune_interval);
@@ -141,10 +147,16 @@ impl Deliverer {
                 pruned_at = Some(Instant::now());
                 pruning = Some(tokio::spawn(Arc::clone(&self).prune()));
             }
-            let free = self.permits.available_permits();
-            if free == 0 {
-                continue;
-            }
+            // A free slot first: at capacity, the next claim waits for an attempt to end (a
+            // backlog is then sent as fast as attempts end, not a batch per poll).
+            let first = tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let free = self.permits.available_permits() + 1;
             let now = self.clock.now();
             let claimed = match blocking(&self.store, move |s| {
                 s.claim_webhook_messages(now, now + lease, free)
@@ -154,12 +166,19 @@ impl Deliverer {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::warn!(error = %err, "webhooks: could not claim messages");
+                    more_due = false;
                     continue;
                 }
             };
+            more_due = claimed.len() == free;
+            let mut first = Some(first);
             for message in claimed {
-                let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                    return;
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&self.permits).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                 };
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
