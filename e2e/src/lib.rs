@@ -14,7 +14,8 @@
 //! - [`RawRequest`]: an HTTP/1.1 request written byte for byte (raw paths, non-UTF-8 header bytes,
 //!   repeated field lines, chunked bodies with trailers, bursts);
 //! - [`H2Request`]: an HTTP/2 request whose framing the test controls (END_STREAM on HEADERS,
-//!   DATA frames, trailers).
+//!   DATA frames, trailers);
+//! - [`WebhookReceiver`]: a Python receiver verifying webhook deliveries with `standardwebhooks`.
 //!
 //! Binaries come from `TOLLGATE_BIN_DIR` (default `target/debug`), filters from
 //! `TOLLGATE_WASM_DIR` (default `target/wasm32-wasip1/wasm`) and Envoy from `ENVOY_BIN` (default
@@ -52,6 +53,7 @@ pub mod prometheus;
 mod ratelimitd;
 mod raw;
 pub mod scripted;
+mod webhook_receiver;
 
 pub use echo::Echo;
 pub use envoy::{
@@ -66,6 +68,7 @@ pub use keyd::{
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
 pub use ratelimitd::{RATELIMIT_CLUSTER, Ratelimitd, Redis, native_ratelimit_filter, ratelimit_cluster};
 pub use raw::{RawRequest, RawResponse};
+pub use webhook_receiver::WebhookReceiver;
 
 pub use serde_json::{Value, json};
 pub use tollgate_echo::EchoRequest;
