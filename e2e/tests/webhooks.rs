@@ -30,6 +30,11 @@ async fn keyd_with(dir: &Path, more: &[&str]) -> Keyd {
 }
 
 async fn create_webhook(keyd: &Keyd, receiver: &Receiver, events: &[&str]) -> String {
+    create_webhook_with_secret(keyd, receiver, events).await.0
+}
+
+/// Registers `receiver` for `events` and has it trust the secret; the id and the secret.
+async fn create_webhook_with_secret(keyd: &Keyd, receiver: &Receiver, events: &[&str]) -> (String, String) {
     let created = keyd
         .admin_client()
         .await
@@ -42,7 +47,7 @@ async fn create_webhook(keyd: &Keyd, receiver: &Receiver, events: &[&str]) -> St
         .into_inner();
     assert!(created.secret.starts_with("whsec_"), "{}", created.secret);
     receiver.trust(&[&created.secret]);
-    created.webhook.unwrap().id
+    (created.webhook.unwrap().id, created.secret)
 }
 
 async fn new_key(keyd: &Keyd, consumer: &str) -> String {
@@ -297,8 +302,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_its_grace_ends() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), "").await;
     let keyd = keyd(dir.path()).await;
-    let webhook_id = create_webhook(&keyd, &receiver, &["key.created"]).await;
-    let first = std::fs::read_to_string(dir.path().join("receiver.secret")).unwrap();
+    let (webhook_id, first) = create_webhook_with_secret(&keyd, &receiver, &["key.created"]).await;
 
     // A grace far longer than the delivery takes.
     let second = rotate(&keyd, &webhook_id, 3_600).await;
