@@ -10,12 +10,12 @@
 //!   `tollgate-ratelimitd` binary with a given limits file, in memory or on that Redis;
 //! - [`Envoy`]: Envoy with a generated config (optionally the key-auth wasm filter), one or more
 //!   workers, its admin API and logs;
-//! - [`WebhookReceiver`]: a webhook endpoint verifying each delivery with PyPI's `standardwebhooks`;
 //! - [`HttpClient`]: a small HTTP/1.1 client returning status, headers and body;
 //! - [`RawRequest`]: an HTTP/1.1 request written byte for byte (raw paths, non-UTF-8 header bytes,
 //!   repeated field lines, chunked bodies with trailers, bursts);
 //! - [`H2Request`]: an HTTP/2 request whose framing the test controls (END_STREAM on HEADERS,
-//!   DATA frames, trailers).
+//!   DATA frames, trailers);
+//! - [`WebhookReceiver`]: a Python receiver verifying webhook deliveries with `standardwebhooks`.
 //!
 //! Binaries come from `TOLLGATE_BIN_DIR` (default `target/debug`), filters from
 //! `TOLLGATE_WASM_DIR` (default `target/wasm32-wasip1/wasm`) and Envoy from `ENVOY_BIN` (default
@@ -52,8 +52,8 @@ mod process;
 pub mod prometheus;
 mod ratelimitd;
 mod raw;
-mod receiver;
 pub mod scripted;
+mod webhook_receiver;
 
 pub use echo::Echo;
 pub use envoy::{
@@ -68,7 +68,7 @@ pub use keyd::{
 pub use paths::{bin_dir, binary, envoy_bin, render_envoy_template, wasm_dir, wasm_module, workspace_root};
 pub use ratelimitd::{RATELIMIT_CLUSTER, Ratelimitd, Redis, native_ratelimit_filter, ratelimit_cluster};
 pub use raw::{RawRequest, RawResponse};
-pub use receiver::WebhookReceiver;
+pub use webhook_receiver::WebhookReceiver;
 
 pub use serde_json::{Value, json};
 pub use tollgate_echo::EchoRequest;

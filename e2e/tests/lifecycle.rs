@@ -64,7 +64,7 @@ async fn subscribe(keyd: &Keyd, receiver: &WebhookReceiver, events: &[&str]) {
         .await
         .unwrap()
         .into_inner();
-    std::fs::write(&receiver.secret_file, &created.secret).unwrap();
+    receiver.trust(&[&created.secret]);
 }
 
 async fn new_key(keyd: &Keyd, consumer: &str) -> (String, String) {

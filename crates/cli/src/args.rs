@@ -130,7 +130,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         url: String,
         /// An event type: key.created, key.rotated, key.revoked, consumer.created,
-        /// consumer.deleted. Repeat for several.
+        /// consumer.deleted, webhook.disabled, quota.exhausted. Repeat for several.
         #[arg(long = "event", required = true)]
         events: Vec<String>,
     },
@@ -149,6 +149,25 @@ pub enum WebhooksCommand {
         /// At most this many (default 100).
         #[arg(long)]
         limit: Option<u32>,
+    },
+    /// Give an endpoint a new signing secret, printed once. Until the grace ends every delivery
+    /// carries two signatures, by the new and the previous secret.
+    RotateSecret {
+        /// Endpoint id (wh_...).
+        id: String,
+        /// How long the previous secret keeps signing too (e.g. 24h, 1h30m); 0 ends it at once.
+        #[arg(long, default_value = "24h", value_parser = parse::duration_secs)]
+        grace: u64,
+    },
+    /// Send stored events again, with the webhook-id each had (receivers deduplicate on it).
+    Replay {
+        /// Events created since then: a duration ago (2h, 30m, 1d) or a time (RFC 3339, a date,
+        /// Unix seconds). Only events the key service still keeps (--webhooks-retention).
+        #[arg(long, value_parser = parse::since)]
+        since: parse::Since,
+        /// Only this endpoint's events (default: every enabled endpoint's).
+        #[arg(long)]
+        webhook: Option<String>,
     },
 }
 
@@ -544,6 +563,34 @@ mod tests {
         let cli = parse(&["keys", "get", "key_abc", "--server", "http://x:1", "--timeout", "2s"]).unwrap();
         assert_eq!(cli.server, "http://x:1");
         assert_eq!(cli.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn webhook_rotation_has_a_day_of_grace_by_default_and_replay_needs_a_start() {
+        let cli = parse(&["webhooks", "rotate-secret", "wh_1"]).unwrap();
+        let Command::Webhooks(WebhooksCommand::RotateSecret { id, grace }) = cli.command else {
+            panic!("not rotate")
+        };
+        assert_eq!((id.as_str(), grace), ("wh_1", 86_400));
+        let cli = parse(&["webhooks", "rotate-secret", "wh_1", "--grace", "0"]).unwrap();
+        assert!(matches!(cli.command, Command::Webhooks(WebhooksCommand::RotateSecret { grace: 0, .. })));
+        let cli = parse(&["webhooks", "replay", "--since", "2h", "--webhook", "wh_1"]).unwrap();
+        let Command::Webhooks(WebhooksCommand::Replay { since, webhook }) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!((since, webhook.as_deref()), (parse::Since::Ago(7_200), Some("wh_1")));
+        let cli = parse(&["webhooks", "replay", "--since", "2030-01-01T00:00:00Z"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Webhooks(WebhooksCommand::Replay {
+                since: parse::Since::At(1_893_456_000),
+                webhook: None
+            })
+        ));
+        assert!(parse(&["webhooks", "replay"]).is_err());
+        let err = parse(&["webhooks", "replay", "--since", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("invalid time \"soon\""), "{err}");
+        assert!(parse(&["webhooks", "rotate-secret", "wh_1", "--grace", "forever"]).is_err());
     }
 
     #[test]

@@ -65,6 +65,40 @@ pub fn timestamp(text: &str) -> Result<i64, String> {
     })
 }
 
+/// A start time given as a duration ago or as a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This many seconds before now.
+    Ago(u64),
+    /// Unix seconds.
+    At(i64),
+}
+
+impl Since {
+    /// Unix seconds, given the time now.
+    pub fn at(self, now: i64) -> i64 {
+        match self {
+            Self::Ago(secs) => now.saturating_sub(i64::try_from(secs).unwrap_or(i64::MAX)),
+            Self::At(at) => at,
+        }
+    }
+}
+
+/// Parses a start time: a duration ago (`2h`, `30m`, `1d12h`) or an absolute time as
+/// [`timestamp`] takes it (RFC 3339, a date or Unix seconds).
+pub fn since(text: &str) -> Result<Since, String> {
+    if let Ok(secs) = tollgate_core::duration::compound_secs(text) {
+        return Ok(Since::Ago(secs));
+    }
+    timestamp(text).map(Since::At).map_err(|_| {
+        format!(
+            "invalid time {:?}: expected a duration ago (2h, 30m, 1d) or a time (2030-01-01T00:00:00Z, \
+             2030-01-01 or Unix seconds)",
+            text.trim()
+        )
+    })
+}
+
 /// Formats Unix seconds as RFC 3339 in UTC; `None` for 0 (unset) or out-of-range values.
 pub fn rfc3339(secs: i64) -> Option<String> {
     if secs == 0 {
@@ -132,6 +166,22 @@ mod tests {
         assert_eq!(timestamp("1893456000"), Ok(1_893_456_000));
         assert!(timestamp("2030-01-01T00:00:00").is_err());
         assert!(timestamp("tomorrow").is_err());
+    }
+
+    #[test]
+    fn a_start_is_a_duration_ago_or_a_time() {
+        assert_eq!(since("2h"), Ok(Since::Ago(7_200)));
+        assert_eq!(since("1d12h").unwrap().at(1_000_000), 1_000_000 - 129_600);
+        assert_eq!(since("2030-01-01T00:00:00Z"), Ok(Since::At(1_893_456_000)));
+        assert_eq!(since("2030-01-01T02:00:00+02:00").unwrap().at(5), 1_893_456_000);
+        assert_eq!(since("1893456000"), Ok(Since::At(1_893_456_000)));
+        for bad in ["", "yesterday", "2h ago", "2030-13-01T00:00:00Z"] {
+            let err = since(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("invalid time {:?}: expected a duration ago", bad.trim())),
+                "{err}"
+            );
+        }
     }
 
     #[test]

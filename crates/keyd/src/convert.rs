@@ -163,6 +163,8 @@ pub fn webhook_to_proto(hook: crate::webhooks::Webhook) -> pb::Webhook {
         enabled: hook.enabled,
         disabled_reason: hook.disabled_reason,
         created_at: hook.created_at,
+        previous_secret_expires_at: hook.previous_secret_expires_at,
+        failing_since: hook.failing_since,
     }
 }
 

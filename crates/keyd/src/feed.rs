@@ -494,8 +494,9 @@ mod tests {
             &self,
             attempt: &crate::webhooks::Attempt,
             outcome: crate::webhooks::Outcome,
+            disable_after: i64,
         ) -> Result<()> {
-            self.inner.finish_webhook_attempt(attempt, outcome)
+            self.inner.finish_webhook_attempt(attempt, outcome, disable_after)
         }
         fn list_webhook_attempts(
             &self,
@@ -543,6 +544,30 @@ mod tests {
         }
         fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<crate::master::Sealed>> {
             self.inner.take_pending_secret(ctx, key_id)
+        }
+        fn rotate_webhook_secret(
+            &self,
+            ctx: &Ctx,
+            id: &str,
+            sealed: Sealed,
+            previous_expires_at: i64,
+        ) -> Result<crate::webhooks::Webhook> {
+            self.inner.rotate_webhook_secret(ctx, id, sealed, previous_expires_at)
+        }
+        fn replay_webhook_messages(&self, ctx: &Ctx, since: i64, webhook_id: Option<&str>) -> Result<u64> {
+            self.inner.replay_webhook_messages(ctx, since, webhook_id)
+        }
+        fn prune_webhooks(&self, before: i64, now: i64, limit: usize) -> Result<crate::webhooks::Pruned> {
+            self.inner.prune_webhooks(before, now, limit)
+        }
+        fn list_webhook_secrets(&self) -> Result<Vec<crate::webhooks::SealedSecret>> {
+            self.inner.list_webhook_secrets()
+        }
+        fn reseal_webhook_secrets(
+            &self,
+            updates: &[(String, crate::webhooks::SecretSlot, u32, Sealed)],
+        ) -> Result<usize> {
+            self.inner.reseal_webhook_secrets(updates)
         }
     }
 

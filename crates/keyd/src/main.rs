@@ -94,6 +94,14 @@ struct Cli {
     /// every 100 ms), to see time-driven behaviour without waiting for it.
     #[arg(long, hide = true)]
     clock_offset_file: Option<PathBuf>,
+    /// Disable a webhook endpoint whose attempts have all failed for this long (seconds, or
+    /// e.g. 5d, 12h, 1h30m), and tell the other endpoints (webhook.disabled).
+    #[arg(long, default_value = "5d", value_parser = positive_secs)]
+    webhooks_disable_after: u64,
+    /// Keep delivered and given-up webhook messages, and the delivery log, this long (seconds,
+    /// or e.g. 7d): older ones are deleted, and cannot be replayed.
+    #[arg(long, default_value = "7d", value_parser = positive_secs)]
+    webhooks_retention: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -112,8 +120,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
-    /// Add a new master-key version to the master key file, re-encrypt every signing secret
-    /// under it and exit. Restart a running service afterwards so it loads the new version.
+    /// Add a new master-key version to the master key file, re-encrypt every signing and
+    /// webhook secret under it and exit. Restart a running service afterwards so it loads the new version.
     RotateMasterKey,
     /// Copy a SQLite store into an empty PostgreSQL store in one transaction, check the row
     /// count of every table, print the counts and exit.
@@ -138,6 +146,25 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be between 100ms and 1h".to_owned());
     }
     Ok(interval)
+}
+
+/// A duration of at least a second: seconds (`86400`), or units (`5d`, `12h`, `1h30m`).
+fn positive_secs(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let secs = if !trimmed.is_empty() && trimmed.chars().all(|c| c.is_ascii_digit()) {
+        trimmed.parse::<u64>().map_err(|_| format!("duration {text:?} is too long"))?
+    } else {
+        tollgate_core::duration::compound_secs(trimmed)
+            .map_err(|_| format!("invalid duration {text:?}: expected seconds or e.g. 90s, 12h, 5d, 1h30m"))?
+    };
+    if secs == 0 {
+        return Err(format!("duration {text:?} must be at least 1s"));
+    }
+    // Kept as i64 Unix-time arithmetic later on.
+    if secs > u64::try_from(i64::MAX / 2).unwrap_or(u64::MAX) {
+        return Err(format!("duration {text:?} is too long"));
+    }
+    Ok(secs)
 }
 
 /// The `--metrics-listen` (and `--http-listen`) value that turns the endpoint off.
@@ -190,8 +217,6 @@ impl Cli {
     }
 }
 
-/// Writes the file (mode 0600) whole or not at all, so a reader never sees half an address.
-
 fn open_store(options: &Options) -> Result<std::sync::Arc<dyn tollgate_keyd::Store>, String> {
     let location = options.store_location().map_err(|e| e.to_string())?;
     store::open(&location).map_err(|e| e.to_string())
@@ -238,7 +263,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let count = reseal_all(store.as_ref(), &next).map_err(|e| e.to_string())?;
         tracing::info!(version = next.current_version(), resealed = count, "rotated the master key");
         println!(
-            "master key version {} is current; re-encrypted {count} signing secrets",
+            "master key version {} is current; re-encrypted {count} signing and webhook secrets",
             next.current_version()
         );
         return Ok(());
@@ -255,6 +280,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         tracing::warn!(file = %path.display(), "the clock is moved by the offset in a file (for tests only)");
         config.clock = std::sync::Arc::new(tollgate_keyd::clock::OffsetFileClock::new(path.clone()));
     }
+    config.webhooks.disable_after = std::time::Duration::from_secs(cli.webhooks_disable_after);
+    config.webhooks.retention = std::time::Duration::from_secs(cli.webhooks_retention);
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
@@ -346,6 +373,23 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(std::time::Duration::from_millis(250)));
         assert_eq!(parse_interval("10ms").unwrap_err(), "must be between 100ms and 1h");
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn webhook_durations_take_seconds_or_units_and_name_what_is_wrong() {
+        let cli = parse(&[]);
+        assert_eq!((cli.webhooks_disable_after, cli.webhooks_retention), (5 * 86_400, 7 * 86_400));
+        let cli = parse(&["--webhooks-disable-after", "3", "--webhooks-retention", "1h30m"]);
+        assert_eq!((cli.webhooks_disable_after, cli.webhooks_retention), (3, 5_400));
+        assert_eq!(positive_secs("0").unwrap_err(), "duration \"0\" must be at least 1s");
+        assert_eq!(
+            positive_secs("5 days").unwrap_err(),
+            "invalid duration \"5 days\": expected seconds or e.g. 90s, 12h, 5d, 1h30m"
+        );
+        assert!(positive_secs("99999999999999999999").unwrap_err().contains("too long"));
+        let err =
+            Cli::try_parse_from(["tollgate-keyd", "--webhooks-retention=1x"]).err().unwrap().to_string();
+        assert!(err.contains("--webhooks-retention") && err.contains("invalid duration \"1x\""), "{err}");
     }
 
     #[test]

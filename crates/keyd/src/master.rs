@@ -153,7 +153,8 @@ impl MasterKeys {
     }
 }
 
-/// Re-encrypts every stored secret that is not under the current version. Returns how many.
+/// Re-encrypts every stored secret that is not under the current version: signing secrets and
+/// webhook endpoint secrets (current and previous). Returns how many.
 pub fn reseal_all(store: &dyn crate::store::Store, keys: &MasterKeys) -> Result<usize> {
     let current = keys.current_version();
     let mut updates = Vec::new();
@@ -164,7 +165,16 @@ pub fn reseal_all(store: &dyn crate::store::Store, keys: &MasterKeys) -> Result<
         let plain = keys.open(&key_id, &sealed)?;
         updates.push((key_id.clone(), sealed.version, keys.seal(&key_id, &plain)?));
     }
-    store.reseal(&updates)
+    let mut hooks = Vec::new();
+    for secret in store.list_webhook_secrets()? {
+        if secret.sealed.version == current {
+            continue;
+        }
+        let plain = keys.open(&secret.webhook_id, &secret.sealed)?;
+        let sealed = keys.seal(&secret.webhook_id, &plain)?;
+        hooks.push((secret.webhook_id, secret.slot, secret.sealed.version, sealed));
+    }
+    Ok(store.reseal(&updates)? + store.reseal_webhook_secrets(&hooks)?)
 }
 
 #[cfg(test)]
@@ -184,6 +194,43 @@ mod tests {
         assert_eq!(resealed.version, 2);
         assert!(keys.open("key_a", &resealed).is_err());
         assert_eq!(MasterKeys::parse(&rotated.to_text()).unwrap().current_version(), 2);
+    }
+
+    /// Webhook secrets, the current and the previous one of a rotation, are re-encrypted too:
+    /// afterwards a key set without the old version opens both.
+    #[test]
+    fn reseal_all_re_encrypts_webhook_secrets_current_and_previous() {
+        use crate::store::Store;
+        use crate::webhooks::{EventType, NewWebhook, SecretSlot};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+        let ctx = crate::model::Ctx { actor: "test".into(), now: 1_000 };
+        let v1 = MasterKeys::parse(&format!("1:{}", "11".repeat(32))).unwrap();
+        let hook = NewWebhook {
+            id: "wh_a".into(),
+            url: "https://hooks.example.com/".into(),
+            events: vec![EventType::KeyCreated],
+            sealed: v1.seal("wh_a", b"first").unwrap(),
+        };
+        store.create_webhook(&ctx, hook).unwrap();
+        store.rotate_webhook_secret(&ctx, "wh_a", v1.seal("wh_a", b"second").unwrap(), 9_999).unwrap();
+
+        let v2 = v1.with_new_version().unwrap();
+        assert_eq!(reseal_all(&store, &v2).unwrap(), 2);
+        assert_eq!(reseal_all(&store, &v2).unwrap(), 0, "nothing left under version 1");
+        let only_v2: String =
+            v2.to_text().lines().filter(|l| !l.starts_with("1:")).collect::<Vec<_>>().join("\n");
+        let only_v2 = MasterKeys::parse(&only_v2).unwrap();
+        let opened: Vec<(SecretSlot, u32, Vec<u8>)> = store
+            .list_webhook_secrets()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.slot, s.sealed.version, only_v2.open("wh_a", &s.sealed).unwrap()))
+            .collect();
+        assert_eq!(
+            opened,
+            [(SecretSlot::Current, 2, b"second".to_vec()), (SecretSlot::Previous, 2, b"first".to_vec())]
+        );
     }
 
     #[test]

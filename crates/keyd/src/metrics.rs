@@ -59,7 +59,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 25] = [
+pub const RPC_METHODS: [&str; 27] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -85,13 +85,15 @@ pub const RPC_METHODS: [&str; 25] = [
     "SetRotationPolicy",
     "ListRotationPolicies",
     "DeleteRotationPolicy",
+    "RotateWebhookSecret",
+    "ReplayWebhooks",
 ];
 
 /// The `method` label of a path that names no RPC of the key service.
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 41] = [
+pub const STORE_OPERATIONS: [&str; 46] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -133,6 +135,11 @@ pub const STORE_OPERATIONS: [&str; 41] = [
     "take_lease",
     "record_previous_use",
     "take_pending_secret",
+    "rotate_webhook_secret",
+    "replay_webhook_messages",
+    "prune_webhooks",
+    "list_webhook_secrets",
+    "reseal_webhook_secrets",
 ];
 
 /// The values of the `transition` label of `tollgate_keyd_lifecycle_transitions_total`.

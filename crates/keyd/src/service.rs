@@ -778,4 +778,49 @@ impl KeyService for KeyServiceImpl {
             deliveries: attempts.into_iter().map(convert::webhook_delivery_to_proto).collect(),
         }))
     }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Reply<pb::RotateWebhookSecretResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        let previous_expires_at = validate::grace_end(req.grace_period_seconds, ctx.now)?;
+        let (secret_bytes, secret) = webhooks::sign::new_secret()?;
+        let sealed = self.master()?.seal(&req.id, &secret_bytes)?;
+        let id = req.id;
+        let hook = self.run(move |s| s.rotate_webhook_secret(&ctx, &id, sealed, previous_expires_at)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "webhook.rotate_secret",
+            webhook_id = %hook.id,
+            previous_secret_expires_at = hook.previous_secret_expires_at,
+            "audit"
+        );
+        Ok(Response::new(pb::RotateWebhookSecretResponse {
+            webhook: Some(convert::webhook_to_proto(hook)),
+            secret,
+        }))
+    }
+
+    async fn replay_webhooks(
+        &self,
+        request: Request<pb::ReplayWebhooksRequest>,
+    ) -> Reply<pb::ReplayWebhooksResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        let since = validate::replay_since(req.since, ctx.now)?;
+        let webhook_id = (!req.webhook_id.is_empty()).then_some(req.webhook_id);
+        let logged = webhook_id.clone().unwrap_or_default();
+        let requeued =
+            self.run(move |s| s.replay_webhook_messages(&ctx, since, webhook_id.as_deref())).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "webhook.replay",
+            webhook_id = %logged, since, requeued,
+            "audit"
+        );
+        Ok(Response::new(pb::ReplayWebhooksResponse { requeued }))
+    }
 }

@@ -292,6 +292,17 @@ pub fn grace_end(grace_seconds: u64, now: i64) -> Result<i64> {
     Ok(now.saturating_add(grace))
 }
 
+/// The start of a webhook replay: a Unix time, given, and not after `now`.
+pub fn replay_since(since: i64, now: i64) -> Result<i64> {
+    if since <= 0 {
+        return Err(Error::invalid("since", "is required (Unix seconds)"));
+    }
+    if since > now {
+        return Err(Error::invalid("since", "is in the future"));
+    }
+    Ok(since)
+}
+
 /// The page size to use for a requested one (0 = default; capped).
 pub fn page_size(requested: u32) -> usize {
     match usize::try_from(requested) {
@@ -611,6 +622,15 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_starts_at_a_given_time_not_in_the_future() {
+        assert_eq!(replay_since(100, 200).unwrap(), 100);
+        assert_eq!(replay_since(200, 200).unwrap(), 200);
+        assert_eq!(replay_since(0, 200).unwrap_err().to_string(), "since: is required (Unix seconds)");
+        assert_eq!(replay_since(-5, 200).unwrap_err().to_string(), "since: is required (Unix seconds)");
+        assert_eq!(replay_since(201, 200).unwrap_err().to_string(), "since: is in the future");
+    }
+
+    #[test]
     fn webhook_events_must_be_known_and_named_once() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(webhook_events("events", &names(&["key.revoked", "key.created"])).unwrap().len(), 2);
@@ -621,7 +641,7 @@ mod tests {
         assert_eq!(
             webhook_events("events", &names(&["key.created", "key.expire"])).unwrap_err().to_string(),
             "events[1]: \"key.expire\" is not one of key.created, key.rotated, key.revoked, consumer.created, \
-             consumer.deleted, key.expiring, key.expired, key.grace_ended"
+             consumer.deleted, key.expiring, key.expired, key.grace_ended, webhook.disabled, quota.exhausted"
         );
         assert_eq!(
             webhook_events("events", &names(&["key.created", "key.created"])).unwrap_err().to_string(),

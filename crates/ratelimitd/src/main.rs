@@ -50,8 +50,6 @@ struct Cli {
 
 const METRICS_OFF: &str = "off";
 
-/// Writes the file whole or not at all, so a reader never sees half an address.
-
 fn load_domains(paths: &[PathBuf]) -> Result<Vec<Domain>, String> {
     paths
         .iter()

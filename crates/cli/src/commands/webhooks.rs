@@ -1,16 +1,17 @@
-//! `tollgate webhooks …`: create, list and delete endpoints; read the delivery log.
+//! `tollgate webhooks …`: create, list and delete endpoints; read the delivery log; rotate an
+//! endpoint's secret; replay stored events.
 
 use serde::Serialize;
 use tollgate_proto::v1::{
-    CreateWebhookRequest, DeleteWebhookRequest, ListWebhookDeliveriesRequest, ListWebhooksRequest, Webhook,
-    WebhookDelivery,
+    CreateWebhookRequest, DeleteWebhookRequest, ListWebhookDeliveriesRequest, ListWebhooksRequest,
+    ReplayWebhooksRequest, RotateWebhookSecretRequest, Webhook, WebhookDelivery,
 };
 
 use crate::Output;
 use crate::args::WebhooksCommand;
 use crate::client::{CliError, Client};
 use crate::output;
-use crate::parse::rfc3339;
+use crate::parse::{now_secs, rfc3339};
 
 /// JSON view of an endpoint.
 #[derive(Debug, Serialize)]
@@ -21,6 +22,8 @@ struct WebhookView<'a> {
     enabled: bool,
     disabled_reason: &'a str,
     created_at: Option<String>,
+    previous_secret_expires_at: Option<String>,
+    failing_since: Option<String>,
 }
 
 impl<'a> From<&'a Webhook> for WebhookView<'a> {
@@ -32,6 +35,8 @@ impl<'a> From<&'a Webhook> for WebhookView<'a> {
             enabled: w.enabled,
             disabled_reason: &w.disabled_reason,
             created_at: rfc3339(w.created_at),
+            previous_secret_expires_at: rfc3339(w.previous_secret_expires_at),
+            failing_since: rfc3339(w.failing_since),
         }
     }
 }
@@ -108,6 +113,52 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
                         if h.enabled { "yes".to_owned() } else { format!("no ({})", h.disabled_reason) };
                     writeln!(o.out, "{}\t{enabled}\t{}\t{}", h.id, h.events.join(","), h.url)?;
                 }
+            }
+        }
+        WebhooksCommand::RotateSecret { id, grace } => {
+            let request = RotateWebhookSecretRequest { id, grace_period_seconds: grace };
+            let response = client.rotate_webhook_secret(request).await?.into_inner();
+            let hook = response.webhook.unwrap_or_default();
+            if o.json {
+                #[derive(Serialize)]
+                struct Rotated<'a> {
+                    #[serde(flatten)]
+                    webhook: WebhookView<'a>,
+                    secret: &'a str,
+                }
+                output::write_json(
+                    o.out,
+                    &Rotated { webhook: WebhookView::from(&hook), secret: &response.secret },
+                )?;
+            } else {
+                writeln!(o.out, "id:      {}", hook.id)?;
+                writeln!(o.out, "url:     {}", hook.url)?;
+                writeln!(o.out, "secret:  {}", response.secret)?;
+                match rfc3339(hook.previous_secret_expires_at) {
+                    Some(until) => writeln!(o.out, "previous secret signs too until {until}")?,
+                    None => writeln!(o.out, "the previous secret no longer signs")?,
+                }
+                writeln!(
+                    o.err,
+                    "The secret is shown once: store it where the receiver verifies signatures."
+                )?;
+            }
+        }
+        WebhooksCommand::Replay { since, webhook } => {
+            let since = since.at(now_secs());
+            let request = ReplayWebhooksRequest { since, webhook_id: webhook.unwrap_or_default() };
+            let requeued = client.replay_webhooks(request).await?.into_inner().requeued;
+            if o.json {
+                output::write_json(
+                    o.out,
+                    &serde_json::json!({ "since": rfc3339(since), "requeued": requeued }),
+                )?;
+            } else {
+                writeln!(
+                    o.out,
+                    "Queued {requeued} message(s) created since {} again.",
+                    rfc3339(since).unwrap_or_else(|| since.to_string())
+                )?;
             }
         }
         WebhooksCommand::Delete { id } => {

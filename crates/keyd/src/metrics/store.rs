@@ -14,7 +14,7 @@ use crate::model::{
     UsagePoint, UsageQuery, UsageReport,
 };
 use crate::store::Store;
-use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Webhook};
+use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook};
 
 /// A [`Store`] that times the calls of the store it wraps (see [`Metrics::timed_store`]).
 pub struct TimedStore {
@@ -145,8 +145,8 @@ impl Store for TimedStore {
     fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>> {
         self.time("claim_webhook_messages", |s| s.claim_webhook_messages(now, lease_until, limit))
     }
-    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
-        self.time("finish_webhook_attempt", |s| s.finish_webhook_attempt(attempt, outcome))
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome, disable_after: i64) -> Result<()> {
+        self.time("finish_webhook_attempt", |s| s.finish_webhook_attempt(attempt, outcome, disable_after))
     }
     fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>> {
         self.time("list_webhook_attempts", |s| s.list_webhook_attempts(webhook_id, limit))
@@ -182,6 +182,27 @@ impl Store for TimedStore {
     }
     fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>> {
         self.time("take_pending_secret", |s| s.take_pending_secret(ctx, key_id))
+    }
+    fn rotate_webhook_secret(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sealed: Sealed,
+        previous_expires_at: i64,
+    ) -> Result<Webhook> {
+        self.time("rotate_webhook_secret", |s| s.rotate_webhook_secret(ctx, id, sealed, previous_expires_at))
+    }
+    fn replay_webhook_messages(&self, ctx: &Ctx, since: i64, webhook_id: Option<&str>) -> Result<u64> {
+        self.time("replay_webhook_messages", |s| s.replay_webhook_messages(ctx, since, webhook_id))
+    }
+    fn prune_webhooks(&self, before: i64, now: i64, limit: usize) -> Result<Pruned> {
+        self.time("prune_webhooks", |s| s.prune_webhooks(before, now, limit))
+    }
+    fn list_webhook_secrets(&self) -> Result<Vec<SealedSecret>> {
+        self.time("list_webhook_secrets", |s| s.list_webhook_secrets())
+    }
+    fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize> {
+        self.time("reseal_webhook_secrets", |s| s.reseal_webhook_secrets(updates))
     }
 }
 
@@ -282,7 +303,7 @@ mod tests {
             outcome: "delivered".into(),
             next_attempt_at: 0,
         };
-        let _ = store.finish_webhook_attempt(&attempt, Outcome::Delivered);
+        let _ = store.finish_webhook_attempt(&attempt, Outcome::Delivered, 60);
         let _ = store.list_webhook_attempts(None, 10);
         let policy = crate::lifecycle::RotationPolicy {
             max_age: 86_400,
@@ -306,6 +327,12 @@ mod tests {
         let _ = store.take_lease("l", "h", 1_000, 1_030);
         let _ = store.record_previous_use(&[("k".into(), 1)]);
         let _ = store.take_pending_secret(&ctx, "k");
+        let sealed = Sealed { version: 1, nonce: [0; 12], ciphertext: vec![1] };
+        let _ = store.rotate_webhook_secret(&ctx, "wh", sealed, 0);
+        let _ = store.replay_webhook_messages(&ctx, 0, None);
+        let _ = store.prune_webhooks(0, 1_000, 10);
+        let _ = store.list_webhook_secrets();
+        let _ = store.reseal_webhook_secrets(&[]);
 
         let text = metrics.encode();
         let prefix = "tollgate_keyd_store_duration_seconds_count{operation=\"";

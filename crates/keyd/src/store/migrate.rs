@@ -116,6 +116,8 @@ fn convert(value: ValueRef<'_>, ty: ColumnType) -> Option<ImportValue> {
         (ColumnType::Text, ValueRef::Text(v)) => ImportValue::Text(Some(String::from_utf8(v.to_vec()).ok()?)),
         (ColumnType::Blob, ValueRef::Null) => ImportValue::Blob(None),
         (ColumnType::Blob, ValueRef::Blob(v)) => ImportValue::Blob(Some(v.to_vec())),
+        (ColumnType::Bool, ValueRef::Null) => ImportValue::Bool(None),
+        (ColumnType::Bool, ValueRef::Integer(v @ (0 | 1))) => ImportValue::Bool(Some(v == 1)),
         _ => return None,
     })
 }
@@ -177,16 +179,102 @@ mod tests {
         source
             .report_usage(&UsageReport { gateway: "gw".into(), batch: 1, feed_seq: 3, counts }, 1_800_000_000)
             .unwrap();
+        // Webhooks: an endpoint in a rotation grace with a delivered message, a disabled one with
+        // a failed message, and a quota.exhausted day.
+        use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome};
+        let hook = |id: &str, byte: u8| NewWebhook {
+            id: id.into(),
+            url: format!("https://hooks.example.com/{id}"),
+            events: vec![EventType::KeyCreated, EventType::QuotaExhausted],
+            sealed: crate::master::Sealed { version: 1, nonce: [byte; 12], ciphertext: vec![byte] },
+        };
+        source.create_webhook(&ctx(), hook("wh_a", 1)).unwrap();
+        source.create_webhook(&ctx(), hook("wh_b", 2)).unwrap();
+        let next = crate::master::Sealed { version: 1, nonce: [5; 12], ciphertext: vec![5] };
+        source.rotate_webhook_secret(&ctx(), "wh_a", next, 1_800_000_000).unwrap();
+        source.create_key(&ctx(), new_key("key_5", "dave", 5)).unwrap();
+        let refused = UsageCount {
+            consumer_id: "dave".into(),
+            rule: "per-consumer".into(),
+            minute: 1_800_000_000,
+            outcome: "limited".into(),
+            count: 2,
+            ..Default::default()
+        };
+        source
+            .report_usage(
+                &UsageReport { gateway: "gw".into(), batch: 2, feed_seq: 3, counts: vec![refused] },
+                1_800_000_000,
+            )
+            .unwrap();
+        for (n, message) in source.claim_webhook_messages(1_000, 1_030, 10).unwrap().iter().enumerate() {
+            let (status, outcome) = if message.webhook_id == "wh_a" {
+                (200, Outcome::Delivered)
+            } else {
+                (410, Outcome::Disable)
+            };
+            let attempt = Attempt {
+                message_id: message.message_id.clone(),
+                webhook_id: message.webhook_id.clone(),
+                event_type: message.event_type.clone(),
+                attempt: 1,
+                at: 1_000 + i64::try_from(n).unwrap(),
+                status,
+                latency_ms: 3,
+                error: String::new(),
+                outcome: outcome.as_str().into(),
+                next_attempt_at: 0,
+            };
+            source.finish_webhook_attempt(&attempt, outcome, 60).unwrap();
+        }
+        // Lifecycle: a consumer's policy, a recorded notice, an automatic rotation's sealed secret
+        // and a use of the previous secret.
+        use crate::lifecycle::{DeadlineAction, PolicyMode, PolicyTarget, RotationPolicy, Transition};
+        let policy = RotationPolicy {
+            max_age: 90 * 86_400,
+            notify_before: vec![86_400],
+            grace: 3_600,
+            mode: PolicyMode::Auto,
+            revoke_unused_previous_after: 0,
+        };
+        source.set_rotation_policy(&ctx(), &PolicyTarget::Consumer("alice".into()), &policy).unwrap();
+        let notice = Transition::Expiring {
+            key_id: "key_1".into(),
+            consumer_id: "alice".into(),
+            deadline: 5_000,
+            lead: 86_400,
+            action: DeadlineAction::Rotate,
+            overtaken: Vec::new(),
+        };
+        assert!(source.apply_transition(&ctx(), &notice).unwrap());
+        let pending = crate::master::Sealed { version: 1, nonce: [7; 12], ciphertext: vec![7, 7] };
+        let rotation = crate::model::Rotation {
+            key_id: "key_1".into(),
+            secret: crate::model::StoredSecret { hash: [9; 32], display_prefix: "tgk_auto".into() },
+            grace_end: 5_000,
+            pending: Some(pending.clone()),
+            expect_birth: None,
+        };
+        source.rotate_key(&ctx(), rotation).unwrap();
+        source.record_previous_use(&[("key_1".into(), 1_500)]).unwrap();
         drop(source);
 
         let url = tollgate_testkit::postgres::Cluster::shared().create_database("migrate").unwrap();
         let copied = sqlite_to_postgres(&path, &url).unwrap();
         let by_table: std::collections::BTreeMap<&str, u64> = copied.into_iter().collect();
-        assert_eq!(by_table["consumers"], 2);
-        assert_eq!(by_table["keys"], 3);
-        assert_eq!(by_table["changes"], 5);
-        assert_eq!(by_table["audit"], 7);
+        assert_eq!(by_table["consumers"], 3);
+        assert_eq!(by_table["keys"], 4);
+        assert_eq!(by_table["changes"], 8);
+        assert_eq!(
+            (by_table["rotation_policies"], by_table["lifecycle_notices"], by_table["pending_secrets"]),
+            (1, 1, 1)
+        );
         assert_eq!(by_table["usage"], 1);
+        assert_eq!(by_table["webhooks"], 2);
+        // key_5's key.created and dave's quota.exhausted, to each endpoint; one attempt each of
+        // the key.created.
+        assert_eq!((by_table["webhook_messages"], by_table["webhook_attempts"]), (4, 2));
+        assert_eq!(by_table["quota_exhausted"], 1);
         assert_eq!(by_table.len(), TABLES.len());
 
         let source = SqliteStore::open(&path).unwrap();
@@ -200,13 +288,73 @@ mod tests {
         let window = UsageQuery { since: 0, until: i64::MAX, ..Default::default() };
         assert_eq!(target.usage(&window).unwrap(), source.usage(&window).unwrap());
         assert_eq!(target.lookup_secret(&[1; 32]).unwrap().found.unwrap().key.id, "key_1");
+        assert_eq!(
+            target.list_rotation_policies(None).unwrap(),
+            source.list_rotation_policies(None).unwrap()
+        );
+        let (from, to) = (
+            source.lifecycle_candidates(2_000, 0, 10).unwrap(),
+            target.lifecycle_candidates(2_000, 0, 10).unwrap(),
+        );
+        assert_eq!(from.len(), to.len());
+        for (a, b) in from.iter().zip(&to) {
+            assert_eq!(
+                (&a.key, &a.policy, a.previous, &a.notices),
+                (&b.key, &b.policy, b.previous, &b.notices)
+            );
+        }
+        assert_eq!(to[0].previous.map(|p| p.last_used_at), Some(1_500));
+        assert_eq!(target.take_pending_secret(&ctx(), "key_1").unwrap(), Some(pending));
+        assert_eq!(target.list_webhooks().unwrap(), source.list_webhooks().unwrap());
+        assert_eq!(target.list_webhook_secrets().unwrap(), source.list_webhook_secrets().unwrap());
+        assert_eq!(target.list_webhook_secrets().unwrap().len(), 3, "wh_a's two secrets and wh_b's");
+        assert_eq!(
+            target.list_webhook_attempts(None, 100).unwrap(),
+            source.list_webhook_attempts(None, 100).unwrap()
+        );
+        assert!(!target.list_webhooks().unwrap()[1].enabled);
+        // Messages: what is pending in the source is pending in the copy, with its id.
+        let pending = |s: &dyn Store| {
+            let mut ids: Vec<String> = s
+                .claim_webhook_messages(i64::MAX / 2, 0, 100)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.message_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let source_pending = pending(&source);
+        assert_eq!(pending(&target), source_pending);
+        // A replay reaches the copied delivered messages of the enabled endpoint, with their ids.
+        assert_eq!(target.replay_webhook_messages(&ctx(), 1, Some("wh_a")).unwrap(), 2);
 
         // Positions continue after the copied ones.
+        let audited = target.list_audit(0, 100).unwrap().last().unwrap().seq;
         let key = target.create_key(&ctx(), new_key("key_4", "carol", 4)).unwrap();
-        assert!(key.position > source.get_key("key_3").unwrap().position);
-        let (changes, head) = target.list_changes(5, 10).unwrap();
-        assert_eq!((changes[0].seq, head), (6, 6));
-        assert_eq!(target.list_audit(0, 100).unwrap().last().unwrap().seq, 9);
+        assert!(key.position > source.get_key("key_5").unwrap().position);
+        let (changes, head) = target.list_changes(8, 10).unwrap();
+        assert_eq!((changes[0].seq, head), (9, 9));
+        assert_eq!(target.list_audit(0, 100).unwrap().last().unwrap().seq, audited + 2);
+        target.create_webhook(&ctx(), hook("wh_c", 3)).unwrap();
+        let hooks = target.list_webhooks().unwrap();
+        assert_eq!(hooks.last().unwrap().id, "wh_c", "after the copied endpoints");
+        // New messages and attempts take new sequence numbers (a clash would fail the insert).
+        for message in target.claim_webhook_messages(i64::MAX / 2, 0, 100).unwrap() {
+            let attempt = Attempt {
+                message_id: message.message_id.clone(),
+                webhook_id: message.webhook_id.clone(),
+                event_type: message.event_type.clone(),
+                attempt: 1,
+                at: 2_000,
+                status: 200,
+                latency_ms: 1,
+                error: String::new(),
+                outcome: "delivered".into(),
+                next_attempt_at: 0,
+            };
+            target.finish_webhook_attempt(&attempt, Outcome::Delivered, 60).unwrap();
+        }
 
         let err = sqlite_to_postgres(&path, &url).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");

@@ -20,7 +20,7 @@ use crate::model::{
     KeyFilter, KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup,
     SubjectUsage, UsageApplied, UsagePoint, UsageQuery, UsageReport,
 };
-use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Webhook};
+use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook};
 
 /// Opens the store at `location` (creating or migrating its schema).
 pub fn open(location: &StoreLocation) -> Result<std::sync::Arc<dyn Store>> {
@@ -83,7 +83,9 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a gateway's batch of counts to the per-minute usage (once per `(gateway, batch)`: a
     /// batch sent again is a duplicate and adds nothing), raises the keys' `last_used_at` and
     /// records the gateway's report, all in one transaction. Counts of unknown keys and of minutes
-    /// outside `[now − USAGE_RETENTION, now + 5 min]` are skipped.
+    /// outside `[now − USAGE_RETENTION, now + 5 min]` are skipped. The first rate-limit refusal
+    /// of a consumer by a rule in a UTC day writes one `quota.exhausted` event, once ever for
+    /// that consumer, rule and day.
     fn report_usage(&self, report: &UsageReport, now: i64) -> Result<UsageApplied>;
     /// Usage over a window (one query, whatever the number of keys), the gateways that report,
     /// and the change feed's head, read in one snapshot.
@@ -136,10 +138,15 @@ pub trait Store: Send + Sync + 'static {
     fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()>;
     /// Claims up to `limit` messages due at `now` of enabled endpoints, oldest first: each is
     /// leased until `lease_until`, so no other caller (another replica) claims it meanwhile.
+    /// Each carries its endpoint's previous secret too while that secret's grace lasts at `now`.
     fn claim_webhook_messages(&self, now: i64, lease_until: i64, limit: usize) -> Result<Vec<Outgoing>>;
-    /// Records an attempt in the delivery log and applies its outcome to the message (and to
-    /// the endpoint when it disables it, audited as `webhook.disable`).
-    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()>;
+    /// Records an attempt in the delivery log and applies its outcome to the message and the
+    /// endpoint: a success ends the endpoint's failing time; a failure starts it if it has not
+    /// started. An endpoint is disabled (audited as `webhook.disable`, and a `webhook.disabled`
+    /// event written for the other endpoints) by a 410, or by a failure when its attempts have
+    /// all failed for `disable_after` seconds or more; the attempt is then logged as
+    /// `endpoint_disabled`.
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome, disable_after: i64) -> Result<()>;
     /// The delivery log, newest first: one endpoint's, or every endpoint's.
     fn list_webhook_attempts(&self, webhook_id: Option<&str>, limit: usize) -> Result<Vec<Attempt>>;
 
@@ -172,4 +179,28 @@ pub trait Store: Send + Sync + 'static {
     /// Takes (and deletes) the new secret an automatic rotation left for the key's owner,
     /// audited as `key.pickup`.
     fn take_pending_secret(&self, ctx: &Ctx, key_id: &str) -> Result<Option<Sealed>>;
+    /// Gives an endpoint a new secret (audited as `webhook.rotate_secret`). The current one
+    /// becomes the previous one and keeps signing until `previous_expires_at` (none is kept when
+    /// that is not after `ctx.now`); an older previous secret ends now.
+    fn rotate_webhook_secret(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sealed: Sealed,
+        previous_expires_at: i64,
+    ) -> Result<Webhook>;
+    /// Queues again, due now with a fresh count of attempts and their `webhook-id`s unchanged,
+    /// every stored message created at or after `since` of one endpoint (which must be enabled)
+    /// or of every enabled endpoint (audited as `webhook.replay`). Returns how many.
+    fn replay_webhook_messages(&self, ctx: &Ctx, since: i64, webhook_id: Option<&str>) -> Result<u64>;
+    /// Deletes up to `limit` delivered and given-up messages created before `before`, up to
+    /// `limit` delivery-log rows from before `before`, and previous secrets whose grace has ended
+    /// at `now`, in one transaction. Called again while it deletes `limit` of something.
+    fn prune_webhooks(&self, before: i64, now: i64, limit: usize) -> Result<Pruned>;
+    /// Every endpoint's sealed secrets, current and previous.
+    fn list_webhook_secrets(&self) -> Result<Vec<SealedSecret>>;
+    /// Replaces sealed endpoint secrets (endpoint, slot, the master-key version they were read
+    /// under, the new value) in one transaction; one no longer under the read version is left
+    /// alone. Returns how many changed.
+    fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize>;
 }

@@ -55,11 +55,35 @@ use crate::model::{
     NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied,
     UsagePoint, UsageQuery, UsageReport,
 };
-use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, Webhook};
+use crate::webhooks::{
+    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook,
+};
 
 /// Schema migrations, applied in order once each. Version 1 is the SQLite store's schema 4.
 const MIGRATIONS: &[(i64, &str)] =
-    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, lifecycle::SCHEMA_V4)];
+    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, lifecycle::SCHEMA_V4), (5, SCHEMA_V5)];
+
+/// 5: webhook secret rotation and failing time (`webhooks.previous_*`, `webhooks.failing_since`),
+/// the days a consumer's quota ran out (`quota_exhausted`), and the indexes that pruning and
+/// replay read by time.
+const SCHEMA_V5: &str = "
+ALTER TABLE webhooks
+    ADD COLUMN previous_nonce          BYTEA,
+    ADD COLUMN previous_ciphertext     BYTEA,
+    ADD COLUMN previous_master_version BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN previous_expires_at     BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN failing_since           BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX webhook_messages_by_created ON webhook_messages (created_at);
+CREATE INDEX webhook_attempts_by_at ON webhook_attempts (at);
+CREATE TABLE quota_exhausted (
+    consumer_id      TEXT   NOT NULL,
+    rule             TEXT   NOT NULL,
+    day              BIGINT NOT NULL,
+    first_refused_at BIGINT NOT NULL,
+    PRIMARY KEY (consumer_id, rule, day)
+);
+CREATE INDEX quota_exhausted_by_day ON quota_exhausted (day);
+";
 
 /// 3: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log `webhook_attempts`).
 const SCHEMA_V3: &str = "
@@ -428,7 +452,8 @@ fn sealed_from_row(row: &Row, first: usize) -> Result<Option<Sealed>> {
     }
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, events, enabled, disabled_reason, created_at";
+const WEBHOOK_COLUMNS: &str =
+    "id, url, events, enabled, disabled_reason, created_at, previous_expires_at, failing_since";
 
 fn webhook_from_row(row: &Row) -> Result<Webhook> {
     let events: Vec<String> = json_col(row, 2)?;
@@ -443,6 +468,8 @@ fn webhook_from_row(row: &Row) -> Result<Webhook> {
         enabled: col(row, 3)?,
         disabled_reason: col(row, 4)?,
         created_at: col(row, 5)?,
+        previous_secret_expires_at: col(row, 6)?,
+        failing_since: col(row, 7)?,
     })
 }
 
@@ -709,6 +736,124 @@ impl<'a> Writer<'a> {
         self.change(ctx, ChangeKind::KeyRevoked, &key.id, &key.consumer_id, "").await?;
         Ok(())
     }
+
+    /// Disables an enabled endpoint, audits it as `webhook.disable` and tells the other enabled
+    /// endpoints subscribed to `webhook.disabled`. Nothing when it is disabled already.
+    async fn disable_webhook(&mut self, webhook_id: &str, reason: &str, at: i64) -> Result<()> {
+        let Some(row) = self
+            .query_opt(
+                "UPDATE webhooks SET enabled = FALSE, disabled_reason = $2 WHERE id = $1 AND enabled RETURNING url",
+                &[&webhook_id, &reason],
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        let url: String = col(&row, 0)?;
+        let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: at };
+        self.audit(
+            &ctx,
+            "webhook.disable",
+            "",
+            "",
+            serde_json::json!({ "webhook_id": webhook_id, "url": url, "reason": reason }),
+        )
+        .await?;
+        // Disabled first: the event goes to the others only.
+        self.enqueue(&ctx, EventType::WebhookDisabled, &webhooks::disabled_data(webhook_id, &url, reason))
+            .await
+    }
+}
+
+/// Applies an attempt to its endpoint's failing time: a success ends it, a failure starts it if
+/// it has not started. Returns why the endpoint is to be disabled: a 410, or attempts that have
+/// all failed for `disable_after` seconds.
+async fn note_attempt(
+    tx: &deadpool_postgres::Transaction<'_>,
+    attempt: &Attempt,
+    outcome: Outcome,
+    disable_after: i64,
+) -> Result<Option<String>> {
+    match outcome {
+        Outcome::Disable => {
+            Ok(Some(format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt)))
+        }
+        Outcome::Delivered => {
+            let stmt = tx
+                .prepare_cached("UPDATE webhooks SET failing_since = 0 WHERE id = $1 AND failing_since <> 0")
+                .await
+                .map_err(db)?;
+            tx.execute(&stmt, &[&attempt.webhook_id]).await.map_err(db)?;
+            Ok(None)
+        }
+        Outcome::RetryAt(_) | Outcome::GaveUp => {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE webhooks SET failing_since = CASE WHEN failing_since = 0 THEN $2 ELSE failing_since END \
+                     WHERE id = $1 AND enabled RETURNING failing_since",
+                )
+                .await
+                .map_err(db)?;
+            let row = tx.query_opt(&stmt, &[&attempt.webhook_id, &attempt.at]).await.map_err(db)?;
+            let since: Option<i64> = row.as_ref().map(|row| col(row, 0)).transpose()?;
+            Ok(since
+                .filter(|since| *since != 0 && attempt.at - since >= disable_after)
+                .map(|since| webhooks::failing_reason(since, attempt.at, disable_after)))
+        }
+    }
+}
+
+/// Writes an attempt to the delivery log and applies `outcome` to its message.
+async fn record_attempt(
+    tx: &deadpool_postgres::Transaction<'_>,
+    attempt: &Attempt,
+    outcome: Outcome,
+) -> Result<()> {
+    let (state, next) = match outcome {
+        Outcome::Delivered => ("delivered", 0),
+        Outcome::RetryAt(at) => ("pending", at),
+        Outcome::GaveUp | Outcome::Disable => ("failed", 0),
+    };
+    // An attempt that disabled its endpoint is logged so, whatever its status asked for.
+    let (logged, next_attempt_at) = match outcome {
+        Outcome::Disable => (Outcome::Disable.as_str(), 0),
+        _ => (attempt.outcome.as_str(), attempt.next_attempt_at),
+    };
+    let number = i64::from(attempt.attempt);
+    let status = i64::from(attempt.status);
+    let latency = i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX);
+    let log = tx
+        .prepare_cached(&format!(
+            "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .await
+        .map_err(db)?;
+    tx.execute(
+        &log,
+        &[
+            &attempt.message_id,
+            &attempt.webhook_id,
+            &attempt.event_type,
+            &number,
+            &attempt.at,
+            &status,
+            &latency,
+            &attempt.error,
+            &logged,
+            &next_attempt_at,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE webhook_messages SET state = $2, attempts = GREATEST(attempts, $3), \
+             next_attempt_at = $4, lease_until = 0 WHERE id = $1 AND state = 'pending'",
+        )
+        .await
+        .map_err(db)?;
+    tx.execute(&update, &[&attempt.message_id, &state, &number, &next]).await.map_err(db)?;
+    Ok(())
 }
 
 impl PostgresStore {
@@ -797,6 +942,8 @@ pub(crate) enum ColumnType {
     Integer,
     Text,
     Blob,
+    /// An INTEGER 0 or 1 in SQLite, a BOOLEAN in PostgreSQL.
+    Bool,
 }
 
 /// One value of a row to import; `None` is SQL NULL.
@@ -805,6 +952,7 @@ pub(crate) enum ImportValue {
     Integer(Option<i64>),
     Text(Option<String>),
     Blob(Option<Vec<u8>>),
+    Bool(Option<bool>),
 }
 
 impl ImportValue {
@@ -813,6 +961,7 @@ impl ImportValue {
             Self::Integer(v) => v,
             Self::Text(v) => v,
             Self::Blob(v) => v,
+            Self::Bool(v) => v,
         }
     }
 }
@@ -820,7 +969,7 @@ impl ImportValue {
 /// Every table of the store, with the columns a copy carries: the whole store but the heads of
 /// `feed_head`, which an import sets from the copied rows.
 pub(crate) const TABLES: &[(&str, &[(&str, ColumnType)])] = {
-    use ColumnType::{Blob, Integer, Text};
+    use ColumnType::{Blob, Bool, Integer, Text};
     &[
         (
             "consumers",
@@ -849,7 +998,13 @@ pub(crate) const TABLES: &[(&str, &[(&str, ColumnType)])] = {
         ),
         (
             "key_secrets",
-            &[("hash", Blob), ("key_id", Text), ("display_prefix", Text), ("expires_at", Integer)],
+            &[
+                ("hash", Blob),
+                ("key_id", Text),
+                ("display_prefix", Text),
+                ("expires_at", Integer),
+                ("last_used_at", Integer),
+            ],
         ),
         (
             "changes",
@@ -891,6 +1046,79 @@ pub(crate) const TABLES: &[(&str, &[(&str, ColumnType)])] = {
                 ("detail", Text),
             ],
         ),
+        (
+            "webhooks",
+            &[
+                ("pos", Integer),
+                ("id", Text),
+                ("url", Text),
+                ("events", Text),
+                ("enabled", Bool),
+                ("disabled_reason", Text),
+                ("nonce", Blob),
+                ("ciphertext", Blob),
+                ("master_version", Integer),
+                ("created_at", Integer),
+                ("previous_nonce", Blob),
+                ("previous_ciphertext", Blob),
+                ("previous_master_version", Integer),
+                ("previous_expires_at", Integer),
+                ("failing_since", Integer),
+            ],
+        ),
+        (
+            "webhook_messages",
+            &[
+                ("seq", Integer),
+                ("id", Text),
+                ("webhook_id", Text),
+                ("event_type", Text),
+                ("payload", Text),
+                ("created_at", Integer),
+                ("state", Text),
+                ("attempts", Integer),
+                ("next_attempt_at", Integer),
+                ("lease_until", Integer),
+            ],
+        ),
+        (
+            "webhook_attempts",
+            &[
+                ("seq", Integer),
+                ("message_id", Text),
+                ("webhook_id", Text),
+                ("event_type", Text),
+                ("attempt", Integer),
+                ("at", Integer),
+                ("status", Integer),
+                ("latency_ms", Integer),
+                ("error", Text),
+                ("outcome", Text),
+                ("next_attempt_at", Integer),
+            ],
+        ),
+        (
+            "quota_exhausted",
+            &[("consumer_id", Text), ("rule", Text), ("day", Integer), ("first_refused_at", Integer)],
+        ),
+        (
+            "rotation_policies",
+            &[("consumer_id", Text), ("key_id", Text), ("policy", Text), ("updated_at", Integer)],
+        ),
+        (
+            "lifecycle_notices",
+            &[("key_id", Text), ("generation", Integer), ("stage", Text), ("at", Integer), ("sent", Bool)],
+        ),
+        (
+            "pending_secrets",
+            &[
+                ("key_id", Text),
+                ("nonce", Blob),
+                ("ciphertext", Blob),
+                ("master_version", Integer),
+                ("created_at", Integer),
+            ],
+        ),
     ]
 };
 
@@ -912,6 +1140,8 @@ async fn roll_up_usage(w: &Writer<'_>, now: i64) -> Result<()> {
     let oldest = now - super::USAGE_RETENTION;
     w.execute("DELETE FROM subject_usage WHERE minute < $1", &[&oldest]).await?;
     w.execute("DELETE FROM limit_usage WHERE minute < $1", &[&oldest]).await?;
+    // No report may name these days any more: their refusals cannot come again.
+    w.execute("DELETE FROM quota_exhausted WHERE day < $1", &[&webhooks::day_start(oldest)]).await?;
     Ok(())
 }
 
@@ -986,14 +1216,20 @@ async fn import(pool: &Pool, tables: Vec<ImportTable>) -> Result<Vec<(&'static s
         }
         counts.push((table.name, u64::try_from(count).unwrap_or(0)));
     }
-    // New consumers and keys continue after the copied positions.
-    for table in ["consumers", "keys"] {
+    // New consumers, keys, endpoints, messages and attempts continue after the copied positions.
+    for (table, column) in [
+        ("consumers", "pos"),
+        ("keys", "pos"),
+        ("webhooks", "pos"),
+        ("webhook_messages", "seq"),
+        ("webhook_attempts", "seq"),
+    ] {
         writer
             .tx
             .execute(
                 &format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', 'pos'), COALESCE(MAX(pos), 0) + 1, false) \
-                     FROM {table}"
+                    "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), COALESCE(MAX({column}), 0) + 1, \
+                     false) FROM {table}"
                 ),
                 &[],
             )
@@ -1558,7 +1794,11 @@ impl Store for PostgresStore {
             let oldest = now - super::USAGE_RETENTION;
             let newest = now + 300;
             let mut skipped = 0u32;
-            for c in &report.counts {
+            let ctx = Ctx { actor: "usage-report".to_owned(), now };
+            // Oldest minute first: a day's quota.exhausted names the earliest refusal of the batch.
+            let mut counts: Vec<&crate::model::UsageCount> = report.counts.iter().collect();
+            counts.sort_by_key(|c| c.minute);
+            for c in counts {
                 let count = i64::try_from(c.count).unwrap_or(i64::MAX);
                 if c.minute < oldest || c.minute > newest || count == 0 {
                     skipped = skipped.saturating_add(1);
@@ -1586,6 +1826,18 @@ impl Store for PostgresStore {
                         .await?;
                     if added == 0 {
                         skipped = skipped.saturating_add(1);
+                        continue;
+                    }
+                    let first = w
+                        .execute(
+                            "INSERT INTO quota_exhausted (consumer_id, rule, day, first_refused_at)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_id, rule, day) DO NOTHING",
+                            &[&c.consumer_id, &c.rule, &webhooks::day_start(c.minute), &c.minute],
+                        )
+                        .await?;
+                    if first == 1 {
+                        let data = webhooks::quota_data(&c.consumer_id, &c.rule, c.minute);
+                        w.enqueue(&ctx, EventType::QuotaExhausted, &data).await?;
                     }
                     continue;
                 }
@@ -2009,7 +2261,8 @@ impl Store for PostgresStore {
             let stmt = tx
                 .prepare_cached(
                     "SELECT m.id, m.webhook_id, w.url, m.event_type, m.payload, m.attempts, \
-                     w.nonce, w.ciphertext, w.master_version \
+                     w.nonce, w.ciphertext, w.master_version, \
+                     w.previous_nonce, w.previous_ciphertext, w.previous_master_version, w.previous_expires_at \
                      FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id \
                      WHERE m.state = 'pending' AND m.next_attempt_at <= $1 AND m.lease_until <= $1 AND w.enabled \
                      ORDER BY m.seq LIMIT $2 FOR UPDATE OF m SKIP LOCKED",
@@ -2022,6 +2275,8 @@ impl Store for PostgresStore {
                 .map(|row| {
                     let sealed = sealed_from_row(row, 6)?
                         .ok_or_else(|| Error::Internal("database: a webhook has no secret".to_owned()))?;
+                    let previous_expires_at: i64 = col(row, 12)?;
+                    let previous = sealed_from_row(row, 9)?.filter(|_| previous_expires_at > now);
                     Ok(Outgoing {
                         message_id: col(row, 0)?,
                         webhook_id: col(row, 1)?,
@@ -2030,6 +2285,7 @@ impl Store for PostgresStore {
                         payload: col(row, 4)?,
                         attempts: small(row, 5)?,
                         sealed,
+                        previous,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -2044,64 +2300,27 @@ impl Store for PostgresStore {
         })
     }
 
-    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome, disable_after: i64) -> Result<()> {
         let attempt = attempt.clone();
         self.write(|pool| async move {
             let mut client = pool.get().await.map_err(pool_err)?;
-            let (state, next) = match outcome {
-                Outcome::Delivered => ("delivered", 0),
-                Outcome::RetryAt(at) => ("pending", at),
-                Outcome::GaveUp | Outcome::Disable => ("failed", 0),
-            };
-            let number = i64::from(attempt.attempt);
-            let status = i64::from(attempt.status);
-            let latency = i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX);
-            let log = format!(
-                "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            );
-            let log_params: [Param<'_>; 10] = [
-                &attempt.message_id,
-                &attempt.webhook_id,
-                &attempt.event_type,
-                &number,
-                &attempt.at,
-                &status,
-                &latency,
-                &attempt.error,
-                &attempt.outcome,
-                &attempt.next_attempt_at,
-            ];
-            let update = "UPDATE webhook_messages SET state = $2, attempts = GREATEST(attempts, $3), \
-                          next_attempt_at = $4, lease_until = 0 WHERE id = $1 AND state = 'pending'";
-            let update_params: [Param<'_>; 4] = [&attempt.message_id, &state, &number, &next];
             if outcome != Outcome::Disable {
-                // Not a Writer: bookkeeping takes no feed position and must not wait on the feed head.
+                // Not a Writer: bookkeeping takes no feed position and must not wait on the feed
+                // head, unless it disables the endpoint (audited).
                 let tx = client.transaction().await.map_err(db)?;
-                tx.execute(log.as_str(), &log_params).await.map_err(db)?;
-                tx.execute(update, &update_params).await.map_err(db)?;
-                tx.commit().await.map_err(db)?;
-                return Ok(Written { value: (), audited: 0 });
+                if note_attempt(&tx, &attempt, outcome, disable_after).await?.is_none() {
+                    record_attempt(&tx, &attempt, outcome).await?;
+                    tx.commit().await.map_err(db)?;
+                    return Ok(Written { value: (), audited: 0 });
+                }
+                // Rolled back when dropped: done again below, holding the feed head.
             }
             let mut w = Writer::begin(&mut client).await?;
-            w.execute(&log, &log_params).await?;
-            w.execute(update, &update_params).await?;
-            let reason = format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt);
-            let changed = w
-                .execute(
-                    "UPDATE webhooks SET enabled = FALSE, disabled_reason = $2 WHERE id = $1 AND enabled",
-                    &[&attempt.webhook_id, &reason],
-                )
-                .await?;
-            if changed > 0 {
-                let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: attempt.at };
-                w.audit(
-                    &ctx,
-                    "webhook.disable",
-                    "",
-                    "",
-                    serde_json::json!({ "webhook_id": attempt.webhook_id, "reason": reason }),
-                )
-                .await?;
+            let disable = note_attempt(&w.tx, &attempt, outcome, disable_after).await?;
+            let outcome = if disable.is_some() { Outcome::Disable } else { outcome };
+            record_attempt(&w.tx, &attempt, outcome).await?;
+            if let Some(reason) = disable {
+                w.disable_webhook(&attempt.webhook_id, &reason, attempt.at).await?;
             }
             w.commit(()).await
         })
@@ -2126,6 +2345,193 @@ impl Store for PostgresStore {
                 .iter()
                 .map(attempt_from_row)
                 .collect()
+        })
+    }
+
+    fn rotate_webhook_secret(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sealed: Sealed,
+        previous_expires_at: i64,
+    ) -> Result<Webhook> {
+        let (ctx, id) = (ctx.clone(), id.to_owned());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let version = i64::from(sealed.version);
+            // The right-hand sides read the row as it was: the current secret becomes the previous.
+            let keep = previous_expires_at > ctx.now;
+            let changed = if keep {
+                w.execute(
+                    "UPDATE webhooks SET previous_nonce = nonce, previous_ciphertext = ciphertext, \
+                     previous_master_version = master_version, previous_expires_at = $5, \
+                     nonce = $2, ciphertext = $3, master_version = $4 WHERE id = $1",
+                    &[&id, &&sealed.nonce[..], &sealed.ciphertext, &version, &previous_expires_at],
+                )
+                .await?
+            } else {
+                w.execute(
+                    "UPDATE webhooks SET previous_nonce = NULL, previous_ciphertext = NULL, \
+                     previous_master_version = 0, previous_expires_at = 0, \
+                     nonce = $2, ciphertext = $3, master_version = $4 WHERE id = $1",
+                    &[&id, &&sealed.nonce[..], &sealed.ciphertext, &version],
+                )
+                .await?
+            };
+            if changed == 0 {
+                return Err(Error::NotFound { what: "webhook", id: id.clone() });
+            }
+            w.audit(
+                &ctx,
+                "webhook.rotate_secret",
+                "",
+                "",
+                serde_json::json!({
+                    "webhook_id": id,
+                    "previous_expires_at": if keep { previous_expires_at } else { 0 },
+                }),
+            )
+            .await?;
+            let row = w
+                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&id])
+                .await?
+                .ok_or_else(|| Error::Internal("database: the rotated webhook is missing".to_owned()))?;
+            let hook = webhook_from_row(&row)?;
+            w.commit(hook).await
+        })
+    }
+
+    fn replay_webhook_messages(&self, ctx: &Ctx, since: i64, webhook_id: Option<&str>) -> Result<u64> {
+        let (ctx, webhook_id) = (ctx.clone(), webhook_id.map(str::to_owned));
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            if let Some(id) = &webhook_id {
+                let row = w.query_opt("SELECT enabled FROM webhooks WHERE id = $1", &[id]).await?;
+                match row.as_ref().map(|row| col::<bool>(row, 0)).transpose()? {
+                    None => return Err(Error::NotFound { what: "webhook", id: id.clone() }),
+                    Some(false) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "webhook {id:?} is disabled: nothing is delivered to it"
+                        )));
+                    }
+                    Some(true) => {}
+                }
+            }
+            // An attempt under way keeps its lease: it is the one that delivers the message again.
+            let requeued = w
+                .execute(
+                    "UPDATE webhook_messages SET state = 'pending', attempts = 0, next_attempt_at = $2 \
+                     WHERE created_at >= $1 AND ($3::TEXT IS NULL OR webhook_id = $3) \
+                     AND webhook_id IN (SELECT id FROM webhooks WHERE enabled)",
+                    &[&since, &ctx.now, &webhook_id],
+                )
+                .await?;
+            w.audit(
+                &ctx,
+                "webhook.replay",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": webhook_id, "since": since, "requeued": requeued }),
+            )
+            .await?;
+            w.commit(requeued).await
+        })
+    }
+
+    fn prune_webhooks(&self, before: i64, now: i64, limit: usize) -> Result<webhooks::Pruned> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            // Not a Writer: pruning takes no feed position and must not wait on the feed head.
+            let tx = client.transaction().await.map_err(db)?;
+            let limit = limit_param(limit);
+            // The outer conditions again: a row replayed meanwhile is re-checked and kept.
+            let messages = tx
+                .execute(
+                    "DELETE FROM webhook_messages WHERE created_at < $1 AND state <> 'pending' AND seq IN \
+                     (SELECT seq FROM webhook_messages WHERE created_at < $1 AND state <> 'pending' \
+                      ORDER BY created_at LIMIT $2)",
+                    &[&before, &limit],
+                )
+                .await
+                .map_err(db)?;
+            let attempts = tx
+                .execute(
+                    "DELETE FROM webhook_attempts WHERE seq IN \
+                     (SELECT seq FROM webhook_attempts WHERE at < $1 ORDER BY at LIMIT $2)",
+                    &[&before, &limit],
+                )
+                .await
+                .map_err(db)?;
+            let secrets = tx
+                .execute(
+                    "UPDATE webhooks SET previous_nonce = NULL, previous_ciphertext = NULL, \
+                     previous_master_version = 0, previous_expires_at = 0 \
+                     WHERE previous_ciphertext IS NOT NULL AND previous_expires_at <= $1",
+                    &[&now],
+                )
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(webhooks::Pruned { messages, attempts, secrets })
+        })
+    }
+
+    fn list_webhook_secrets(&self) -> Result<Vec<SealedSecret>> {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            let rows = client
+                .query(
+                    "SELECT id, nonce, ciphertext, master_version, \
+                     previous_nonce, previous_ciphertext, previous_master_version \
+                     FROM webhooks ORDER BY id COLLATE \"C\"",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in &rows {
+                let webhook_id: String = col(row, 0)?;
+                for (slot, first) in [(SecretSlot::Current, 1), (SecretSlot::Previous, 4)] {
+                    if let Some(sealed) = sealed_from_row(row, first)? {
+                        out.push(SealedSecret { webhook_id: webhook_id.clone(), slot, sealed });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        let updates = updates.to_vec();
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let w = Writer::begin(&mut client).await?;
+            let mut changed = 0usize;
+            for (webhook_id, slot, old_version, sealed) in &updates {
+                let (old, new) = (i64::from(*old_version), i64::from(sealed.version));
+                let sql = match slot {
+                    SecretSlot::Current => {
+                        "UPDATE webhooks SET nonce = $2, ciphertext = $3, master_version = $4 \
+                         WHERE id = $1 AND master_version = $5"
+                    }
+                    SecretSlot::Previous => {
+                        "UPDATE webhooks SET previous_nonce = $2, previous_ciphertext = $3, \
+                         previous_master_version = $4 \
+                         WHERE id = $1 AND previous_master_version = $5 AND previous_ciphertext IS NOT NULL"
+                    }
+                };
+                let n =
+                    w.execute(sql, &[webhook_id, &&sealed.nonce[..], &sealed.ciphertext, &new, &old]).await?;
+                changed += usize::try_from(n).unwrap_or(0);
+            }
+            w.commit(changed).await
         })
     }
 
@@ -2265,7 +2671,7 @@ mod tests {
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
             )
             .unwrap();
-        assert_eq!(versions.trim(), "1,2,3,4", "each migration applied once");
+        assert_eq!(versions.trim(), "1,2,3,4,5", "each migration applied once");
     }
 
     #[test]

@@ -24,15 +24,19 @@ use crate::model::{
     NewSigning, Rotation, SecretMatch, SigningAlgorithm, SigningLookup, SubjectUsage, UsageApplied,
     UsagePoint, UsageQuery, UsageReport,
 };
-use crate::webhooks::{self, Attempt, EventType, NewWebhook, Outcome, Outgoing, Webhook};
+use crate::webhooks::{
+    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook,
+};
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
 /// 4: cache purges on the change feed (`changes.detail`), hourly usage (`usage_hourly`), usage
 /// per JWT subject (`subject_usage`) and rate-limit refusals per consumer and rule
 /// (`limit_usage`). 5: webhooks (`webhooks`, the outbox `webhook_messages`, the delivery log
 /// `webhook_attempts`). 6: rotation policies and the lifecycle scheduler (`rotation_policies`,
-/// `lifecycle_notices`, `pending_secrets`, `leases`, `key_secrets.last_used_at`).
-const SCHEMA_VERSION: i64 = 6;
+/// `lifecycle_notices`, `pending_secrets`, `leases`, `key_secrets.last_used_at`). 7: webhook secret rotation and failing time (`webhooks.previous_*`,
+/// `webhooks.failing_since`), the days a consumer's quota ran out (`quota_exhausted`), and the
+/// indexes that pruning and replay read by time.
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS consumers (
@@ -161,7 +165,14 @@ CREATE TABLE IF NOT EXISTS webhooks (
     nonce           BLOB    NOT NULL,
     ciphertext      BLOB    NOT NULL,
     master_version  INTEGER NOT NULL,
-    created_at      INTEGER NOT NULL
+    created_at      INTEGER NOT NULL,
+    -- The secret before the last rotation, signing too until previous_expires_at.
+    previous_nonce          BLOB,
+    previous_ciphertext     BLOB,
+    previous_master_version INTEGER NOT NULL DEFAULT 0,
+    previous_expires_at     INTEGER NOT NULL DEFAULT 0,
+    -- The first of the attempts that have failed since the last success (0: not failing).
+    failing_since           INTEGER NOT NULL DEFAULT 0
 );
 -- The outbox: one message per event and subscribed endpoint, written with the mutation.
 -- state: pending | delivered | failed.
@@ -194,7 +205,29 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     next_attempt_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook ON webhook_attempts (webhook_id, seq);
+-- Pruning and replay read messages and attempts by time.
+CREATE INDEX IF NOT EXISTS webhook_messages_by_created ON webhook_messages (created_at);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_at ON webhook_attempts (at);
+-- The first rate-limit refusal of a consumer by a rule in a UTC day (`day`: its start), so that
+-- quota.exhausted is written once per consumer, rule and day.
+CREATE TABLE IF NOT EXISTS quota_exhausted (
+    consumer_id      TEXT    NOT NULL,
+    rule             TEXT    NOT NULL,
+    day              INTEGER NOT NULL,
+    first_refused_at INTEGER NOT NULL,
+    PRIMARY KEY (consumer_id, rule, day)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quota_exhausted_by_day ON quota_exhausted (day);
 ";
+
+/// Columns of `webhooks` added after version 5, with their declarations.
+const WEBHOOK_COLUMNS_V7: [(&str, &str); 5] = [
+    ("previous_nonce", "BLOB"),
+    ("previous_ciphertext", "BLOB"),
+    ("previous_master_version", "INTEGER NOT NULL DEFAULT 0"),
+    ("previous_expires_at", "INTEGER NOT NULL DEFAULT 0"),
+    ("failing_since", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const KEY_COLUMNS: &str = "pos, id, consumer_id, name, display_prefix, scopes, metadata, rate_limit, expires_at, \
      created_at, last_used_at, revoked_at, revoke_reason, previous_display_prefix, previous_expires_at, rotated_at, \
@@ -343,6 +376,20 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     }
     tx.execute_batch(lifecycle::SCHEMA).map_err(db)?;
     lifecycle::add_columns(&tx)?;
+    // A store made before version 7 has `webhooks` without the rotation and failing columns.
+    for (column, declaration) in WEBHOOK_COLUMNS_V7 {
+        let present: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('webhooks') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )
+            .map_err(db)?;
+        if present == 0 {
+            tx.execute_batch(&format!("ALTER TABLE webhooks ADD COLUMN {column} {declaration}"))
+                .map_err(db)?;
+        }
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db)?;
     tx.commit().map_err(db)
 }
@@ -552,6 +599,34 @@ fn enqueue_event(tx: &Transaction<'_>, ctx: &Ctx, event: EventType, data: &serde
     Ok(())
 }
 
+/// Disables an enabled endpoint, audits it as `webhook.disable` and tells the other enabled
+/// endpoints subscribed to `webhook.disabled`. Nothing when it is disabled already.
+fn disable_webhook(tx: &Transaction<'_>, webhook_id: &str, reason: &str, at: i64) -> Result<()> {
+    let url: Option<String> = tx
+        .query_row("SELECT url FROM webhooks WHERE id = ?1 AND enabled = 1", [webhook_id], |row| row.get(0))
+        .optional()
+        .map_err(db)?;
+    let Some(url) = url else {
+        return Ok(());
+    };
+    tx.execute(
+        "UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1",
+        params![webhook_id, reason],
+    )
+    .map_err(db)?;
+    let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: at };
+    record_audit(
+        tx,
+        &ctx,
+        "webhook.disable",
+        "",
+        "",
+        serde_json::json!({ "webhook_id": webhook_id, "url": url, "reason": reason }),
+    )?;
+    // Disabled first: the event goes to the others only.
+    enqueue_event(tx, &ctx, EventType::WebhookDisabled, &webhooks::disabled_data(webhook_id, &url, reason))
+}
+
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let events: Vec<String> = json_column(row, 2)?;
     let events = events
@@ -573,10 +648,13 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
         enabled: row.get(3)?,
         disabled_reason: row.get(4)?,
         created_at: row.get(5)?,
+        previous_secret_expires_at: row.get(6)?,
+        failing_since: row.get(7)?,
     })
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, events, enabled, disabled_reason, created_at";
+const WEBHOOK_COLUMNS: &str =
+    "id, url, events, enabled, disabled_reason, created_at, previous_expires_at, failing_since";
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
     Ok(Attempt {
@@ -626,6 +704,11 @@ fn roll_up_usage(tx: &Transaction<'_>, now: i64) -> Result<()> {
     tx.prepare_cached("DELETE FROM limit_usage WHERE minute < ?1")
         .map_err(db)?
         .execute([oldest])
+        .map_err(db)?;
+    // No report may name these days any more: their refusals cannot come again.
+    tx.prepare_cached("DELETE FROM quota_exhausted WHERE day < ?1")
+        .map_err(db)?
+        .execute([webhooks::day_start(oldest)])
         .map_err(db)?;
     Ok(())
 }
@@ -1213,7 +1296,17 @@ impl Store for SqliteStore {
                      ON CONFLICT (consumer_id, rule, minute) DO UPDATE SET count = count + excluded.count",
                 )
                 .map_err(db)?;
-            for c in &report.counts {
+            let mut first_refusal = tx
+                .prepare_cached(
+                    "INSERT INTO quota_exhausted (consumer_id, rule, day, first_refused_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (consumer_id, rule, day) DO NOTHING",
+                )
+                .map_err(db)?;
+            let ctx = Ctx { actor: "usage-report".to_owned(), now };
+            // Oldest minute first: a day's quota.exhausted names the earliest refusal of the batch.
+            let mut counts: Vec<&crate::model::UsageCount> = report.counts.iter().collect();
+            counts.sort_by_key(|c| c.minute);
+            for c in counts {
                 let count = i64::try_from(c.count).unwrap_or(i64::MAX);
                 if c.minute < oldest || c.minute > newest || count == 0 {
                     skipped = skipped.saturating_add(1);
@@ -1227,6 +1320,13 @@ impl Store for SqliteStore {
                     if add_limited.execute(params![c.consumer_id, c.rule, c.minute, count]).map_err(db)? == 0
                     {
                         skipped = skipped.saturating_add(1);
+                    } else if first_refusal
+                        .execute(params![c.consumer_id, c.rule, webhooks::day_start(c.minute), c.minute])
+                        .map_err(db)?
+                        == 1
+                    {
+                        let data = webhooks::quota_data(&c.consumer_id, &c.rule, c.minute);
+                        enqueue_event(tx, &ctx, EventType::QuotaExhausted, &data)?;
                     }
                     continue;
                 }
@@ -1653,7 +1753,8 @@ impl Store for SqliteStore {
                 let mut stmt = tx
                     .prepare_cached(
                         "SELECT m.id, m.webhook_id, w.url, m.event_type, m.payload, m.attempts, \
-                         w.nonce, w.ciphertext, w.master_version \
+                         w.nonce, w.ciphertext, w.master_version, \
+                         w.previous_nonce, w.previous_ciphertext, w.previous_master_version, w.previous_expires_at \
                          FROM webhook_messages m JOIN webhooks w ON w.id = m.webhook_id \
                          WHERE m.state = 'pending' AND m.next_attempt_at <= ?1 AND m.lease_until <= ?1 \
                          AND w.enabled = 1 ORDER BY m.seq LIMIT ?2",
@@ -1668,6 +1769,8 @@ impl Store for SqliteStore {
                                 "no webhook secret".into(),
                             )
                         })?;
+                        let previous_expires_at: i64 = row.get(12)?;
+                        let previous = sealed_from_row(row, 9)?.filter(|_| previous_expires_at > now);
                         Ok(Outgoing {
                             message_id: row.get(0)?,
                             webhook_id: row.get(1)?,
@@ -1676,6 +1779,7 @@ impl Store for SqliteStore {
                             payload: row.get(4)?,
                             attempts: row.get(5)?,
                             sealed,
+                            previous,
                         })
                     })
                     .map_err(db)?;
@@ -1691,56 +1795,74 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome) -> Result<()> {
+    fn finish_webhook_attempt(&self, attempt: &Attempt, outcome: Outcome, disable_after: i64) -> Result<()> {
         self.write(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-                ),
-                params![
-                    attempt.message_id,
-                    attempt.webhook_id,
-                    attempt.event_type,
-                    attempt.attempt,
-                    attempt.at,
-                    attempt.status,
-                    attempt.latency_ms,
-                    attempt.error,
-                    attempt.outcome,
-                    attempt.next_attempt_at
-                ],
-            )
+            // The endpoint's failing time, and whether this attempt disables it.
+            let mut disable = match outcome {
+                Outcome::Disable => {
+                    Some(format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt))
+                }
+                _ => None,
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    tx.prepare_cached("UPDATE webhooks SET failing_since = 0 WHERE id = ?1 AND failing_since != 0")
+                        .map_err(db)?
+                        .execute([&attempt.webhook_id])
+                        .map_err(db)?;
+                }
+                Outcome::RetryAt(_) | Outcome::GaveUp => {
+                    tx.prepare_cached("UPDATE webhooks SET failing_since = ?2 WHERE id = ?1 AND failing_since = 0")
+                        .map_err(db)?
+                        .execute(params![attempt.webhook_id, attempt.at])
+                        .map_err(db)?;
+                    let since: Option<i64> = tx
+                        .prepare_cached("SELECT failing_since FROM webhooks WHERE id = ?1 AND enabled = 1")
+                        .map_err(db)?
+                        .query_row([&attempt.webhook_id], |row| row.get(0))
+                        .optional()
+                        .map_err(db)?;
+                    if let Some(since) = since.filter(|since| *since != 0 && attempt.at - since >= disable_after) {
+                        disable = Some(webhooks::failing_reason(since, attempt.at, disable_after));
+                    }
+                }
+                Outcome::Disable => {}
+            }
+            let (outcome, logged, next_attempt_at) = match disable {
+                Some(_) => (Outcome::Disable, Outcome::Disable.as_str(), 0),
+                None => (outcome, attempt.outcome.as_str(), attempt.next_attempt_at),
+            };
+            tx.prepare_cached(&format!(
+                "INSERT INTO webhook_attempts ({ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))
+            .map_err(db)?
+            .execute(params![
+                attempt.message_id,
+                attempt.webhook_id,
+                attempt.event_type,
+                attempt.attempt,
+                attempt.at,
+                attempt.status,
+                attempt.latency_ms,
+                attempt.error,
+                logged,
+                next_attempt_at
+            ])
             .map_err(db)?;
             let (state, next) = match outcome {
                 Outcome::Delivered => ("delivered", 0),
                 Outcome::RetryAt(at) => ("pending", at),
                 Outcome::GaveUp | Outcome::Disable => ("failed", 0),
             };
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE webhook_messages SET state = ?2, attempts = MAX(attempts, ?3), next_attempt_at = ?4, \
                  lease_until = 0 WHERE id = ?1 AND state = 'pending'",
-                params![attempt.message_id, state, attempt.attempt, next],
             )
+            .map_err(db)?
+            .execute(params![attempt.message_id, state, attempt.attempt, next])
             .map_err(db)?;
-            if outcome == Outcome::Disable {
-                let reason = format!("the receiver answered {} at attempt {}", attempt.status, attempt.attempt);
-                let changed = tx
-                    .execute(
-                        "UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1 AND enabled = 1",
-                        params![attempt.webhook_id, reason],
-                    )
-                    .map_err(db)?;
-                if changed > 0 {
-                    let ctx = Ctx { actor: "webhook-delivery".to_owned(), now: attempt.at };
-                    record_audit(
-                        tx,
-                        &ctx,
-                        "webhook.disable",
-                        "",
-                        "",
-                        serde_json::json!({ "webhook_id": attempt.webhook_id, "reason": reason }),
-                    )?;
-                }
+            if let Some(reason) = disable {
+                disable_webhook(tx, &attempt.webhook_id, &reason, attempt.at)?;
             }
             Ok(())
         })
@@ -1757,6 +1879,193 @@ impl Store for SqliteStore {
             let rows =
                 stmt.query_map(params![webhook_id, limit_param(limit)], attempt_from_row).map_err(db)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn rotate_webhook_secret(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        sealed: Sealed,
+        previous_expires_at: i64,
+    ) -> Result<Webhook> {
+        self.write(|tx| {
+            let exists: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)", [id], |row| row.get(0))
+                .map_err(db)?;
+            if !exists {
+                return Err(Error::NotFound { what: "webhook", id: id.to_owned() });
+            }
+            // The right-hand sides read the row as it was: the current secret becomes the previous.
+            let keep = previous_expires_at > ctx.now;
+            if keep {
+                tx.execute(
+                    "UPDATE webhooks SET previous_nonce = nonce, previous_ciphertext = ciphertext, \
+                     previous_master_version = master_version, previous_expires_at = ?5, \
+                     nonce = ?2, ciphertext = ?3, master_version = ?4 WHERE id = ?1",
+                    params![id, &sealed.nonce[..], sealed.ciphertext, sealed.version, previous_expires_at],
+                )
+            } else {
+                tx.execute(
+                    "UPDATE webhooks SET previous_nonce = NULL, previous_ciphertext = NULL, \
+                     previous_master_version = 0, previous_expires_at = 0, \
+                     nonce = ?2, ciphertext = ?3, master_version = ?4 WHERE id = ?1",
+                    params![id, &sealed.nonce[..], sealed.ciphertext, sealed.version],
+                )
+            }
+            .map_err(db)?;
+            record_audit(
+                tx,
+                ctx,
+                "webhook.rotate_secret",
+                "",
+                "",
+                serde_json::json!({
+                    "webhook_id": id,
+                    "previous_expires_at": if keep { previous_expires_at } else { 0 },
+                }),
+            )?;
+            tx.query_row(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+                [id],
+                webhook_from_row,
+            )
+            .map_err(db)
+        })
+    }
+
+    fn replay_webhook_messages(&self, ctx: &Ctx, since: i64, webhook_id: Option<&str>) -> Result<u64> {
+        self.write(|tx| {
+            if let Some(id) = webhook_id {
+                let enabled: Option<bool> = tx
+                    .query_row("SELECT enabled FROM webhooks WHERE id = ?1", [id], |row| row.get(0))
+                    .optional()
+                    .map_err(db)?;
+                match enabled {
+                    None => return Err(Error::NotFound { what: "webhook", id: id.to_owned() }),
+                    Some(false) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "webhook {id:?} is disabled: nothing is delivered to it"
+                        )));
+                    }
+                    Some(true) => {}
+                }
+            }
+            // An attempt under way keeps its lease: it is the one that delivers the message again.
+            let requeued = tx
+                .execute(
+                    "UPDATE webhook_messages SET state = 'pending', attempts = 0, next_attempt_at = ?2 \
+                     WHERE created_at >= ?1 AND (?3 IS NULL OR webhook_id = ?3) \
+                     AND webhook_id IN (SELECT id FROM webhooks WHERE enabled = 1)",
+                    params![since, ctx.now, webhook_id],
+                )
+                .map_err(db)?;
+            record_audit(
+                tx,
+                ctx,
+                "webhook.replay",
+                "",
+                "",
+                serde_json::json!({ "webhook_id": webhook_id, "since": since, "requeued": requeued }),
+            )?;
+            u64::try_from(requeued).map_err(|e| Error::internal("counting replayed messages", e))
+        })
+    }
+
+    fn prune_webhooks(&self, before: i64, now: i64, limit: usize) -> Result<webhooks::Pruned> {
+        self.write(|tx| {
+            let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            let messages = tx
+                .prepare_cached(
+                    "DELETE FROM webhook_messages WHERE seq IN (SELECT seq FROM webhook_messages \
+                     WHERE created_at < ?1 AND state != 'pending' ORDER BY created_at LIMIT ?2)",
+                )
+                .map_err(db)?
+                .execute(params![before, limit_param(limit)])
+                .map_err(db)?;
+            let attempts = tx
+                .prepare_cached(
+                    "DELETE FROM webhook_attempts WHERE seq IN (SELECT seq FROM webhook_attempts \
+                     WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                )
+                .map_err(db)?
+                .execute(params![before, limit_param(limit)])
+                .map_err(db)?;
+            let secrets = tx
+                .prepare_cached(
+                    "UPDATE webhooks SET previous_nonce = NULL, previous_ciphertext = NULL, \
+                     previous_master_version = 0, previous_expires_at = 0 \
+                     WHERE previous_ciphertext IS NOT NULL AND previous_expires_at <= ?1",
+                )
+                .map_err(db)?
+                .execute([now])
+                .map_err(db)?;
+            Ok(webhooks::Pruned {
+                messages: count(messages),
+                attempts: count(attempts),
+                secrets: count(secrets),
+            })
+        })
+    }
+
+    fn list_webhook_secrets(&self) -> Result<Vec<SealedSecret>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, nonce, ciphertext, master_version, \
+                     previous_nonce, previous_ciphertext, previous_master_version FROM webhooks ORDER BY id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, sealed_from_row(row, 1)?, sealed_from_row(row, 4)?))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (webhook_id, current, previous) = row.map_err(db)?;
+                for (slot, sealed) in [(SecretSlot::Current, current), (SecretSlot::Previous, previous)] {
+                    if let Some(sealed) = sealed {
+                        out.push(SealedSecret { webhook_id: webhook_id.clone(), slot, sealed });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let mut changed = 0;
+            for (webhook_id, slot, old_version, sealed) in updates {
+                let sql = match slot {
+                    SecretSlot::Current => {
+                        "UPDATE webhooks SET nonce = ?2, ciphertext = ?3, master_version = ?4 \
+                         WHERE id = ?1 AND master_version = ?5"
+                    }
+                    SecretSlot::Previous => {
+                        "UPDATE webhooks SET previous_nonce = ?2, previous_ciphertext = ?3, \
+                         previous_master_version = ?4 \
+                         WHERE id = ?1 AND previous_master_version = ?5 AND previous_ciphertext IS NOT NULL"
+                    }
+                };
+                changed += tx
+                    .execute(
+                        sql,
+                        params![
+                            webhook_id,
+                            &sealed.nonce[..],
+                            sealed.ciphertext,
+                            sealed.version,
+                            old_version
+                        ],
+                    )
+                    .map_err(db)?;
+            }
+            Ok(changed)
         })
     }
 }
@@ -1813,6 +2122,52 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.list_changes(1, 10).unwrap().0[0].purge, Some(purge));
+    }
+
+    /// A store made by version 5 (webhooks without the rotation and failing columns) opens,
+    /// keeps its endpoints and their secrets, and rotates them.
+    #[test]
+    fn a_version_5_store_gains_the_webhook_columns_and_keeps_its_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE webhooks (pos INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, \
+                 url TEXT NOT NULL, events TEXT NOT NULL, enabled INTEGER NOT NULL DEFAULT 1, \
+                 disabled_reason TEXT NOT NULL DEFAULT '', nonce BLOB NOT NULL, ciphertext BLOB NOT NULL, \
+                 master_version INTEGER NOT NULL, created_at INTEGER NOT NULL);
+                 INSERT INTO webhooks (id, url, events, nonce, ciphertext, master_version, created_at)
+                 VALUES ('wh_old', 'https://h/', '[\"key.created\"]', x'030303030303030303030303', x'0102', 1, 5);
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let hooks = store.list_webhooks().unwrap();
+        assert_eq!(
+            (
+                hooks[0].id.as_str(),
+                hooks[0].created_at,
+                hooks[0].previous_secret_expires_at,
+                hooks[0].failing_since
+            ),
+            ("wh_old", 5, 0, 0)
+        );
+        let new = Sealed { version: 1, nonce: [4; 12], ciphertext: vec![9] };
+        store.rotate_webhook_secret(&ctx(), "wh_old", new, 2_000).unwrap();
+        let slots: Vec<(SecretSlot, Vec<u8>)> = store
+            .list_webhook_secrets()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.slot, s.sealed.ciphertext))
+            .collect();
+        assert_eq!(slots, [(SecretSlot::Current, vec![9]), (SecretSlot::Previous, vec![1, 2])]);
+        let version: i64 =
+            store.writer.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        assert_eq!(SqliteStore::open(&path).unwrap().list_webhooks().unwrap().len(), 1, "opens again");
     }
 
     #[test]

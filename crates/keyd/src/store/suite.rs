@@ -13,7 +13,7 @@ use crate::model::{
     NewConsumer, NewKey, NewSigning, PurgeTarget, Rotation, StoredSecret, UsageApplied, UsageCount,
     UsageQuery, UsageReport,
 };
-use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome, Outgoing};
+use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot};
 
 mod lifecycle;
 pub use lifecycle::*;
@@ -51,6 +51,12 @@ macro_rules! store_suite {
             expiring_keys_are_soonest_first_without_revoked_or_expired_ones,
             webhook_events_are_written_with_their_mutation_once_per_subscribed_endpoint,
             webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_endpoint,
+            a_rotated_webhook_secret_signs_beside_the_new_one_until_its_grace_ends,
+            webhook_secrets_current_and_previous_are_listed_and_resealed,
+            a_replay_queues_stored_messages_again_with_their_ids,
+            an_endpoint_failing_too_long_is_disabled_and_the_other_endpoints_are_told,
+            old_delivered_messages_and_attempts_are_pruned_in_batches,
+            quota_exhausted_is_written_once_per_consumer_rule_and_day,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
@@ -781,6 +787,9 @@ pub fn expiring_keys_are_soonest_first_without_revoked_or_expired_ones(store: &d
     assert_eq!(store.list_expiring_keys(2_000, 10_000, 1).unwrap().len(), 1);
 }
 
+/// The default `--webhooks-disable-after`, in seconds.
+const DISABLE_AFTER: i64 = 5 * 86_400;
+
 fn new_webhook(id: &str, events: &[EventType]) -> NewWebhook {
     NewWebhook {
         id: id.into(),
@@ -795,7 +804,11 @@ fn drain_outbox(store: &dyn Store, now: i64) -> Vec<Outgoing> {
     let claimed = store.claim_webhook_messages(now, now + 30, 1_000).unwrap();
     for message in &claimed {
         store
-            .finish_webhook_attempt(&attempt_of(message, now, 200, Outcome::Delivered), Outcome::Delivered)
+            .finish_webhook_attempt(
+                &attempt_of(message, now, 200, Outcome::Delivered),
+                Outcome::Delivered,
+                DISABLE_AFTER,
+            )
             .unwrap();
     }
     claimed
@@ -887,14 +900,18 @@ pub fn webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_end
     assert!(store.claim_webhook_messages(1_001, 1_031, 10).unwrap().is_empty());
 
     let retry = Outcome::RetryAt(1_005);
-    store.finish_webhook_attempt(&attempt_of(&first[0], 1_000, 500, retry), retry).unwrap();
+    store.finish_webhook_attempt(&attempt_of(&first[0], 1_000, 500, retry), retry, DISABLE_AFTER).unwrap();
     assert!(store.claim_webhook_messages(1_004, 1_034, 10).unwrap().is_empty(), "not due yet");
     let second = store.claim_webhook_messages(1_005, 1_035, 10).unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!((second[0].message_id.as_str(), second[0].attempts), (first[0].message_id.as_str(), 1));
 
     store
-        .finish_webhook_attempt(&attempt_of(&second[0], 1_005, 410, Outcome::Disable), Outcome::Disable)
+        .finish_webhook_attempt(
+            &attempt_of(&second[0], 1_005, 410, Outcome::Disable),
+            Outcome::Disable,
+            DISABLE_AFTER,
+        )
         .unwrap();
     let hook = store.list_webhooks().unwrap().remove(0);
     assert!(!hook.enabled);
@@ -916,4 +933,372 @@ pub fn webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_end
     assert!(store.list_webhooks().unwrap().is_empty());
     assert!(matches!(store.delete_webhook(&ctx(), "wh_a"), Err(Error::NotFound { .. })));
     assert_eq!(store.list_webhook_attempts(Some("wh_a"), 10).unwrap().len(), 2, "the log stays");
+}
+
+fn sealed(version: u32, byte: u8) -> Sealed {
+    Sealed { version, nonce: [byte; 12], ciphertext: vec![byte; 3] }
+}
+
+fn ctx_at(now: i64) -> Ctx {
+    Ctx { actor: "test".into(), now }
+}
+
+/// Events of `webhook_id` waiting in the outbox at `now` (claimed, then left to their lease).
+fn outbox_of(store: &dyn Store, webhook_id: &str, now: i64) -> Vec<Outgoing> {
+    let mut claimed = store.claim_webhook_messages(now, now + 1, 1_000).unwrap();
+    claimed.retain(|m| m.webhook_id == webhook_id);
+    claimed
+}
+
+/// A rotation keeps the old secret beside the new one, in every claim, until its grace ends;
+/// pruning then drops it. A rotation without grace keeps none, and an unknown endpoint is
+/// refused.
+pub fn a_rotated_webhook_secret_signs_beside_the_new_one_until_its_grace_ends(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+    let before = store.claim_webhook_messages(1_000, 1_001, 10).unwrap();
+    assert_eq!(
+        (before[0].sealed.ciphertext.as_slice(), before[0].previous.clone()),
+        (&[1u8, 2, 3][..], None)
+    );
+
+    let hook = store.rotate_webhook_secret(&ctx_at(1_100), "wh_a", sealed(1, 7), 1_200).unwrap();
+    assert_eq!((hook.id.as_str(), hook.previous_secret_expires_at), ("wh_a", 1_200));
+    let during = store.claim_webhook_messages(1_199, 1_200, 10).unwrap();
+    assert_eq!(during.len(), 1, "the message again, its lease over");
+    assert_eq!(during[0].sealed, sealed(1, 7), "the new secret signs first");
+    assert_eq!(during[0].previous, Some(Sealed { version: 1, nonce: [3; 12], ciphertext: vec![1, 2, 3] }));
+    // At the end of the grace the previous secret no longer signs, pruned or not.
+    let after = store.claim_webhook_messages(1_200, 1_201, 10).unwrap();
+    assert_eq!((after[0].sealed.clone(), after[0].previous.clone()), (sealed(1, 7), None));
+    let pruned = store.prune_webhooks(0, 1_199, 100).unwrap();
+    assert_eq!(pruned.secrets, 0, "still in its grace at 1199");
+    let pruned = store.prune_webhooks(0, 1_200, 100).unwrap();
+    assert_eq!((pruned.messages, pruned.attempts, pruned.secrets), (0, 0, 1));
+    assert_eq!(store.list_webhooks().unwrap()[0].previous_secret_expires_at, 0);
+    assert_eq!(store.list_webhook_secrets().unwrap().len(), 1);
+
+    // Rotating twice keeps only the secret just replaced; without grace, none.
+    store.rotate_webhook_secret(&ctx_at(1_300), "wh_a", sealed(1, 8), 1_400).unwrap();
+    store.rotate_webhook_secret(&ctx_at(1_310), "wh_a", sealed(1, 9), 1_500).unwrap();
+    let claimed = store.claim_webhook_messages(1_320, 1_321, 10).unwrap();
+    assert_eq!((claimed[0].sealed.clone(), claimed[0].previous.clone()), (sealed(1, 9), Some(sealed(1, 8))));
+    let hook = store.rotate_webhook_secret(&ctx_at(1_330), "wh_a", sealed(1, 10), 1_330).unwrap();
+    assert_eq!(hook.previous_secret_expires_at, 0);
+    let claimed = store.claim_webhook_messages(1_340, 1_341, 10).unwrap();
+    assert_eq!((claimed[0].sealed.clone(), claimed[0].previous.clone()), (sealed(1, 10), None));
+
+    let err = store.rotate_webhook_secret(&ctx(), "wh_none", sealed(1, 1), 2_000).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let rotations: Vec<serde_json::Value> = store
+        .list_audit(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "webhook.rotate_secret")
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(rotations.len(), 4, "{rotations:?}");
+    assert_eq!(rotations[0], serde_json::json!({ "webhook_id": "wh_a", "previous_expires_at": 1_200 }));
+    assert_eq!(rotations[3]["previous_expires_at"], 0);
+}
+
+/// Both of an endpoint's secrets are listed by slot and resealed only under the version read.
+pub fn webhook_secrets_current_and_previous_are_listed_and_resealed(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_b", &[EventType::KeyCreated])).unwrap();
+    store.rotate_webhook_secret(&ctx(), "wh_b", sealed(1, 5), 9_999).unwrap();
+    let first = Sealed { version: 1, nonce: [3; 12], ciphertext: vec![1, 2, 3] };
+    let secret = |id: &str, slot, sealed| SealedSecret { webhook_id: id.into(), slot, sealed };
+    assert_eq!(
+        store.list_webhook_secrets().unwrap(),
+        [
+            secret("wh_a", SecretSlot::Current, first.clone()),
+            secret("wh_b", SecretSlot::Current, sealed(1, 5)),
+            secret("wh_b", SecretSlot::Previous, first.clone()),
+        ]
+    );
+    let updates = [
+        ("wh_a".to_owned(), SecretSlot::Current, 1, sealed(2, 6)),
+        ("wh_b".to_owned(), SecretSlot::Previous, 1, sealed(2, 7)),
+        // Read under another version: left alone.
+        ("wh_b".to_owned(), SecretSlot::Current, 9, sealed(2, 8)),
+        // No previous secret to replace.
+        ("wh_a".to_owned(), SecretSlot::Previous, 0, sealed(2, 9)),
+    ];
+    assert_eq!(store.reseal_webhook_secrets(&updates).unwrap(), 2);
+    assert_eq!(
+        store.list_webhook_secrets().unwrap(),
+        [
+            secret("wh_a", SecretSlot::Current, sealed(2, 6)),
+            secret("wh_b", SecretSlot::Current, sealed(1, 5)),
+            secret("wh_b", SecretSlot::Previous, sealed(2, 7)),
+        ]
+    );
+    assert_eq!(store.reseal_webhook_secrets(&[]).unwrap(), 0);
+    // Signing secrets are another list.
+    assert!(store.list_sealed().unwrap().is_empty());
+}
+
+/// Replay puts delivered messages created since a time back in the outbox, due now, with their
+/// ids; of one endpoint or of every enabled one. Older ones, other endpoints' and disabled
+/// endpoints' stay as they are.
+pub fn a_replay_queues_stored_messages_again_with_their_ids(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_b", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx_at(1_000), new_key("key_1", "alice", 1)).unwrap();
+    store.create_key(&ctx_at(2_000), new_key("key_2", "bob", 2)).unwrap();
+    store.create_key(&ctx_at(3_000), new_key("key_3", "carol", 3)).unwrap();
+    let delivered = drain_outbox(store, 3_000);
+    assert_eq!(delivered.len(), 6);
+    assert!(drain_outbox(store, 9_000).is_empty());
+
+    assert_eq!(store.replay_webhook_messages(&ctx_at(5_000), 2_000, Some("wh_a")).unwrap(), 2);
+    let again = store.claim_webhook_messages(5_000, 5_030, 100).unwrap();
+    let mut ids: Vec<&str> = again.iter().map(|m| m.message_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = delivered
+        .iter()
+        .filter(|m| m.webhook_id == "wh_a" && !m.payload.contains("key_1"))
+        .map(|m| m.message_id.as_str())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "the same ids, wh_a's since 2000 only");
+    assert!(again.iter().all(|m| m.attempts == 0), "a fresh count of attempts");
+    for message in &again {
+        store
+            .finish_webhook_attempt(
+                &attempt_of(message, 5_000, 200, Outcome::Delivered),
+                Outcome::Delivered,
+                60,
+            )
+            .unwrap();
+    }
+
+    // Every enabled endpoint: a disabled one's messages stay.
+    let key_b = delivered.iter().find(|m| m.webhook_id == "wh_b").unwrap();
+    store
+        .finish_webhook_attempt(&attempt_of(key_b, 5_100, 410, Outcome::Disable), Outcome::Disable, 60)
+        .unwrap();
+    assert_eq!(store.replay_webhook_messages(&ctx_at(6_000), 1_000, None).unwrap(), 3);
+    let again = store.claim_webhook_messages(6_000, 6_030, 100).unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|m| m.webhook_id == "wh_a"));
+
+    let err = store.replay_webhook_messages(&ctx(), 1, Some("wh_b")).unwrap_err();
+    assert_eq!(err.to_string(), "webhook \"wh_b\" is disabled: nothing is delivered to it");
+    let err = store.replay_webhook_messages(&ctx(), 1, Some("wh_none")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let replays: Vec<serde_json::Value> = store
+        .list_audit(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "webhook.replay")
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        replays,
+        [
+            serde_json::json!({ "webhook_id": "wh_a", "since": 2_000, "requeued": 2 }),
+            serde_json::json!({ "webhook_id": null, "since": 1_000, "requeued": 3 }),
+        ]
+    );
+}
+
+/// Attempts that all fail from a first failure on disable the endpoint once `disable_after` has
+/// passed; a success in between starts the count again. The disabling is audited and the other
+/// enabled endpoints subscribed to `webhook.disabled` get an event; the endpoint itself does not.
+pub fn an_endpoint_failing_too_long_is_disabled_and_the_other_endpoints_are_told(store: &dyn Store) {
+    const LIMIT: i64 = 100;
+    store
+        .create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated, EventType::WebhookDisabled]))
+        .unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_b", &[EventType::WebhookDisabled])).unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_c", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx_at(1_000), new_key("key_1", "alice", 1)).unwrap();
+    let fail = |at: i64| {
+        let message = outbox_of(store, "wh_a", at).remove(0);
+        let retry = Outcome::RetryAt(at + 1);
+        store.finish_webhook_attempt(&attempt_of(&message, at, 500, retry), retry, LIMIT).unwrap();
+    };
+    let failing_since = || store.list_webhooks().unwrap()[0].failing_since;
+    fail(1_000);
+    assert_eq!(failing_since(), 1_000);
+    fail(1_050);
+    assert_eq!(failing_since(), 1_000, "the first failure counts");
+    // A success (of another message) ends the failing time.
+    store.create_key(&ctx_at(1_060), new_key("key_2", "bob", 2)).unwrap();
+    let second = outbox_of(store, "wh_a", 1_060).into_iter().find(|m| m.payload.contains("key_2")).unwrap();
+    store
+        .finish_webhook_attempt(
+            &attempt_of(&second, 1_060, 200, Outcome::Delivered),
+            Outcome::Delivered,
+            LIMIT,
+        )
+        .unwrap();
+    assert_eq!(failing_since(), 0);
+    fail(1_070);
+    fail(1_169);
+    assert!(store.list_webhooks().unwrap()[0].enabled, "99 s of failures");
+    assert!(outbox_of(store, "wh_b", 1_169).is_empty());
+    fail(1_170);
+
+    let hooks = store.list_webhooks().unwrap();
+    assert!(!hooks[0].enabled);
+    let reason = "every attempt has failed since 1970-01-01T00:17:50Z (100 s; endpoints failing for 100 s are \
+                  disabled)";
+    assert_eq!(hooks[0].disabled_reason, reason);
+    assert!(hooks[1].enabled && hooks[2].enabled);
+    let log = store.list_webhook_attempts(Some("wh_a"), 1).unwrap();
+    assert_eq!(
+        (log[0].status, log[0].outcome.as_str(), log[0].next_attempt_at),
+        (500, "endpoint_disabled", 0)
+    );
+    let audit: Vec<_> =
+        store.list_audit(0, 100).unwrap().into_iter().filter(|e| e.action == "webhook.disable").collect();
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0].actor.as_str(), audit[0].at), ("webhook-delivery", 1_170));
+    assert_eq!(audit[0].detail["reason"], reason);
+
+    let told = outbox_of(store, "wh_b", 1_170);
+    assert_eq!(told.len(), 1, "one webhook.disabled to wh_b");
+    assert_eq!(told[0].event_type, "webhook.disabled");
+    let body: serde_json::Value = serde_json::from_str(&told[0].payload).unwrap();
+    assert_eq!(
+        body["data"],
+        serde_json::json!({ "webhook_id": "wh_a", "url": "https://hooks.example.com/wh_a", "reason": reason })
+    );
+    assert!(outbox_of(store, "wh_a", 1_170).is_empty(), "disabled: nothing more");
+    assert!(
+        outbox_of(store, "wh_c", 1_170).iter().all(|m| m.event_type == "key.created"),
+        "wh_c is not subscribed to webhook.disabled"
+    );
+    // A 410 also tells the others.
+    let c_message = outbox_of(store, "wh_c", 1_200).remove(0);
+    store
+        .finish_webhook_attempt(
+            &attempt_of(&c_message, 1_200, 410, Outcome::Disable),
+            Outcome::Disable,
+            LIMIT,
+        )
+        .unwrap();
+    let told = outbox_of(store, "wh_b", 1_200);
+    let reasons: Vec<String> = told
+        .iter()
+        .map(|m| serde_json::from_str::<serde_json::Value>(&m.payload).unwrap()["data"]["reason"].to_string())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("answered 410")), "{reasons:?}");
+}
+
+/// Pruning deletes delivered and given-up messages created before the cut and log rows from
+/// before it, at most `limit` of each per call, and never a pending message.
+pub fn old_delivered_messages_and_attempts_are_pruned_in_batches(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    for (i, at) in [1_000, 1_001, 1_002, 5_000].into_iter().enumerate() {
+        let n = u8::try_from(i).unwrap() + 1;
+        store.create_key(&ctx_at(at), new_key(&format!("key_{n}"), "alice", n)).unwrap();
+    }
+    // key_1 and key_4 delivered, key_2 given up, key_3 still pending (its retry due later).
+    for message in store.claim_webhook_messages(5_000, 5_001, 100).unwrap() {
+        let outcome = if message.payload.contains("key_2") {
+            Outcome::GaveUp
+        } else if message.payload.contains("key_3") {
+            Outcome::RetryAt(99_999)
+        } else {
+            Outcome::Delivered
+        };
+        let at = if message.payload.contains("key_4") { 5_000 } else { 1_500 };
+        store
+            .finish_webhook_attempt(&attempt_of(&message, at, 200, outcome), outcome, DISABLE_AFTER)
+            .unwrap();
+    }
+    assert_eq!(store.list_webhook_attempts(None, 100).unwrap().len(), 4);
+
+    let pruned = store.prune_webhooks(2_000, 5_000, 1).unwrap();
+    assert_eq!((pruned.messages, pruned.attempts), (1, 1), "one of each per call at most");
+    let pruned = store.prune_webhooks(2_000, 5_000, 100).unwrap();
+    assert_eq!((pruned.messages, pruned.attempts), (1, 2));
+    assert_eq!(store.prune_webhooks(2_000, 5_000, 100).unwrap(), Default::default());
+    let log = store.list_webhook_attempts(None, 100).unwrap();
+    assert_eq!(log.iter().map(|a| a.at).collect::<Vec<_>>(), [5_000], "only the newer attempt is left");
+
+    // What is left: the pending key_3 (kept whatever its age) and the newer key_4; a replay
+    // from the beginning reaches those two only.
+    assert_eq!(store.replay_webhook_messages(&ctx_at(6_000), 1, None).unwrap(), 2);
+    let left = store.claim_webhook_messages(6_000, 6_001, 100).unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(["key_3", "key_4"].iter().all(|k| left.iter().any(|m| m.payload.contains(k))), "{left:?}");
+}
+
+/// One `quota.exhausted` per consumer, rule and UTC day, written by the report that brings the
+/// day's first refusal (naming its earliest minute), never by a batch sent again, later
+/// refusals of the day or refusals of an unknown consumer.
+pub fn quota_exhausted_is_written_once_per_consumer_rule_and_day(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_q", &[EventType::QuotaExhausted])).unwrap();
+    store.create_webhook(&ctx(), new_webhook("wh_k", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+    store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
+    drain_outbox(store, 1_000);
+    let limited = |consumer: &str, rule: &str, minute: i64, n: u64| UsageCount {
+        consumer_id: consumer.into(),
+        rule: rule.into(),
+        minute,
+        outcome: "limited".into(),
+        count: n,
+        ..Default::default()
+    };
+    let events = |now: i64| -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = drain_outbox(store, now)
+            .into_iter()
+            .map(|m| {
+                assert_eq!((m.webhook_id.as_str(), m.event_type.as_str()), ("wh_q", "quota.exhausted"));
+                serde_json::from_str::<serde_json::Value>(&m.payload).unwrap()["data"].clone()
+            })
+            .collect();
+        out.sort_by_key(|d| (d["consumer_id"].to_string(), d["day"].to_string(), d["rule"].to_string()));
+        out
+    };
+    let first = report(
+        "gw",
+        1,
+        vec![
+            limited("alice", "per-consumer", NOW, 3),
+            limited("alice", "per-consumer", NOW - 60, 1),
+            limited("alice", "burst", NOW, 1),
+            limited("nobody", "per-consumer", NOW, 5),
+            count("key_1", NOW, "allowed", 4),
+        ],
+    );
+    store.report_usage(&first, NOW).unwrap();
+    assert_eq!(
+        events(NOW),
+        [
+            serde_json::json!({ "consumer_id": "alice", "rule": "burst", "day": "2027-01-15",
+                                "first_refused_at": "2027-01-15T08:00:00Z" }),
+            serde_json::json!({ "consumer_id": "alice", "rule": "per-consumer", "day": "2027-01-15",
+                                "first_refused_at": "2027-01-15T07:59:00Z" }),
+        ]
+    );
+    // The same batch again, and more refusals the same day: nothing more.
+    store.report_usage(&first, NOW).unwrap();
+    let later = report("gw", 2, vec![limited("alice", "per-consumer", NOW + 60, 9)]);
+    store.report_usage(&later, NOW + 60).unwrap();
+    assert!(events(NOW + 60).is_empty());
+    // Another consumer the same day, and alice the next day (UTC): one each.
+    let next_day = NOW + 16 * 3_600;
+    let more = report(
+        "gw",
+        3,
+        vec![limited("bob", "per-consumer", NOW + 120, 1), limited("alice", "per-consumer", next_day, 2)],
+    );
+    store.report_usage(&more, next_day).unwrap();
+    let told = events(next_day);
+    let who: Vec<(&str, &str)> =
+        told.iter().map(|d| (d["consumer_id"].as_str().unwrap(), d["day"].as_str().unwrap())).collect();
+    assert_eq!(who, [("alice", "2027-01-16"), ("bob", "2027-01-15")]);
+    // The counts are kept as before.
+    let (_, limits) = store
+        .caller_usage(&UsageQuery { since: NOW - 3_600, until: next_day + 60, ..Default::default() })
+        .unwrap();
+    let alice: u64 = limits.iter().filter(|l| l.consumer_id == "alice").map(|l| l.limited).sum();
+    assert_eq!(alice, 3 + 1 + 1 + 9 + 2);
 }

@@ -7,6 +7,11 @@
 //! `concurrency` attempts run at once. A claimed message is leased for twice the attempt
 //! timeout and a little more: if this process dies mid-attempt, the message is claimed again
 //! (by any replica) when the lease ends, with the same `webhook-id`.
+//!
+//! An endpoint whose attempts have all failed for `disable_after` is disabled (see
+//! [`Store::finish_webhook_attempt`]). At most once per `prune_interval` the task deletes
+//! delivered and given-up messages and delivery-log rows older than `retention`, in batches, and
+//! drops previous secrets whose grace has ended.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +52,25 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// The PEM bundle of certificate authorities `https` endpoints are verified against.
     pub ca_file: PathBuf,
+    /// An endpoint whose attempts have all failed for this long is disabled.
+    pub disable_after: Duration,
+    /// Delivered and given-up messages, and delivery-log rows, are kept this long.
+    pub retention: Duration,
+    /// How often old rows are pruned.
+    pub prune_interval: Duration,
 }
+
+/// The default of `--webhooks-disable-after`: 5 days.
+pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 86_400);
+
+/// The default of `--webhooks-retention`: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+
+/// Rows one pruning transaction deletes at most (of messages, and of attempts).
+pub const PRUNE_BATCH: usize = 1_000;
+
+/// Pruning transactions one pruning round runs at most; the rest waits for the next round.
+const PRUNE_BATCHES: usize = 50;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -57,6 +80,9 @@ impl Default for Settings {
             concurrency: 8,
             poll_interval: Duration::from_secs(1),
             ca_file: PathBuf::from(DEFAULT_CA_FILE),
+            disable_after: DEFAULT_DISABLE_AFTER,
+            retention: DEFAULT_RETENTION,
+            prune_interval: Duration::from_secs(60),
         }
     }
 }
@@ -65,6 +91,10 @@ impl Settings {
     /// How long a claimed message stays leased to the attempt.
     pub fn lease(&self) -> Duration {
         self.timeout * 2 + Duration::from_secs(5)
+    }
+
+    fn disable_after_secs(&self) -> i64 {
+        i64::try_from(self.disable_after.as_secs()).unwrap_or(i64::MAX).max(1)
     }
 }
 
@@ -95,18 +125,38 @@ impl Deliverer {
         Self { store, master, clock, settings, tls, permits }
     }
 
-    /// Delivers until `stop` turns true.
+    /// Delivers (and prunes) until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let lease = i64::try_from(self.settings.lease().as_secs()).unwrap_or(60);
+        let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
+        let mut pruned_at: Option<Instant> = None;
+        // The last claim took as many messages as there were free slots: more may be due.
+        let mut more_due = false;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            if !more_due {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            } else if *stop.borrow() {
+                break;
+            }
+            // Beside delivery, so that a long prune never delays an attempt; one at a time.
+            let due = pruned_at.is_none_or(|at| at.elapsed() >= self.settings.prune_interval);
+            if due && pruning.as_ref().is_none_or(|p| p.is_finished()) {
+                pruned_at = Some(Instant::now());
+                pruning = Some(tokio::spawn(Arc::clone(&self).prune()));
+            }
+            // A free slot first: at capacity, the next claim waits for an attempt to end (a
+            // backlog is then sent as fast as attempts end, not a batch per poll).
+            let first = tokio::select! {
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
                 _ = stop.wait_for(|s| *s) => break,
-            }
-            let free = self.permits.available_permits();
-            if free == 0 {
-                continue;
-            }
+            };
+            let free = self.permits.available_permits() + 1;
             let now = self.clock.now();
             let claimed = match blocking(&self.store, move |s| {
                 s.claim_webhook_messages(now, now + lease, free)
@@ -116,12 +166,19 @@ impl Deliverer {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::warn!(error = %err, "webhooks: could not claim messages");
+                    more_due = false;
                     continue;
                 }
             };
+            more_due = claimed.len() == free;
+            let mut first = Some(first);
             for message in claimed {
-                let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                    return;
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&self.permits).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                 };
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
@@ -129,6 +186,43 @@ impl Deliverer {
                     drop(permit);
                 });
             }
+        }
+        if let Some(pruning) = pruning {
+            pruning.abort();
+        }
+    }
+
+    /// Deletes what is older than the retention, a batch per transaction, and previous secrets
+    /// whose grace has ended.
+    async fn prune(self: Arc<Self>) {
+        let retention = i64::try_from(self.settings.retention.as_secs()).unwrap_or(i64::MAX);
+        let mut total = super::Pruned::default();
+        for _ in 0..PRUNE_BATCHES {
+            let now = self.clock.now();
+            let before = now.saturating_sub(retention);
+            let pruned =
+                match blocking(&self.store, move |s| s.prune_webhooks(before, now, PRUNE_BATCH)).await {
+                    Ok(pruned) => pruned,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "webhooks: could not prune old messages");
+                        break;
+                    }
+                };
+            total.messages += pruned.messages;
+            total.attempts += pruned.attempts;
+            total.secrets += pruned.secrets;
+            let full = u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX);
+            if pruned.messages < full && pruned.attempts < full {
+                break;
+            }
+        }
+        if total != super::Pruned::default() {
+            tracing::info!(
+                messages = total.messages,
+                attempts = total.attempts,
+                previous_secrets = total.secrets,
+                "webhooks: pruned"
+            );
         }
     }
 
@@ -188,7 +282,10 @@ impl Deliverer {
             error = %record.error,
             "webhook attempt"
         );
-        if let Err(err) = blocking(&self.store, move |s| s.finish_webhook_attempt(&record, outcome)).await {
+        let disable_after = self.settings.disable_after_secs();
+        if let Err(err) =
+            blocking(&self.store, move |s| s.finish_webhook_attempt(&record, outcome, disable_after)).await
+        {
             // The lease runs out and the message is sent again: at least once.
             tracing::warn!(error = %err, "webhooks: could not record an attempt");
         }
@@ -198,8 +295,12 @@ impl Deliverer {
         let target = guard::parse(&message.url)?;
         let addrs = guard::resolve(&target, self.settings.allow_private).await?;
         let secret = self.master.open(&message.webhook_id, &message.sealed)?;
+        // During a secret rotation's grace, signed with the previous secret too.
+        let previous =
+            message.previous.as_ref().map(|p| self.master.open(&message.webhook_id, p)).transpose()?;
+        let secrets: Vec<&[u8]> = std::iter::once(secret.as_slice()).chain(previous.as_deref()).collect();
         let body = Bytes::from(message.payload.clone());
-        let signature = sign::signature(&secret, &message.message_id, at, &body)?;
+        let signature = sign::signatures(&secrets, &message.message_id, at, &body)?;
         let request = Request::post(target.path_and_query.as_str())
             .header("host", target.authority.as_str())
             .header("content-type", "application/json")
@@ -289,4 +390,94 @@ fn tls_connector(ca_file: &std::path::Path) -> std::result::Result<TlsConnector,
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::model::{Ctx, NewKey, StoredSecret};
+    use crate::store::SqliteStore;
+    use crate::webhooks::{EventType, NewWebhook};
+
+    /// A key.created written at `created` and delivered at `at`: one message and one
+    /// delivery-log row.
+    fn delivered_event(store: &dyn Store, n: u8, created: i64, at: i64) {
+        let ctx = Ctx { actor: "test".into(), now: created };
+        let key = NewKey {
+            id: format!("key_{n}"),
+            consumer: "alice".into(),
+            create_consumer: Some(crate::model::NewConsumer {
+                id: "alice".into(),
+                name: "alice".into(),
+                metadata: Default::default(),
+            }),
+            name: String::new(),
+            scopes: Vec::new(),
+            metadata: Default::default(),
+            rate_limit: None,
+            expires_at: 0,
+            secret: StoredSecret { hash: [n; 32], display_prefix: "tgk_x".into() },
+            signing: None,
+        };
+        store.create_key(&ctx, key).unwrap();
+        for message in store.claim_webhook_messages(created, created + 1, 10).unwrap() {
+            let attempt = Attempt {
+                message_id: message.message_id,
+                webhook_id: message.webhook_id,
+                event_type: message.event_type,
+                attempt: 1,
+                at,
+                status: 200,
+                latency_ms: 1,
+                error: String::new(),
+                outcome: "delivered".into(),
+                next_attempt_at: 0,
+            };
+            store.finish_webhook_attempt(&attempt, Outcome::Delivered, 60).unwrap();
+        }
+    }
+
+    /// The delivery task prunes what is older than the retention when it starts, then waits a
+    /// prune interval before it prunes again.
+    #[tokio::test]
+    async fn the_delivery_task_prunes_old_rows_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("keys.db")).unwrap());
+        let master = MasterKeys::parse(&format!("1:{}", "22".repeat(32))).unwrap();
+        let hook = NewWebhook {
+            id: "wh_a".into(),
+            url: "https://hooks.example.com/".into(),
+            events: vec![EventType::KeyCreated],
+            sealed: master.seal("wh_a", &[7; 32]).unwrap(),
+        };
+        store.create_webhook(&Ctx { actor: "test".into(), now: 1_000 }, hook).unwrap();
+        delivered_event(store.as_ref(), 1, 1_000, 1_000);
+        let settings = Settings {
+            poll_interval: Duration::from_millis(10),
+            retention: Duration::from_secs(100),
+            prune_interval: Duration::from_secs(3_600),
+            ..Settings::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_101));
+        let deliverer = Arc::new(Deliverer::new(Arc::clone(&store), master, clock, settings));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(&deliverer).run(stopped));
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.list_webhook_attempts(None, 10).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the first round did not prune");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ctx = Ctx { actor: "test".into(), now: 1_101 };
+        assert_eq!(store.replay_webhook_messages(&ctx, 1, None).unwrap(), 0, "the message is gone too");
+
+        // An attempt as old (of a message the task cannot claim first: due later by its clock),
+        // but the next round is an hour away: kept meanwhile.
+        delivered_event(store.as_ref(), 2, 5_000, 1_000);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.list_webhook_attempts(None, 10).unwrap().len(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 }

@@ -30,10 +30,14 @@ pub enum EventType {
     KeyExpiring,
     KeyExpired,
     KeyGraceEnded,
+
+    // About the webhooks themselves and about usage.
+    WebhookDisabled,
+    QuotaExhausted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::KeyCreated,
         EventType::KeyRotated,
         EventType::KeyRevoked,
@@ -42,6 +46,9 @@ impl EventType {
         EventType::KeyExpiring,
         EventType::KeyExpired,
         EventType::KeyGraceEnded,
+        // About the webhooks themselves and about usage.
+        EventType::WebhookDisabled,
+        EventType::QuotaExhausted,
     ];
 
     /// The event's name on the wire (`key.created`, ...).
@@ -55,6 +62,8 @@ impl EventType {
             Self::KeyExpiring => "key.expiring",
             Self::KeyExpired => "key.expired",
             Self::KeyGraceEnded => "key.grace_ended",
+            Self::WebhookDisabled => "webhook.disabled",
+            Self::QuotaExhausted => "quota.exhausted",
         }
     }
 
@@ -86,6 +95,11 @@ pub struct Webhook {
     /// Why delivery stopped (e.g. the receiver answered 410), when it did.
     pub disabled_reason: String,
     pub created_at: i64,
+    /// Until when the secret before the last rotation still signs too (0: there is none).
+    pub previous_secret_expires_at: i64,
+    /// When the first of the attempts that have failed since the last success was made (0: the
+    /// last attempt succeeded, or none was made).
+    pub failing_since: i64,
 }
 
 /// An endpoint to create; its secret already sealed under the master key.
@@ -110,6 +124,37 @@ pub struct Outgoing {
     /// Attempts made before this one.
     pub attempts: u32,
     pub sealed: Sealed,
+    /// The secret before the last rotation while its grace lasts: the attempt is signed with
+    /// both.
+    pub previous: Option<Sealed>,
+}
+
+/// Which of an endpoint's secrets a sealed value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SecretSlot {
+    Current,
+    /// The secret before the last rotation, kept until its grace ends.
+    Previous,
+}
+
+/// One of an endpoint's secrets, sealed under the master key (the endpoint id is the additional
+/// authenticated data of both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub webhook_id: String,
+    pub slot: SecretSlot,
+    pub sealed: Sealed,
+}
+
+/// What [`crate::store::Store::prune_webhooks`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Delivered and given-up messages.
+    pub messages: u64,
+    /// Delivery-log rows.
+    pub attempts: u64,
+    /// Previous secrets whose grace had ended.
+    pub secrets: u64,
 }
 
 /// What an attempt decided for its message.
@@ -179,6 +224,38 @@ pub fn key_data(key_id: &str, consumer_id: &str) -> serde_json::Value {
 /// The data of a consumer event.
 pub fn consumer_data(consumer_id: &str, name: &str) -> serde_json::Value {
     serde_json::json!({ "consumer_id": consumer_id, "name": name })
+}
+
+/// The data of a `webhook.disabled` event.
+pub fn disabled_data(webhook_id: &str, url: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({ "webhook_id": webhook_id, "url": url, "reason": reason })
+}
+
+/// The data of a `quota.exhausted` event: the consumer, the rule, the UTC day (`YYYY-MM-DD`)
+/// and the start of the minute the first refusal was counted in.
+pub fn quota_data(consumer_id: &str, rule: &str, first_refused_at: i64) -> serde_json::Value {
+    let day = rfc3339(first_refused_at);
+    serde_json::json!({
+        "consumer_id": consumer_id,
+        "rule": rule,
+        "day": day.get(..10).unwrap_or_default(),
+        "first_refused_at": rfc3339(first_refused_at),
+    })
+}
+
+/// The start of the UTC day of a Unix time.
+pub fn day_start(at: i64) -> i64 {
+    at - at.rem_euclid(86_400)
+}
+
+/// Why an endpoint whose attempts have failed since `failing_since` is disabled at `at`.
+pub fn failing_reason(failing_since: i64, at: i64, disable_after: i64) -> String {
+    format!(
+        "every attempt has failed since {} ({} s; endpoints failing for {} s are disabled)",
+        rfc3339(failing_since),
+        at - failing_since,
+        disable_after
+    )
 }
 
 /// A new endpoint id: `wh_` + 16 base62 characters.

@@ -41,6 +41,14 @@ pub fn signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result
     Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
+/// The `webhook-signature` header value signed with each of `secrets` (the current one first),
+/// space-separated: during a secret rotation a receiver holding either secret verifies it.
+pub fn signatures(secrets: &[&[u8]], id: &str, timestamp: i64, body: &[u8]) -> Result<String> {
+    let signed =
+        secrets.iter().map(|secret| signature(secret, id, timestamp, body)).collect::<Result<Vec<_>>>()?;
+    Ok(signed.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +70,22 @@ mod tests {
         assert_ne!(base, signature(&secret, "msg_2", 10, b"{}").unwrap());
         assert_ne!(base, signature(&secret, "msg_1", 11, b"{}").unwrap());
         assert_ne!(base, signature(&secret, "msg_1", 10, b"{ }").unwrap());
+    }
+
+    #[test]
+    fn two_secrets_give_two_space_separated_signatures_current_first() {
+        let (new, old) = ([1u8; 32], [2u8; 32]);
+        let both = signatures(&[&new, &old], "msg_1", 10, b"{}").unwrap();
+        let expected = format!(
+            "{} {}",
+            signature(&new, "msg_1", 10, b"{}").unwrap(),
+            signature(&old, "msg_1", 10, b"{}").unwrap()
+        );
+        assert_eq!(both, expected);
+        assert_eq!(
+            signatures(&[&new], "msg_1", 10, b"{}").unwrap(),
+            signature(&new, "msg_1", 10, b"{}").unwrap()
+        );
     }
 
     #[test]

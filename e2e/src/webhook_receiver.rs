@@ -1,6 +1,5 @@
-//! A webhook receiver for tests: a small Python server that answers each delivery as its plan
-//! says and verifies it with the independent Standard Webhooks implementation (the
-//! `standardwebhooks` package from PyPI, in the virtualenv `make envoy` makes).
+//! A webhook receiver in Python that verifies every delivery with the independent Standard
+//! Webhooks implementation (the `standardwebhooks` package from PyPI, in the virtualenv).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,36 +10,47 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::workspace_root;
+use crate::paths::workspace_root;
 
 /// The receiver: answers each POST as its plan says (`500`, `503:1` = 503 with `Retry-After: 1`,
-/// then 200 when the plan is used up), verifies the delivery with `standardwebhooks`, and prints
-/// one JSON line per request.
+/// then 200 when the plan is used up; `always:500` = 500 to every request), verifies the delivery
+/// with `standardwebhooks` against each line of the secret file, and prints one JSON line per
+/// request.
 const RECEIVER: &str = r#"
-import json, os, sys, threading
+import json, os, sys, threading, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from standardwebhooks import Webhook
 
 port_file, secret_file, plan = sys.argv[1], sys.argv[2], [s for s in sys.argv[3].split(",") if s]
+always = plan[0].partition("always:")[2] if plan and plan[0].startswith("always:") else ""
 lock = threading.Lock()
+
+def verify(secret, body, headers):
+    try:
+        Webhook(secret).verify(body, headers)
+        return True, ""
+    except Exception as e:
+        return False, repr(e)
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
+        received_at = time.time()
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            Webhook(open(secret_file).read().strip()).verify(body, headers)
-            verified, error = True, ""
-        except Exception as e:
-            verified, error = False, repr(e)
+        secrets = [line.strip() for line in open(secret_file).read().splitlines() if line.strip()]
+        results = [verify(secret, body, headers) for secret in secrets]
+        verified, error = results[0] if results else (False, "no secret")
         try:
             event = json.loads(body)
         except Exception:
             event = None
         with lock:
-            step = plan.pop(0) if plan else "200"
+            step = always or (plan.pop(0) if plan else "200")
             status, _, retry_after = step.partition(":")
             print(json.dumps({"id": headers.get("webhook-id"), "verified": verified, "error": error,
+                              "verified_by": [ok for ok, _ in results],
+                              "signature": headers.get("webhook-signature"),
+                              "received_at": received_at,
                               "event": event, "answered": int(status)}), flush=True)
         self.send_response(int(status))
         if retry_after:
@@ -51,29 +61,39 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class Server(ThreadingHTTPServer):
+    # The default backlog (5) drops connections the key service opens together (up to
+    # --webhooks-concurrency): they would be retried a second later by the kernel.
+    request_queue_size = 128
+
+server = Server(("127.0.0.1", 0), Handler)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.rename(port_file + ".tmp", port_file)
 server.serve_forever()
 "#;
 
+/// A running receiver; killed on drop. Each request it got is a JSON value: `id` (the
+/// `webhook-id`), `verified` (by the first secret of the secret file), `verified_by` (by each of
+/// its secrets), `error`, `signature` (the `webhook-signature` header), `received_at` (Unix
+/// seconds, fractional), `event` (the parsed body) and `answered` (the status it answered).
 pub struct WebhookReceiver {
     _child: Child,
     port: u16,
-    /// Where the receiver reads the endpoint secret it verifies with (write it after creating
-    /// the endpoint).
-    pub secret_file: PathBuf,
+    secret_file: PathBuf,
     seen: Arc<Mutex<Vec<Value>>>,
 }
 
 impl WebhookReceiver {
-    /// Starts the receiver (files in `dir`) answering as `plan` says.
+    /// Starts a receiver with its files in `dir` (one receiver per directory), answering as
+    /// `plan` says.
     pub async fn start(dir: &Path, plan: &str) -> WebhookReceiver {
+        std::fs::create_dir_all(dir).unwrap();
         let script = dir.join("receiver.py");
         std::fs::write(&script, RECEIVER).unwrap();
         let port_file = dir.join("receiver.port");
         let secret_file = dir.join("receiver.secret");
+        std::fs::write(&secret_file, "").unwrap();
         let python = workspace_root().join(".venv/bin/python");
         let mut child = Command::new(&python)
             .arg(&script)
@@ -108,7 +128,12 @@ impl WebhookReceiver {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    /// Every request received so far: `{"id", "verified", "error", "event", "answered"}`.
+    /// Verifies from now on with these secrets (`verified` is by the first).
+    pub fn trust(&self, secrets: &[&str]) {
+        std::fs::write(&self.secret_file, secrets.join("\n")).unwrap();
+    }
+
+    /// Everything received so far.
     pub fn seen(&self) -> Vec<Value> {
         self.seen.lock().unwrap().clone()
     }
