@@ -141,9 +141,14 @@ impl Feed {
         Ok((Self { shared, wake: Arc::new(wake), shutdown }, reader))
     }
 
-    /// Tells the reader that a mutation committed.
+    /// Tells the reader (and whoever follows [`Feed::commits`]) that a mutation committed.
     pub fn notify(&self) {
         self.wake.send_replace(());
+    }
+
+    /// Changes each time this process commits a mutation (see [`Feed::notify`]).
+    pub fn commits(&self) -> watch::Receiver<()> {
+        self.wake.subscribe()
     }
 
     /// The newest change the reader has read from the store: what streams are served up to. It

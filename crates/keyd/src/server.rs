@@ -299,6 +299,7 @@ pub async fn serve_all(
         metrics.clone(),
     )?;
     let lifecycle = tokio::spawn(scheduler.run(stop_rx.clone()));
+    let commits = feed.commits();
     let service = KeyServiceImpl::new(
         Arc::clone(&store),
         config.pepper,
@@ -314,7 +315,7 @@ pub async fn serve_all(
         Arc::clone(&config.clock),
         config.webhooks.clone(),
     ));
-    let delivery = tokio::spawn(deliverer.run(stop_rx.clone()));
+    let delivery = tokio::spawn(deliverer.run(stop_rx.clone(), commits));
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
     let dashboard_server = match dashboard_listener {
         Some(dashboard_listener) => {

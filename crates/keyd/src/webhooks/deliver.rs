@@ -125,8 +125,10 @@ impl Deliverer {
         Self { store, master, clock, settings, tls, permits }
     }
 
-    /// Delivers (and prunes) until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Delivers (and prunes) until `stop` turns true. `commits` (see [`crate::feed::Feed::commits`]) wakes it
+    /// when this process commits a change, so that a new event's first attempt does not wait for
+    /// the next poll; other replicas' events are found by the poll.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, mut commits: watch::Receiver<()>) {
         let lease = i64::try_from(self.settings.lease().as_secs()).unwrap_or(60);
         let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
         let mut pruned_at: Option<Instant> = None;
@@ -136,6 +138,8 @@ impl Deliverer {
             if !more_due {
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    // A sender gone (the feed stopped) leaves the poll.
+                    Ok(()) = commits.changed() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
             } else if *stop.borrow() {
@@ -462,7 +466,8 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_101));
         let deliverer = Arc::new(Deliverer::new(Arc::clone(&store), master, clock, settings));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(Arc::clone(&deliverer).run(stopped));
+        let (_commit, commits) = watch::channel(());
+        let task = tokio::spawn(Arc::clone(&deliverer).run(stopped, commits));
 
         let deadline = Instant::now() + Duration::from_secs(10);
         while !store.list_webhook_attempts(None, 10).unwrap().is_empty() {
