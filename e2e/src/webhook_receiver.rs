@@ -10,6 +10,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use tollgate_proto::v1::CreateWebhookRequest;
+
+use crate::keyd::Keyd;
 use crate::paths::workspace_root;
 
 /// The receiver: answers each POST as its plan says (`500`, `503:1` = 503 with `Retry-After: 1`,
@@ -126,6 +129,24 @@ impl WebhookReceiver {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Registers this receiver with `keyd` for `events` and trusts the endpoint's secret: the
+    /// endpoint's id and its secret.
+    pub async fn subscribe(&self, keyd: &Keyd, events: &[&str]) -> (String, String) {
+        let created = keyd
+            .admin_client()
+            .await
+            .create_webhook(CreateWebhookRequest {
+                url: self.url(),
+                events: events.iter().map(|e| e.to_string()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(created.secret.starts_with("whsec_"), "{}", created.secret);
+        self.trust(&[&created.secret]);
+        (created.webhook.unwrap().id, created.secret)
     }
 
     /// Verifies from now on with these secrets (`verified` is by the first).

@@ -14,8 +14,7 @@ use tollgate_e2e::{
     Value, WebhookReceiver, json, static_cluster,
 };
 use tollgate_proto::v1::{
-    CreateKeyRequest, CreateWebhookRequest, GetKeyRequest, KeyStatus, RotationMode, RotationPolicy,
-    SetRotationPolicyRequest,
+    CreateKeyRequest, GetKeyRequest, KeyStatus, RotationMode, RotationPolicy, SetRotationPolicyRequest,
 };
 
 const DAY: f64 = 86_400.0;
@@ -51,20 +50,6 @@ async fn keyd(dir: &Path, clock: &Clock) -> Keyd {
     ]
     .map(String::from);
     Keyd::start_with_args(dir.join("keyd"), &args).await
-}
-
-async fn subscribe(keyd: &Keyd, receiver: &WebhookReceiver, events: &[&str]) {
-    let created = keyd
-        .admin_client()
-        .await
-        .create_webhook(CreateWebhookRequest {
-            url: receiver.url(),
-            events: events.iter().map(|e| e.to_string()).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    receiver.trust(&[&created.secret]);
 }
 
 async fn new_key(keyd: &Keyd, consumer: &str) -> (String, String) {
@@ -135,7 +120,7 @@ async fn expiring_notices_arrive_once_per_stage_across_restarts_and_notify_mode_
     let clock = Clock::new(dir.path());
     let receiver = WebhookReceiver::start(dir.path(), "").await;
     let mut keyd = keyd(dir.path(), &clock).await;
-    subscribe(&keyd, &receiver, &["key.expiring", "key.expired"]).await;
+    receiver.subscribe(&keyd, &["key.expiring", "key.expired"]).await;
     let (k1, _) = new_key(&keyd, "alice").await;
     let (k2, _) = new_key(&keyd, "alice").await;
     // A consumer's policy covers both keys; notify mode.
@@ -227,7 +212,7 @@ async fn auto_rotation_at_max_age_keeps_the_old_secret_for_the_grace_then_envoy_
     let clock = Clock::new(dir.path());
     let receiver = WebhookReceiver::start(dir.path(), "").await;
     let keyd = keyd(dir.path(), &clock).await;
-    subscribe(&keyd, &receiver, &["key.expiring", "key.rotated", "key.grace_ended"]).await;
+    receiver.subscribe(&keyd, &["key.expiring", "key.rotated", "key.grace_ended"]).await;
     let echo = Echo::start();
     let envoy = gateway(&keyd, &echo).await;
     let (key_id, old) = new_key(&keyd, "carol").await;
@@ -333,7 +318,7 @@ async fn self_rotation_with_the_current_key_and_an_unused_previous_secret_ends_e
     let clock = Clock::new(dir.path());
     let receiver = WebhookReceiver::start(dir.path(), "").await;
     let keyd = keyd(dir.path(), &clock).await;
-    subscribe(&keyd, &receiver, &["key.rotated", "key.grace_ended"]).await;
+    receiver.subscribe(&keyd, &["key.rotated", "key.grace_ended"]).await;
     let echo = Echo::start();
     let envoy = gateway(&keyd, &echo).await;
     let (key_id, old) = new_key(&keyd, "dave").await;

@@ -35,19 +35,7 @@ async fn create_webhook(keyd: &Keyd, receiver: &Receiver, events: &[&str]) -> St
 
 /// Registers `receiver` for `events` and has it trust the secret; the id and the secret.
 async fn create_webhook_with_secret(keyd: &Keyd, receiver: &Receiver, events: &[&str]) -> (String, String) {
-    let created = keyd
-        .admin_client()
-        .await
-        .create_webhook(CreateWebhookRequest {
-            url: receiver.url(),
-            events: events.iter().map(|e| e.to_string()).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(created.secret.starts_with("whsec_"), "{}", created.secret);
-    receiver.trust(&[&created.secret]);
-    (created.webhook.unwrap().id, created.secret)
+    receiver.subscribe(keyd, events).await
 }
 
 async fn new_key(keyd: &Keyd, consumer: &str) -> String {

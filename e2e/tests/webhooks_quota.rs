@@ -11,7 +11,7 @@ use std::time::Duration;
 use tollgate_e2e::{
     Echo, Envoy, EnvoyOpts, Keyd, RawRequest, WebhookReceiver, eventually, json, wasm_filter, wasm_module,
 };
-use tollgate_proto::v1::{CreateWebhookRequest, GetConsumerRequest, GetUsageRequest};
+use tollgate_proto::v1::{GetConsumerRequest, GetUsageRequest};
 
 /// `n` requests with `key`, one after another; their statuses.
 async fn send(addr: SocketAddr, key: &str, n: usize) -> Vec<u16> {
@@ -37,14 +37,7 @@ async fn the_first_refusal_of_the_day_sends_one_quota_exhausted() {
     let receiver = WebhookReceiver::start(&dir.path().join("receiver"), "").await;
     let args = ["--webhooks-allow-private", "--webhooks-timeout", "2"].map(String::from);
     let keyd = Keyd::start_with_args(dir.path().join("keyd"), &args).await;
-    let created = keyd
-        .admin_client()
-        .await
-        .create_webhook(CreateWebhookRequest { url: receiver.url(), events: vec!["quota.exhausted".into()] })
-        .await
-        .unwrap()
-        .into_inner();
-    receiver.trust(&[&created.secret]);
+    receiver.subscribe(&keyd, &["quota.exhausted"]).await;
 
     let echo = Echo::start();
     let (_, key) = keyd.create_key("alice", &[]).await;

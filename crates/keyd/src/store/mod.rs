@@ -6,7 +6,7 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
-mod suite;
+pub(crate) mod suite;
 
 pub use migrate::StoreLocation;
 pub use postgres::PostgresStore;

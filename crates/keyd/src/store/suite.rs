@@ -71,6 +71,11 @@ macro_rules! store_suite {
 }
 pub(crate) use store_suite;
 
+/// The details of the audit entries of one action, oldest first.
+pub fn audit_details(store: &dyn Store, action: &str) -> Vec<serde_json::Value> {
+    store.list_audit(0, 1_000).unwrap().into_iter().filter(|e| e.action == action).map(|e| e.detail).collect()
+}
+
 pub fn ctx() -> Ctx {
     Ctx { actor: "test".into(), now: 1_000 }
 }
@@ -990,13 +995,7 @@ pub fn a_rotated_webhook_secret_signs_beside_the_new_one_until_its_grace_ends(st
 
     let err = store.rotate_webhook_secret(&ctx(), "wh_none", sealed(1, 1), 2_000).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
-    let rotations: Vec<serde_json::Value> = store
-        .list_audit(0, 100)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.action == "webhook.rotate_secret")
-        .map(|e| e.detail)
-        .collect();
+    let rotations = audit_details(store, "webhook.rotate_secret");
     assert_eq!(rotations.len(), 4, "{rotations:?}");
     assert_eq!(rotations[0], serde_json::json!({ "webhook_id": "wh_a", "previous_expires_at": 1_200 }));
     assert_eq!(rotations[3]["previous_expires_at"], 0);
@@ -1088,13 +1087,7 @@ pub fn a_replay_queues_stored_messages_again_with_their_ids(store: &dyn Store) {
     assert_eq!(err.to_string(), "webhook \"wh_b\" is disabled: nothing is delivered to it");
     let err = store.replay_webhook_messages(&ctx(), 1, Some("wh_none")).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
-    let replays: Vec<serde_json::Value> = store
-        .list_audit(0, 100)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.action == "webhook.replay")
-        .map(|e| e.detail)
-        .collect();
+    let replays = audit_details(store, "webhook.replay");
     assert_eq!(
         replays,
         [

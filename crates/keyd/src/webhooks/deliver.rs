@@ -400,7 +400,7 @@ fn tls_connector(ca_file: &std::path::Path) -> std::result::Result<TlsConnector,
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::model::{Ctx, NewKey, StoredSecret};
+    use crate::model::Ctx;
     use crate::store::SqliteStore;
     use crate::webhooks::{EventType, NewWebhook};
 
@@ -408,23 +408,7 @@ mod tests {
     /// delivery-log row.
     fn delivered_event(store: &dyn Store, n: u8, created: i64, at: i64) {
         let ctx = Ctx { actor: "test".into(), now: created };
-        let key = NewKey {
-            id: format!("key_{n}"),
-            consumer: "alice".into(),
-            create_consumer: Some(crate::model::NewConsumer {
-                id: "alice".into(),
-                name: "alice".into(),
-                metadata: Default::default(),
-            }),
-            name: String::new(),
-            scopes: Vec::new(),
-            metadata: Default::default(),
-            rate_limit: None,
-            expires_at: 0,
-            secret: StoredSecret { hash: [n; 32], display_prefix: "tgk_x".into() },
-            signing: None,
-        };
-        store.create_key(&ctx, key).unwrap();
+        store.create_key(&ctx, crate::store::suite::new_key(&format!("key_{n}"), "alice", n)).unwrap();
         for message in store.claim_webhook_messages(created, created + 1, 10).unwrap() {
             let attempt = Attempt {
                 message_id: message.message_id,
