@@ -921,6 +921,27 @@ impl PostgresStore {
         Ok(written.value)
     }
 
+    /// Replaces sealed secrets in one transaction: each row `(sql, id, version read, new value)`
+    /// runs `sql` with `$1` the id, `$2` and `$3` the new nonce and ciphertext, `$4` the new
+    /// master-key version and `$5` the version read (a row no longer under it is left alone).
+    /// Returns how many rows changed.
+    fn reseal_rows(&self, rows: Vec<(&'static str, String, u32, Sealed)>) -> Result<usize> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let w = Writer::begin(&mut client).await?;
+            let mut changed = 0usize;
+            for (sql, id, old_version, sealed) in &rows {
+                let (old, new) = (i64::from(*old_version), i64::from(sealed.version));
+                let n = w.execute(sql, &[id, &&sealed.nonce[..], &sealed.ciphertext, &new, &old]).await?;
+                changed += usize::try_from(n).unwrap_or(0);
+            }
+            w.commit(changed).await
+        })
+    }
+
     /// Copies whole tables into this store, which must be empty, in one transaction; verifies the
     /// count of each table before committing. Returns each table with its count.
     pub(crate) fn import(&self, tables: Vec<ImportTable>) -> Result<Vec<(&'static str, u64)>> {
@@ -2506,16 +2527,9 @@ impl Store for PostgresStore {
     }
 
     fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize> {
-        if updates.is_empty() {
-            return Ok(0);
-        }
-        let updates = updates.to_vec();
-        self.write(|pool| async move {
-            let mut client = pool.get().await.map_err(pool_err)?;
-            let w = Writer::begin(&mut client).await?;
-            let mut changed = 0usize;
-            for (webhook_id, slot, old_version, sealed) in &updates {
-                let (old, new) = (i64::from(*old_version), i64::from(sealed.version));
+        let rows = updates
+            .iter()
+            .map(|(webhook_id, slot, old_version, sealed)| {
                 let sql = match slot {
                     SecretSlot::Current => {
                         "UPDATE webhooks SET nonce = $2, ciphertext = $3, master_version = $4 \
@@ -2527,12 +2541,10 @@ impl Store for PostgresStore {
                          WHERE id = $1 AND previous_master_version = $5 AND previous_ciphertext IS NOT NULL"
                     }
                 };
-                let n =
-                    w.execute(sql, &[webhook_id, &&sealed.nonce[..], &sealed.ciphertext, &new, &old]).await?;
-                changed += usize::try_from(n).unwrap_or(0);
-            }
-            w.commit(changed).await
-        })
+                (sql, webhook_id.clone(), *old_version, sealed.clone())
+            })
+            .collect();
+        self.reseal_rows(rows)
     }
 
     fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
@@ -2598,27 +2610,11 @@ impl Store for PostgresStore {
     }
 
     fn reseal(&self, updates: &[(String, u32, Sealed)]) -> Result<usize> {
-        if updates.is_empty() {
-            return Ok(0);
-        }
-        let updates = updates.to_vec();
-        self.write(|pool| async move {
-            let mut client = pool.get().await.map_err(pool_err)?;
-            let w = Writer::begin(&mut client).await?;
-            let mut changed = 0usize;
-            for (key_id, old_version, sealed) in &updates {
-                let (old, new) = (i64::from(*old_version), i64::from(sealed.version));
-                let n = w
-                    .execute(
-                        "UPDATE signing_keys SET nonce = $2, ciphertext = $3, master_version = $4 \
-                         WHERE key_id = $1 AND master_version = $5",
-                        &[key_id, &&sealed.nonce[..], &sealed.ciphertext, &new, &old],
-                    )
-                    .await?;
-                changed += usize::try_from(n).unwrap_or(0);
-            }
-            w.commit(changed).await
-        })
+        const SQL: &str = "UPDATE signing_keys SET nonce = $2, ciphertext = $3, master_version = $4 \
+                           WHERE key_id = $1 AND master_version = $5";
+        self.reseal_rows(
+            updates.iter().map(|(id, old, sealed)| (SQL, id.clone(), *old, sealed.clone())).collect(),
+        )
     }
 }
 

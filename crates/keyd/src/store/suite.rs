@@ -107,6 +107,18 @@ fn count(key_id: &str, minute: i64, outcome: &str, count: u64) -> UsageCount {
     UsageCount { key_id: key_id.into(), minute, outcome: outcome.into(), count, ..Default::default() }
 }
 
+/// Requests a rate-limit rule refused to a consumer in a minute.
+fn limited(consumer: &str, rule: &str, minute: i64, n: u64) -> UsageCount {
+    UsageCount {
+        consumer_id: consumer.into(),
+        rule: rule.into(),
+        minute,
+        outcome: "limited".into(),
+        count: n,
+        ..Default::default()
+    }
+}
+
 fn report(gateway: &str, batch: u64, counts: Vec<UsageCount>) -> UsageReport {
     UsageReport { gateway: gateway.into(), batch, feed_seq: 7, counts }
 }
@@ -656,14 +668,6 @@ pub fn subjects_and_rate_limit_refusals_are_counted_and_read_for_a_window(store:
         subject: s.into(),
         minute,
         outcome: outcome.into(),
-        count: n,
-        ..Default::default()
-    };
-    let limited = |consumer: &str, rule: &str, minute: i64, n: u64| UsageCount {
-        consumer_id: consumer.into(),
-        rule: rule.into(),
-        minute,
-        outcome: "limited".into(),
         count: n,
         ..Default::default()
     };
@@ -1231,14 +1235,6 @@ pub fn quota_exhausted_is_written_once_per_consumer_rule_and_day(store: &dyn Sto
     store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
     store.create_key(&ctx(), new_key("key_2", "bob", 2)).unwrap();
     drain_outbox(store, 1_000);
-    let limited = |consumer: &str, rule: &str, minute: i64, n: u64| UsageCount {
-        consumer_id: consumer.into(),
-        rule: rule.into(),
-        minute,
-        outcome: "limited".into(),
-        count: n,
-        ..Default::default()
-    };
     let events = |now: i64| -> Vec<serde_json::Value> {
         let mut out: Vec<serde_json::Value> = drain_outbox(store, now)
             .into_iter()
