@@ -245,6 +245,7 @@ async fn grpc_calls_keys_audit_writes_and_the_feed_head_show_in_the_metrics() {
                 "code" => value.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
                 "operation" => value.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
                 "status" => ["active", "revoked", "expired"].contains(&value),
+                "transition" => ["expiring", "expired", "rotated", "grace_ended"].contains(&value),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 "version" => value == version,
                 _ => false,
