@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tollgate_e2e::{ADMIN_TOKEN, Keyd, Value, WebhookReceiver as Receiver, binary};
 use tollgate_proto::v1::{
     CreateKeyRequest, CreateWebhookRequest, ListWebhookDeliveriesRequest, ListWebhooksRequest,
-    RevokeKeyRequest, RotateWebhookSecretRequest,
+    RevokeKeyRequest, RotateWebhookSecretRequest, WebhookDelivery,
 };
 
 /// The key service, allowed to deliver to loopback, with a short attempt timeout.
@@ -41,6 +41,12 @@ async fn create_webhook_with_secret(keyd: &Keyd, receiver: &Receiver, events: &[
 async fn new_key(keyd: &Keyd, consumer: &str) -> String {
     let request = CreateKeyRequest { consumer: consumer.into(), create_consumer: true, ..Default::default() };
     keyd.admin_client().await.create_key(request).await.unwrap().into_inner().key.unwrap().id
+}
+
+/// The delivery log of one endpoint, newest first.
+async fn deliveries(keyd: &Keyd, webhook_id: String) -> Vec<WebhookDelivery> {
+    let request = ListWebhookDeliveriesRequest { webhook_id, limit: 10 };
+    keyd.admin_client().await.list_webhook_deliveries(request).await.unwrap().into_inner().deliveries
 }
 
 fn verified(seen: &[Value]) {
@@ -124,14 +130,7 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_answers_200() {
 
     // The log: three attempts, newest first; the first retry on the schedule, the second after
     // Retry-After.
-    let log = keyd
-        .admin_client()
-        .await
-        .list_webhook_deliveries(ListWebhookDeliveriesRequest { webhook_id, limit: 10 })
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries;
+    let log = deliveries(&keyd, webhook_id).await;
     let summary: Vec<(u32, u32, &str)> =
         log.iter().map(|d| (d.attempt, d.status, d.outcome.as_str())).collect();
     assert_eq!(summary, [(3, 200, "delivered"), (2, 503, "retry"), (1, 500, "retry")]);
@@ -168,14 +167,7 @@ async fn a_410_disables_the_endpoint_after_one_attempt() {
     new_key(&keyd, "bob").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(receiver.seen().len(), 1, "{:#?}", receiver.seen());
-    let log = keyd
-        .admin_client()
-        .await
-        .list_webhook_deliveries(ListWebhookDeliveriesRequest { webhook_id, limit: 10 })
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries;
+    let log = deliveries(&keyd, webhook_id).await;
     assert_eq!(log.len(), 1);
     assert_eq!((log[0].status, log[0].outcome.as_str()), (410, "endpoint_disabled"));
 }

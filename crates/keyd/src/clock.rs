@@ -99,6 +99,23 @@ impl Clock for OffsetFileClock {
     }
 }
 
+/// Unix seconds as a UTC calendar date and time: `(year, month, day, hour, minute, second)`.
+pub fn utc(at: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let days = at.div_euclid(86_400);
+    let secs = at.rem_euclid(86_400);
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs / 3_600, secs % 3_600 / 60, secs % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
