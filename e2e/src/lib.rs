@@ -87,6 +87,15 @@ pub(crate) async fn within<T>(
     tokio::time::timeout(timeout, exchange).await.map_err(|_| format!("timed out after {timeout:?}"))?
 }
 
+/// Waits until every worker of a gateway has ticked since a change-feed poll another worker
+/// applied: the poller refuses a revoked key at once, the other workers when their tick reads
+/// the feed record again, one poll interval later (docs/performance.md). A test that has seen
+/// the refusal on some connections waits this long before asserting it on every worker.
+pub async fn every_worker_ticked(poll_interval: std::time::Duration) {
+    // Slack for a tick that fires late on a loaded machine.
+    tokio::time::sleep(poll_interval + std::time::Duration::from_millis(300)).await;
+}
+
 /// Polls `check` every 50 ms until it returns `true` or `timeout` passes; returns whether it did.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
 where

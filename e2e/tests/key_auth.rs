@@ -4,10 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::{Echo, Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, Response, Value, eventually, json};
+use tollgate_e2e::{
+    Echo, Envoy, EnvoyOpts, HttpClient, Keyd, RawRequest, Response, Value, eventually, every_worker_ticked,
+    json,
+};
 use tollgate_proto::v1::{CreateKeyRequest, RotateKeyRequest, Scopes, UpdateKeyRequest};
 
 const WORKERS: u32 = 2;
+/// The gateway's change-feed poll interval.
+const POLL: Duration = Duration::from_millis(200);
 const STATS: &str = "wasmcustom.tollgate.key_auth.";
 
 struct Gateway {
@@ -33,7 +38,7 @@ impl Gateway {
         let echo = Echo::start();
         let keyd = Keyd::start_temp().await;
         let mut config = keyd.key_auth_config();
-        config["key_service"]["poll_interval"] = json!("200ms");
+        config["key_service"]["poll_interval"] = json!(format!("{}ms", POLL.as_millis()));
         tune(&mut config);
         let envoy = Envoy::start(opts(
             EnvoyOpts::new(echo.addr()).key_auth(config).keyd(keyd.addr()).workers(WORKERS),
@@ -203,8 +208,10 @@ async fn revoked_key_is_refused_on_every_worker_within_two_seconds() {
     .await;
     let took = revoked_at.elapsed();
     assert!(refused, "still accepted by some worker {took:?} after revocation");
-    // Every worker refuses it from now on.
-    assert!(gw.statuses("/", &key, 16).await.iter().all(|s| *s == 401));
+    // Every worker refuses it from now on (those the requests above missed after their tick).
+    every_worker_ticked(POLL).await;
+    let seen = gw.statuses("/", &key, 16).await;
+    assert!(seen.iter().all(|s| *s == 401), "{seen:?}");
     assert!(gw.stat_reaches("feed_invalidations_total", 1).await);
     eprintln!("revocation took effect on every worker after {took:?}");
 }
