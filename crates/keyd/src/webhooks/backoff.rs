@@ -1,7 +1,7 @@
 //! When to try a message again: an exponential schedule with jitter, or what the receiver's
 //! `Retry-After` asks for.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The delay before attempt `n + 1` after `n` failed attempts (index `n - 1`), before jitter.
 pub const SCHEDULE: [u64; 10] = [5, 30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800, 28_800];
@@ -28,10 +28,17 @@ pub fn delay(failed: u32, jitter: f64, retry_after: Option<Duration>) -> Option<
     Some(Duration::from_secs_f64(base as f64 * factor))
 }
 
-/// A `Retry-After` value in delay-seconds. (An HTTP-date is not understood: the schedule
-/// applies then.)
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date in any of the three
+/// forms a recipient must accept (IMF-fixdate, RFC 850, asctime), taken as the time from `now`
+/// (the wall clock: the receiver's date is in its time). A date already past asks for no delay;
+/// anything else is not understood and the schedule applies.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -59,8 +66,21 @@ mod tests {
     fn retry_after_replaces_the_schedule_up_to_a_cap() {
         assert_eq!(delay(1, 0.9, Some(Duration::from_secs(1))), Some(Duration::from_secs(1)));
         assert_eq!(delay(1, 0.9, Some(Duration::from_secs(999_999))), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_an_http_date() {
+        // 2015-10-21T07:28:00Z.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        let in_90s = Some(Duration::from_secs(90));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:30 GMT", now), in_90s);
+        assert_eq!(parse_retry_after("Wednesday, 21-Oct-15 07:29:30 GMT", now), in_90s, "RFC 850");
+        assert_eq!(parse_retry_after("Wed Oct 21 07:29:30 2015", now), in_90s, "asctime");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO), "past");
+        for bad in ["-1", "1.5", "", "soon", "Wed, 21 Oct 2015 25:00:00 GMT", "18446744073709551616"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
     }
 }

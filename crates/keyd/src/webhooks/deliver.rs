@@ -351,7 +351,7 @@ where
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(backoff::parse_retry_after);
+        .and_then(|v| backoff::parse_retry_after(v, std::time::SystemTime::now()));
     Ok(Answer { status: response.status().as_u16(), retry_after })
 }
 
