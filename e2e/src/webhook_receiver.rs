@@ -16,11 +16,12 @@ use crate::keyd::Keyd;
 use crate::paths::workspace_root;
 
 /// The receiver: answers each POST as its plan says (`500`, `503:1` = 503 with `Retry-After: 1`,
-/// then 200 when the plan is used up; `always:500` = 500 to every request), verifies the delivery
+/// `503:date+3` = 503 with `Retry-After` the HTTP-date three seconds from now, then 200 when the
+/// plan is used up; `always:500` = 500 to every request), verifies the delivery
 /// with `standardwebhooks` against each line of the secret file, and prints one JSON line per
 /// request.
 const RECEIVER: &str = r#"
-import json, os, sys, threading, time
+import email.utils, json, os, sys, threading, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from standardwebhooks import Webhook
 
@@ -56,6 +57,8 @@ class Handler(BaseHTTPRequestHandler):
                               "received_at": received_at,
                               "event": event, "answered": int(status)}), flush=True)
         self.send_response(int(status))
+        if retry_after.startswith("date+"):
+            retry_after = email.utils.formatdate(time.time() + int(retry_after[5:]), usegmt=True)
         if retry_after:
             self.send_header("Retry-After", retry_after)
         self.send_header("Content-Length", "0")

@@ -49,6 +49,15 @@ async fn deliveries(keyd: &Keyd, webhook_id: String) -> Vec<WebhookDelivery> {
     keyd.admin_client().await.list_webhook_deliveries(request).await.unwrap().into_inner().deliveries
 }
 
+/// Runs the `tollgate` CLI against `keyd` with the admin token.
+fn cli(keyd: &Keyd, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("tollgate"))
+        .args(["--server", &format!("http://{}", keyd.addr()), "--token", ADMIN_TOKEN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn verified(seen: &[Value]) {
     for delivery in seen {
         assert_eq!(delivery["verified"], true, "standardwebhooks refused a delivery: {delivery}");
@@ -117,32 +126,40 @@ async fn a_private_target_is_refused_unless_allowed() {
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_webhook_id_until_it_answers_200() {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(dir.path(), "500,503:1,200").await;
+    let receiver = Receiver::start(dir.path(), "500,503:1,503:date+4,200").await;
     let keyd = keyd(dir.path()).await;
     let webhook_id = create_webhook(&keyd, &receiver, &["key.created"]).await;
     new_key(&keyd, "alice").await;
-    let seen = receiver.wait_for("three attempts", Duration::from_secs(60), |seen| seen.len() >= 3).await;
+    let seen = receiver.wait_for("four attempts", Duration::from_secs(60), |seen| seen.len() >= 4).await;
     verified(&seen);
     let answered: Vec<i64> = seen.iter().map(|d| d["answered"].as_i64().unwrap()).collect();
-    assert_eq!(answered, [500, 503, 200]);
+    assert_eq!(answered, [500, 503, 503, 200]);
     let ids: BTreeSet<&str> = seen.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 1, "one webhook-id on every attempt: {seen:#?}");
 
-    // The log: three attempts, newest first; the first retry on the schedule, the second after
-    // Retry-After.
+    // The log: four attempts, newest first; the first retry on the schedule, the next two after
+    // Retry-After in seconds and as an HTTP-date.
     let log = deliveries(&keyd, webhook_id).await;
     let summary: Vec<(u32, u32, &str)> =
         log.iter().map(|d| (d.attempt, d.status, d.outcome.as_str())).collect();
-    assert_eq!(summary, [(3, 200, "delivered"), (2, 503, "retry"), (1, 500, "retry")]);
-    assert_eq!(log[1].next_attempt_at - log[1].at, 1, "Retry-After: 1 is honoured: {log:#?}");
-    let first_delay = log[2].next_attempt_at - log[2].at;
+    assert_eq!(summary, [(4, 200, "delivered"), (3, 503, "retry"), (2, 503, "retry"), (1, 500, "retry")]);
+    // The date has whole seconds (4 s ahead, truncated), read a moment after the receiver wrote it.
+    let dated = log[1].next_attempt_at - log[1].at;
+    assert!((2..=4).contains(&dated), "Retry-After as an HTTP-date 4 s ahead is honoured: {log:#?}");
+    let waited = seen[3]["received_at"].as_f64().unwrap() - seen[2]["received_at"].as_f64().unwrap();
+    assert!(waited >= 1.5, "the attempt after the dated 503 came {waited:.2} s after it");
+    assert_eq!(log[2].next_attempt_at - log[2].at, 1, "Retry-After: 1 is honoured: {log:#?}");
+    let first_delay = log[3].next_attempt_at - log[3].at;
     assert!((4..=6).contains(&first_delay), "the first retry is 5 s ± 20%: {log:#?}");
-    // Three sends, nothing more.
-    assert_eq!(receiver.seen().len(), 3);
+    // Four sends, nothing more.
+    assert_eq!(receiver.seen().len(), 4);
 }
 
+/// A 410 disables the endpoint after one attempt; `tollgate webhooks enable` turns it on again:
+/// what was sent while it was disabled is not kept for it, what comes after is delivered, and a
+/// replay sends the refused event again with its id.
 #[tokio::test]
-async fn a_410_disables_the_endpoint_after_one_attempt() {
+async fn a_410_disables_the_endpoint_after_one_attempt_until_it_is_enabled_again() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), "410").await;
     let keyd = keyd(dir.path()).await;
@@ -167,9 +184,41 @@ async fn a_410_disables_the_endpoint_after_one_attempt() {
     new_key(&keyd, "bob").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(receiver.seen().len(), 1, "{:#?}", receiver.seen());
-    let log = deliveries(&keyd, webhook_id).await;
+    let log = deliveries(&keyd, webhook_id.clone()).await;
     assert_eq!(log.len(), 1);
     assert_eq!((log[0].status, log[0].outcome.as_str()), (410, "endpoint_disabled"));
+
+    // Enabled again by the CLI (the receiver now answers 200).
+    let out = cli(&keyd, &["--json", "webhooks", "enable", &webhook_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((shown["enabled"].as_bool(), shown["disabled_reason"].as_str()), (Some(true), Some("")));
+    let carol = new_key(&keyd, "carol").await;
+    let seen = receiver.wait_for("carol's key", Duration::from_secs(30), |s| s.len() >= 2).await;
+    verified(&seen);
+    assert_eq!(
+        seen[1]["event"]["data"]["key_id"],
+        carol.as_str(),
+        "bob's key came while disabled: {seen:#?}"
+    );
+    // The refused event, sent again with its id.
+    let out = cli(&keyd, &["webhooks", "replay", "--since", "10m", "--webhook", &webhook_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = receiver.wait_for("the replay", Duration::from_secs(30), |s| s.len() >= 4).await;
+    verified(&seen);
+    let ids: Vec<&str> = seen.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert!(ids[2..].contains(&ids[0]), "alice's event again with its id: {seen:#?}");
+
+    // Disabled by hand: nothing is sent; the reason names who.
+    let out = cli(&keyd, &["webhooks", "disable", &webhook_id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("enabled: no (disabled by admin-token)"), "{stdout}");
+    let out = cli(&keyd, &["webhooks", "update", &webhook_id, "--url", "ftp://example.com/"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("url: scheme \"ftp\" is not http or https"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -332,11 +381,7 @@ async fn a_replay_sends_each_stored_event_again_with_its_id() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let out = std::process::Command::new(binary("tollgate"))
-        .args(["--server", &format!("http://{}", keyd.addr()), "--token", ADMIN_TOKEN])
-        .args(["webhooks", "replay", "--since", "10m", "--webhook", &webhook_id])
-        .output()
-        .unwrap();
+    let out = cli(&keyd, &["webhooks", "replay", "--since", "10m", "--webhook", &webhook_id]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("Queued 3 message(s) created since "), "{stdout}");
@@ -353,11 +398,7 @@ async fn a_replay_sends_each_stored_event_again_with_its_id() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.seen().len(), 6);
 
-    let out = std::process::Command::new(binary("tollgate"))
-        .args(["--server", &format!("http://{}", keyd.addr()), "--token", ADMIN_TOKEN])
-        .args(["webhooks", "replay", "--since", "tomorrow"])
-        .output()
-        .unwrap();
+    let out = cli(&keyd, &["webhooks", "replay", "--since", "tomorrow"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid time \"tomorrow\""));
 }

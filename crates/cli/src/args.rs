@@ -136,6 +136,35 @@ pub enum WebhooksCommand {
     },
     /// List endpoints.
     List,
+    /// Change an endpoint's URL, events or enabled state; what is not given stays.
+    Update {
+        /// Endpoint id (wh_...).
+        id: String,
+        /// A new target URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// The new event types (replacing the old ones). Repeat for several.
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Enable it (clears why it was disabled; its pending events are sent now).
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Disable it (nothing is delivered to it until it is enabled).
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Enable an endpoint (e.g. one disabled after failing): `update ID --enable`. Events from
+    /// while it was disabled were not kept for it: `replay --since … --webhook ID` sends those
+    /// it had before.
+    Enable {
+        /// Endpoint id (wh_...).
+        id: String,
+    },
+    /// Disable an endpoint: `update ID --disable`.
+    Disable {
+        /// Endpoint id (wh_...).
+        id: String,
+    },
     /// Delete an endpoint and its undelivered events.
     Delete {
         /// Endpoint id (wh_...).

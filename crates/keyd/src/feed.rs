@@ -484,6 +484,14 @@ mod tests {
         fn list_webhooks(&self) -> Result<Vec<crate::webhooks::Webhook>> {
             self.inner.list_webhooks()
         }
+        fn update_webhook(
+            &self,
+            ctx: &Ctx,
+            id: &str,
+            update: &crate::webhooks::WebhookUpdate,
+        ) -> Result<crate::webhooks::Webhook> {
+            self.inner.update_webhook(ctx, id, update)
+        }
         fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
             self.inner.delete_webhook(ctx, id)
         }

@@ -59,7 +59,7 @@ use crate::store::Store;
 
 /// The RPCs of the key service: the values of the gRPC `method` label besides
 /// [`UNKNOWN_METHOD`].
-pub const RPC_METHODS: [&str; 27] = [
+pub const RPC_METHODS: [&str; 28] = [
     "CreateConsumer",
     "GetConsumer",
     "ListConsumers",
@@ -80,6 +80,7 @@ pub const RPC_METHODS: [&str; 27] = [
     "PurgeCache",
     "CreateWebhook",
     "ListWebhooks",
+    "UpdateWebhook",
     "DeleteWebhook",
     "ListWebhookDeliveries",
     "SetRotationPolicy",
@@ -93,7 +94,7 @@ pub const RPC_METHODS: [&str; 27] = [
 pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// The values of the store `operation` label: the [`Store`] trait's methods.
-pub const STORE_OPERATIONS: [&str; 46] = [
+pub const STORE_OPERATIONS: [&str; 47] = [
     "create_consumer",
     "get_consumer",
     "list_consumers",
@@ -122,6 +123,7 @@ pub const STORE_OPERATIONS: [&str; 46] = [
     "reseal",
     "create_webhook",
     "list_webhooks",
+    "update_webhook",
     "delete_webhook",
     "claim_webhook_messages",
     "finish_webhook_attempt",

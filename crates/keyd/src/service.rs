@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::secrets::{self, Pepper};
 use crate::store::Store;
-use crate::webhooks::{self, NewWebhook};
+use crate::webhooks::{self, NewWebhook, WebhookUpdate};
 use crate::{convert, validate};
 
 /// Last-use times seen by VerifyKey, written to the store in batches so that verifying never
@@ -748,6 +748,36 @@ impl KeyService for KeyServiceImpl {
         }))
     }
 
+    async fn update_webhook(
+        &self,
+        request: Request<pb::UpdateWebhookRequest>,
+    ) -> Reply<pb::UpdateWebhookResponse> {
+        let ctx = self.ctx(&request);
+        let actor = ctx.actor.clone();
+        let req = request.into_inner();
+        validate::required("id", &req.id)?;
+        if let Some(url) = &req.url {
+            validate::required("url", url)?;
+            let target = webhooks::guard::parse(url)?;
+            webhooks::guard::resolve(&target, self.webhooks_allow_private).await?;
+        }
+        let events =
+            if req.events.is_empty() { None } else { Some(validate::webhook_events("events", &req.events)?) };
+        let update = WebhookUpdate { url: req.url, events, enabled: req.enabled };
+        if update == WebhookUpdate::default() {
+            return Err(Error::invalid("request", "changes nothing: give url, events or enabled").into());
+        }
+        let id = req.id;
+        // Wakes the delivery task: an endpoint enabled again sends what it had pending now.
+        let hook = self.mutate(move |s| s.update_webhook(&ctx, &id, &update)).await?;
+        tracing::info!(
+            target: "tollgate_keyd::audit", actor = %actor, action = "webhook.update",
+            webhook_id = %hook.id, enabled = hook.enabled,
+            "audit"
+        );
+        Ok(Response::new(pb::UpdateWebhookResponse { webhook: Some(convert::webhook_to_proto(hook)) }))
+    }
+
     async fn delete_webhook(
         &self,
         request: Request<pb::DeleteWebhookRequest>,
@@ -815,7 +845,7 @@ impl KeyService for KeyServiceImpl {
         let webhook_id = (!req.webhook_id.is_empty()).then_some(req.webhook_id);
         let logged = webhook_id.clone().unwrap_or_default();
         let requeued =
-            self.run(move |s| s.replay_webhook_messages(&ctx, since, webhook_id.as_deref())).await?;
+            self.mutate(move |s| s.replay_webhook_messages(&ctx, since, webhook_id.as_deref())).await?;
         tracing::info!(
             target: "tollgate_keyd::audit", actor = %actor, action = "webhook.replay",
             webhook_id = %logged, since, requeued,

@@ -84,3 +84,83 @@ async fn bad_rotations_and_replays_are_refused_naming_the_field() {
     assert_eq!(err.code(), Code::Unauthenticated);
     h.server.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_is_disabled_enabled_and_changed_and_bad_changes_are_refused_naming_the_field() {
+    let mut h = Harness::new().await;
+    let id = create_webhook(&mut h).await.webhook.unwrap().id;
+    let update =
+        |enabled: Option<bool>| pb::UpdateWebhookRequest { id: id.clone(), enabled, ..Default::default() };
+
+    let hook = h.client.update_webhook(h.server.admin(update(Some(false)))).await.unwrap().into_inner();
+    let hook = hook.webhook.unwrap();
+    assert!(!hook.enabled);
+    assert_eq!(hook.disabled_reason, "disabled by admin-token");
+    let hook = h.client.update_webhook(h.server.admin(update(Some(true)))).await.unwrap().into_inner();
+    let hook = hook.webhook.unwrap();
+    assert!(hook.enabled && hook.disabled_reason.is_empty(), "{hook:?}");
+    let request = pb::UpdateWebhookRequest {
+        id: id.clone(),
+        url: Some("https://192.0.2.11/moved".into()),
+        events: vec!["key.revoked".into(), "key.created".into()],
+        enabled: None,
+    };
+    let hook = h.client.update_webhook(h.server.admin(request)).await.unwrap().into_inner().webhook.unwrap();
+    assert_eq!(
+        (hook.url.as_str(), hook.events.as_slice()),
+        ("https://192.0.2.11/moved", &["key.revoked".to_owned(), "key.created".to_owned()][..])
+    );
+    assert!(hook.enabled);
+    let listed =
+        h.client.list_webhooks(h.server.admin(pb::ListWebhooksRequest {})).await.unwrap().into_inner();
+    assert_eq!(listed.webhooks, [hook]);
+
+    let with = |id: &str, url: Option<&str>, events: &[&str]| pb::UpdateWebhookRequest {
+        id: id.into(),
+        url: url.map(str::to_owned),
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
+        enabled: None,
+    };
+    let cases = [
+        (with("", None, &["key.created"]), Code::InvalidArgument, "id: is required"),
+        (
+            with(&id, None, &[]),
+            Code::InvalidArgument,
+            "request: changes nothing: give url, events or enabled",
+        ),
+        (with(&id, Some(""), &[]), Code::InvalidArgument, "url: is required"),
+        (
+            with(&id, Some("ftp://example.com/"), &[]),
+            Code::InvalidArgument,
+            "url: scheme \"ftp\" is not http or https",
+        ),
+        (with(&id, None, &["key.created", "key.gone"]), Code::InvalidArgument, ""),
+        (with("wh_none", None, &["key.created"]), Code::NotFound, "webhook \"wh_none\" not found"),
+    ];
+    for (request, code, message) in cases {
+        let err = h.client.update_webhook(h.server.admin(request)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        if message.is_empty() {
+            assert!(err.message().starts_with("events[1]: \"key.gone\" is not one of"), "{}", err.message());
+        } else {
+            assert_eq!(err.message(), message);
+        }
+    }
+    // A private target is refused as at creation.
+    let err = h
+        .client
+        .update_webhook(h.server.admin(with(&id, Some("http://127.0.0.1:9/"), &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("--webhooks-allow-private"), "{}", err.message());
+    // Nothing refused changed the endpoint.
+    let after =
+        h.client.list_webhooks(h.server.admin(pb::ListWebhooksRequest {})).await.unwrap().into_inner();
+    assert_eq!(after.webhooks, listed.webhooks);
+    // An admin call.
+    let data = h.server.dataplane_token.clone();
+    let err = h.client.update_webhook(with_token(update(Some(false)), &data)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    h.server.stop().await;
+}

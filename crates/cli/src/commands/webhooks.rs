@@ -1,10 +1,10 @@
-//! `tollgate webhooks …`: create, list and delete endpoints; read the delivery log; rotate an
-//! endpoint's secret; replay stored events.
+//! `tollgate webhooks …`: create, list, change (enable, disable) and delete endpoints; read the
+//! delivery log; rotate an endpoint's secret; replay stored events.
 
 use serde::Serialize;
 use tollgate_proto::v1::{
     CreateWebhookRequest, DeleteWebhookRequest, ListWebhookDeliveriesRequest, ListWebhooksRequest,
-    ReplayWebhooksRequest, RotateWebhookSecretRequest, Webhook, WebhookDelivery,
+    ReplayWebhooksRequest, RotateWebhookSecretRequest, UpdateWebhookRequest, Webhook, WebhookDelivery,
 };
 
 use crate::Output;
@@ -161,6 +161,17 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
                 )?;
             }
         }
+        WebhooksCommand::Update { id, url, events, enable, disable } => {
+            let enabled = if enable { Some(true) } else { disable.then_some(false) };
+            update(client, o, UpdateWebhookRequest { id, url, events, enabled }).await?;
+        }
+        WebhooksCommand::Enable { id } => {
+            update(client, o, UpdateWebhookRequest { id, enabled: Some(true), ..Default::default() }).await?;
+        }
+        WebhooksCommand::Disable { id } => {
+            update(client, o, UpdateWebhookRequest { id, enabled: Some(false), ..Default::default() })
+                .await?;
+        }
         WebhooksCommand::Delete { id } => {
             client.delete_webhook(DeleteWebhookRequest { id: id.clone() }).await?;
             if o.json {
@@ -197,6 +208,25 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Sends one change and prints the endpoint as it now is.
+async fn update(
+    client: &mut Client,
+    o: &mut Output<'_>,
+    request: UpdateWebhookRequest,
+) -> Result<(), CliError> {
+    let hook = client.update_webhook(request).await?.into_inner().webhook.unwrap_or_default();
+    if o.json {
+        output::write_json(o.out, &WebhookView::from(&hook))?;
+    } else {
+        writeln!(o.out, "id:      {}", hook.id)?;
+        writeln!(o.out, "url:     {}", hook.url)?;
+        writeln!(o.out, "events:  {}", hook.events.join(", "))?;
+        let enabled = if hook.enabled { "yes".to_owned() } else { format!("no ({})", hook.disabled_reason) };
+        writeln!(o.out, "enabled: {enabled}")?;
     }
     Ok(())
 }

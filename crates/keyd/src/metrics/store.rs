@@ -14,7 +14,9 @@ use crate::model::{
     UsagePoint, UsageQuery, UsageReport,
 };
 use crate::store::Store;
-use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook};
+use crate::webhooks::{
+    Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook, WebhookUpdate,
+};
 
 /// A [`Store`] that times the calls of the store it wraps (see [`Metrics::timed_store`]).
 pub struct TimedStore {
@@ -138,6 +140,9 @@ impl Store for TimedStore {
     }
     fn list_webhooks(&self) -> Result<Vec<Webhook>> {
         self.time("list_webhooks", |s| s.list_webhooks())
+    }
+    fn update_webhook(&self, ctx: &Ctx, id: &str, update: &WebhookUpdate) -> Result<Webhook> {
+        self.time("update_webhook", |s| s.update_webhook(ctx, id, update))
     }
     fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()> {
         self.time("delete_webhook", |s| s.delete_webhook(ctx, id))
@@ -289,6 +294,7 @@ mod tests {
         };
         let _ = store.create_webhook(&ctx, hook);
         let _ = store.list_webhooks();
+        let _ = store.update_webhook(&ctx, "wh", &WebhookUpdate::default());
         let _ = store.delete_webhook(&ctx, "wh");
         let _ = store.claim_webhook_messages(1_000, 1_030, 10);
         let attempt = Attempt {

@@ -20,7 +20,9 @@ use crate::model::{
     KeyFilter, KeyPatch, KeyUsage, LimitUsage, Lookup, NewConsumer, NewKey, Rotation, SigningLookup,
     SubjectUsage, UsageApplied, UsagePoint, UsageQuery, UsageReport,
 };
-use crate::webhooks::{Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook};
+use crate::webhooks::{
+    Attempt, NewWebhook, Outcome, Outgoing, Pruned, SealedSecret, SecretSlot, Webhook, WebhookUpdate,
+};
 
 /// Opens the store at `location` (creating or migrating its schema).
 pub fn open(location: &StoreLocation) -> Result<std::sync::Arc<dyn Store>> {
@@ -134,6 +136,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_webhook(&self, ctx: &Ctx, hook: NewWebhook) -> Result<Webhook>;
     /// Every endpoint, oldest first.
     fn list_webhooks(&self) -> Result<Vec<Webhook>>;
+    /// Applies `update` to an endpoint (audited as `webhook.update`; see [`WebhookUpdate`]).
+    /// Fails with `NotFound` when there is no such endpoint.
+    fn update_webhook(&self, ctx: &Ctx, id: &str, update: &WebhookUpdate) -> Result<Webhook>;
     /// Deletes an endpoint and its undelivered messages (audited); its delivery log stays.
     fn delete_webhook(&self, ctx: &Ctx, id: &str) -> Result<()>;
     /// Claims up to `limit` messages due at `now` of enabled endpoints, oldest first: each is

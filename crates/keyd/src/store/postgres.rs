@@ -56,7 +56,7 @@ use crate::model::{
     UsagePoint, UsageQuery, UsageReport,
 };
 use crate::webhooks::{
-    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook,
+    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook, WebhookUpdate,
 };
 
 /// Schema migrations, applied in order once each. Version 1 is the SQLite store's schema 4.
@@ -2244,6 +2244,52 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db)?;
             client.query(&stmt, &[]).await.map_err(db)?.iter().map(webhook_from_row).collect()
+        })
+    }
+
+    fn update_webhook(&self, ctx: &Ctx, id: &str, update: &WebhookUpdate) -> Result<Webhook> {
+        let (ctx, id, update) = (ctx.clone(), id.to_owned(), update.clone());
+        self.write(|pool| async move {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            let mut w = Writer::begin(&mut client).await?;
+            let Some(row) =
+                w.query_opt("SELECT enabled FROM webhooks WHERE id = $1 FOR UPDATE", &[&id]).await?
+            else {
+                return Err(Error::NotFound { what: "webhook", id: id.clone() });
+            };
+            let was_enabled: bool = col(&row, 0)?;
+            // The right-hand sides read the row as it was.
+            w.execute(
+                "UPDATE webhooks SET url = COALESCE($2, url), events = COALESCE($3, events), \
+                 enabled = COALESCE($4, enabled), \
+                 disabled_reason = CASE WHEN $4 IS NULL OR $4 = enabled THEN disabled_reason \
+                 WHEN $4 THEN '' ELSE $5 END, \
+                 failing_since = CASE WHEN $4 AND NOT enabled THEN 0 ELSE failing_since END \
+                 WHERE id = $1",
+                &[
+                    &id,
+                    &update.url,
+                    &update.events_json(),
+                    &update.enabled,
+                    &WebhookUpdate::disabled_reason(&ctx.actor),
+                ],
+            )
+            .await?;
+            if update.enabled == Some(true) && !was_enabled {
+                w.execute(
+                    "UPDATE webhook_messages SET next_attempt_at = $2 \
+                     WHERE webhook_id = $1 AND state = 'pending' AND next_attempt_at > $2",
+                    &[&id, &ctx.now],
+                )
+                .await?;
+            }
+            w.audit(&ctx, "webhook.update", "", "", update.audit_detail(&id, was_enabled)).await?;
+            let row = w
+                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&id])
+                .await?
+                .ok_or_else(|| Error::Internal("database: the updated webhook is missing".to_owned()))?;
+            let hook = webhook_from_row(&row)?;
+            w.commit(hook).await
         })
     }
 

@@ -25,7 +25,7 @@ use crate::model::{
     UsagePoint, UsageQuery, UsageReport,
 };
 use crate::webhooks::{
-    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook,
+    self, Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, Webhook, WebhookUpdate,
 };
 
 /// 2: signing material (`signing_keys`). 3: usage (`usage`, `usage_batches`, `gateways`).
@@ -1720,6 +1720,50 @@ impl Store for SqliteStore {
                 tx.prepare(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY pos")).map_err(db)?;
             let rows = stmt.query_map([], webhook_from_row).map_err(db)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        })
+    }
+
+    fn update_webhook(&self, ctx: &Ctx, id: &str, update: &WebhookUpdate) -> Result<Webhook> {
+        self.write(|tx| {
+            let was_enabled: Option<bool> = tx
+                .query_row("SELECT enabled FROM webhooks WHERE id = ?1", [id], |row| row.get(0))
+                .optional()
+                .map_err(db)?;
+            let Some(was_enabled) = was_enabled else {
+                return Err(Error::NotFound { what: "webhook", id: id.to_owned() });
+            };
+            // The right-hand sides read the row as it was.
+            tx.execute(
+                "UPDATE webhooks SET url = COALESCE(?2, url), events = COALESCE(?3, events), \
+                 enabled = COALESCE(?4, enabled), \
+                 disabled_reason = CASE WHEN ?4 IS NULL OR ?4 = enabled THEN disabled_reason \
+                 WHEN ?4 THEN '' ELSE ?5 END, \
+                 failing_since = CASE WHEN ?4 AND NOT enabled THEN 0 ELSE failing_since END \
+                 WHERE id = ?1",
+                params![
+                    id,
+                    update.url,
+                    update.events_json(),
+                    update.enabled,
+                    WebhookUpdate::disabled_reason(&ctx.actor)
+                ],
+            )
+            .map_err(db)?;
+            if update.enabled == Some(true) && !was_enabled {
+                tx.execute(
+                    "UPDATE webhook_messages SET next_attempt_at = ?2 \
+                     WHERE webhook_id = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+                    params![id, ctx.now],
+                )
+                .map_err(db)?;
+            }
+            record_audit(tx, ctx, "webhook.update", "", "", update.audit_detail(id, was_enabled))?;
+            tx.query_row(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
+                [id],
+                webhook_from_row,
+            )
+            .map_err(db)
         })
     }
 

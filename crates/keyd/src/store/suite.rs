@@ -13,7 +13,9 @@ use crate::model::{
     NewConsumer, NewKey, NewSigning, PurgeTarget, Rotation, StoredSecret, UsageApplied, UsageCount,
     UsageQuery, UsageReport,
 };
-use crate::webhooks::{Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot};
+use crate::webhooks::{
+    Attempt, EventType, NewWebhook, Outcome, Outgoing, SealedSecret, SecretSlot, WebhookUpdate,
+};
 
 mod lifecycle;
 pub use lifecycle::*;
@@ -51,6 +53,7 @@ macro_rules! store_suite {
             expiring_keys_are_soonest_first_without_revoked_or_expired_ones,
             webhook_events_are_written_with_their_mutation_once_per_subscribed_endpoint,
             webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_endpoint,
+            an_endpoint_is_disabled_by_hand_enabled_again_and_changed,
             a_rotated_webhook_secret_signs_beside_the_new_one_until_its_grace_ends,
             webhook_secrets_current_and_previous_are_listed_and_resealed,
             a_replay_queues_stored_messages_again_with_their_ids,
@@ -942,6 +945,66 @@ pub fn webhook_messages_keep_their_id_across_attempts_and_a_410_disables_the_end
     assert!(store.list_webhooks().unwrap().is_empty());
     assert!(matches!(store.delete_webhook(&ctx(), "wh_a"), Err(Error::NotFound { .. })));
     assert_eq!(store.list_webhook_attempts(Some("wh_a"), 10).unwrap().len(), 2, "the log stays");
+}
+
+/// Disabling by hand holds an endpoint's pending messages and sends it no new ones; enabling it
+/// again clears its reason and failing time and makes what it had pending due at once, with the
+/// same ids. A new URL or new events apply to what is sent next.
+pub fn an_endpoint_is_disabled_by_hand_enabled_again_and_changed(store: &dyn Store) {
+    store.create_webhook(&ctx(), new_webhook("wh_a", &[EventType::KeyCreated])).unwrap();
+    store.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+    let first = store.claim_webhook_messages(1_000, 1_030, 10).unwrap();
+    let retry = Outcome::RetryAt(9_000);
+    store.finish_webhook_attempt(&attempt_of(&first[0], 1_000, 500, retry), retry, DISABLE_AFTER).unwrap();
+    assert_eq!(store.list_webhooks().unwrap()[0].failing_since, 1_000);
+
+    let disable = WebhookUpdate { enabled: Some(false), ..Default::default() };
+    let hook = store.update_webhook(&ctx_at(1_100), "wh_a", &disable).unwrap();
+    assert!(!hook.enabled);
+    assert_eq!(hook.disabled_reason, "disabled by test");
+    assert!(store.claim_webhook_messages(9_000, 9_030, 10).unwrap().is_empty(), "held while disabled");
+    store.create_key(&ctx_at(1_150), new_key("key_2", "bob", 2)).unwrap();
+
+    let enable = WebhookUpdate { enabled: Some(true), ..Default::default() };
+    let hook = store.update_webhook(&ctx_at(1_200), "wh_a", &enable).unwrap();
+    assert!(hook.enabled);
+    assert_eq!((hook.disabled_reason.as_str(), hook.failing_since), ("", 0));
+    let again = store.claim_webhook_messages(1_200, 1_230, 10).unwrap();
+    assert_eq!(again.len(), 1, "due at once, and nothing kept from while it was disabled: {again:?}");
+    assert_eq!((again[0].message_id.as_str(), again[0].attempts), (first[0].message_id.as_str(), 1));
+    store
+        .finish_webhook_attempt(&attempt_of(&again[0], 1_200, 200, Outcome::Delivered), Outcome::Delivered, 0)
+        .unwrap();
+    // Enabling an enabled endpoint changes nothing.
+    assert_eq!(store.update_webhook(&ctx_at(1_250), "wh_a", &enable).unwrap(), hook);
+
+    let change = WebhookUpdate {
+        url: Some("https://hooks.example.com/moved".into()),
+        events: Some(vec![EventType::KeyRevoked]),
+        enabled: None,
+    };
+    let hook = store.update_webhook(&ctx_at(1_300), "wh_a", &change).unwrap();
+    assert_eq!(
+        (hook.url.as_str(), hook.events.as_slice()),
+        ("https://hooks.example.com/moved", &[EventType::KeyRevoked][..])
+    );
+    assert_eq!(store.list_webhooks().unwrap(), [hook]);
+    store.create_key(&ctx_at(1_300), new_key("key_3", "carol", 3)).unwrap();
+    store.revoke_key(&ctx_at(1_300), "key_3", "test").unwrap();
+    let sent = store.claim_webhook_messages(1_300, 1_330, 10).unwrap();
+    let sent: Vec<(&str, &str)> = sent.iter().map(|m| (m.event_type.as_str(), m.url.as_str())).collect();
+    assert_eq!(sent, [("key.revoked", "https://hooks.example.com/moved")]);
+
+    assert!(matches!(store.update_webhook(&ctx(), "wh_none", &enable), Err(Error::NotFound { .. })));
+    let details = audit_details(store, "webhook.update");
+    assert_eq!(details.len(), 4);
+    assert_eq!(details[0], serde_json::json!({"webhook_id": "wh_a", "was_enabled": true, "enabled": false}));
+    assert_eq!(details[1], serde_json::json!({"webhook_id": "wh_a", "was_enabled": false, "enabled": true}));
+    assert_eq!(
+        details[3],
+        serde_json::json!({"webhook_id": "wh_a", "was_enabled": true,
+            "url": "https://hooks.example.com/moved", "events": ["key.revoked"]})
+    );
 }
 
 fn sealed(version: u32, byte: u8) -> Sealed {

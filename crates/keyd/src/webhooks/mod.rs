@@ -111,6 +111,47 @@ pub struct NewWebhook {
     pub sealed: Sealed,
 }
 
+/// Changes to an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookUpdate {
+    pub url: Option<String>,
+    pub events: Option<Vec<EventType>>,
+    /// Enabling a disabled endpoint clears its reason and failing time and makes its pending
+    /// messages due now; disabling an enabled one records `disabled by <actor>`.
+    pub enabled: Option<bool>,
+}
+
+impl WebhookUpdate {
+    /// The events as stored (a JSON array of their names), when they change.
+    pub fn events_json(&self) -> Option<String> {
+        self.events.as_ref().map(|events| {
+            let names: Vec<&str> = events.iter().map(|e| e.as_str()).collect();
+            // Serializing strings cannot fail.
+            serde_json::to_string(&names).unwrap_or_default()
+        })
+    }
+
+    /// The reason recorded when this update disables an endpoint.
+    pub fn disabled_reason(actor: &str) -> String {
+        format!("disabled by {actor}")
+    }
+
+    /// The audit detail of `webhook.update`: what changed, and whether the endpoint was enabled.
+    pub fn audit_detail(&self, webhook_id: &str, was_enabled: bool) -> serde_json::Value {
+        let mut detail = serde_json::json!({ "webhook_id": webhook_id, "was_enabled": was_enabled });
+        if let Some(url) = &self.url {
+            detail["url"] = url.as_str().into();
+        }
+        if let Some(events) = &self.events {
+            detail["events"] = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().into();
+        }
+        if let Some(enabled) = self.enabled {
+            detail["enabled"] = enabled.into();
+        }
+        detail
+    }
+}
+
 /// A message claimed for one delivery attempt.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
