@@ -146,6 +146,15 @@ impl Feed {
         self.wake.send_replace(());
     }
 
+    /// [`Feed::notify`] as a function holding only the wake-up (not the feed and its store):
+    /// what the store's listener calls when another replica commits.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = Arc::clone(&self.wake);
+        move || {
+            wake.send_replace(());
+        }
+    }
+
     /// Changes each time this process commits a mutation (see [`Feed::notify`]).
     pub fn commits(&self) -> watch::Receiver<()> {
         self.wake.subscribe()
@@ -581,6 +590,9 @@ mod tests {
             updates: &[(String, crate::webhooks::SecretSlot, u32, Sealed)],
         ) -> Result<usize> {
             self.inner.reseal_webhook_secrets(updates)
+        }
+        fn listen_for_commits(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+            self.inner.listen_for_commits(wake);
         }
     }
 

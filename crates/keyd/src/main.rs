@@ -80,9 +80,13 @@ struct Cli {
     /// How long one webhook delivery attempt may take, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     webhooks_timeout: u64,
-    /// Most webhook delivery attempts at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// Most webhook delivery attempts at once; 0: this replica delivers none (others sharing its
+    /// PostgreSQL store deliver what it writes).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(0..=256))]
     webhooks_concurrency: u64,
+    /// For tests only: how often webhook delivery looks for due messages when nothing wakes it.
+    #[arg(long, hide = true, default_value = "1s", value_parser = parse_interval)]
+    webhooks_poll_interval: std::time::Duration,
     /// PEM bundle of the certificate authorities https webhook endpoints are verified against.
     #[arg(long, default_value = tollgate_keyd::webhooks::deliver::DEFAULT_CA_FILE)]
     webhooks_ca_file: PathBuf,
@@ -275,6 +279,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.webhooks.timeout = std::time::Duration::from_secs(cli.webhooks_timeout);
     config.webhooks.concurrency = usize::try_from(cli.webhooks_concurrency).unwrap_or(8);
     config.webhooks.ca_file = cli.webhooks_ca_file.clone();
+    config.webhooks.poll_interval = cli.webhooks_poll_interval;
     config.lifecycle_interval = cli.lifecycle_interval;
     if let Some(path) = &cli.clock_offset_file {
         tracing::warn!(file = %path.display(), "the clock is moved by the offset in a file (for tests only)");

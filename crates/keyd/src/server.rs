@@ -287,6 +287,8 @@ pub async fn serve_all(
     let (feed, feed_reader) =
         Feed::start(Arc::clone(&store), stop_rx.clone(), config.feed_poll_interval, feed::TAIL_CAPACITY)
             .await?;
+    // Another replica's commit wakes the feed reader and webhook delivery as this process's do.
+    store.listen_for_commits(Arc::new(feed.waker()));
     let exporter =
         Exporter::new(metrics.clone(), Arc::clone(&store), feed.clone(), Arc::clone(&config.clock));
     let scheduler = crate::lifecycle::scheduler::Scheduler::new(
@@ -315,7 +317,12 @@ pub async fn serve_all(
         Arc::clone(&config.clock),
         config.webhooks.clone(),
     ));
-    let delivery = tokio::spawn(deliverer.run(stop_rx.clone(), commits));
+    let delivery = if config.webhooks.concurrency > 0 {
+        Some(tokio::spawn(deliverer.run(stop_rx.clone(), commits)))
+    } else {
+        tracing::info!("webhook delivery off on this replica (--webhooks-concurrency 0)");
+        None
+    };
     let tokens = Tokens::new(&config.admin_token, &config.dataplane_token);
     let dashboard_server = match dashboard_listener {
         Some(dashboard_listener) => {
@@ -416,7 +423,9 @@ pub async fn serve_all(
     flusher.abort();
     feed_reader.abort();
     // An attempt cut short here is sent again when its lease ends.
-    delivery.abort();
+    if let Some(delivery) = delivery {
+        delivery.abort();
+    }
     lifecycle.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();

@@ -209,6 +209,10 @@ impl Store for TimedStore {
     fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize> {
         self.time("reseal_webhook_secrets", |s| s.reseal_webhook_secrets(updates))
     }
+    // Starts a task; nothing to time.
+    fn listen_for_commits(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        self.inner.listen_for_commits(wake);
+    }
 }
 
 #[cfg(test)]

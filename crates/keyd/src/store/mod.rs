@@ -208,4 +208,9 @@ pub trait Store: Send + Sync + 'static {
     /// under, the new value) in one transaction; one no longer under the read version is left
     /// alone. Returns how many changed.
     fn reseal_webhook_secrets(&self, updates: &[(String, SecretSlot, u32, Sealed)]) -> Result<usize>;
+
+    /// Calls `wake` when another process commits a change to this store, from a task of the
+    /// store's own, so that this replica's feed reader and webhook delivery need not wait for
+    /// their poll. Nothing for a store only one process writes (SQLite).
+    fn listen_for_commits(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>);
 }

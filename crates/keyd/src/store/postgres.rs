@@ -36,7 +36,8 @@
 mod lifecycle;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
@@ -274,9 +275,15 @@ const CONSUMER_COLUMNS: &str = "pos, id, name, metadata, created_at";
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
+/// The channel every write transaction notifies at commit (`NOTIFY`), and every replica
+/// listens on.
+const COMMITS_CHANNEL: &str = "tollgate_commits";
+
 /// The PostgreSQL implementation of [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    /// How to connect: the listener for other replicas' commits has a connection of its own.
+    config: tokio_postgres::Config,
     /// Runs the connections and every query; `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -539,6 +546,8 @@ struct Writer<'a> {
     audit_seq: i64,
     first_seq: i64,
     first_audit_seq: i64,
+    /// Whether a webhook message was written.
+    enqueued: AtomicBool,
 }
 
 impl<'a> Writer<'a> {
@@ -546,7 +555,14 @@ impl<'a> Writer<'a> {
         let tx = client.transaction().await.map_err(db)?;
         let row = tx.query_one("SELECT seq, audit_seq FROM feed_head FOR UPDATE", &[]).await.map_err(db)?;
         let (seq, audit_seq): (i64, i64) = (col(&row, 0)?, col(&row, 1)?);
-        Ok(Writer { tx, seq, audit_seq, first_seq: seq, first_audit_seq: audit_seq })
+        Ok(Writer {
+            tx,
+            seq,
+            audit_seq,
+            first_seq: seq,
+            first_audit_seq: audit_seq,
+            enqueued: AtomicBool::new(false),
+        })
     }
 
     async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64> {
@@ -604,6 +620,7 @@ impl<'a> Writer<'a> {
                 &[&webhooks::new_message_id()?, &webhook_id, &event.as_str(), &body.as_str(), &ctx.now],
             )
             .await?;
+            self.enqueued.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -632,9 +649,14 @@ impl<'a> Writer<'a> {
             self.execute("UPDATE feed_head SET seq = $1, audit_seq = $2", &[&self.seq, &self.audit_seq])
                 .await?;
         }
-        if self.seq != self.first_seq {
-            // Wakes replicas that listen; they poll the feed anyway, so nothing depends on it.
-            self.execute("SELECT pg_notify('tollgate_feed', $1)", &[&self.seq.to_string()]).await?;
+        if self.seq != self.first_seq
+            || self.audit_seq != self.first_audit_seq
+            || self.enqueued.load(Ordering::Relaxed)
+        {
+            // Delivered at commit to every replica's listener (`listen_for_commits`), which
+            // wakes its feed reader and its webhook delivery; they poll anyway, so nothing is
+            // lost when a notification is.
+            self.execute(&format!("SELECT pg_notify('{COMMITS_CHANNEL}', '')"), &[]).await?;
         }
         let audited = u64::try_from(self.audit_seq - self.first_audit_seq).unwrap_or(0);
         self.tx.commit().await.map_err(db)?;
@@ -875,8 +897,11 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|e| Error::internal("starting the database runtime", e))?;
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(MAX_CONNECTIONS)
             .runtime(Runtime::Tokio1)
@@ -886,7 +911,7 @@ impl PostgresStore {
             .build()
             .map_err(|e| Error::internal("database pool", e))?;
         let handle = runtime.handle().clone();
-        let store = Self { pool, runtime: Some(runtime), handle, audit_written: AtomicU64::new(0) };
+        let store = Self { pool, config, runtime: Some(runtime), handle, audit_written: AtomicU64::new(0) };
         let pool = store.pool.clone();
         store.run(async move { migrate(&pool).await })?;
         Ok(store)
@@ -947,6 +972,61 @@ impl PostgresStore {
     pub(crate) fn import(&self, tables: Vec<ImportTable>) -> Result<Vec<(&'static str, u64)>> {
         let pool = self.pool.clone();
         self.run(async move { import(&pool, tables).await })
+    }
+}
+
+/// Listens on [`COMMITS_CHANNEL`] over a connection of its own and calls `wake` for each
+/// notification; after (re)connecting too, for what was committed while it was not listening.
+/// A lost connection is tried again every second; runs until the store's runtime stops.
+async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<dyn Fn() + Send + Sync>) {
+    let mut failing = false;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                // Drives the connection (queries included) and passes notifications on.
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                                if tx.send(()).is_err() {
+                                    return None;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(err) => return Some(err),
+                        }
+                    }
+                    None
+                });
+                match client.batch_execute(&format!("LISTEN {COMMITS_CHANNEL}")).await {
+                    Ok(()) => {
+                        if std::mem::replace(&mut failing, false) {
+                            tracing::info!("postgres: listening for other replicas' commits again");
+                        }
+                        wake();
+                        while rx.recv().await.is_some() {
+                            wake();
+                        }
+                        let error = driver.await.ok().flatten().map(|e| e.to_string()).unwrap_or_default();
+                        tracing::warn!(error = %error, "postgres: the commit listener lost its connection");
+                        failing = true;
+                    }
+                    Err(err) => {
+                        driver.abort();
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %err, "postgres: cannot listen for other replicas' commits");
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %err, "postgres: cannot listen for other replicas' commits");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -2593,6 +2673,10 @@ impl Store for PostgresStore {
         self.reseal_rows(rows)
     }
 
+    fn listen_for_commits(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.handle.spawn(listen_for_commits(self.config.clone(), wake));
+    }
+
     fn get_signing(&self, key_id: &str) -> Result<SigningLookup> {
         let key_id = key_id.to_owned();
         let pool = self.pool.clone();
@@ -2689,6 +2773,66 @@ mod tests {
         assert_eq!((check.writers, check.operations, check.gaps), (16, 10_000, 0));
         assert!(check.changes > 7_000, "{check:?}");
         assert!(check.live_reads > 1, "the reader followed the feed while it grew: {check:?}");
+    }
+
+    /// Waits up to 10 s for `count` to reach `at_least`.
+    fn reaches(count: &AtomicU64, at_least: u64) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) < at_least {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// A replica's listener is woken by another replica's committed writes (a change, an audit
+    /// entry, a webhook message), not by reads or rolled-back writes, and listens again after its
+    /// connection is cut.
+    #[test]
+    fn a_replica_is_woken_by_another_replicas_commits() {
+        let url = Cluster::shared().create_database("listen_commits").unwrap();
+        let (a, b) = (PostgresStore::open(&url).unwrap(), PostgresStore::open(&url).unwrap());
+        let woken = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&woken);
+        a.listen_for_commits(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        // Once when it starts listening.
+        assert!(reaches(&woken, 1), "the listener never started");
+        std::thread::sleep(Duration::from_millis(200));
+        let before = woken.load(Ordering::SeqCst);
+        b.create_key(&ctx(), new_key("key_1", "alice", 1)).unwrap();
+        assert!(reaches(&woken, before + 1), "a change through B did not wake A");
+
+        // Reads and a write that fails (its key exists) wake nothing.
+        std::thread::sleep(Duration::from_millis(200));
+        let quiet = woken.load(Ordering::SeqCst);
+        b.get_key("key_1").unwrap();
+        b.list_changes(0, 10).unwrap();
+        b.create_key(&ctx(), new_key("key_1", "bob", 2)).unwrap_err();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(woken.load(Ordering::SeqCst), quiet, "woken without a commit");
+
+        // The listener's connection is cut: it connects again, wakes once for what it may have
+        // missed, and hears the next commit.
+        let pool = b.pool.clone();
+        let killed = b
+            .run(async move {
+                let client = pool.get().await.map_err(pool_err)?;
+                let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                           WHERE datname = current_database() AND query = 'LISTEN tollgate_commits'";
+                Ok(client.query(sql, &[]).await.map_err(db)?.len())
+            })
+            .unwrap();
+        assert_eq!(killed, 1, "one listening connection");
+        let cut = woken.load(Ordering::SeqCst);
+        assert!(reaches(&woken, cut + 1), "no wake-up after reconnecting");
+        std::thread::sleep(Duration::from_millis(200));
+        let again = woken.load(Ordering::SeqCst);
+        b.revoke_key(&ctx(), "key_1", "test").unwrap();
+        assert!(reaches(&woken, again + 1), "a commit after the reconnection did not wake A");
     }
 
     #[test]

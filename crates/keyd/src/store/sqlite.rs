@@ -2112,6 +2112,9 @@ impl Store for SqliteStore {
             Ok(changed)
         })
     }
+
+    /// One process writes a SQLite file: its commits wake it already.
+    fn listen_for_commits(&self, _wake: std::sync::Arc<dyn Fn() + Send + Sync>) {}
 }
 
 #[cfg(test)]

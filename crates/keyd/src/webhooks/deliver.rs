@@ -46,7 +46,7 @@ pub struct Settings {
     pub allow_private: bool,
     /// How long one attempt may take, connecting included.
     pub timeout: Duration,
-    /// Most attempts at once.
+    /// Most attempts at once; 0: the server runs no delivery (another replica does).
     pub concurrency: usize,
     /// How often due messages are looked for.
     pub poll_interval: Duration,
