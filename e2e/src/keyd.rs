@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::envoy::KEYD_CLUSTER;
 use crate::paths::binary;
-use crate::process::{kill, read_log, signal, tail, terminate};
+use crate::process::{kill, read_log, signal, stable_port, tail, terminate};
 use rustix::process::Signal;
 
 /// Admin token every test key service is started with.
@@ -87,8 +87,17 @@ impl Keyd {
         std::fs::create_dir_all(&data_dir).expect("create key service data dir");
         let log_path = data_dir.join("keyd.log");
         let extra_args = args.to_vec();
-        let (child, addr, metrics_addr, http_addr) =
-            spawn(&data_dir, &log_path, "127.0.0.1:0", &extra_args).await;
+        // A port below the kernel's port-0 range, so that no other test's listener is given it
+        // while a restart has it free; another one if it was taken meanwhile.
+        let mut started = Err(String::new());
+        for _ in 0..3 {
+            let listen = format!("127.0.0.1:{}", stable_port());
+            started = spawn(&data_dir, &log_path, &listen, &extra_args).await;
+            if started.is_ok() {
+                break;
+            }
+        }
+        let (child, addr, metrics_addr, http_addr) = started.unwrap_or_else(|err| panic!("{err}"));
         Keyd {
             child: Some(child),
             addr,
@@ -230,7 +239,9 @@ impl Keyd {
     async fn start_again(&mut self) {
         let listen = self.addr.to_string();
         let (child, addr, metrics_addr, http_addr) =
-            spawn(&self.data_dir, &self.log_path, &listen, &self.extra_args).await;
+            spawn(&self.data_dir, &self.log_path, &listen, &self.extra_args)
+                .await
+                .unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(addr, self.addr, "key service came back on another address");
         self.child = Some(child);
         self.metrics_addr = metrics_addr;
@@ -360,7 +371,7 @@ async fn spawn(
     log_path: &Path,
     listen: &str,
     extra_args: &[String],
-) -> (Child, SocketAddr, SocketAddr, SocketAddr) {
+) -> Result<(Child, SocketAddr, SocketAddr, SocketAddr), String> {
     let bin = binary("tollgate-keyd");
     let addr_file = data_dir.join("keyd.addr");
     let metrics_addr_file = data_dir.join("keyd.metrics.addr");
@@ -396,7 +407,7 @@ async fn spawn(
             Ok((addr, read(&metrics_addr_file, "metrics")?, read(&http_addr_file, "dashboard")?))
         });
         match ready {
-            Ok((addr, metrics_addr, http_addr)) => return (child, addr, metrics_addr, http_addr),
+            Ok((addr, metrics_addr, http_addr)) => return Ok((child, addr, metrics_addr, http_addr)),
             Err(err) => {
                 kill(&mut child);
                 last_error = err;
@@ -404,7 +415,7 @@ async fn spawn(
             }
         }
     }
-    panic!("tollgate-keyd did not start: {last_error}\n--- log ---\n{}", tail(&read_log(log_path), 40));
+    Err(format!("tollgate-keyd did not start: {last_error}\n--- log ---\n{}", tail(&read_log(log_path), 40)))
 }
 
 async fn wait_ready(child: &mut Child, addr_file: &Path) -> Result<SocketAddr, String> {

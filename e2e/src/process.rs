@@ -1,5 +1,6 @@
 //! Child processes: signals, bounded waits, log tails.
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
@@ -46,4 +47,29 @@ pub(crate) fn read_log(path: &Path) -> String {
 pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A loopback port that was free a moment ago, for a server that is restarted on the same port
+/// (Redis, the key service); its starter retries when another process took it meanwhile.
+///
+/// It is below the range the kernel hands out for port 0 and for outgoing connections
+/// (`net.ipv4.ip_local_port_range`): a port from that range could be given to another test's
+/// listener while the server is down (a test once had the rate-limit service talking to an HTTP
+/// server on its restarted Redis's port).
+pub(crate) fn stable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().and_then(|n| n.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let span = u32::from(last - first);
+    for _ in 0..200 {
+        let mut bytes = [0u8; 4];
+        getrandom::fill(&mut bytes).expect("random bytes");
+        let port = first + u16::try_from(u32::from_le_bytes(bytes) % span).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {first} and {last}");
 }

@@ -1,7 +1,7 @@
 //! A real `redis-server` and the real `tollgate-ratelimitd` binary on loopback ports, and the
 //! pieces of Envoy config for its native `envoy.filters.http.ratelimit` filter.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::envoy::static_cluster;
 use crate::paths::binary;
-use crate::process::{kill, read_log, tail, terminate};
+use crate::process::{kill, read_log, stable_port, tail, terminate};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -28,31 +28,6 @@ fn redis_server_bin() -> PathBuf {
     })
 }
 
-/// A port that was free a moment ago (redis-server cannot be given port 0 and report the one it
-/// got); [`Redis::start`] retries when another process took it meanwhile.
-///
-/// It is below the range the kernel hands out for port 0 and for outgoing connections
-/// (`net.ipv4.ip_local_port_range`): [`Redis::restart`] brings Redis back on the same port, and
-/// a port from that range could meanwhile be given to another test's listener (a test once had
-/// the rate-limit service talking to an HTTP server there).
-fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().and_then(|n| n.parse::<u16>().ok()))
-        .unwrap_or(32_768);
-    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
-    let span = u32::from(last - first);
-    for _ in 0..200 {
-        let mut bytes = [0u8; 4];
-        getrandom::fill(&mut bytes).expect("random bytes");
-        let port = first + u16::try_from(u32::from_le_bytes(bytes) % span).unwrap_or(0);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {first} and {last}");
-}
-
 /// A running `redis-server` with no persistence, in a temporary directory; killed on drop.
 pub struct Redis {
     child: Option<Child>,
@@ -65,7 +40,7 @@ impl Redis {
     pub async fn start() -> Redis {
         let dir = tempfile::Builder::new().prefix("tollgate-redis-").tempdir().expect("tempdir");
         for _ in 0..5 {
-            let port = free_port();
+            let port = stable_port();
             if let Ok(child) = spawn_redis(dir.path(), port).await {
                 return Redis { child: Some(child), port, dir };
             }
