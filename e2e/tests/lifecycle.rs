@@ -178,10 +178,19 @@ async fn expiring_notices_arrive_once_per_stage_across_restarts_and_notify_mode_
 /// Envoy with key-auth against `keyd`, and the self-rotation route to the key service's HTTP
 /// listener with key-auth off on it (the key service checks the key itself).
 async fn gateway(keyd: &Keyd, echo: &Echo) -> Envoy {
+    gateway_with(keyd, echo, json!({})).await
+}
+
+/// [`gateway`] with more key-auth settings (`more`'s fields beside `key_service`).
+async fn gateway_with(keyd: &Keyd, echo: &Echo, more: Value) -> Envoy {
+    let mut key_auth = json!({
+        "key_service": {"cluster": KEYD_CLUSTER, "token": DATAPLANE_TOKEN, "poll_interval": "200ms"}
+    });
+    for (field, value) in more.as_object().into_iter().flatten() {
+        key_auth[field] = value.clone();
+    }
     let mut opts = EnvoyOpts::new(echo.addr())
-        .key_auth(json!({
-            "key_service": {"cluster": KEYD_CLUSTER, "token": DATAPLANE_TOKEN, "poll_interval": "200ms"}
-        }))
+        .key_auth(key_auth)
         .keyd(keyd.addr())
         .workers(2)
         .cluster(static_cluster(KEYD_HTTP_CLUSTER, keyd.http_addr(), false));
@@ -320,7 +329,7 @@ async fn self_rotation_with_the_current_key_and_an_unused_previous_secret_ends_e
     let keyd = keyd(dir.path(), &clock).await;
     receiver.subscribe(&keyd, &["key.rotated", "key.grace_ended"]).await;
     let echo = Echo::start();
-    let envoy = gateway(&keyd, &echo).await;
+    let envoy = gateway_with(&keyd, &echo, json!({"usage": {"report_interval": "1s"}})).await;
     let (key_id, old) = new_key(&keyd, "dave").await;
     // Grace 7 days, but it ends once the previous secret has gone unused for an hour.
     set_policy(&keyd, "dave", "", policy(RotationMode::Notify, &[], 7 * 86_400, 3_600)).await;
@@ -338,6 +347,12 @@ async fn self_rotation_with_the_current_key_and_an_unused_previous_secret_ends_e
     let refused = envoy.post(SELF_ROTATE).header("x-api-key", &old).send().await;
     assert_eq!((refused.status, error_of(&refused.json())), (409, "conflict"));
 
+    // Every use reported (the previous secret's counts as a use when its report arrives), then
+    // more than an hour without one.
+    let reported =
+        tollgate_e2e::eventually(Duration::from_secs(10), || async { allowed_of(&keyd, &key_id).await >= 2 })
+            .await;
+    assert!(reported, "the gateway's usage report did not arrive");
     clock.set_days(0.1);
     wait_events(&receiver, "key.grace_ended", 2).await;
     let ended = &receiver.seen()[1]["event"];
@@ -349,4 +364,86 @@ async fn self_rotation_with_the_current_key_and_an_unused_previous_secret_ends_e
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status_with(&envoy, &new).await, 200);
+}
+
+/// A previous secret used only from the gateway's cache (no lookup reaches the key service)
+/// keeps its grace: the gateway's usage reports say which requests presented the previous
+/// secret. Once those stop, the grace ends early for want of use and Envoy refuses it.
+#[tokio::test]
+async fn a_previous_secret_used_from_the_gateway_cache_keeps_its_grace_until_it_goes_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::new(dir.path());
+    let receiver = WebhookReceiver::start(dir.path(), "").await;
+    let keyd = keyd(dir.path(), &clock).await;
+    receiver.subscribe(&keyd, &["key.grace_ended"]).await;
+    let echo = Echo::start();
+    // Answers cached for an hour of the gateway's own time, usage reported every second.
+    let more = json!({"cache": {"ttl": "1h"}, "usage": {"report_interval": "1s", "gateway": "gw-cache"}});
+    let envoy = gateway_with(&keyd, &echo, more).await;
+    let (key_id, old) = new_key(&keyd, "erin").await;
+    // Grace 7 days, ended early once the previous secret goes unused for an hour.
+    set_policy(&keyd, "erin", "", policy(RotationMode::Notify, &[], 7 * 86_400, 3_600)).await;
+    let rotated = envoy.post(SELF_ROTATE).header("x-api-key", &old).send().await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let new = rotated.json()["secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Looked up once (the key service sees that use), then answered from the cache.
+    assert_eq!(status_with(&envoy, &old).await, 200);
+    let lookups_before = keyd_verify_calls(&keyd).await;
+
+    // 40 minutes on, the client still uses the previous secret; every answer comes from the
+    // gateway's cache, and its usage report carries the use.
+    clock.set_days(40.0 / 1_440.0);
+    for _ in 0..5 {
+        assert_eq!(status_with(&envoy, &old).await, 200);
+    }
+    let reported =
+        tollgate_e2e::eventually(Duration::from_secs(10), || async { allowed_of(&keyd, &key_id).await >= 6 })
+            .await;
+    assert!(reported, "the gateway's usage report did not arrive");
+    assert_eq!(keyd_verify_calls(&keyd).await, lookups_before, "no lookup: the uses were cached");
+
+    // 80 minutes after the rotation: unused for an hour counted from the lookup, but not from
+    // the reported use at 40 minutes. The grace is kept.
+    clock.set_days(80.0 / 1_440.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        receiver.seen().is_empty(),
+        "the grace ended although the secret was used: {:?}",
+        receiver.seen()
+    );
+    assert_eq!(status_with(&envoy, &old).await, 200);
+
+    // No use after that request (reported at 80 minutes): at 150 minutes the grace ends, and
+    // Envoy refuses the previous secret although its answer is cached for the hour.
+    let reported =
+        tollgate_e2e::eventually(Duration::from_secs(10), || async { allowed_of(&keyd, &key_id).await >= 7 })
+            .await;
+    assert!(reported, "the last use was not reported");
+    clock.set_days(150.0 / 1_440.0);
+    wait_events(&receiver, "key.grace_ended", 1).await;
+    assert_eq!(receiver.seen()[0]["event"]["data"]["reason"], "unused");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while status_with(&envoy, &old).await != 401 {
+        assert!(Instant::now() < deadline, "the previous secret still works after its grace ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_with(&envoy, &new).await, 200);
+}
+
+/// VerifyKey calls the key service has answered, from its metrics.
+async fn keyd_verify_calls(keyd: &Keyd) -> f64 {
+    let text = HttpClient::new().get(format!("http://{}/metrics", keyd.metrics_addr())).send().await.text();
+    text.lines()
+        .filter(|l| l.starts_with("tollgate_keyd_grpc_requests_total{") && l.contains("method=\"VerifyKey\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The allowed requests the gateways reported for a key.
+async fn allowed_of(keyd: &Keyd, key_id: &str) -> u64 {
+    let request =
+        tollgate_proto::v1::GetUsageRequest { key_ids: vec![key_id.to_owned()], ..Default::default() };
+    let usage = keyd.admin_client().await.get_usage(request).await.unwrap().into_inner();
+    usage.keys.iter().find(|k| k.key_id == key_id).map_or(0, |k| k.allowed)
 }

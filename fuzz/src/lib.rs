@@ -612,6 +612,7 @@ fn arbitrary_key_entry(u: &mut Unstructured<'_>) -> arbitrary::Result<ka_cache::
                 })
             })
             .collect::<arbitrary::Result<_>>()?,
+        previous_secret: u.arbitrary()?,
     })
 }
 

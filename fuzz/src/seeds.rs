@@ -248,6 +248,7 @@ pub fn generated() -> Vec<Seed> {
         scopes: vec!["read".into(), "write".into()],
         tier: "gold".into(),
         limits: vec![ka_cache::Limit { rate: 10, period_secs: 1, burst: 20 }],
+        previous_secret: false,
     };
     out.push(tagged("shared_data", "key-auth-entry", 0, &entry.encode()));
     out.push(tagged(

@@ -32,22 +32,31 @@ pub const MAX_PENDING: usize = 20_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Who {
     Key(String),
+    /// A key presented with its previous secret (during a rotation grace).
+    PreviousSecret(String),
     Subject(String),
-    Limited { consumer_id: String, rule: String },
+    Limited {
+        consumer_id: String,
+        rule: String,
+    },
 }
 
-/// A count's caller fields, borrowed: key id, subject, consumer id, rule.
-type WhoRef<'a> = (&'a str, &'a str, &'a str, &'a str);
+/// A count's caller fields, borrowed: key id, subject, consumer id, rule, previous secret.
+type WhoRef<'a> = (&'a str, &'a str, &'a str, &'a str, bool);
 
 impl Who {
     fn of(c: &v1::UsageCount) -> WhoRef<'_> {
-        (c.key_id.as_str(), c.subject.as_str(), c.consumer_id.as_str(), c.rule.as_str())
+        (c.key_id.as_str(), c.subject.as_str(), c.consumer_id.as_str(), c.rule.as_str(), c.previous_secret)
     }
 
     fn into_count(self, minute: i64, outcome: &str, count: u64) -> v1::UsageCount {
         let mut c = v1::UsageCount { minute, outcome: outcome.to_owned(), count, ..Default::default() };
         match self {
             Who::Key(k) => c.key_id = k,
+            Who::PreviousSecret(k) => {
+                c.key_id = k;
+                c.previous_secret = true;
+            }
             Who::Subject(s) => c.subject = s,
             Who::Limited { consumer_id, rule } => {
                 c.consumer_id = consumer_id;
@@ -230,6 +239,11 @@ impl Usage {
     /// Counts one request of `key_id` with `outcome` (`allowed` or a refusal reason). No host call.
     pub fn count(&self, key_id: &str, now_ms: u64, outcome: &'static str) {
         self.count_for(Who::Key(key_id.to_owned()), now_ms, outcome);
+    }
+
+    /// [`Usage::count`] for a request that presented the key's previous secret.
+    pub fn count_previous(&self, key_id: &str, now_ms: u64, outcome: &'static str) {
+        self.count_for(Who::PreviousSecret(key_id.to_owned()), now_ms, outcome);
     }
 
     /// Counts one request of `who` with `outcome`. No host call.
@@ -465,6 +479,30 @@ mod tests {
         assert_eq!(total(&second), 3);
         assert_eq!(second.batch, first.batch + 1, "numbered in order");
         assert_eq!(second.counts[0].minute % 60, 0);
+    }
+
+    /// Requests with a key's previous secret are counted apart from those with its current one,
+    /// through the proxy's pending counts (two workers' counts merged) into the batch.
+    #[test]
+    fn previous_secret_uses_stay_apart_from_current_ones_in_the_batch() {
+        let a = MockHost::new();
+        let b = MockHost::sharing_with(&a);
+        let (ua, ub) = (usage(5), usage(6));
+        let now = a.now_ms();
+        ua.count("key_1", now, "allowed");
+        ua.count_previous("key_1", now, "allowed");
+        ub.count_previous("key_1", now, "allowed");
+        assert!(ub.tick(&*b, &target(), 1).started.is_some());
+        assert!(ub.done(&*b, grpc_status::OK));
+        assert_eq!(ua.tick(&*a, &target(), 1).started, None);
+        a.advance(Duration::from_secs(6));
+        assert!(ua.tick(&*a, &target(), 1).started.is_some());
+        let mut counts: Vec<(String, bool, u64)> =
+            last_batch(&a).counts.into_iter().map(|c| (c.key_id, c.previous_secret, c.count)).collect();
+        counts.sort();
+        assert_eq!(counts, [("key_1".to_owned(), false, 1), ("key_1".to_owned(), true, 1)]);
+        let first: Vec<bool> = last_batch(&b).counts.iter().map(|c| c.previous_secret).collect();
+        assert_eq!(first, [true], "b's one request, with the previous secret");
     }
 
     #[test]

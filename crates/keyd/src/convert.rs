@@ -120,6 +120,8 @@ pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse
         };
     };
     let key = found.key;
+    // Only the previous secret of a rotated key has an end of its own (its grace).
+    let previous_secret = found.expires_at != 0;
     let expires_at = model::earliest(key.expires_at, found.expires_at);
     let result = if key.revoked_at != 0 {
         pb::VerifyResult::Revoked
@@ -137,6 +139,7 @@ pub fn verify_response(lookup: model::Lookup, now: i64) -> pb::VerifyKeyResponse
         expires_at,
         display_prefix: found.display_prefix,
         feed_seq: lookup.head_seq,
+        previous_secret,
     }
 }
 

@@ -566,11 +566,10 @@ impl KeyService for KeyServiceImpl {
         // (20k calls/s on one core that way, twice that in place).
         let lookup = self.store.lookup_secret(&stored)?;
         let now = self.clock.now();
-        let previous = lookup.found.as_ref().is_some_and(|f| f.expires_at != 0);
         let response = convert::verify_response(lookup, now);
         if response.result == pb::VerifyResult::Valid as i32 {
             self.usage.record(&response.key_id, now);
-            if previous {
+            if response.previous_secret {
                 self.usage.record_previous(&response.key_id, now);
             }
         }
@@ -632,8 +631,24 @@ impl KeyService for KeyServiceImpl {
     }
 
     async fn report_usage(&self, request: Request<pb::ReportUsageRequest>) -> Reply<pb::ReportUsageResponse> {
-        let report = validate::usage_report(request.into_inner())?;
+        let request = request.into_inner();
+        // Keys whose previous secret the gateway let through, from its cache or not: a use for
+        // a rotation policy's revoke_unused_previous_after, as of this report.
+        let previous: std::collections::BTreeSet<String> = request
+            .counts
+            .iter()
+            .filter(|c| c.previous_secret && c.outcome == "allowed" && !c.key_id.is_empty())
+            .map(|c| c.key_id.clone())
+            .collect();
+        let report = validate::usage_report(request)?;
         let now = self.clock.now();
+        if !previous.is_empty() {
+            // Written at once, not with the next usage flush: the lifecycle scheduler reads it.
+            // Before the counts, and for a batch sent again too: a last use only moves forward,
+            // so a batch whose answer was lost still tells of the use.
+            let used: Vec<(String, i64)> = previous.into_iter().map(|key_id| (key_id, now)).collect();
+            self.run(move |s| s.record_previous_use(&used)).await?;
+        }
         let (gateway, batch, counts) = (report.gateway.clone(), report.batch, report.counts.len());
         let applied = self.run(move |s| s.report_usage(&report, now)).await?;
         tracing::debug!(%gateway, batch, counts, duplicate = applied.duplicate, skipped = applied.skipped, "usage report");

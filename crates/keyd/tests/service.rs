@@ -255,9 +255,11 @@ async fn rotation_keeps_the_old_secret_for_the_grace_period_only() {
     assert_eq!(during.key_id, key.id);
     assert_eq!(during.expires_at, grace_end);
     assert_eq!(during.display_prefix, key.display_prefix);
+    assert!(during.previous_secret, "the answer says the old secret is the previous one");
     let fresh = h.verify(&new).await;
     assert_eq!(result(&fresh), pb::VerifyResult::Valid);
     assert_eq!(fresh.expires_at, 0);
+    assert!(!fresh.previous_secret);
 
     let changes = h.changes(0, 0).await.changes;
     assert_eq!(kind(changes.last().unwrap()), pb::ChangeKind::KeyRotated);

@@ -318,7 +318,11 @@ fn apply_answer<H: Host + ?Sized>(host: &H, worker: &Worker, waiter: &Waiter, en
         if let Some(usage) = &worker.usage
             && !entry.key_id.is_empty()
         {
-            usage.count(&entry.key_id, host.now_ms(), outcome);
+            if entry.previous_secret {
+                usage.count_previous(&entry.key_id, host.now_ms(), outcome);
+            } else {
+                usage.count(&entry.key_id, host.now_ms(), outcome);
+            }
         }
     };
     match verdict {

@@ -111,6 +111,7 @@ pub fn entry_from_reply(
         scopes: reply.scopes.clone(),
         tier,
         limits,
+        previous_secret: reply.previous_secret,
     })
 }
 

@@ -106,6 +106,7 @@ fn valid(key_id: &str, scopes: &[&str], expires_at: i64, feed_seq: u64) -> v1::V
         expires_at,
         display_prefix: "tgk_abcdef".into(),
         feed_seq,
+        previous_secret: false,
     }
 }
 
@@ -732,16 +733,32 @@ fn requests_are_counted_per_key_and_outcome_and_reported_from_the_root_context()
     gw.send("/admin", "POST", &[("x-api-key", &k)]);
     // A request without a key has no key to count against.
     gw.send("/hello", "GET", &[]);
+    // The key's previous secret (during a rotation grace), once asked and once from the cache:
+    // counted apart.
+    let old = a_key(51);
+    let (id, _) = gw.send("/hello", "GET", &[("x-api-key", &old)]);
+    gw.answer(id, &v1::VerifyKeyResponse { previous_secret: true, ..valid("key_1", &["read"], 0, 1) });
+    gw.send("/hello", "GET", &[("x-api-key", &old)]);
     gw.host.advance(Duration::from_secs(2));
     gw.tick();
     let call = gw.host.calls().into_iter().rev().find(|c| c.method == "ReportUsage").expect("a report");
     assert_eq!(call.context_id, ROOT_ID, "sent from the root context");
     let batch = v1::ReportUsageRequest::decode(call.message.as_slice()).unwrap();
     assert_eq!(batch.gateway, "gw-test");
-    let mut counts: Vec<(&str, &str, u64)> =
-        batch.counts.iter().map(|c| (c.key_id.as_str(), c.outcome.as_str(), c.count)).collect();
+    let mut counts: Vec<(&str, &str, bool, u64)> = batch
+        .counts
+        .iter()
+        .map(|c| (c.key_id.as_str(), c.outcome.as_str(), c.previous_secret, c.count))
+        .collect();
     counts.sort_unstable();
-    assert_eq!(counts, [("key_1", "allowed", 2), ("key_1", "insufficient_scope", 1)]);
+    assert_eq!(
+        counts,
+        [
+            ("key_1", "allowed", false, 2),
+            ("key_1", "allowed", true, 2),
+            ("key_1", "insufficient_scope", false, 1)
+        ]
+    );
     gw.host.set_grpc_response(Some(v1::ReportUsageResponse::default().encode_to_vec()), None);
     gw.grpc_response(ROOT_ID, call.token, 0, 0);
     assert_eq!(gw.host.counter("tollgate.key_auth.usage_reports_total.outcome.ok"), 1);

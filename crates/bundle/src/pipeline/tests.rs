@@ -457,6 +457,7 @@ fn the_real_filters_run_as_stages() {
         expires_at: 0,
         display_prefix: "tgk_abc".into(),
         feed_seq: 1,
+        previous_secret: false,
     };
     let mut statuses = Vec::new();
     for (n, id) in (201..205u32).enumerate() {

@@ -18,7 +18,7 @@ use crate::feed::{self, Freshness, Stamp};
 /// [`crate::identity::PROP_RATE_LIMIT`]).
 pub use crate::identity::Limit;
 
-const ENTRY_VERSION: u8 = 2;
+const ENTRY_VERSION: u8 = 3;
 /// Bound on decoded strings and lists, so a corrupt entry cannot make us allocate much.
 const MAX_STR: usize = 1024;
 const MAX_LIST: usize = 256;
@@ -63,6 +63,9 @@ pub struct Entry {
     pub scopes: Vec<String>,
     pub tier: String,
     pub limits: Vec<Limit>,
+    /// The hashed secret is the key's previous one (during a rotation grace): its uses are
+    /// reported apart, for the key service's `revoke_unused_previous_after`.
+    pub previous_secret: bool,
 }
 
 impl Entry {
@@ -81,6 +84,7 @@ impl Entry {
             scopes: Vec::new(),
             tier: String::new(),
             limits: Vec::new(),
+            previous_secret: false,
         }
     }
 
@@ -89,6 +93,7 @@ impl Entry {
         out.push(ENTRY_VERSION);
         out.extend_from_slice(&self.hash);
         out.push(self.state as u8);
+        out.push(u8::from(self.previous_secret));
         out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
         out.extend_from_slice(&self.expires_at_s.to_le_bytes());
         out.extend_from_slice(&self.feed_seq.to_le_bytes());
@@ -118,6 +123,11 @@ impl Entry {
         }
         let hash: [u8; 32] = r.take(32)?.try_into().ok()?;
         let state = KeyState::from_u8(r.u8()?)?;
+        let previous_secret = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
         let fetched_at_ms = r.u64()?;
         let expires_at_s = r.u64()? as i64;
         let feed_seq = r.u64()?;
@@ -152,6 +162,7 @@ impl Entry {
             scopes,
             tier,
             limits,
+            previous_secret,
         })
     }
 
@@ -323,6 +334,7 @@ mod tests {
             scopes: vec!["read".into(), "write".into()],
             tier: "gold".into(),
             limits: vec![Limit { rate: 10, period_secs: 1, burst: 20 }],
+            previous_secret: false,
         }
     }
 
@@ -330,6 +342,11 @@ mod tests {
     fn entry_round_trips() {
         let e = valid([7; 32], 1234);
         assert_eq!(Entry::decode(&e.encode()), Some(e));
+        let previous = Entry { previous_secret: true, ..valid([8; 32], 1234) };
+        assert_eq!(Entry::decode(&previous.encode()), Some(previous.clone()));
+        let mut bad = previous.encode();
+        bad[34] = 2;
+        assert_eq!(Entry::decode(&bad), None, "a flag byte other than 0 or 1");
         let n = Entry::not_found([1; 32], 5, 3, 2);
         assert_eq!(Entry::decode(&n.encode()), Some(n));
     }
@@ -356,6 +373,7 @@ mod tests {
         let mut bytes = vec![ENTRY_VERSION];
         bytes.extend_from_slice(&[7; 32]);
         bytes.push(KeyState::Valid as u8);
+        bytes.push(0); // not the previous secret
         bytes.extend_from_slice(&[0; 32]); // fetched_at_ms, expires_at_s, feed_seq, epoch
         bytes.extend_from_slice(&[0; 6]); // key_id, consumer_id, display_prefix: empty
         bytes.extend_from_slice(&u16::try_from(scopes).unwrap().to_le_bytes());
