@@ -168,6 +168,14 @@ impl KeyServiceImpl {
         Ok(out)
     }
 
+    /// A webhook target: http(s), and not private unless the service allows it.
+    async fn check_webhook_url(&self, url: &str) -> Result<()> {
+        validate::required("url", url)?;
+        let target = webhooks::guard::parse(url)?;
+        webhooks::guard::resolve(&target, self.webhooks_allow_private).await?;
+        Ok(())
+    }
+
     fn new_secret(&self) -> Result<(String, StoredSecret)> {
         let key = secrets::new_api_key()?;
         let hash = self.pepper.stored_hash(&tollgate_core::key::key_hash(&key))?;
@@ -737,9 +745,7 @@ impl KeyService for KeyServiceImpl {
         let ctx = self.ctx(&request);
         let actor = ctx.actor.clone();
         let req = request.into_inner();
-        validate::required("url", &req.url)?;
-        let target = webhooks::guard::parse(&req.url)?;
-        webhooks::guard::resolve(&target, self.webhooks_allow_private).await?;
+        self.check_webhook_url(&req.url).await?;
         let events = validate::webhook_events("events", &req.events)?;
         let id = webhooks::new_webhook_id()?;
         let (secret_bytes, secret) = webhooks::sign::new_secret()?;
@@ -772,9 +778,7 @@ impl KeyService for KeyServiceImpl {
         let req = request.into_inner();
         validate::required("id", &req.id)?;
         if let Some(url) = &req.url {
-            validate::required("url", url)?;
-            let target = webhooks::guard::parse(url)?;
-            webhooks::guard::resolve(&target, self.webhooks_allow_private).await?;
+            self.check_webhook_url(url).await?;
         }
         let events =
             if req.events.is_empty() { None } else { Some(validate::webhook_events("events", &req.events)?) };

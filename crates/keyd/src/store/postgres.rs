@@ -759,6 +759,15 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// An endpoint as it now is, in this transaction (which just wrote it).
+    async fn webhook(&self, id: &str) -> Result<Webhook> {
+        let row = self
+            .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&id])
+            .await?
+            .ok_or_else(|| Error::Internal(format!("database: webhook {id:?} is missing after its write")))?;
+        webhook_from_row(&row)
+    }
+
     /// Disables an enabled endpoint, audits it as `webhook.disable` and tells the other enabled
     /// endpoints subscribed to `webhook.disabled`. Nothing when it is disabled already.
     async fn disable_webhook(&mut self, webhook_id: &str, reason: &str, at: i64) -> Result<()> {
@@ -2306,11 +2315,7 @@ impl Store for PostgresStore {
                 serde_json::json!({ "webhook_id": hook.id, "url": hook.url, "events": events }),
             )
             .await?;
-            let row = w
-                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&hook.id])
-                .await?
-                .ok_or_else(|| Error::Internal("database: the new webhook is missing".to_owned()))?;
-            let hook = webhook_from_row(&row)?;
+            let hook = w.webhook(&hook.id).await?;
             w.commit(hook).await
         })
     }
@@ -2364,11 +2369,7 @@ impl Store for PostgresStore {
                 .await?;
             }
             w.audit(&ctx, "webhook.update", "", "", update.audit_detail(&id, was_enabled)).await?;
-            let row = w
-                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&id])
-                .await?
-                .ok_or_else(|| Error::Internal("database: the updated webhook is missing".to_owned()))?;
-            let hook = webhook_from_row(&row)?;
+            let hook = w.webhook(&id).await?;
             w.commit(hook).await
         })
     }
@@ -2540,11 +2541,7 @@ impl Store for PostgresStore {
                 }),
             )
             .await?;
-            let row = w
-                .query_opt(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"), &[&id])
-                .await?
-                .ok_or_else(|| Error::Internal("database: the rotated webhook is missing".to_owned()))?;
-            let hook = webhook_from_row(&row)?;
+            let hook = w.webhook(&id).await?;
             w.commit(hook).await
         })
     }

@@ -656,6 +656,12 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
 const WEBHOOK_COLUMNS: &str =
     "id, url, events, enabled, disabled_reason, created_at, previous_expires_at, failing_since";
 
+/// An endpoint as it now is, in the transaction that just wrote it.
+fn read_webhook(tx: &Transaction<'_>, id: &str) -> Result<Webhook> {
+    tx.query_row(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"), [id], webhook_from_row)
+        .map_err(db)
+}
+
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
     Ok(Attempt {
         message_id: row.get(0)?,
@@ -1705,12 +1711,7 @@ impl Store for SqliteStore {
                 "",
                 serde_json::json!({ "webhook_id": hook.id, "url": hook.url, "events": events }),
             )?;
-            tx.query_row(
-                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
-                [&hook.id],
-                webhook_from_row,
-            )
-            .map_err(db)
+            read_webhook(tx, &hook.id)
         })
     }
 
@@ -1758,12 +1759,7 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             }
             record_audit(tx, ctx, "webhook.update", "", "", update.audit_detail(id, was_enabled))?;
-            tx.query_row(
-                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
-                [id],
-                webhook_from_row,
-            )
-            .map_err(db)
+            read_webhook(tx, id)
         })
     }
 
@@ -1969,12 +1965,7 @@ impl Store for SqliteStore {
                     "previous_expires_at": if keep { previous_expires_at } else { 0 },
                 }),
             )?;
-            tx.query_row(
-                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
-                [id],
-                webhook_from_row,
-            )
-            .map_err(db)
+            read_webhook(tx, id)
         })
     }
 
