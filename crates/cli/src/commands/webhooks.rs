@@ -41,6 +41,19 @@ impl<'a> From<&'a Webhook> for WebhookView<'a> {
     }
 }
 
+/// JSON view of an endpoint with the secret a call returned (once).
+#[derive(Debug, Serialize)]
+struct WithSecret<'a> {
+    #[serde(flatten)]
+    webhook: WebhookView<'a>,
+    secret: &'a str,
+}
+
+/// Whether an endpoint is enabled, and why not.
+fn enabled_text(hook: &Webhook) -> String {
+    if hook.enabled { "yes".to_owned() } else { format!("no ({})", hook.disabled_reason) }
+}
+
 /// JSON view of one delivery attempt.
 #[derive(Debug, Serialize)]
 struct DeliveryView<'a> {
@@ -80,15 +93,9 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
             let response = client.create_webhook(CreateWebhookRequest { url, events }).await?.into_inner();
             let hook = response.webhook.unwrap_or_default();
             if o.json {
-                #[derive(Serialize)]
-                struct Created<'a> {
-                    #[serde(flatten)]
-                    webhook: WebhookView<'a>,
-                    secret: &'a str,
-                }
                 output::write_json(
                     o.out,
-                    &Created { webhook: WebhookView::from(&hook), secret: &response.secret },
+                    &WithSecret { webhook: WebhookView::from(&hook), secret: &response.secret },
                 )?;
             } else {
                 writeln!(o.out, "id:      {}", hook.id)?;
@@ -109,9 +116,7 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
             } else {
                 writeln!(o.out, "ID\tENABLED\tEVENTS\tURL")?;
                 for h in &hooks {
-                    let enabled =
-                        if h.enabled { "yes".to_owned() } else { format!("no ({})", h.disabled_reason) };
-                    writeln!(o.out, "{}\t{enabled}\t{}\t{}", h.id, h.events.join(","), h.url)?;
+                    writeln!(o.out, "{}\t{}\t{}\t{}", h.id, enabled_text(h), h.events.join(","), h.url)?;
                 }
             }
         }
@@ -120,15 +125,9 @@ pub async fn run(cmd: WebhooksCommand, client: &mut Client, o: &mut Output<'_>) 
             let response = client.rotate_webhook_secret(request).await?.into_inner();
             let hook = response.webhook.unwrap_or_default();
             if o.json {
-                #[derive(Serialize)]
-                struct Rotated<'a> {
-                    #[serde(flatten)]
-                    webhook: WebhookView<'a>,
-                    secret: &'a str,
-                }
                 output::write_json(
                     o.out,
-                    &Rotated { webhook: WebhookView::from(&hook), secret: &response.secret },
+                    &WithSecret { webhook: WebhookView::from(&hook), secret: &response.secret },
                 )?;
             } else {
                 writeln!(o.out, "id:      {}", hook.id)?;
@@ -225,8 +224,7 @@ async fn update(
         writeln!(o.out, "id:      {}", hook.id)?;
         writeln!(o.out, "url:     {}", hook.url)?;
         writeln!(o.out, "events:  {}", hook.events.join(", "))?;
-        let enabled = if hook.enabled { "yes".to_owned() } else { format!("no ({})", hook.disabled_reason) };
-        writeln!(o.out, "enabled: {enabled}")?;
+        writeln!(o.out, "enabled: {}", enabled_text(&hook))?;
     }
     Ok(())
 }

@@ -2553,15 +2553,7 @@ impl Store for PostgresStore {
             let mut w = Writer::begin(&mut client).await?;
             if let Some(id) = &webhook_id {
                 let row = w.query_opt("SELECT enabled FROM webhooks WHERE id = $1", &[id]).await?;
-                match row.as_ref().map(|row| col::<bool>(row, 0)).transpose()? {
-                    None => return Err(Error::NotFound { what: "webhook", id: id.clone() }),
-                    Some(false) => {
-                        return Err(Error::FailedPrecondition(format!(
-                            "webhook {id:?} is disabled: nothing is delivered to it"
-                        )));
-                    }
-                    Some(true) => {}
-                }
+                webhooks::require_enabled(id, row.as_ref().map(|row| col::<bool>(row, 0)).transpose()?)?;
             }
             // An attempt under way keeps its lease: it is the one that delivers the message again.
             let requeued = w

@@ -1976,15 +1976,7 @@ impl Store for SqliteStore {
                     .query_row("SELECT enabled FROM webhooks WHERE id = ?1", [id], |row| row.get(0))
                     .optional()
                     .map_err(db)?;
-                match enabled {
-                    None => return Err(Error::NotFound { what: "webhook", id: id.to_owned() }),
-                    Some(false) => {
-                        return Err(Error::FailedPrecondition(format!(
-                            "webhook {id:?} is disabled: nothing is delivered to it"
-                        )));
-                    }
-                    Some(true) => {}
-                }
+                webhooks::require_enabled(id, enabled)?;
             }
             // An attempt under way keeps its lease: it is the one that delivers the message again.
             let requeued = tx

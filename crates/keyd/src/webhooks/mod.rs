@@ -299,6 +299,18 @@ pub fn failing_reason(failing_since: i64, at: i64, disable_after: i64) -> String
     )
 }
 
+/// Whether an endpoint named by a call exists and is enabled (`None`: no such endpoint): the
+/// refusal of a call that needs it enabled (a replay), or nothing.
+pub fn require_enabled(id: &str, enabled: Option<bool>) -> crate::Result<()> {
+    match enabled {
+        None => Err(crate::Error::NotFound { what: "webhook", id: id.to_owned() }),
+        Some(false) => Err(crate::Error::FailedPrecondition(format!(
+            "webhook {id:?} is disabled: nothing is delivered to it"
+        ))),
+        Some(true) => Ok(()),
+    }
+}
+
 /// A new endpoint id: `wh_` + 16 base62 characters.
 pub fn new_webhook_id() -> crate::Result<String> {
     Ok(format!("wh_{}", crate::secrets::random_base62(16)?))
