@@ -992,16 +992,12 @@ async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<dyn Fn() +
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                // Drives the connection (queries included) and passes notifications on.
+                let on_notice = Arc::clone(&wake);
+                // Drives the connection (the LISTEN below included) and wakes on each notification.
                 let driver = tokio::spawn(async move {
                     while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                                if tx.send(()).is_err() {
-                                    return None;
-                                }
-                            }
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => on_notice(),
                             Ok(_) => {}
                             Err(err) => return Some(err),
                         }
@@ -1014,9 +1010,6 @@ async fn listen_for_commits(config: tokio_postgres::Config, wake: Arc<dyn Fn() +
                             tracing::info!("postgres: listening for other replicas' commits again");
                         }
                         wake();
-                        while rx.recv().await.is_some() {
-                            wake();
-                        }
                         let error = driver.await.ok().flatten().map(|e| e.to_string()).unwrap_or_default();
                         tracing::warn!(error = %error, "postgres: the commit listener lost its connection");
                         failing = true;
